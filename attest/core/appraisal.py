@@ -1,0 +1,97 @@
+"""Appraise one round of evidence: the verifier's decision, as a pure function.
+
+Steps, in order (each named by the error class it raises):
+
+1. Quote (``attest.core.quote.appraise_quote``): structure, magic and type, the signature under
+   the node's activated AK. If any of these fail, appraisal stops: nothing that is not
+   authenticated by the AK is looked at. Otherwise every further quote failure is collected:
+   nonce, PCR digest against the supplied PCR values, selection at least the requested one,
+   resetCount / restartCount / clock progress against what the node showed last time.
+2. Policy PCR values: each PCR the node-class policy pins has one of its allowed values.
+3. Boot event log, when sent (or required by policy): it must parse, replay to the quoted PCRs
+   and satisfy the policy's reference digests. Only (PCR, digest) pairs are authenticated by the
+   quote, so nothing else in the log is used for a decision.
+
+The verdict lists every failed check; ``trusted`` is true only when that list is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from attest.core.errors import AttestationError
+from attest.core.eventlog import appraise_event_log, parse_event_log
+from attest.core.policy import AppraisalPolicy, EventLogRequired, check_pcr_values
+from attest.core.quote import appraise_quote
+from attest.core.tpm_structs import ClockInfo, TpmPublic
+
+
+@dataclass(frozen=True)
+class Evidence:
+    attest: bytes
+    signature: bytes
+    pcr_values: Mapping[str, Mapping[int, bytes]]
+    event_log: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    trusted: bool
+    failures: tuple[AttestationError, ...] = ()
+    clock: ClockInfo | None = None
+    rebooted: bool = False
+    quoted: Mapping[str, frozenset[int]] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str:
+        if self.trusted:
+            return "all checks passed"
+        return "; ".join(f"{f.check}: {f.detail}" for f in self.failures)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "trusted": self.trusted,
+            "failed_checks": [f.as_dict() for f in self.failures],
+            "rebooted": self.rebooted,
+            "reset_count": self.clock.reset_count if self.clock else None,
+            "restart_count": self.clock.restart_count if self.clock else None,
+        }
+
+
+def appraise_evidence(
+    ak: TpmPublic,
+    evidence: Evidence,
+    *,
+    expected_nonce: bytes,
+    policy: AppraisalPolicy,
+    requested: Mapping[str, frozenset[int]],
+    previous_clock: ClockInfo | None,
+) -> Verdict:
+    try:
+        quote = appraise_quote(ak, evidence.attest, evidence.signature,
+                               expected_nonce=expected_nonce,
+                               pcr_values={b: dict(v) for b, v in evidence.pcr_values.items()},
+                               requested=dict(requested), previous_clock=previous_clock)
+    except AttestationError as exc:  # unparseable or unauthenticated: stop here
+        return Verdict(trusted=False, failures=(exc,))
+    failures: list[AttestationError] = list(quote.failures)
+    if quote.signature_failed:
+        return Verdict(trusted=False, failures=tuple(failures))
+
+    failures.extend(check_pcr_values(policy, evidence.pcr_values))
+
+    if evidence.event_log is not None:
+        try:
+            log = parse_event_log(evidence.event_log)
+        except AttestationError as exc:
+            failures.append(exc)
+        else:
+            failures.extend(appraise_event_log(log, evidence.pcr_values, policy.eventlog))
+    elif policy.require_event_log:
+        failures.append(EventLogRequired("no event log was sent with the quote"))
+
+    clock = quote.attest.clock_info
+    return Verdict(trusted=not failures, failures=tuple(failures), clock=clock,
+                   rebooted=quote.rebooted, quoted=quote.attest.quote.pcr_select)

@@ -1,0 +1,53 @@
+"""Nonce checks: every quote answers a fresh, single-use challenge issued to that node.
+
+The service stores each nonce with its node and expiry and consumes it atomically; this module
+decides, from that record, which of the named failures applies, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from attest.core.errors import AttestationError
+
+MIN_NONCE_BYTES = 16
+
+
+class NonceUnknown(AttestationError):
+    check = "nonce.unknown"
+    hint = "Request a challenge (POST …/challenge) and quote over its nonce."
+
+
+class NonceWrongNode(AttestationError):
+    check = "nonce.wrong_node"
+    hint = "Each node must quote over a nonce issued to itself; request a new challenge."
+
+
+class NonceExpired(AttestationError):
+    check = "nonce.expired"
+    hint = "Quote promptly after the challenge, or check the node's clock and network latency."
+
+
+class NonceReplayed(AttestationError):
+    check = "nonce.replayed"
+    hint = "A nonce is single use; request a new challenge for every quote."
+
+
+@dataclass(frozen=True)
+class NonceRecord:
+    node: str
+    expires_at: datetime
+    consumed: bool
+
+
+def check_nonce(record: NonceRecord | None, *, node: str, now: datetime) -> None:
+    """Raise the first failure for using ``record`` as node ``node`` at ``now``."""
+    if record is None:
+        raise NonceUnknown("this nonce was never issued")
+    if record.node != node:
+        raise NonceWrongNode(f"nonce was issued to another node, not {node!r}")
+    if record.consumed:
+        raise NonceReplayed("nonce was already used for a quote")
+    if now >= record.expires_at:
+        raise NonceExpired(f"nonce expired at {record.expires_at.isoformat()}")

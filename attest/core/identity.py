@@ -1,0 +1,53 @@
+"""Node identity checks at enrolment: the AK's attributes and the EK↔node-name binding.
+
+An attestation key is only worth something if the TPM guarantees that it never leaves the TPM
+(fixedTPM, fixedParent, sensitiveDataOrigin) and that it signs only TPM-generated structures
+(restricted + sign, not decrypt). Bit positions are TPMA_OBJECT from TPM 2.0 Part 2 §8.3.
+"""
+
+from __future__ import annotations
+
+from attest.core.errors import AttestationError
+from attest.core.tpm_structs import TpmPublic
+
+FIXED_TPM = 1 << 1
+FIXED_PARENT = 1 << 4
+SENSITIVE_DATA_ORIGIN = 1 << 5
+RESTRICTED = 1 << 16
+DECRYPT = 1 << 17
+SIGN = 1 << 18
+
+_REQUIRED = {"fixedTPM": FIXED_TPM, "fixedParent": FIXED_PARENT,
+             "sensitiveDataOrigin": SENSITIVE_DATA_ORIGIN, "restricted": RESTRICTED, "sign": SIGN}
+
+
+class AkAttributesInvalid(AttestationError):
+    check = "enroll.ak_attributes"
+    hint = ("Create the AK as a restricted signing key that never leaves the TPM "
+            "(fixedTPM|fixedParent|sensitiveDataOrigin|restricted|sign); `umec agent` does this.")
+
+
+class EkMismatch(AttestationError):
+    check = "enroll.ek_mismatch"
+    hint = ("This node name is bound to another TPM. If the node's TPM was really replaced, an "
+            "operator must remove the node (umec nodes remove NAME) before it enrols again.")
+
+
+class AkMismatch(AttestationError):
+    check = "enroll.ak_mismatch"
+    hint = ("This node already activated another AK; the EK↔AK binding is immutable. Restore the "
+            "agent's AK state directory, or have an operator remove the node.")
+
+
+class ActivationFailed(AttestationError):
+    check = "activate.proof"
+    hint = "The credential was not activated by the enrolled TPM; enrol again from the node itself."
+
+
+def check_ak_attributes(ak: TpmPublic) -> None:
+    attrs = int(ak.object_attributes)
+    missing = [name for name, bit in _REQUIRED.items() if not attrs & bit]
+    if missing:
+        raise AkAttributesInvalid(f"AK lacks {', '.join(missing)} (attributes 0x{attrs:08x})")
+    if attrs & DECRYPT:
+        raise AkAttributesInvalid(f"AK is also a decryption key (attributes 0x{attrs:08x})")

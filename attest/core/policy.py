@@ -1,0 +1,166 @@
+"""Appraisal policies: what a node class must measure to be trusted.
+
+A policy is a small YAML document, one per node class, managed with ``umec policy …``::
+
+    name: pi-k3s
+    selection: {sha256: [0, 1, 2, 3, 4, 7, 10, 14]}   # PCRs every quote must cover
+    pcrs:                                              # allowed values per PCR (any of the list)
+      sha256:
+        14: ["9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"]
+    eventlog:                                          # optional reference digests (see eventlog)
+      bank: sha256
+      pcrs: {4: {allowed: ["…"], required: ["…"]}}
+    require_event_log: false
+    interval_seconds: 30
+
+Parsing is strict: unknown keys, bad hex and wrong digest lengths are rejected with
+:class:`PolicyInvalid` naming the key, so a typo can never silently widen what is accepted.
+An empty ``pcrs`` is allowed (quote freshness and the event log may be all a class checks), but
+``selection`` must name at least one PCR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from attest.core.errors import AttestationError
+from attest.core.eventlog import EventLogReference
+
+DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
+_KEYS = {"name", "description", "selection", "pcrs", "eventlog", "require_event_log",
+         "interval_seconds"}
+
+
+class PolicyInvalid(ValueError):
+    """An appraisal policy document is malformed; the message names the offending key."""
+
+
+class PcrValueNotAllowed(AttestationError):
+    check = "policy.pcr_value"
+    hint = ("The measured boot chain or application changed. If the change is intended, add the new "
+            "value to the node class policy (umec policy set); otherwise investigate the node.")
+
+
+class EventLogRequired(AttestationError):
+    check = "policy.event_log_required"
+    hint = "The policy requires a boot event log; make the agent send one (event_log_path)."
+
+
+def _pcr_index(bank: str, raw: Any) -> int:
+    try:
+        index = int(raw)
+    except (TypeError, ValueError):
+        raise PolicyInvalid(f"pcrs.{bank}: PCR index {raw!r} is not an integer") from None
+    if not 0 <= index <= 23:
+        raise PolicyInvalid(f"pcrs.{bank}: PCR index {index} outside 0..23")
+    return index
+
+
+def _bank(where: str, raw: Any) -> str:
+    if raw not in DIGEST_SIZES:
+        raise PolicyInvalid(f"{where}: unknown PCR bank {raw!r} (use one of {sorted(DIGEST_SIZES)})")
+    return str(raw)
+
+
+def _digest(where: str, bank: str, raw: Any) -> bytes:
+    try:
+        value = bytes.fromhex(str(raw))
+    except ValueError:
+        raise PolicyInvalid(f"{where}: {raw!r} is not hex") from None
+    if len(value) != DIGEST_SIZES[bank]:
+        raise PolicyInvalid(f"{where}: {raw!r} is not a {bank} digest")
+    return value
+
+
+@dataclass(frozen=True)
+class AppraisalPolicy:
+    name: str
+    selection: Mapping[str, frozenset[int]]
+    pcrs: Mapping[str, Mapping[int, frozenset[bytes]]] = field(default_factory=dict)
+    eventlog: EventLogReference | None = None
+    require_event_log: bool = False
+    interval_seconds: float | None = None
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
+        if not isinstance(doc, Mapping):
+            raise PolicyInvalid("policy must be a mapping")
+        unknown = set(doc) - _KEYS
+        if unknown:
+            raise PolicyInvalid(f"unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
+        name = doc.get("name")
+        if not isinstance(name, str) or not name:
+            raise PolicyInvalid("name: required, a non-empty string")
+        raw_sel = doc.get("selection")
+        if not isinstance(raw_sel, Mapping) or not raw_sel:
+            raise PolicyInvalid("selection: required, e.g. {sha256: [0, 7, 14]}")
+        selection: dict[str, frozenset[int]] = {}
+        for bank, indices in raw_sel.items():
+            b = _bank("selection", bank)
+            if not isinstance(indices, list) or not indices:
+                raise PolicyInvalid(f"selection.{b}: a non-empty list of PCR indices")
+            selection[b] = frozenset(_pcr_index(b, i) for i in indices)
+        pcrs: dict[str, dict[int, frozenset[bytes]]] = {}
+        raw_pcrs = doc.get("pcrs") or {}
+        if not isinstance(raw_pcrs, Mapping):
+            raise PolicyInvalid("pcrs: a mapping bank -> {pcr: [allowed hex values]}")
+        for bank, values in raw_pcrs.items():
+            b = _bank("pcrs", bank)
+            if not isinstance(values, Mapping):
+                raise PolicyInvalid(f"pcrs.{b}: a mapping pcr -> [allowed hex values]")
+            pcrs[b] = {}
+            for raw_index, allowed in values.items():
+                index = _pcr_index(b, raw_index)
+                if index not in selection.get(b, frozenset()):
+                    raise PolicyInvalid(f"pcrs.{b}.{index}: not in selection.{b}; it would "
+                                        "never be quoted")
+                if not isinstance(allowed, list) or not allowed:
+                    raise PolicyInvalid(f"pcrs.{b}.{index}: a non-empty list of hex values")
+                pcrs[b][index] = frozenset(_digest(f"pcrs.{b}.{index}", b, v) for v in allowed)
+        eventlog = None
+        if doc.get("eventlog") is not None:
+            try:
+                eventlog = EventLogReference.from_dict(doc["eventlog"])
+            except (ValueError, TypeError, KeyError) as exc:
+                raise PolicyInvalid(f"eventlog: {exc}") from None
+        interval = doc.get("interval_seconds")
+        if interval is not None and (not isinstance(interval, int | float) or interval <= 0):
+            raise PolicyInvalid("interval_seconds: a positive number")
+        return cls(name=name, selection=selection, pcrs=pcrs, eventlog=eventlog,
+                   require_event_log=bool(doc.get("require_event_log", False)),
+                   interval_seconds=float(interval) if interval is not None else None)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> AppraisalPolicy:
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise PolicyInvalid(f"not YAML: {exc}") from None
+        return cls.from_dict(doc)
+
+    def selection_lists(self) -> dict[str, list[int]]:
+        return {bank: sorted(pcrs) for bank, pcrs in self.selection.items()}
+
+
+def check_pcr_values(policy: AppraisalPolicy,
+                     pcr_values: Mapping[str, Mapping[int, bytes]]) -> list[AttestationError]:
+    """Every PCR the policy pins must have been quoted with one of its allowed values."""
+    failures: list[AttestationError] = []
+    for bank, expected in policy.pcrs.items():
+        for index, allowed in sorted(expected.items()):
+            got = pcr_values.get(bank, {}).get(index)
+            if got is None:
+                failures.append(PcrValueNotAllowed(f"{bank}:{index} was not quoted"))
+            elif got not in allowed:
+                failures.append(PcrValueNotAllowed(
+                    f"{bank}:{index} = {got.hex()} is not one of "
+                    f"{sorted(a.hex() for a in allowed)}"))
+    return failures
+
+
+DEFAULT_POLICY = AppraisalPolicy(
+    name="default", selection={"sha256": frozenset({0, 1, 2, 3, 4, 5, 6, 7, 10, 14})})

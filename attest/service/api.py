@@ -1,0 +1,156 @@
+"""HTTP adapter: the attestation protocol under ``/attest/v1`` (FastAPI).
+
+Binary TPM structures travel base64-encoded in JSON. Every refusal is RFC 7807 problem+json with
+the failed ``check``, the offending value in ``detail`` and a ``hint``; a failed appraisal is not
+an HTTP error but a verdict (200, ``trusted: false``, every failed check listed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Path
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
+from sqlalchemy import select
+
+from attest.core.appraisal import Evidence
+from attest.core.errors import AttestationError, MalformedStructure
+from attest.core.identity import ActivationFailed, AkMismatch, EkMismatch
+from attest.service import registrar, verifier
+from attest.service.context import AttestContext
+from attest.service.models import NodeRow
+
+T = TypeVar("T")
+MAX_B64 = 1 << 20  # 1 MiB of base64 is far above any TPM structure or boot log we accept
+
+
+def _b64(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str) or len(value) > MAX_B64:
+        raise ValueError("expected a base64 string of at most 1 MiB")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+
+
+B64 = Annotated[bytes, BeforeValidator(_b64),
+                PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str)]
+NodeName = Annotated[str, Path(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
+
+
+class EnrollBody(BaseModel):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    ek_public: B64
+    ak_public: B64
+    ek_certificate: B64 | None = None
+    node_class: str | None = Field(default=None, max_length=128)
+
+
+class ActivateBody(BaseModel):
+    secret: B64
+
+
+class EvidenceBody(BaseModel):
+    nonce: B64
+    quote: B64
+    signature: B64
+    pcrs: dict[str, dict[int, str]] = Field(description="bank -> pcr -> hex value")
+    event_log: B64 | None = None
+
+
+_STATUS: dict[type[AttestationError], int] = {
+    MalformedStructure: 400, registrar.NodeNotFound: 404, EkMismatch: 409, AkMismatch: 409,
+    ActivationFailed: 403, registrar.NoPendingActivation: 409,
+    registrar.TooManyActivationFailures: 423, registrar.UnknownNodeClass: 422,
+    verifier.NodeNotActivated: 409, verifier.PolicyMissing: 422,
+}
+
+
+def problem(exc: AttestationError) -> JSONResponse:
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 403)
+    return JSONResponse(
+        status_code=status, media_type="application/problem+json",
+        content={"type": f"urn:umec:attest:{exc.check}", "title": type(exc).__name__,
+                 "status": status, **exc.as_dict()})
+
+
+def _guarded(fn: Callable[[], T]) -> T | JSONResponse:
+    try:
+        return fn()
+    except AttestationError as exc:
+        return problem(exc)
+
+
+def _pcr_values(raw: dict[str, dict[int, str]]) -> dict[str, dict[int, bytes]]:
+    try:
+        return {bank: {int(i): bytes.fromhex(v) for i, v in values.items()}
+                for bank, values in raw.items()}
+    except ValueError:
+        raise MalformedStructure("pcrs: every PCR value must be hex") from None
+
+
+def node_summary(row: NodeRow) -> dict[str, Any]:
+    return {"name": row.name, "node_class": row.node_class, "state": row.state,
+            "ek_hash": row.ek_hash, "activated": row.ak_public is not None,
+            "state_changed_at": row.state_changed_at.isoformat(),
+            "last_pass_at": row.last_pass_at.isoformat() if row.last_pass_at else None,
+            "last_verdict": row.last_verdict}
+
+
+def make_router(ctx: AttestContext) -> APIRouter:
+    r = APIRouter(prefix="/attest/v1", tags=["attestation"])
+
+    @r.post("/nodes")
+    def enroll(body: EnrollBody) -> Any:
+        def run() -> dict[str, Any]:
+            ch = registrar.enroll(ctx, registrar.EnrollRequest(
+                name=body.name, ek_public=body.ek_public, ak_public=body.ak_public,
+                ek_certificate=body.ek_certificate, node_class=body.node_class))
+            return {"credential_blob": base64.b64encode(ch.credential_blob).decode(),
+                    "encrypted_secret": base64.b64encode(ch.encrypted_secret).decode(),
+                    "expires_in": ch.expires_in}
+        return _guarded(run)
+
+    @r.post("/nodes/{node}/activate")
+    def activate(node: NodeName, body: ActivateBody) -> Any:
+        return _guarded(lambda: {"node": node, "activated": True,
+                                 "state": registrar.activate(ctx, node, body.secret)})
+
+    @r.post("/nodes/{node}/challenge")
+    def challenge(node: NodeName) -> Any:
+        def run() -> dict[str, Any]:
+            ch = verifier.issue_challenge(ctx, node)
+            return {"nonce": base64.b64encode(ch.nonce).decode(), "selection": ch.selection,
+                    "expires_at": ch.expires_at.isoformat()}
+        return _guarded(run)
+
+    @r.post("/nodes/{node}/evidence")
+    def evidence(node: NodeName, body: EvidenceBody) -> Any:
+        def run() -> dict[str, Any]:
+            res = verifier.submit_evidence(ctx, node, body.nonce, Evidence(
+                attest=body.quote, signature=body.signature, pcr_values=_pcr_values(body.pcrs),
+                event_log=body.event_log))
+            return {"node": node, "state": res.state, **res.verdict.as_dict(),
+                    "reason": res.verdict.reason, "attestation_result": res.result_token}
+        return _guarded(run)
+
+    @r.get("/nodes")
+    def list_nodes() -> list[dict[str, Any]]:
+        with ctx.sessions() as session:
+            return [node_summary(n) for n in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+
+    @r.get("/nodes/{node}")
+    def get_node(node: NodeName) -> Any:
+        with ctx.sessions() as session:
+            row = session.get(NodeRow, node)
+            if row is None:
+                return problem(registrar.NodeNotFound(f"no node named {node!r}"))
+            return node_summary(row)
+
+    return r

@@ -1,0 +1,104 @@
+"""What the registrar and verifier share: configuration, database, clock, events, signing keys."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from cryptography import x509
+from sqlalchemy.orm import Session, sessionmaker
+
+from attest.core.policy import DEFAULT_POLICY, AppraisalPolicy
+from attest.service.models import PolicyRow, StateEventRow
+
+log = logging.getLogger("umec.attest")
+
+
+class NodeState:
+    ENROLLED = "enrolled"
+    TRUSTED = "trusted"
+    UNTRUSTED = "untrusted"
+    STALE = "stale"
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A node changed state; published after the change is committed."""
+
+    node: str
+    previous: str | None
+    state: str
+    reason: str
+    failed_checks: tuple[str, ...]
+    at: datetime
+    event_id: str
+
+
+class StateChangeListener(Protocol):
+    """Anything that must react to a node changing state (webhooks, k8s labels, token revocation)."""
+
+    async def publish(self, event: StateChange) -> None: ...
+
+
+@dataclass
+class AttestConfig:
+    ek_trust_anchors: Sequence[x509.Certificate] = ()
+    ek_intermediates: Sequence[x509.Certificate] = ()
+    ek_allowlist: frozenset[str] = frozenset()
+    default_node_class: str = "default"
+    nonce_ttl_seconds: float = 60.0
+    activation_ttl_seconds: float = 300.0
+    interval_seconds: float = 30.0
+    stale_grace_seconds: float = 15.0
+    result_ttl_seconds: int = 120
+    issuer: str = "umec-attest"
+    max_failed_activations: int = 10
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class AttestContext:
+    config: AttestConfig
+    sessions: sessionmaker[Session]
+    sign_result: Callable[[dict[str, Any]], str]
+    listeners: list[StateChangeListener] = field(default_factory=list)
+    now: Callable[[], datetime] = utcnow
+    # The server's event loop, set at startup: sync request handlers run in worker threads and
+    # hand events over to it so that slow listeners never hold up an attestation round.
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def policy_for(self, session: Session, node_class: str) -> AppraisalPolicy:
+        row = session.get(PolicyRow, node_class)
+        if row is None:
+            if node_class == DEFAULT_POLICY.name:
+                return DEFAULT_POLICY
+            # A node class without a policy is a configuration error, never "accept all".
+            raise LookupError(node_class)
+        return AppraisalPolicy.from_yaml(row.document)
+
+    def record_change(self, session: Session, node: str, previous: str | None, state: str,
+                      reason: str, failed_checks: Sequence[str], at: datetime) -> StateChange:
+        event = StateChange(node=node, previous=previous, state=state, reason=reason,
+                            failed_checks=tuple(failed_checks), at=at, event_id=str(uuid.uuid4()))
+        session.add(StateEventRow(id=event.event_id, node=node, previous=previous, state=state,
+                                  reason=reason[:4000], failed_checks=list(failed_checks), at=at))
+        return event
+
+    def publish(self, events: Sequence[StateChange]) -> None:
+        """Hand committed events to listeners without blocking the request that caused them."""
+        for event in events:
+            log.info("node state changed", extra={"node": event.node, "previous": event.previous,
+                                                  "state": event.state, "reason": event.reason})
+            for listener in self.listeners:
+                if self.loop is not None and self.loop.is_running():
+                    asyncio.run_coroutine_threadsafe(listener.publish(event), self.loop)
+                else:
+                    asyncio.run(listener.publish(event))

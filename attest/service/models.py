@@ -1,0 +1,110 @@
+"""SQL tables of the registrar and verifier (SQLAlchemy 2, migrated by Alembic in ``umec``).
+
+Why the columns look the way they do:
+- ``nodes.ek_public`` and ``nodes.ak_public`` are immutable once ``activated_at`` is set: the EK↔AK
+  binding of a node name never changes (re-enrolment with another EK is refused, not merged).
+- ``pending_*`` hold the one outstanding MakeCredential challenge; a wrong proof only bumps
+  ``failed_activations`` and never touches the stored binding or state.
+- ``nonces`` are consumed with a conditional UPDATE so that, with several replicas on PostgreSQL,
+  exactly one request can use a nonce.
+- ``leases`` elect the single replica that runs periodic deadline checks.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, ForeignKey, Integer, LargeBinary, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone; we put it back)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime stored: use datetime.now(UTC)")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class AttestBase(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UtcDateTime}
+
+
+class NodeRow(AttestBase):
+    __tablename__ = "attest_nodes"
+
+    name: Mapped[str] = mapped_column(String(253), primary_key=True)
+    node_class: Mapped[str] = mapped_column(String(128))
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_hash: Mapped[str] = mapped_column(String(64), index=True)
+    ek_certificate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    created_at: Mapped[datetime]
+    activated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    state_changed_at: Mapped[datetime]
+    # Challenge outstanding between enroll and activate.
+    pending_ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    pending_secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    pending_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    failed_activations: Mapped[int] = mapped_column(Integer, default=0)
+    # Appraisal bookkeeping.
+    last_evidence_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    last_pass_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
+    last_verdict: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    reset_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    restart_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    clock: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    safe: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class NonceRow(AttestBase):
+    __tablename__ = "attest_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
+    node: Mapped[str] = mapped_column(ForeignKey("attest_nodes.name", ondelete="CASCADE"),
+                                      index=True)
+    selection: Mapped[dict[str, Any]]
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    consumed_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class StateEventRow(AttestBase):
+    __tablename__ = "attest_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node: Mapped[str] = mapped_column(String(253), index=True)
+    previous: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    failed_checks: Mapped[list[Any]]
+    at: Mapped[datetime] = mapped_column(index=True)
+
+
+class PolicyRow(AttestBase):
+    __tablename__ = "attest_policies"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    document: Mapped[str] = mapped_column(Text)
+    generation: Mapped[int] = mapped_column(Integer, default=1)
+    updated_at: Mapped[datetime]
+
+
+class LeaseRow(AttestBase):
+    __tablename__ = "attest_leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime]

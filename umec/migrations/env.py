@@ -1,0 +1,21 @@
+"""Alembic environment: one schema made of every domain package's tables."""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import text
+
+from attest.service.models import AttestBase
+
+target_metadata = [AttestBase.metadata]
+
+engine = context.config.attributes["engine"]
+with engine.connect() as connection:
+    if connection.dialect.name == "postgresql":
+        # Replicas starting together: serialize migrations on a transaction-scoped advisory lock.
+        connection.execute(text("SELECT pg_advisory_xact_lock(7273)"))
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=connection.dialect.name == "sqlite")
+    with context.begin_transaction():
+        context.run_migrations()
+    connection.commit()

@@ -1,0 +1,95 @@
+"""One settings object for every process.
+
+Values come from ``UMEC_*`` environment variables and, optionally, a YAML file named by
+``UMEC_CONFIG`` (environment wins over the file). Defaults are chosen so that ``umec demo`` and a
+single-node install work with no configuration at all: SQLite in the data directory, keys generated
+on first start.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Reads the optional YAML file named by UMEC_CONFIG (flat keys matching the field names)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = os.environ.get("UMEC_CONFIG")
+        if not path:
+            return {}
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ValueError(f"UMEC_CONFIG={path}: cannot read settings file: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"UMEC_CONFIG={path}: expected a mapping of setting names to values")
+        return data
+
+
+class Settings(BaseSettings):
+    """Every knob of µMEC Trust. Environment: ``UMEC_<NAME>`` (e.g. ``UMEC_DATABASE_URL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="UMEC_", extra="forbid")
+
+    data_dir: Path = Field(default=Path(".umec"), description="State: SQLite file, keys.")
+    database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite in data_dir.")
+    log_level: str = "INFO"
+
+    # control plane
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8443
+    public_url: str = Field(default="", description="Issuer URL of attestation results.")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    # attestation
+    ek_ca_bundle: Path | None = Field(default=None, description="PEM: manufacturer EK CAs.")
+    ek_allowlist: list[str] = Field(default_factory=list, description="Approved EK sha256 hashes.")
+    policy_dir: Path | None = Field(default=None, description="Appraisal policies (*.yaml).")
+    default_node_class: str = "default"
+    nonce_ttl_seconds: float = 60.0
+    attestation_interval_seconds: float = 30.0
+    stale_grace_seconds: float = 15.0
+    result_ttl_seconds: int = 120
+    deadline_check_seconds: float = 1.0
+    webhook_urls: list[str] = Field(default_factory=list)
+    webhook_secret: str = ""
+    kubernetes_labels: bool = False
+    kubeconfig: Path | None = None
+
+    # agent
+    server_url: str = "http://127.0.0.1:8443"
+    server_ca: Path | None = None
+    node_name: str = ""
+    tcti: str = "device:/dev/tpmrm0"
+    ak_kind: str = "ecc"
+    agent_state_dir: Path = Path(".umec/agent")
+    event_log_path: Path = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+    measure_files: list[Path] = Field(default_factory=list)
+    application_pcr: int = 14
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _YamlFileSource(settings_cls))
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'umec.db').resolve()}"
