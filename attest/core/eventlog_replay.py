@@ -1,0 +1,117 @@
+"""Replay a parsed event log into the PCR values a TPM would hold.
+
+The TPM computes ``PCR_new = H(PCR_old || digest)`` per bank for every ``TPM2_PCR_Extend``.
+Replay does the same, in log order:
+
+1. Find the StartupLocality event (PFP spec, ``TCG_EfiStartupLocalityEvent``): an EV_NO_ACTION
+   event in PCR 0 whose data is ``"StartupLocality\\0"`` followed by one locality byte L. It
+   records that ``TPM2_Startup`` ran at locality L (3 on some Intel platforms, 4 after an
+   H-CRTM sequence), which makes PCR 0 start at ``00…0L`` instead of all zeros. It must precede
+   every measurement into PCR 0, appear at most once and be exactly 17 bytes.
+2. Start every other PCR at its reset value: all zeros, except PCRs 17–22 which a static boot
+   leaves at all ones (PC Client TPM profile; D-RTM logs are out of scope).
+3. Skip EV_NO_ACTION events: by definition they are logged but never extended.
+4. For every other event, extend each bank for which the event carries a digest. An event
+   without a digest for some bank leaves that bank alone, as ``TPM2_PCR_Extend`` with a
+   ``TPML_DIGEST_VALUES`` that omits a bank does. Unknown algorithms were already dropped by
+   the parser, so they are never replayed.
+
+The locality byte is log data and so not authenticated by itself, but it only ever feeds the
+replayed PCR 0 value, which the quote then authenticates: a forged locality cannot match.
+
+Hashing uses ``cryptography``; one hash context per extend is the dominant cost of replay.
+"""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives import hashes
+
+from attest.core.eventlog_errors import (
+    EventLogStartupLocalityInvalid,
+    EventLogUnknownAlgorithm,
+)
+from attest.core.eventlog_model import DIGEST_SIZES, EV_NO_ACTION, EventLog
+
+STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
+VALID_LOCALITIES = frozenset({0, 3, 4})
+"""TPM2_Startup runs at locality 0 or 3; 4 marks an H-CRTM sequence (PFP spec)."""
+
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "sha1": hashes.SHA1(),
+    "sha256": hashes.SHA256(),
+    "sha384": hashes.SHA384(),
+    "sha512": hashes.SHA512(),
+    "sm3_256": hashes.SM3(),
+}
+
+
+def startup_locality(log: EventLog) -> int | None:
+    """The locality recorded by the log's StartupLocality event, or ``None`` if there is none."""
+    locality: int | None = None
+    pcr0_extended = False
+    for event in log.events:
+        is_locality = (event.event_type == EV_NO_ACTION
+                       and event.data.startswith(STARTUP_LOCALITY_SIGNATURE))
+        if not is_locality:
+            if event.pcr == 0 and event.event_type != EV_NO_ACTION:
+                pcr0_extended = True
+            continue
+        where = f"event #{event.index}"
+        if event.pcr != 0:
+            raise EventLogStartupLocalityInvalid(f"{where} is logged for PCR {event.pcr}, not 0")
+        if len(event.data) != len(STARTUP_LOCALITY_SIGNATURE) + 1:
+            raise EventLogStartupLocalityInvalid(f"{where} has {len(event.data)} data bytes, "
+                                                 "must be 17")
+        if locality is not None:
+            raise EventLogStartupLocalityInvalid(f"{where} repeats the StartupLocality event")
+        if pcr0_extended:
+            raise EventLogStartupLocalityInvalid(f"{where} follows a PCR 0 measurement")
+        locality = event.data[-1]
+        if locality not in VALID_LOCALITIES:
+            raise EventLogStartupLocalityInvalid(f"{where} records locality {locality}")
+    return locality
+
+
+def initial_pcr_value(pcr: int, size: int, locality: int | None) -> bytes:
+    """The value of ``pcr`` in a bank of digest ``size`` right after TPM2_Startup."""
+    if pcr == 0 and locality:
+        return bytes(size - 1) + bytes([locality])
+    if 17 <= pcr <= 22:
+        return b"\xff" * size
+    return bytes(size)
+
+
+def extend(bank: str, value: bytes, digest: bytes) -> bytes:
+    """``H(value || digest)`` in ``bank``: one TPM2_PCR_Extend."""
+    ctx = hashes.Hash(_HASHES[bank])
+    ctx.update(value)
+    ctx.update(digest)
+    return ctx.finalize()
+
+
+def replay_event_log(log: EventLog) -> dict[str, dict[int, bytes]]:
+    """Replay ``log``: bank name → PCR index → value, for every (bank, PCR) the log extends."""
+    banks, _ = replay_with_locality(log)
+    return banks
+
+
+def replay_with_locality(log: EventLog) -> tuple[dict[str, dict[int, bytes]], int | None]:
+    """Like :func:`replay_event_log`, also returning the StartupLocality (for appraisal)."""
+    locality = startup_locality(log)
+    banks: dict[str, dict[int, bytes]] = {}
+    for event in log.events:
+        if event.event_type == EV_NO_ACTION:
+            continue
+        for bank, digest in event.digests.items():
+            # The parser guarantees these; an Event built by hand may not, and a wrong-sized
+            # digest would silently replay to a value no TPM can produce.
+            size = DIGEST_SIZES.get(bank)
+            if size is None or len(digest) != size:
+                raise EventLogUnknownAlgorithm(f"event #{event.index}: {len(digest)}-byte "
+                                               f"digest for bank {bank!r}")
+            pcrs = banks.setdefault(bank, {})
+            current = pcrs.get(event.pcr)
+            if current is None:
+                current = initial_pcr_value(event.pcr, size, locality)
+            pcrs[event.pcr] = extend(bank, current, digest)
+    return banks, locality
