@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     node_name: str = ""
     tcti: str = "device:/dev/tpmrm0"
     ak_kind: str = "ecc"
+    ek_kind: str = "rsa"
+    node_class: str = ""
     agent_state_dir: Path = Path(".umec/agent")
     event_log_path: Path = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
     measure_files: list[Path] = Field(default_factory=list)

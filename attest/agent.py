@@ -1,0 +1,167 @@
+"""Node agent: enrol once, activate, then attest every interval (``umec agent``).
+
+Round: challenge → (first round after boot: extend the application PCR with the measured files)
+→ quote over the nonce and the policy's PCR selection → evidence (+ boot event log) → verdict.
+Errors back off exponentially with full jitter so a fleet that lost the server does not return
+in lockstep. The TPM is opened per round and closed (with every transient handle flushed) after
+it, so an agent or swtpm restart never leaves slots behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from attest.tpm.device import Tpm
+
+log = logging.getLogger("umec.agent")
+
+
+class AgentError(Exception):
+    """An attestation round could not be completed; ``check`` names the server's failed check."""
+
+    def __init__(self, message: str, check: str = "agent", hint: str = "") -> None:
+        super().__init__(message)
+        self.check, self.hint = check, hint
+
+
+@dataclass
+class AgentConfig:
+    node_name: str
+    tcti: str
+    state_dir: Path
+    ak_kind: str = "ecc"
+    ek_kind: str = "rsa"
+    node_class: str | None = None
+    interval_seconds: float = 30.0
+    max_backoff_seconds: float = 300.0
+    event_log_path: Path | None = None
+    measure_files: list[Path] = field(default_factory=list)
+    application_pcr: int = 14
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _raise_for_problem(resp: httpx.Response, step: str) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = {}
+    if resp.status_code >= 400:
+        raise AgentError(f"{step}: HTTP {resp.status_code}: {body.get('detail', resp.text[:200])}",
+                         check=str(body.get("check", step)), hint=str(body.get("hint", "")))
+    return body if isinstance(body, dict) else {}
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, client: httpx.Client,
+                 open_tpm: Callable[[], Tpm] | None = None) -> None:
+        self.config = config
+        self.client = client
+        self.open_tpm = open_tpm or (lambda: Tpm(config.tcti, ek_kind=config.ek_kind))
+        self.base = f"/attest/v1/nodes/{config.node_name}"
+        self.marker = config.state_dir / "enrolled.json"
+
+    # -- enrolment -------------------------------------------------------------------------
+
+    def enroll(self, tpm: Tpm) -> None:
+        ak = tpm.load_or_create_ak(self.config.state_dir, self.config.ak_kind)
+        cert = tpm.ek_certificate(self.config.ek_kind)
+        body = {"name": self.config.node_name, "ek_public": _b64(tpm.ek_public(self.config.ek_kind)),
+                "ak_public": _b64(ak.public), "ek_certificate": _b64(cert) if cert else None,
+                "node_class": self.config.node_class}
+        challenge = _raise_for_problem(self.client.post("/attest/v1/nodes", json=body), "enroll")
+        secret = tpm.activate_credential(base64.b64decode(challenge["credential_blob"]),
+                                         base64.b64decode(challenge["encrypted_secret"]))
+        _raise_for_problem(self.client.post(f"{self.base}/activate",
+                                            json={"secret": _b64(secret)}), "activate")
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.marker.write_text(json.dumps({"node": self.config.node_name,
+                                           "ak_name": ak.name.hex()}))
+        log.info("enrolled and activated", extra={"node": self.config.node_name})
+
+    # -- measurement ----------------------------------------------------------------------
+
+    def measure(self, tpm: Tpm) -> None:
+        """Extend the application PCR with the configured files, once per TPM boot.
+
+        After extending we remember the PCR value; if the PCR still holds it on the next start
+        the measurements are already in (an agent restart, not a reboot) and are not repeated.
+        """
+        if not self.config.measure_files:
+            return
+        pcr = self.config.application_pcr
+        done = self.config.state_dir / "measured.json"
+        current = tpm.pcr_read({"sha256": [pcr]})["sha256"][pcr]
+        if done.exists() and json.loads(done.read_text()).get("pcr_value") == current.hex():
+            return
+        for path in self.config.measure_files:
+            tpm.pcr_extend(pcr, {"sha256": hashlib.sha256(path.read_bytes()).digest()})
+        value = tpm.pcr_read({"sha256": [pcr]})["sha256"][pcr]
+        done.write_text(json.dumps({"pcr_value": value.hex()}))
+
+    # -- attestation ------------------------------------------------------------------------
+
+    def attest_once(self) -> dict[str, Any]:
+        with self.open_tpm() as tpm:
+            if not self.marker.exists():
+                self.enroll(tpm)
+            else:
+                tpm.load_or_create_ak(self.config.state_dir, self.config.ak_kind)
+            self.measure(tpm)
+            resp = self.client.post(f"{self.base}/challenge")
+            if resp.status_code in (404, 409):  # server lost us or we never activated: enrol
+                self.enroll(tpm)
+                resp = self.client.post(f"{self.base}/challenge")
+            challenge = _raise_for_problem(resp, "challenge")
+            nonce = base64.b64decode(challenge["nonce"])
+            quote = tpm.quote(nonce, challenge["selection"])
+            event_log = None
+            if self.config.event_log_path is not None:
+                event_log = tpm.read_event_log(self.config.event_log_path)
+        body = {"nonce": _b64(nonce), "quote": _b64(quote.attest),
+                "signature": _b64(quote.signature),
+                "pcrs": {b: {str(i): v.hex() for i, v in vals.items()}
+                         for b, vals in quote.pcr_values.items()},
+                "event_log": _b64(event_log) if event_log else None}
+        return _raise_for_problem(self.client.post(f"{self.base}/evidence", json=body), "evidence")
+
+    def run(self, stop: threading.Event, rounds: int | None = None) -> None:
+        failures, done = 0, 0
+        while not stop.is_set() and (rounds is None or done < rounds):
+            try:
+                verdict = self.attest_once()
+                failures = 0
+                log.info("attested", extra={"node": self.config.node_name,
+                                            "state": verdict.get("state"),
+                                            "reason": verdict.get("reason")})
+                delay = self.config.interval_seconds
+            except (AgentError, httpx.HTTPError, OSError) as exc:
+                failures += 1
+                # Full jitter: uniform in [0, min(cap, interval * 2^failures)].
+                cap = min(self.config.max_backoff_seconds,
+                          self.config.interval_seconds * 2 ** min(failures, 10))
+                delay = random.uniform(0.5, cap)
+                log.warning("attestation round failed",
+                            extra={"node": self.config.node_name, "error": str(exc),
+                                   "retry_in": round(delay, 2)})
+            except Exception as exc:  # e.g. a TPM error: back off, never die silently
+                failures += 1
+                delay = min(self.config.max_backoff_seconds, 2.0 ** failures)
+                log.warning("attestation round failed", extra={
+                    "node": self.config.node_name, "error": f"{type(exc).__name__}: {exc}",
+                    "retry_in": delay})
+            done += 1
+            stop.wait(delay)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Idempotent setup on a fresh Debian machine: system packages, then a virtualenv in .venv with
+# the project installed (node extra: tpm2-pytss; test extra: pytest, hypothesis, ruff, mypy).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBS=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev)
+missing=()
+for p in "${DEBS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.umec-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[node,test]'
+  touch "$stamp"
+fi
+echo "setup: ok ($(.venv/bin/python --version), umec at .venv/bin/umec)"

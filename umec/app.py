@@ -1,0 +1,140 @@
+"""Composition root of ``umec server``: settings → database → domain services → one ASGI app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import text
+
+from attest.service.api import make_router as attest_router
+from attest.service.context import AttestConfig, AttestContext, StateChangeListener
+from attest.service.policies import load_policy_dir
+from attest.service.registrar import load_pem_bundle
+from attest.service.verifier import Lease, mark_stale_nodes
+from keys import KeyRing, sign_jwt
+from umec.db import open_database
+from umec.settings import Settings
+
+log = logging.getLogger("umec.server")
+
+REQUESTS = Counter("umec_http_requests_total", "HTTP requests", ["route", "status"])
+LATENCY = Histogram("umec_http_request_seconds", "HTTP request latency", ["route"])
+
+
+@dataclass
+class Server:
+    app: FastAPI
+    attest: AttestContext
+    keys: KeyRing
+
+
+def _attest_config(settings: Settings) -> AttestConfig:
+    anchors, intermediates = [], []
+    if settings.ek_ca_bundle is not None:
+        anchors, intermediates = load_pem_bundle(settings.ek_ca_bundle.read_bytes())
+    return AttestConfig(
+        ek_trust_anchors=anchors, ek_intermediates=intermediates,
+        ek_allowlist=frozenset(h.lower() for h in settings.ek_allowlist),
+        default_node_class=settings.default_node_class,
+        nonce_ttl_seconds=settings.nonce_ttl_seconds,
+        interval_seconds=settings.attestation_interval_seconds,
+        stale_grace_seconds=settings.stale_grace_seconds,
+        result_ttl_seconds=settings.result_ttl_seconds,
+        issuer=settings.public_url or f"http://{settings.listen_host}:{settings.listen_port}")
+
+
+async def _deadline_loop(ctx: AttestContext, every: float) -> None:
+    lease = Lease(ctx, ttl=max(3 * every, 3.0))
+    while True:
+        try:
+            if await asyncio.to_thread(lease.acquire):
+                await asyncio.to_thread(mark_stale_nodes, ctx)
+        except Exception:  # keep checking deadlines whatever one round hit
+            log.exception("deadline check failed")
+        await asyncio.sleep(every)
+
+
+def build_server(settings: Settings, listeners: list[StateChangeListener] | None = None) -> Server:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine, sessions = open_database(settings.resolved_database_url())
+    ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
+    ctx = AttestContext(config=_attest_config(settings), sessions=sessions,
+                        sign_result=lambda claims: sign_jwt(claims, ring),
+                        listeners=list(listeners or []))
+    if settings.policy_dir is not None:
+        load_policy_dir(sessions, settings.policy_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ctx.loop = asyncio.get_running_loop()
+        task = asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            engine.dispose()
+
+    app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)
+    app.include_router(attest_router(ctx))
+
+    @app.middleware("http")
+    async def metrics_mw(request: Request, call_next: Any) -> Any:
+        start = time.perf_counter()
+        response = await call_next(request)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        LATENCY.labels(route).observe(time.perf_counter() - start)
+        REQUESTS.labels(route, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return JSONResponse(status_code=422, media_type="application/problem+json", content={
+            "type": "urn:umec:request.invalid", "title": "RequestInvalid", "status": 422,
+            "check": "request.schema", "detail": "the request body does not match the API",
+            "errors": errors, "hint": "Fix the named fields; see /docs for the schema."})
+
+    @app.exception_handler(Exception)
+    async def internal_error(_r: Request, exc: Exception) -> JSONResponse:
+        # Fail closed and tell the client nothing internal; the trace goes to our log only.
+        log.error("unhandled error", exc_info=exc)
+        return JSONResponse(status_code=500, media_type="application/problem+json", content={
+            "type": "urn:umec:internal", "title": "InternalError", "status": 500,
+            "detail": "the server could not complete the request; nothing was accepted",
+            "hint": "Retry later; operators: see the server log."})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> Response:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:  # not ready is an answer, not a crash
+            return JSONResponse(status_code=503, content={"status": "unavailable",
+                                                          "detail": type(exc).__name__})
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/attest/v1/jwks.json", tags=["attestation"])
+    def attestation_jwks() -> dict[str, Any]:
+        return ring.jwks(ctx.now())
+
+    return Server(app=app, attest=ctx, keys=ring)

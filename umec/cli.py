@@ -1,0 +1,194 @@
+"""The ``umec`` command line (typer): every verb has ``--help``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from umec.logs import configure_logging
+from umec.settings import Settings
+
+app = typer.Typer(help="µMEC Trust: TPM attestation, signed images, scoped tokens.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+policy_app = typer.Typer(help="Appraisal policies per node class.", no_args_is_help=True)
+nodes_app = typer.Typer(help="The attested fleet.", invoke_without_command=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(nodes_app, name="nodes")
+console = Console()
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's message already names the bad variable
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
+    from umec.db import open_database
+    return open_database(settings.resolved_database_url())[1]
+
+
+@app.command()
+def server(host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+           port: Annotated[int | None, typer.Option(help="Listen port")] = None) -> None:
+    """Run the control plane: registrar, verifier (and later the token service and APIs)."""
+    import uvicorn
+
+    from umec.app import build_server
+    settings = _settings()
+    configure_logging(settings.log_level)
+    srv = build_server(settings)
+    ssl = {}
+    if settings.tls_cert and settings.tls_key:
+        ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    uvicorn.run(srv.app, host=host or settings.listen_host, port=port or settings.listen_port,
+                log_config=None, **ssl)  # type: ignore[arg-type]
+
+
+@app.command()
+def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if trusted")] = False,
+          ) -> None:
+    """Run the node agent: enrol, activate, then attest every interval."""
+    import httpx
+
+    from attest.agent import Agent, AgentConfig, AgentError
+    settings = _settings()
+    configure_logging(settings.log_level)
+    if not settings.node_name:
+        console.print("[red]UMEC_NODE_NAME is required[/red] (the Kubernetes node name)")
+        raise typer.Exit(2)
+    cfg = AgentConfig(node_name=settings.node_name, tcti=settings.tcti,
+                      state_dir=settings.agent_state_dir, ak_kind=settings.ak_kind,
+                      ek_kind=settings.ek_kind, node_class=settings.node_class or None,
+                      interval_seconds=settings.attestation_interval_seconds,
+                      event_log_path=settings.event_log_path,
+                      measure_files=list(settings.measure_files),
+                      application_pcr=settings.application_pcr)
+    verify: bool | str = str(settings.server_ca) if settings.server_ca else True
+    with httpx.Client(base_url=settings.server_url, timeout=15.0, verify=verify) as client:
+        node_agent = Agent(cfg, client)
+        if not once:
+            node_agent.run(threading.Event())
+            return
+        try:
+            verdict = node_agent.attest_once()
+        except AgentError as exc:
+            console.print(f"[red]attestation failed[/red] ({exc.check}): {exc}")
+            if exc.hint:
+                console.print(f"  what to do: {exc.hint}")
+            raise typer.Exit(1) from None
+        except Exception as exc:
+            console.print(f"[red]attestation failed[/red]: {type(exc).__name__}: {exc}")
+            raise typer.Exit(1) from None
+    if verdict.get("trusted"):
+        console.print(f"[green]{settings.node_name}: trusted[/green]")
+        return
+    console.print(f"[red]{settings.node_name}: {verdict.get('state')}[/red]")
+    for failure in verdict.get("failed_checks", []):
+        console.print(f"  ✗ {failure['check']}: {failure['detail']}\n    → {failure['hint']}")
+    raise typer.Exit(1)
+
+
+@nodes_app.callback()
+def nodes(ctx: typer.Context,
+          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False) -> None:
+    """List the fleet: state, last verdict and why."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlalchemy import select
+
+    from attest.service.api import node_summary
+    from attest.service.models import NodeRow
+    with _sessions(_settings())() as session:
+        rows = [node_summary(n) for n in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+    if as_json:
+        json.dump(rows, sys.stdout, indent=2)
+        return
+    table = Table("node", "class", "state", "since", "last pass", "why")
+    for r in rows:
+        verdict = r["last_verdict"] or {}
+        why = "; ".join(f"{f['check']}: {f['detail']}" for f in verdict.get("failed_checks", []))
+        colour = {"trusted": "green", "untrusted": "red", "stale": "yellow"}.get(r["state"], "")
+        table.add_row(r["name"], r["node_class"], f"[{colour}]{r['state']}[/]" if colour else
+                      r["state"], r["state_changed_at"][:19], (r["last_pass_at"] or "-")[:19],
+                      why or ("-" if verdict.get("trusted", True) else "failed"))
+    console.print(table)
+
+
+@nodes_app.command("remove")
+def nodes_remove(name: str) -> None:
+    """Forget a node (e.g. after a TPM replacement); it must enrol again."""
+    from attest.service.models import NodeRow
+    with _sessions(_settings()).begin() as session:
+        row = session.get(NodeRow, name)
+        if row is None:
+            console.print(f"[red]no node named {name!r}[/red]")
+            raise typer.Exit(1)
+        session.delete(row)
+    console.print(f"removed {name}")
+
+
+@policy_app.command("set")
+def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True)]) -> None:
+    """Create or replace the appraisal policy in FILE (YAML; its `name` is the node class)."""
+    from attest.core.policy import PolicyInvalid
+    from attest.service.policies import set_policy
+    try:
+        policy, generation = set_policy(_sessions(_settings()), file.read_text(encoding="utf-8"))
+    except PolicyInvalid as exc:
+        console.print(f"[red]policy rejected:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"policy {policy.name!r} stored (generation {generation})")
+
+
+@policy_app.command("list")
+def policy_list() -> None:
+    """List the stored policies."""
+    from attest.service.policies import list_policies
+    table = Table("class", "generation", "updated")
+    for row in list_policies(_sessions(_settings())):
+        table.add_row(row.name, str(row.generation), row.updated_at.isoformat()[:19])
+    console.print(table)
+
+
+@policy_app.command("show")
+def policy_show(name: str) -> None:
+    """Print a stored policy document."""
+    from attest.service.policies import list_policies
+    for row in list_policies(_sessions(_settings())):
+        if row.name == name:
+            sys.stdout.write(row.document)
+            return
+    console.print(f"[red]no policy {name!r}[/red]")
+    raise typer.Exit(1)
+
+
+@policy_app.command("remove")
+def policy_remove(name: str) -> None:
+    """Remove a policy no node uses."""
+    from attest.service.policies import PolicyInUse, remove_policy
+    try:
+        removed = remove_policy(_sessions(_settings()), name)
+    except PolicyInUse as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if not removed:
+        console.print(f"[red]no policy {name!r}[/red]")
+        raise typer.Exit(1)
+    console.print(f"removed {name}")
+
+
+@app.command()
+def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] = None) -> None:
+    """Everything on one machine: swtpm nodes, server, agents; a node is tampered with."""
+    from umec.demo import run_demo
+    raise typer.Exit(run_demo(console, workdir))

@@ -1,0 +1,128 @@
+"""``umec demo``: the whole attestation story on one machine, narrated, nothing left running.
+
+1. A demo manufacturer CA issues EK certificates to two swtpm TPMs (node-a, node-b).
+2. The control plane starts on SQLite with that CA as its only trusted EK issuer and a
+   `pi-k3s` policy pinning the application PCR to the measurement of the k3s binary.
+3. Both agents enrol, activate their AK and attest: both become trusted.
+4. node-b's k3s binary is replaced; its agent measures it after a reboot of the TPM … here we
+   simply extend the application PCR as a tampered boot would: the next quote shows it, the node
+   goes untrusted, and the verdict names the failed check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+APP_PCR = 14
+
+
+def _expected_pcr(*files: Path) -> str:
+    value = bytes(32)
+    for f in files:
+        value = hashlib.sha256(value + hashlib.sha256(f.read_bytes()).digest()).digest()
+    return value.hex()
+
+
+@contextlib.contextmanager
+def _workdir(path: Path | None) -> Iterator[Path]:
+    if path is not None:
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="umec-demo-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_demo(console: Console, workdir: Path | None = None) -> int:
+    from attest.agent import Agent, AgentConfig
+    from attest.tpm.device import Tpm
+    from attest.tpm.swtpm import Swtpm, SwtpmCa
+    from umec.app import build_server
+    from umec.localserver import ServerThread
+    from umec.settings import Settings
+
+    ok = True
+
+    def step(title: str) -> None:
+        console.rule(f"[bold]{title}")
+
+    def expect(condition: bool, what: str) -> None:
+        nonlocal ok
+        ok = ok and condition
+        console.print(("[green]✓[/green] " if condition else "[red]✗ UNEXPECTED:[/red] ") + what)
+
+    with _workdir(workdir) as work, contextlib.ExitStack() as stack:
+        step("1. Manufacturing two TPMs (swtpm) with EK certificates from a demo CA")
+        ca = SwtpmCa(work / "manufacturer-ca")
+        tpms = {}
+        for name in ("node-a", "node-b"):
+            tpms[name] = stack.enter_context(Swtpm(work / name / "swtpm", ca))
+            console.print(f"  {name}: TPM on {tpms[name].tcti}")
+        bundle = work / "ek-ca.pem"
+        bundle.write_bytes(ca.certificate_chain_pem())
+
+        step("2. Control plane: SQLite, EK CA bundle, policy pinning PCR 14 to the k3s binary")
+        k3s = work / "k3s"
+        k3s.write_bytes(b"\x7fELF demo k3s binary v1.31.4+k3s1\n" * 64)
+        policy_dir = work / "policies"
+        policy_dir.mkdir()
+        (policy_dir / "pi-k3s.yaml").write_text(yaml.safe_dump({
+            "name": "pi-k3s", "selection": {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, APP_PCR]},
+            "pcrs": {"sha256": {APP_PCR: [_expected_pcr(k3s)]}}, "interval_seconds": 30}))
+        settings = Settings(data_dir=work / "server", ek_ca_bundle=bundle, policy_dir=policy_dir,
+                            default_node_class="pi-k3s", listen_port=0)
+        server = build_server(settings)
+        http = stack.enter_context(ServerThread(server.app))
+        console.print(f"  server on {http.url} (database {settings.resolved_database_url()})")
+        client = stack.enter_context(httpx.Client(base_url=http.url, timeout=30))
+
+        step("3. Both agents enrol (EK cert chain, AK attributes, MakeCredential) and attest")
+        agents: dict[str, Agent] = {}
+        for name, tpm in tpms.items():
+            cfg = AgentConfig(node_name=name, tcti=tpm.tcti, state_dir=work / name / "agent",
+                              measure_files=[k3s], application_pcr=APP_PCR)
+            agents[name] = Agent(cfg, client)
+            verdict = agents[name].attest_once()
+            expect(verdict["trusted"] and verdict["state"] == "trusted",
+                   f"{name}: {verdict['state']} ({verdict['reason']})")
+
+        step("4. node-b runs a modified k3s: its application PCR changes")
+        with Tpm(tpms["node-b"].tcti) as tpm:
+            tpm.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"trojaned k3s").digest()})
+        console.print("  extended PCR 14 of node-b with the measurement of another binary")
+        verdict = agents["node-b"].attest_once()
+        failed = [f["check"] for f in verdict["failed_checks"]]
+        expect(verdict["state"] == "untrusted" and "policy.pcr_value" in failed,
+               f"node-b: {verdict['state']}")
+        for f in verdict["failed_checks"]:
+            console.print(f"    ✗ {f['check']}: {f['detail']}\n      → {f['hint']}")
+        verdict = agents["node-a"].attest_once()
+        expect(verdict["state"] == "trusted", f"node-a still {verdict['state']}")
+
+        step("5. The fleet as the operator sees it (umec nodes)")
+        _print_fleet(console, client.get("/attest/v1/nodes").json())
+
+    console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
+    return 0 if ok else 1
+
+
+def _print_fleet(console: Console, nodes: list[dict[str, Any]]) -> None:
+    table = Table("node", "state", "why")
+    for n in nodes:
+        checks = (n["last_verdict"] or {}).get("failed_checks", [])
+        table.add_row(n["name"], n["state"], "; ".join(c["check"] for c in checks) or "-")
+    console.print(table)
