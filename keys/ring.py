@@ -72,7 +72,8 @@ class RingKey:
         return {**public_jwk(self.private_key), "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def published_at(self, now: datetime) -> bool:
-        return self.not_after is None or _aware(now) < self.not_after
+        _aware(now)  # also for the active key: a naive "now" is a bug wherever it is passed
+        return self.not_after is None or now < self.not_after
 
 
 def ring_key(key: PrivateKey, alg: str | None = None,
