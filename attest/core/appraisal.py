@@ -77,8 +77,6 @@ def appraise_evidence(
     except AttestationError as exc:  # unparseable or unauthenticated: stop here
         return Verdict(trusted=False, failures=(exc,))
     failures: list[AttestationError] = list(quote.failures)
-    if quote.signature_failed:
-        return Verdict(trusted=False, failures=tuple(failures))
 
     failures.extend(check_pcr_values(policy, evidence.pcr_values))
 

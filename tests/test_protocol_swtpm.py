@@ -1,0 +1,192 @@
+"""The attestation protocol end to end over HTTP, with real swtpm TPMs and the real agent."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from attest.agent import Agent, AgentConfig, AgentError
+from attest.tpm.device import Tpm
+from attest.tpm.swtpm import Swtpm, SwtpmCa
+from tests.conftest import k3s_policy, pcr_after
+from umec.app import Server, build_server
+from umec.localserver import ServerThread
+from umec.settings import Settings
+
+pytestmark = pytest.mark.swtpm
+K3S = b"k3s v1.31 binary"
+
+
+@dataclass
+class Plane:
+    server: Server
+    http: ServerThread
+    client: httpx.Client
+    settings: Settings
+
+
+@pytest.fixture
+def plane_factory(tmp_path: Path, manufacturer_ca: SwtpmCa,
+                  swtpm_factory: Callable[[str], Swtpm]) -> Iterator[Callable[..., Plane]]:
+    swtpm_factory("node-a")  # makes sure the CA exists before we read its chain
+    bundle = tmp_path / "ek-ca.pem"
+    bundle.write_bytes(manufacturer_ca.certificate_chain_pem())
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "pi-k3s.yaml").write_text(k3s_policy(pcr_after(K3S)))
+    planes: list[Plane] = []
+
+    def make(database_url: str = "", **overrides: object) -> Plane:
+        settings = Settings(data_dir=tmp_path / "server", ek_ca_bundle=bundle,
+                            policy_dir=policies, default_node_class="pi-k3s",
+                            database_url=database_url, **overrides)  # type: ignore[arg-type]
+        server = build_server(settings)
+        http = ServerThread(server.app).start()
+        plane = Plane(server, http, httpx.Client(base_url=http.url, timeout=30), settings)
+        planes.append(plane)
+        return plane
+    yield make
+    for p in planes:
+        p.client.close()
+        p.http.stop()
+
+
+def make_agent(tmp_path: Path, name: str, tpm: Swtpm, client: httpx.Client,
+               measure: bytes = K3S) -> Agent:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    k3s = tmp_path / f"{name}-k3s"
+    k3s.write_bytes(measure)
+    return Agent(AgentConfig(node_name=name, tcti=tpm.tcti, state_dir=tmp_path / name,
+                             measure_files=[k3s]), client)
+
+
+def test_two_nodes_trusted_then_tampered_node_untrusted(tmp_path: Path, plane_factory,
+                                                        swtpm_factory) -> None:
+    plane = plane_factory()
+    tpm_a, tpm_b = swtpm_factory("node-a"), swtpm_factory("node-b")
+    a = make_agent(tmp_path, "node-a", tpm_a, plane.client)
+    b = make_agent(tmp_path, "node-b", tpm_b, plane.client)
+    assert a.attest_once()["state"] == "trusted"
+    verdict = b.attest_once()
+    assert verdict["trusted"] is True and verdict["failed_checks"] == []
+
+    with Tpm(tpm_b.tcti) as tpm:
+        tpm.pcr_extend(14, {"sha256": hashlib.sha256(b"evil").digest()})
+    verdict = b.attest_once()
+    assert verdict["state"] == "untrusted"
+    assert [f["check"] for f in verdict["failed_checks"]] == ["policy.pcr_value"]
+    assert a.attest_once()["state"] == "trusted"
+    nodes = {n["name"]: n for n in plane.client.get("/attest/v1/nodes").json()}
+    assert nodes["node-b"]["state"] == "untrusted" and nodes["node-a"]["state"] == "trusted"
+
+
+def test_untrusted_node_measured_wrongly_fails_with_named_check(tmp_path: Path, plane_factory,
+                                                                swtpm_factory) -> None:
+    plane = plane_factory()
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client,
+                       measure=b"some other k3s")
+    verdict = agent.attest_once()
+    assert verdict["state"] == "untrusted"
+    assert verdict["failed_checks"][0]["check"] == "policy.pcr_value"
+    assert verdict["failed_checks"][0]["hint"]
+
+
+def test_agent_and_server_restarts_lose_nothing(tmp_path: Path, plane_factory,
+                                                swtpm_factory) -> None:
+    plane = plane_factory()
+    tpm = swtpm_factory("node-a")
+    assert make_agent(tmp_path, "node-a", tpm, plane.client).attest_once()["state"] == "trusted"
+    ak_files = sorted(p.read_bytes() for p in (tmp_path / "node-a").glob("ak-*"))
+    # Agent restart: a new process with the same state directory keeps its AK, no re-enrolment,
+    # and does not measure k3s a second time into the same boot.
+    again = make_agent(tmp_path, "node-a", tpm, plane.client)
+    assert again.attest_once()["state"] == "trusted"
+    assert sorted(p.read_bytes() for p in (tmp_path / "node-a").glob("ak-*")) == ak_files
+    # Server restart on the same database: the node and its binding are still there.
+    plane.http.stop()
+    plane2 = plane_factory()
+    agent = make_agent(tmp_path, "node-a", tpm, plane2.client)
+    assert agent.attest_once()["state"] == "trusted"
+    events = plane2.client.get("/attest/v1/nodes/node-a").json()
+    assert events["activated"] is True
+
+
+def test_reboot_is_seen_and_node_recovers(tmp_path: Path, plane_factory, swtpm_factory) -> None:
+    plane = plane_factory()
+    tpm = swtpm_factory("node-a")
+    agent = make_agent(tmp_path, "node-a", tpm, plane.client)
+    assert agent.attest_once()["rebooted"] is False
+    tpm.stop()
+    tpm.start()  # power cycle: PCRs reset, resetCount increments (on a new port)
+    agent.config.tcti = tpm.tcti
+    verdict = agent.attest_once()
+    assert verdict["state"] == "trusted" and verdict["rebooted"] is True
+
+
+def test_ek_from_untrusted_manufacturer_is_refused(tmp_path: Path, plane_factory) -> None:
+    plane = plane_factory()
+    rogue = Swtpm(tmp_path / "rogue", SwtpmCa(tmp_path / "rogue-ca", manufacturer="rogue"))
+    with rogue:
+        agent = make_agent(tmp_path, "node-r", rogue, plane.client)
+        with pytest.raises(AgentError) as err:
+            agent.attest_once()
+    assert err.value.check == "ek.certificate.untrusted"
+    assert plane.client.get("/attest/v1/nodes/node-r").status_code == 404
+
+
+def test_reenrolment_with_another_ek_is_refused(tmp_path: Path, plane_factory,
+                                               swtpm_factory) -> None:
+    plane = plane_factory()
+    assert make_agent(tmp_path, "node-a", swtpm_factory("node-a"),
+                      plane.client).attest_once()["state"] == "trusted"
+    impostor = make_agent(tmp_path / "impostor", "node-a", swtpm_factory("node-b"),
+                          plane.client)
+    with pytest.raises(AgentError) as err:
+        impostor.attest_once()
+    assert err.value.check == "enroll.ek_mismatch"
+    assert plane.client.get("/attest/v1/nodes/node-a").json()["state"] == "trusted"
+
+
+def test_wrong_activation_proof_keeps_node_state(tmp_path: Path, plane_factory,
+                                                 swtpm_factory) -> None:
+    plane = plane_factory()
+    tpm = swtpm_factory("node-a")
+    agent = make_agent(tmp_path, "node-a", tpm, plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    before = plane.client.get("/attest/v1/nodes/node-a").json()
+    with Tpm(tpm.tcti, ek_kind="rsa") as t:
+        ak = t.load_or_create_ak(tmp_path / "node-a")
+        body = {"name": "node-a", "ek_public": base64.b64encode(t.ek_public("rsa")).decode(),
+                "ak_public": base64.b64encode(ak.public).decode(),
+                "ek_certificate": base64.b64encode(t.ek_certificate("rsa") or b"").decode()}
+    assert plane.client.post("/attest/v1/nodes", json=body).status_code == 200
+    resp = plane.client.post("/attest/v1/nodes/node-a/activate",
+                             json={"secret": base64.b64encode(b"\0" * 32).decode()})
+    assert resp.status_code == 403
+    assert resp.json()["check"] == "activate.proof"
+    after = plane.client.get("/attest/v1/nodes/node-a").json()
+    assert after["state"] == before["state"] == "trusted" and after["activated"]
+    assert agent.attest_once()["state"] == "trusted"
+
+
+def test_stale_when_node_goes_quiet(tmp_path: Path, plane_factory, swtpm_factory) -> None:
+    import time
+    plane = plane_factory(attestation_interval_seconds=0.5, stale_grace_seconds=0.5,
+                          deadline_check_seconds=0.2)
+    tpm = swtpm_factory("node-a")
+    agent = make_agent(tmp_path, "node-a", tpm, plane.client)
+    (tmp_path / "policies").mkdir(exist_ok=True)
+    assert agent.attest_once()["state"] == "trusted"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if plane.client.get("/attest/v1/nodes/node-a").json()["state"] == "stale":
+            break
+        time.sleep(0.2)
+    assert plane.client.get("/attest/v1/nodes/node-a").json()["state"] == "stale"
+    assert agent.attest_once()["state"] == "trusted"  # a fresh passing quote brings it back
