@@ -533,3 +533,15 @@ def test_hand_built_event_with_wrong_digest_size_is_rejected_by_replay() -> None
         replay_event_log(log)
     with pytest.raises(EventLogUnknownAlgorithm):
         replay_event_log(EventLog(None, (Event(0, 4, 13, {"md5": bytes(16)}, b""),)))
+
+
+def test_digests_in_any_order_or_subset_parse_like_the_usual_layout() -> None:
+    # Most events take the parser's fixed-layout fast path; these must take the general one.
+    d1, d256 = hashlib.sha1(b"a").digest(), hashlib.sha256(b"a").digest()
+    usual = parse_event_log(AGILE_HEADER + dual(4, b"a")).events[1]
+    swapped = parse_event_log(AGILE_HEADER + event2(4, 0x0D, [(SHA256, d256), (SHA1, d1)]))
+    assert swapped.events[1] == usual
+    subset = parse_event_log(AGILE_HEADER + event2(4, 0x0D, [(SHA256, d256)]))
+    assert subset.events[1].digests == {"sha256": d256}
+    # A bank missing from an event is simply not extended, as TPM2_PCR_Extend would do.
+    assert replay_event_log(subset) == {"sha256": {4: hashlib.sha256(bytes(32) + d256).digest()}}

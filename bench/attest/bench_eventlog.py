@@ -1,0 +1,55 @@
+"""Benchmark: parse + replay time per fixture event log.
+
+Run from the repo root: ``.venv/bin/python bench/attest/bench_eventlog.py [--runs N]``.
+For each log under ``../shared/fixtures/eventlogs`` it reports the median over N runs
+(``time.perf_counter_ns``) of parse alone, replay alone and parse + replay, with the event and
+extend counts. Goal: parse + replay under 1 ms for a ~120-event log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from attest.core.eventlog import EV_NO_ACTION, parse_event_log, replay_event_log
+
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "eventlogs"
+
+
+def median_us(fn: Callable[[], object], runs: int) -> float:
+    for _ in range(min(50, runs)):  # warm-up: caches, allocator
+        fn()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        fn()
+        samples.append(time.perf_counter_ns() - start)
+    return statistics.median(samples) / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=1000)
+    args = parser.parse_args()
+    paths = sorted(p for p in FIXTURES.glob("*/*") if p.is_file() and p.name != "LICENSE")
+    if not paths:
+        raise SystemExit(f"no fixtures under {FIXTURES}")
+    print(f"{'log':40} {'bytes':>6} {'events':>6} {'extends':>7} {'parse µs':>9} "
+          f"{'replay µs':>9} {'total µs':>9}")
+    for path in paths:
+        raw = path.read_bytes()
+        log = parse_event_log(raw)
+        extends = sum(len(e.digests) for e in log.events if e.event_type != EV_NO_ACTION)
+        parse = median_us(lambda raw=raw: parse_event_log(raw), args.runs)  # type: ignore[misc]
+        replay = median_us(lambda log=log: replay_event_log(log), args.runs)  # type: ignore[misc]
+        total = median_us(lambda raw=raw: replay_event_log(parse_event_log(raw)),  # type: ignore[misc]
+                          args.runs)
+        print(f"{path.parent.name + '/' + path.name:40} {len(raw):>6} {len(log.events):>6} "
+              f"{extends:>7} {parse:>9.1f} {replay:>9.1f} {total:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
