@@ -126,7 +126,7 @@ def _load_lazy(data: bytes) -> tuple[x509.Certificate, bytes | None]:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data), None
         return x509.load_der_x509_certificate(data), None
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         strict_error = exc
     reencoded = _reencode_lenient(data)
     if reencoded is None:
@@ -136,7 +136,7 @@ def _load_lazy(data: bytes) -> tuple[x509.Certificate, bytes | None]:
     der, original_tbs = reencoded
     try:
         return x509.load_der_x509_certificate(der), original_tbs
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise EkCertificateMalformed(f"not an X.509 certificate even leniently: {exc}") from exc
 
 
