@@ -23,7 +23,6 @@ from attest.core.ek import (
     EkCertificateSelfSigned,
     EkCertificateUntrusted,
     EkPublicMismatch,
-    check_ek_public_matches,
     ek_certificate_matches,
     ek_public_hash,
     load_ek_certificate,
@@ -190,11 +189,17 @@ def test_ca_certificate_or_foreign_eku_is_not_an_ek(pki: Pki) -> None:
 
 
 def test_public_key_binding(pki: Pki) -> None:
-    check_ek_public_matches(pki.ek, pki.ek_key.public_key())
+    assert ek_certificate_matches(pki.ek, pki.ek_key.public_key()) is True
     other = ec.generate_private_key(ec.SECP256R1()).public_key()
-    assert not ek_certificate_matches(pki.ek, other)
+    # Raises rather than returning False, so ignoring the result cannot let a mismatch through.
     with pytest.raises(EkPublicMismatch, match=r"2\.23\.133\.2\.2=NPCT75x"):
-        check_ek_public_matches(pki.ek, other)
+        ek_certificate_matches(pki.ek, other)
+    from attest.core.tpm_public import ek_public_from_key
+
+    own = ek_public_from_key(pki.ek_key.public_key())  # type: ignore[arg-type]
+    assert ek_certificate_matches(pki.ek, own.marshal_tpm2b())
+    with pytest.raises(EkPublicMismatch):
+        ek_certificate_matches(pki.ek, ek_public_from_key(other).marshal_tpm2b())  # type: ignore[arg-type]
     with pytest.raises(MalformedStructure):
         ek_certificate_matches(pki.ek, b"\x00\x10garbage")
 

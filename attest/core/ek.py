@@ -29,7 +29,7 @@ Pure: ``cryptography`` only, no tpm2-pytss, no clock (``now`` is passed in), no 
    EKU required, directoryName SAN and empty subject allowed, cA=false enforced), so no check is
    switched off. Its algorithm policy limits signatures to RSA-PKCS#1/PSS with SHA-2 (RSA >= 2048
    bits) and ECDSA P-256/384/521: an EK CA still signing with SHA-1 is rejected as untrusted.
-5. **Binding** (:func:`check_ek_public_matches`): the certificate's key must be the EK the TPM
+5. **Binding** (:func:`ek_certificate_matches`): the certificate's key must be the EK the TPM
    presents (:class:`EkPublicMismatch`); the registrar calls it with the enrolled TPM2B_PUBLIC.
 
 An operator-approved allowlist identifies EKs by :func:`ek_public_hash` (SHA-256 hex of the
@@ -337,19 +337,19 @@ def _spki(key: PublicKeyTypes) -> bytes:
 
 def ek_certificate_matches(cert: x509.Certificate,
                            ek_public_key: PublicKeyTypes | TpmPublic | bytes) -> bool:
-    """True when ``cert`` certifies exactly ``ek_public_key`` (a key, TpmPublic or TPM2B_PUBLIC)."""
+    """Check that ``cert`` certifies exactly ``ek_public_key`` (a key, TpmPublic or TPM2B_PUBLIC).
+
+    Returns True, and raises :class:`EkPublicMismatch` otherwise: it never returns False, so a
+    caller that ignores the result (``ek_certificate_matches(cert, key)`` as a statement) is as
+    safe as one that tests it.
+    """
     if isinstance(ek_public_key, bytes | bytearray):
         ek_public_key = parse_tpm2b_public(bytes(ek_public_key))
     if isinstance(ek_public_key, TpmPublic):
         ek_public_key = ek_public_key.public_key()
-    return _spki(_public_key(cert)) == _spki(ek_public_key)
-
-
-def check_ek_public_matches(cert: x509.Certificate,
-                            ek_public_key: PublicKeyTypes | TpmPublic | bytes) -> None:
-    """Raise :class:`EkPublicMismatch` unless ``cert`` certifies ``ek_public_key``."""
-    if not ek_certificate_matches(cert, ek_public_key):
+    if _spki(_public_key(cert)) != _spki(ek_public_key):
         raise EkPublicMismatch(f"{_subject(cert)} certifies another key than the node's EK")
+    return True
 
 
 def ek_public_hash(tpm2b_public: bytes) -> str:
@@ -364,6 +364,6 @@ def ek_public_hash(tpm2b_public: bytes) -> str:
 __all__ = [
     "TCG_KP_EK_CERTIFICATE", "EkCertificateExpired", "EkCertificateMalformed",
     "EkCertificateNotEk", "EkCertificateSelfSigned", "EkCertificateUntrusted", "EkPublicMismatch",
-    "check_ek_public_matches", "ek_certificate_matches", "ek_public_hash",
+    "ek_certificate_matches", "ek_public_hash",
     "load_ek_certificate", "verify_ek_certificate",
 ]
