@@ -1,0 +1,310 @@
+"""TPMS_ATTEST and TPMT_SIGNATURE (TPM 2.0 Part 2 §10.12, §11.3), and the public-area re-exports.
+
+TPMS_ATTEST, what a TPM signs for TPM2_Quote, parsed by :func:`parse_tpms_attest` in order:
+
+1. ``magic`` (TPM_GENERATED, UINT32): 0xFF544347 for anything the TPM itself produced. It is
+   *parsed* here and *checked* by ``attest.core.quote`` so the failure is named there.
+2. ``type`` (TPMI_ST_ATTEST): TPM_ST_ATTEST_QUOTE (0x8018) for quotes; other types keep their
+   ``attested`` bytes unparsed.
+3. ``qualifiedSigner`` (TPM2B_NAME), ``extraData`` (TPM2B_DATA: the verifier's nonce).
+4. ``clockInfo`` (TPMS_CLOCK_INFO: clock UINT64 ms, resetCount UINT32, restartCount UINT32,
+   safe TPMI_YES_NO) and ``firmwareVersion`` (UINT64).
+5. ``attested.quote`` (TPMS_QUOTE_INFO): ``pcrSelect`` (TPML_PCR_SELECTION: count, then per bank
+   hash, sizeofSelect, bitmap where bit j of byte i selects PCR 8i+j) and ``pcrDigest``.
+
+TPMT_SIGNATURE (:func:`parse_tpmt_signature`): ``sigAlg`` then, for RSASSA/RSAPSS, ``hash`` and
+the signature (TPM2B_PUBLIC_KEY_RSA); for ECDSA, ``hash``, ``signatureR`` and ``signatureS``.
+:func:`verify_signature` checks it over a message with a :class:`TpmPublic` key.
+
+Note on clockInfo: for keys outside the endorsement/platform hierarchies a TPM obfuscates
+resetCount, restartCount and firmwareVersion; AKs created under the EK (tpm2_createak, our
+agent) are in the endorsement hierarchy, so these fields are real.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from attest.core.errors import AttestationError
+from attest.core.tpm_marshal import (
+    HASH_ALGS,
+    HASH_BY_NAME,
+    MAX_DATA,
+    MAX_DIGEST,
+    MAX_ECC_KEY_BYTES,
+    MAX_NAME,
+    MAX_PCR_BANKS,
+    MAX_PCR_SELECT,
+    MAX_RSA_KEY_BYTES,
+    AlgorithmUnsupported,
+    EccCurve,
+    FieldValueInvalid,
+    StructureOversized,
+    StructureTruncated,
+    TpmAlg,
+    TrailingBytes,
+    check_size,
+    hash_info,
+    tpm2b,
+    u16,
+    u32,
+    u64,
+)
+from attest.core.tpm_public import (
+    AK_ATTRIBUTES,
+    EK_ATTRIBUTES,
+    EK_AUTH_POLICY_SHA256,
+    EccPoint,
+    ObjectAttributes,
+    PublicKeyInvalid,
+    Scheme,
+    SymDef,
+    TpmPublic,
+    ek_public_from_key,
+    parse_tpm2b_public,
+    parse_tpmt_public,
+    public_from_key,
+)
+
+__all__ = [
+    "AK_ATTRIBUTES", "EK_ATTRIBUTES", "EK_AUTH_POLICY_SHA256", "HASH_ALGS", "HASH_BY_NAME",
+    "TPM_GENERATED_VALUE", "TPM_ST_ATTEST_QUOTE", "AlgorithmUnsupported", "ClockInfo", "EccCurve",
+    "EccPoint", "FieldValueInvalid", "ObjectAttributes", "PublicKeyInvalid", "QuoteInfo",
+    "Scheme", "SignatureInvalid", "StructureTruncated", "SymDef", "TpmAlg", "TpmPublic",
+    "TpmSignature", "TpmsAttest", "TrailingBytes", "ek_public_from_key", "parse_tpm2b_public",
+    "parse_tpms_attest", "parse_tpmt_public", "parse_tpmt_signature", "public_from_key",
+    "verify_signature",
+]
+
+TPM_GENERATED_VALUE = 0xFF544347
+TPM_ST_ATTEST_QUOTE = 0x8018
+_HEAD = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
+_CLOCK = struct.Struct(">QIIBQ")  # clockInfo, firmwareVersion
+_SEL = struct.Struct(">HB")  # TPMS_PCR_SELECTION hash, sizeofSelect
+_HEAD_SIG = struct.Struct(">HHH")  # sigAlg, hash, first TPM2B size
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_SIGN = int(ObjectAttributes.SIGN_ENCRYPT)
+_SIG_ALGS = frozenset((TpmAlg.ECDSA, TpmAlg.RSASSA, TpmAlg.RSAPSS))
+
+
+class SignatureInvalid(AttestationError):
+    check = "signature.invalid"
+    hint = "The signature does not verify under the enrolled key; the evidence is not trustworthy."
+
+
+def _u8(v: int) -> bytes:
+    return bytes((v,))
+
+
+@dataclass(frozen=True, slots=True)
+class ClockInfo:
+    """TPMS_CLOCK_INFO: ``clock`` in ms since TPM manufacture/clear; counts of resets/restarts."""
+
+    clock: int
+    reset_count: int
+    restart_count: int
+    safe: bool
+
+
+@dataclass(frozen=True, slots=True)
+class QuoteInfo:
+    """TPMS_QUOTE_INFO; ``pcr_select`` maps bank name to PCR indices, in TPML order."""
+
+    pcr_select: dict[str, frozenset[int]]
+    pcr_digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TpmsAttest:
+    magic: int
+    type: int
+    qualified_signer: bytes
+    extra_data: bytes
+    clock_info: ClockInfo
+    firmware_version: int
+    quote: QuoteInfo | None  # set when type is TPM_ST_ATTEST_QUOTE
+    attested: bytes = b""  # the unparsed TPMU_ATTEST of any other type
+
+    def marshal(self) -> bytes:
+        """Canonical TPMS_ATTEST bytes (sizeofSelect = max(3, bytes needed))."""
+        ci = self.clock_info
+        head = (u32(self.magic) + u16(self.type) + tpm2b(self.qualified_signer)
+                + tpm2b(self.extra_data) + u64(ci.clock) + u32(ci.reset_count)
+                + u32(ci.restart_count) + _u8(int(ci.safe)) + u64(self.firmware_version))
+        if self.quote is None:
+            return head + self.attested
+        parts = [u32(len(self.quote.pcr_select))]
+        for bank, pcrs in self.quote.pcr_select.items():
+            size = max(3, (max(pcrs, default=0) // 8) + 1)
+            bitmap = bytearray(size)
+            for i in pcrs:
+                bitmap[i // 8] |= 1 << (i % 8)
+            parts.append(u16(HASH_BY_NAME[bank]) + _u8(size) + bytes(bitmap))
+        return head + b"".join(parts) + tpm2b(self.quote.pcr_digest)
+
+
+# PCR indices selected by byte value v at bitmap position i: a constant table, so decoding a
+# selection is a union of a few precomputed sets (the per-bit loop costs several µs per quote).
+_BYTE_PCRS: tuple[tuple[frozenset[int], ...], ...] = tuple(
+    tuple(frozenset(i * 8 + j for j in range(8) if v >> j & 1) for v in range(256))
+    for i in range(MAX_PCR_SELECT))
+
+
+def _bitmap_pcrs(bitmap: bytes) -> frozenset[int]:
+    return frozenset().union(*(_BYTE_PCRS[i][v] for i, v in enumerate(bitmap)))
+
+
+def parse_tpms_attest(data: bytes) -> TpmsAttest:
+    """Parse TPMS_ATTEST (the ``-m`` message of tpm2_quote); every byte must be consumed.
+
+    This is on the verifier's hot path, so it reads with precompiled ``struct`` formats
+    instead of a generic cursor; every offset is still bounds-checked (``struct.error`` from
+    ``unpack_from`` past the end becomes ``StructureTruncated``).
+    """
+    check_size(data, "TPMS_ATTEST")
+    data = bytes(data)
+    n = len(data)
+    try:
+        magic, st, size = _HEAD.unpack_from(data, 0)
+        if size > MAX_NAME:
+            raise StructureOversized(f"TPMS_ATTEST.qualifiedSigner: size {size} > {MAX_NAME}")
+        p = 8 + size
+        signer = data[8:p]
+        (size,) = _U16.unpack_from(data, p)
+        if size > MAX_DATA:
+            raise StructureOversized(f"TPMS_ATTEST.extraData: size {size} > {MAX_DATA}")
+        p += 2
+        extra = data[p:p + size]
+        p += size
+        clock, resets, restarts, safe, fw = _CLOCK.unpack_from(data, p)
+        p += _CLOCK.size
+        if safe > 1:
+            raise FieldValueInvalid(f"TPMS_CLOCK_INFO.safe is {safe}, not YES/NO")
+        ci = ClockInfo(clock, resets, restarts, safe == 1)
+        if st != TPM_ST_ATTEST_QUOTE:
+            return TpmsAttest(magic, st, signer, extra, ci, fw, None, data[p:])
+        (count,) = _U32.unpack_from(data, p)
+        p += 4
+        if count > MAX_PCR_BANKS:
+            raise FieldValueInvalid(f"TPML_PCR_SELECTION.count {count} exceeds {MAX_PCR_BANKS}")
+        select: dict[str, frozenset[int]] = {}
+        for _ in range(count):
+            alg, size = _SEL.unpack_from(data, p)
+            name = hash_info(alg, "TPMS_PCR_SELECTION.hash")[0]
+            if size > MAX_PCR_SELECT:
+                raise FieldValueInvalid(
+                    f"TPMS_PCR_SELECTION.sizeofSelect {size} > {MAX_PCR_SELECT}")
+            if name in select:
+                # A TPM would hash the bank twice; a dict cannot say so and no honest agent asks.
+                raise FieldValueInvalid(f"TPML_PCR_SELECTION lists bank {name} twice")
+            p += 3
+            select[name] = _bitmap_pcrs(data[p:p + size])
+            p += size
+        (size,) = _U16.unpack_from(data, p)
+        if size > MAX_DIGEST:
+            raise StructureOversized(f"TPMS_ATTEST.pcrDigest: size {size} > {MAX_DIGEST}")
+        p += 2
+        pcr_digest = data[p:p + size]
+        p += size
+    except struct.error:
+        raise StructureTruncated(f"TPMS_ATTEST: {n} bytes end inside a field") from None
+    if p != n:
+        if p > n:  # the last TPM2B's bytes were cut off
+            raise StructureTruncated(f"TPMS_ATTEST: needs {p} bytes, got {n}")
+        raise TrailingBytes(f"TPMS_ATTEST: {n - p} unexpected bytes after offset {p}")
+    return TpmsAttest(magic, st, signer, extra, ci, fw, QuoteInfo(select, pcr_digest))
+
+
+@dataclass(frozen=True, slots=True)
+class TpmSignature:
+    """TPMT_SIGNATURE: RSASSA/RSAPSS carry ``sig``; ECDSA carries ``r`` and ``s`` (big-endian)."""
+
+    sig_alg: int
+    hash_alg: int
+    sig: bytes = b""
+    r: bytes = b""
+    s: bytes = b""
+
+    def marshal(self) -> bytes:
+        head = u16(self.sig_alg) + u16(self.hash_alg)
+        if self.sig_alg == TpmAlg.ECDSA:
+            return head + tpm2b(self.r) + tpm2b(self.s)
+        return head + tpm2b(self.sig)
+
+
+def parse_tpmt_signature(data: bytes) -> TpmSignature:
+    """Parse a TPMT_SIGNATURE (tpm2_quote ``-s`` in the default "tss" format)."""
+    check_size(data, "TPMT_SIGNATURE")
+    data = bytes(data)
+    n = len(data)
+    try:
+        alg, hash_alg, size = _HEAD_SIG.unpack_from(data, 0)
+        if alg not in _SIG_ALGS:
+            raise AlgorithmUnsupported(
+                f"TPMT_SIGNATURE.sigAlg 0x{alg:04x} (ECDSA, RSASSA, RSAPSS)")
+        hash_info(hash_alg, "TPMT_SIGNATURE.hash")
+        limit = MAX_ECC_KEY_BYTES if alg == TpmAlg.ECDSA else MAX_RSA_KEY_BYTES
+        if size > limit:
+            raise StructureOversized(f"TPMT_SIGNATURE: field size {size} > {limit}")
+        p = 6 + size
+        first = data[6:p]
+        if alg == TpmAlg.ECDSA:
+            (size,) = _U16.unpack_from(data, p)
+            if size > limit:
+                raise StructureOversized(f"TPMT_SIGNATURE.signatureS: size {size} > {limit}")
+            p += 2
+            second = data[p:p + size]
+            p += size
+    except struct.error:
+        raise StructureTruncated(f"TPMT_SIGNATURE: {n} bytes end inside a field") from None
+    if p != n:
+        if p > n:
+            raise StructureTruncated(f"TPMT_SIGNATURE: needs {p} bytes, got {n}")
+        raise TrailingBytes(f"TPMT_SIGNATURE: {n - p} unexpected bytes after offset {p}")
+    if alg == TpmAlg.ECDSA:
+        return TpmSignature(alg, hash_alg, r=first, s=second)
+    return TpmSignature(alg, hash_alg, sig=first)
+
+
+def verify_signature(key: TpmPublic, sig: TpmSignature, message: bytes) -> None:
+    """Verify ``sig`` over ``message`` (hashed with ``sig.hash_alg``) or raise SignatureInvalid.
+
+    Rules beyond the maths: the key must be a signing key; a key with a fixed scheme only
+    signs with that scheme and hash; SHA-1 signatures are refused (collisions are practical).
+    """
+    if not int(key.object_attributes) & _SIGN:  # plain int: IntFlag operators are slow
+        raise SignatureInvalid("the key is not a signing key (objectAttributes.sign is clear)")
+    scheme = key.scheme
+    if scheme is not None and (scheme.scheme != sig.sig_alg or scheme.hash_alg != sig.hash_alg):
+        raise SignatureInvalid(
+            f"signature scheme 0x{sig.sig_alg:04x}/0x{sig.hash_alg:04x} differs from the key's "
+            f"0x{scheme.scheme:04x}/0x{scheme.hash_alg:04x}")
+    if sig.hash_alg == TpmAlg.SHA1:
+        raise SignatureInvalid("SHA-1 signatures are not accepted")
+    try:
+        hash_cls = HASH_ALGS[sig.hash_alg][2]
+    except KeyError:
+        raise SignatureInvalid(f"unsupported signature hash 0x{sig.hash_alg:04x}") from None
+    pub = key.public_key()
+    try:
+        if sig.sig_alg == TpmAlg.ECDSA:
+            if not isinstance(pub, ec.EllipticCurvePublicKey):
+                raise SignatureInvalid("an ECDSA signature cannot come from an RSA key")
+            der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
+            pub.verify(der, message, ec.ECDSA(hash_cls()))
+            return
+        if not isinstance(pub, rsa.RSAPublicKey):
+            raise SignatureInvalid("an RSA signature cannot come from an ECC key")
+        pad: padding.AsymmetricPadding = padding.PKCS1v15() if sig.sig_alg == TpmAlg.RSASSA \
+            else padding.PSS(padding.MGF1(hash_cls()), padding.PSS.AUTO)
+        pub.verify(sig.sig, message, pad, hash_cls())
+    except InvalidSignature:
+        raise SignatureInvalid(
+            f"{TpmAlg(sig.sig_alg).name} signature does not verify under the key "
+            f"{key.name().hex()}") from None
