@@ -79,7 +79,8 @@ class Agent:
     def enroll(self, tpm: Tpm) -> None:
         ak = tpm.load_or_create_ak(self.config.state_dir, self.config.ak_kind)
         cert = tpm.ek_certificate(self.config.ek_kind)
-        body = {"name": self.config.node_name, "ek_public": _b64(tpm.ek_public(self.config.ek_kind)),
+        ek_public = tpm.ek_public(self.config.ek_kind)
+        body = {"name": self.config.node_name, "ek_public": _b64(ek_public),
                 "ak_public": _b64(ak.public), "ek_certificate": _b64(cert) if cert else None,
                 "node_class": self.config.node_class}
         challenge = _raise_for_problem(self.client.post("/attest/v1/nodes", json=body), "enroll")

@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+from cryptography import x509
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -17,7 +19,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from sqlalchemy import text
 
 from attest.service.api import make_router as attest_router
-from attest.service.context import AttestConfig, AttestContext, StateChangeListener
+from attest.service.context import AttestConfig, AttestContext
+from attest.service.notify import CompositeSink
+from attest.service.notify_event import StateChangeSink
+from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
+from attest.service.notify_webhook import WebhookSink
 from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
 from attest.service.verifier import Lease, mark_stale_nodes
@@ -39,7 +45,8 @@ class Server:
 
 
 def _attest_config(settings: Settings) -> AttestConfig:
-    anchors, intermediates = [], []
+    anchors: list[x509.Certificate] = []
+    intermediates: list[x509.Certificate] = []
     if settings.ek_ca_bundle is not None:
         anchors, intermediates = load_pem_bundle(settings.ek_ca_bundle.read_bytes())
     return AttestConfig(
@@ -64,13 +71,21 @@ async def _deadline_loop(ctx: AttestContext, every: float) -> None:
         await asyncio.sleep(every)
 
 
-def build_server(settings: Settings, listeners: list[StateChangeListener] | None = None) -> Server:
+def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine, sessions = open_database(settings.resolved_database_url())
     ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
+    sinks: list[StateChangeSink] = list(listeners or [])
+    webhook_client = httpx.AsyncClient()
+    if settings.webhook_urls:
+        sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
+                                 webhook_client))
+    if settings.kubernetes_labels:
+        sinks.append(KubernetesNodeSink(kubernetes_api_from_config(
+            settings.kubeconfig, in_cluster=settings.kubeconfig is None)))
     ctx = AttestContext(config=_attest_config(settings), sessions=sessions,
                         sign_result=lambda claims: sign_jwt(claims, ring),
-                        listeners=list(listeners or []))
+                        listeners=[CompositeSink(sinks)] if sinks else [])
     if settings.policy_dir is not None:
         load_policy_dir(sessions, settings.policy_dir)
 
@@ -84,6 +99,7 @@ def build_server(settings: Settings, listeners: list[StateChangeListener] | None
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await webhook_client.aclose()
             engine.dispose()
 
     app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)

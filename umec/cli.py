@@ -100,7 +100,8 @@ def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if t
 
 @nodes_app.callback()
 def nodes(ctx: typer.Context,
-          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False) -> None:
+          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False,
+          ) -> None:
     """List the fleet: state, last verdict and why."""
     if ctx.invoked_subcommand is not None:
         return

@@ -101,8 +101,8 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
                    f"{name}: {verdict['state']} ({verdict['reason']})")
 
         step("4. node-b runs a modified k3s: its application PCR changes")
-        with Tpm(tpms["node-b"].tcti) as tpm:
-            tpm.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"trojaned k3s").digest()})
+        with Tpm(tpms["node-b"].tcti) as device:
+            device.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"trojaned k3s").digest()})
         console.print("  extended PCR 14 of node-b with the measurement of another binary")
         verdict = agents["node-b"].attest_once()
         failed = [f["check"] for f in verdict["failed_checks"]]

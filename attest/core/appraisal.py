@@ -92,4 +92,5 @@ def appraise_evidence(
 
     clock = quote.attest.clock_info
     return Verdict(trusted=not failures, failures=tuple(failures), clock=clock,
-                   rebooted=quote.rebooted, quoted=quote.attest.quote.pcr_select)
+                   rebooted=quote.rebooted,
+                   quoted=quote.attest.quote.pcr_select if quote.attest.quote else {})

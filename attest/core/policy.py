@@ -41,8 +41,9 @@ class PolicyInvalid(ValueError):
 
 class PcrValueNotAllowed(AttestationError):
     check = "policy.pcr_value"
-    hint = ("The measured boot chain or application changed. If the change is intended, add the new "
-            "value to the node class policy (umec policy set); otherwise investigate the node.")
+    hint = ("The measured boot chain or application changed. If the change is intended, add "
+            "the new value to the node class policy (umec policy set); otherwise investigate "
+            "the node.")
 
 
 class EventLogRequired(AttestationError):
@@ -62,7 +63,8 @@ def _pcr_index(bank: str, raw: Any) -> int:
 
 def _bank(where: str, raw: Any) -> str:
     if raw not in DIGEST_SIZES:
-        raise PolicyInvalid(f"{where}: unknown PCR bank {raw!r} (use one of {sorted(DIGEST_SIZES)})")
+        raise PolicyInvalid(f"{where}: unknown PCR bank {raw!r} "
+                            f"(use one of {sorted(DIGEST_SIZES)})")
     return str(raw)
 
 

@@ -143,7 +143,8 @@ def make_router(ctx: AttestContext) -> APIRouter:
     @r.get("/nodes")
     def list_nodes() -> list[dict[str, Any]]:
         with ctx.sessions() as session:
-            return [node_summary(n) for n in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+            rows = session.scalars(select(NodeRow).order_by(NodeRow.name))
+            return [node_summary(n) for n in rows]
 
     @r.get("/nodes/{node}")
     def get_node(node: NodeName) -> Any:

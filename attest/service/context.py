@@ -8,13 +8,14 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from cryptography import x509
 from sqlalchemy.orm import Session, sessionmaker
 
 from attest.core.policy import DEFAULT_POLICY, AppraisalPolicy
 from attest.service.models import PolicyRow, StateEventRow
+from attest.service.notify_event import NodeStateChanged, StateChangeSink
 
 log = logging.getLogger("umec.attest")
 
@@ -24,25 +25,6 @@ class NodeState:
     TRUSTED = "trusted"
     UNTRUSTED = "untrusted"
     STALE = "stale"
-
-
-@dataclass(frozen=True)
-class StateChange:
-    """A node changed state; published after the change is committed."""
-
-    node: str
-    previous: str | None
-    state: str
-    reason: str
-    failed_checks: tuple[str, ...]
-    at: datetime
-    event_id: str
-
-
-class StateChangeListener(Protocol):
-    """Anything that must react to a node changing state (webhooks, k8s labels, token revocation)."""
-
-    async def publish(self, event: StateChange) -> None: ...
 
 
 @dataclass
@@ -69,7 +51,7 @@ class AttestContext:
     config: AttestConfig
     sessions: sessionmaker[Session]
     sign_result: Callable[[dict[str, Any]], str]
-    listeners: list[StateChangeListener] = field(default_factory=list)
+    listeners: list[StateChangeSink] = field(default_factory=list)
     now: Callable[[], datetime] = utcnow
     # The server's event loop, set at startup: sync request handlers run in worker threads and
     # hand events over to it so that slow listeners never hold up an attestation round.
@@ -85,14 +67,14 @@ class AttestContext:
         return AppraisalPolicy.from_yaml(row.document)
 
     def record_change(self, session: Session, node: str, previous: str | None, state: str,
-                      reason: str, failed_checks: Sequence[str], at: datetime) -> StateChange:
-        event = StateChange(node=node, previous=previous, state=state, reason=reason,
+                      reason: str, failed_checks: Sequence[str], at: datetime) -> NodeStateChanged:
+        event = NodeStateChanged(node=node, previous=previous, state=state, reason=reason,
                             failed_checks=tuple(failed_checks), at=at, event_id=str(uuid.uuid4()))
         session.add(StateEventRow(id=event.event_id, node=node, previous=previous, state=state,
                                   reason=reason[:4000], failed_checks=list(failed_checks), at=at))
         return event
 
-    def publish(self, events: Sequence[StateChange]) -> None:
+    def publish(self, events: Sequence[NodeStateChanged]) -> None:
         """Hand committed events to listeners without blocking the request that caused them."""
         for event in events:
             log.info("node state changed", extra={"node": event.node, "previous": event.previous,

@@ -152,7 +152,8 @@ def activate(ctx: AttestContext, name: str, proof: bytes) -> str:
 
 def load_pem_bundle(data: bytes) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """Split a PEM bundle into trust anchors (self-signed roots) and intermediates."""
-    anchors, intermediates = [], []
+    anchors: list[x509.Certificate] = []
+    intermediates: list[x509.Certificate] = []
     for cert in x509.load_pem_x509_certificates(data):
         (anchors if cert.issuer == cert.subject else intermediates).append(cert)
     return anchors, intermediates

@@ -28,8 +28,9 @@ from attest.core.errors import AttestationError
 from attest.core.freshness import NonceRecord, NonceReplayed, check_nonce
 from attest.core.policy import AppraisalPolicy
 from attest.core.tpm_structs import ClockInfo, parse_tpm2b_public
-from attest.service.context import AttestContext, NodeState, StateChange
+from attest.service.context import AttestContext, NodeState
 from attest.service.models import LeaseRow, NodeRow, NonceRow
+from attest.service.notify_event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
 
 MAX_CLOCK = 2**63 - 1
@@ -122,7 +123,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
         parse_tpm2b_public(ak_public), evidence, expected_nonce=nonce, policy=policy,
         requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
     # Step 3: record the verdict and the state change atomically.
-    events: list[StateChange] = []
+    events: list[NodeStateChanged] = []
     with ctx.sessions.begin() as session:
         node = session.get(NodeRow, name, with_for_update=True)
         assert node is not None  # nodes are never deleted while attesting
@@ -160,10 +161,10 @@ def _interval(ctx: AttestContext, session: Any, node: NodeRow) -> float:
     return policy.interval_seconds or ctx.config.interval_seconds
 
 
-def mark_stale_nodes(ctx: AttestContext) -> list[StateChange]:
+def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
     """Trusted nodes with no passing evidence within interval + grace become ``stale``."""
     now = ctx.now()
-    events: list[StateChange] = []
+    events: list[NodeStateChanged] = []
     with ctx.sessions.begin() as session:
         trusted = session.scalars(
             select(NodeRow).where(NodeRow.state == NodeState.TRUSTED).with_for_update()).all()
@@ -197,7 +198,7 @@ class Lease:
                 .where(LeaseRow.name == self.name,
                        (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now))
                 .values(holder=self.holder, expires_at=expires))
-            if taken.rowcount == 1:
+            if taken.rowcount == 1:  # type: ignore[attr-defined]
                 return True
             if session.get(LeaseRow, self.name) is not None:
                 return False
