@@ -196,10 +196,10 @@ def test_public_key_binding(pki: Pki) -> None:
         ek_certificate_matches(pki.ek, other)
     from attest.core.tpm_public import ek_public_from_key
 
-    own = ek_public_from_key(pki.ek_key.public_key())  # type: ignore[arg-type]
+    own = ek_public_from_key(pki.ek_key.public_key())
     assert ek_certificate_matches(pki.ek, own.marshal_tpm2b())
     with pytest.raises(EkPublicMismatch):
-        ek_certificate_matches(pki.ek, ek_public_from_key(other).marshal_tpm2b())  # type: ignore[arg-type]
+        ek_certificate_matches(pki.ek, ek_public_from_key(other).marshal_tpm2b())
     with pytest.raises(MalformedStructure):
         ek_certificate_matches(pki.ek, b"\x00\x10garbage")
 
