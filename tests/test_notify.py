@@ -652,3 +652,16 @@ async def test_composite_end_to_end(kube: FakeKube, receiver: Receiver) -> None:
         await sink.publish(event("stale", previous="trusted"))
     assert [r["verdict"] for r in receiver.received] == ["ok"]
     assert our_taints(kube.node("edge-1"))[0]["value"] == "stale"
+
+
+def test_kube_sink_usable_from_successive_event_loops(kube: FakeKube) -> None:
+    """Callers without a running loop publish via asyncio.run: per-node locks must not leak."""
+    sink = make_sink(kube)
+
+    async def twice(state: str) -> None:  # contended lock: the second publish waits on it
+        await asyncio.gather(sink.publish(event(state)), sink.publish(event(state)))
+
+    for state in ("untrusted", "trusted", "stale"):
+        asyncio.run(asyncio.wait_for(twice(state), 10))
+    assert our_taints(kube.node("edge-1"))[0]["value"] == "stale"
+    assert len(kube.calls("PATCH")) == 3

@@ -39,6 +39,7 @@ import json
 import logging
 import random
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final, cast
@@ -172,10 +173,14 @@ class KubernetesNodeSink:
         self._backoff_max = backoff_max
         self._rng = rng
         self._sleep = sleep
-        self._locks: dict[str, asyncio.Lock] = {}
+        # asyncio locks belong to one event loop; callers without a running loop publish through
+        # asyncio.run (a new loop each time), so keep one lock table per loop.
+        self._locks: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
 
     async def publish(self, event: NodeStateChanged) -> None:
-        lock = self._locks.setdefault(event.node, asyncio.Lock())
+        locks = self._locks.setdefault(asyncio.get_running_loop(), {})
+        lock = locks.setdefault(event.node, asyncio.Lock())
         async with lock:
             try:
                 outcome = await anyio.to_thread.run_sync(self.apply, event)
