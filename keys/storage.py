@@ -32,7 +32,6 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from keys.errors import (
-    KeyFileError,
     KeyFileInaccessible,
     KeyFileInsecure,
     KeyFileMalformed,
@@ -264,7 +263,7 @@ def load_or_create_private_key(path: Path | str, kind: KeyKind = KeyKind.EC_P256
 
 
 __all__ = [
-    "KeyFileError",
+    "Passphrase",
     "atomic_write",
     "load_or_create_private_key",
     "load_private_key",
