@@ -490,6 +490,18 @@ def test_malformed_logs_raise_typed_errors(raw: bytes, error: type[EventLogMalfo
     assert isinstance(info.value, MalformedStructure) and info.value.check.startswith("eventlog.")
 
 
+@pytest.mark.parametrize("raw", ["\x00\x00", 5, None])
+def test_non_bytes_input_is_a_typed_error(raw: Any) -> None:
+    with pytest.raises(EventLogMalformed, match="expected the log as bytes"):
+        parse_event_log(raw)
+
+
+def test_bytearray_and_memoryview_are_accepted() -> None:
+    raw = AGILE_HEADER + dual(4, b"a")
+    assert parse_event_log(bytearray(raw)) == parse_event_log(memoryview(raw)) == \
+        parse_event_log(raw)
+
+
 def test_event_type_names() -> None:
     assert event_type_name(3) == "EV_NO_ACTION"
     assert event_type_name(0x80000003) == "EV_EFI_BOOT_SERVICES_APPLICATION"

@@ -30,6 +30,7 @@ import struct
 
 from attest.core.eventlog_errors import (
     EventLogEmpty,
+    EventLogMalformed,
     EventLogPcrIndexInvalid,
     EventLogSizeInvalid,
     EventLogSpecIdInvalid,
@@ -65,8 +66,11 @@ _SPEC_ID_FIXED = struct.Struct("<16sIBBBBI")  # signature … numberOfAlgorithms
 _ALG_SIZE = struct.Struct("<HH")
 
 
-def parse_event_log(raw: bytes) -> EventLog:
+def parse_event_log(raw: bytes | bytearray | memoryview) -> EventLog:
     """Parse ``raw`` (the contents of ``binary_bios_measurements``) into an :class:`EventLog`."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        # bytes(int) would silently make zeros and bytes(str) raise TypeError: neither is a log.
+        raise EventLogMalformed(f"expected the log as bytes, got {type(raw).__name__}")
     data = bytes(raw)
     if len(data) > MAX_LOG_BYTES:
         raise EventLogTooLarge(f"log is {len(data)} bytes, limit {MAX_LOG_BYTES}")
