@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Iterator
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest_swtpm_tools import Swtpm, running_swtpm
 
 from attest.core.errors import AttestationError, MalformedStructure
 from attest.core.eventlog import (
@@ -41,6 +43,7 @@ from attest.core.eventlog import (
     RequiredEventMissing,
     appraise_event_log,
     event_type_name,
+    initial_pcr_value,
     parse_event_log,
     replay_event_log,
     startup_locality,
@@ -557,3 +560,37 @@ def test_digests_in_any_order_or_subset_parse_like_the_usual_layout() -> None:
     assert subset.events[1].digests == {"sha256": d256}
     # A bank missing from an event is simply not extended, as TPM2_PCR_Extend would do.
     assert replay_event_log(subset) == {"sha256": {4: hashlib.sha256(bytes(32) + d256).digest()}}
+
+
+# ---------------------------------------------------------------- a real TPM as the oracle
+@pytest.fixture
+def fresh_swtpm(tmp_path: Path) -> Iterator[Swtpm]:
+    with running_swtpm(tmp_path) as tpm:
+        yield tpm
+
+
+def _pcrread(tpm: Swtpm, selection: dict[str, list[int]]) -> dict[str, dict[int, bytes]]:
+    arg = "+".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection.items())
+    doc = yaml.load(tpm.run("tpm2_pcrread", arg).stdout, Loader=YAML_LOADER)
+    return {bank: {int(p): bytes.fromhex(v.removeprefix("0x")) for p, v in pcrs.items()}
+            for bank, pcrs in doc.items()}
+
+
+@needs_fixtures
+@pytest.mark.swtpm
+@pytest.mark.parametrize("name", ["event-gce-ubuntu-2104-log.bin", "event-uefi-sha1-log.bin"])
+def test_replay_equals_a_real_tpm_extended_with_the_log(fresh_swtpm: Swtpm, name: str) -> None:
+    """Extend swtpm (started at locality 0) with every measured event, read the PCRs back."""
+    log = parse_event_log((TPM2_TOOLS / name).read_bytes())
+    extends = [f"{e.pcr}:" + ",".join(f"{bank}={d.hex()}" for bank, d in e.digests.items())
+               for e in log.events if e.event_type != EV_NO_ACTION]
+    for start in range(0, len(extends), 32):  # tpm2_pcrextend extends in argument order
+        fresh_swtpm.run("tpm2_pcrextend", *extends[start:start + 32])
+    replayed = replay_event_log(log)
+    from_tpm = _pcrread(fresh_swtpm, {b: sorted(p) for b, p in replayed.items()})
+    assert from_tpm == replayed
+    assert appraise_event_log(log, from_tpm, None) == []
+    # Reset values of PCRs the log never touches, as the appraisal assumes them.
+    untouched = _pcrread(fresh_swtpm, {"sha256": [12, 16, 17, 22, 23]})["sha256"]
+    assert untouched == {p: initial_pcr_value(p, 32, None) for p in (12, 16, 17, 22, 23)}
+    assert untouched[17] == b"\xff" * 32
