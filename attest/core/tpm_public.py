@@ -31,6 +31,7 @@ from attest.core.tpm_marshal import (
     MAX_DIGEST,
     MAX_ECC_KEY_BYTES,
     MAX_RSA_KEY_BYTES,
+    MAX_STRUCTURE,
     AlgorithmUnsupported,
     EccCurve,
     FieldValueInvalid,
@@ -83,10 +84,12 @@ AK_ATTRIBUTES: Final = (ObjectAttributes.FIXED_TPM | ObjectAttributes.FIXED_PARE
                         | ObjectAttributes.SENSITIVE_DATA_ORIGIN
                         | ObjectAttributes.USER_WITH_AUTH | ObjectAttributes.RESTRICTED | SIGN)
 
-_RSA_SCHEMES: Final = {TpmAlg.RSASSA, TpmAlg.RSAPSS, TpmAlg.RSAES, TpmAlg.OAEP}
-_ECC_SCHEMES: Final = {TpmAlg.ECDSA, TpmAlg.ECDH, TpmAlg.ECDAA, TpmAlg.ECSCHNORR, TpmAlg.SM2,
-                       TpmAlg.ECMQV}
-_KDF_SCHEMES: Final = {0x0007, TpmAlg.KDF1_SP800_56A, TpmAlg.KDF2, TpmAlg.KDF1_SP800_108}
+_RSA_SCHEMES: Final = frozenset({TpmAlg.RSASSA, TpmAlg.RSAPSS, TpmAlg.RSAES, TpmAlg.OAEP})
+_ECC_SCHEMES: Final = frozenset({TpmAlg.ECDSA, TpmAlg.ECDH, TpmAlg.ECDAA, TpmAlg.ECSCHNORR,
+                                 TpmAlg.SM2, TpmAlg.ECMQV})
+# 0x0007 is TPM_ALG_MGF1 (not in TpmAlg because nothing else here uses it).
+_KDF_SCHEMES: Final = frozenset({0x0007, TpmAlg.KDF1_SP800_56A, TpmAlg.KDF2,
+                                 TpmAlg.KDF1_SP800_108})
 _SYM_MODES: Final = {TpmAlg.CTR, TpmAlg.OFB, TpmAlg.CBC, TpmAlg.CFB, TpmAlg.ECB, TpmAlg.NULL}
 _RSA_BITS: Final = {1024, 2048, 3072, 4096}
 _CURVE_IDS: Final = frozenset(int(c) for c in EccCurve)
@@ -261,10 +264,12 @@ def _sym_parse(r: Reader) -> SymDef | None:
     return SymDef(alg, r.u16("symmetric.keyBits"), r.u16("symmetric.mode"))
 
 
-def _scheme_parse(r: Reader, what: str) -> Scheme | None:
+def _scheme_parse(r: Reader, what: str, allowed: frozenset[int]) -> Scheme | None:
     alg = r.u16(what)
     if alg == TpmAlg.NULL:
         return None
+    if alg not in allowed:  # checked now: an unknown scheme's details have an unknown length
+        raise AlgorithmUnsupported(f"TPMT_PUBLIC.{what} 0x{alg:04x}")
     if alg == TpmAlg.RSAES:
         return Scheme(alg)
     hash_alg = r.u16(what + ".hashAlg")
@@ -285,7 +290,8 @@ def parse_tpmt_public(data: bytes) -> TpmPublic:
         raise FieldValueInvalid(f"TPMT_PUBLIC.objectAttributes 0x{attrs:08x} sets reserved bits")
     policy = r.tpm2b("authPolicy", MAX_DIGEST)
     sym = _sym_parse(r)
-    scheme = _scheme_parse(r, "scheme")
+    schemes = _RSA_SCHEMES if key_type == TpmAlg.RSA else _ECC_SCHEMES
+    scheme = _scheme_parse(r, "scheme", schemes)
     pub: TpmPublic
     if key_type == TpmAlg.RSA:
         key_bits = r.u16("keyBits")
@@ -296,7 +302,7 @@ def parse_tpmt_public(data: bytes) -> TpmPublic:
                         modulus, key_bits=key_bits, exponent=exponent)
     else:
         curve = r.u16("curveID")
-        kdf = _scheme_parse(r, "kdf")
+        kdf = _scheme_parse(r, "kdf", _KDF_SCHEMES)
         x = r.tpm2b("unique.x", MAX_ECC_KEY_BYTES)
         y = r.tpm2b("unique.y", MAX_ECC_KEY_BYTES)
         r.done()
@@ -311,7 +317,7 @@ def parse_tpm2b_public(data: bytes) -> TpmPublic:
     """Parse a TPM2B_PUBLIC (UINT16 size || TPMT_PUBLIC), e.g. tpm2_createak's ``-u`` file."""
     check_size(data, "TPM2B_PUBLIC")
     r = Reader(data, "TPM2B_PUBLIC")
-    inner = r.tpm2b("publicArea", len(data))
+    inner = r.tpm2b("publicArea", MAX_STRUCTURE)
     r.done()
     return parse_tpmt_public(inner)
 
