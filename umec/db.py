@@ -6,6 +6,7 @@ applied at start by every process that opens the database, so an upgrade is "ins
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,9 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Alembic's environment is module-global: migrations in one process must not overlap. Separate
+# replicas (processes) are serialized by the PostgreSQL advisory lock in migrations/env.py.
+_MIGRATE_LOCK = threading.Lock()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -49,7 +53,8 @@ def alembic_config(engine: Engine) -> Config:
 
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision (idempotent; safe for concurrent replicas on PG)."""
-    command.upgrade(alembic_config(engine), "head")
+    with _MIGRATE_LOCK:
+        command.upgrade(alembic_config(engine), "head")
 
 
 def open_database(url: str) -> tuple[Engine, sessionmaker[Any]]:

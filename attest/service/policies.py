@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from attest.core.policy import AppraisalPolicy
@@ -19,6 +20,13 @@ class PolicyInUse(ValueError):
 def set_policy(sessions: sessionmaker[Session], document: str) -> tuple[AppraisalPolicy, int]:
     """Validate and store a policy document; returns it with its new generation."""
     policy = AppraisalPolicy.from_yaml(document)  # raises PolicyInvalid naming the bad key
+    try:
+        return policy, _store(sessions, policy, document)
+    except IntegrityError:  # another replica inserted the same class first: now it exists
+        return policy, _store(sessions, policy, document)
+
+
+def _store(sessions: sessionmaker[Session], policy: AppraisalPolicy, document: str) -> int:
     with sessions.begin() as session:
         row = session.get(PolicyRow, policy.name, with_for_update=True)
         if row is None:
@@ -27,7 +35,7 @@ def set_policy(sessions: sessionmaker[Session], document: str) -> tuple[Appraisa
             session.add(row)
         elif row.document != document:
             row.document, row.generation, row.updated_at = document, row.generation + 1, utcnow()
-        return policy, row.generation
+        return row.generation
 
 
 def load_policy_dir(sessions: sessionmaker[Session], directory: Path) -> list[str]:
