@@ -67,7 +67,8 @@ def test_nonce_consumed_exactly_once_across_replicas(replicas) -> None:  # type:
         evidence = node.quote(ch)
         barrier = threading.Barrier(8)
 
-        def submit(i: int, ch: dict = ch, evidence: tuple = evidence) -> int:  # type: ignore[type-arg]
+        def submit(i: int, ch: dict = ch, evidence: tuple = evidence,  # type: ignore[type-arg]
+                   barrier: threading.Barrier = barrier) -> int:
             racer = SimulatedNode("node-a", clients[i % 2], node.tpm)
             barrier.wait()
             return racer.send(ch["nonce_bytes"], *evidence).status_code
