@@ -10,16 +10,20 @@ from __future__ import annotations
 import contextlib
 import struct
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from attest.core import eventlog_parse
 from attest.core.eventlog import (
+    Event,
     EventLog,
     EventLogMalformed,
     EventLogSizeInvalid,
     EventLogTruncated,
+    SpecIdEvent,
     appraise_event_log,
     parse_event_log,
     replay_event_log,
@@ -95,12 +99,37 @@ def test_random_bytes(raw: bytes) -> None:
     _parse_or_typed(raw)
 
 
+def _general_path_only(data: bytes, offset: int, end: int, spec_id: SpecIdEvent,
+                       events: list[Event]) -> None:
+    """``_agile_events`` without its fixed-layout fast path: the reference for the fast path."""
+    sizes = dict(spec_id.algorithms)
+    while offset < end:
+        event, offset = eventlog_parse._agile_event(data, offset, len(events), sizes)
+        events.append(event)
+
+
+def _outcome(raw: bytes) -> EventLog | tuple[type[EventLogMalformed], str]:
+    try:
+        return parse_event_log(raw)
+    except EventLogMalformed as exc:
+        return type(exc), exc.detail
+
+
+def _check_fast_path(raw: bytes) -> None:
+    """Same log or same error with and without the parser's fast path, and only typed errors."""
+    fast = _outcome(raw)
+    with mock.patch.object(eventlog_parse, "_agile_events", _general_path_only):
+        general = _outcome(raw)
+    assert fast == general
+    _parse_or_typed(raw)
+
+
 @needs_fixtures
 @FUZZ
 @given(st.binary(max_size=1024))
 def test_random_events_after_a_real_spec_id_header(tail: bytes) -> None:
     header = _read(MULTI)[:_boundaries(parse_event_log(_read(MULTI)))[1]]
-    _parse_or_typed(header + tail)
+    _check_fast_path(header + tail)
 
 
 @needs_fixtures
@@ -110,7 +139,7 @@ def test_byte_flips_in_a_real_log(data: st.DataObject) -> None:
     raw = bytearray(_read(MULTI))
     for _ in range(data.draw(st.integers(1, 8))):
         raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
-    _parse_or_typed(bytes(raw))
+    _check_fast_path(bytes(raw))
 
 
 @needs_fixtures
@@ -143,4 +172,4 @@ def test_mutated_counts_and_sizes(data: st.DataObject) -> None:
         with pytest.raises(EventLogMalformed):
             parse_event_log(bytes(raw))
     else:
-        _parse_or_typed(bytes(raw))
+        _check_fast_path(bytes(raw))

@@ -99,9 +99,10 @@ def _agile_events(data: bytes, offset: int, end: int, spec_id: SpecIdEvent,
     """Append the TCG_PCR_EVENT2 entries from ``offset`` to ``events``.
 
     Nearly every firmware writes each event with all declared algorithms in declaration order,
-    so that layout is decoded with one precompiled struct (a 3x speed-up). Anything else, or any
-    event the fast path cannot fully validate, goes through :func:`_agile_event`, which also
-    produces the precise error.
+    so that layout is decoded with one precompiled struct instead of a loop of small reads.
+    Anything else, or any event the fast path cannot fully validate, goes through
+    :func:`_agile_event`, which also produces the precise error. The fuzz tests check that
+    both paths agree.
     """
     sizes = dict(spec_id.algorithms)
     alg_ids = tuple(alg for alg, _ in spec_id.algorithms)
