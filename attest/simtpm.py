@@ -62,6 +62,12 @@ PCR_COUNT = 24
 BANKS = ("sha1", "sha256")
 
 
+def qualified_name(parent_qn: bytes, name: bytes, name_alg: int = TpmAlg.SHA256) -> bytes:
+    """Qualified Name (Part 1 §16): nameAlg || H(QN(parent) || Name); a hierarchy's QN is its
+    handle. TPMS_ATTEST.qualifiedSigner carries the signing key's QN."""
+    return u16(name_alg) + digest(name_alg, parent_qn, name)
+
+
 class CredentialActivationFailed(AttestationError):
     check = "credential.activate"
     hint = "The credential was not made for this TPM's EK and AK; request a new challenge."
@@ -95,18 +101,19 @@ class SimulatedTpm:
         self.ak_public: TpmPublic = public_from_key(
             self._ak_key.public_key(), attributes=attrs,
             scheme=Scheme(TpmAlg.ECDSA, TpmAlg.SHA256))
-        # Qualified Names (Part 1 §16): QN(child) = nameAlg || H(QN(parent) || Name(child)),
-        # and a hierarchy's QN is its handle.
-        ek_qn = u16(TpmAlg.SHA256) + digest(TpmAlg.SHA256, u32(TPM_RH_ENDORSEMENT),
-                                            self.ek_public.name())
-        self.ak_qualified_name = u16(TpmAlg.SHA256) + digest(TpmAlg.SHA256, ek_qn,
-                                                             self.ak_public.name())
+        ek_qn = qualified_name(u32(TPM_RH_ENDORSEMENT), self.ek_public.name())
+        self.ak_qualified_name = qualified_name(ek_qn, self.ak_public.name())
         self.firmware_version = firmware_version
         self.clock = clock_ms
         self.reset_count = 0
         self.restart_count = 0
         self.pcrs: dict[str, list[bytes]] = {}
         self._clear_pcrs()
+
+    @property
+    def ek_key(self) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+        """The EK private key, to build another SimulatedTpm with the same EK quickly."""
+        return self._ek_key
 
     # -- state -------------------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ def test_round_trip_with_simulated_tpm(sim: SimulatedTpm) -> None:
 
 
 def test_blob_for_another_name_or_ek_fails(sim: SimulatedTpm) -> None:
-    other = SimulatedTpm(ak_key=None, ek_key=sim._ek_key)  # same EK, different AK
+    other = SimulatedTpm(ak_key=None, ek_key=sim.ek_key)  # same EK, different AK
     blob, enc = make_credential(sim.ek_public, other.ak_public.name(), SECRET)
     assert other.activate_credential(blob, enc) == SECRET
     with pytest.raises(CredentialActivationFailed, match="integrity"):

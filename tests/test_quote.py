@@ -147,7 +147,7 @@ def test_fatal_checks_raise_and_stop(sim: SimulatedTpm) -> None:
     raw[4:6] = (0x8017).to_bytes(2, "big")  # TPM_ST_ATTEST_CERTIFY
     with pytest.raises(QuoteTypeInvalid):
         appraise(sim.ak_public, bytes(raw), sim.sign(bytes(raw)), values)
-    other = SimulatedTpm(ek_key=sim._ek_key)
+    other = SimulatedTpm(ek_key=sim.ek_key)
     with pytest.raises(QuoteSignatureInvalid):  # signed by another AK, with wrong nonce too
         appraise(other.ak_public, attest, sig, values, nonce=b"x" * 16)
     with pytest.raises(MalformedStructure):

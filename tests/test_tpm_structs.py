@@ -68,10 +68,12 @@ ATTEST = TpmsAttest(TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE, b"\x00\x0b" + byte
 VALID = {
     "public": RSA_AK.marshal_tpm2b(),
     "public_ecc": EC_EK.marshal_tpm2b(),
+    "tpmt_public": EC_AK.marshal(),
     "attest": ATTEST.marshal(),
     "signature": TpmSignature(TpmAlg.ECDSA, TpmAlg.SHA256, r=bytes(32), s=bytes(32)).marshal(),
 }
 PARSERS = {"public": parse_tpm2b_public, "public_ecc": parse_tpm2b_public,
+           "tpmt_public": parse_tpmt_public,
            "attest": parse_tpms_attest, "signature": parse_tpmt_signature}
 
 
