@@ -173,9 +173,14 @@ class Tpm:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, command: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    @property
+    def _esys(self) -> Any:
+        """The ESAPI context; TpmUnavailable once closed (rather than an AttributeError)."""
         if self._ctx is None:
             raise TpmUnavailable("the TPM context is closed")
+        return self._ctx
+
+    def _call(self, command: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return fn(*args, **kwargs)
         except TSS2_Exception as exc:
@@ -203,10 +208,10 @@ class Tpm:
         """A policy session satisfying the EK authPolicy: PolicySecret(TPM_RH_ENDORSEMENT)."""
         @contextlib.contextmanager
         def session() -> Iterator[Any]:
-            with self._transient("StartAuthSession", self._ctx.start_auth_session,
+            with self._transient("StartAuthSession", self._esys.start_auth_session,
                                  ESYS_TR.NONE, ESYS_TR.NONE, TPM2_SE.POLICY,
                                  TPMT_SYM_DEF(algorithm=TPM2_ALG.NULL), TPM2_ALG.SHA256) as s:
-                self._call("PolicySecret", self._ctx.policy_secret, ESYS_TR.ENDORSEMENT, s)
+                self._call("PolicySecret", self._esys.policy_secret, ESYS_TR.ENDORSEMENT, s)
                 yield s
         return session()
 
@@ -217,14 +222,14 @@ class Tpm:
             _, template = create_ek_template(EK_TYPES[k], self._nv_reader())
         except TSS2_Exception as exc:
             raise TpmCommandFailed("NV_Read(EK template)", int(exc.rc), str(exc)) from exc
-        return self._transient("CreatePrimary(EK)", self._ctx.create_primary, None, template,
+        return self._transient("CreatePrimary(EK)", self._esys.create_primary, None, template,
                                ESYS_TR.ENDORSEMENT)
 
     def _defined_nv_indices(self) -> set[int]:
         found: set[int] = set()
         more, start = True, int(TPM2_HC.NV_INDEX_FIRST)
         while more:
-            more, data = self._call("GetCapability(HANDLES)", self._ctx.get_capability,
+            more, data = self._call("GetCapability(HANDLES)", self._esys.get_capability,
                                     TPM2_CAP.HANDLES, start, 64)
             handles = [int(h) for h in data.data.handles]
             found.update(handles)
@@ -237,7 +242,7 @@ class Tpm:
         """NV read callback that checks the index list first, so reading an index the TPM does
         not have never reaches the TPM (and TSS never logs a spurious error for it)."""
         defined = self._defined_nv_indices()
-        reader = NVReadEK(self._ctx)
+        reader = NVReadEK(self._esys)
 
         def read(index: int) -> bytes:
             if int(index) not in defined:
@@ -250,8 +255,6 @@ class Tpm:
     def ek_certificate(self, kind: str) -> bytes | None:
         """The EK certificate stored by the manufacturer in NV, or None when there is none."""
         index = EK_CERT_INDEX[check_kind(kind)]
-        if self._ctx is None:
-            raise TpmUnavailable("the TPM context is closed")
         try:
             return self._nv_reader()(index)  # the whole index, BUFFER_MAX bytes per NV_Read
         except NoSuchIndex:
@@ -278,10 +281,10 @@ class Tpm:
         if priv_path.exists() and pub_path.exists():
             private, public = priv_path.read_bytes(), pub_path.read_bytes()
             with self._loaded_ak(private, public) as handle:  # proves it loads under this EK
-                name = bytes(self._call("TR_GetName", self._ctx.tr_get_name, handle).name)
+                name = bytes(self._call("TR_GetName", self._esys.tr_get_name, handle).name)
         else:
             with self._ek() as (ek, *_), self._ek_policy_session() as sess:
-                priv, pub, *_ = self._call("Create(AK)", self._ctx.create, ek, None,
+                priv, pub, *_ = self._call("Create(AK)", self._esys.create, ek, None,
                                            ak_template(k), session1=sess)
             private, public = bytes(priv.marshal()), bytes(pub.marshal())
             name = bytes(pub.get_name().name)
@@ -308,7 +311,7 @@ class Tpm:
             raise MalformedStructure(f"stored AK blobs are corrupt: {exc}") from exc
         # Load under the EK, then flush the EK at once: only the AK is needed to sign.
         with self._ek() as (ek, *_), self._ek_policy_session() as sess:
-            handle = self._call("Load(AK)", self._ctx.load, ek, priv, pub, session1=sess)
+            handle = self._call("Load(AK)", self._esys.load, ek, priv, pub, session1=sess)
         try:
             yield handle
         finally:
@@ -322,7 +325,7 @@ class Tpm:
         secret = _unmarshal_exact(TPM2B_ENCRYPTED_SECRET, encrypted_secret, "encrypted secret")
         with self._loaded_ak() as ak, self._ek() as (ek, *_), \
                 self._ek_policy_session() as sess:
-            cert_info = self._call("ActivateCredential", self._ctx.activate_credential, ak, ek,
+            cert_info = self._call("ActivateCredential", self._esys.activate_credential, ak, ek,
                                    blob, secret, session1=ESYS_TR.PASSWORD, session2=sess)
         return bytes(cert_info.buffer)
 
@@ -333,7 +336,7 @@ class Tpm:
         sel = _selection(selection)
         for _attempt in range(5):
             with self._loaded_ak() as ak:
-                attest_b, sig = self._call("Quote", self._ctx.quote, ak, sel, nonce)
+                attest_b, sig = self._call("Quote", self._esys.quote, ak, sel, nonce)
             attest = bytes(attest_b.buffer) if hasattr(attest_b, "buffer") else bytes(attest_b)
             parsed, _ = TPMS_ATTEST.unmarshal(attest)
             info = parsed.attested.quote
@@ -357,7 +360,7 @@ class Tpm:
             out[bank] = {}
             for start in range(0, len(indices), 8):
                 chunk = indices[start:start + 8]
-                _, got_sel, digests = self._call("PCR_Read", self._ctx.pcr_read,
+                _, got_sel, digests = self._call("PCR_Read", self._esys.pcr_read,
                                                  _selection({bank: chunk}))
                 got = [i for _, idx in _selected(got_sel) for i in idx]
                 if got != chunk or len(digests) != len(chunk):
@@ -369,7 +372,7 @@ class Tpm:
         return out
 
     def active_banks(self) -> list[str]:
-        _, data = self._call("GetCapability(PCRS)", self._ctx.get_capability,
+        _, data = self._call("GetCapability(PCRS)", self._esys.get_capability,
                              TPM2_CAP.PCRS, 0, 16)
         return [bank for bank, idx in _selected(data.data.assignedPCR) if idx]
 
@@ -383,7 +386,7 @@ class Tpm:
         values = TPML_DIGEST_VALUES([TPMT_HA(hashAlg=_bank_alg(b), digest=TPMU_HA(**{b: d}))
                                      for b, d in digests.items()])
         handle = getattr(ESYS_TR, f"PCR{index}")
-        self._call("PCR_Extend", self._ctx.pcr_extend, handle, values)
+        self._call("PCR_Extend", self._esys.pcr_extend, handle, values)
 
     # --- manufacturing helper (swtpm only) --------------------------------------------------
 
@@ -397,19 +400,19 @@ class Tpm:
                  | TPMA_NV.PPWRITE | TPMA_NV.NO_DA | TPMA_NV.WRITEDEFINE)
         pub = TPM2B_NV_PUBLIC(nvPublic=TPMS_NV_PUBLIC(
             nvIndex=index, nameAlg=TPM2_ALG.SHA256, attributes=attrs, dataSize=len(data)))
-        nv = self._call("NV_DefineSpace", self._ctx.nv_define_space, None, pub,
+        nv = self._call("NV_DefineSpace", self._esys.nv_define_space, None, pub,
                         auth_handle=ESYS_TR.PLATFORM)
         try:
             chunk = self._nv_buffer_max()
             for off in range(0, len(data), chunk):
-                self._call("NV_Write", self._ctx.nv_write, nv, data[off:off + chunk], off,
+                self._call("NV_Write", self._esys.nv_write, nv, data[off:off + chunk], off,
                            auth_handle=ESYS_TR.PLATFORM)
         finally:
             with contextlib.suppress(TSS2_Exception):
-                self._ctx.tr_close(nv)
+                self._esys.tr_close(nv)
 
     def _nv_buffer_max(self) -> int:
-        _, data = self._call("GetCapability", self._ctx.get_capability,
+        _, data = self._call("GetCapability", self._esys.get_capability,
                              TPM2_CAP.TPM_PROPERTIES, TPM2_PT_NV.BUFFER_MAX, 1)
         for p in data.data.tpmProperties:
             if p.property == TPM2_PT_NV.BUFFER_MAX:
