@@ -39,6 +39,10 @@ def main() -> None:
     paths = sorted(p for p in FIXTURES.glob("*/*") if p.is_file() and p.name != "LICENSE")
     if not paths:
         raise SystemExit(f"no fixtures under {FIXTURES}")
+    # A CPU-speed yardstick, so numbers from a shared or slow machine can be read in context.
+    yard, _ = timings_us(lambda: sum(range(1000)), args.runs)
+    print(f"yardstick: sum(range(1000)) = {yard:.1f} µs median "
+          "(about 10 µs on an idle modern x86 core with CPython 3.11)")
     print(f"{'log':42} {'bytes':>6} {'events':>6} {'extends':>7} {'parse µs':>9} "
           f"{'replay µs':>9} {'total µs':>9} {'min µs':>7}")
     for path in paths:
