@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from tpm2_pytss.constants import TPM2_CAP, TPM2_HC, TPM2_HR
 from tpm2_pytss.utils import tools_to_credential
 
@@ -156,6 +158,8 @@ def test_pcr_extend_and_read(tpm: Tpm) -> None:
         tpm.pcr_read({"sha256": [24]})
     with pytest.raises(ValueError):
         tpm.pcr_read({"md5": [0]})
+    with pytest.raises(ValueError):
+        tpm.pcr_extend(24, b"x")
 
 
 def test_inactive_bank_is_a_typed_error(tpm: Tpm) -> None:
@@ -192,6 +196,17 @@ def test_malformed_credential_inputs(tpm: Tpm, tmp_path: Path) -> None:
                       (b"\x00\x01x" + b"trailing", b"\x00\x01x"), (b"\x00\x01x", b"\xff")]:
         with pytest.raises(CredentialMalformed):
             tpm.activate_credential(blob, enc)
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(blob=st.binary(max_size=300), enc=st.binary(max_size=300))
+def test_fuzz_activate_inputs_raise_only_typed_errors(swtpm_node: Swtpm, tmp_path: Path,
+                                                      blob: bytes, enc: bytes) -> None:
+    with Tpm(swtpm_node.tcti) as t:
+        t.load_or_create_ak(tmp_path, "ecc")
+        with pytest.raises((CredentialMalformed, TpmCommandFailed)):
+            t.activate_credential(blob, enc)
 
 
 def test_unavailable_tpm(swtpm_node: Swtpm, tmp_path: Path) -> None:

@@ -379,6 +379,8 @@ class Tpm:
     def pcr_extend(self, index: int, data: bytes | dict[str, bytes]) -> None:
         """Extend PCR ``index``: with bytes, H_bank(data) into every active bank (like
         TPM2_PCR_Event); with ``{bank: digest}``, exactly those digests."""
+        if not 0 <= index < 24:
+            raise ValueError(f"PCR index {index} out of range 0..23")
         if isinstance(data, bytes | bytearray):
             digests = {b: hashlib.new(b, data).digest() for b in self.active_banks()}
         else:
