@@ -15,7 +15,8 @@ Steps, in order (each one is idempotent, so a state directory can be reused acro
 2. **Manufacturing** (:meth:`Swtpm.provision`): ``swtpm_setup --tpm2 --create-ek-cert
    --create-platform-cert --config <our swtpm_setup.conf>`` creates the RSA-2048 EK (TCG template
    L-1) with its certificate in NV 0x01C00002 and a platform certificate. swtpm 0.7 creates its ECC
-   EK on NIST P-384 (high-range index 0x01C00016) and cannot be told otherwise, so we add the ECC
+   EK on NIST P-384 (high-range index 0x01C00016, left in place) and cannot be told otherwise,
+   so we add the ECC
    NIST P-256 EK ourselves: start the TPM, create the L-2 EK, have the *same* ``swtpm_localca``
    issue its certificate and store it at 0x01C0000A with the platform hierarchy (whose auth is
    empty after every TPM2_Startup), exactly as a TPM vendor's manufacturing line does.
@@ -25,7 +26,8 @@ Steps, in order (each one is idempotent, so a state directory can be reused acro
 4. **Stopping** (:meth:`Swtpm.stop`): the process runs in its own process group, which is sent
    SIGTERM then SIGKILL. On Linux the child also gets ``PR_SET_PDEATHSIG`` so it dies with the
    Python process even when that process is killed without running finalizers, and an ``atexit``
-   hook stops instances that were never stopped explicitly.
+   hook stops instances that were never stopped explicitly. PDEATHSIG fires when the *thread*
+   that started swtpm ends, so start long-lived instances from the main thread.
 """
 
 from __future__ import annotations
