@@ -16,10 +16,9 @@ Steps, in order (each one is idempotent, so a state directory can be reused acro
    --create-platform-cert --config <our swtpm_setup.conf>`` creates the RSA-2048 EK (TCG template
    L-1) with its certificate in NV 0x01C00002 and a platform certificate. swtpm 0.7 creates its ECC
    EK on NIST P-384 (high-range index 0x01C00016, left in place) and cannot be told otherwise,
-   so we add the ECC
-   NIST P-256 EK ourselves: start the TPM, create the L-2 EK, have the *same* ``swtpm_localca``
-   issue its certificate and store it at 0x01C0000A with the platform hierarchy (whose auth is
-   empty after every TPM2_Startup), exactly as a TPM vendor's manufacturing line does.
+   so we add the ECC NIST P-256 EK ourselves: start the TPM, create the L-2 EK, have the *same*
+   ``swtpm_localca`` issue its certificate and store it at 0x01C0000A with the platform
+   hierarchy (whose auth is empty after every TPM2_Startup), as a TPM vendor's line does.
 3. **Running** (:meth:`Swtpm.start`): ``swtpm socket --tpm2 --server type=tcp,port=P --ctrl
    type=tcp,port=P+1 --flags not-need-init,startup-clear`` bound to 127.0.0.1 on free ports;
    :attr:`Swtpm.tcti` is ``swtpm:host=127.0.0.1,port=P``.
