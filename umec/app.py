@@ -22,7 +22,6 @@ from attest.service.api import make_router as attest_router
 from attest.service.context import AttestConfig, AttestContext
 from attest.service.notify import CompositeSink
 from attest.service.notify_event import StateChangeSink
-from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
 from attest.service.notify_webhook import WebhookSink
 from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
@@ -81,6 +80,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
                                  webhook_client))
     if settings.kubernetes_labels:
+        # Imported only when enabled: the kubernetes client costs seconds of start-up.
+        from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
         sinks.append(KubernetesNodeSink(kubernetes_api_from_config(
             settings.kubeconfig, in_cluster=settings.kubeconfig is None)))
     ctx = AttestContext(config=_attest_config(settings), sessions=sessions,

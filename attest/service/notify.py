@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from attest.service.notify_event import (
     EVENT_TYPE,
@@ -30,16 +31,6 @@ from attest.service.notify_event import (
     NotifyError,
     StateChangeSink,
     sink_name,
-)
-from attest.service.notify_kube import (
-    LABEL_KEY,
-    TAINT_EFFECT,
-    TAINT_KEY,
-    KubeConfigUnavailable,
-    KubernetesNodeSink,
-    NodeUpdateConflicts,
-    kubernetes_api_from_config,
-    plan_node_patch,
 )
 from attest.service.notify_webhook import (
     WebhookSecretTooShort,
@@ -53,19 +44,26 @@ from attest.service.notify_webhook import (
     verify_webhook_signature,
 )
 
+# The kubernetes client takes seconds to import; load its sink only when someone asks for it.
+_KUBE_NAMES = frozenset({"LABEL_KEY", "TAINT_EFFECT", "TAINT_KEY", "KubeConfigUnavailable",
+                         "KubernetesNodeSink", "NodeUpdateConflicts", "kubernetes_api_from_config",
+                         "plan_node_patch"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _KUBE_NAMES:
+        from attest.service import notify_kube
+        return getattr(notify_kube, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "EVENT_TYPE",
-    "LABEL_KEY",
     "NODE_STATES",
     "NOTIFY_FAILURES",
-    "TAINT_EFFECT",
-    "TAINT_KEY",
     "CompositeSink",
     "InvalidNodeStateEvent",
-    "KubeConfigUnavailable",
-    "KubernetesNodeSink",
     "NodeStateChanged",
-    "NodeUpdateConflicts",
     "NotifyError",
     "StateChangeSink",
     "WebhookSecretTooShort",
@@ -75,8 +73,6 @@ __all__ = [
     "WebhookTimestampStale",
     "WebhookUrlInvalid",
     "encode_body",
-    "kubernetes_api_from_config",
-    "plan_node_patch",
     "sign_webhook",
     "verify_webhook_signature",
 ]

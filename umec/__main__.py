@@ -1,0 +1,3 @@
+from umec.cli import app
+
+app()
