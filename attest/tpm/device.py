@@ -50,10 +50,8 @@ from tpm2_pytss.types import (
     TPM2B_PRIVATE,
     TPM2B_PUBLIC,
     TPML_DIGEST_VALUES,
-    TPML_PCR_SELECTION,
     TPMS_ATTEST,
     TPMS_NV_PUBLIC,
-    TPMS_PCR_SELECTION,
     TPMT_HA,
     TPMT_SYM_DEF,
     TPMU_HA,
@@ -61,11 +59,10 @@ from tpm2_pytss.types import (
 from tpm2_pytss.utils import NoSuchIndex, NVReadEK, create_ek_template
 
 from attest.core.errors import AttestationError, MalformedStructure
+from attest.tpm.selection import bank_alg, selected, selection_of
 from attest.tpm.templates import EK_CERT_INDEX, EK_TYPES, Kind, ak_template, check_kind
 
 DEFAULT_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
-_BANKS: dict[str, Any] = {"sha1": TPM2_ALG.SHA1, "sha256": TPM2_ALG.SHA256,
-                          "sha384": TPM2_ALG.SHA384, "sha512": TPM2_ALG.SHA512}
 T = TypeVar("T")
 
 
@@ -112,38 +109,6 @@ class Quote:
     attest: bytes  # TPMS_ATTEST, marshalled
     signature: bytes  # TPMT_SIGNATURE, marshalled
     pcr_values: dict[str, dict[int, bytes]]
-
-
-def _bank_alg(bank: str) -> Any:
-    try:
-        return _BANKS[bank]
-    except KeyError:
-        raise ValueError(f"unknown PCR bank {bank!r}; use one of {sorted(_BANKS)}") from None
-
-
-def _selection(selection: dict[str, list[int]]) -> Any:
-    banks = []
-    for bank, indices in selection.items():
-        if any(not 0 <= i < 24 for i in indices):
-            raise ValueError(f"PCR index out of range in {bank}: {indices}")
-        bits = bytearray(3)
-        for i in indices:
-            bits[i // 8] |= 1 << (i % 8)
-        banks.append(TPMS_PCR_SELECTION(hash=_bank_alg(bank), sizeofSelect=3,
-                                        pcrSelect=bytes(bits)))
-    return TPML_PCR_SELECTION(pcrSelections=banks)
-
-
-def _selected(sel: Any) -> list[tuple[str, list[int]]]:
-    """(bank, ascending indices) in the order a TPML_PCR_SELECTION lists them."""
-    names = {int(v): k for k, v in _BANKS.items()}
-    out = []
-    for i in range(sel.count):
-        s = sel.pcrSelections[i]
-        bits = bytes(s.pcrSelect)[: s.sizeofSelect]
-        idx = [n for n in range(8 * len(bits)) if bits[n // 8] >> (n % 8) & 1]
-        out.append((names.get(int(s.hash), f"alg{int(s.hash):#x}"), idx))
-    return out
 
 
 class Tpm:
@@ -333,16 +298,16 @@ class Tpm:
 
     def quote(self, nonce: bytes, selection: dict[str, list[int]]) -> Quote:
         """Quote ``selection`` over ``nonce`` with the AK; PCR values provably match the quote."""
-        sel = _selection(selection)
+        sel = selection_of(selection)
         for _attempt in range(5):
             with self._loaded_ak() as ak:
                 attest_b, sig = self._call("Quote", self._esys.quote, ak, sel, nonce)
             attest = bytes(attest_b.buffer) if hasattr(attest_b, "buffer") else bytes(attest_b)
             parsed, _ = TPMS_ATTEST.unmarshal(attest)
             info = parsed.attested.quote
-            values = self.pcr_read_selection(info.pcrSelect)
+            values = self.pcr_readselection_of(info.pcrSelect)
             h = hashlib.sha256()
-            for bank, indices in _selected(info.pcrSelect):
+            for bank, indices in selected(info.pcrSelect):
                 for i in indices:
                     h.update(values[bank][i])
             if h.digest() == bytes(info.pcrDigest):
@@ -351,18 +316,18 @@ class Tpm:
         raise TpmCommandFailed("Quote", 0, "PCR values kept changing during the quote")
 
     def pcr_read(self, selection: dict[str, list[int]]) -> dict[str, dict[int, bytes]]:
-        return self.pcr_read_selection(_selection(selection))
+        return self.pcr_readselection_of(selection_of(selection))
 
-    def pcr_read_selection(self, sel: Any) -> dict[str, dict[int, bytes]]:
+    def pcr_readselection_of(self, sel: Any) -> dict[str, dict[int, bytes]]:
         # PCR_Read returns at most 8 digests (TPML_DIGEST) per call, so read in chunks of 8.
         out: dict[str, dict[int, bytes]] = {}
-        for bank, indices in _selected(sel):
+        for bank, indices in selected(sel):
             out[bank] = {}
             for start in range(0, len(indices), 8):
                 chunk = indices[start:start + 8]
                 _, got_sel, digests = self._call("PCR_Read", self._esys.pcr_read,
-                                                 _selection({bank: chunk}))
-                got = [i for _, idx in _selected(got_sel) for i in idx]
+                                                 selection_of({bank: chunk}))
+                got = [i for _, idx in selected(got_sel) for i in idx]
                 if got != chunk or len(digests) != len(chunk):
                     raise TpmCommandFailed("PCR_Read", 0,
                                            f"bank {bank} PCRs {chunk} not all readable "
@@ -374,7 +339,7 @@ class Tpm:
     def active_banks(self) -> list[str]:
         _, data = self._call("GetCapability(PCRS)", self._esys.get_capability,
                              TPM2_CAP.PCRS, 0, 16)
-        return [bank for bank, idx in _selected(data.data.assignedPCR) if idx]
+        return [bank for bank, idx in selected(data.data.assignedPCR) if idx]
 
     def pcr_extend(self, index: int, data: bytes | dict[str, bytes]) -> None:
         """Extend PCR ``index``: with bytes, H_bank(data) into every active bank (like
@@ -385,7 +350,7 @@ class Tpm:
             digests = {b: hashlib.new(b, data).digest() for b in self.active_banks()}
         else:
             digests = dict(data)
-        values = TPML_DIGEST_VALUES([TPMT_HA(hashAlg=_bank_alg(b), digest=TPMU_HA(**{b: d}))
+        values = TPML_DIGEST_VALUES([TPMT_HA(hashAlg=bank_alg(b), digest=TPMU_HA(**{b: d}))
                                      for b, d in digests.items()])
         handle = getattr(ESYS_TR, f"PCR{index}")
         self._call("PCR_Extend", self._esys.pcr_extend, handle, values)
