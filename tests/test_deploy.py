@@ -1,0 +1,34 @@
+"""The k3s manifests validate offline against the Kubernetes schemas (kubernetes-validate)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.name)
+def test_manifest_is_valid(path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs
+    for doc in docs:
+        kubernetes_validate.validate(doc, "1.31", strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    listed = set(yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())["resources"])
+    assert listed == {p.name for p in MANIFESTS}
+
+
+def test_agent_tolerates_untrusted_taint_and_server_can_patch_nodes() -> None:
+    ds = yaml.safe_load((DEPLOY / "agent-daemonset.yaml").read_text())
+    tolerations = ds["spec"]["template"]["spec"]["tolerations"]
+    assert {"key": "umec.io/untrusted", "operator": "Exists", "effect": "NoExecute"} in tolerations
+    rules = next(d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
+                 if d["kind"] == "ClusterRole")["rules"]
+    assert rules == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
