@@ -128,7 +128,8 @@ class AppraisalPolicy:
             try:
                 eventlog = EventLogReference.from_dict(doc["eventlog"])
             except (ValueError, TypeError, KeyError) as exc:
-                raise PolicyInvalid(f"eventlog: {exc}") from None
+                # The reference's own message already starts with the offending key.
+                raise PolicyInvalid(str(getattr(exc, "detail", exc))) from None
         interval = doc.get("interval_seconds")
         if interval is not None and (not isinstance(interval, int | float) or interval <= 0):
             raise PolicyInvalid("interval_seconds: a positive number")
