@@ -56,6 +56,7 @@ class AttestContext:
     # The server's event loop, set at startup: sync request handlers run in worker threads and
     # hand events over to it so that slow listeners never hold up an attestation round.
     loop: asyncio.AbstractEventLoop | None = None
+    _policy_cache: dict[str, tuple[str, AppraisalPolicy]] = field(default_factory=dict)
 
     def policy_for(self, session: Session, node_class: str) -> AppraisalPolicy:
         row = session.get(PolicyRow, node_class)
@@ -64,7 +65,12 @@ class AttestContext:
                 return DEFAULT_POLICY
             # A node class without a policy is a configuration error, never "accept all".
             raise LookupError(node_class)
-        return AppraisalPolicy.from_yaml(row.document)
+        # Parsing YAML on every round would dominate a round's CPU; re-parse only on change.
+        cached = self._policy_cache.get(node_class)
+        if cached is None or cached[0] != row.document:
+            cached = (row.document, AppraisalPolicy.from_yaml(row.document))
+            self._policy_cache[node_class] = cached
+        return cached[1]
 
     def record_change(self, session: Session, node: str, previous: str | None, state: str,
                       reason: str, failed_checks: Sequence[str], at: datetime) -> NodeStateChanged:
