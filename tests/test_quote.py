@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pytest
 from conftest_swtpm_tools import Swtpm, running_swtpm
@@ -73,7 +73,7 @@ def test_nonce_pcr_and_selection_failures_are_all_collected(sim: SimulatedTpm) -
     wrong = {"sha256": {**values["sha256"], 7: b"\x01" * 32}, "sha1": values["sha1"]}
     failures = appraise(sim.ak_public, attest, sig, wrong, nonce=b"other nonce 16 b",
                         requested={"sha256": frozenset({0, 7, 10, 14})},
-                        previous=replace(sim.clock_info, reset_count=sim.reset_count + 1))
+                        previous=sim.clock_info._replace(reset_count=sim.reset_count + 1))
     assert failures == [QuoteNonceMismatch, PcrDigestMismatch, PcrSelectionInsufficient,
                         ResetCountRollback]
 
@@ -134,7 +134,7 @@ def test_clock_rules() -> None:
     assert (fourth.reset_count, fourth.restart_count) == (1, 0)
     assert appraise(tpm.ak_public, a3, s3, v3, previous=fourth) == [ResetCountRollback]
     # A reboot may restart the clock anywhere: lower clock with higher resetCount passes.
-    assert appraise(tpm.ak_public, a4, s4, v4, previous=replace(third, clock=2**40)) == []
+    assert appraise(tpm.ak_public, a4, s4, v4, previous=third._replace(clock=2**40)) == []
 
 
 def test_fatal_checks_raise_and_stop(sim: SimulatedTpm) -> None:

@@ -177,7 +177,7 @@ def test_attest_round_trip_and_fields() -> None:
 
 
 def test_attest_other_type_keeps_attested_bytes() -> None:
-    other = replace(ATTEST, type=0x8017, quote=None, attested=b"\x00\x01x")
+    other = ATTEST._replace(type=0x8017, quote=None, attested=b"\x00\x01x")
     back = parse_tpms_attest(other.marshal())
     assert back.quote is None and back.attested == b"\x00\x01x" and back.type == 0x8017
 

@@ -24,9 +24,10 @@ agent) are in the endorsement hierarchy, so these fields are real.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple, cast
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
@@ -41,6 +42,7 @@ from attest.core.tpm_marshal import (
     MAX_PCR_BANKS,
     MAX_PCR_SELECT,
     MAX_RSA_KEY_BYTES,
+    MAX_STRUCTURE,
     AlgorithmUnsupported,
     EccCurve,
     FieldValueInvalid,
@@ -90,6 +92,11 @@ _HEAD_SIG = struct.Struct(">HHH")  # sigAlg, hash, first TPM2B size
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _SIGN = int(ObjectAttributes.SIGN_ENCRYPT)
+# Stateless algorithm descriptors, built once (constants, not a cache of results).
+_SIG_ALGORITHMS: dict[int, tuple[hashes.HashAlgorithm, ec.ECDSA, padding.PSS]] = {
+    alg: (cls(), ec.ECDSA(cls()), padding.PSS(padding.MGF1(cls()), padding.PSS.AUTO))
+    for alg, (_, _, cls) in HASH_ALGS.items() if alg != TpmAlg.SHA1}
+_PKCS1V15 = padding.PKCS1v15()
 _SIG_ALGS = frozenset((TpmAlg.ECDSA, TpmAlg.RSASSA, TpmAlg.RSAPSS))
 
 
@@ -102,8 +109,7 @@ def _u8(v: int) -> bytes:
     return bytes((v,))
 
 
-@dataclass(frozen=True, slots=True)
-class ClockInfo:
+class ClockInfo(NamedTuple):
     """TPMS_CLOCK_INFO: ``clock`` in ms since TPM manufacture/clear; counts of resets/restarts."""
 
     clock: int
@@ -112,16 +118,18 @@ class ClockInfo:
     safe: bool
 
 
-@dataclass(frozen=True, slots=True)
-class QuoteInfo:
+class QuoteInfo(NamedTuple):
     """TPMS_QUOTE_INFO; ``pcr_select`` maps bank name to PCR indices, in TPML order."""
 
     pcr_select: dict[str, frozenset[int]]
     pcr_digest: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class TpmsAttest:
+class TpmsAttest(NamedTuple):
+    """TPMS_ATTEST. The parsed structures are immutable NamedTuples rather than frozen
+    dataclasses because they are built on every quote and a frozen dataclass costs ~3x more
+    to construct; use ``_replace`` to derive a modified copy."""
+
     magic: int
     type: int
     qualified_signer: bytes
@@ -156,7 +164,13 @@ _BYTE_PCRS: tuple[tuple[frozenset[int], ...], ...] = tuple(
     for i in range(MAX_PCR_SELECT))
 
 
+_B0, _B1, _B2 = _BYTE_PCRS[0], _BYTE_PCRS[1], _BYTE_PCRS[2]
+_HASH_NAMES = {alg: name for alg, (name, _, _) in HASH_ALGS.items()}
+
+
 def _bitmap_pcrs(bitmap: bytes) -> frozenset[int]:
+    if len(bitmap) == 3:  # what every PC-client TPM sends (24 PCRs)
+        return _B0[bitmap[0]] | _B1[bitmap[1]] | _B2[bitmap[2]]
     return frozenset().union(*(_BYTE_PCRS[i][v] for i, v in enumerate(bitmap)))
 
 
@@ -167,8 +181,9 @@ def parse_tpms_attest(data: bytes) -> TpmsAttest:
     instead of a generic cursor; every offset is still bounds-checked (``struct.error`` from
     ``unpack_from`` past the end becomes ``StructureTruncated``).
     """
-    check_size(data, "TPMS_ATTEST")
-    data = bytes(data)
+    if type(data) is not bytes or len(data) > MAX_STRUCTURE:
+        check_size(data, "TPMS_ATTEST")
+        data = bytes(data)
     n = len(data)
     try:
         magic, st, size = _HEAD.unpack_from(data, 0)
@@ -196,7 +211,7 @@ def parse_tpms_attest(data: bytes) -> TpmsAttest:
         select: dict[str, frozenset[int]] = {}
         for _ in range(count):
             alg, size = _SEL.unpack_from(data, p)
-            name = hash_info(alg, "TPMS_PCR_SELECTION.hash")[0]
+            name = _HASH_NAMES.get(alg) or hash_info(alg, "TPMS_PCR_SELECTION.hash")[0]
             if size > MAX_PCR_SELECT:
                 raise FieldValueInvalid(
                     f"TPMS_PCR_SELECTION.sizeofSelect {size} > {MAX_PCR_SELECT}")
@@ -221,8 +236,7 @@ def parse_tpms_attest(data: bytes) -> TpmsAttest:
     return TpmsAttest(magic, st, signer, extra, ci, fw, QuoteInfo(select, pcr_digest))
 
 
-@dataclass(frozen=True, slots=True)
-class TpmSignature:
+class TpmSignature(NamedTuple):
     """TPMT_SIGNATURE: RSASSA/RSAPSS carry ``sig``; ECDSA carries ``r`` and ``s`` (big-endian)."""
 
     sig_alg: int
@@ -240,8 +254,9 @@ class TpmSignature:
 
 def parse_tpmt_signature(data: bytes) -> TpmSignature:
     """Parse a TPMT_SIGNATURE (tpm2_quote ``-s`` in the default "tss" format)."""
-    check_size(data, "TPMT_SIGNATURE")
-    data = bytes(data)
+    if type(data) is not bytes or len(data) > MAX_STRUCTURE:
+        check_size(data, "TPMT_SIGNATURE")
+        data = bytes(data)
     n = len(data)
     try:
         alg, hash_alg, size = _HEAD_SIG.unpack_from(data, 0)
@@ -287,23 +302,23 @@ def verify_signature(key: TpmPublic, sig: TpmSignature, message: bytes) -> None:
             f"0x{scheme.scheme:04x}/0x{scheme.hash_alg:04x}")
     if sig.hash_alg == TpmAlg.SHA1:
         raise SignatureInvalid("SHA-1 signatures are not accepted")
-    try:
-        hash_cls = HASH_ALGS[sig.hash_alg][2]
-    except KeyError:
-        raise SignatureInvalid(f"unsupported signature hash 0x{sig.hash_alg:04x}") from None
+    algs = _SIG_ALGORITHMS.get(sig.hash_alg)
+    if algs is None:
+        raise SignatureInvalid(f"unsupported signature hash 0x{sig.hash_alg:04x}")
+    hash_obj, ecdsa, pss = algs
     pub = key.public_key()
     try:
         if sig.sig_alg == TpmAlg.ECDSA:
-            if not isinstance(pub, ec.EllipticCurvePublicKey):
+            # key.type, not isinstance(): ABC instance checks are slow and this is the hot path.
+            if key.type != TpmAlg.ECC:
                 raise SignatureInvalid("an ECDSA signature cannot come from an RSA key")
             der = encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
-            pub.verify(der, message, ec.ECDSA(hash_cls()))
+            cast(ec.EllipticCurvePublicKey, pub).verify(der, message, ecdsa)
             return
-        if not isinstance(pub, rsa.RSAPublicKey):
+        if key.type != TpmAlg.RSA:
             raise SignatureInvalid("an RSA signature cannot come from an ECC key")
-        pad: padding.AsymmetricPadding = padding.PKCS1v15() if sig.sig_alg == TpmAlg.RSASSA \
-            else padding.PSS(padding.MGF1(hash_cls()), padding.PSS.AUTO)
-        pub.verify(sig.sig, message, pad, hash_cls())
+        pad = _PKCS1V15 if sig.sig_alg == TpmAlg.RSASSA else pss
+        cast(rsa.RSAPublicKey, pub).verify(sig.sig, message, pad, hash_obj)
     except InvalidSignature:
         raise SignatureInvalid(
             f"{TpmAlg(sig.sig_alg).name} signature does not verify under the key "
