@@ -188,7 +188,7 @@ def _check_pcrs(quote: QuoteInfo, pcr_values: dict[str, dict[int, bytes]],
     """
     select = quote.pcr_select
     if pcr_values.keys() == select.keys():
-        chunks: list[bytes] = []
+        h = _HASH_STARTS[hash_alg].copy()
         for bank, pcrs in select.items():
             sent = pcr_values[bank]
             if sent.keys() != pcrs:
@@ -197,10 +197,8 @@ def _check_pcrs(quote: QuoteInfo, pcr_values: dict[str, dict[int, bytes]],
             # set(map(len, ...)) runs in C; the slow path below names the offending PCRs.
             if values and set(map(len, values)) != _SIZE_SETS[bank]:
                 break
-            chunks += values
+            h.update(b"".join(values))
         else:
-            h = _HASH_STARTS[hash_alg].copy()
-            h.update(b"".join(chunks))
             computed = h.finalize()
             if not compare_digest(computed, quote.pcr_digest):
                 raise PcrDigestMismatch(f"quoted pcrDigest {quote.pcr_digest.hex()} != digest "

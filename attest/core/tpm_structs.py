@@ -88,6 +88,8 @@ TPM_ST_ATTEST_QUOTE = 0x8018
 _HEAD = struct.Struct(">IHH")  # magic, type, qualifiedSigner.size
 _CLOCK = struct.Struct(">QIIBQ")  # clockInfo, firmwareVersion
 _SEL = struct.Struct(">HB")  # TPMS_PCR_SELECTION hash, sizeofSelect
+# clockInfo, firmwareVersion, a one-bank TPML_PCR_SELECTION with a 3-byte bitmap, digest size
+_ONE_BANK = struct.Struct(">QIIBQIHB3sH")
 _HEAD_SIG = struct.Struct(">HHH")  # sigAlg, hash, first TPM2B size
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
@@ -197,6 +199,17 @@ def parse_tpms_attest(data: bytes) -> TpmsAttest:
         p += 2
         extra = data[p:p + size]
         p += size
+        if st == TPM_ST_ATTEST_QUOTE and n - p >= _ONE_BANK.size:
+            # Fast path for the usual quote: one bank, sizeofSelect 3. Same checks as below.
+            (clock, resets, restarts, safe, fw, count, alg, sel_size, bitmap,
+             size) = _ONE_BANK.unpack_from(data, p)
+            if (count == 1 and sel_size == 3 and safe <= 1 and alg in _HASH_NAMES
+                    and size <= MAX_DIGEST and p + _ONE_BANK.size + size == n):
+                pcrs = _B0[bitmap[0]] | _B1[bitmap[1]] | _B2[bitmap[2]]
+                return TpmsAttest(magic, st, signer, extra,
+                                  ClockInfo(clock, resets, restarts, safe == 1), fw,
+                                  QuoteInfo({_HASH_NAMES[alg]: pcrs},
+                                            data[p + _ONE_BANK.size:]))
         clock, resets, restarts, safe, fw = _CLOCK.unpack_from(data, p)
         p += _CLOCK.size
         if safe > 1:
@@ -263,7 +276,8 @@ def parse_tpmt_signature(data: bytes) -> TpmSignature:
         if alg not in _SIG_ALGS:
             raise AlgorithmUnsupported(
                 f"TPMT_SIGNATURE.sigAlg 0x{alg:04x} (ECDSA, RSASSA, RSAPSS)")
-        hash_info(hash_alg, "TPMT_SIGNATURE.hash")
+        if hash_alg not in HASH_ALGS:
+            hash_info(hash_alg, "TPMT_SIGNATURE.hash")
         limit = MAX_ECC_KEY_BYTES if alg == TpmAlg.ECDSA else MAX_RSA_KEY_BYTES
         if size > limit:
             raise StructureOversized(f"TPMT_SIGNATURE: field size {size} > {limit}")
