@@ -162,6 +162,9 @@ class SimulatedTpm:
         """TPM2_Quote: (TPMS_ATTEST bytes, TPMT_SIGNATURE bytes, the selected PCR values)."""
         if len(nonce) > MAX_DIGEST:
             raise ValueError("qualifyingData is limited to 64 bytes")
+        for bank, pcrs in selection.items():
+            if bank not in self.pcrs or not all(0 <= i < PCR_COUNT for i in pcrs):
+                raise ValueError(f"cannot quote {bank}:{sorted(pcrs)}; banks {BANKS}, PCRs 0-23")
         self.clock += 1
         values = {bank: {i: self.pcrs[bank][i] for i in sorted(pcrs)}
                   for bank, pcrs in selection.items()}

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pytest
 from conftest_swtpm_tools import Swtpm, running_swtpm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from attest.core.errors import AttestationError, MalformedStructure
 from attest.core.quote import (
@@ -154,6 +156,22 @@ def test_fatal_checks_raise_and_stop(sim: SimulatedTpm) -> None:
         appraise(sim.ak_public, attest[:-1], sig, values)
     with pytest.raises(MalformedStructure):
         appraise(sim.ak_public, attest, sig + b"\x00", values)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_fuzz_appraise_raises_only_typed_errors(sim: SimulatedTpm, data: st.DataObject) -> None:
+    attest, sig, values = sim.quote(NONCE, SEL)
+    attest = data.draw(st.one_of(st.binary(max_size=300), st.just(attest),
+                                 st.binary(max_size=8).map(lambda b: attest[:len(b) * 9])))
+    sig = data.draw(st.one_of(st.binary(max_size=120), st.just(sig)))
+    try:
+        result = appraise_quote(sim.ak_public, attest, sig, expected_nonce=NONCE,
+                                pcr_values=values, requested=SEL, previous_clock=None)
+    except AttestationError:
+        return
+    assert result.ok  # only the untouched quote can get through, and then it passes
 
 
 # -- swtpm oracle --------------------------------------------------------------------------

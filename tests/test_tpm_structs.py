@@ -65,7 +65,10 @@ ATTEST = TpmsAttest(TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE, b"\x00\x0b" + byte
                     bytes(range(20)), ClockInfo(123456, 3, 1, True), 0x2023,
                     QuoteInfo({"sha256": frozenset({0, 7, 16}), "sha1": frozenset({10})},
                               bytes(32)))
+# One bank with a 3-byte bitmap: the parser's fixed-layout fast path.
+ATTEST1 = ATTEST._replace(quote=QuoteInfo({"sha256": frozenset({0, 1, 2, 3, 7, 14})}, bytes(32)))
 VALID = {
+    "attest1": ATTEST1.marshal(),
     "public": RSA_AK.marshal_tpm2b(),
     "public_ecc": EC_EK.marshal_tpm2b(),
     "tpmt_public": EC_AK.marshal(),
@@ -74,7 +77,8 @@ VALID = {
 }
 PARSERS = {"public": parse_tpm2b_public, "public_ecc": parse_tpm2b_public,
            "tpmt_public": parse_tpmt_public,
-           "attest": parse_tpms_attest, "signature": parse_tpmt_signature}
+           "attest": parse_tpms_attest, "attest1": parse_tpms_attest,
+           "signature": parse_tpmt_signature}
 
 
 # -- TPMT_PUBLIC ------------------------------------------------------------------------------
@@ -174,6 +178,27 @@ def test_attest_round_trip_and_fields() -> None:
     # sha256 bitmap: PCR 0 and 7 in byte 0, PCR 16 in byte 2 (TPML_PCR_SELECTION layout).
     sel = wire.index(b"\x00\x0b\x03")
     assert wire[sel + 3:sel + 6] == bytes([0x81, 0x00, 0x01])
+
+
+def test_fast_and_general_paths_agree() -> None:
+    wire = ATTEST1.marshal()
+    assert parse_tpms_attest(wire) == ATTEST1
+    # The same selection with a 4-byte bitmap takes the general path.
+    sel = wire.index(b"\x00\x0b\x03", 80)
+    wide = wire[:sel + 2] + b"\x04" + wire[sel + 3:sel + 6] + b"\x00" + wire[sel + 6:]
+    assert parse_tpms_attest(wide) == ATTEST1
+    # Fast-path candidates that break a rule fall through to the general path's error.
+    safe = 4 + 2 + 2 + 34 + 2 + 20 + 16
+    bad: list[tuple[bytes, type[MalformedStructure]]] = [
+        (wire[:safe] + b"\x02" + wire[safe + 1:], FieldValueInvalid),
+        (wire[:sel] + b"\x00\x12" + wire[sel + 2:], AlgorithmUnsupported),
+        (wire[:-34] + b"\x00\x41" + wire[-32:] + bytes(33), StructureOversized),
+        (wire + b"\x00", TrailingBytes),
+        (wire[:-1], StructureTruncated),
+    ]
+    for data, error in bad:
+        with pytest.raises(error):
+            parse_tpms_attest(data)
 
 
 def test_attest_other_type_keeps_attested_bytes() -> None:
