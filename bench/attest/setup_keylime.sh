@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create the benchmark-only virtualenv bench/.venv-keylime holding Keylime (for
+# bench_quote.py's comparison) plus this project installed editable, so that one
+# script can import both `keylime.tpm.tpm_util` and `attest.core.quote`.
+#
+# It is kept apart from the main .venv on purpose: Keylime pins its own
+# dependency set and must never leak into the product's environment.
+# Idempotent: re-running only re-installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."            # repository root
+VENV=bench/.venv-keylime
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet keylime
+# Our project next to it, with the [node] extra (tpm2-pytss) so bench_quote.py can also take
+# quotes from a real swtpm in the same process.
+"$VENV/bin/pip" install --quiet -e ".[node]"
+"$VENV/bin/python" - <<'PY'
+import importlib.metadata as md
+import keylime.tpm.tpm_util  # noqa: F401  (fails loudly if keylime does not import)
+import attest.core.quote  # noqa: F401
+print("keylime", md.version("keylime"), "+ umec-trust", md.version("umec-trust"), "ready")
+PY
