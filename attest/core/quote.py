@@ -2,7 +2,7 @@
 
 :func:`appraise_quote` runs the checks below in order. Steps 1-3 are fatal and *raise*: until
 the AK's signature is verified, no field of the quote is evidence of anything, so nothing
-unauthenticated is evaluated further. Steps 4-8 are all run and every failure is collected in
+unauthenticated is evaluated further. Steps 4-7 are all run and every failure is collected in
 :class:`QuoteAppraisal` so the operator sees the whole picture at once.
 
 1. Parse TPMS_ATTEST and TPMT_SIGNATURE (``MalformedStructure`` family).
