@@ -14,6 +14,7 @@ published to listeners (webhooks, Kubernetes labels, token revocation) after com
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from dataclasses import dataclass
@@ -27,13 +28,19 @@ from attest.core.appraisal import Evidence, Verdict, appraise_evidence
 from attest.core.errors import AttestationError
 from attest.core.freshness import NonceRecord, NonceReplayed, check_nonce
 from attest.core.policy import AppraisalPolicy
-from attest.core.tpm_structs import ClockInfo, parse_tpm2b_public
+from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service.context import AttestContext, NodeState
 from attest.service.models import LeaseRow, NodeRow, NonceRow
 from attest.service.notify_event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
 
 MAX_CLOCK = 2**63 - 1
+
+
+@functools.lru_cache(maxsize=16384)
+def _parsed_ak(ak_public: bytes) -> TpmPublic:
+    """Activated AKs are immutable, so their parsed form (and loaded key) can be reused."""
+    return parse_tpm2b_public(ak_public)
 
 
 class NodeNotActivated(AttestationError):
@@ -120,7 +127,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                                  restart_count=node.restart_count or 0, safe=bool(node.safe))
     # Step 2: the pure appraisal, outside any transaction.
     verdict = appraise_evidence(
-        parse_tpm2b_public(ak_public), evidence, expected_nonce=nonce, policy=policy,
+        _parsed_ak(ak_public), evidence, expected_nonce=nonce, policy=policy,
         requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
     # Step 3: record the verdict and the state change atomically.
     events: list[NodeStateChanged] = []
