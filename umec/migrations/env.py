@@ -5,9 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
+from admission.models import AdmissionBase
 from attest.service.models import AttestBase
 
-target_metadata = [AttestBase.metadata]
+target_metadata = [AttestBase.metadata, AdmissionBase.metadata]
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
