@@ -1,0 +1,277 @@
+"""The admission flow behind ``/mutate`` and ``/validate`` (HTTP lives in ``webhook.py``).
+
+``/mutate`` (:meth:`Admitter.mutate`):
+  1. skip untouched: DELETE/CONNECT, the webhook's own namespace, namespaces without the opt-in
+     label (when a label lookup is wired; the webhook configuration's namespaceSelector is the
+     first line), kinds without a pod template;
+  2. resolve every image given by tag to its digest (single flight, short TTL cache);
+  3. answer a JSONPatch that pins each of those images to its digest.
+``/validate`` (:meth:`Admitter.validate`):
+  1. the same skips;
+  2. every image must carry a digest (an image by tag is denied: mutation may have been
+     bypassed or the tag may move);
+  3. verify signatures once per (policy generation, image@digest) against every key any policy
+     trusts for the image, single flight, cached;
+  4. evaluate the ImagePolicies of the pod's namespace plus the ClusterImagePolicies;
+  5. Rego takes the final decision (deny messages name container path, image and step);
+  6. record the admitted Pod (namespace, name, uid → digests and signer key ids).
+Everything runs under an internal deadline below the webhook ``timeoutSeconds``; whatever is
+unfinished at the deadline is denied, naming the image and the step that was still running.
+Any unexpected exception denies too: this flow fails closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from admission.core.errors import AdmissionError
+from admission.core.policy import PolicySet, Signer
+from admission.core.review import (
+    SUPPORTED_KINDS,
+    ContainerImage,
+    ReviewRequest,
+    container_images,
+    pin_patch,
+    review_response,
+    split_image,
+)
+from admission.records import AdmittedImage
+from admission.rego import RegoDecision, RegoFailed
+from admission.webhook_cache import SingleFlightCache
+from admission.webhook_metrics import WebhookMetrics
+from keys import PublicKey
+
+OPT_IN_LABEL = ("umec.io/verify", "enabled")
+
+
+class ImageResolver(Protocol):
+    async def resolve(self, image: str) -> str:
+        """Digest (``sha256:…``) the image's tag points to now."""
+
+
+class SignatureVerifier(Protocol):
+    async def verify(self, image: str, keys: Mapping[str, PublicKey]) -> Sequence[Signer]:
+        """Signatures of ``image`` (``name@digest``) valid under ``keys`` (key id → key)."""
+
+
+class AdmissionRecords(Protocol):
+    def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
+               verified: bool, policy_generation: str) -> None: ...
+
+
+class RegoDecider(Protocol):
+    def decide(self, rego_input: dict[str, Any]) -> RegoDecision: ...
+
+
+class DeadlineExceeded(AdmissionError):
+    check = "deadline.exceeded"
+    hint = ("The registry or the signature check did not answer in time; the pod is denied "
+            "(fail closed). Check registry health and retry.")
+
+
+class StepFailed(AdmissionError):
+    check = "step.failed"
+    hint = "An unexpected error stopped the check; the pod is denied (fail closed)."
+
+
+@dataclass
+class WebhookDeps:
+    policies: Callable[[], PolicySet]          # the current set (hot-reloadable)
+    resolver: ImageResolver
+    verifier: SignatureVerifier
+    rego: RegoDecider
+    records: AdmissionRecords | None = None
+    own_namespace: str = "umec-system"
+    namespace_opted_in: Callable[[str], Awaitable[bool]] | None = None
+    timeout_seconds: float = 10.0              # the webhook configuration's timeoutSeconds
+    deadline_seconds: float | None = None      # default: timeout - 1 s
+    resolve_ttl: float = 30.0
+    verify_ttl: float = 300.0
+    max_review_bytes: int = 3 * 1024 * 1024
+    metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+
+    @property
+    def deadline(self) -> float:
+        return self.deadline_seconds if self.deadline_seconds is not None \
+            else max(0.5, self.timeout_seconds - 1.0)
+
+
+@dataclass
+class _Image:
+    container: ContainerImage
+    step: str = "parse"
+    digest: str | None = None
+    normalized: str = ""
+    signers: tuple[Signer, ...] = ()
+    error: AdmissionError | None = None
+    done: bool = False
+
+
+class Admitter:
+    def __init__(self, deps: WebhookDeps) -> None:
+        self.deps = deps
+        self.resolved: SingleFlightCache[str, str] = SingleFlightCache(deps.resolve_ttl)
+        self.verified: SingleFlightCache[tuple[str, str], tuple[Signer, ...]] = \
+            SingleFlightCache(deps.verify_ttl)
+
+    async def _skip(self, req: ReviewRequest) -> bool:
+        if req.operation not in ("CREATE", "UPDATE") or req.object is None:
+            return True
+        if req.namespace == self.deps.own_namespace or req.kind not in SUPPORTED_KINDS:
+            return True
+        check = self.deps.namespace_opted_in
+        return check is not None and not await check(req.namespace)
+
+    async def _timed(self, step: str, coro: Awaitable[Any]) -> Any:
+        t = time.perf_counter()
+        try:
+            return await coro
+        finally:
+            self.deps.metrics.registry_latency.labels(step).observe(time.perf_counter() - t)
+
+    async def _resolve(self, item: _Image) -> None:
+        item.step = "resolve"
+        image = item.container.image
+        digest, hit = await self.resolved.get(
+            image, lambda: self._timed("resolve", self.deps.resolver.resolve(image)))
+        self._count("resolve", hit)
+        item.digest = digest
+
+    async def _verify(self, item: _Image, policies: PolicySet) -> None:
+        item.step = "verify"
+        name = split_image(item.container.image).name
+        key = (policies.generation, f"{item.normalized}@{item.digest}")
+        keys = policies.keys_for(item.normalized)
+        if not keys:        # no policy anywhere covers it: nothing to verify, noMatch decides
+            return
+        ref = f"{name}@{item.digest}"
+        signers, hit = await self.verified.get(
+            key, lambda: self._verify_now(ref, keys))
+        self._count("verify", hit)
+        item.signers = signers
+
+    async def _verify_now(self, ref: str, keys: Mapping[str, PublicKey]) -> tuple[Signer, ...]:
+        return tuple(await self._timed("verify", self.deps.verifier.verify(ref, keys)))
+
+    def _count(self, cache: str, hit: bool) -> None:
+        m = self.deps.metrics
+        (m.cache_hits if hit else m.cache_misses).labels(cache).inc()
+
+    async def _run_all(self, items: list[_Image],
+                       work: Callable[[_Image], Awaitable[None]]) -> None:
+        """Run ``work`` per image under the deadline; record typed errors on the items."""
+        async def guarded(item: _Image) -> None:
+            try:
+                await work(item)
+                item.done = True
+            except AdmissionError as e:
+                item.error = e
+            except Exception as e:  # fail closed, but say which step broke
+                item.error = StepFailed(f"{item.step}: {type(e).__name__}: {str(e)[:200]}")
+
+        todo = [i for i in items if i.error is None]
+        if not todo:
+            return
+        tasks = [asyncio.ensure_future(guarded(i)) for i in todo]
+        _, pending = await asyncio.wait(tasks, timeout=self.deps.deadline)
+        for t in pending:
+            t.cancel()  # the shared registry flight itself is shielded and carries on
+        for item in todo:
+            if item.error is None and not item.done:
+                item.error = DeadlineExceeded(
+                    f"step {item.step!r} for image {item.container.image} did not finish "
+                    f"within the {self.deps.deadline:g}s deadline")
+
+    def _items(self, req: ReviewRequest) -> list[_Image]:
+        assert req.object is not None
+        items = [_Image(c) for c in container_images(req.kind, req.object)]
+        for item in items:
+            try:
+                parts = split_image(item.container.image)
+                item.digest, item.normalized = parts.digest, parts.normalized
+            except AdmissionError as e:
+                item.error = e
+        return items
+
+    async def mutate(self, req: ReviewRequest) -> dict[str, Any]:
+        if await self._skip(req):
+            return review_response(req.uid, allowed=True)
+        items = self._items(req)
+        for item in items:
+            item.step = "resolve"
+        await self._run_all([i for i in items if i.digest is None], self._resolve)
+        failed = [i for i in items if i.error is not None]
+        if failed:
+            msg = "; ".join(f"{i.container.path}: image {i.container.image}: "
+                            f"{i.error.check}: {i.error.detail}" for i in failed if i.error)
+            return review_response(req.uid, allowed=False, message=msg)
+        pins = [(i.container, i.digest) for i in items
+                if i.digest and "@" not in i.container.image]
+        return review_response(req.uid, allowed=True, patch=pin_patch(pins))
+
+    async def validate(self, req: ReviewRequest) -> dict[str, Any]:
+        if await self._skip(req):
+            return review_response(req.uid, allowed=True)
+        policies = self.deps.policies()
+        items = self._items(req)
+        for item in items:
+            item.step = "verify"
+        await self._run_all([i for i in items if i.digest is not None],
+                            lambda i: self._verify(i, policies))
+        rego_input, decisions = self._rego_input(req, items, policies)
+        try:
+            verdict = self.deps.rego.decide(rego_input)
+        except RegoFailed as e:
+            return review_response(req.uid, allowed=False, message=f"{e.check}: {e.detail}")
+        if not verdict.allowed:
+            return review_response(req.uid, allowed=False, message="; ".join(verdict.deny),
+                                   warnings=verdict.warnings)
+        if req.kind == "Pod" and self.deps.records is not None and not req.dry_run:
+            try:
+                await asyncio.to_thread(self._record, req, items, decisions, policies)
+            except Exception as e:  # the token service relies on the record: fail closed
+                return review_response(req.uid, allowed=False,
+                                       message=f"record.failed: {type(e).__name__}")
+        return review_response(req.uid, allowed=True, warnings=verdict.warnings)
+
+    def _rego_input(self, req: ReviewRequest, items: list[_Image],
+                    policies: PolicySet) -> tuple[dict[str, Any], list[bool]]:
+        containers, verified = [], []
+        for item in items:
+            entry: dict[str, Any] = {"path": item.container.path,
+                                     "image": item.container.image, "digest": item.digest,
+                                     "error": None, "policies": [], "no_match": None}
+            if item.error is not None:
+                entry["error"] = {"check": item.error.check, "detail": item.error.detail}
+                verified.append(False)
+            elif item.digest is not None:
+                d = policies.evaluate(req.namespace, item.normalized, item.signers, item.digest)
+                entry["policies"] = [{"policy": o.policy, "mode": o.mode,
+                                      "satisfied": o.satisfied, "reason": "; ".join(o.reasons),
+                                      "signers": list(o.signers)} for o in d.matched]
+                entry["no_match"] = d.no_match
+                verified.append(d.verified)
+            else:
+                verified.append(False)
+            containers.append(entry)
+        return ({"namespace": req.namespace, "kind": req.kind, "operation": req.operation,
+                 "containers": containers}, verified)
+
+    def _record(self, req: ReviewRequest, items: list[_Image], verified: list[bool],
+                policies: PolicySet) -> None:
+        assert self.deps.records is not None and req.object is not None
+        meta = req.object.get("metadata") or {}
+        uid = meta.get("uid") if isinstance(meta.get("uid"), str) and meta.get("uid") \
+            else req.uid
+        images = [AdmittedImage(i.container.path, i.container.image, i.digest or "",
+                                tuple(sorted({s.key_id for s in i.signers
+                                              if s.digest == i.digest})))
+                  for i in items]
+        self.deps.records.record(namespace=req.namespace, name=req.name, uid=str(uid),
+                                 images=images, verified=all(verified),
+                                 policy_generation=policies.generation)
+
