@@ -1,0 +1,320 @@
+"""A real ``docker-registry`` (Docker Distribution 2.8) on loopback, with and without auth.
+
+``run_registry(workdir, auth=...)`` writes a config with filesystem storage under ``workdir``,
+starts ``/usr/bin/docker-registry serve`` on a free 127.0.0.1 port, waits until ``/v2/`` answers
+(200, or 401 with auth), yields a :class:`RunningRegistry` and stops the process afterwards.
+
+Auth variants:
+- ``"htpasswd"``: Basic auth; docker-registry accepts bcrypt entries only, made with the C
+  library's ``crypt`` (libxcrypt supports ``$2b$``), so neither apache2-utils nor a bcrypt wheel
+  is needed.
+- ``"token"``: bearer tokens from :class:`TokenServer`, a tiny HTTP server in this process that
+  checks Basic credentials (or an identity token via the OAuth2 refresh grant) and issues ES256
+  JWTs whose ``x5c`` header carries a self-signed certificate the registry trusts through
+  ``rootcertbundle``.
+
+:class:`ScriptedServer` is the opposite of the real thing: an HTTP server whose answers a test
+scripts (lying digests, 503 then success, hanging, oversized bodies).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import threading
+import time
+import urllib.parse
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from keys import KeyKind, generate_private_key
+
+REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+SERVICE = "umec-test-registry"
+ISSUER = "umec-test-token-issuer"
+USERS = {"alice": "wonderland", "bob": "builder"}
+
+
+def registry_available() -> bool:
+    return Path(REGISTRY_BIN).is_file()
+
+
+requires_registry = pytest.mark.skipif(
+    not registry_available(), reason="docker-registry not installed (scripts/setup.sh installs it)")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def bcrypt_hash(password: str) -> str:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # removed in Python 3.13; 3.11 is the project's version
+
+        # Cost 4: the minimum; the registry checks it on every request and tests are timed.
+        hashed = crypt.crypt(password, "$2b$04$" + crypt.mksalt(crypt.METHOD_BLOWFISH)[7:])
+    if not hashed or not hashed.startswith("$2b$"):
+        pytest.skip("the C library's crypt() has no bcrypt; cannot write an htpasswd file")
+    return hashed
+
+
+@dataclass
+class RunningRegistry:
+    host: str  # "127.0.0.1:<port>", what goes into image references
+    root: Path  # storage root directory
+    process: subprocess.Popen[bytes]
+    log: Path
+    token_server: TokenServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def blob_path(self, digest: str) -> Path:
+        """Where docker-registry keeps the bytes of ``digest`` (to corrupt them on purpose)."""
+        hexpart = digest.split(":", 1)[1]
+        return self.root / "docker/registry/v2/blobs/sha256" / hexpart[:2] / hexpart / "data"
+
+
+class TokenServer:
+    """Issues registry bearer tokens (docker token spec) to USERS, counting what it issued."""
+
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None,
+                 identity_tokens: dict[str, str] | None = None) -> None:
+        self.users = dict(USERS if users is None else users)
+        self.identity_tokens = dict(identity_tokens or {})  # refresh token → user
+        self.issued: list[dict[str, Any]] = []
+        self.key = generate_private_key(KeyKind.EC_P256)
+        assert isinstance(self.key, ec.EllipticCurvePrivateKey)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "umec test token signer")])
+        now = datetime.datetime.now(datetime.UTC)
+        self.cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                     .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
+                     .not_valid_before(now - datetime.timedelta(minutes=5))
+                     .not_valid_after(now + datetime.timedelta(days=1))
+                     .sign(self.key, hashes.SHA256()))
+        self.cert_path = workdir / "token-signer.pem"
+        self.cert_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                user = server._basic_user(self.headers.get("Authorization", ""))
+                self._answer(user, query.get("scope", []))
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                form = urllib.parse.parse_qs(self.rfile.read(length).decode())
+                user = server.identity_tokens.get(form.get("refresh_token", [""])[0])
+                self._answer(user, " ".join(form.get("scope", [])).split())
+
+            def _answer(self, user: str | None, scopes: list[str]) -> None:
+                if user is None:
+                    body, status = b'{"details":"authentication required"}', 401
+                else:
+                    body, status = json.dumps(server._token(user, scopes)).encode(), 200
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _basic_user(self, header: str) -> str | None:
+        if not header.startswith("Basic "):
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:]).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return user if self.users.get(user) == password else None
+
+    def _token(self, user: str, scopes: list[str]) -> dict[str, Any]:
+        access = []
+        for scope in scopes:
+            kind, _, rest = scope.partition(":")
+            name, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": ISSUER, "sub": user, "aud": SERVICE, "iat": now, "nbf": now - 5,
+                  "exp": now + 300, "jti": secrets.token_hex(8), "access": access}
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        token = jwt.encode(claims, self.key, algorithm="ES256",
+                           headers={"x5c": [base64.b64encode(der).decode()]})
+        self.issued.append({"user": user, "scopes": scopes})
+        return {"token": token, "access_token": token, "expires_in": 300}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _config(workdir: Path, port: int, auth: str, token_server: TokenServer | None) -> str:
+    lines = ["version: 0.1", "log:", "  level: warn", "  accesslog:", "    disabled: true",
+             "storage:", "  filesystem:", f"    rootdirectory: {workdir / 'storage'}",
+             "  delete:", "    enabled: true", "  maintenance:", "    uploadpurging:",
+             "      enabled: false", "http:", f"  addr: 127.0.0.1:{port}",
+             f"  secret: {secrets.token_hex(16)}"]
+    if auth == "htpasswd":
+        htpasswd = workdir / "htpasswd"
+        htpasswd.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in USERS.items()))
+        lines += ["auth:", "  htpasswd:", "    realm: umec-test", f"    path: {htpasswd}"]
+    elif auth == "token":
+        assert token_server is not None
+        lines += ["auth:", "  token:", f"    realm: {token_server.realm}",
+                  f"    service: {SERVICE}", f"    issuer: {ISSUER}",
+                  f"    rootcertbundle: {token_server.cert_path}"]
+    return "\n".join(lines) + "\n"
+
+
+@contextlib.contextmanager
+def run_registry(workdir: Path, *, auth: str = "none") -> Iterator[RunningRegistry]:
+    """Start docker-registry (auth: "none" | "htpasswd" | "token"); stop it on exit."""
+    if not registry_available():
+        pytest.skip("docker-registry not installed (scripts/setup.sh installs it)")
+    workdir.mkdir(parents=True, exist_ok=True)
+    token_server = TokenServer(workdir) if auth == "token" else None
+    port = free_port()
+    config = workdir / "config.yml"
+    config.write_text(_config(workdir, port, auth, token_server))
+    log = workdir / "registry.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=out,
+                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    running = RunningRegistry(f"127.0.0.1:{port}", workdir / "storage", process, log, token_server)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{running.url}/v2/", timeout=1).status_code in (200, 401):
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"docker-registry did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        yield running
+    finally:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if token_server is not None:
+            token_server.close()
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    """An anonymous registry shared by the session; tests use their own repository names."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    with run_registry(tmp_path_factory.mktemp("registry-basic"), auth="htpasswd") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
+    with run_registry(tmp_path_factory.mktemp("registry-token"), auth="token") as running:
+        yield running
+
+
+# -- a scripted, misbehaving registry ---------------------------------------------------------
+
+Reply = tuple[int, dict[str, str], bytes]
+HANG = (-1, {}, b"")  # sentinel reply: keep the connection open and never answer
+
+
+@dataclass
+class ScriptedServer:
+    """Answers each request with ``script(method, path, headers) -> Reply``; logs requests."""
+
+    script: Callable[[str, str, dict[str, str]], Reply]
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.stop = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                server.requests.append((self.command, self.path))
+                status, headers, body = server.script(self.command, self.path,
+                                                      dict(self.headers.items()))
+                if status == -1:
+                    server.stop.wait(30)
+                    return
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                if "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@contextlib.contextmanager
+def scripted(script: Callable[[str, str, dict[str, str]], Reply]) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(script)
+    try:
+        yield server
+    finally:
+        server.close()
