@@ -16,8 +16,8 @@ from admission.registry_errors import (
     BlobNotFound,
     BlobTooLarge,
     DigestMismatch,
-    ManifestNotFound,
     MalformedManifest,
+    ManifestNotFound,
 )
 from admission.registry_types import (
     DOCKER_MANIFEST,
