@@ -114,10 +114,11 @@ def simulated_cases(n: int, nodes: int = 4) -> list[QuoteCase]:
     return out
 
 
-def swtpm_cases(n: int, workdir: Path | None = None) -> tuple[list[QuoteCase], str]:
+def swtpm_cases(n: int, workdir: Path | None = None) -> tuple[list[QuoteCase], str, Path]:
     """``n`` quotes each from an ECC P-256 and an RSA-2048 AK of one provisioned swtpm, plus
     one quote made by ``tpm2_quote`` whose ``-o`` pcr file is compared byte for byte with
-    :func:`keylime_format.pcr_blob`. Returns the cases and a line describing that check."""
+    :func:`keylime_format.pcr_blob`. Returns the cases, a line describing that check and the
+    directory holding tpm2-tools' files (ak.pub, quote.msg, quote.sig, quote.pcrs)."""
     from attest.tpm.device import Tpm
     from attest.tpm.swtpm import Swtpm, SwtpmCa
 
@@ -137,7 +138,7 @@ def swtpm_cases(n: int, workdir: Path | None = None) -> tuple[list[QuoteCase], s
             values = tpm.pcr_read(SELECTION)
         oracle, line = _tpm2_tools_quote(sw.tcti, base / "tools", values)
         cases.append(oracle)
-    return cases, line
+    return cases, line, base / "tools"
 
 
 def _tpm2_tools_quote(tcti: str, wd: Path, values: dict[str, dict[int, bytes]]

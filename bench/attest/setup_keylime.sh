@@ -18,6 +18,9 @@ fi
 # Our project next to it, with the [node] extra (tpm2-pytss) so bench_quote.py can also take
 # quotes from a real swtpm in the same process.
 "$VENV/bin/pip" install --quiet -e ".[node]"
+# uvicorn's C HTTP parser and event loop, for bench_rounds.py --variant what-if runs only
+# (the product's venv has neither, so `umec server` runs on h11 + asyncio there).
+"$VENV/bin/pip" install --quiet httptools uvloop
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
 import keylime.tpm.tpm_util  # noqa: F401  (fails loudly if keylime does not import)
