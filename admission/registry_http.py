@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -82,8 +83,11 @@ class RegistryHttp:
         self.backoff = backoff
         # Docker's own default: loopback registries speak plain HTTP, everything else HTTPS.
         self._plain_http = plain_http or is_loopback_registry
+        # A CA file path becomes an SSLContext (httpx deprecates verify=<str>).
+        tls: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify) \
+            if isinstance(verify, str) else verify
         self._http = httpx.AsyncClient(
-            verify=verify, timeout=timeout, follow_redirects=True, transport=transport,
+            verify=tls, timeout=timeout, follow_redirects=True, transport=transport,
             limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
             headers={"User-Agent": "umec-admission/0.1"})
         self._tokens = TokenCache()

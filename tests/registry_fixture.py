@@ -26,6 +26,7 @@ import json
 import secrets
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -147,7 +148,8 @@ class TokenServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever,
+                                       kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
 
     def _basic_user(self, header: str) -> str | None:
@@ -259,7 +261,7 @@ def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running
 # -- a scripted, misbehaving registry ---------------------------------------------------------
 
 Reply = tuple[int, dict[str, str], bytes]
-HANG = (-1, {}, b"")  # sentinel reply: keep the connection open and never answer
+HANG: Reply = (-1, {}, b"")  # sentinel reply: keep the connection open and never answer
 
 
 @dataclass
@@ -267,6 +269,7 @@ class ScriptedServer:
     """Answers each request with ``script(method, path, headers) -> Reply``; logs requests."""
 
     script: Callable[[str, str, dict[str, str]], Reply]
+    tls: ssl.SSLContext | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -302,8 +305,11 @@ class ScriptedServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if self.tls is not None:
+            self.httpd.socket = self.tls.wrap_socket(self.httpd.socket, server_side=True)
         self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
 
     def close(self) -> None:
         self.stop.set()
@@ -312,9 +318,54 @@ class ScriptedServer:
 
 
 @contextlib.contextmanager
-def scripted(script: Callable[[str, str, dict[str, str]], Reply]) -> Iterator[ScriptedServer]:
-    server = ScriptedServer(script)
+def scripted(script: Callable[[str, str, dict[str, str]], Reply],
+             tls: ssl.SSLContext | None = None) -> Iterator[ScriptedServer]:
+    server = ScriptedServer(script, tls)
     try:
         yield server
     finally:
         server.close()
+
+
+def loopback_tls(workdir: Path) -> tuple[Path, ssl.SSLContext]:
+    """A throwaway CA (written to ``workdir/ca.pem``) and a server context for 127.0.0.1."""
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = generate_private_key(KeyKind.EC_P256)
+    leaf_key = generate_private_key(KeyKind.EC_P256)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    assert isinstance(leaf_key, ec.EllipticCurvePrivateKey)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "umec test registry CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False,
+                                       False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
+                         critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(leaf_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca_path, cert_path, key_path = (workdir / "ca.pem", workdir / "server.pem",
+                                    workdir / "server.key")
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(leaf_key.private_bytes(serialization.Encoding.PEM,
+                                                serialization.PrivateFormat.PKCS8,
+                                                serialization.NoEncryption()))
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_path, key_path)
+    return ca_path, context
