@@ -27,4 +27,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[node,test]'
   touch "$stamp"
 fi
+# Independent bundle verifier for the tests (@sigstore/verify from npm), when node is present.
+if command -v npm >/dev/null && [ -f tests/js/package-lock.json ] && [ ! -d tests/js/node_modules ]; then
+  (cd tests/js && npm ci --silent --no-audit --no-fund) || echo "setup: npm ci failed; the bundle interop test will skip"
+fi
 echo "setup: ok ($(.venv/bin/python --version), umec at .venv/bin/umec)"
