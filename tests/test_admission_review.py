@@ -54,7 +54,8 @@ def test_ephemeral_subresource_and_generate_name() -> None:
 
 
 @pytest.mark.parametrize("body", [
-    b"", b"not json", b"[]", b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',
+    b"", b"not json", b"[]",
+    b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}',
     b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
     b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": 5}}',
     b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "u",'
