@@ -57,7 +57,7 @@ def registry_key(key: str) -> str:
         if text.lower().startswith(scheme):
             text = text[len(scheme):]
     host = text.split("/", 1)[0]
-    return normalise_registry(host)
+    return normalise_registry(host.lower())
 
 
 def _b64(value: object, what: str) -> bytes:

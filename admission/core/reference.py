@@ -15,7 +15,8 @@ agree on *which* image a string names. Parsing runs these steps, each failing wi
    ``docker.io``. ``index.docker.io`` and ``registry-1.docker.io`` are aliases of ``docker.io``.
 4. Validate the repository: lowercase components joined by ``/``, separators ``.``, ``_``, ``__``
    or runs of ``-``; the full name at most 255 characters.
-5. Normalise: registry hosts are lowercased; single-component Docker Hub names gain ``library/``;
+5. Normalise: registry hosts are lowercased (except a dotless, portless host that only its
+   uppercase letters mark as one); single-component Docker Hub names gain ``library/``;
    a reference with neither tag nor digest gets the tag ``latest`` (what the kubelet pulls).
 
 Pure: no I/O. ``str(ref)`` is the canonical form and parses back to an equal reference.
@@ -126,9 +127,17 @@ class ImageReference:
 
 
 def normalise_registry(host: str) -> str:
-    """Lowercase a registry host and fold Docker Hub aliases into ``docker.io``."""
+    """Lowercase a registry host and fold Docker Hub aliases into ``docker.io``.
+
+    A single-label host recognised only by its uppercase letters (``Upper/app``) keeps its case:
+    lowercased it would read as a Docker Hub namespace and the canonical form would not round-trip.
+    """
     lowered = host.lower()
-    return DOCKER_HUB if lowered in DOCKER_HUB_ALIASES else lowered
+    if lowered in DOCKER_HUB_ALIASES:
+        return DOCKER_HUB
+    if not any(c in lowered for c in ".:") and lowered != "localhost":
+        return host
+    return lowered
 
 
 def parse_reference(text: str) -> ImageReference:
