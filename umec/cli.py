@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from umec import cli_admission
 from umec.logs import configure_logging
 from umec.settings import Settings
 
@@ -21,6 +22,9 @@ policy_app = typer.Typer(help="Appraisal policies per node class.", no_args_is_h
 nodes_app = typer.Typer(help="The attested fleet.", invoke_without_command=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(nodes_app, name="nodes")
+app.command()(cli_admission.sign)
+app.command()(cli_admission.verify)
+app.add_typer(cli_admission.webhook_app, name="webhook")
 console = Console()
 
 

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     kubernetes_labels: bool = False
     kubeconfig: Path | None = None
 
+    # admission webhook and registry access
+    admission_policy_dir: Path | None = Field(default=None, description="ImagePolicy YAMLs.")
+    webhook_port: int = 8444
+    webhook_tls_cert: Path | None = None
+    webhook_tls_key: Path | None = None
+    webhook_timeout_seconds: float = 10.0
+    webhook_namespace: str = "umec-system"
+    docker_config: Path | None = Field(default=None, description="docker config.json (auths).")
+    registry_ca: Path | None = None
+    registry_timeout_seconds: float = 5.0
+
     # agent
     server_url: str = "http://127.0.0.1:8443"
     server_ca: Path | None = None

@@ -1,0 +1,93 @@
+"""Wiring of the admission webhook: real registry client and cosign verifier behind the
+webhook's protocols, policies from files, records in SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from fastapi import FastAPI
+
+from admission.core.keys_cosign import load_verification_key
+from admission.core.policy import PolicySet, load_policies_yaml
+from admission.core.reference import parse_reference
+from admission.core.verify import VerifiedSignature
+from admission.credentials import Credentials
+from admission.records import SqlAdmissionRecords
+from admission.registry import RegistryClient
+from admission.rego import RegoEvaluator
+from admission.verification import verify_image_signatures
+from admission.webhook import create_webhook_app
+from admission.webhook_admit import WebhookDeps
+from keys import PublicKey
+from umec.db import open_database
+from umec.settings import Settings
+
+
+class RegistryResolver:
+    """``ImageResolver``: the digest a tag points to now, from the image's registry."""
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+
+    async def resolve(self, image: str) -> str:
+        return (await self.client.resolve(parse_reference(image))).digest
+
+
+class CosignVerifier:
+    """``SignatureVerifier``: cosign legacy signatures and bundles valid for exactly the digest.
+
+    Registry failures propagate (the webhook denies: fail closed); signature failures just mean
+    fewer signers, and the policy decides whether that is enough.
+    """
+
+    def __init__(self, client: RegistryClient) -> None:
+        self.client = client
+
+    async def verify(self, image: str,
+                     keys: Mapping[str, PublicKey]) -> Sequence[VerifiedSignature]:
+        signers, _failures = await verify_image_signatures(self.client, parse_reference(image),
+                                                           keys)
+        return signers
+
+
+def load_policy_set(directory: Path | None,
+                    default_no_match: Literal["deny", "allow", "warn"] = "deny") -> PolicySet:
+    """Every ``*.yaml`` in ``directory`` (keys may reference files relative to it)."""
+    docs = ""
+    if directory is not None:
+        docs = "\n---\n".join(p.read_text(encoding="utf-8")
+                              for p in sorted(directory.glob("*.yaml")))
+
+    def load_file(name: str) -> bytes:
+        assert directory is not None
+        path = (directory / name).resolve()
+        if directory.resolve() not in path.parents:
+            raise ValueError(f"key file {name!r} is outside the policy directory")
+        return path.read_bytes()
+    return load_policies_yaml(docs, default_no_match=default_no_match, load_file=load_file)
+
+
+def registry_client(settings: Settings) -> RegistryClient:
+    credentials = Credentials()
+    if settings.docker_config is not None and settings.docker_config.exists():
+        credentials = Credentials.from_docker_config(settings.docker_config.read_bytes())
+    return RegistryClient(credentials=credentials, timeout=settings.registry_timeout_seconds,
+                          verify=str(settings.registry_ca) if settings.registry_ca else True)
+
+
+def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
+    _, sessions = open_database(settings.resolved_database_url())
+    client = registry_client(settings)
+    policies = load_policy_set(settings.admission_policy_dir)
+    deps = WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(client),
+                       verifier=CosignVerifier(client), rego=RegoEvaluator(),
+                       records=SqlAdmissionRecords(sessions),
+                       own_namespace=settings.webhook_namespace,
+                       timeout_seconds=settings.webhook_timeout_seconds)
+    return create_webhook_app(deps), deps
+
+
+def load_public_keys(paths: Sequence[Path]) -> dict[str, PublicKey]:
+    return {str(p): load_verification_key(p.read_bytes(), where=str(p)) for p in paths}
