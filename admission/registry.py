@@ -148,7 +148,7 @@ class RegistryClient(RegistryHttp):
         async with self.deadline(where):
             answer = await self.send("PUT", ref, self.url(ref, f"manifests/{tag or digest}"),
                                      where=where, push=True, content=raw,
-                                     headers={"Content-Type": media_type}, cap=64 * 1024)
+                                     headers={"Content-Type": media_type})
         if answer.status not in (200, 201):
             raise _rejected(answer, where)
         announced = answer.headers.get("Docker-Content-Digest")
@@ -208,14 +208,13 @@ class RegistryClient(RegistryHttp):
         where = f"put_blob {ref.name}@{digest}"
         async with self.deadline(where):
             started = await self.send("POST", ref, self.url(ref, "blobs/uploads/"), where=where,
-                                      push=True, cap=64 * 1024)
+                                      push=True)
             location = started.headers.get("Location")
             if started.status != 202 or not location:
                 raise _rejected(started, where)
             upload = started.url.join(location).copy_merge_params({"digest": digest})
             done = await self.send("PUT", ref, upload, where=where, push=True, content=data,
-                                   headers={"Content-Type": "application/octet-stream"},
-                                   cap=64 * 1024)
+                                   headers={"Content-Type": "application/octet-stream"})
         if done.status not in (201, 204):
             raise _rejected(done, where)
         announced = done.headers.get("Docker-Content-Digest")

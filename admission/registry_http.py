@@ -11,7 +11,8 @@ For every request :meth:`RegistryHttp.send` runs these steps:
    answers, never retried. Exhausted → ``RegistryUnavailable``.
 4. ``401``: answer the challenge once (see :mod:`admission.registry_auth`) and resend; a second
    ``401`` or a ``403`` → ``RegistryAuthFailed``.
-5. Read the body with a cap (``Content-Length`` checked first, then while streaming), so a hostile
+5. Read the body to its end (so the connection goes back to the pool) with a cap
+   (``Content-Length`` checked first, then while streaming), so a hostile
    registry cannot make us buffer an unbounded answer.
 
 The public operations wrap all attempts in one ``asyncio.timeout(timeout)``: the client's
@@ -43,6 +44,8 @@ from admission.registry_errors import (
 
 DOCKER_HUB_API = "registry-1.docker.io"
 MAX_RETRY_AFTER = 5.0
+# Bodies of answers we only need the status of (uploads, errors, challenges) are small.
+SMALL_BODY = 64 * 1024
 ErrorFactory = Callable[[str], RegistryError]
 
 
@@ -144,7 +147,7 @@ class RegistryHttp:
 
     async def send(self, method: str, ref: ImageReference, url: httpx.URL, *, where: str,
                    push: bool = False, headers: dict[str, str] | None = None,
-                   content: bytes | None = None, cap: int = 0,
+                   content: bytes | None = None, cap: int = SMALL_BODY,
                    too_large: ErrorFactory | None = None) -> Answer:
         """Steps 1-5 of the module docstring; returns any status other than 401/403/5xx/429."""
         scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
@@ -172,6 +175,7 @@ class RegistryHttp:
                 status = response.status_code
                 if status == 401 and not authenticated:
                     authenticated = True
+                    await _drain(response)
                     await self._authenticate(response, ref, scope, where)
                     continue
                 if status in (401, 403):
@@ -179,13 +183,17 @@ class RegistryHttp:
                                              f"{await _error_text(response)}")
                 if status >= 500 or status == 429:
                     if attempt < self.retries:
+                        await _drain(response)
                         await asyncio.sleep(self._delay(attempt, response))
                         attempt += 1
                         continue
                     raise RegistryUnavailable(f"{where}: {ref.registry} answered HTTP {status} "
                                               f"after {attempt + 1} attempt(s)")
-                body = b"" if method == "HEAD" or not cap else \
-                    await _read_capped(response, cap, too_large, where)
+                if method == "HEAD":
+                    await response.aread()  # no body; reaching its end frees the connection
+                    body = b""
+                else:
+                    body = await _read_capped(response, cap, too_large, where)
                 return Answer(status, response.headers, body, response.url)
             except httpx.TransportError as exc:  # the body broke off mid-stream
                 kind = RegistryTimeout if isinstance(exc, httpx.TimeoutException) \
@@ -203,6 +211,17 @@ class RegistryHttp:
         except TimeoutError:
             raise RegistryTimeout(f"{where}: no complete answer within {self.timeout:g} s") \
                 from None
+
+
+async def _drain(response: httpx.Response) -> None:
+    """Read a small unwanted body to its end so the keep-alive connection can be reused;
+    a large one is abandoned (``aclose`` then drops the connection instead)."""
+    total = 0
+    with contextlib.suppress(httpx.HTTPError):
+        async for part in response.aiter_bytes():
+            total += len(part)
+            if total > SMALL_BODY:
+                return
 
 
 async def _error_text(response: httpx.Response) -> str:

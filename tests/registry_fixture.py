@@ -271,6 +271,7 @@ class ScriptedServer:
     script: Callable[[str, str, dict[str, str]], Reply]
     tls: ssl.SSLContext | None = None
     requests: list[tuple[str, str]] = field(default_factory=list)
+    peers: set[int] = field(default_factory=set)  # client ports seen: one per TCP connection
 
     def __post_init__(self) -> None:
         self.stop = threading.Event()
@@ -287,6 +288,7 @@ class ScriptedServer:
                 if length:
                     self.rfile.read(length)
                 server.requests.append((self.command, self.path))
+                server.peers.add(self.client_address[1])
                 status, headers, body = server.script(self.command, self.path,
                                                       dict(self.headers.items()))
                 if status == -1:

@@ -169,3 +169,14 @@ def test_https_with_ca_file(tmp_path: Path) -> None:
         # Loopback defaults to plain HTTP (as Docker does): against a TLS port that fails too.
         with pytest.raises(RegistryUnavailable):
             get(server.host, retries=0)
+
+
+def test_connection_is_reused() -> None:
+    async def main(host: str) -> None:
+        async with RegistryClient() as client:
+            for n in range(6):
+                await client.get_manifest(ref_for(host, f":{n}"))
+                await client.resolve(ref_for(host, f"@{DIGEST}"))
+    with scripted(lambda m, p, h: manifest_reply()) as server:
+        asyncio.run(main(server.host))
+    assert len(server.requests) == 12 and len(server.peers) == 1

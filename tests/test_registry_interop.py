@@ -1,8 +1,9 @@
-"""Interop with independent OCI tooling: skopeo reads what we push; we read what umoci+skopeo push."""
+"""Interop with independent OCI tools: skopeo reads what we push; we read what umoci+skopeo push."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import uuid
 from pathlib import Path
 
@@ -65,6 +66,5 @@ def test_we_read_what_umoci_and_skopeo_pushed(registry: RunningRegistry, tmp_pat
             assert config is not None
             assert b'"arm64"' in await client.get_blob(ref, config.digest)
             layers = [await client.get_blob(ref, d.digest) for d in manifest.layers()]
-            import gzip
             assert any(content in gzip.decompress(layer) for layer in layers)
     asyncio.run(main())
