@@ -19,8 +19,8 @@ import httpx
 import pytest
 import yaml
 
-from admission.registry import RegistryClient
 from admission.records import SqlAdmissionRecords
+from admission.registry import RegistryClient
 from keys import generate_private_key, public_key_pem, save_private_key
 from tests.oci_images import push_image
 from tests.registry_fixture import RunningRegistry, registry, requires_registry
