@@ -28,6 +28,7 @@ Steps:
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 import textwrap
@@ -151,6 +152,7 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=15)
             log.close()
+    shutil.rmtree(work, ignore_errors=True)
     print("\n## Agent resident memory (one full round against a real swtpm)\n")
     print("| process | peak RSS (VmHWM) MiB | note |\n|---|---:|---|")
     for r in rows:

@@ -29,6 +29,7 @@ import base64
 import cProfile
 import logging
 import pstats
+import shutil
 import subprocess
 import sys
 import time
@@ -303,6 +304,7 @@ def main() -> None:
     if not args.no_swtpm:
         oracle = next(c for c in cases if c.source == "tpm2-tools-ecc")
         tpm2_checkquote_table(tools_dir, oracle.nonce, args.subprocess_runs)
+        shutil.rmtree(tools_dir.parent, ignore_errors=True)  # swtpm state, CA, tpm2-tools files
     if args.profile:
         breakdown([c for c in cases if c.source == "sim-ecc"], args.blocks, args.per_block)
         profile([c for c in cases if c.source == "sim-ecc"], 20000)
