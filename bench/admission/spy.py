@@ -1,0 +1,97 @@
+"""py-spy around one benchmark phase, and a summary of where the webhook's CPU went.
+
+``py-spy record --format raw`` writes collapsed stacks (``frame;frame;… count``, a frame being
+``function (file:line)``). Sampling is of running threads only (no ``--idle``): the question
+is where the webhook's *CPU* goes; time spent waiting for the registry shows up as the gap
+between wall time and webhook CPU time, which the benchmark reports beside the profile.
+
+Two views: *inclusive* shares of the named steps of a review (a sample counts for a step when
+the step's function is anywhere on its stack), and the top *leaf* functions (self time).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+# (label, substrings of normalised frames ``fn (pkg/module.py)``; a sample belongs to the step
+# if any frame of its stack contains one of them)
+STEPS: list[tuple[str, tuple[str, ...]]] = [
+    ("TLS (ssl read/write, asyncio sslproto)", ("(ssl.py)", "(asyncio/sslproto.py)")),
+    ("uvicorn + h11 (HTTP protocol)", ("(uvicorn/", "(h11/")),
+    ("FastAPI/Starlette (routing, request, response)", ("(starlette/", "(fastapi/")),
+    ("read body + parse_review", ("_read_body (", "parse_review (")),
+    ("Admitter.mutate (whole flow)", ("mutate (admission/webhook_admit.py)",)),
+    ("Admitter.validate (whole flow)", ("validate (admission/webhook_admit.py)",)),
+    ("  verify signatures (registry + crypto)", ("verify_image_signatures (",)),
+    ("  resolve tag (registry)", ("resolve (umec/admission_wiring.py)",)),
+    ("  registry client (httpx/httpcore)", ("(httpx/", "(httpcore/")),
+    ("  signature crypto (cryptography)", ("(cryptography/", "(admission/core/verify.py)")),
+    ("  policy evaluate", ("(admission/core/policy.py)",)),
+    ("  Rego decision (regopy)", ("(admission/rego.py)", "(regopy/")),
+    ("  SQL record (SQLAlchemy + sqlite)", ("(admission/records.py)", "(sqlalchemy/")),
+    ("review_response + JSON encoding", ("review_response (", "(json/", "render (")),
+    ("Prometheus metrics", ("(prometheus_client/", "(admission/webhook_metrics.py)")),
+    ("asyncio event loop machinery", ("(asyncio/base_events.py)", "(asyncio/events.py)",
+                                      "(selectors.py)", "(asyncio/selector_events.py)")),
+]
+
+
+def start(pid: int, out: Path, rate: int = 250) -> subprocess.Popen[bytes]:
+    exe = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(exe).exists():
+        raise RuntimeError("py-spy not found: .venv/bin/pip install py-spy")
+    # --nonblocking: do not pause the webhook to read its stacks (no added latency).
+    return subprocess.Popen([exe, "record", "--pid", str(pid), "--rate", str(rate),
+                             "--format", "raw", "--output", str(out), "--nonblocking",
+                             "--threads"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def summarise(path: Path, title: str, top: int = 12) -> str:
+    """Markdown: inclusive step shares and top leaf functions of a raw py-spy file."""
+    if not path.exists() or path.stat().st_size == 0:
+        return f"\n(py-spy recorded nothing for {title})\n"
+    stacks: list[tuple[list[str], int]] = []
+    for line in path.read_text().splitlines():
+        joined, _, count = line.rpartition(" ")
+        if joined and count.isdigit():
+            stacks.append(([_short(f) for f in joined.split(";")], int(count)))
+    total = sum(n for _, n in stacks)
+    if total == 0:
+        return f"\n(py-spy recorded no samples for {title})\n"
+    lines = [f"\n### py-spy: {title} ({total} samples of running webhook threads)\n",
+             "| step (inclusive) | share of samples |", "|---|---|"]
+    for label, needles in STEPS:
+        n = sum(c for frames, c in stacks
+                if any(any(s in f for s in needles) for f in frames))
+        lines.append(f"| {label} | {100 * n / total:.1f} % |")
+    leaves: Counter[str] = Counter()
+    for frames, c in stacks:
+        leaves[frames[-1]] += c
+    lines += ["", "| leaf function (self) | share |", "|---|---|"]
+    lines += [f"| `{name}` | {100 * n / total:.1f} % |" for name, n in leaves.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def _short(frame: str) -> str:
+    """``fn (/long/path/site-packages/pkg/mod.py:12)`` → ``fn (pkg/mod.py)``."""
+    fn, _, where = frame.partition(" (")
+    where = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/lib/python3.11/", "/work/main/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+    return f"{fn} ({where})"
