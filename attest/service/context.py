@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from attest.core.policy import DEFAULT_POLICY, AppraisalPolicy
@@ -18,6 +20,9 @@ from attest.service.models import PolicyRow, StateEventRow
 from attest.service.notify_event import NodeStateChanged, StateChangeSink
 
 log = logging.getLogger("umec.attest")
+
+
+_SELECT_POLICY = select(PolicyRow.document).where(PolicyRow.name == bindparam("name"))
 
 
 class NodeState:
@@ -40,6 +45,7 @@ class AttestConfig:
     result_ttl_seconds: int = 120
     issuer: str = "umec-attest"
     max_failed_activations: int = 10
+    policy_ttl_seconds: float = 2.0
 
 
 def utcnow() -> datetime:
@@ -56,28 +62,42 @@ class AttestContext:
     # The server's event loop, set at startup: sync request handlers run in worker threads and
     # hand events over to it so that slow listeners never hold up an attestation round.
     loop: asyncio.AbstractEventLoop | None = None
-    _policy_cache: dict[str, tuple[str, AppraisalPolicy]] = field(default_factory=dict)
+    # node class -> (monotonic time loaded, document, parsed policy); see policy_for.
+    _policy_cache: dict[str, tuple[float, str, AppraisalPolicy]] = field(default_factory=dict)
 
-    def policy_for(self, session: Session, node_class: str) -> AppraisalPolicy:
-        row = session.get(PolicyRow, node_class)
-        if row is None:
+    def policy_for(self, db: Session | Connection, node_class: str) -> AppraisalPolicy:
+        """The node class's policy. A stored change takes effect within ``policy_ttl_seconds``
+        on every replica: re-reading and re-parsing per round would dominate a round's cost."""
+        cached = self._policy_cache.get(node_class)
+        if cached is not None and time.monotonic() - cached[0] < self.config.policy_ttl_seconds:
+            return cached[2]
+        document = db.execute(_SELECT_POLICY, {"name": node_class}).scalar()
+        if document is None:
+            self._policy_cache.pop(node_class, None)
             if node_class == DEFAULT_POLICY.name:
                 return DEFAULT_POLICY
             # A node class without a policy is a configuration error, never "accept all".
             raise LookupError(node_class)
-        # Parsing YAML on every round would dominate a round's CPU; re-parse only on change.
-        cached = self._policy_cache.get(node_class)
-        if cached is None or cached[0] != row.document:
-            cached = (row.document, AppraisalPolicy.from_yaml(row.document))
-            self._policy_cache[node_class] = cached
-        return cached[1]
+        policy = cached[2] if cached is not None and cached[1] == document \
+            else AppraisalPolicy.from_yaml(document)
+        self._policy_cache[node_class] = (time.monotonic(), document, policy)
+        return policy
 
-    def record_change(self, session: Session, node: str, previous: str | None, state: str,
-                      reason: str, failed_checks: Sequence[str], at: datetime) -> NodeStateChanged:
+    @property
+    def engine(self) -> Engine:
+        bind = self.sessions.kw["bind"]
+        assert isinstance(bind, Engine)
+        return bind
+
+    def record_change(self, db: Session | Connection, node: str, previous: str | None,
+                      state: str, reason: str, failed_checks: Sequence[str],
+                      at: datetime) -> NodeStateChanged:
         event = NodeStateChanged(node=node, previous=previous, state=state, reason=reason,
-                            failed_checks=tuple(failed_checks), at=at, event_id=str(uuid.uuid4()))
-        session.add(StateEventRow(id=event.event_id, node=node, previous=previous, state=state,
-                                  reason=reason[:4000], failed_checks=list(failed_checks), at=at))
+                                 failed_checks=tuple(failed_checks), at=at,
+                                 event_id=str(uuid.uuid4()))
+        db.execute(insert(StateEventRow).values(
+            id=event.event_id, node=node, previous=previous, state=state, reason=reason[:4000],
+            failed_checks=list(failed_checks), at=at))
         return event
 
     def publish(self, events: Sequence[NodeStateChanged]) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from attest.core.appraisal import Evidence, Verdict, appraise_evidence
@@ -68,122 +68,150 @@ class EvidenceResult:
     result_token: str
 
 
-def _node_policy(ctx: AttestContext, session: Any, node: NodeRow) -> AppraisalPolicy:
+# The hot paths below are prebuilt Core statements on a plain connection: a round is a handful
+# of single-row statements, and ORM bookkeeping plus statement construction were most of a
+# round's server CPU.
+_SELECT_NODE = select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count,
+                      NodeRow.restart_count, NodeRow.clock, NodeRow.safe
+                      ).where(NodeRow.name == bindparam("b_name"))
+_INSERT_NONCE = insert(NonceRow)
+_CONSUME_NONCE = (update(NonceRow)
+                  .where(NonceRow.nonce == bindparam("b_nonce"),
+                         NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
+                         NonceRow.expires_at > bindparam("b_now"))
+                  .values(consumed_at=bindparam("b_now"))
+                  .returning(NonceRow.selection))
+_SELECT_NONCE = select(NonceRow.node, NonceRow.expires_at, NonceRow.consumed_at
+                       ).where(NonceRow.nonce == bindparam("b_nonce"))
+# SET columns come from the parameters given at execution.
+_UPDATE_NODE_SAME_STATE = (update(NodeRow)
+                           .where(NodeRow.name == bindparam("b_name"),
+                                  NodeRow.state == bindparam("b_state"))
+                           .returning(NodeRow.ek_hash))
+_SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash).where(
+    NodeRow.name == bindparam("b_name")).with_for_update()
+_UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
+
+
+def _activated_node(db: Connection, name: str) -> Any:
+    node = db.execute(_SELECT_NODE, {"b_name": name}).first()
+    if node is None:
+        raise NodeNotFound(f"no node named {name!r}")
+    if node.ak_public is None:
+        raise NodeNotActivated(f"node {name!r} has no activated AK")
+    return node
+
+
+def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPolicy:
     try:
-        return ctx.policy_for(session, node.node_class)
+        return ctx.policy_for(db, node_class)
     except LookupError:
-        raise PolicyMissing(f"no appraisal policy for node class {node.node_class!r}") from None
+        raise PolicyMissing(f"no appraisal policy for node class {node_class!r}") from None
 
 
 def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
     now = ctx.now()
     nonce = os.urandom(32)
-    with ctx.sessions.begin() as session:
-        node = session.get(NodeRow, name)
-        if node is None:
-            raise NodeNotFound(f"no node named {name!r}")
-        if node.ak_public is None:
-            raise NodeNotActivated(f"node {name!r} has no activated AK")
-        selection = _node_policy(ctx, session, node).selection_lists()
+    with ctx.engine.begin() as db:
+        node = _activated_node(db, name)
+        selection = _policy(ctx, db, node.node_class).selection_lists()
         expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
-        session.add(NonceRow(nonce=nonce.hex(), node=name, selection=selection, issued_at=now,
-                             expires_at=expires))
+        db.execute(_INSERT_NONCE, {"nonce": nonce.hex(), "node": name, "selection": selection,
+                                   "issued_at": now, "expires_at": expires})
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
-def _consume_nonce(ctx: AttestContext, session: Any, name: str, nonce: bytes,
+def _consume_nonce(db: Connection, name: str, nonce: bytes,
                    now: datetime) -> dict[str, list[int]]:
-    row = session.get(NonceRow, nonce.hex())
+    # Exactly one request may consume a nonce, even across replicas: this UPDATE is the arbiter.
+    selection = db.execute(_CONSUME_NONCE, {"b_nonce": nonce.hex(), "b_name": name,
+                                            "b_now": now}).scalar()
+    if selection is not None:
+        return dict(selection)
+    # Nothing consumed: find out which rule the nonce broke, to name it.
+    row = db.execute(_SELECT_NONCE, {"b_nonce": nonce.hex()}).first()
     record = None if row is None else NonceRecord(row.node, row.expires_at,
                                                   row.consumed_at is not None)
     check_nonce(record, node=name, now=now)
-    # Exactly one request may consume a nonce, even across replicas: the UPDATE is the arbiter.
-    consumed = session.execute(
-        update(NonceRow)
-        .where(NonceRow.nonce == nonce.hex(), NonceRow.consumed_at.is_(None))
-        .values(consumed_at=now))
-    if consumed.rowcount != 1:
-        raise NonceReplayed("nonce was consumed by a concurrent request")
-    assert row is not None
-    return dict(row.selection)
+    raise NonceReplayed("nonce was consumed by a concurrent request")
 
 
 def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                     evidence: Evidence) -> EvidenceResult:
     now = ctx.now()
     # Step 1, committed on its own: the nonce is spent whatever the appraisal concludes.
-    with ctx.sessions.begin() as session:
-        node = session.get(NodeRow, name)
-        if node is None:
-            raise NodeNotFound(f"no node named {name!r}")
-        if node.ak_public is None:
-            raise NodeNotActivated(f"node {name!r} has no activated AK")
-        selection = _consume_nonce(ctx, session, name, nonce, now)
-        policy = _node_policy(ctx, session, node)
-        ak_public = node.ak_public
-        previous = None
-        if None not in (node.reset_count, node.restart_count, node.clock):
-            previous = ClockInfo(clock=node.clock or 0, reset_count=node.reset_count or 0,
-                                 restart_count=node.restart_count or 0, safe=bool(node.safe))
+    with ctx.engine.begin() as db:
+        node = _activated_node(db, name)
+        selection = _consume_nonce(db, name, nonce, now)
+        policy = _policy(ctx, db, node.node_class)
+    previous = None
+    if None not in (node.reset_count, node.restart_count, node.clock):
+        previous = ClockInfo(clock=node.clock, reset_count=node.reset_count,
+                             restart_count=node.restart_count, safe=bool(node.safe))
     # Step 2: the pure appraisal, outside any transaction.
     verdict = appraise_evidence(
-        _parsed_ak(ak_public), evidence, expected_nonce=nonce, policy=policy,
+        _parsed_ak(node.ak_public), evidence, expected_nonce=nonce, policy=policy,
         requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
-    # Step 3: record the verdict and the state change atomically.
+    # Step 3: record the verdict and any state change atomically.
+    new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
+    values: dict[str, Any] = {"last_evidence_at": now,
+                              "last_verdict": {**verdict.as_dict(), "at": now.isoformat()}}
+    if verdict.trusted and verdict.clock is not None and verdict.clock.clock <= MAX_CLOCK:
+        # Only authenticated, passing quotes move the reboot/clock baseline forward.
+        values.update(reset_count=verdict.clock.reset_count,
+                      restart_count=verdict.clock.restart_count, clock=verdict.clock.clock,
+                      safe=int(verdict.clock.safe), last_pass_at=now)
     events: list[NodeStateChanged] = []
-    with ctx.sessions.begin() as session:
-        node = session.get(NodeRow, name, with_for_update=True)
-        assert node is not None  # nodes are never deleted while attesting
-        node.last_evidence_at = now
-        node.last_verdict = {**verdict.as_dict(), "at": now.isoformat()}
-        if verdict.trusted and verdict.clock is not None and verdict.clock.clock <= MAX_CLOCK:
-            # Only authenticated, passing quotes move the reboot/clock baseline forward.
-            node.reset_count = verdict.clock.reset_count
-            node.restart_count = verdict.clock.restart_count
-            node.clock = verdict.clock.clock
-            node.safe = int(verdict.clock.safe)
-            node.last_pass_at = now
-        new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
-        if new_state != node.state:
-            events.append(ctx.record_change(session, name, node.state, new_state, verdict.reason,
+    with ctx.engine.begin() as db:
+        # Common case first: the state does not change (one statement).
+        ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
+                             {**values, "b_name": name, "b_state": new_state}).scalar()
+        if ek_hash is None:
+            current = db.execute(_SELECT_STATE, {"b_name": name}).one()
+            ek_hash = current.ek_hash
+            events.append(ctx.record_change(db, name, current.state, new_state, verdict.reason,
                                             [f.check for f in verdict.failures], now))
-            node.state = new_state
-            node.state_changed_at = now
-        state, ek_hash = node.state, node.ek_hash
+            db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
+                                      "state_changed_at": now})
     ctx.publish(events)
     token = ctx.sign_result({
         "iss": ctx.config.issuer, "sub": name, "aud": "umec", "iat": int(now.timestamp()),
-        "exp": int(now.timestamp()) + ctx.config.result_ttl_seconds, "state": state,
+        "exp": int(now.timestamp()) + ctx.config.result_ttl_seconds, "state": new_state,
         "trusted": verdict.trusted, "ek_hash": ek_hash,
         "failed_checks": [f.check for f in verdict.failures],
     })
-    return EvidenceResult(node=name, state=state, verdict=verdict, result_token=token)
-
-
-def _interval(ctx: AttestContext, session: Any, node: NodeRow) -> float:
-    try:
-        policy = ctx.policy_for(session, node.node_class)
-    except LookupError:
-        return ctx.config.interval_seconds
-    return policy.interval_seconds or ctx.config.interval_seconds
+    return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token)
 
 
 def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
-    """Trusted nodes with no passing evidence within interval + grace become ``stale``."""
+    """Trusted nodes with no passing evidence within interval + grace become ``stale``.
+
+    One UPDATE per node class selects exactly the overdue nodes, so the periodic check costs
+    nothing per healthy node.
+    """
     now = ctx.now()
     events: list[NodeStateChanged] = []
     with ctx.sessions.begin() as session:
-        trusted = session.scalars(
-            select(NodeRow).where(NodeRow.state == NodeState.TRUSTED).with_for_update()).all()
-        for node in trusted:
-            deadline = (node.last_pass_at or node.state_changed_at) + timedelta(
-                seconds=_interval(ctx, session, node) + ctx.config.stale_grace_seconds)
-            if now > deadline:
-                reason = f"no passing evidence since {(node.last_pass_at or now).isoformat()}"
-                events.append(ctx.record_change(session, node.name, node.state, NodeState.STALE,
-                                                reason, ["deadline.missed"], now))
-                node.state = NodeState.STALE
-                node.state_changed_at = now
+        classes = session.execute(select(NodeRow.node_class).distinct()
+                                  .where(NodeRow.state == NodeState.TRUSTED)).scalars().all()
+        for node_class in classes:
+            try:
+                interval = (ctx.policy_for(session, node_class).interval_seconds
+                            or ctx.config.interval_seconds)
+            except LookupError:
+                interval = ctx.config.interval_seconds
+            cutoff = now - timedelta(seconds=interval + ctx.config.stale_grace_seconds)
+            overdue = session.execute(
+                update(NodeRow)
+                .where(NodeRow.state == NodeState.TRUSTED, NodeRow.node_class == node_class,
+                       func.coalesce(NodeRow.last_pass_at, NodeRow.state_changed_at) < cutoff)
+                .values(state=NodeState.STALE, state_changed_at=now)
+                .returning(NodeRow.name, NodeRow.last_pass_at)).all()
+            for row in overdue:
+                since = row.last_pass_at.isoformat() if row.last_pass_at else "enrolment"
+                events.append(ctx.record_change(
+                    session, row.name, NodeState.TRUSTED, NodeState.STALE,
+                    f"no passing evidence since {since}", ["deadline.missed"], now))
     ctx.publish(events)
     return events
 
