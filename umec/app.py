@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attest.service.api import make_router as attest_router
 from attest.service.context import AttestConfig, AttestContext
@@ -34,6 +35,33 @@ log = logging.getLogger("umec.server")
 
 REQUESTS = Counter("umec_http_requests_total", "HTTP requests", ["route", "status"])
 LATENCY = Histogram("umec_http_request_seconds", "HTTP request latency", ["route"])
+
+
+class MetricsMiddleware:
+    """Request count and latency per route template, as plain ASGI (Starlette's
+    BaseHTTPMiddleware costs a task and a stream per request)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            LATENCY.labels(route).observe(time.perf_counter() - start)
+            REQUESTS.labels(route, str(status)).inc()
 
 
 @dataclass
@@ -106,14 +134,7 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)
     app.include_router(attest_router(ctx))
 
-    @app.middleware("http")
-    async def metrics_mw(request: Request, call_next: Any) -> Any:
-        start = time.perf_counter()
-        response = await call_next(request)
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        LATENCY.labels(route).observe(time.perf_counter() - start)
-        REQUESTS.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(MetricsMiddleware)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_r: Request, exc: RequestValidationError) -> JSONResponse:
