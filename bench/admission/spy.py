@@ -18,26 +18,39 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-# (label, substrings of normalised frames ``fn (pkg/module.py)``; a sample belongs to the step
-# if any frame of its stack contains one of them)
+# Inclusive view: (label, substrings of normalised frames ``fn (pkg/module.py)``); a sample
+# counts for the step if any frame of its stack contains one of them.
 STEPS: list[tuple[str, tuple[str, ...]]] = [
-    ("TLS (ssl read/write, asyncio sslproto)", ("(ssl.py)", "(asyncio/sslproto.py)")),
-    ("uvicorn + h11 (HTTP protocol)", ("(uvicorn/", "(h11/")),
-    ("FastAPI/Starlette (routing, request, response)", ("(starlette/", "(fastapi/")),
-    ("read body + parse_review", ("_read_body (", "parse_review (")),
     ("Admitter.mutate (whole flow)", ("mutate (admission/webhook_admit.py)",)),
     ("Admitter.validate (whole flow)", ("validate (admission/webhook_admit.py)",)),
-    ("  verify signatures (registry + crypto)", ("verify_image_signatures (",)),
     ("  resolve tag (registry)", ("resolve (umec/admission_wiring.py)",)),
-    ("  registry client (httpx/httpcore)", ("(httpx/", "(httpcore/")),
-    ("  signature crypto (cryptography)", ("(cryptography/", "(admission/core/verify.py)")),
-    ("  policy evaluate", ("(admission/core/policy.py)",)),
+    ("  verify signatures (registry + crypto)", ("(admission/verification.py)",)),
     ("  Rego decision (regopy)", ("(admission/rego.py)", "(regopy/")),
-    ("  SQL record (SQLAlchemy + sqlite)", ("(admission/records.py)", "(sqlalchemy/")),
-    ("review_response + JSON encoding", ("review_response (", "(json/", "render (")),
+    ("  SQL record (incl. thread hand-off)", ("(admission/records.py)", "(sqlalchemy/",
+                                              "to_thread (", "(concurrent/futures/")),
+    ("registry client (httpx/httpcore)", ("(httpx/", "(httpcore/")),
+    ("TLS (ssl, asyncio sslproto)", ("(ssl.py)", "(asyncio/sslproto.py)")),
+]
+
+# Attributed view: each sample goes to the innermost frame (leaf first) that matches a layer,
+# so the shares add up to 100 %. h11 is in no layer on purpose: both uvicorn (server side) and
+# httpcore (registry side) use it, and the frame above it says which.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("Rego (regopy)", ("(regopy/", "(admission/rego.py)")),
+    ("SQL record (SQLAlchemy, sqlite3)", ("(sqlalchemy/", "(sqlite3/",
+                                          "(admission/records.py)")),
+    ("thread hand-off (to_thread, executor)", ("(concurrent/futures/", "to_thread (")),
+    ("signature crypto + cosign parsing", ("(cryptography/", "(admission/core/verify.py)",
+                                           "(admission/core/cosign.py)")),
+    ("registry client (httpx, httpcore, admission.registry*)", (
+        "(httpx/", "(httpcore/", "(admission/registry")),
+    ("TLS (ssl, asyncio sslproto)", ("(ssl.py)", "(asyncio/sslproto.py)")),
+    ("JSON encode/decode", ("(json/",)),
     ("Prometheus metrics", ("(prometheus_client/", "(admission/webhook_metrics.py)")),
-    ("asyncio event loop machinery", ("(asyncio/base_events.py)", "(asyncio/events.py)",
-                                      "(selectors.py)", "(asyncio/selector_events.py)")),
+    ("admission flow, review parsing, policy", ("(admission/",)),
+    ("HTTP server (uvicorn, Starlette, FastAPI, anyio)", (
+        "(uvicorn/", "(starlette/", "(fastapi/", "(anyio/")),
+    ("asyncio event loop, selectors, sockets", ("(asyncio/", "(selectors.py)", "(socket.py)")),
 ]
 
 
@@ -79,6 +92,13 @@ def summarise(path: Path, title: str, top: int = 12) -> str:
         n = sum(c for frames, c in stacks
                 if any(any(s in f for s in needles) for f in frames))
         lines.append(f"| {label} | {100 * n / total:.1f} % |")
+    layers: Counter[str] = Counter()
+    for frames, c in stacks:
+        layer = next((label for f in reversed(frames) for label, needles in LAYERS
+                      if any(n in f for n in needles)), "other (interpreter, stdlib)")
+        layers[layer] += c
+    lines += ["", "| layer (innermost frame; adds up to 100 %) | share |", "|---|---|"]
+    lines += [f"| {label} | {100 * n / total:.1f} % |" for label, n in layers.most_common()]
     leaves: Counter[str] = Counter()
     for frames, c in stacks:
         leaves[frames[-1]] += c
