@@ -104,6 +104,11 @@ def node_summary(row: NodeRow) -> dict[str, Any]:
 
 
 def make_router(ctx: AttestContext) -> APIRouter:
+    """The protocol routes. ``challenge`` and ``evidence`` are the per-round hot path: they run on
+    the event loop (a few sub-millisecond statements and a signature check) because handing
+    each to a worker thread cost more than the work; enrolment, rarer and heavier (RSA
+    MakeCredential), stays in the thread pool.
+    """
     r = APIRouter(prefix="/attest/v1", tags=["attestation"])
 
     @r.post("/nodes")
@@ -123,7 +128,7 @@ def make_router(ctx: AttestContext) -> APIRouter:
                                  "state": registrar.activate(ctx, node, body.secret)})
 
     @r.post("/nodes/{node}/challenge")
-    def challenge(node: NodeName) -> Any:
+    async def challenge(node: NodeName) -> Any:
         def run() -> dict[str, Any]:
             ch = verifier.issue_challenge(ctx, node)
             return {"nonce": base64.b64encode(ch.nonce).decode(), "selection": ch.selection,
@@ -131,7 +136,7 @@ def make_router(ctx: AttestContext) -> APIRouter:
         return _guarded(run)
 
     @r.post("/nodes/{node}/evidence")
-    def evidence(node: NodeName, body: EvidenceBody) -> Any:
+    async def evidence(node: NodeName, body: EvidenceBody) -> Any:
         def run() -> dict[str, Any]:
             res = verifier.submit_evidence(ctx, node, body.nonce, Evidence(
                 attest=body.quote, signature=body.signature, pcr_values=_pcr_values(body.pcrs),
