@@ -24,7 +24,6 @@ import contextlib
 import datetime
 import json
 import secrets
-import shutil
 import socket
 import ssl
 import subprocess
@@ -38,7 +37,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 import pytest
 from cryptography import x509
@@ -47,15 +45,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from keys import KeyKind, generate_private_key
+from umec.localregistry import LocalRegistry, registry_available
 
-REGISTRY_BIN = shutil.which("docker-registry") or "/usr/bin/docker-registry"
 SERVICE = "umec-test-registry"
 ISSUER = "umec-test-token-issuer"
 USERS = {"alice": "wonderland", "bob": "builder"}
-
-
-def registry_available() -> bool:
-    return Path(REGISTRY_BIN).is_file()
 
 
 requires_registry = pytest.mark.skipif(
@@ -181,22 +175,17 @@ class TokenServer:
         self.httpd.server_close()
 
 
-def _config(workdir: Path, port: int, auth: str, token_server: TokenServer | None) -> str:
-    lines = ["version: 0.1", "log:", "  level: warn", "  accesslog:", "    disabled: true",
-             "storage:", "  filesystem:", f"    rootdirectory: {workdir / 'storage'}",
-             "  delete:", "    enabled: true", "  maintenance:", "    uploadpurging:",
-             "      enabled: false", "http:", f"  addr: 127.0.0.1:{port}",
-             f"  secret: {secrets.token_hex(16)}"]
+def _auth_config(workdir: Path, auth: str, token_server: TokenServer | None) -> list[str]:
     if auth == "htpasswd":
         htpasswd = workdir / "htpasswd"
         htpasswd.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in USERS.items()))
-        lines += ["auth:", "  htpasswd:", "    realm: umec-test", f"    path: {htpasswd}"]
-    elif auth == "token":
+        return ["auth:", "  htpasswd:", "    realm: umec-test", f"    path: {htpasswd}"]
+    if auth == "token":
         assert token_server is not None
-        lines += ["auth:", "  token:", f"    realm: {token_server.realm}",
-                  f"    service: {SERVICE}", f"    issuer: {ISSUER}",
-                  f"    rootcertbundle: {token_server.cert_path}"]
-    return "\n".join(lines) + "\n"
+        return ["auth:", "  token:", f"    realm: {token_server.realm}",
+                f"    service: {SERVICE}", f"    issuer: {ISSUER}",
+                f"    rootcertbundle: {token_server.cert_path}"]
+    return []
 
 
 @contextlib.contextmanager
@@ -206,35 +195,11 @@ def run_registry(workdir: Path, *, auth: str = "none") -> Iterator[RunningRegist
         pytest.skip("docker-registry not installed (scripts/setup.sh installs it)")
     workdir.mkdir(parents=True, exist_ok=True)
     token_server = TokenServer(workdir) if auth == "token" else None
-    port = free_port()
-    config = workdir / "config.yml"
-    config.write_text(_config(workdir, port, auth, token_server))
-    log = workdir / "registry.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    running = RunningRegistry(f"127.0.0.1:{port}", workdir / "storage", process, log, token_server)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{running.url}/v2/", timeout=1).status_code in (200, 401):
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"docker-registry did not start: {log.read_text()[-2000:]}")
-            time.sleep(0.05)
-        yield running
+        with LocalRegistry(workdir, extra_config=_auth_config(workdir, auth, token_server)) as reg:
+            assert reg.process is not None
+            yield RunningRegistry(reg.host, reg.root, reg.process, reg.log, token_server)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
         if token_server is not None:
             token_server.close()
 
