@@ -116,8 +116,99 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
         step("5. The fleet as the operator sees it (umec nodes)")
         _print_fleet(console, client.get("/attest/v1/nodes").json())
 
+        step("6. Signed images only: a local registry, CI signs, the webhook admits")
+        ok = _admission_story(console, stack, work, expect) and ok
+
     console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
     return 0 if ok else 1
+
+
+def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
+                     expect: Any) -> bool:
+    import asyncio
+    import base64
+    import json
+    import ssl
+
+    from admission.certs import create_webhook_certs
+    from admission.core.reference import parse_reference
+    from admission.oci_build import build_image, push_built
+    from admission.registry import RegistryClient
+    from admission.signing import sign_image
+    from keys import generate_private_key, public_key_pem
+    from umec.admission_wiring import build_webhook
+    from umec.localregistry import LocalRegistry
+    from umec.localserver import ServerThread
+    from umec.settings import Settings
+
+    registry = stack.enter_context(LocalRegistry(work / "registry"))
+    console.print(f"  docker-registry on {registry.url}")
+    ci_key = generate_private_key()
+    app_ref = f"{registry.host}/demo/k3s-app:1.0"
+    unsigned_ref = f"{registry.host}/demo/unsigned:1.0"
+
+    async def build_push_sign() -> dict[str, str]:
+        async with RegistryClient() as rc:
+            digests = {}
+            for ref, salt in ((app_ref, "app"), (unsigned_ref, "unsigned")):
+                parsed = parse_reference(ref)
+                digests[ref] = await push_built(rc, parsed, build_image("linux/arm64", salt=salt),
+                                                parsed.tag)
+            await sign_image(rc, parse_reference(app_ref), ci_key)
+            return digests
+    digests = asyncio.run(build_push_sign())
+    console.print(f"  built and pushed {app_ref} ({digests[app_ref][:19]}…) and {unsigned_ref}")
+    console.print("  CI signed the app image (cosign format, key ECDSA P-256)")
+
+    policies = work / "image-policies"
+    policies.mkdir()
+    (policies / "ci.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "umec.io/v1alpha1", "kind": "ClusterImagePolicy",
+        "metadata": {"name": "ci-signed"},
+        "spec": {"images": [f"{registry.host}/**"], "mode": "enforce", "authorities": [
+            {"name": "ci", "threshold": 1,
+             "keys": [{"name": "ci", "pem": public_key_pem(ci_key).decode()}]}]}}))
+    settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies)
+    app, _ = build_webhook(settings)
+    certs = create_webhook_certs(work / "webhook-certs", "umec-webhook", "umec-system",
+                                 extra_names=["localhost", "127.0.0.1"])
+    hook = stack.enter_context(ServerThread(app, ssl_certfile=str(certs.cert),
+                                            ssl_keyfile=str(certs.key)))
+    tls = ssl.create_default_context(cafile=str(certs.ca_cert))
+    web = stack.enter_context(httpx.Client(base_url=hook.url.replace("127.0.0.1", "localhost"),
+                                           verify=tls, timeout=30))
+    console.print(f"  admission webhook on {web.base_url} (TLS, its own CA)")
+
+    def review(path: str, image: str, uid: str) -> dict[str, Any]:
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": uid, "namespace": "tenant-a", "uid": uid},
+               "spec": {"containers": [{"name": "app", "image": image}]}}
+        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "tenant-a", "name": uid, "operation": "CREATE", "object": pod,
+            "userInfo": {"username": "demo"}}}
+        answer: dict[str, Any] = web.post(path, json=body).json()["response"]
+        return answer
+
+    mutated = review("/mutate", app_ref, "pod-signed")
+    patch = json.loads(base64.b64decode(mutated["patch"])) if mutated.get("patch") else []
+    pinned = next((op["value"] for op in patch if op["op"] == "replace"), app_ref)
+    expect("@sha256:" in pinned, f"/mutate pinned the tag: {pinned}")
+    allowed = review("/validate", pinned, "pod-signed")
+    from admission.records import SqlAdmissionRecords
+    from umec.db import open_database
+    record = SqlAdmissionRecords(open_database(settings.resolved_database_url())[1])
+    admitted = record.lookup("pod-signed")
+    expect(allowed["allowed"] is True and admitted is not None and admitted.verified,
+           "signed pod admitted; the record names its digest and signer: "
+           + (f"{admitted.images[0].digest[:19]}… by {admitted.images[0].signers[0][:12]}…"
+              if admitted else "NOT RECORDED"))
+    unsigned = f"{registry.host}/demo/unsigned@{digests[unsigned_ref]}"
+    denied = review("/validate", unsigned, "pod-unsigned")
+    expect(denied["allowed"] is False, "unsigned pod denied:")
+    console.print(f"    {denied.get('status', {}).get('message', '')}")
+    return bool(allowed["allowed"]) and not denied["allowed"]
 
 
 def _print_fleet(console: Console, nodes: list[dict[str, Any]]) -> None:
