@@ -154,3 +154,64 @@ def test_webhook_denies_when_registry_is_down(tmp_path: Path, keys_dir: Path) ->
         answer = post(url, ca, "/validate", review(workload("Pod", pod_spec([gone]),
                                                             uid="pod-x")))
     assert answer["allowed"] is False
+
+
+def test_tenant_key_never_admits_into_another_tenant(tmp_path: Path, registry: RunningRegistry,
+                                                     keys_dir: Path) -> None:
+    base = f"{registry.host}/tenants-{uuid.uuid4().hex[:8]}"
+    push(registry, f"{base}/shared:1.0")
+    assert umec(["sign", f"{base}/shared:1.0", "--key", str(keys_dir / "ci.key")]).returncode == 0
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for tenant, pub in (("tenant-a", "ci.pub"), ("tenant-b", "other.pub")):
+        (policies / f"{tenant}.yaml").write_text(yaml.safe_dump(policy_doc(
+            f"{tenant}-images", [f"{base}/**"], [{
+                "name": tenant, "threshold": 1,
+                "keys": [{"name": tenant, "pem": (keys_dir / pub).read_text()}]}],
+            namespace=tenant)))
+    app, _ = build_webhook(Settings(data_dir=tmp_path / "srv", admission_policy_dir=policies))
+    digest = asyncio.run(_resolve(f"{base}/shared:1.0"))
+    image = f"{base}/shared@{digest}"
+    with serve_tls(app, tmp_path / "certs") as (url, ca):
+        in_a = post(url, ca, "/validate", review(workload(
+            "Pod", pod_spec([image]), namespace="tenant-a", uid="a-1"), uid="ra"))
+        in_b = post(url, ca, "/validate", review(workload(
+            "Pod", pod_spec([image]), namespace="tenant-b", uid="b-1"), uid="rb"))
+    assert in_a["allowed"] is True
+    assert in_b["allowed"] is False and "tenant-b" in in_b["status"]["message"]
+
+
+def test_webhook_command_serves_tls(tmp_path: Path) -> None:
+    import time
+
+    from umec.localserver import free_port
+    certs = umec(["webhook", "certs", "--dir", str(tmp_path / "certs"),
+                  "--service", "umec-webhook", "--namespace", "umec-system"])
+    assert certs.returncode == 0
+    ca_bundle = certs.stdout.strip().splitlines()[-1]
+    assert base64.b64decode(ca_bundle).startswith(b"-----BEGIN CERTIFICATE-----")
+    port = free_port()
+    env = {**os.environ, "UMEC_DATA_DIR": str(tmp_path / "data"),
+           "UMEC_WEBHOOK_TLS_CERT": str(tmp_path / "certs" / "tls.crt"),
+           "UMEC_WEBHOOK_TLS_KEY": str(tmp_path / "certs" / "tls.key"),
+           "UMEC_WEBHOOK_PORT": str(port)}
+    proc = subprocess.Popen([*UMEC, "webhook", "--host", "127.0.0.1"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                # The certificate names the Service, not 127.0.0.1: check the chain only.
+                ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.crt"))
+                ctx.check_hostname = False
+                if httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.3)
+        with pytest.raises(httpx.TransportError):  # a client without our CA is refused
+            httpx.get(f"https://127.0.0.1:{port}/healthz")
+    finally:
+        proc.terminate()
+        proc.wait(10)
