@@ -28,7 +28,9 @@ Steps (setup in :mod:`setup_env`):
    whichever comes first; reviews/s, per-review latency under load, webhook CPU per review.
    Then the same with a Deployment (verified alike, not recorded: the SQL record's share).
 7. Webhook VmRSS / VmHWM after everything.
-8. ``--py-spy``: after the clean measurements, an extra cold batch (``--profile-cold``
+8. ``--variant ARGS`` runs ``serve_variant.py ARGS`` (a what-if server with one part
+   swapped) instead of ``umec webhook``; ``--variant "--records sql"`` is its control.
+9. ``--py-spy``: after the clean measurements, an extra cold batch (``--profile-cold``
    images) and an extra throughput run, each with py-spy attached (profiling perturbs timing,
    so profiled runs are never the reported ones).
 
@@ -218,6 +220,8 @@ def main() -> None:
     ap.add_argument("--cli-signs", type=int, default=3, help="`umec sign` processes timed")
     ap.add_argument("--py-spy", action="store_true", help="profiled extra runs at the end")
     ap.add_argument("--profile-cold", type=int, default=150, help="images for profiled cold")
+    ap.add_argument("--variant", default=None, metavar="ARGS",
+                    help='what-if server: serve_variant.py ARGS, e.g. "--records batched"')
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: tmp)")
     args = ap.parse_args()
     print_machine()
@@ -241,7 +245,11 @@ def main() -> None:
         if cli:
             print(Latency.of("`umec sign` process (re-sign: reads existing .sig)", cli).row())
 
-        with run_webhook(work) as hook:
+        variant = args.variant.split() if args.variant is not None else None
+        if variant is not None:
+            print(f"\n**What-if server**: `serve_variant.py {args.variant}` "
+                  "instead of `umec webhook`")
+        with run_webhook(work, variant=variant) as hook:
             idle = vm_status(hook.pid)
             firsts = first_review(hook, first)
             cold, split = run_cold(hook, cold_images, reg.process.pid)

@@ -111,8 +111,10 @@ class Webhook:
 
 
 @contextlib.contextmanager
-def run_webhook(work: Path, python: str = sys.executable) -> Iterator[Webhook]:
-    """``umec webhook`` over HTTPS on 127.0.0.1 with the policies in ``work/policies``."""
+def run_webhook(work: Path, python: str = sys.executable,
+                variant: list[str] | None = None) -> Iterator[Webhook]:
+    """``umec webhook`` over HTTPS on 127.0.0.1 with the policies in ``work/policies``;
+    ``variant``: ``serve_variant.py`` with these arguments instead (a what-if server)."""
     certs = create_webhook_certs(work / "certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
     port = free_port()
@@ -122,8 +124,10 @@ def run_webhook(work: Path, python: str = sys.executable) -> Iterator[Webhook]:
            "UMEC_WEBHOOK_PORT": str(port), "UMEC_LOG_LEVEL": "WARNING"}
     log = work / "webhook.log"
     with log.open("wb") as out:
-        process = subprocess.Popen([python, "-m", "umec", "webhook", "--host", "127.0.0.1"],
-                                   env=env, cwd=str(ROOT), stdout=out,
+        command = [python, "-m", "umec", "webhook", "--host", "127.0.0.1"]
+        if variant is not None:
+            command = [python, str(Path(__file__).with_name("serve_variant.py")), *variant]
+        process = subprocess.Popen(command, env=env, cwd=str(ROOT), stdout=out,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     hook = Webhook(process, port, certs.ca_cert, log)
     try:

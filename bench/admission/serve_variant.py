@@ -1,0 +1,113 @@
+"""What-if webhook: ``umec webhook`` as wired by ``build_webhook``, with ONE part swapped.
+
+Not a product: a measuring stick for a fix proposed in docs/benchmarks.md, so the owners of
+``admission/`` and ``umec/`` can see what it would buy before writing it. Same environment
+variables as ``umec webhook`` (``UMEC_*``), same uvicorn settings, same TLS.
+
+``--records batched`` replaces ``SqlAdmissionRecords`` (an ORM ``SELECT`` by uid, an ``INSERT``
+or ``UPDATE`` and a ``COMMIT`` per admitted Pod) by a group commit with the same durability
+promise: ``record()`` still returns only once its row is committed (``/validate`` still fails
+closed when the write fails), but one writer thread commits every row queued meanwhile in one
+transaction, as one ``INSERT … ON CONFLICT(uid) DO UPDATE`` executemany (SQLAlchemy Core, no
+ORM unit of work). The row content is the one ``SqlAdmissionRecords.record`` writes.
+
+Run by ``bench_webhook.py --variant "--records batched"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import uvicorn
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from admission.models import AdmittedPodRow
+from admission.records import AdmittedImage
+from umec.admission_wiring import build_webhook
+from umec.db import open_database
+from umec.settings import Settings
+
+
+@dataclass
+class _Pending:
+    row: dict[str, Any]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+class BatchedRecords:
+    """``AdmissionRecords`` with group commit (see the module doc)."""
+
+    def __init__(self, sessions: sessionmaker[Session],
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.sessions, self.now = sessions, now
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self.batches = self.rows = 0
+        threading.Thread(target=self._writer, daemon=True, name="records-writer").start()
+
+    def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
+               verified: bool, policy_generation: str) -> None:
+        pending = _Pending({"id": str(uuid.uuid4()), "uid": uid, "namespace": namespace,
+                            "name": name, "images": [i.as_dict() for i in images],
+                            "verified": verified, "policy_generation": policy_generation,
+                            "admitted_at": self.now()})
+        self._queue.put(pending)
+        if not pending.done.wait(10.0):
+            raise TimeoutError("admission record not committed within 10 s")
+        if pending.error is not None:
+            raise pending.error
+
+    def _writer(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while True:  # everything queued while the last commit ran goes into this one
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            error: BaseException | None = None
+            try:
+                stmt = insert(AdmittedPodRow.__table__)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["uid"],
+                    set_={c: stmt.excluded[c] for c in ("namespace", "name", "images",
+                                                        "verified", "policy_generation",
+                                                        "admitted_at")})
+                with self.sessions.begin() as session:
+                    session.execute(stmt, [p.row for p in batch])
+                self.batches += 1
+                self.rows += len(batch)
+            except Exception as e:  # every waiter of the batch fails closed
+                error = e
+            for p in batch:
+                p.error = error
+                p.done.set()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--records", choices=["sql", "batched"], default="sql")
+    args = ap.parse_args()
+    settings = Settings()
+    if settings.webhook_tls_cert is None or settings.webhook_tls_key is None:
+        raise SystemExit("UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required")
+    app, deps = build_webhook(settings)
+    if args.records == "batched":
+        # The Admitter reads deps.records at call time: swapping it here is enough.
+        deps.records = BatchedRecords(open_database(settings.resolved_database_url())[1])
+    uvicorn.run(app, host=args.host, port=settings.webhook_port, log_level="warning",
+                access_log=False, ssl_certfile=str(settings.webhook_tls_cert),
+                ssl_keyfile=str(settings.webhook_tls_key))
+
+
+if __name__ == "__main__":
+    main()
