@@ -134,9 +134,17 @@ def machine() -> dict[str, str]:
         t0 = time.perf_counter_ns()
         sum(range(1000))
         ticks.append(time.perf_counter_ns() - t0)
+    from importlib.metadata import PackageNotFoundError, version
+
     import cryptography
     import fastapi
     import uvicorn
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "absent"
     return {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
@@ -148,6 +156,8 @@ def machine() -> dict[str, str]:
         "software": f"CPython {platform.python_version()}, cryptography "
                     f"{cryptography.__version__}, uvicorn {uvicorn.__version__}, "
                     f"FastAPI {fastapi.__version__}",
+        # uvicorn's "auto" picks these when installed: they change the server's CPU per request
+        "uvicorn http/loop": f"httptools {installed('httptools')}, uvloop {installed('uvloop')}",
     }
 
 
