@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admission.core.errors import AdmissionError
@@ -297,8 +297,7 @@ _values = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.t
                     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
 
 
-@settings(max_examples=200, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None)
 @given(path=st.sampled_from(_BUNDLE_PATHS), value=_values)
 def test_fuzz_a_mutated_bundle_is_a_typed_error(bundle: bytes, root: bytes, path: str,
                                                 value: object) -> None:
