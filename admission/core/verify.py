@@ -41,9 +41,11 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from hmac import compare_digest
-from typing import Literal
+from typing import Any, Literal
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -297,6 +299,39 @@ class KeylessIdentity:
     issuer: str
 
 
+def _integrated_time(bundle_raw: bytes) -> datetime:
+    """When the log says the signature existed (bound by the entry's signed timestamp, which the
+    Verifier checks); the time every trust-root member must have been valid at."""
+    entries = json.loads(bundle_raw)["verificationMaterial"]["tlogEntries"]
+    if not entries:
+        raise ValueError("bundle has no transparency-log entry")
+    return datetime.fromtimestamp(int(entries[0]["integratedTime"]), UTC)
+
+
+def _root_valid_at(root: dict[str, Any], at: datetime) -> dict[str, Any]:
+    """The trusted root without the CAs and log keys whose ``validFor`` excludes ``at``.
+
+    sigstore-python compares ``validFor.start`` with the wall clock only and never reads
+    ``end``: a CA or log key retired (``end`` set) after a compromise would still be trusted
+    for signatures made after its retirement. sigstore-go skips such members; so do we.
+    """
+    def valid(member: dict[str, Any]) -> bool:
+        window = member.get("validFor") or member.get("publicKey", {}).get("validFor") or {}
+        start, end = window.get("start"), window.get("end")
+        if start is not None and at < _rfc3339(start):
+            return False
+        return not (end is not None and at > _rfc3339(end))
+    filtered = dict(root)
+    for key in ("certificateAuthorities", "tlogs", "ctlogs", "timestampAuthorities"):
+        if key in root:
+            filtered[key] = [m for m in root[key] if valid(m)]
+    return filtered
+
+
+def _rfc3339(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 def verify_bundle_keyless(bundle_raw: bytes, manifest: bytes, *, image_digest: str,
                           trusted_root: bytes, identities: Sequence[KeylessIdentity]
                           ) -> VerifiedSignature:
@@ -313,8 +348,9 @@ def verify_bundle_keyless(bundle_raw: bytes, manifest: bytes, *, image_digest: s
     if "sha256:" + hashlib.sha256(manifest).hexdigest() != image_digest:
         raise PayloadDigestMismatch(f"manifest bytes are not {image_digest}")
     try:
-        root = TrustedRoot(TrustedRootDocument.from_json(trusted_root))
         bundle = Bundle.from_json(bundle_raw)
+        root_doc = _root_valid_at(json.loads(trusted_root), _integrated_time(bundle_raw))
+        root = TrustedRoot(TrustedRootDocument.from_json(json.dumps(root_doc)))
         verifier = Verifier(trusted_root=root)
     except (SigstoreError, ValueError, TypeError, KeyError) as exc:
         raise KeylessVerificationFailed(f"bundle or trust root unreadable: {exc}") from None
@@ -323,7 +359,9 @@ def verify_bundle_keyless(bundle_raw: bytes, manifest: bytes, *, image_digest: s
         try:
             verifier.verify_artifact(manifest, bundle,
                                      Identity(identity=wanted.identity, issuer=wanted.issuer))
-        except (SigstoreError, ValueError) as exc:
+        except (SigstoreError, ValueError, x509.ExtensionNotFound) as exc:
+            # ExtensionNotFound: sigstore-python reads EKU/keyUsage unguarded; a leaf without
+            # them is simply not a code-signing certificate.
             failures.append(f"{wanted.identity} ({wanted.issuer}): {exc}")
             continue
         return VerifiedSignature(image_digest, f"keyless:{wanted.identity}", "bundle",
