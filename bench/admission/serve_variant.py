@@ -11,12 +11,23 @@ closed when the write fails), but one writer thread commits every row queued mea
 transaction, as one ``INSERT … ON CONFLICT(uid) DO UPDATE`` executemany (SQLAlchemy Core, no
 ORM unit of work). The row content is the one ``SqlAdmissionRecords.record`` writes.
 
-Run by ``bench_webhook.py --variant "--records batched"``.
+``--records loop-batched`` is the same group commit without the thread hop per review: the
+Admitter's ``asyncio.to_thread(self._record, …)`` (its only use of ``to_thread``) runs
+``_record`` inline on the event loop -- it only builds the row and queues it -- and then awaits
+the batch's commit as an asyncio future. Still fail closed: ``/validate`` answers only after
+the row is committed, and denies if the commit fails. Done here by handing the Admitter's module
+an ``asyncio`` whose ``to_thread`` does that; in the product it would be an ``async`` method of
+the records adapter that the Admitter awaits.
+
+Run by ``bench_webhook.py --variant "--records batched"`` (or ``loop-batched``; ``sql`` is the
+control: the unchanged ``SqlAdmissionRecords`` served by this same script).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import concurrent.futures
 import queue
 import threading
 import uuid
@@ -29,6 +40,7 @@ import uvicorn
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, sessionmaker
 
+import admission.webhook_admit as webhook_admit
 from admission.models import AdmittedPodRow
 from admission.records import AdmittedImage
 from umec.admission_wiring import build_webhook
@@ -39,8 +51,7 @@ from umec.settings import Settings
 @dataclass
 class _Pending:
     row: dict[str, Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    error: BaseException | None = None
+    done: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
 class BatchedRecords:
@@ -51,6 +62,8 @@ class BatchedRecords:
         self.sessions, self.now = sessions, now
         self._queue: queue.Queue[_Pending] = queue.Queue()
         self.batches = self.rows = 0
+        self.blocking = True
+        self.last: concurrent.futures.Future[None] | None = None
         threading.Thread(target=self._writer, daemon=True, name="records-writer").start()
 
     def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
@@ -60,10 +73,10 @@ class BatchedRecords:
                             "verified": verified, "policy_generation": policy_generation,
                             "admitted_at": self.now()})
         self._queue.put(pending)
-        if not pending.done.wait(10.0):
-            raise TimeoutError("admission record not committed within 10 s")
-        if pending.error is not None:
-            raise pending.error
+        self.last = pending.done
+        if not self.blocking:
+            return  # the caller awaits self.last (loop-batched)
+        pending.done.result(10.0)  # raises the commit's error, or TimeoutError
 
     def _writer(self) -> None:
         while True:
@@ -73,7 +86,7 @@ class BatchedRecords:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            error: BaseException | None = None
+            error: Exception | None = None
             try:
                 stmt = insert(AdmittedPodRow.__table__)
                 stmt = stmt.on_conflict_do_update(
@@ -88,22 +101,46 @@ class BatchedRecords:
             except Exception as e:  # every waiter of the batch fails closed
                 error = e
             for p in batch:
-                p.error = error
-                p.done.set()
+                if error is None:
+                    p.done.set_result(None)
+                else:
+                    p.done.set_exception(error)
+
+
+class _InlineRecordAsyncio:
+    """The ``asyncio`` the Admitter's module sees in ``loop-batched``: everything is asyncio's,
+    except ``to_thread`` (used only for ``_record``), which queues inline and awaits the commit.
+    """
+
+    def __init__(self, records: BatchedRecords) -> None:
+        self.records = records
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+    async def to_thread(self, func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> None:
+        self.records.last = None
+        func(*args, **kwargs)  # Admitter._record: builds the row, BatchedRecords queues it
+        if self.records.last is not None:
+            await asyncio.wait_for(asyncio.wrap_future(self.records.last), 10.0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--records", choices=["sql", "batched"], default="sql")
+    ap.add_argument("--records", choices=["sql", "batched", "loop-batched"], default="sql")
     args = ap.parse_args()
     settings = Settings()
     if settings.webhook_tls_cert is None or settings.webhook_tls_key is None:
         raise SystemExit("UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required")
     app, deps = build_webhook(settings)
-    if args.records == "batched":
+    if args.records != "sql":
         # The Admitter reads deps.records at call time: swapping it here is enough.
-        deps.records = BatchedRecords(open_database(settings.resolved_database_url())[1])
+        records = BatchedRecords(open_database(settings.resolved_database_url())[1])
+        deps.records = records
+        if args.records == "loop-batched":
+            records.blocking = False
+            webhook_admit.asyncio = _InlineRecordAsyncio(records)
     uvicorn.run(app, host=args.host, port=settings.webhook_port, log_level="warning",
                 access_log=False, ssl_certfile=str(settings.webhook_tls_cert),
                 ssl_keyfile=str(settings.webhook_tls_key))
