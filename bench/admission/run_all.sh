@@ -9,3 +9,7 @@ spy=()
 [ -x .venv/bin/py-spy ] && spy=(--py-spy)
 echo "# bench_webhook.py"; .venv/bin/python bench/admission/bench_webhook.py "${spy[@]}"
 echo; echo "# bench_parts.py"; .venv/bin/python bench/admission/bench_parts.py
+for v in sql batched loop-batched; do   # what-if servers: control, then the two record fixes
+    echo; echo "# bench_webhook.py --variant \"--records $v\""
+    .venv/bin/python bench/admission/bench_webhook.py --cold 50 --cli-signs 0 --variant "--records $v"
+done
