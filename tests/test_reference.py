@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from admission.core.reference import (
@@ -111,6 +111,9 @@ _digest = st.one_of(st.none(), st.from_regex(r"sha256:[a-f0-9]{64}", fullmatch=T
 @given(_host, st.lists(_component, min_size=1, max_size=3), _tag, _digest)
 def test_fuzz_generated_valid_references(host: str, path: list[str], tag: str | None,
                                          digest: str | None) -> None:
+    # Docker's rule: without an explicit host, a first component with a dot (or a colon, or
+    # "localhost") IS the host. Such a path is another reference, not a repository path.
+    assume(host or len(path) == 1 or not ("." in path[0] or path[0] == "localhost"))
     text = host + "/".join(path) + (f":{tag}" if tag else "") + (f"@{digest}" if digest else "")
     ref = parse_reference(text)
     assert isinstance(ref, ImageReference)
