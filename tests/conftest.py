@@ -13,7 +13,15 @@ import httpx
 import pytest
 import yaml
 
+# CI runs the fuzz tests derandomized (same examples every run: a red CI is reproducible and
+# never a coin toss); local runs keep exploring new examples.
+from hypothesis import settings as hypothesis_settings
+
 from attest.tpm.swtpm import Swtpm, SwtpmCa, swtpm_available
+
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 PG_ADMIN_URL = os.environ.get("UMEC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
