@@ -209,6 +209,7 @@ STEPS = [
     ("+ admission.webhook, core, registry, verification",
      "import admission.webhook, admission.registry, admission.verification"),
     ("+ regopy module", "import regopy"),
+    ("+ alembic (umec.db imports it at module level)", "import alembic.context, alembic.command"),
     ("+ umec.admission_wiring, umec.settings, umec.db",
      "import umec.admission_wiring, umec.settings, umec.db"),
     ("+ build_webhook(Settings) (Rego interpreter, DB engine, policies)",
