@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,6 +30,22 @@ class AdmittedImage:
 
 
 @dataclass(frozen=True)
+class _Pending:
+    record: dict[str, Any]
+    done: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:
+    if done.cancelled():
+        return
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+@dataclass(frozen=True)
 class AdmittedPod:
     namespace: str
     name: str
@@ -38,22 +57,72 @@ class AdmittedPod:
 
 
 class SqlAdmissionRecords:
+    """Admission records in SQL.
+
+    ``record`` writes one record in its own transaction. ``record_async`` (what the webhook
+    uses) hands the record to a single writer thread that commits everything queued meanwhile
+    in one transaction and then wakes each waiting review: under load one commit serves many
+    reviews, and no review is answered before its record is durable.
+    """
+
+    MAX_BATCH = 256
+
     def __init__(self, sessions: sessionmaker[Session],
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.sessions, self.now = sessions, now
+        self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
                verified: bool, policy_generation: str) -> None:
         """Insert or replace the record of one pod UID (a re-review replaces the old one)."""
         with self.sessions.begin() as session:
-            row = session.scalars(select(AdmittedPodRow).where(AdmittedPodRow.uid == uid)).first()
-            if row is None:
-                row = AdmittedPodRow(id=str(uuid.uuid4()), uid=uid)
-                session.add(row)
-            row.namespace, row.name = namespace, name
-            row.images = [i.as_dict() for i in images]
-            row.verified, row.policy_generation = verified, policy_generation
-            row.admitted_at = self.now()
+            self._upsert(session, dict(namespace=namespace, name=name, uid=uid, images=images,
+                                       verified=verified, policy_generation=policy_generation))
+
+    async def record_async(self, **record: Any) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._ensure_writer()
+        self._queue.put(_Pending(record, done, loop))
+        await done
+
+    def _upsert(self, session: Session, record: dict[str, Any]) -> None:
+        row = session.scalars(
+            select(AdmittedPodRow).where(AdmittedPodRow.uid == record["uid"])).first()
+        if row is None:
+            row = AdmittedPodRow(id=str(uuid.uuid4()), uid=record["uid"])
+            session.add(row)
+        row.namespace, row.name = record["namespace"], record["name"]
+        row.images = [i.as_dict() for i in record["images"]]
+        row.verified, row.policy_generation = record["verified"], record["policy_generation"]
+        row.admitted_at = self.now()
+
+    def _ensure_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_forever, daemon=True,
+                                                name="admission-records")
+                self._writer.start()
+
+    def _write_forever(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            error: BaseException | None = None
+            try:
+                with self.sessions.begin() as session:
+                    for pending in batch:
+                        self._upsert(session, pending.record)
+            except Exception as exc:  # every waiting review is denied (fail closed)
+                error = exc
+            for pending in batch:
+                pending.loop.call_soon_threadsafe(_settle, pending.done, error)
 
     def lookup(self, uid: str) -> AdmittedPod | None:
         with self.sessions() as session:

@@ -232,7 +232,7 @@ class Admitter:
                                    warnings=verdict.warnings)
         if req.kind == "Pod" and self.deps.records is not None and not req.dry_run:
             try:
-                await asyncio.to_thread(self._record, req, items, decisions, policies)
+                await self._record(req, items, decisions, policies)
             except Exception as e:  # the token service relies on the record: fail closed
                 return review_response(req.uid, allowed=False,
                                        message=f"record.failed: {type(e).__name__}")
@@ -261,8 +261,8 @@ class Admitter:
         return ({"namespace": req.namespace, "kind": req.kind, "operation": req.operation,
                  "containers": containers}, verified)
 
-    def _record(self, req: ReviewRequest, items: list[_Image], verified: list[bool],
-                policies: PolicySet) -> None:
+    async def _record(self, req: ReviewRequest, items: list[_Image], verified: list[bool],
+                      policies: PolicySet) -> None:
         assert self.deps.records is not None and req.object is not None
         meta = req.object.get("metadata") or {}
         uid = meta.get("uid") if isinstance(meta.get("uid"), str) and meta.get("uid") \
@@ -271,7 +271,14 @@ class Admitter:
                                 tuple(sorted({s.key_id for s in i.signers
                                               if s.digest == i.digest})))
                   for i in items]
-        self.deps.records.record(namespace=req.namespace, name=req.name, uid=str(uid),
-                                 images=images, verified=all(verified),
-                                 policy_generation=policies.generation)
+        record: dict[str, Any] = {
+            "namespace": req.namespace, "name": req.name, "uid": str(uid), "images": images,
+            "verified": all(verified), "policy_generation": policies.generation}
+        # A store that batches writes (one transaction for all reviews waiting) says so with
+        # ``record_async``; either way the answer waits until the record is committed.
+        record_async = getattr(self.deps.records, "record_async", None)
+        if record_async is not None:
+            await record_async(**record)
+        else:
+            await asyncio.to_thread(self.deps.records.record, **record)
 

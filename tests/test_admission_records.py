@@ -21,3 +21,31 @@ def test_record_and_lookup(tmp_path: Path) -> None:
     again = records.lookup("u-1")
     assert again is not None and again.images == () and not again.verified
     assert records.lookup("u-2") is None
+
+
+def test_record_async_batches_and_waits_for_commit(tmp_path: Path) -> None:
+    import asyncio
+    _, sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    records = SqlAdmissionRecords(sessions)
+
+    async def many() -> None:
+        await asyncio.gather(*(records.record_async(
+            namespace="t", name=f"p{i}", uid=f"u{i}", images=[], verified=True,
+            policy_generation="g") for i in range(100)))
+    asyncio.run(many())
+    # Every awaited record is committed by the time its await returns.
+    assert all(records.lookup(f"u{i}") is not None for i in range(100))
+
+
+def test_record_async_failure_reaches_the_caller(tmp_path: Path) -> None:
+    import asyncio
+
+    import pytest
+    from sqlalchemy import text
+    engine, sessions = open_database(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE admission_pods"))
+    records = SqlAdmissionRecords(sessions)
+    with pytest.raises(Exception, match="admission_pods"):
+        asyncio.run(records.record_async(namespace="t", name="p", uid="u", images=[],
+                                         verified=True, policy_generation="g"))
