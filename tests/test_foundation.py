@@ -78,3 +78,24 @@ def test_health_ready_metrics_and_problem_errors(tmp_path: Path) -> None:
         assert bad.json()["check"] == "request.schema"
         jwks = client.get("/attest/v1/jwks.json").json()
         assert jwks["keys"] and jwks["keys"][0]["kid"] == server.keys.active.kid
+
+
+def test_revision_ids_follow_the_file_name_convention() -> None:
+    """umec.db skips Alembic when the database is at the newest file's revision id."""
+    import re
+
+    from umec.db import MIGRATIONS
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        declared = re.search(r"^revision = '(\w+)'", path.read_text(), re.M)
+        assert declared is not None and declared.group(1) == path.name.split("_", 1)[0], path
+
+
+def test_already_migrated_database_does_not_load_alembic(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    open_database(url)
+    code = ("import sys; from umec.db import open_database; open_database(%r); "
+            "print('alembic' in sys.modules)" % url)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
