@@ -95,7 +95,7 @@ def test_already_migrated_database_does_not_load_alembic(tmp_path: Path) -> None
     import sys
     url = f"sqlite:///{tmp_path / 'm.db'}"
     open_database(url)
-    code = ("import sys; from umec.db import open_database; open_database(%r); "
-            "print('alembic' in sys.modules)" % url)
+    code = (f"import sys; from umec.db import open_database; open_database({url!r}); "
+            "print('alembic' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
