@@ -215,3 +215,28 @@ def test_webhook_command_serves_tls(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_verifier_looks_at_bundles_only_when_legacy_signatures_do_not_cover_every_key(
+        registry: RunningRegistry, keys_dir: Path) -> None:
+    from admission.core.keys_cosign import load_verification_key
+    from admission.registry import RegistryClient
+    from umec.admission_wiring import CosignVerifier
+    base = f"{registry.host}/bundles-{uuid.uuid4().hex[:8]}"
+    push(registry, f"{base}/app:1.0")
+    assert umec(["sign", f"{base}/app:1.0", "--key", str(keys_dir / "ci.key"),
+                 "--bundle"]).returncode == 0
+    digest = asyncio.run(_resolve(f"{base}/app:1.0"))
+    ci = load_verification_key((keys_dir / "ci.pub").read_bytes())
+    other = load_verification_key((keys_dir / "other.pub").read_bytes())
+
+    async def verify(keys: dict[str, Any]) -> tuple[set[tuple[str, str]], int]:
+        async with RegistryClient() as client:
+            before = client.requests_sent
+            signers = await CosignVerifier(client).verify(f"{base}/app@{digest}", keys)
+            return {(s.key_id, s.kind) for s in signers}, client.requests_sent - before
+    only_ci, requests_ci = asyncio.run(verify({"ci": ci}))
+    assert only_ci == {("ci", "legacy")}
+    both, requests_both = asyncio.run(verify({"ci": ci, "other": other}))
+    assert both == {("ci", "legacy"), ("ci", "bundle")}  # "other" signed nothing
+    assert requests_both > requests_ci  # the bundle lookup happened only in the second case

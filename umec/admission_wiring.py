@@ -47,8 +47,14 @@ class CosignVerifier:
 
     async def verify(self, image: str,
                      keys: Mapping[str, PublicKey]) -> Sequence[VerifiedSignature]:
-        signers, _failures = await verify_image_signatures(self.client, parse_reference(image),
-                                                           keys)
+        ref = parse_reference(image)
+        # Legacy `.sig` first: when every policy key already signed there, the bundle lookup
+        # (two more registry requests on registries without the referrers API) can only
+        # repeat what we know. Otherwise look at both formats.
+        signers, _ = await verify_image_signatures(self.client, ref, keys, bundles=False)
+        if {s.key_id for s in signers} >= set(keys):
+            return signers
+        signers, _ = await verify_image_signatures(self.client, ref, keys)
         return signers
 
 
