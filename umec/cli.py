@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -62,44 +61,21 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
 def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if trusted")] = False,
           ) -> None:
     """Run the node agent: enrol, activate, then attest every interval."""
-    import httpx
-
-    from attest.agent import Agent, AgentConfig, AgentError
+    from umec.agent_process import handover
     settings = _settings()
-    configure_logging(settings.log_level)
     if not settings.node_name:
         console.print("[red]UMEC_NODE_NAME is required[/red] (the Kubernetes node name)")
         raise typer.Exit(2)
-    cfg = AgentConfig(node_name=settings.node_name, tcti=settings.tcti,
-                      state_dir=settings.agent_state_dir, ak_kind=settings.ak_kind,
-                      ek_kind=settings.ek_kind, node_class=settings.node_class or None,
-                      interval_seconds=settings.attestation_interval_seconds,
-                      event_log_path=settings.event_log_path,
-                      measure_files=list(settings.measure_files),
-                      application_pcr=settings.application_pcr)
-    verify: bool | str = str(settings.server_ca) if settings.server_ca else True
-    with httpx.Client(base_url=settings.server_url, timeout=15.0, verify=verify) as client:
-        node_agent = Agent(cfg, client)
-        if not once:
-            node_agent.run(threading.Event())
-            return
-        try:
-            verdict = node_agent.attest_once()
-        except AgentError as exc:
-            console.print(f"[red]attestation failed[/red] ({exc.check}): {exc}")
-            if exc.hint:
-                console.print(f"  what to do: {exc.hint}")
-            raise typer.Exit(1) from None
-        except Exception as exc:
-            console.print(f"[red]attestation failed[/red]: {type(exc).__name__}: {exc}")
-            raise typer.Exit(1) from None
-    if verdict.get("trusted"):
-        console.print(f"[green]{settings.node_name}: trusted[/green]")
-        return
-    console.print(f"[red]{settings.node_name}: {verdict.get('state')}[/red]")
-    for failure in verdict.get("failed_checks", []):
-        console.print(f"  ✗ {failure['check']}: {failure['detail']}\n    → {failure['hint']}")
-    raise typer.Exit(1)
+    # Settings are validated here; the agent itself runs in a lean process (see agent_process).
+    handover({"node_name": settings.node_name, "tcti": settings.tcti,
+              "state_dir": str(settings.agent_state_dir), "ak_kind": settings.ak_kind,
+              "ek_kind": settings.ek_kind, "node_class": settings.node_class or None,
+              "interval_seconds": settings.attestation_interval_seconds,
+              "event_log_path": str(settings.event_log_path) if settings.event_log_path else None,
+              "measure_files": [str(p) for p in settings.measure_files],
+              "application_pcr": settings.application_pcr, "server_url": settings.server_url,
+              "server_ca": str(settings.server_ca) if settings.server_ca else None,
+              "log_level": settings.log_level}, once=once)
 
 
 @nodes_app.callback()

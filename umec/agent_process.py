@@ -1,0 +1,80 @@
+"""The long-running node agent process: only what an attestation round needs.
+
+``umec agent`` validates its settings (pydantic-settings, typer) and then replaces itself with
+this module (``exec``, same PID), handing over the validated configuration in one environment
+variable. The process that keeps running on every Raspberry Pi therefore carries neither the CLI
+framework nor the settings library: about 15 MiB of its 60 MB budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+HANDOVER = "_UMEC_AGENT_CONFIG"  # not UMEC_*: it is not a setting anyone should set
+
+
+def handover(config: dict[str, Any], *, once: bool) -> None:
+    """Replace the current process with the agent process (does not return)."""
+    env = dict(os.environ)
+    env[HANDOVER] = json.dumps({**config, "once": once})
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "umec.agent_process"], env)
+
+
+def _agent_config(raw: dict[str, Any]) -> Any:
+    from attest.agent import AgentConfig
+    return AgentConfig(
+        node_name=raw["node_name"], tcti=raw["tcti"], state_dir=Path(raw["state_dir"]),
+        ak_kind=raw["ak_kind"], ek_kind=raw["ek_kind"], node_class=raw["node_class"],
+        interval_seconds=raw["interval_seconds"],
+        event_log_path=Path(raw["event_log_path"]) if raw["event_log_path"] else None,
+        measure_files=[Path(p) for p in raw["measure_files"]],
+        application_pcr=raw["application_pcr"])
+
+
+def main() -> int:
+    import httpx
+
+    from attest.agent import Agent, AgentError
+    from umec.logs import configure_logging
+
+    try:
+        raw = json.loads(os.environ.pop(HANDOVER))
+    except (KeyError, ValueError):
+        print("umec.agent_process is started by `umec agent`, not directly", file=sys.stderr)
+        return 2
+    configure_logging(raw["log_level"])
+    cfg = _agent_config(raw)
+    verify: bool | str = raw["server_ca"] or True
+    with httpx.Client(base_url=raw["server_url"], timeout=15.0, verify=verify) as client:
+        agent = Agent(cfg, client)
+        if not raw["once"]:
+            agent.run(threading.Event())
+            return 0
+        try:
+            verdict = agent.attest_once()
+        except AgentError as exc:
+            print(f"attestation failed ({exc.check}): {exc}")
+            if exc.hint:
+                print(f"  what to do: {exc.hint}")
+            return 1
+        except Exception as exc:  # a TPM or network error: say what, never a traceback
+            print(f"attestation failed: {type(exc).__name__}: {exc}")
+            return 1
+    if verdict.get("trusted"):
+        print(f"{cfg.node_name}: trusted")
+        return 0
+    print(f"{cfg.node_name}: {verdict.get('state')}")
+    for failure in verdict.get("failed_checks", []):
+        print(f"  ✗ {failure['check']}: {failure['detail']}\n    → {failure['hint']}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
