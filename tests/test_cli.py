@@ -129,3 +129,14 @@ def test_agent_once_fails_cleanly_when_server_is_down(tmp_path: Path,
     result = run(["agent", "--once"], env)
     assert result.returncode == 1
     assert "attestation failed" in result.stdout and "Traceback" not in result.stdout
+
+
+def test_agent_process_refuses_to_start_without_handover(cli_env: dict[str, str]) -> None:
+    result = subprocess.run([sys.executable, "-m", "umec.agent_process"], env=cli_env,
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2 and "umec agent" in result.stderr
+
+
+def test_agent_requires_node_name(cli_env: dict[str, str]) -> None:
+    result = run(["agent", "--once"], cli_env)
+    assert result.returncode == 2 and "UMEC_NODE_NAME" in result.stdout
