@@ -89,13 +89,16 @@ class RegoEvaluator:
         try:
             for p in self._paths:
                 self._interp.add_module(p.stem, p.read_text())
-            # Compile now so a broken policy fails at start-up, not on the first pod.
+            # Compile once into a bundle: a query against the prepared plan costs ~1 ms, a
+            # plain query (which recompiles the modules) ~10 ms. A broken policy fails here, at
+            # start-up, not on the first pod.
+            self._bundle = self._interp.build(DECISION_QUERY)
             self._query(DECISION_QUERY)
         except (OSError, regopy.RegoError) as e:
             raise RegoFailed(f"loading {[str(p) for p in self._paths]}: {e}") from None
 
-    def _query(self, query: str) -> Any:
-        out = self._interp.query(query)
+    def _query(self, query: str, *, prepared: bool = False) -> Any:
+        out = self._interp.query_bundle(self._bundle) if prepared else self._interp.query(query)
         if not out.ok():
             raise RegoFailed(f"{query}: {str(out)[:300]}")
         if not out.results or not out.results[0].expressions:
@@ -113,7 +116,7 @@ class RegoEvaluator:
             try:
                 self._interp.set_input(clean)
                 self.queries += 1
-                decision = _decision(self._query(DECISION_QUERY))
+                decision = _decision(self._query(DECISION_QUERY, prepared=True))
             except RegoFailed:
                 raise
             except Exception as e:  # regopy raises RegoError or JSON errors from its output
