@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
 from conftest_swtpm_tools import Swtpm, running_swtpm
+from cryptography.hazmat.primitives import hashes
 
+from attest.core import eventlog_parse
 from attest.core.errors import AttestationError, MalformedStructure
 from attest.core.eventlog import (
     EV_NO_ACTION,
@@ -48,6 +51,7 @@ from attest.core.eventlog import (
     replay_event_log,
     startup_locality,
 )
+from attest.core.eventlog_model import new_event
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
 TPM2_TOOLS = FIXTURES / "tpm2-tools"
@@ -594,3 +598,60 @@ def test_replay_equals_a_real_tpm_extended_with_the_log(fresh_swtpm: Swtpm, name
     untouched = _pcrread(fresh_swtpm, {"sha256": [12, 16, 17, 22, 23]})["sha256"]
     assert untouched == {p: initial_pcr_value(p, 32, None) for p in (12, 16, 17, 22, 23)}
     assert untouched[17] == b"\xff" * 32
+
+
+# ---------------------------------------------------------------- the parser's fast path
+def test_new_event_builds_an_ordinary_frozen_event() -> None:
+    built = new_event(3, 7, 0x0D, {"sha256": b"\x01" * 32}, b"data")
+    reference = Event(3, 7, 0x0D, {"sha256": b"\x01" * 32}, b"data")
+    assert type(built) is Event and built == reference and repr(built) == repr(reference)
+    assert (built.index, built.pcr, built.event_type, built.data) == (3, 7, 0x0D, b"data")
+    assert built != replace(reference, pcr=8)
+    assert replace(built, data=b"other") == replace(reference, data=b"other")
+    with pytest.raises(FrozenInstanceError):
+        built.pcr = 0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("algs", [[SHA256], [SHA1, SHA256], [SHA1, SHA256, 0x000C],
+                                  [0x7F01, SHA256], [SHA256, 0x7F01, SHA1], [0x7F01]],
+                         ids=["sha256", "sha1+sha256", "three", "unknown+sha256",
+                              "sha256+unknown+sha1", "only-unknown"])
+def test_events_in_declaration_order_take_the_fast_path(algs: list[int]) -> None:
+    """If the fast path silently fell back, the differential fuzz test would compare the
+    general path with itself; here the general reader is made to fail instead."""
+    sizes = {SHA1: 20, SHA256: 32, 0x000C: 48, 0x7F01: 7}
+    digests = [(a, bytes([n]) * sizes[a]) for n, a in enumerate(algs, 1)]
+    raw = (spec_id([(a, sizes[a]) for a in algs])
+           + event2(4, 0x0D, digests, b"one") + event2(23, 0x80000003, digests, b""))
+    with mock.patch.object(eventlog_parse, "_agile_event", side_effect=AssertionError):
+        log = parse_event_log(raw)
+    expected = {HASH_ALGORITHMS[a][0]: d for a, d in digests if a in HASH_ALGORITHMS}
+    assert [(e.index, e.pcr, e.event_type, e.digests, e.data) for e in log.events[1:]] == \
+        [(1, 4, 0x0D, expected, b"one"), (2, 23, 0x80000003, expected, b"")]
+    assert list(log.events[1].digests) == [HASH_ALGORITHMS[a][0] for a in algs
+                                           if a in HASH_ALGORITHMS]  # log order kept
+
+
+@needs_fixtures
+@pytest.mark.parametrize("path", [KEYLIME / "binary_bios_measurements",
+                                  KEYLIME / "binary_bios_measurements-secureboot",
+                                  TPM2_TOOLS / "event-gce-ubuntu-2104-log.bin",
+                                  TPM2_TOOLS / "event-moklisttrusted.bin"],
+                         ids=lambda p: p.name)
+def test_real_logs_take_the_fast_path_for_every_event(path: Path) -> None:
+    raw = path.read_bytes()
+    with mock.patch.object(eventlog_parse, "_agile_event", side_effect=AssertionError):
+        fast = parse_event_log(raw)
+    assert fast == parse_event_log(raw)  # and the general path is the fuzz tests' business
+
+
+def test_sm3_bank_replays() -> None:
+    digest = bytes(range(32))
+    log = EventLog(None, (Event(1, 4, 0x0D, {"sm3_256": digest}, b""),
+                          Event(2, 4, 0x0D, {"sm3_256": digest}, b"")))
+    value = bytes(32)
+    for _ in range(2):
+        ctx = hashes.Hash(hashes.SM3())
+        ctx.update(value + digest)
+        value = ctx.finalize()
+    assert replay_event_log(log) == {"sm3_256": {4: value}}

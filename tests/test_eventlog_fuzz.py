@@ -173,3 +173,34 @@ def test_mutated_counts_and_sizes(data: st.DataObject) -> None:
             parse_event_log(bytes(raw))
     else:
         _check_fast_path(bytes(raw))
+
+
+# Declarable algorithms for the layout fuzz: the fast path has one branch for one known bank,
+# one for two and a generic one for the rest (three or more, or unknown algorithms dropped).
+_ALGS = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x0012: 32, 0x7F01: 7, 0x0027: 32}
+
+
+def _layout_log(algs: list[int], events: list[tuple[int, bytes, bytes]]) -> bytes:
+    body = (b"Spec ID Event03\x00" + struct.pack("<IBBBBI", 0, 0, 2, 0, 2, len(algs))
+            + b"".join(struct.pack("<HH", a, _ALGS[a]) for a in algs) + b"\x00")
+    raw = struct.pack("<II20sI", 0, 3, bytes(20), len(body)) + body
+    for pcr, seed, data in events:
+        raw += struct.pack("<III", pcr, 0x0D, len(algs))
+        raw += b"".join(struct.pack("<H", a) + (seed * _ALGS[a])[:_ALGS[a]] for a in algs)
+        raw += struct.pack("<I", len(data)) + data
+    return raw
+
+
+@FUZZ
+@given(st.data())
+def test_fast_path_agrees_with_general_path_for_any_declared_algorithms(
+        data: st.DataObject) -> None:
+    """Any Spec ID algorithm set, events in declaration order (the fast path), then mutations."""
+    algs = data.draw(st.lists(st.sampled_from(sorted(_ALGS)), min_size=1, max_size=5,
+                              unique=True))
+    events = data.draw(st.lists(st.tuples(st.integers(0, 30), st.binary(min_size=1, max_size=4),
+                                          st.binary(max_size=24)), min_size=1, max_size=6))
+    raw = bytearray(_layout_log(algs, events))
+    for _ in range(data.draw(st.integers(0, 3))):
+        raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+    _check_fast_path(bytes(raw))

@@ -7,7 +7,9 @@ Digests are keyed by hash *name* (``"sha256"``), the same names the quote code u
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 # TPM_ALG_ID -> (name, digest size). The digest size is also what the Spec ID event must declare.
 HASH_ALGORITHMS: dict[int, tuple[str, int]] = {
@@ -113,6 +115,35 @@ class Event:
     @property
     def type_name(self) -> str:
         return event_type_name(self.event_type)
+
+
+def _slot_setter(name: str) -> Callable[[Event, Any], None]:
+    setter: Callable[[Event, Any], None] = vars(Event)[name].__set__
+    return setter
+
+
+_new_object = object.__new__
+_set_index, _set_pcr, _set_event_type, _set_digests, _set_data = (
+    _slot_setter(name) for name in ("index", "pcr", "event_type", "digests", "data"))
+
+
+def new_event(index: int, pcr: int, event_type: int, digests: dict[str, bytes],
+              data: bytes) -> Event:
+    """``Event(index, pcr, event_type, digests, data)``, about twice as cheap to call.
+
+    A frozen dataclass's ``__init__`` must go through ``object.__setattr__`` once per field
+    (~1 µs per event on the benchmark VM, the single largest cost of parsing). Writing the
+    slots through their member descriptors skips that dispatch; the result is an ordinary
+    :class:`Event` (still frozen, equal to one built by ``Event(...)``, usable with
+    ``dataclasses.replace``). Like the dataclass's own ``__init__``, it checks no types.
+    """
+    event: Event = _new_object(Event)
+    _set_index(event, index)
+    _set_pcr(event, pcr)
+    _set_event_type(event, event_type)
+    _set_digests(event, digests)
+    _set_data(event, data)
+    return event
 
 
 @dataclass(frozen=True, slots=True)

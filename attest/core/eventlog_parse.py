@@ -45,6 +45,7 @@ from attest.core.eventlog_model import (
     Event,
     EventLog,
     SpecIdEvent,
+    new_event,
 )
 
 MAX_LOG_BYTES = 16 * 1024 * 1024
@@ -103,27 +104,51 @@ def _agile_events(data: bytes, offset: int, end: int, spec_id: SpecIdEvent,
     Anything else, or any event the fast path cannot fully validate, goes through
     :func:`_agile_event`, which also produces the precise error. The fuzz tests check that
     both paths agree.
+
+    This loop is the parser's hot spot (one pass per event of a ~100-event log), so it binds
+    everything it calls to locals, builds the digest dict without ``zip`` (``dict(zip(...,
+    strict=True))`` alone cost 1.3 µs per event on the benchmark VM) and the Event through
+    :func:`new_event` (0.5 µs instead of 1–1.6 µs).
     """
     sizes = dict(spec_id.algorithms)
     alg_ids = tuple(alg for alg, _ in spec_id.algorithms)
-    names = [HASH_ALGORITHMS[alg][0] if alg in HASH_ALGORITHMS else None for alg in alg_ids]
+    # (name, position in the unpacked tuple) of each digest kept; unknown algorithms are
+    # dropped, as the general path does.
+    known = tuple((HASH_ALGORITHMS[alg][0], 4 + 2 * i) for i, alg in enumerate(alg_ids)
+                  if alg in HASH_ALGORITHMS)
+    # The usual layouts (sha256 alone, or sha1 + sha256) get a dict display: 2x cheaper than
+    # the comprehension and 4x cheaper than dict(zip(...)).
+    n_known = len(known)
+    (name0, at0), (name1, at1) = (*known, ("", 0), ("", 0))[:2]  # unused slots: placeholders
     fast = struct.Struct("<III" + "".join(f"H{size}s" for _, size in spec_id.algorithms) + "I")
-    n_algs, limit = len(alg_ids), len(data)
+    unpack, head, n_algs = fast.unpack_from, fast.size, len(alg_ids)
+    limit = len(data)
+    last_head = limit - head  # a fixed-layout header fits only at offsets up to here
+    append, make = events.append, new_event
+    pcr_count, max_size = PCR_COUNT, MAX_EVENT_DATA
+    index = len(events)
     while offset < end:
-        index = len(events)
-        if offset + fast.size <= limit:
-            fields = fast.unpack_from(data, offset)
-            pos = offset + fast.size
+        if offset <= last_head:
+            fields = unpack(data, offset)
+            pos = offset + head
             size = fields[-1]
-            if (fields[2] == n_algs and fields[3:-1:2] == alg_ids and fields[0] < PCR_COUNT
-                    and size <= MAX_EVENT_DATA and pos + size <= limit):
-                digests = {name: digest for name, digest in zip(names, fields[4:-1:2],
-                                                                strict=True) if name}
-                events.append(Event(index, fields[0], fields[1], digests, data[pos:pos + size]))
+            # Same checks as the general path, which then has nothing left to reject: PCR
+            # index, digest count, algorithm ids in declaration order, and the data bounds.
+            if (fields[0] < pcr_count and fields[2] == n_algs and fields[3:-1:2] == alg_ids
+                    and size <= max_size and pos + size <= limit):
+                if n_known == 2:
+                    digests = {name0: fields[at0], name1: fields[at1]}
+                elif n_known == 1:
+                    digests = {name0: fields[at0]}
+                else:
+                    digests = {name: fields[at] for name, at in known}
                 offset = pos + size
+                append(make(index, fields[0], fields[1], digests, data[pos:offset]))
+                index += 1
                 continue
         event, offset = _agile_event(data, offset, index, sizes)
-        events.append(event)
+        append(event)
+        index += 1
 
 
 def _truncated(what: str, index: int, offset: int, need: int, have: int) -> EventLogTruncated:
@@ -157,7 +182,7 @@ def _legacy_event(data: bytes, offset: int, index: int) -> tuple[Event, int]:
     pcr, event_type, digest, _ = _LEGACY_HEADER.unpack_from(data, offset)
     _check_pcr(pcr, index, offset)
     payload, after = _event_data(data, offset + _LEGACY_HEADER.size - 4, index, offset)
-    return Event(index, pcr, event_type, {"sha1": digest}, payload), after
+    return new_event(index, pcr, event_type, {"sha1": digest}, payload), after
 
 
 def _agile_event(data: bytes, offset: int, index: int,
@@ -195,6 +220,8 @@ def _agile_event(data: bytes, offset: int, index: int,
             digests[known[0]] = data[pos:pos + size]
         pos += size
     payload, after = _event_data(data, pos, index, offset)
+    # The dataclass constructor on purpose (not new_event): this path is the fast path's
+    # reference in the differential fuzz test, so it shares as little with it as it can.
     return Event(index, pcr, event_type, digests, payload), after
 
 
