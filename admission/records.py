@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from admission.models import AdmittedPodRow
@@ -99,6 +101,24 @@ class SqlAdmissionRecords:
         row.verified, row.policy_generation = record["verified"], record["policy_generation"]
         row.admitted_at = self.now()
 
+    def _upsert_many(self, records: Sequence[dict[str, Any]]) -> None:
+        """One ``INSERT … ON CONFLICT (uid) DO UPDATE`` over the whole batch (SQLite and
+        PostgreSQL both have it): the per-row ORM select-then-write cost more than the review."""
+        engine = self.sessions.kw["bind"]
+        insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(AdmittedPodRow)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[AdmittedPodRow.uid],
+            set_={c: stmt.excluded[c] for c in ("namespace", "name", "images", "verified",
+                                               "policy_generation", "admitted_at")})
+        now = self.now()
+        rows = [{"id": str(uuid.uuid4()), "uid": r["uid"], "namespace": r["namespace"],
+                 "name": r["name"], "images": [i.as_dict() for i in r["images"]],
+                 "verified": r["verified"], "policy_generation": r["policy_generation"],
+                 "admitted_at": now} for r in records]
+        with engine.begin() as conn:
+            conn.execute(stmt, rows)
+
     def _ensure_writer(self) -> None:
         with self._writer_lock:
             if self._writer is None or not self._writer.is_alive():
@@ -116,9 +136,7 @@ class SqlAdmissionRecords:
                     break
             error: BaseException | None = None
             try:
-                with self.sessions.begin() as session:
-                    for pending in batch:
-                        self._upsert(session, pending.record)
+                self._upsert_many([pending.record for pending in batch])
             except Exception as exc:  # every waiting review is denied (fail closed)
                 error = exc
             for pending in batch:

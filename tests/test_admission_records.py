@@ -49,3 +49,30 @@ def test_record_async_failure_reaches_the_caller(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="admission_pods"):
         asyncio.run(records.record_async(namespace="t", name="p", uid="u", images=[],
                                          verified=True, policy_generation="g"))
+
+
+def _upsert_twice(url: str) -> None:
+    import asyncio
+    _, sessions = open_database(url)
+    records = SqlAdmissionRecords(sessions)
+    first = AdmittedImage("spec.containers[0]", "r/a:1", "sha256:" + "a" * 64, ("k1",))
+    second = AdmittedImage("spec.containers[0]", "r/a:2", "sha256:" + "b" * 64, ("k2",))
+
+    async def go() -> None:
+        await records.record_async(namespace="t", name="p", uid="same", images=[first],
+                                   verified=True, policy_generation="g1")
+        await asyncio.gather(*(records.record_async(
+            namespace="t", name="p", uid="same", images=[second], verified=False,
+            policy_generation="g2") for _ in range(5)))
+    asyncio.run(go())
+    got = records.lookup("same")
+    assert got is not None and got.images == (second,) and not got.verified
+    assert got.policy_generation == "g2"
+
+
+def test_record_async_upserts_on_sqlite(tmp_path: Path) -> None:
+    _upsert_twice(f"sqlite:///{tmp_path / 'db.sqlite'}")
+
+
+def test_record_async_upserts_on_postgres(pg_database: str) -> None:
+    _upsert_twice(pg_database)
