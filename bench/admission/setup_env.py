@@ -118,6 +118,12 @@ def run_webhook(work: Path, python: str = sys.executable,
     certs = create_webhook_certs(work / "certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
     port = free_port()
+    # The webhook shares the control plane's database, which `umec server` has migrated
+    # already; migrate it here so the webhook starts as it does in a cluster (a process that
+    # finds the schema current never loads Alembic).
+    from umec.db import open_database
+    from umec.settings import Settings
+    open_database(Settings(data_dir=work / "webhook-data").resolved_database_url())[0].dispose()
     env = {**os.environ, "UMEC_DATA_DIR": str(work / "webhook-data"),
            "UMEC_ADMISSION_POLICY_DIR": str(work / "policies"),
            "UMEC_WEBHOOK_TLS_CERT": str(certs.cert), "UMEC_WEBHOOK_TLS_KEY": str(certs.key),
