@@ -8,17 +8,12 @@ An attestation key is only worth something if the TPM guarantees that it never l
 from __future__ import annotations
 
 from attest.core.errors import AttestationError
+from attest.core.tpm_public import ObjectAttributes
 from attest.core.tpm_structs import TpmPublic
 
-FIXED_TPM = 1 << 1
-FIXED_PARENT = 1 << 4
-SENSITIVE_DATA_ORIGIN = 1 << 5
-RESTRICTED = 1 << 16
-DECRYPT = 1 << 17
-SIGN = 1 << 18
-
-_REQUIRED = {"fixedTPM": FIXED_TPM, "fixedParent": FIXED_PARENT,
-             "sensitiveDataOrigin": SENSITIVE_DATA_ORIGIN, "restricted": RESTRICTED, "sign": SIGN}
+_REQUIRED = {"fixedTPM": ObjectAttributes.FIXED_TPM, "fixedParent": ObjectAttributes.FIXED_PARENT,
+             "sensitiveDataOrigin": ObjectAttributes.SENSITIVE_DATA_ORIGIN,
+             "restricted": ObjectAttributes.RESTRICTED, "sign": ObjectAttributes.SIGN_ENCRYPT}
 
 
 class AkAttributesInvalid(AttestationError):
@@ -49,5 +44,5 @@ def check_ak_attributes(ak: TpmPublic) -> None:
     missing = [name for name, bit in _REQUIRED.items() if not attrs & bit]
     if missing:
         raise AkAttributesInvalid(f"AK lacks {', '.join(missing)} (attributes 0x{attrs:08x})")
-    if attrs & DECRYPT:
+    if attrs & ObjectAttributes.DECRYPT:
         raise AkAttributesInvalid(f"AK is also a decryption key (attributes 0x{attrs:08x})")
