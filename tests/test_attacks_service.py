@@ -48,7 +48,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
     settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies,
                         default_node_class="pi-k3s", nonce_ttl_seconds=30)
     server = build_server(settings)
-    with ServerThread(server.app) as http, httpx.Client(base_url=http.url, timeout=30) as c:
+    with ServerThread(server.app) as http, httpx.Client(
+            base_url=http.url, timeout=30,
+            headers={"Authorization": f"Bearer {server.operator_token}"}) as c:
         yield Env(server, c, tmp_path)
 
 
@@ -278,3 +280,20 @@ def test_attestation_result_is_a_verifiable_jwt(env: Env) -> None:
     claims = verify_jwt(verdict["attestation_result"], env.server.keys, algorithms=["ES256"],
                         issuer=env.server.attest.config.issuer, audience="umec")
     assert claims["sub"] == "node-a" and claims["state"] == "trusted"
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic abc", "Bearer"])
+def test_fleet_view_needs_the_operator_token(env: Env, authorization: str | None) -> None:
+    trusted(env)
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    for path in ("/attest/v1/nodes", "/attest/v1/nodes/node-a"):
+        with httpx.Client(base_url=str(env.client.base_url)) as anonymous:
+            resp = anonymous.get(path, headers=headers)
+        assert resp.status_code == 401, path
+        assert resp.headers["www-authenticate"].startswith("Bearer")
+        assert resp.json()["check"] == "operator.token"
+    # the token file is private to the server's user
+    import stat
+    token_file = env.tmp / "srv" / "operator-token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert token_file.read_text().strip() == env.server.operator_token

@@ -48,7 +48,9 @@ def plane_factory(tmp_path: Path, manufacturer_ca: SwtpmCa,
                             database_url=database_url, **overrides)  # type: ignore[arg-type]
         server = build_server(settings)
         http = ServerThread(server.app).start()
-        plane = Plane(server, http, httpx.Client(base_url=http.url, timeout=30), settings)
+        plane = Plane(server, http, httpx.Client(
+            base_url=http.url, timeout=30,
+            headers={"Authorization": f"Bearer {server.operator_token}"}), settings)
         planes.append(plane)
         return plane
     yield make

@@ -98,7 +98,8 @@ def test_one_leader_for_deadline_checks(replicas) -> None:  # type: ignore[no-un
 
 def test_stale_detected_once_with_two_replicas(replicas) -> None:  # type: ignore[no-untyped-def]
     servers = replicas(2, stale_grace_seconds=0.5, deadline_check_seconds=0.2)
-    with httpx.Client(base_url=servers[1].url, timeout=30) as client:
+    with httpx.Client(base_url=servers[1].url, timeout=30,
+                      headers={"Authorization": f"Bearer {servers[1].operator_token}"}) as client:
         node = SimulatedNode("node-a", client)
         allow(servers, node)
         node.enroll_and_activate()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from attest.service.notify_webhook import WebhookSink
 from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
 from attest.service.verifier import Lease, mark_stale_nodes
-from keys import KeyRing, sign_jwt
+from keys import KeyRing, atomic_write, sign_jwt
 from umec.db import open_database
 from umec.settings import Settings
 
@@ -70,6 +71,20 @@ class Server:
     attest: AttestContext
     keys: KeyRing
 
+    @property
+    def operator_token(self) -> str:
+        return self.attest.config.operator_token
+
+
+def _operator_token(settings: Settings) -> str:
+    """The configured token, else one generated once and kept (0600) in the data directory."""
+    if settings.operator_token:
+        return settings.operator_token
+    path = settings.data_dir / "operator-token"
+    with contextlib.suppress(FileExistsError):  # another process made it first: use that one
+        atomic_write(path, secrets.token_urlsafe(32).encode(), overwrite=False)
+    return path.read_text().strip()
+
 
 def _attest_config(settings: Settings) -> AttestConfig:
     anchors: list[x509.Certificate] = []
@@ -84,6 +99,7 @@ def _attest_config(settings: Settings) -> AttestConfig:
         interval_seconds=settings.attestation_interval_seconds,
         stale_grace_seconds=settings.stale_grace_seconds,
         result_ttl_seconds=settings.result_ttl_seconds,
+        operator_token=_operator_token(settings),
         issuer=settings.public_url or f"http://{settings.listen_host}:{settings.listen_port}")
 
 

@@ -88,7 +88,9 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
         server = build_server(settings)
         http = stack.enter_context(ServerThread(server.app))
         console.print(f"  server on {http.url} (database {settings.resolved_database_url()})")
-        client = stack.enter_context(httpx.Client(base_url=http.url, timeout=30))
+        client = stack.enter_context(httpx.Client(
+            base_url=http.url, timeout=30,
+            headers={"Authorization": f"Bearer {server.operator_token}"}))
 
         step("3. Both agents enrol (EK cert chain, AK attributes, MakeCredential) and attest")
         agents: dict[str, Agent] = {}

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     public_url: str = Field(default="", description="Issuer URL of attestation results.")
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    operator_token: str = Field(default="", description="Bearer token for the fleet view; "
+                                "generated into data_dir/operator-token when empty.")
 
     # attestation
     ek_ca_bundle: Path | None = Field(default=None, description="PEM: manufacturer EK CAs.")

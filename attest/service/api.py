@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Header, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
 from sqlalchemy import select
@@ -145,14 +146,36 @@ def make_router(ctx: AttestContext) -> APIRouter:
                     "reason": res.verdict.reason, "attestation_result": res.result_token}
         return _guarded(run)
 
+    def operator_refusal(authorization: str | None) -> JSONResponse | None:
+        """The fleet view is for operators: ``Authorization: Bearer <UMEC_OPERATOR_TOKEN>``."""
+        expected = ctx.config.operator_token
+        scheme, _, token = (authorization or "").partition(" ")
+        if expected and scheme.lower() == "bearer" and hmac.compare_digest(
+                token.encode(), expected.encode()):
+            return None
+        return JSONResponse(
+            status_code=401, media_type="application/problem+json",
+            headers={"WWW-Authenticate": 'Bearer realm="umec-operator"'},
+            content={"type": "urn:umec:attest:operator.unauthorized", "title": "Unauthorized",
+                     "status": 401, "check": "operator.token",
+                     "detail": "missing or wrong operator bearer token",
+                     "hint": "Send Authorization: Bearer <token> (UMEC_OPERATOR_TOKEN, or the "
+                             "operator-token file in the server's data directory)."})
+
     @r.get("/nodes")
-    def list_nodes() -> list[dict[str, Any]]:
+    def list_nodes(authorization: Annotated[str | None, Header()] = None) -> Any:
+        refusal = operator_refusal(authorization)
+        if refusal is not None:
+            return refusal
         with ctx.sessions() as session:
             rows = session.scalars(select(NodeRow).order_by(NodeRow.name))
             return [node_summary(n) for n in rows]
 
     @r.get("/nodes/{node}")
-    def get_node(node: NodeName) -> Any:
+    def get_node(node: NodeName, authorization: Annotated[str | None, Header()] = None) -> Any:
+        refusal = operator_refusal(authorization)
+        if refusal is not None:
+            return refusal
         with ctx.sessions() as session:
             row = session.get(NodeRow, node)
             if row is None:

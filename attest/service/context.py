@@ -46,6 +46,8 @@ class AttestConfig:
     issuer: str = "umec-attest"
     max_failed_activations: int = 10
     policy_ttl_seconds: float = 2.0
+    # Bearer token for the operator's read routes (fleet listing); nodes never need it.
+    operator_token: str = ""
 
 
 def utcnow() -> datetime:
