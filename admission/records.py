@@ -79,9 +79,8 @@ class SqlAdmissionRecords:
     def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
                verified: bool, policy_generation: str) -> None:
         """Insert or replace the record of one pod UID (a re-review replaces the old one)."""
-        with self.sessions.begin() as session:
-            self._upsert(session, dict(namespace=namespace, name=name, uid=uid, images=images,
-                                       verified=verified, policy_generation=policy_generation))
+        self._upsert_many([dict(namespace=namespace, name=name, uid=uid, images=images,
+                                verified=verified, policy_generation=policy_generation)])
 
     async def record_async(self, **record: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -89,17 +88,6 @@ class SqlAdmissionRecords:
         self._ensure_writer()
         self._queue.put(_Pending(record, done, loop))
         await done
-
-    def _upsert(self, session: Session, record: dict[str, Any]) -> None:
-        row = session.scalars(
-            select(AdmittedPodRow).where(AdmittedPodRow.uid == record["uid"])).first()
-        if row is None:
-            row = AdmittedPodRow(id=str(uuid.uuid4()), uid=record["uid"])
-            session.add(row)
-        row.namespace, row.name = record["namespace"], record["name"]
-        row.images = [i.as_dict() for i in record["images"]]
-        row.verified, row.policy_generation = record["verified"], record["policy_generation"]
-        row.admitted_at = self.now()
 
     def _upsert_many(self, records: Sequence[dict[str, Any]]) -> None:
         """One ``INSERT … ON CONFLICT (uid) DO UPDATE`` over the whole batch (SQLite and
