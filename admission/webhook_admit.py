@@ -31,7 +31,6 @@ from typing import Any, Protocol
 from admission.core.errors import AdmissionError
 from admission.core.policy import PolicySet, Signer
 from admission.core.review import (
-    SUPPORTED_KINDS,
     ContainerImage,
     ReviewRequest,
     container_images,
@@ -121,8 +120,11 @@ class Admitter:
     async def _skip(self, req: ReviewRequest) -> bool:
         if req.operation not in ("CREATE", "UPDATE") or req.object is None:
             return True
-        if req.namespace == self.deps.own_namespace or req.kind not in SUPPORTED_KINDS:
+        if req.namespace == self.deps.own_namespace:
             return True
+        # An unsupported kind is NOT skipped: images we cannot find are images we did not
+        # verify. container_images() raises UnsupportedKind, which denies (fail closed); the
+        # webhook configurations in deploy/ only route the supported kinds here anyway.
         check = self.deps.namespace_opted_in
         return check is not None and not await check(req.namespace)
 

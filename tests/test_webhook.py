@@ -275,3 +275,15 @@ def test_cache_ttl_and_failures_not_cached() -> None:
         assert await cache.get("k", ok) == (2, False)
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+def test_unsupported_kind_is_denied_not_skipped(server: Any, path: str) -> None:
+    """Images of a kind we cannot read are images we did not verify: fail closed."""
+    client, _ = server
+    obj = {"apiVersion": "batch.example.com/v1", "kind": "PodFactory",
+           "metadata": {"name": "x", "namespace": "tenant-a"},
+           "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "evil:1"}]}}}}
+    answer = post(client, path, review(obj))
+    assert answer["allowed"] is False
+    assert "PodFactory" in answer["status"]["message"]
