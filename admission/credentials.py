@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -164,6 +165,15 @@ class Credentials:
             doc = _json_object(raw, f"{source} {key}")
             return _parse_auths(doc if legacy else doc.get("auths", {}), source)
         raise CredentialsMalformed(f"{source}: no .dockerconfigjson or .dockercfg in the Secret")
+
+    def fingerprint(self) -> str:
+        """A digest naming exactly this set of credentials (cache keys; never the secrets)."""
+        h = hashlib.sha256()
+        for host in sorted(self._entries):
+            c = self._entries[host]
+            for part in (host, c.username, c.password, c.identity_token):
+                h.update(b"\0" + (part or "").encode())
+        return h.hexdigest()[:32]
 
     def merged(self, other: Credentials) -> Credentials:
         """Self first, then hosts only ``other`` knows."""

@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import copy
 import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Self
 
 import httpx
 
@@ -99,6 +101,16 @@ class RegistryHttp:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def with_credentials(self, credentials: Credentials) -> Self:
+        """A client for other credentials (a pod's imagePullSecrets) over the same connection
+        pool. Tokens and the Basic-auth memory are per credentials, never shared; closing the
+        original closes the pool for both."""
+        other = copy.copy(self)
+        other.credentials = credentials
+        other._tokens = TokenCache()
+        other._basic_registries = set()
+        return other
 
     def base_url(self, registry: str) -> str:
         host = DOCKER_HUB_API if registry == DOCKER_HUB else registry

@@ -32,12 +32,15 @@ from admission.core.errors import AdmissionError
 from admission.core.policy import PolicySet, Signer
 from admission.core.review import (
     ContainerImage,
+    PullSecretRefs,
     ReviewRequest,
     container_images,
     pin_patch,
+    pull_secret_refs,
     review_response,
     split_image,
 )
+from admission.credentials import Credentials
 from admission.records import AdmittedImage
 from admission.rego import RegoDecision, RegoFailed
 from admission.webhook_cache import SingleFlightCache
@@ -48,13 +51,19 @@ OPT_IN_LABEL = ("umec.io/verify", "enabled")
 
 
 class ImageResolver(Protocol):
-    async def resolve(self, image: str) -> str:
-        """Digest (``sha256:…``) the image's tag points to now."""
+    async def resolve(self, image: str, credentials: Credentials | None = None) -> str:
+        """Digest (``sha256:…``) the image's tag points to now (with the pod's credentials)."""
 
 
 class SignatureVerifier(Protocol):
-    async def verify(self, image: str, keys: Mapping[str, PublicKey]) -> Sequence[Signer]:
+    async def verify(self, image: str, keys: Mapping[str, PublicKey],
+                     credentials: Credentials | None = None) -> Sequence[Signer]:
         """Signatures of ``image`` (``name@digest``) valid under ``keys`` (key id → key)."""
+
+
+class PullCredentialSource(Protocol):
+    async def credentials(self, namespace: str, refs: PullSecretRefs) -> Credentials:
+        """The registry credentials the kubelet would use for this pod."""
 
 
 class AdmissionRecords(Protocol):
@@ -86,6 +95,7 @@ class WebhookDeps:
     records: AdmissionRecords | None = None
     own_namespace: str = "umec-system"
     namespace_opted_in: Callable[[str], Awaitable[bool]] | None = None
+    pull_secrets: PullCredentialSource | None = None
     timeout_seconds: float = 10.0              # the webhook configuration's timeoutSeconds
     deadline_seconds: float | None = None      # default: timeout - 1 s
     resolve_ttl: float = 30.0
@@ -103,6 +113,7 @@ class WebhookDeps:
 class _Image:
     container: ContainerImage
     step: str = "parse"
+    credentials: Credentials | None = None
     digest: str | None = None
     normalized: str = ""
     signers: tuple[Signer, ...] = ()
@@ -113,7 +124,10 @@ class _Image:
 class Admitter:
     def __init__(self, deps: WebhookDeps) -> None:
         self.deps = deps
-        self.resolved: SingleFlightCache[str, str] = SingleFlightCache(deps.resolve_ttl)
+        # Keyed by credentials too: a pod must not learn, from the cache, where a tag points in
+        # a registry it has no credentials for.
+        self.resolved: SingleFlightCache[tuple[str, str], str] = \
+            SingleFlightCache(deps.resolve_ttl)
         self.verified: SingleFlightCache[tuple[str, str], tuple[Signer, ...]] = \
             SingleFlightCache(deps.verify_ttl)
 
@@ -137,9 +151,10 @@ class Admitter:
 
     async def _resolve(self, item: _Image) -> None:
         item.step = "resolve"
-        image = item.container.image
+        image, creds = item.container.image, item.credentials
         digest, hit = await self.resolved.get(
-            image, lambda: self._timed("resolve", self.deps.resolver.resolve(image)))
+            (image, creds.fingerprint() if creds else ""),
+            lambda: self._timed("resolve", self.deps.resolver.resolve(image, creds)))
         self._count("resolve", hit)
         item.digest = digest
 
@@ -151,13 +166,17 @@ class Admitter:
         if not keys:        # no policy anywhere covers it: nothing to verify, noMatch decides
             return
         ref = f"{name}@{item.digest}"
+        # Signature validity is a property of the digest, so the cache is shared across pods;
+        # pulling the image still needs the pod's own credentials at the kubelet.
         signers, hit = await self.verified.get(
-            key, lambda: self._verify_now(ref, keys))
+            key, lambda: self._verify_now(ref, keys, item.credentials))
         self._count("verify", hit)
         item.signers = signers
 
-    async def _verify_now(self, ref: str, keys: Mapping[str, PublicKey]) -> tuple[Signer, ...]:
-        return tuple(await self._timed("verify", self.deps.verifier.verify(ref, keys)))
+    async def _verify_now(self, ref: str, keys: Mapping[str, PublicKey],
+                          credentials: Credentials | None) -> tuple[Signer, ...]:
+        return tuple(await self._timed(
+            "verify", self.deps.verifier.verify(ref, keys, credentials)))
 
     def _count(self, cache: str, hit: bool) -> None:
         m = self.deps.metrics
@@ -188,10 +207,12 @@ class Admitter:
                     f"step {item.step!r} for image {item.container.image} did not finish "
                     f"within the {self.deps.deadline:g}s deadline")
 
-    def _items(self, req: ReviewRequest) -> list[_Image]:
+    async def _items(self, req: ReviewRequest) -> list[_Image]:
         assert req.object is not None
         items = [_Image(c) for c in container_images(req.kind, req.object)]
+        credentials = await self._pull_credentials(req, items)
         for item in items:
+            item.credentials = credentials
             try:
                 parts = split_image(item.container.image)
                 item.digest, item.normalized = parts.digest, parts.normalized
@@ -199,10 +220,31 @@ class Admitter:
                 item.error = e
         return items
 
+    async def _pull_credentials(self, req: ReviewRequest,
+                                items: list[_Image]) -> Credentials | None:
+        """The pod's imagePullSecrets (or its ServiceAccount's), when a source is wired and
+        some image still needs the registry. Failure marks every image (fail closed)."""
+        source = self.deps.pull_secrets
+        if source is None or not items:
+            return None
+        assert req.object is not None
+        try:
+            refs = pull_secret_refs(req.kind, req.object)
+            return await asyncio.wait_for(source.credentials(req.namespace, refs),
+                                          self.deps.deadline)
+        except AdmissionError as e:
+            error: AdmissionError = e
+        except TimeoutError:
+            error = DeadlineExceeded(f"reading the imagePullSecrets of namespace "
+                                     f"{req.namespace!r} took longer than the deadline")
+        for item in items:
+            item.step, item.error = "credentials", error
+        return None
+
     async def mutate(self, req: ReviewRequest) -> dict[str, Any]:
         if await self._skip(req):
             return review_response(req.uid, allowed=True)
-        items = self._items(req)
+        items = await self._items(req)
         for item in items:
             item.step = "resolve"
         await self._run_all([i for i in items if i.digest is None], self._resolve)
@@ -219,7 +261,7 @@ class Admitter:
         if await self._skip(req):
             return review_response(req.uid, allowed=True)
         policies = self.deps.policies()
-        items = self._items(req)
+        items = await self._items(req)
         for item in items:
             item.step = "verify"
         await self._run_all([i for i in items if i.digest is not None],

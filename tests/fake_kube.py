@@ -34,6 +34,7 @@ import json
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,6 +44,8 @@ from typing import Any
 import kubernetes.client
 
 NODE_PATH = re.compile(r"^/api/v1/nodes/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
+NAMESPACED_PATH = re.compile(
+    r"^/api/v1/namespaces/([a-z0-9][-a-z0-9]*)/(secrets|serviceaccounts)/([a-z0-9][-a-z0-9.]*)$")
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -180,6 +183,9 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.nodes: dict[str, dict[str, Any]] = {}
+        # Namespaced objects served read-only: (resource, namespace, name) → object.
+        self.namespaced: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.delay = 0.0  # seconds every answer waits (an API server that hangs)
         self.requests: list[RecordedRequest] = []
         self._rv = 1000
         self._lock = threading.Lock()
@@ -220,6 +226,19 @@ class FakeKube:
                 "status": {},
             }
 
+    def add_secret(self, namespace: str, name: str, type_: str,
+                   data: dict[str, str]) -> None:
+        self.namespaced[("secrets", namespace, name)] = {
+            "apiVersion": "v1", "kind": "Secret", "type": type_, "data": dict(data),
+            "metadata": {"name": name, "namespace": namespace, "uid": f"uid-{name}"}}
+
+    def add_service_account(self, namespace: str, name: str,
+                            pull_secrets: list[str]) -> None:
+        self.namespaced[("serviceaccounts", namespace, name)] = {
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": namespace},
+            "imagePullSecrets": [{"name": n} for n in pull_secrets]}
+
     def node(self, name: str) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self.nodes[name])
@@ -246,6 +265,18 @@ class FakeKube:
         if self._failures:
             code = self._failures.pop(0)
             return code, _status(code, "InternalError", "injected failure")
+        if self.delay:
+            time.sleep(self.delay)
+        namespaced = NAMESPACED_PATH.match(path.split("?", 1)[0])
+        if namespaced is not None:
+            key = (namespaced.group(2), namespaced.group(1), namespaced.group(3))
+            if method != "GET":
+                return 405, _status(405, "MethodNotAllowed", method)
+            with self._lock:
+                obj = self.namespaced.get(key)
+            if obj is None:
+                return 404, _status(404, "NotFound", f'{key[0]} "{key[2]}" not found')
+            return 200, copy.deepcopy(obj)
         match = NODE_PATH.match(path.split("?", 1)[0])
         if match is None:
             return 404, _status(404, "NotFound", f"the server could not find {path}")

@@ -25,7 +25,7 @@ from keys import generate_private_key, public_key_pem, save_private_key
 from tests.oci_images import push_image
 from tests.registry_fixture import RunningRegistry, registry, requires_registry
 from tests.webhook_helpers import pod_spec, policy_doc, review, serve_tls, workload
-from umec.admission_wiring import build_webhook
+from umec.admission_wiring import CosignVerifier, RegistryClients, build_webhook
 from umec.db import open_database
 from umec.settings import Settings
 
@@ -221,7 +221,6 @@ def test_verifier_looks_at_bundles_only_when_legacy_signatures_do_not_cover_ever
         registry: RunningRegistry, keys_dir: Path) -> None:
     from admission.core.keys_cosign import load_verification_key
     from admission.registry import RegistryClient
-    from umec.admission_wiring import CosignVerifier
     base = f"{registry.host}/bundles-{uuid.uuid4().hex[:8]}"
     push(registry, f"{base}/app:1.0")
     assert umec(["sign", f"{base}/app:1.0", "--key", str(keys_dir / "ci.key"),
@@ -233,7 +232,8 @@ def test_verifier_looks_at_bundles_only_when_legacy_signatures_do_not_cover_ever
     async def verify(keys: dict[str, Any]) -> tuple[set[tuple[str, str]], int]:
         async with RegistryClient() as client:
             before = client.requests_sent
-            signers = await CosignVerifier(client).verify(f"{base}/app@{digest}", keys)
+            verifier = CosignVerifier(RegistryClients(client))
+            signers = await verifier.verify(f"{base}/app@{digest}", keys)
             return {(s.key_id, s.kind) for s in signers}, client.requests_sent - before
     only_ci, requests_ci = asyncio.run(verify({"ci": ci}))
     assert only_ci == {("ci", "legacy")}

@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from admission.certs import create_webhook_certs
+from admission.credentials import Credentials
 from admission.records import AdmittedImage
 from keys import PrivateKey, PublicKey, generate_private_key, key_thumbprint, public_key_pem
 
@@ -69,9 +70,11 @@ class FakeResolver:
     delay: float = 0.0
     hang: bool = False
     calls: int = 0
+    credentials_seen: list[Credentials | None] = field(default_factory=list)
 
-    async def resolve(self, image: str) -> str:
+    async def resolve(self, image: str, credentials: Credentials | None = None) -> str:
         self.calls += 1
+        self.credentials_seen.append(credentials)
         if self.hang:
             await asyncio.Event().wait()
         await asyncio.sleep(self.delay)
@@ -92,7 +95,8 @@ class FakeVerifier:
     def sign(self, ref: str, k: PrivateKey, digest: str | None = None) -> None:
         self.signed.setdefault(ref, []).append((digest or ref.split("@")[1], k))
 
-    async def verify(self, image: str, keys: Mapping[str, PublicKey]) -> list[Sig]:
+    async def verify(self, image: str, keys: Mapping[str, PublicKey],
+                     credentials: Credentials | None = None) -> list[Sig]:
         self.calls += 1
         if self.hang:
             await asyncio.Event().wait()

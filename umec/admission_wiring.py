@@ -3,6 +3,7 @@ webhook's protocols, policies from files, records in SQL."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -14,6 +15,7 @@ from admission.core.policy import PolicySet, load_policies_yaml
 from admission.core.reference import parse_reference
 from admission.core.verify import VerifiedSignature
 from admission.credentials import Credentials
+from admission.pull_secrets import KubePullSecrets
 from admission.records import SqlAdmissionRecords
 from admission.registry import RegistryClient
 from admission.rego import RegoEvaluator
@@ -25,14 +27,41 @@ from umec.db import open_database
 from umec.settings import Settings
 
 
+class RegistryClients:
+    """One registry client per set of pod credentials, sharing one connection pool.
+
+    A pod's imagePullSecrets come first, then the webhook's own docker config (the kubelet's
+    order). Clients are kept for the last ``size`` credential sets so bearer tokens are reused.
+    """
+
+    def __init__(self, base: RegistryClient, size: int = 128) -> None:
+        self.base = base
+        self.size = size
+        self._clients: OrderedDict[str, RegistryClient] = OrderedDict()
+
+    def for_pod(self, credentials: Credentials | None) -> RegistryClient:
+        if credentials is None or not len(credentials):
+            return self.base
+        merged = credentials.merged(self.base.credentials)
+        key = merged.fingerprint()
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self.base.with_credentials(merged)
+            while len(self._clients) > self.size:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(key)
+        return client
+
+
 class RegistryResolver:
     """``ImageResolver``: the digest a tag points to now, from the image's registry."""
 
-    def __init__(self, client: RegistryClient) -> None:
-        self.client = client
+    def __init__(self, clients: RegistryClients) -> None:
+        self.clients = clients
 
-    async def resolve(self, image: str) -> str:
-        return (await self.client.resolve(parse_reference(image))).digest
+    async def resolve(self, image: str, credentials: Credentials | None = None) -> str:
+        client = self.clients.for_pod(credentials)
+        return (await client.resolve(parse_reference(image))).digest
 
 
 class CosignVerifier:
@@ -42,19 +71,20 @@ class CosignVerifier:
     fewer signers, and the policy decides whether that is enough.
     """
 
-    def __init__(self, client: RegistryClient) -> None:
-        self.client = client
+    def __init__(self, clients: RegistryClients) -> None:
+        self.clients = clients
 
-    async def verify(self, image: str,
-                     keys: Mapping[str, PublicKey]) -> Sequence[VerifiedSignature]:
+    async def verify(self, image: str, keys: Mapping[str, PublicKey],
+                     credentials: Credentials | None = None) -> Sequence[VerifiedSignature]:
+        client = self.clients.for_pod(credentials)
         ref = parse_reference(image)
         # Legacy `.sig` first: when every policy key already signed there, the bundle lookup
         # (two more registry requests on registries without the referrers API) can only
         # repeat what we know. Otherwise look at both formats.
-        signers, _ = await verify_image_signatures(self.client, ref, keys, bundles=False)
+        signers, _ = await verify_image_signatures(client, ref, keys, bundles=False)
         if {s.key_id for s in signers} >= set(keys):
             return signers
-        signers, _ = await verify_image_signatures(self.client, ref, keys)
+        signers, _ = await verify_image_signatures(client, ref, keys)
         return signers
 
 
@@ -85,14 +115,27 @@ def registry_client(settings: Settings) -> RegistryClient:
 
 def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     _, sessions = open_database(settings.resolved_database_url())
-    client = registry_client(settings)
+    clients = RegistryClients(registry_client(settings))
     policies = load_policy_set(settings.admission_policy_dir)
-    deps = WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(client),
-                       verifier=CosignVerifier(client), rego=RegoEvaluator(),
+    deps = WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(clients),
+                       verifier=CosignVerifier(clients), rego=RegoEvaluator(),
+                       pull_secrets=kube_pull_secrets(settings),
                        records=SqlAdmissionRecords(sessions),
                        own_namespace=settings.webhook_namespace,
                        timeout_seconds=settings.webhook_timeout_seconds)
     return create_webhook_app(deps), deps
+
+
+def kube_pull_secrets(settings: Settings) -> KubePullSecrets | None:
+    """Pods' imagePullSecrets through the Kubernetes API, when the webhook runs in a cluster
+    (in-cluster service account) or ``kubeconfig`` is set; otherwise only the docker config."""
+    if not settings.webhook_pull_secrets:
+        return None
+    # Heavy (the kubernetes client): imported only when pull secrets are on.
+    from attest.service.notify_kube import kubernetes_api_from_config
+
+    return KubePullSecrets(kubernetes_api_from_config(
+        settings.kubeconfig, in_cluster=settings.kubeconfig is None))
 
 
 def load_public_keys(paths: Sequence[Path]) -> dict[str, PublicKey]:

@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = 10.0
     webhook_namespace: str = "umec-system"
     docker_config: Path | None = Field(default=None, description="docker config.json (auths).")
+    webhook_pull_secrets: bool = Field(
+        default=False, description="Read each pod's imagePullSecrets through the Kubernetes "
+        "API (in-cluster, or UMEC_KUBECONFIG); deploy/webhook.yaml turns this on.")
     registry_ca: Path | None = None
     registry_timeout_seconds: float = 5.0
 

@@ -50,6 +50,8 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME = re.compile(r"[a-z0-9]+(?:[._-]+[a-z0-9]+|__)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*")
 _HOST = re.compile(r"[A-Za-z0-9.-]+(?::[0-9]+)?|\[[0-9a-fA-F:]+\](?::[0-9]+)?")
 _TAG = re.compile(r"[\w][\w.-]{0,127}")
+# A DNS-1123 subdomain: what Kubernetes accepts as a Secret or ServiceAccount name.
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 class ReviewMalformed(MalformedInput):
@@ -176,6 +178,35 @@ def container_images(kind: str, obj: dict[str, Any]) -> list[ContainerImage]:
             and kind != "Pod":
         raise ReviewMalformed(f"{base}.containers is missing or empty")
     return out
+
+
+@dataclass(frozen=True)
+class PullSecretRefs:
+    """Where a pod gets its registry credentials: ``imagePullSecrets`` names in its own
+    namespace, or, when it lists none, its ServiceAccount's (the kubelet's order)."""
+
+    names: tuple[str, ...]
+    service_account: str
+
+
+def pull_secret_refs(kind: str, obj: dict[str, Any]) -> PullSecretRefs:
+    path = pod_spec_path(kind)
+    spec: Any = obj
+    for i, part in enumerate(path):
+        spec = _field(spec, part, dict, ".".join(("object", *path[:i])))
+    base = ".".join(path)
+    refs = _field(spec, "imagePullSecrets", list, base, required=False) or []
+    names = []
+    for i, ref in enumerate(refs):
+        name = _field(ref, "name", str, f"{base}.imagePullSecrets[{i}]")
+        if not _SECRET_NAME.fullmatch(name):
+            raise ReviewMalformed(f"{base}.imagePullSecrets[{i}].name {name[:80]!r} is not a "
+                                  f"valid Secret name")
+        names.append(name)
+    account = _field(spec, "serviceAccountName", str, base, required=False) or "default"
+    if not _SECRET_NAME.fullmatch(account):
+        raise ReviewMalformed(f"{base}.serviceAccountName {account[:80]!r} is not a valid name")
+    return PullSecretRefs(tuple(dict.fromkeys(names)), account)
 
 
 def split_image(image: str) -> ImageName:
