@@ -1,0 +1,80 @@
+"""ETSI MEC 011 v2.1.1: ``mec_service_mgmt/v1`` and ``mec_app_support/v1``.
+
+``umec server`` builds the store on its database and mounts ``build_mec011_routers(...)``.
+Every route takes its caller from the resource-server guard; an app acts only on its own
+``/applications/{appInstanceId}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from mec_api.mec011.http import Clock, utc_now
+from mec_api.mec011.models import Mec011Base
+from mec_api.mec011.notifier import CallbackNotifier, NotifierConfig
+from mec_api.mec011.routes_mgmt import build_mgmt_router
+from mec_api.mec011.routes_support import TimingConfig, build_support_router, notify_termination
+from mec_api.mec011.schemas import (
+    EndPointInfo,
+    GrantType,
+    OAuth2Info,
+    SecurityInfo,
+    TransportInfo,
+    TransportType,
+)
+from mec_api.mec011.store import SqlServiceRegistry
+from mec_api.mec011.store_support import SqlAppSupport
+from mec_api.principal import RouteGuard
+
+__all__ = ["CallbackNotifier", "Mec011Base", "Mec011Options", "Mec011Store", "NotifierConfig",
+           "TimingConfig", "build_mec011_routers", "notify_termination", "platform_transport"]
+
+
+@dataclass(frozen=True)
+class Mec011Store:
+    registry: SqlServiceRegistry
+    support: SqlAppSupport
+
+    @classmethod
+    def on(cls, sessions: sessionmaker[Session]) -> Mec011Store:
+        return cls(SqlServiceRegistry(sessions), SqlAppSupport(sessions))
+
+    @staticmethod
+    def create_all(engine: Engine) -> None:
+        """For tests without Alembic; servers migrate (revision 0004)."""
+        Mec011Base.metadata.create_all(engine)
+
+
+@dataclass(frozen=True)
+class Mec011Options:
+    # Where platform transports are reached (the public base URL of the µMEC APIs).
+    transport_uris: list[str] = field(default_factory=list)
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    now: Clock = utc_now
+
+
+def platform_transport(token_endpoint: str, uris: list[str]) -> TransportInfo:
+    """The one transport µMEC offers: REST over HTTP, OAuth 2.0 client credentials at our
+    token service (a tenant app exchanges its service-account token there)."""
+    return TransportInfo(
+        id="umec-rest-http", name="REST", description="µMEC REST APIs behind the token service",
+        type=TransportType.REST_HTTP, protocol="HTTP", version="1.1",
+        endpoint=EndPointInfo(uris=uris),
+        security=SecurityInfo(oauth2_info=OAuth2Info(
+            grant_types=[GrantType.OAUTH2_CLIENT_CREDENTIALS], token_endpoint=token_endpoint)))
+
+
+def build_mec011_routers(store: Mec011Store, guard: RouteGuard, token_endpoint: str,
+                         notifier: CallbackNotifier,
+                         options: Mec011Options | None = None) -> list[APIRouter]:
+    options = options or Mec011Options()
+    transports = [platform_transport(token_endpoint, options.transport_uris)]
+    return [
+        build_mgmt_router(store.registry, guard, transports, notifier, options.now),
+        build_support_router(store.support, store.registry, guard, notifier, options.now,
+                             options.timing),
+    ]

@@ -1,0 +1,82 @@
+"""Helpers shared by the MEC 011 routers: the app-ownership guard, responses, error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, ParamSpec, TypeVar
+
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from mec_api.mec011.core import Mec011RuleError
+from mec_api.mec011.store import StoreError
+from mec_api.principal import Principal, RouteGuard
+from mec_api.problems import ProblemError
+
+P = ParamSpec("P")
+T = TypeVar("T")
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def own_app(guard: RouteGuard, scope: str) -> Callable[..., Awaitable[Principal]]:
+    """The guard's scope check, then: an app acts only on its own ``{appInstanceId}``."""
+    authenticated = guard.require(scope)
+
+    async def dependency(appInstanceId: str,
+                         principal: Principal = Depends(authenticated)) -> Principal:
+        if appInstanceId != principal.app_instance_id:
+            raise ProblemError(
+                403, "Forbidden",
+                f"the token was issued to application instance {principal.app_instance_id!r}, "
+                f"not {appInstanceId!r}: an app may act only on its own appInstanceId")
+        return principal
+    return dependency
+
+
+async def call(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a blocking store call off the event loop and turn its typed errors into problems."""
+    try:
+        return await run_in_threadpool(func, *args, **kwargs)
+    except (StoreError, Mec011RuleError) as exc:
+        raise problem(exc) from None
+
+
+def check(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run a pure core check and turn its typed error into a problem."""
+    try:
+        return func(*args, **kwargs)
+    except Mec011RuleError as exc:
+        raise problem(exc) from None
+
+
+_TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
+           412: "Precondition Failed"}
+
+
+def problem(exc: StoreError | Mec011RuleError) -> ProblemError:
+    return ProblemError(exc.status, _TITLES.get(exc.status, "Error"), exc.detail,
+                        extra={"check": exc.check})
+
+
+def json_response(body: Any, status: int = 200, *, etag: str | None = None,
+                  location: str | None = None) -> JSONResponse:
+    headers: dict[str, str] = {}
+    if etag is not None:
+        headers["ETag"] = etag
+    if location is not None:
+        headers["Location"] = location
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def no_content() -> Response:
+    return Response(status_code=204)
+
+
+def base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
