@@ -7,8 +7,9 @@ from sqlalchemy import text
 
 from admission.models import AdmissionBase
 from attest.service.models import AttestBase
+from mec_api.sensor.models import SensorBase
 
-target_metadata = [AttestBase.metadata, AdmissionBase.metadata]
+target_metadata = [AttestBase.metadata, AdmissionBase.metadata, SensorBase.metadata]
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
