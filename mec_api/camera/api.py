@@ -1,0 +1,69 @@
+"""Camera API ``/camera/v1``: list this node's cameras and take JPEG snapshots.
+
+Both routes need scope ``camera.snapshot``. The listing shows id, kind, description and output
+size, never ``location`` (device paths and stream URLs, which may carry credentials, are the
+operator's business). Errors are problem+json: unknown camera 404, a camera that gives no
+frame (missing device, stream down, timeout, busy) 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Response
+from pydantic import BaseModel
+
+from mec_api import scopes
+from mec_api.camera.snapshots import CameraUnavailable, UnknownCamera
+from mec_api.camera.sources import CameraKind, Cameras
+from mec_api.principal import Principal, RouteGuard
+from mec_api.problems import ProblemError
+
+CameraId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class CameraView(BaseModel):
+    id: str
+    kind: CameraKind
+    description: str
+    width: int | None
+    height: int | None
+
+
+class CameraList(BaseModel):
+    cameras: list[CameraView]
+
+
+def build_camera_router(cameras: Cameras, guard: RouteGuard) -> APIRouter:
+    router = APIRouter(prefix="/camera/v1", tags=["camera"])
+    may_snapshot = Depends(guard.require(scopes.CAMERA_SNAPSHOT))
+
+    @router.get("/cameras", response_model=CameraList)
+    async def list_cameras(principal: Principal = may_snapshot) -> CameraList:
+        return CameraList(
+            cameras=[
+                CameraView(
+                    id=c.id, kind=c.kind, description=c.description, width=c.width, height=c.height
+                )
+                for c in cameras.configs()
+            ]
+        )
+
+    @router.get(
+        "/cameras/{camera_id}/snapshot",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}, "description": "one JPEG frame"}},
+    )
+    async def snapshot(camera_id: CameraId, principal: Principal = may_snapshot) -> Response:
+        try:
+            jpeg = await anyio.to_thread.run_sync(cameras.snapshot, camera_id)
+        except UnknownCamera as exc:
+            raise ProblemError(404, "Not Found", str(exc)) from None
+        except CameraUnavailable as exc:
+            raise ProblemError(
+                503, "Service Unavailable", str(exc), headers={"Retry-After": "5"}
+            ) from None
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+    return router
