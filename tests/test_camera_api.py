@@ -69,7 +69,7 @@ class MjpegHandler(BaseHTTPRequestHandler):
     frame: bytes = b""
     max_frames = 200
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
         self.end_headers()
@@ -252,7 +252,7 @@ class StuckCapture:
         self.release_read = threading.Event()
         self.released = threading.Event()
 
-    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+    def isOpened(self) -> bool:
         return True
 
     def read(self) -> tuple[bool, Any]:
