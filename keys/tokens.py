@@ -211,13 +211,14 @@ def _check_times(payload: Mapping[str, Any], now: float, leeway: float) -> None:
 
 
 def verify_jwt(token: str | bytes, jwks: Mapping[str, Any] | KeyRing, *,
-               algorithms: Sequence[str], issuer: str, audience: str | None,
+               algorithms: Sequence[str], issuer: str, audience: str | Sequence[str] | None,
                now: float | None = None, leeway: float | timedelta = DEFAULT_LEEWAY,
                required_claims: Sequence[str] = ("exp", "iat", "iss"),
                typ: str | None = None) -> dict[str, Any]:
     """Verify ``token`` against ``jwks`` and return its claims (see the module docstring).
 
-    ``audience=None`` means the token must carry no ``aud``. ``now`` is a POSIX timestamp;
+    ``audience=None`` means the token must carry no ``aud``; a sequence accepts any of its
+    members. ``now`` is a POSIX timestamp;
     only when it is None is the wall clock read. Raises a :class:`JwtInvalid` subclass for any
     bad token, :class:`ValueError` for a bad call, :class:`JwkInvalid` for a JWKS that is not
     a JWKS at all.

@@ -1,0 +1,156 @@
+"""HTTP adapter of the token service (mounted in ``umec server``).
+
+- ``POST /oauth2/token``: RFC 8693 token exchange / client credentials with an RFC 7523
+  assertion; errors as RFC 6749 §5.2 JSON (plus ``check`` and ``hint``), ``Cache-Control:
+  no-store`` on every answer.
+- ``POST /oauth2/introspect`` (RFC 7662): for resource servers holding the operator token.
+- ``POST /oauth2/revoke`` (RFC 7009): possession of a valid token is enough to revoke it;
+  always 200, as the RFC asks, so the endpoint tells nothing about tokens.
+- ``GET /oauth2/revocations?after=<seq>``: the revocation feed resource servers follow. Like a
+  CRL it is public: it lists token ids and node names, nothing that grants access.
+- ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Header, Query
+from fastapi.responses import JSONResponse
+from prometheus_client import Counter
+
+from keys import JwtInvalid, KeyRing, verify_jwt
+from mec_api.scopes import ALL_SCOPES
+from mec_api.tokens.dpop import DPOP_ALGORITHMS
+from mec_api.tokens.errors import TokenRefused
+from mec_api.tokens.issuer import (
+    CLIENT_CREDENTIALS,
+    TOKEN_EXCHANGE,
+    TokenIssuer,
+    TokenRequest,
+)
+from mec_api.tokens.revocations import RevocationList, RevocationStore
+
+log = logging.getLogger("umec.tokens")
+ISSUED = Counter("umec_tokens_issued", "Access tokens issued.", ["grant"])
+REFUSED = Counter("umec_tokens_refused", "Token requests refused, by failed check.", ["check"])
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+Text = Annotated[str | None, Form()]
+
+
+def _oauth_error(e: TokenRefused) -> JSONResponse:
+    headers = dict(NO_STORE)
+    if e.status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="umec", error="invalid_client"'
+    return JSONResponse(e.as_dict(), status_code=e.status, headers=headers)
+
+
+def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token: str,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> APIRouter:
+    router = APIRouter(tags=["tokens"])
+    config = issuer.config
+
+    @router.post("/oauth2/token")
+    def token(grant_type: Annotated[str, Form()], subject_token: Text = None,
+              subject_token_type: Text = None, requested_token_type: Text = None,
+              actor_token: Text = None, client_assertion: Text = None,
+              client_assertion_type: Text = None, client_id: Text = None, scope: Text = None,
+              audience: Text = None, resource: Text = None,
+              dpop: Annotated[str | None, Header()] = None) -> JSONResponse:
+        req = TokenRequest(
+            grant_type=grant_type, subject_token=subject_token,
+            subject_token_type=subject_token_type, requested_token_type=requested_token_type,
+            actor_token=actor_token, client_assertion=client_assertion,
+            client_assertion_type=client_assertion_type, client_id=client_id, scope=scope,
+            audience=audience or resource, dpop_proof=dpop, method="POST",
+            url=config.token_endpoint)
+        try:
+            issued = issuer.issue(req, clock())
+        except TokenRefused as e:
+            REFUSED.labels(e.check).inc()
+            log.info("token refused", extra={"check": e.check, "detail": e.detail})
+            return _oauth_error(e)
+        ISSUED.labels("exchange" if grant_type == TOKEN_EXCHANGE else "client").inc()
+        return JSONResponse(issued.response(grant_type == TOKEN_EXCHANGE), headers=NO_STORE)
+
+    def _active_claims(token: str | None) -> dict[str, Any] | None:
+        if not token:
+            return None
+        now = clock().timestamp()
+        try:
+            claims = verify_jwt(token, issuer.ring, algorithms=["ES256"], issuer=config.issuer,
+                                audience=list(config.audiences), now=now, leeway=5,
+                                typ="at+jwt", required_claims=("exp", "iat", "iss", "jti"))
+        except JwtInvalid:
+            return None
+        revoked = RevocationList()
+        revoked.apply(*store.changes(0, clock()))
+        if revoked.revoked(jti=str(claims["jti"]), node=claims.get("node"),
+                           iat=float(claims["iat"]), now=now):
+            return None
+        return claims
+
+    @router.post("/oauth2/introspect")
+    def introspect(token: Text = None,
+                   authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+        expected = f"Bearer {operator_token}"
+        if not authorization or not hmac.compare_digest(authorization.encode(),
+                                                        expected.encode()):
+            return JSONResponse(
+                {"error": "invalid_client",
+                 "error_description": "introspection needs the resource-server credential"},
+                status_code=401, headers={**NO_STORE, "WWW-Authenticate": 'Bearer realm="umec"'})
+        claims = _active_claims(token)
+        if claims is None:
+            return JSONResponse({"active": False}, headers=NO_STORE)
+        body = {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer",
+                **{k: v for k, v in claims.items() if k != "pod"}}
+        return JSONResponse(body, headers=NO_STORE)
+
+    @router.post("/oauth2/revoke")
+    def revoke(token: Text = None, token_type_hint: Text = None) -> JSONResponse:
+        claims = _active_claims(token)
+        if claims is not None:
+            store.revoke_token(str(claims["jti"]), float(claims["exp"]),
+                               "revoked by its holder (RFC 7009)", clock())
+        return JSONResponse({}, headers=NO_STORE)
+
+    @router.get("/oauth2/revocations")
+    def revocations(after: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
+        seq, entries = store.changes(after, clock())
+        return JSONResponse({"seq": seq, "entries": [e.as_dict() for e in entries]},
+                            headers={"Cache-Control": "no-store"})
+
+    @router.get("/.well-known/oauth-authorization-server")
+    def metadata() -> dict[str, Any]:
+        base = config.token_endpoint.rsplit("/oauth2/", 1)[0]
+        return {
+            "issuer": config.issuer,
+            "token_endpoint": config.token_endpoint,
+            "jwks_uri": f"{base}/.well-known/jwks.json",
+            "introspection_endpoint": f"{base}/oauth2/introspect",
+            "revocation_endpoint": f"{base}/oauth2/revoke",
+            "revocation_feed_endpoint": f"{base}/oauth2/revocations",
+            "grant_types_supported": [TOKEN_EXCHANGE, CLIENT_CREDENTIALS],
+            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+            "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+            "introspection_endpoint_auth_methods_supported": ["bearer"],
+            "revocation_endpoint_auth_methods_supported": ["none"],
+            "dpop_signing_alg_values_supported": sorted(DPOP_ALGORITHMS),
+            "scopes_supported": sorted(ALL_SCOPES),
+            "response_types_supported": ["token"],
+        }
+
+    @router.get("/.well-known/jwks.json")
+    def jwks() -> dict[str, Any]:
+        return token_jwks(issuer.ring, clock())
+
+    return router
+
+
+def token_jwks(ring: KeyRing, now: datetime) -> dict[str, Any]:
+    return ring.jwks(now)

@@ -1,0 +1,96 @@
+"""Typed refusals of the token service, each mapped to an OAuth 2.0 error code (RFC 6749 §5.2,
+RFC 8693 §2.2.2, RFC 9449 §5) plus our own ``check`` naming the failed step and a ``hint``.
+
+The HTTP adapter answers ``{"error", "error_description", "check", "hint"}`` with the status the
+RFCs give (400, or 401 for ``invalid_client``); never a stack trace.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class TokenRefused(Exception):
+    """The token endpoint refuses to issue; ``error`` is the OAuth error code."""
+
+    error: ClassVar[str] = "invalid_request"
+    status: ClassVar[int] = 400
+    check: ClassVar[str] = "token"
+    hint: ClassVar[str] = "Fix the token request and try again."
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"{self.check}: {detail}")
+        self.detail = detail
+
+    def as_dict(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.detail, "check": self.check,
+                "hint": self.hint}
+
+
+class InvalidRequest(TokenRefused):
+    check = "request.parameters"
+    hint = ("Send application/x-www-form-urlencoded with grant_type, subject_token and "
+            "subject_token_type (RFC 8693), or client_assertion (RFC 7523).")
+
+
+class UnsupportedGrantType(TokenRefused):
+    error = "unsupported_grant_type"
+    check = "request.grant_type"
+    hint = ("Use grant_type urn:ietf:params:oauth:grant-type:token-exchange or "
+            "client_credentials with a jwt-bearer client_assertion.")
+
+
+class SubjectTokenInvalid(TokenRefused):
+    error = "invalid_grant"
+    check = "subject.token"
+    hint = ("Send the pod's projected service-account token with the audience the token "
+            "service expects (serviceAccountToken.audience in the pod spec); it must be current.")
+
+
+class ClientAssertionInvalid(SubjectTokenInvalid):
+    error = "invalid_client"
+    status = 401
+    check = "client.assertion"
+
+
+class SubjectIdentityIncomplete(TokenRefused):
+    error = "invalid_grant"
+    check = "subject.identity"
+    hint = ("Only projected tokens bound to a pod are accepted (they carry kubernetes.io "
+            "namespace, serviceaccount, pod and node); legacy Secret tokens are not.")
+
+
+class PodNotAdmitted(TokenRefused):
+    error = "invalid_grant"
+    check = "admission.pod"
+    hint = ("The pod was not admitted by the µMEC admission webhook with verified image "
+            "signatures; sign its images and recreate the pod in an opted-in namespace.")
+
+
+class NodeNotTrusted(TokenRefused):
+    error = "invalid_grant"
+    check = "node.trust"
+    hint = ("The pod's node is not attested as trusted right now (or its last passing "
+            "evidence is too old); tokens are issued again once it attests successfully.")
+
+
+class ScopeNotGranted(TokenRefused):
+    error = "invalid_scope"
+    check = "scope.granted"
+    hint = ("Request only scopes policies/tokens.rego grants to this workload "
+            "(see scopes_supported).")
+
+
+class DpopProofInvalid(TokenRefused):
+    error = "invalid_dpop_proof"
+    check = "dpop.proof"
+    hint = ("Send one fresh DPoP proof per request (RFC 9449): typ dpop+jwt, an asymmetric alg, "
+            "the public jwk, htm/htu of this request, a recent iat and a unique jti.")
+
+
+class PolicyFailed(TokenRefused):
+    error = "server_error"
+    status = 500
+    check = "policy.evaluation"
+    hint = ("The token policy could not be evaluated; nothing was issued. "
+            "Check policies/tokens.rego.")

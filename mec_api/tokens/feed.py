@@ -1,0 +1,150 @@
+"""Keeping resource servers current: the revocation follower and the JWKS sources.
+
+:class:`RevocationFollower` applies a revocation source to a :class:`RevocationList` every
+``interval`` seconds, or at once when poked (the token service in the same process pokes it
+on every revocation). The source is either the SQL store (APIs mounted in ``umec server``) or
+the token service's feed over HTTP (``umec api …`` on a node). ``applied_at`` is what the
+guard checks to refuse tokens when the feed has gone quiet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from keys import KeyRing
+from mec_api.tokens.revocations import Revocation, RevocationList, RevocationStore
+
+log = logging.getLogger("umec.tokens.feed")
+FetchChanges = Callable[[int], Awaitable[tuple[int, list[Revocation]]]]
+
+
+def store_source(store: RevocationStore) -> FetchChanges:
+    async def fetch(after: int) -> tuple[int, list[Revocation]]:
+        return await asyncio.to_thread(store.changes, after, datetime.now(UTC))
+    return fetch
+
+
+def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchChanges:
+    async def fetch(after: int) -> tuple[int, list[Revocation]]:
+        r = await client.get(feed_url, params={"after": after})
+        r.raise_for_status()
+        body = r.json()
+        return int(body["seq"]), [Revocation.from_dict(e) for e in body["entries"]]
+    return fetch
+
+
+class RevocationFollower:
+    def __init__(self, fetch: FetchChanges, target: RevocationList,
+                 interval: float = 0.25) -> None:
+        self.fetch = fetch
+        self.target = target
+        self.interval = interval
+        self.applied_at = float("-inf")       # monotonic; -inf until the first success
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+
+    async def step(self) -> None:
+        seq, entries = await self.fetch(self.target.seq)
+        self.target.apply(seq, entries)
+        self.target.expire(time.time())
+        self.applied_at = time.monotonic()
+
+    def poke(self) -> None:
+        """Thread-safe: fetch now instead of at the next interval."""
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+                loop.call_soon_threadsafe(wake.set)
+
+    async def run(self) -> None:
+        self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        while True:
+            try:
+                await self.step()
+            except Exception as e:  # the guard fails closed on a stale feed; keep trying
+                log.warning("revocation feed: %s: %s", type(e).__name__, str(e)[:200])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
+            self._wake.clear()
+
+
+class RingJwks:
+    """The token service's own key ring as a JWKS source (same process)."""
+
+    def __init__(self, ring: KeyRing) -> None:
+        self.ring = ring
+
+    def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
+        return self.ring.jwks(datetime.now(UTC))
+
+
+class HttpJwks:
+    """A JWKS fetched over HTTPS and cached for ``ttl`` seconds (refresh on demand)."""
+
+    def __init__(self, url: str, *, ttl: float = 300.0, verify: bool | str = True,
+                 bearer_token_file: Path | None = None, timeout: float = 3.0) -> None:
+        self.url, self.ttl, self.timeout = url, ttl, timeout
+        self.verify = verify
+        self.bearer_token_file = bearer_token_file
+        self._cached: tuple[float, Mapping[str, Any]] | None = None
+        self._lock = threading.Lock()
+
+    def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
+        with self._lock:
+            if not refresh and self._cached and time.monotonic() - self._cached[0] < self.ttl:
+                return self._cached[1]
+            headers = {}
+            if self.bearer_token_file is not None:  # in-cluster: the pod's own SA token
+                headers["Authorization"] = \
+                    f"Bearer {self.bearer_token_file.read_text().strip()}"
+            try:
+                r = httpx.get(self.url, headers=headers, timeout=self.timeout,
+                              verify=self.verify)
+                r.raise_for_status()
+                doc = r.json()
+                if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+                    raise ValueError("not a JWKS")
+            except (httpx.HTTPError, ValueError) as e:
+                if self._cached is not None:  # keep the last good keys; the kid check decides
+                    log.warning("JWKS %s: %s; using cached keys", self.url, e)
+                    return self._cached[1]
+                raise
+            self._cached = (time.monotonic(), doc)
+            return doc
+
+
+def discover_jwks_url(issuer: str, *, verify: bool | str = True, timeout: float = 3.0) -> str:
+    """OIDC discovery: ``{issuer}/.well-known/openid-configuration`` → ``jwks_uri``."""
+    r = httpx.get(issuer.rstrip("/") + "/.well-known/openid-configuration", timeout=timeout,
+                  verify=verify)
+    r.raise_for_status()
+    doc = r.json()
+    if doc.get("issuer") != issuer or not isinstance(doc.get("jwks_uri"), str):
+        raise ValueError(f"discovery document of {issuer} names issuer {doc.get('issuer')!r}")
+    return str(doc["jwks_uri"])
+
+
+class StaticJwks:
+    """A JWKS from a file (``kubectl get --raw /openid/v1/jwks``), re-read when it changes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cached: tuple[float, Mapping[str, Any]] | None = None
+
+    def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
+        mtime = self.path.stat().st_mtime
+        if self._cached is None or self._cached[0] != mtime:
+            self._cached = (mtime, json.loads(self.path.read_text()))
+        return self._cached[1]

@@ -1,0 +1,35 @@
+"""Tables of the token service: revocations only.
+
+Issued access tokens are not stored: they are self-contained JWTs, introspection verifies them,
+and a node going untrusted revokes *every* token minted for workloads on it with one row
+(``kind = "node"``: tokens of that node with ``iat`` before ``cutoff``). Rows expire once every
+token they could match has expired, so the feed stays small.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import Float, Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from mec_api.sql_types import UtcDateTime
+
+
+class TokensBase(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime}
+
+
+class RevocationRow(TokensBase):
+    __tablename__ = "token_revocations"
+
+    # The feed cursor: resource servers ask for everything after the last seq they applied.
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(8))           # "token" | "node"
+    jti: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    node: Mapped[str | None] = mapped_column(String(253), nullable=True, index=True)
+    cutoff: Mapped[float | None] = mapped_column(Float, nullable=True)  # node: iat before this
+    reason: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)

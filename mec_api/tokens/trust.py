@@ -1,0 +1,42 @@
+"""What the token service needs to know from attestation and admission, as small Protocols.
+
+``mec_api`` never imports ``attest`` or ``admission``; ``umec`` wires adapters that read their
+tables (node state and last passing evidence; the admitted pod's record) into these shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class NodeTrustView:
+    name: str
+    state: str                      # "trusted" is the only state that issues tokens
+    last_pass_at: datetime | None   # time of the last passing evidence
+
+
+@dataclass(frozen=True)
+class AdmittedImageView:
+    path: str                       # container path in the pod spec
+    digest: str
+    signers: tuple[str, ...]        # key ids whose signatures verified for this digest
+
+
+@dataclass(frozen=True)
+class AdmittedPodView:
+    namespace: str
+    name: str
+    uid: str
+    verified: bool
+    images: tuple[AdmittedImageView, ...]
+
+
+class NodeTrust(Protocol):
+    def node_trust(self, node: str) -> NodeTrustView | None: ...
+
+
+class AdmissionLookup(Protocol):
+    def admitted_pod(self, uid: str) -> AdmittedPodView | None: ...

@@ -1,0 +1,317 @@
+"""The token service over HTTP: RFC 8693 exchange and RFC 7523 client credentials for attested
+workloads, and each way of asking for a token it must refuse."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine
+from sqlalchemy.orm import sessionmaker
+
+from keys import KeyKind, KeyRing, generate_private_key
+from mec_api.problems import install_problem_handlers
+from mec_api.tokens.api import token_router
+from mec_api.tokens.issuer import (
+    JWT_BEARER_ASSERTION,
+    TOKEN_EXCHANGE,
+    TOKEN_TYPE_ACCESS,
+    TOKEN_TYPE_JWT,
+    IssuerConfig,
+    TokenIssuer,
+)
+from mec_api.tokens.models import TokensBase
+from mec_api.tokens.revocations import RevocationStore
+from mec_api.tokens.scope_policy import ScopePolicy, load_grants
+from tests.token_helpers import D1, D2, Admissions, ClusterIssuer, DpopKey, Nodes
+
+BASE = "http://testserver"
+TOKEN_URL = f"{BASE}/oauth2/token"
+ISSUER = f"{BASE}/oauth2"
+OPERATOR = "operator-secret"
+GRANTS = """
+grants:
+  - namespaces: ["tenant-*"]
+    scopes: [sensor.read, inference.classify, camera.snapshot]
+  - namespaces: [umec-system]
+    service_accounts: [gateway]
+    scopes: [sensor.ingest]
+"""
+
+
+@dataclass
+class Service:
+    client: TestClient
+    cluster: ClusterIssuer
+    nodes: Nodes
+    admissions: Admissions
+    store: RevocationStore
+    ring: KeyRing
+    issuer: TokenIssuer
+
+
+def build_service(tmp_path: Path) -> Service:
+    engine = create_engine(f"sqlite:///{tmp_path / 'tokens.db'}")
+    TokensBase.metadata.create_all(engine)
+    store = RevocationStore(sessionmaker(engine), max_token_lifetime=300)
+    cluster, nodes, admissions = ClusterIssuer(), Nodes(), Admissions()
+    nodes.set("node-a")
+    admissions.admit()
+    ring = KeyRing(generate_private_key())
+    issuer = TokenIssuer(
+        config=IssuerConfig(issuer=ISSUER, token_endpoint=TOKEN_URL, audiences=["umec-apis"],
+                            sa_issuer=cluster_issuer(), sa_audiences=["umec"]),
+        cluster_keys=cluster, nodes=nodes, admissions=admissions,
+        scopes=ScopePolicy(load_grants(GRANTS)), ring=ring, node_cutoff=store.node_cutoff)
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.include_router(token_router(issuer, store, operator_token=OPERATOR))
+    return Service(TestClient(app), cluster, nodes, admissions, store, ring, issuer)
+
+
+def cluster_issuer() -> str:
+    from tests.token_helpers import SA_ISSUER
+    return SA_ISSUER
+
+
+@pytest.fixture
+def svc(tmp_path: Path) -> Iterator[Service]:
+    service = build_service(tmp_path)
+    with service.client:
+        yield service
+
+
+def exchange(svc: Service, subject: str, **extra: Any) -> Any:
+    headers = extra.pop("headers", {})
+    data = {"grant_type": TOKEN_EXCHANGE, "subject_token": subject,
+            "subject_token_type": TOKEN_TYPE_JWT, **extra}
+    return svc.client.post("/oauth2/token", data=data, headers=headers)
+
+
+def claims_of(svc: Service, token: str) -> dict[str, Any]:
+    key = svc.ring.active.private_key.public_key()
+    return dict(jwt.decode(token, key, algorithms=["ES256"], audience="umec-apis"))
+
+
+def refused(r: Any, error: str, check: str) -> None:
+    assert r.status_code in (400, 401, 500), r.text
+    body = r.json()
+    assert (body["error"], body["check"]) == (error, check), body
+    assert body["hint"] and r.headers["cache-control"] == "no-store"
+    assert "Traceback" not in r.text
+
+
+# --- issuing -------------------------------------------------------------------------------------
+
+def test_exchange_issues_a_scoped_short_lived_token(svc: Service) -> None:
+    r = exchange(svc, svc.cluster.token(), scope="sensor.read inference.classify")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["token_type"] == "Bearer" and body["issued_token_type"] == TOKEN_TYPE_ACCESS
+    assert 0 < body["expires_in"] <= 300 and r.headers["cache-control"] == "no-store"
+    claims = claims_of(svc, body["access_token"])
+    assert jwt.get_unverified_header(body["access_token"])["typ"] == "at+jwt"
+    assert claims["iss"] == ISSUER and claims["aud"] == "umec-apis"
+    assert claims["sub"] == "system:serviceaccount:tenant-a:app"
+    assert claims["scope"] == "inference.classify sensor.read" == body["scope"]
+    assert claims["node"] == "node-a" and claims["images"] == [D1]
+    assert claims["client_id"] == "tenant-a:app" and claims["app_instance_id"] == "tenant-a.app"
+    assert claims["exp"] - claims["iat"] <= 300 and claims["nbf"] == claims["iat"]
+    assert {"jti", "iat"} <= set(claims) and "cnf" not in claims
+
+
+def test_token_never_outlives_the_subject_token(svc: Service) -> None:
+    body = exchange(svc, svc.cluster.token(lifetime=60)).json()
+    assert body["expires_in"] <= 60
+
+
+def test_client_credentials_with_the_sa_token_as_assertion(svc: Service) -> None:
+    assertion = svc.cluster.token(audience=[TOKEN_URL])  # RFC 7523: aud = token endpoint
+    r = svc.client.post("/oauth2/token", data={
+        "grant_type": "client_credentials", "client_assertion_type": JWT_BEARER_ASSERTION,
+        "client_assertion": assertion, "client_id": "tenant-a:app", "scope": "sensor.read"})
+    assert r.status_code == 200, r.text
+    assert "issued_token_type" not in r.json() and r.json()["scope"] == "sensor.read"
+    wrong_client = svc.client.post("/oauth2/token", data={
+        "grant_type": "client_credentials", "client_assertion_type": JWT_BEARER_ASSERTION,
+        "client_assertion": assertion, "client_id": "tenant-b:app"})
+    refused(wrong_client, "invalid_client", "client.assertion")
+    assert wrong_client.status_code == 401 and "WWW-Authenticate" in wrong_client.headers
+
+
+def test_scope_escalation_gets_only_what_is_granted(svc: Service) -> None:
+    body = exchange(svc, svc.cluster.token(), scope="sensor.read sensor.ingest").json()
+    assert body["scope"] == "sensor.read"           # ingest is the platform's, never a tenant's
+    refused(exchange(svc, svc.cluster.token(), scope="sensor.ingest mec011.services.write"),
+            "invalid_scope", "scope.granted")
+
+
+def test_dpop_bound_token(svc: Service) -> None:
+    key = DpopKey()
+    r = exchange(svc, svc.cluster.token(), headers={"DPoP": key.proof("POST", TOKEN_URL)})
+    assert r.status_code == 200, r.text
+    assert r.json()["token_type"] == "DPoP"
+    from keys import jwk_thumbprint
+    assert claims_of(svc, r.json()["access_token"])["cnf"] == {"jkt": jwk_thumbprint(key.jwk)}
+
+
+# --- attacks on the token endpoint ----------------------------------------------------------------
+
+def test_sa_token_for_another_audience(svc: Service) -> None:
+    refused(exchange(svc, svc.cluster.token(audience=["vault"])), "invalid_grant",
+            "subject.token")
+
+
+def test_forged_sa_token(svc: Service) -> None:
+    forger = generate_private_key(KeyKind.RSA_2048)   # same kid, another key
+    refused(exchange(svc, svc.cluster.token(key=forger)), "invalid_grant", "subject.token")
+
+
+def test_sa_token_from_another_issuer_and_expired(svc: Service) -> None:
+    refused(exchange(svc, svc.cluster.token(issuer="https://evil.example")),
+            "invalid_grant", "subject.token")
+    old = svc.cluster.token(now=time.time() - 7200, lifetime=600)
+    r = exchange(svc, old)
+    refused(r, "invalid_grant", "subject.token")
+    assert "jwt.exp" in r.json()["error_description"]
+
+
+def test_legacy_or_podless_tokens_are_refused(svc: Service) -> None:
+    refused(exchange(svc, svc.cluster.token(drop=("kubernetes.io.pod",))),
+            "invalid_grant", "subject.identity")
+    refused(exchange(svc, svc.cluster.token(drop=("kubernetes.io.node",))),
+            "invalid_grant", "subject.identity")
+    refused(exchange(svc, svc.cluster.token(drop=("exp",))), "invalid_grant", "subject.token")
+
+
+def test_cluster_key_rotation_is_picked_up_once(svc: Service) -> None:
+    svc.cluster.ring.rotate(generate_private_key(KeyKind.RSA_2048), datetime.now(UTC),
+                            timedelta(hours=1))
+    assert exchange(svc, svc.cluster.token()).status_code == 200
+    unknown = svc.cluster.token(kid="no-such-kid")
+    before = svc.cluster.refreshes
+    r = exchange(svc, unknown)
+    refused(r, "invalid_grant", "subject.token")
+    assert "jwt.kid" in r.json()["error_description"]
+    assert svc.cluster.refreshes == before + 1
+
+
+def test_pod_whose_image_was_not_admitted(svc: Service) -> None:
+    refused(exchange(svc, svc.cluster.token(pod="rogue", pod_uid="uid-rogue")),
+            "invalid_grant", "admission.pod")
+    svc.admissions.admit(uid="uid-warn", name="warn-1", verified=False)
+    refused(exchange(svc, svc.cluster.token(pod="warn-1", pod_uid="uid-warn")),
+            "invalid_grant", "admission.pod")
+    svc.admissions.admit(uid="uid-half", name="half-1", signers=(), digests=(D1, D2))
+    r = exchange(svc, svc.cluster.token(pod="half-1", pod_uid="uid-half"))
+    refused(r, "invalid_grant", "admission.pod")
+    assert "spec.containers[1]" in r.json()["error_description"]
+
+
+def test_record_of_another_tenant_does_not_count(svc: Service) -> None:
+    # tenant-b's token naming a pod UID that was admitted in tenant-a.
+    refused(exchange(svc, svc.cluster.token(namespace="tenant-b")), "invalid_grant",
+            "admission.pod")
+
+
+@pytest.mark.parametrize("state,age", [("untrusted", 1.0), ("stale", 1.0), ("enrolled", -1),
+                                       ("trusted", 600.0), ("trusted", -1)])
+def test_node_not_trusted_now(svc: Service, state: str, age: float) -> None:
+    svc.nodes.set("node-a", state, age)
+    refused(exchange(svc, svc.cluster.token()), "invalid_grant", "node.trust")
+
+
+def test_unknown_node(svc: Service) -> None:
+    refused(exchange(svc, svc.cluster.token(node="node-z")), "invalid_grant", "node.trust")
+
+
+def test_node_revoked_within_the_last_second_is_refused(svc: Service) -> None:
+    svc.store.revoke_node("node-a", "test", datetime.now(UTC))
+    refused(exchange(svc, svc.cluster.token()), "invalid_grant", "node.trust")
+
+
+@pytest.mark.parametrize("data,error,check", [
+    ({"grant_type": "password", "username": "x"}, "unsupported_grant_type",
+     "request.grant_type"),
+    ({"grant_type": TOKEN_EXCHANGE, "subject_token": "x"}, "invalid_request",
+     "request.parameters"),
+    ({"grant_type": TOKEN_EXCHANGE, "subject_token": "x", "subject_token_type": TOKEN_TYPE_JWT,
+      "actor_token": "y"}, "invalid_request", "request.parameters"),
+    ({"grant_type": "client_credentials"}, "invalid_client", "client.assertion"),
+    ({"grant_type": TOKEN_EXCHANGE, "subject_token": "not.a.jwt",
+      "subject_token_type": TOKEN_TYPE_JWT}, "invalid_grant", "subject.token"),
+])
+def test_malformed_requests(svc: Service, data: dict[str, str], error: str, check: str) -> None:
+    refused(svc.client.post("/oauth2/token", data=data), error, check)
+
+
+def test_unknown_audience(svc: Service) -> None:
+    refused(exchange(svc, svc.cluster.token(), audience="https://elsewhere"),
+            "invalid_target", "request.audience")
+
+
+@pytest.mark.parametrize("mutate", ["replay", "method", "url", "old", "typ", "private"])
+def test_bad_dpop_proofs_at_the_token_endpoint(svc: Service, mutate: str) -> None:
+    key = DpopKey()
+    proof = {
+        "replay": key.proof("POST", TOKEN_URL, jti="same"),
+        "method": key.proof("GET", TOKEN_URL),
+        "url": key.proof("POST", f"{BASE}/elsewhere"),
+        "old": key.proof("POST", TOKEN_URL, iat=time.time() - 600),
+        "typ": key.proof("POST", TOKEN_URL, typ="JWT"),
+        "private": key.proof("POST", TOKEN_URL, jwk={**key.jwk, "d": "AAAA"}),
+    }[mutate]
+    if mutate == "replay":
+        assert exchange(svc, svc.cluster.token(), headers={"DPoP": proof}).status_code == 200
+    refused(exchange(svc, svc.cluster.token(), headers={"DPoP": proof}),
+            "invalid_dpop_proof", "dpop.proof")
+
+
+# --- metadata, introspection, revocation ---------------------------------------------------------
+
+def test_metadata_and_jwks(svc: Service) -> None:
+    meta = svc.client.get("/.well-known/oauth-authorization-server").json()
+    assert meta["issuer"] == ISSUER and meta["token_endpoint"] == TOKEN_URL
+    assert TOKEN_EXCHANGE in meta["grant_types_supported"]
+    assert "sensor.read" in meta["scopes_supported"]
+    jwks = svc.client.get("/.well-known/jwks.json").json()
+    assert [k["kid"] for k in jwks["keys"]] == [svc.ring.active.kid]
+    assert all("d" not in k for k in jwks["keys"])
+
+
+def test_introspection_needs_the_operator_credential(svc: Service) -> None:
+    token = exchange(svc, svc.cluster.token(), scope="sensor.read").json()["access_token"]
+    assert svc.client.post("/oauth2/introspect", data={"token": token}).status_code == 401
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    info = svc.client.post("/oauth2/introspect", data={"token": token}, headers=auth).json()
+    assert info["active"] is True and info["scope"] == "sensor.read"
+    assert info["sub"] == "system:serviceaccount:tenant-a:app" and info["token_type"] == "Bearer"
+    for junk in ("", "x.y.z", token[:-4] + "AAAA"):
+        assert svc.client.post("/oauth2/introspect", data={"token": junk},
+                               headers=auth).json() == {"active": False}
+
+
+def test_revocation_by_the_holder_and_the_feed(svc: Service) -> None:
+    token = exchange(svc, svc.cluster.token()).json()["access_token"]
+    jti = claims_of(svc, token)["jti"]
+    assert svc.client.post("/oauth2/revoke", data={"token": token}).status_code == 200
+    assert svc.client.post("/oauth2/revoke", data={"token": "garbage"}).status_code == 200
+    auth = {"Authorization": f"Bearer {OPERATOR}"}
+    assert svc.client.post("/oauth2/introspect", data={"token": token},
+                           headers=auth).json() == {"active": False}
+    feed = svc.client.get("/oauth2/revocations", params={"after": 0}).json()
+    assert [(e["kind"], e["jti"]) for e in feed["entries"]] == [("token", jti)]
+    svc.store.revoke_node("node-a", "attestation failed", datetime.now(UTC))
+    later = svc.client.get("/oauth2/revocations", params={"after": feed["seq"]}).json()
+    assert [(e["kind"], e["node"]) for e in later["entries"]] == [("node", "node-a")]
+    assert later["seq"] > feed["seq"]
+    empty = svc.client.get("/oauth2/revocations", params={"after": later["seq"]}).json()
+    assert empty == {"seq": later["seq"], "entries": []}
