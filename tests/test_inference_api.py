@@ -7,7 +7,11 @@ non-images must get clean 4xx problems.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +28,9 @@ from skimage import data as photos
 
 from mec_api import scopes
 from mec_api.camera.sources import CameraConfig, Cameras
+from mec_api.inference import export
 from mec_api.inference.api import build_inference_router
+from mec_api.inference.errors import ModelUnavailable
 from mec_api.inference.export import ensure_onnx_model
 from mec_api.inference.image import ImageLimits
 from mec_api.inference.model import OnnxImageClassifier
@@ -295,3 +301,47 @@ def test_inference_runs_off_the_event_loop_with_bounded_queue(
         assert asyncio.run(scenario()) == [503, 200, 200, 200]
     finally:
         gated.gate.set()
+
+
+def copy_cache(onnx_model: Any, target: Path) -> Path:
+    """A copy of the session's cache (graph + manifest) whose manifest points into ``target``."""
+    manifest_src = onnx_model.onnx_path.with_suffix(".json")
+    shutil.copy(onnx_model.onnx_path, target / onnx_model.onnx_path.name)
+    manifest = json.loads(manifest_src.read_text())
+    manifest["onnx_path"] = str(target / onnx_model.onnx_path.name)
+    (target / manifest_src.name).write_text(json.dumps(manifest))
+    return target / onnx_model.onnx_path.name
+
+
+def test_serving_from_the_cache_needs_no_torch(onnx_model: Any, tmp_path: Path) -> None:
+    copy_cache(onnx_model, tmp_path)
+    script = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch would now fail
+        "from pathlib import Path\n"
+        "from mec_api.inference.model import OnnxImageClassifier\n"
+        f"c = OnnxImageClassifier.from_cache(Path({str(tmp_path)!r}))\n"
+        "print(c.info.name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "efficientnet-lite0"
+
+
+def test_a_damaged_cache_is_not_used(
+    onnx_model: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph = copy_cache(onnx_model, tmp_path)
+    assert export.cached_model(tmp_path, onnx_model.weights_sha256) is not None
+    graph.write_bytes(graph.read_bytes()[:1000])  # a torn copy
+    assert export.cached_model(tmp_path, onnx_model.weights_sha256) is None
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ModelUnavailable, match="torch is not installed"):
+        export.ensure_onnx_model(tmp_path)
+
+
+def test_swapped_package_weights_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(export, "PACKAGED_WEIGHTS_SHA256", "0" * 64)
+    with pytest.raises(ModelUnavailable, match="weights_digest"):
+        export.ensure_onnx_model(Path("/nonexistent-never-created"))
