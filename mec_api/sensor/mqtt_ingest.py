@@ -74,7 +74,7 @@ class MqttIngester:
         self.store, self.topic, self.clock = store, topic, clock
         self.metrics = metrics or default_metrics()
         self.broker, self.keepalive = broker, keepalive
-        self._connected = threading.Event()
+        self._ready = threading.Event()  # connected and the broker acknowledged our subscription
         self.connections = 0  # successful CONNACKs: > 1 means we came back after a loss
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                                   clean_session=False, protocol=mqtt.MQTTv311, manual_ack=True)
@@ -86,13 +86,15 @@ class MqttIngester:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
+        self.client.on_subscribe = self._on_subscribe
 
     @property
     def connected(self) -> bool:
-        return self._connected.is_set()
+        """Connected and subscribed: readings flow (a health check can report it)."""
+        return self._ready.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        return self._ready.wait(timeout)
 
     def start(self) -> None:
         self.client.connect_async(self.broker.host, self.broker.port, self.keepalive)
@@ -101,7 +103,7 @@ class MqttIngester:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-        self._connected.clear()
+        self._ready.clear()
 
     def handle(self, topic: str, payload: bytes) -> bool:
         """Process one message; True when it may be acknowledged (stored, duplicate or garbage),
@@ -138,15 +140,21 @@ class MqttIngester:
         # The persistent session keeps the subscription; subscribing again is harmless and
         # covers a broker that lost its state.
         client.subscribe(self.topic, qos=1)
-        self._connected.set()
         log.info("MQTT connected", extra={"broker": self.broker.host,
                                           "session_present": flags.session_present})
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: Any, _flags: Any,
                        reason_code: Any, _properties: Any) -> None:
-        self._connected.clear()
+        self._ready.clear()
         log.warning("MQTT disconnected; reconnecting with backoff",
                     extra={"reason": str(reason_code)})
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: Any, _mid: int,
+                      reason_codes: list[Any], _properties: Any) -> None:
+        if any(code.is_failure for code in reason_codes):
+            log.error("MQTT broker refused the subscription", extra={"topic": self.topic})
+            return
+        self._ready.set()
 
     def _on_message(self, client: mqtt.Client, _userdata: Any,
                     message: mqtt.MQTTMessage) -> None:
