@@ -1,0 +1,286 @@
+"""The resource-server guard in front of a route, with the real token service, key ring,
+revocation store and follower: every attack on an API call is refused with RFC 6750 headers
+and a problem+json body; a revoked node's token is refused within the feed interval."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+
+from keys import KeyRing, generate_private_key, sign_jwt
+from mec_api.guard import AccessTokenGuard, RateLimiter
+from mec_api.principal import Principal
+from mec_api.problems import install_problem_handlers
+from mec_api.scopes import CAMERA_SNAPSHOT, SENSOR_READ
+from mec_api.tokens.api import token_router
+from mec_api.tokens.feed import RevocationFollower, RingJwks, store_source
+from mec_api.tokens.revocations import RevocationList
+from tests.test_tokens import ISSUER, TOKEN_URL, Service, build_service, exchange
+from tests.token_helpers import DpopKey
+
+PROBE = "http://testserver/probe"
+
+
+@dataclass
+class Guarded:
+    client: TestClient
+    svc: Service
+    guard: AccessTokenGuard
+    follower: RevocationFollower
+
+
+def build(tmp_path: Path, *, rate: float | None = None,
+          max_feed_age: float = 5.0) -> Guarded:
+    svc = build_service(tmp_path)
+    revocations = RevocationList()
+    follower = RevocationFollower(store_source(svc.store), revocations, interval=0.1)
+    svc.store.listeners.append(follower.poke)
+    guard = AccessTokenGuard(
+        issuer=ISSUER, audience="umec-apis", jwks_source=RingJwks(svc.ring),
+        revocations=revocations, feed_applied_at=lambda: follower.applied_at,
+        max_feed_age=max_feed_age, jwks_refresh_seconds=0.0,
+        limiter=RateLimiter(rate, burst=rate) if rate else None)
+
+    import asyncio
+    import contextlib
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> Any:
+        task = asyncio.create_task(follower.run())
+        for _ in range(100):
+            if follower.applied_at > float("-inf"):
+                break
+            await asyncio.sleep(0.01)
+        yield
+        task.cancel()
+
+    app = FastAPI(lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(token_router(svc.issuer, svc.store, operator_token="op"))
+
+    @app.get("/probe")
+    async def probe(who: Principal = Depends(guard.require(SENSOR_READ))) -> dict[str, Any]:
+        return {"sub": who.subject, "app": who.app_instance_id, "scopes": sorted(who.scopes)}
+
+    @app.post("/probe")
+    async def probe_post(who: Principal = Depends(guard.require(SENSOR_READ))) -> dict[str, str]:
+        return {"sub": who.subject}
+
+    @app.get("/camera")
+    async def camera(who: Principal = Depends(guard.require(CAMERA_SNAPSHOT))) -> dict[str, str]:
+        return {"sub": who.subject}
+
+    return Guarded(TestClient(app), svc, guard, follower)
+
+
+@pytest.fixture
+def g(tmp_path: Path) -> Iterator[Guarded]:
+    guarded = build(tmp_path)
+    with guarded.client:
+        yield guarded
+
+
+def token_for(g: Guarded, scope: str = "sensor.read", **kw: Any) -> str:
+    r = exchange(g.svc, g.svc.cluster.token(), scope=scope, **kw)
+    assert r.status_code == 200, r.text
+    return str(r.json()["access_token"])
+
+
+def claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"iss": ISSUER, "sub": "system:serviceaccount:tenant-a:app", "aud": "umec-apis",
+            "iat": now, "nbf": now, "exp": now + 300, "jti": uuid.uuid4().hex,
+            "scope": "sensor.read", "client_id": "tenant-a:app", "namespace": "tenant-a",
+            "app_instance_id": "tenant-a.app", "node": "node-a"}
+    base.update(over)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def call(g: Guarded, token: str | None, path: str = "/probe", scheme: str = "Bearer",
+         **headers: str) -> Any:
+    h = dict(headers)
+    if token is not None:
+        h["Authorization"] = f"{scheme} {token}"
+    return g.client.get(path, headers=h)
+
+
+def refused(r: Any, status: int, error: str | None) -> None:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert body["status"] == status and body["detail"] and "Traceback" not in r.text
+    challenge = r.headers.get("www-authenticate", "")
+    if status in (401, 403):
+        assert challenge.startswith(("Bearer realm=", "DPoP realm=")), challenge
+        assert (f'error="{error}"' in challenge) if error else ("error=" not in challenge)
+
+
+def test_valid_token_reaches_the_route(g: Guarded) -> None:
+    r = call(g, token_for(g))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"sub": "system:serviceaccount:tenant-a:app", "app": "tenant-a.app",
+                        "scopes": ["sensor.read"]}
+
+
+def test_no_token(g: Guarded) -> None:
+    refused(call(g, None), 401, None)
+    refused(call(g, "x", scheme="Basic"), 401, "invalid_request")
+
+
+@pytest.mark.parametrize("over", [
+    {"exp": int(time.time()) - 60},                  # expired
+    {"nbf": int(time.time()) + 600},                 # not yet valid
+    {"aud": "another-api"},                          # wrong audience
+    {"iss": "https://evil.example/oauth2"},          # wrong issuer
+    {"jti": None},                                   # missing claim
+])
+def test_bad_claims(g: Guarded, over: dict[str, Any]) -> None:
+    refused(call(g, sign_jwt(claims(**over), g.svc.ring, headers={"typ": "at+jwt"})),
+            401, "invalid_token")
+
+
+def test_wrong_typ_is_refused(g: Guarded) -> None:
+    # An ID token or attestation result of ours must not work as an access token.
+    refused(call(g, sign_jwt(claims(), g.svc.ring)), 401, "invalid_token")
+
+
+def test_alg_none(g: Guarded) -> None:
+    def b64(d: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
+    token = f"{b64({'alg': 'none', 'typ': 'at+jwt', 'kid': g.svc.ring.active.kid})}." \
+            f"{b64(claims())}."
+    refused(call(g, token), 401, "invalid_token")
+
+
+def test_hs256_signed_with_the_public_key(g: Guarded) -> None:
+    pem = g.svc.ring.active.private_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    header = {"kid": g.svc.ring.active.kid, "typ": "at+jwt", "alg": "HS256"}
+    segments = [base64.urlsafe_b64encode(json.dumps(p).encode()).rstrip(b"=")
+                for p in (header, claims())]
+    import hashlib
+    import hmac
+    mac = hmac.new(pem, b".".join(segments), hashlib.sha256).digest()
+    token = b".".join([*segments, base64.urlsafe_b64encode(mac).rstrip(b"=")]).decode()
+    refused(call(g, token), 401, "invalid_token")
+
+
+def test_unknown_kid(g: Guarded) -> None:
+    stranger = KeyRing(generate_private_key())
+    refused(call(g, sign_jwt(claims(), stranger, headers={"typ": "at+jwt"})),
+            401, "invalid_token")
+
+
+def test_retired_kid_after_the_overlap(g: Guarded) -> None:
+    old_token = token_for(g)
+    now = datetime.now(UTC)
+    g.svc.ring.rotate(generate_private_key(), now, timedelta(seconds=60))
+    assert call(g, old_token).status_code == 200          # within the overlap
+    new_token = token_for(g)
+    assert jwt.get_unverified_header(new_token)["kid"] == g.svc.ring.active.kid
+    g.svc.ring.prune(now + timedelta(seconds=61))          # the overlap has ended
+    g.svc.ring.rotate(generate_private_key(), now, timedelta(0))
+    refused(call(g, old_token), 401, "invalid_token")
+
+
+def test_scope_escalation(g: Guarded) -> None:
+    r = call(g, token_for(g, scope="sensor.read"), path="/camera")
+    refused(r, 403, "insufficient_scope")
+    assert 'scope="camera.snapshot"' in r.headers["www-authenticate"]
+    forged = claims(scope="sensor.read camera.snapshot")   # scopes only count when signed by us
+    stranger = KeyRing(generate_private_key())
+    refused(call(g, sign_jwt(forged, stranger, headers={"typ": "at+jwt"}), path="/camera"),
+            401, "invalid_token")
+
+
+def test_token_of_a_revoked_node_is_refused_within_a_second(g: Guarded) -> None:
+    token = token_for(g)
+    assert call(g, token).status_code == 200
+    t0 = time.monotonic()
+    g.svc.store.revoke_node("node-a", "attestation failed: policy.pcr_value", datetime.now(UTC))
+    while call(g, token).status_code == 200:
+        assert time.monotonic() - t0 < 1.0, "still accepted after a second"
+        time.sleep(0.01)
+    r = call(g, token)
+    refused(r, 401, "invalid_token")
+    assert "node node-a is no longer trusted" in r.json()["detail"]
+
+
+def test_revoked_token(g: Guarded) -> None:
+    token = token_for(g)
+    g.client.post("/oauth2/revoke", data={"token": token})
+    deadline = time.monotonic() + 1.0
+    while call(g, token).status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    refused(call(g, token), 401, "invalid_token")
+
+
+def dpop_token(g: Guarded) -> tuple[str, DpopKey]:
+    key = DpopKey()
+    r = exchange(g.svc, g.svc.cluster.token(), scope="sensor.read",
+                 headers={"DPoP": key.proof("POST", TOKEN_URL)})
+    return str(r.json()["access_token"]), key
+
+
+def test_dpop_bound_token_needs_its_proof(g: Guarded) -> None:
+    token, key = dpop_token(g)
+    ok = call(g, token, scheme="DPoP", DPoP=key.proof("GET", PROBE, access_token=token))
+    assert ok.status_code == 200, ok.text
+    refused(call(g, token), 401, "invalid_token")                      # presented as Bearer
+    refused(call(g, token, scheme="DPoP"), 401, "invalid_token")       # no proof
+
+
+def test_replayed_dpop_proof(g: Guarded) -> None:
+    token, key = dpop_token(g)
+    proof = key.proof("GET", PROBE, access_token=token)
+    assert call(g, token, scheme="DPoP", DPoP=proof).status_code == 200
+    refused(call(g, token, scheme="DPoP", DPoP=proof), 401, "invalid_dpop_proof")
+
+
+@pytest.mark.parametrize("wrong", ["method", "url", "ath", "key"])
+def test_dpop_proof_for_another_request(g: Guarded, wrong: str) -> None:
+    token, key = dpop_token(g)
+    proof = {
+        "method": key.proof("POST", PROBE, access_token=token),
+        "url": key.proof("GET", "http://testserver/camera", access_token=token),
+        "ath": key.proof("GET", PROBE, access_token=token + "x"),
+        "key": DpopKey().proof("GET", PROBE, access_token=token),
+    }[wrong]
+    refused(call(g, token, scheme="DPoP", DPoP=proof), 401, "invalid_dpop_proof")
+
+
+def test_rate_limit(tmp_path: Path) -> None:
+    guarded = build(tmp_path, rate=3)
+    with guarded.client:
+        token = token_for(guarded)
+        codes = [call(guarded, token).status_code for _ in range(6)]
+        assert codes[:3] == [200, 200, 200] and 429 in codes[3:]
+        r = call(guarded, token)
+        refused(r, 429, None)
+        assert int(r.headers["retry-after"]) >= 1
+
+
+def test_stale_revocation_feed_fails_closed(g: Guarded) -> None:
+    token = token_for(g)
+    g.guard.max_feed_age = 5.0
+    g.follower.applied_at = time.monotonic() - 60      # as if the feed had gone quiet
+    g.follower.interval = 3600                         # and nothing refreshes it
+    r = call(g, token)
+    assert r.status_code in (200, 503)
+    if r.status_code == 200:                           # the follower had a step in flight
+        g.follower.applied_at = time.monotonic() - 60
+        r = call(g, token)
+    refused(r, 503, None)
