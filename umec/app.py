@@ -29,8 +29,10 @@ from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
 from attest.service.verifier import Lease, mark_stale_nodes
 from keys import KeyRing, atomic_write, sign_jwt
+from umec.api_wiring import ResourceApis, build_resource_apis
 from umec.db import open_database
 from umec.settings import Settings
+from umec.tokens_wiring import TokenService, build_token_service
 
 log = logging.getLogger("umec.server")
 
@@ -70,6 +72,8 @@ class Server:
     app: FastAPI
     attest: AttestContext
     keys: KeyRing
+    tokens: TokenService
+    apis: ResourceApis
 
     @property
     def operator_token(self) -> str:
@@ -128,7 +132,12 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
         sinks.append(KubernetesNodeSink(kubernetes_api_from_config(
             settings.kubeconfig, in_cluster=settings.kubeconfig is None)))
-    ctx = AttestContext(config=_attest_config(settings), sessions=sessions,
+    attest_config = _attest_config(settings)
+    tokens = build_token_service(settings, sessions, attest_config.operator_token,
+                                 settings.data_dir / "keys" / "access-tokens")
+    sinks.append(tokens.sink)
+    apis = build_resource_apis(settings, engine, tokens.guard)
+    ctx = AttestContext(config=attest_config, sessions=sessions,
                         sign_result=lambda claims: sign_jwt(claims, ring),
                         listeners=[CompositeSink(sinks)] if sinks else [])
     if settings.policy_dir is not None:
@@ -137,18 +146,22 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.loop = asyncio.get_running_loop()
-        task = asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds))
+        tasks = [asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds)),
+                 asyncio.create_task(tokens.follower.run())]
         try:
-            yield
+            async with apis.running():
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await webhook_client.aclose()
             engine.dispose()
 
     app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)
     app.include_router(attest_router(ctx))
+    app.include_router(tokens.router)
 
     app.add_middleware(MetricsMiddleware)
 
@@ -191,4 +204,6 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     def attestation_jwks() -> dict[str, Any]:
         return ring.jwks(ctx.now())
 
-    return Server(app=app, attest=ctx, keys=ring)
+    # Last: the resource APIs (their own error model) take every path the server has not.
+    app.mount("/", apis.app)
+    return Server(app=app, attest=ctx, keys=ring, tokens=tokens, apis=apis)

@@ -83,6 +83,32 @@ class Settings(BaseSettings):
     registry_ca: Path | None = None
     registry_timeout_seconds: float = 5.0
 
+    # token service (mounted in umec server under /oauth2)
+    token_sa_issuer: str = Field(default="https://kubernetes.default.svc.cluster.local",
+                                 description="The cluster's service-account token issuer.")
+    token_sa_audiences: list[str] = Field(default_factory=lambda: ["umec"])
+    token_sa_jwks_url: str = Field(default="", description="Cluster JWKS URL; empty: OIDC "
+                                   "discovery from token_sa_issuer.")
+    token_sa_jwks_file: Path | None = Field(default=None, description="Cluster JWKS from a "
+                                            "file (kubectl get --raw /openid/v1/jwks).")
+    token_sa_ca: Path | None = None
+    token_sa_bearer_file: Path | None = None
+    token_audience: str = "umec-apis"
+    token_lifetime_seconds: int = 300
+    token_grants: Path | None = Field(default=None, description="Scope grants (YAML); none: "
+                                      "nothing is granted.")
+    api_rate_per_second: float = 50.0
+    api_rate_burst: float = 100.0
+
+    # sensor API (Ruuvi): MQTT ingestion when sensor_mqtt_url is set
+    sensor_mqtt_url: str = ""
+    sensor_mqtt_topic: str = "ruuvi/+/+"
+    sensor_mqtt_client_id: str = ""
+    sensor_mqtt_ca_file: str | None = None
+    sensor_retention_days: float = 30.0
+    sensor_purge_interval_seconds: float = 3600.0
+    sensor_max_body_bytes: int = 262144
+
     # agent
     server_url: str = "http://127.0.0.1:8443"
     server_ca: Path | None = None

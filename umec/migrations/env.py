@@ -7,9 +7,12 @@ from sqlalchemy import text
 
 from admission.models import AdmissionBase
 from attest.service.models import AttestBase
+from mec_api.mec011.models import Mec011Base
 from mec_api.sensor.models import SensorBase
+from mec_api.tokens.models import TokensBase
 
-target_metadata = [AttestBase.metadata, AdmissionBase.metadata, SensorBase.metadata]
+target_metadata = [AttestBase.metadata, AdmissionBase.metadata, SensorBase.metadata,
+                   Mec011Base.metadata, TokensBase.metadata]
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:

@@ -1,0 +1,163 @@
+"""Wiring of the token service and the resource-server guard into ``umec server``.
+
+``mec_api`` knows attestation and admission only through its Protocols; the adapters here read
+the attestation node table and the admission records, and turn attestation state changes into
+node revocations (every token of workloads on a node that stops being trusted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fastapi import APIRouter
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from admission.records import SqlAdmissionRecords
+from attest.service.models import NodeRow
+from attest.service.notify_event import NodeStateChanged
+from keys import KeyRing
+from mec_api.guard import AccessTokenGuard, RateLimiter
+from mec_api.tokens.api import token_router
+from mec_api.tokens.feed import (
+    HttpJwks,
+    RevocationFollower,
+    RingJwks,
+    StaticJwks,
+    discover_jwks_url,
+    store_source,
+)
+from mec_api.tokens.issuer import ClusterKeys, IssuerConfig, TokenIssuer
+from mec_api.tokens.revocations import RevocationList, RevocationStore
+from mec_api.tokens.scope_policy import ScopePolicy, load_grants
+from mec_api.tokens.trust import AdmittedImageView, AdmittedPodView, NodeTrustView
+from umec.settings import Settings
+
+log = logging.getLogger("umec.tokens")
+
+
+class AttestNodeTrust:
+    """``NodeTrust`` over the attestation node table (read fresh on every issuance)."""
+
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def node_trust(self, node: str) -> NodeTrustView | None:
+        with self.sessions() as db:
+            row = db.execute(select(NodeRow.state, NodeRow.last_pass_at)
+                             .where(NodeRow.name == node)).first()
+        return None if row is None else NodeTrustView(node, row.state, row.last_pass_at)
+
+
+class AdmissionRecordLookup:
+    """``AdmissionLookup`` over the webhook's admission records."""
+
+    def __init__(self, records: SqlAdmissionRecords) -> None:
+        self.records = records
+
+    def admitted_pod(self, uid: str) -> AdmittedPodView | None:
+        pod = self.records.lookup(uid)
+        if pod is None:
+            return None
+        return AdmittedPodView(pod.namespace, pod.name, pod.uid, pod.verified, tuple(
+            AdmittedImageView(i.path, i.digest, tuple(i.signers)) for i in pod.images))
+
+
+class RevokeOnDistrust:
+    """``StateChangeSink``: a node leaving ``trusted`` revokes every token minted for it."""
+
+    name = "token-revocation"
+
+    def __init__(self, store: RevocationStore, attempts: int = 5) -> None:
+        self.store = store
+        self.attempts = attempts
+
+    async def publish(self, event: NodeStateChanged) -> None:
+        if event.state == "trusted" or event.previous != "trusted":
+            return
+        reason = f"node {event.state}: {event.reason}"[:200]
+        for attempt in range(1, self.attempts + 1):
+            try:
+                await asyncio.to_thread(self.store.revoke_node, event.node, reason, event.at)
+                return
+            except Exception as e:  # the database may be failing over; try again soon
+                log.warning("revoking tokens of node %s failed (attempt %d): %s",
+                            event.node, attempt, type(e).__name__)
+                await asyncio.sleep(0.1 * attempt)
+        log.error("tokens of node %s NOT revoked; they expire within their lifetime",
+                  event.node)
+
+
+def cluster_keys(settings: Settings) -> ClusterKeys:
+    if settings.token_sa_jwks_file is not None:
+        return StaticJwks(settings.token_sa_jwks_file)
+    verify: bool | str = str(settings.token_sa_ca) if settings.token_sa_ca else True
+    url = settings.token_sa_jwks_url
+    if not url:
+        url = discover_jwks_url(settings.token_sa_issuer, verify=verify)
+    return HttpJwks(url, verify=verify, bearer_token_file=settings.token_sa_bearer_file)
+
+
+class LazyClusterKeys:
+    """Discovery at the first token request, not at start: the server must come up even when
+    the cluster's issuer is briefly unreachable (token requests fail until it answers)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._keys: ClusterKeys | None = None
+
+    def jwks(self, *, refresh: bool = False) -> dict[str, object]:
+        if self._keys is None:
+            self._keys = cluster_keys(self.settings)
+        return dict(self._keys.jwks(refresh=refresh))
+
+
+@dataclass
+class TokenService:
+    issuer: TokenIssuer
+    store: RevocationStore
+    guard: AccessTokenGuard
+    follower: RevocationFollower
+    router: APIRouter
+    sink: RevokeOnDistrust
+
+
+def public_base(settings: Settings) -> str:
+    scheme = "https" if settings.tls_cert else "http"
+    return (settings.public_url or
+            f"{scheme}://{settings.listen_host}:{settings.listen_port}").rstrip("/")
+
+
+def build_token_service(settings: Settings, sessions: sessionmaker[Session],
+                        operator_token: str, keys_dir: Path) -> TokenService:
+    base = public_base(settings)
+    grants = load_grants(settings.token_grants.read_text(encoding="utf-8"),
+                         str(settings.token_grants)) if settings.token_grants else []
+    ring = KeyRing.load_or_create(keys_dir)
+    store = RevocationStore(sessions, max_token_lifetime=settings.token_lifetime_seconds)
+    config = IssuerConfig(
+        issuer=f"{base}/oauth2", token_endpoint=f"{base}/oauth2/token",
+        audiences=[settings.token_audience], sa_issuer=settings.token_sa_issuer,
+        sa_audiences=settings.token_sa_audiences,
+        lifetime_seconds=settings.token_lifetime_seconds,
+        attestation_max_age_seconds=settings.attestation_interval_seconds
+        + settings.stale_grace_seconds)
+    issuer = TokenIssuer(config=config, cluster_keys=LazyClusterKeys(settings),
+                         nodes=AttestNodeTrust(sessions),
+                         admissions=AdmissionRecordLookup(SqlAdmissionRecords(sessions)),
+                         scopes=ScopePolicy(grants),
+                         ring=ring, node_cutoff=store.node_cutoff)
+    revocations = RevocationList()
+    follower = RevocationFollower(store_source(store), revocations)
+    store.listeners.append(follower.poke)
+    guard = AccessTokenGuard(
+        issuer=config.issuer, audience=settings.token_audience, jwks_source=RingJwks(ring),
+        revocations=revocations, feed_applied_at=lambda: follower.applied_at,
+        limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst))
+    router = token_router(issuer, store, operator_token=operator_token,
+                          clock=lambda: datetime.now(UTC))
+    return TokenService(issuer, store, guard, follower, router, RevokeOnDistrust(store))
