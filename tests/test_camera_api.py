@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from mec_api import scopes
 from mec_api.camera.api import build_camera_router
-from mec_api.camera.snapshots import CameraBusy, CameraTimeout, UnknownCamera
+from mec_api.camera.snapshots import CameraBusy, CameraTimeout, CameraUnavailable, UnknownCamera
 from mec_api.camera.sources import CameraConfig, Cameras
 from mec_api.problems import install_problem_handlers
 from tests.mec_guard_double import StaticTokenGuard, principal
@@ -281,6 +281,10 @@ def test_a_wedged_read_times_out_and_blocks_no_second_reader_forever() -> None:
         assert stuck.released.wait(2), "the abandoned capture was not released"
         # The camera recovers: the next snapshot reopens the device and succeeds.
         assert dominant(cams.snapshot("stuck")) in (0, 1, 2)
+        cams.close()
+        cams.close()  # closing twice is harmless
+        with pytest.raises(CameraUnavailable, match="shutting down"):
+            cams.snapshot("stuck")
     finally:
         stuck.release_read.set()
         cams.close()

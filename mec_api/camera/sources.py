@@ -188,8 +188,11 @@ class Camera:
             self._capture = None
 
     def close(self) -> None:
-        """Release the capture (after any read in flight) and stop the worker."""
-        self._worker.submit(self._drop_capture)
+        """Release the capture (after any read in flight) and stop the worker; idempotent."""
+        try:
+            self._worker.submit(self._drop_capture)
+        except RuntimeError:  # already closed
+            return
         self._worker.shutdown(wait=False)
 
 
