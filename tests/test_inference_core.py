@@ -61,9 +61,7 @@ def test_header_gives_format_and_size_of_real_photos(ext: str, fmt: str) -> None
 
 
 def test_progressive_jpeg_header_is_read() -> None:
-    ok, buf = cv2.imencode(
-        ".jpg", photos.chelsea()[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]
-    )
+    ok, buf = cv2.imencode(".jpg", photos.chelsea()[:, :, ::-1], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])
     assert ok
     header = read_header(buf.tobytes())
     assert (header.width, header.height) == (451, 300)
