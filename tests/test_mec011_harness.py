@@ -65,12 +65,13 @@ class Harness:
     clock: Clock
 
 
-def build(db_path: Path, notifier_config: NotifierConfig | None = None) -> Harness:
+def build(db_path: Path, notifier_config: NotifierConfig | None = None,
+          notifier: CallbackNotifier | None = None) -> Harness:
     engine = create_engine(f"sqlite:///{db_path}")
     Mec011Store.create_all(engine)
     store = Mec011Store.on(sessionmaker(engine, expire_on_commit=False))
-    notifier = CallbackNotifier(notifier_config or NotifierConfig(attempts=3, timeout_s=2,
-                                                                  backoff_s=0.05))
+    notifier = notifier or CallbackNotifier(
+        notifier_config or NotifierConfig(attempts=3, timeout_s=2, backoff_s=0.05))
     clock = Clock()
     app = FastAPI()
     install_problem_handlers(app)

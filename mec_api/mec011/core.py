@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 from mec_api.mec011.schemas import (
     ChangeType,
@@ -184,7 +184,8 @@ def _resolve(request: ServiceInfoRequest, transports: Mapping[str, TransportInfo
         assert request.transport_info is not None
         transport = request.transport_info
         _check_transport(transport)
-    fields = request.model_dump(by_alias=False, exclude={"transport_id", "transport_info"})
+    fields = request.model_dump(by_alias=False, exclude_none=True,
+                                exclude={"transport_id", "transport_info"})
     fields["ser_instance_id"] = service_id
     return ServiceInfo.model_validate({**fields, "transport_info": transport})
 
@@ -237,10 +238,17 @@ def check_subscription_type(given: str, expected: str) -> None:
                                   f"subscriptionType must be {expected!r} (got {given!r})")
 
 
+_PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+# An absolute http(s) URI with a host (name, IPv4 or [IPv6]), optional port, printable ASCII
+# (the same in Python and in JSON Schema's ECMA regex, whose \S differs on Unicode spaces).
+CALLBACK_URI_PATTERN = (r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%-]+)(:" + _PORT
+                        + r")?([/?#][!-~]*)?$")
+_CALLBACK_URI = re.compile(CALLBACK_URI_PATTERN)
+
+
 def check_callback_uri(uri: str) -> None:
     """Notifications go to absolute http(s) URIs only (no file:, no relative references)."""
-    parts = urlsplit(uri)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if _CALLBACK_URI.fullmatch(uri) is None:  # fullmatch: `$` also matches before a \n
         raise InvalidSubscription("callback-reference",
                                   f"callbackReference {uri[:200]!r} must be an absolute "
                                   "http(s) URI")

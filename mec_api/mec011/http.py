@@ -6,8 +6,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
-from fastapi import Depends, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mec_api.mec011.core import Mec011RuleError
@@ -74,9 +76,53 @@ def json_response(body: Any, status: int = 200, *, etag: str | None = None,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
+async def optional_body(request: Request, model: type[M]) -> M | None:
+    """An optional JSON body (``required: false``): absent is fine; ``null`` or garbage is not
+    (FastAPI would read ``null`` as "absent")."""
+    raw = await request.body()
+    if not raw.strip():
+        return None
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ProblemError(400, "Bad Request",
+                           f"the body is not a {model.__name__}: {where}: {first['msg']}") from None
+
+
 def no_content() -> Response:
     return Response(status_code=204)
 
 
 def base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def answer_other_methods(router: APIRouter) -> None:
+    """405 with an ``Allow`` listing every method of the path (RFC 9110).
+
+    Starlette answers 405 from the first route whose path matches, so a path served by two
+    routes (GET and POST) would advertise only one of them."""
+    allowed: dict[str, set[str]] = {}
+    for route in router.routes:
+        if isinstance(route, APIRoute):
+            allowed.setdefault(route.path, set()).update(route.methods or ())
+    for path, methods in allowed.items():
+        router.add_api_route(path.removeprefix(router.prefix),
+                             _method_not_allowed(", ".join(m for m in _METHODS if m in methods)),
+                             methods=[m for m in _METHODS if m not in methods],
+                             include_in_schema=False)
+
+
+def _method_not_allowed(allow: str) -> Callable[[], Awaitable[Response]]:
+    async def endpoint() -> Response:
+        raise ProblemError(405, "Method Not Allowed", f"this resource supports {allow} only",
+                           headers={"Allow": allow})
+    return endpoint

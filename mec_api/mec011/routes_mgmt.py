@@ -15,6 +15,7 @@ from mec_api import scopes
 from mec_api.mec011 import core
 from mec_api.mec011.http import (
     Clock,
+    answer_other_methods,
     base_url,
     call,
     check,
@@ -228,4 +229,5 @@ def build_mgmt_router(registry: SqlServiceRegistry, guard: RouteGuard,
         await call(registry.delete_subscription, API, appInstanceId, subscriptionId)
         return no_content()
 
+    answer_other_methods(router)
     return router

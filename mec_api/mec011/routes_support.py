@@ -11,7 +11,17 @@ from fastapi.responses import JSONResponse, Response
 
 from mec_api import scopes
 from mec_api.mec011 import core
-from mec_api.mec011.http import Clock, base_url, call, check, json_response, no_content, own_app
+from mec_api.mec011.http import (
+    Clock,
+    answer_other_methods,
+    base_url,
+    call,
+    check,
+    json_response,
+    no_content,
+    optional_body,
+    own_app,
+)
 from mec_api.mec011.notifier import CallbackNotifier
 from mec_api.mec011.schemas import LinkType, TimeStamp
 from mec_api.mec011.schemas_support import (
@@ -123,16 +133,16 @@ def build_support_router(support: SqlAppSupport, registry: SqlServiceRegistry,
         return no_content()
 
     @router.post("/applications/{appInstanceId}/confirm_ready")
-    async def confirm_ready(appInstanceId: str,
-                            body: AppReadyConfirmation | None = None,
+    async def confirm_ready(request: Request, appInstanceId: str,
                             principal: Principal = own) -> Response:
+        await optional_body(request, AppReadyConfirmation)
         await call(support.confirm_ready, appInstanceId, now())
         return no_content()
 
     @router.post("/applications/{appInstanceId}/confirm_termination")
-    async def confirm_termination(appInstanceId: str,
-                                  body: AppTerminationConfirmation | None = None,
+    async def confirm_termination(request: Request, appInstanceId: str,
                                   principal: Principal = own) -> Response:
+        body = await optional_body(request, AppTerminationConfirmation)
         await call(support.confirm_termination, appInstanceId,
                    body.operation_action if body else None, now())
         return no_content()
@@ -145,9 +155,12 @@ def build_support_router(support: SqlAppSupport, registry: SqlServiceRegistry,
 
     @router.get("/timing/timing_caps")
     async def timing_caps(principal: Principal = any_app) -> JSONResponse:
-        return json_response(TimingCaps(time_stamp=_timestamp(now()),
-                                        ntp_servers=timing.ntp_servers or None).to_json())
+        caps = TimingCaps(time_stamp=_timestamp(now()))
+        if timing.ntp_servers:
+            caps.ntp_servers = list(timing.ntp_servers)
+        return json_response(caps.to_json())
 
+    answer_other_methods(router)
     return router
 
 

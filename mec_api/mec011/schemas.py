@@ -15,7 +15,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 from pydantic.alias_generators import to_camel
 
 
@@ -31,6 +31,19 @@ def _req(name: str) -> Any:
 class Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True,
                               extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_not_null(cls, data: Any) -> Any:
+        """The spec's optional attributes are absent or hold a value; ``null`` is neither."""
+        if isinstance(data, dict):
+            known = {n for name, f in cls.model_fields.items()
+                     for n in (name, f.validation_alias or to_camel(name))}
+            # Unknown attributes are ignored whatever they hold (the spec allows them).
+            nulls = sorted(str(k) for k, v in data.items() if v is None and k in known)
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)}: omit an attribute instead of sending null")
+        return data
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -97,7 +110,7 @@ class CategoryRef(Model):
 
 class Address(Model):
     host: str
-    port: int
+    port: StrictInt
 
 
 class EndPointInfo(Model):
@@ -133,17 +146,17 @@ class ServiceInfo(Model):
     """A service as registered, stored and returned (``transportInfo`` is always resolved)."""
 
     ser_instance_id: str | None = None
-    ser_name: str = Field(min_length=1)
+    ser_name: str
     ser_category: CategoryRef | None = None
     version: str
     state: ServiceState
     transport_info: TransportInfo
     serializer: SerializerType
     scope_of_locality: LocalityType | None = None
-    consumed_local_only: bool | None = None
-    is_local: bool | None = None
+    consumed_local_only: StrictBool | None = None
+    is_local: StrictBool | None = None
     # MEC 011 v3 heartbeat (seconds); absent: the service has no liveness resource.
-    liveness_interval: int | None = Field(default=None, ge=1, le=86400)
+    liveness_interval: StrictInt | None = Field(default=None, ge=1, le=86400)
 
 
 class ServiceInfoRequest(ServiceInfo):
@@ -158,7 +171,7 @@ class FilteringCriteria(Model):
     ser_names: list[str] | None = None
     ser_categories: list[CategoryRef] | None = None
     states: list[ServiceState] | None = None
-    is_local: bool | None = None
+    is_local: StrictBool | None = None
 
 
 class SerAvailabilityNotificationSubscription(Model):
@@ -190,8 +203,8 @@ class LivenessUpdate(Model):
 
 
 class TimeStamp(Model):
-    seconds: int
-    nano_seconds: int
+    seconds: StrictInt
+    nano_seconds: StrictInt
 
 
 class LivenessInfo(Model):
@@ -199,4 +212,4 @@ class LivenessInfo(Model):
 
     state: ServiceState
     time_stamp: TimeStamp
-    interval: int
+    interval: StrictInt

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from mec_api.mec011.schemas import LinkType, Model, Self, TimeStamp, _opt, _req
 
@@ -66,9 +66,9 @@ class TrafficFilter(Model):
     tgt_tunnel_address: list[str] | None = None
     src_tunnel_port: list[str] | None = None
     dst_tunnel_port: list[str] | None = None
-    qci: int | None = _opt("qCI")
-    dscp: int | None = _opt("dSCP")
-    tc: int | None = _opt("tC")
+    qci: StrictInt | None = _opt("qCI")
+    dscp: StrictInt | None = _opt("dSCP")
+    tc: StrictInt | None = _opt("tC")
 
 
 class TunnelInfo(Model):
@@ -86,9 +86,9 @@ class DestinationInterface(Model):
 
 
 class TrafficRule(Model):
-    traffic_rule_id: str = Field(min_length=1)
+    traffic_rule_id: str
     filter_type: FilterType
-    priority: int
+    priority: StrictInt
     traffic_filter: list[TrafficFilter]
     action: TrafficAction
     dst_interface: DestinationInterface | None = None
@@ -96,11 +96,11 @@ class TrafficRule(Model):
 
 
 class DnsRule(Model):
-    dns_rule_id: str = Field(min_length=1)
+    dns_rule_id: str
     domain_name: str
     ip_address_type: IpAddressType
     ip_address: str
-    ttl: int | None = None
+    ttl: StrictInt | None = None
     state: RuleState
 
 
@@ -127,24 +127,24 @@ class AppTerminationNotificationLinks(Model):
 class AppTerminationNotification(Model):
     notification_type: Literal["AppTerminationNotification"] = "AppTerminationNotification"
     operation_action: OperationAction
-    max_graceful_timeout: int
+    max_graceful_timeout: StrictInt
     links: AppTerminationNotificationLinks = _req("_links")
 
 
 class CurrentTime(Model):
-    seconds: int
-    nano_seconds: int
+    seconds: StrictInt
+    nano_seconds: StrictInt
     time_source_status: TimeSourceStatus
 
 
 class NtpServer(Model):
     ntp_server_addr_type: Literal["IP_ADDRESS", "DNS_NAME"]
     ntp_server_addr: str
-    min_polling_interval: int = Field(ge=3, le=17)
-    max_polling_interval: int = Field(ge=3, le=17)
-    local_priority: int
+    min_polling_interval: StrictInt = Field(ge=3, le=17)
+    max_polling_interval: StrictInt = Field(ge=3, le=17)
+    local_priority: StrictInt
     authentication_option: Literal["NONE", "SYMMETRIC_KEY", "AUTO_KEY"]
-    authentication_key_num: int
+    authentication_key_num: StrictInt
 
 
 class TimingCaps(Model):
