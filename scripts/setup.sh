@@ -24,7 +24,12 @@ fi
 stamp=.venv/.umec-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[node,test]'
+  # torch only exports the classifier to ONNX once; take the CPU build (PyPI's default wheel
+  # is a multi-GB CUDA build). Offline mirrors with a local torch wheel satisfy this too.
+  .venv/bin/pip install -q --retries 0 --timeout 10 \
+      --extra-index-url https://download.pytorch.org/whl/cpu 'torch==2.13.*' 2>/dev/null \
+    || .venv/bin/pip install -q 'torch==2.13.*'
+  .venv/bin/pip install -q -e '.[node,test,export]'
   touch "$stamp"
 fi
 # Independent bundle verifier for the tests (@sigstore/verify from npm), when node is present.

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,9 +33,10 @@ log = logging.getLogger("umec.apis")
 @dataclass
 class ResourceApis:
     app: FastAPI
-    sensor_store: SqlSensorStore
+    sensor_store: SqlSensorStore | None = None
     ingester: MqttIngester | None = None
     background: list[Callable[[], Any]] = field(default_factory=list)
+    closers: list[Callable[[], None]] = field(default_factory=list)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -51,6 +52,8 @@ class ResourceApis:
                     await task
             if self.ingester is not None:
                 await asyncio.to_thread(self.ingester.stop)
+            for close in self.closers:
+                await asyncio.to_thread(close)
 
 
 def _every(seconds: float, work: Callable[[], Any], what: str) -> Callable[[], Any]:
@@ -64,13 +67,46 @@ def _every(seconds: float, work: Callable[[], Any], what: str) -> Callable[[], A
     return loop
 
 
-def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard) -> ResourceApis:
+API_NAMES = ("sensor", "mec011", "camera", "inference")
+
+
+def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard,
+                        which: Sequence[str] = API_NAMES) -> ResourceApis:
+    unknown = set(which) - set(API_NAMES)
+    if unknown:
+        raise ValueError(f"unknown APIs {sorted(unknown)}; choose from {API_NAMES}")
     app = FastAPI(title="µMEC APIs", version="0.1.0")
     install_problem_handlers(app)
+    apis = ResourceApis(app)
+    if "sensor" in which:
+        _sensor(apis, settings, engine, guard)
+    # OpenCV and onnxruntime load only where cameras or inference are configured.
+    cameras = None
+    if settings.cameras and ("camera" in which or "inference" in which):
+        from mec_api.camera.api import build_camera_router
+        from mec_api.camera.sources import Cameras
+        cameras = Cameras(settings.cameras)
+        apis.closers.append(cameras.close)
+        if "camera" in which:
+            app.include_router(build_camera_router(cameras, guard))
+    if "inference" in which and settings.inference_enabled:
+        from mec_api.inference.api import build_inference_router
+        from mec_api.inference.model import OnnxImageClassifier
+        # Inference was asked for: a missing model fails the start, with instructions.
+        classifier = OnnxImageClassifier.from_cache(
+            settings.model_cache_dir or settings.data_dir / "models",
+            threads=settings.inference_threads)
+        app.include_router(build_inference_router(
+            classifier, cameras, guard, max_concurrency=settings.inference_max_concurrency,
+            max_waiting=settings.inference_max_waiting))
+    return apis
+
+
+def _sensor(apis: ResourceApis, settings: Settings, engine: Engine, guard: RouteGuard) -> None:
     store = SqlSensorStore(engine, retention=timedelta(days=settings.sensor_retention_days))
-    app.include_router(build_sensor_router(store, guard,
-                                           max_body_bytes=settings.sensor_max_body_bytes))
-    apis = ResourceApis(app, store)
+    apis.app.include_router(build_sensor_router(store, guard,
+                                                max_body_bytes=settings.sensor_max_body_bytes))
+    apis.sensor_store = store
     apis.background.append(_every(settings.sensor_purge_interval_seconds,
                                   lambda: store.purge(datetime.now(UTC)), "sensor purge"))
     if settings.sensor_mqtt_url:
@@ -78,4 +114,3 @@ def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard) -
             store, BrokerAddress.from_url(settings.sensor_mqtt_url),
             client_id=settings.sensor_mqtt_client_id or f"umec-sensor-{socket.gethostname()}",
             topic=settings.sensor_mqtt_topic, ca_file=settings.sensor_mqtt_ca_file)
-    return apis

@@ -43,7 +43,7 @@ def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
 @app.command()
 def server(host: Annotated[str | None, typer.Option(help="Listen address")] = None,
            port: Annotated[int | None, typer.Option(help="Listen port")] = None) -> None:
-    """Run the control plane: registrar, verifier (and later the token service and APIs)."""
+    """Run the control plane: attestation, token service, MEC 011 and the resource APIs."""
     import uvicorn
 
     from umec.app import build_server
@@ -166,6 +166,28 @@ def policy_remove(name: str) -> None:
         console.print(f"[red]no policy {name!r}[/red]")
         raise typer.Exit(1)
     console.print(f"removed {name}")
+
+
+@app.command()
+def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera, inference")],
+        host: Annotated[str | None, typer.Option(help="Listen address")] = None,
+        port: Annotated[int | None, typer.Option(help="Listen port")] = None) -> None:
+    """Run resource APIs as their own process (tokens checked against UMEC_TOKEN_SERVICE_URL)."""
+    import uvicorn
+
+    from umec.api_process import MissingTokenService, build_api_process
+    settings = _settings()
+    configure_logging(settings.log_level)
+    try:
+        application = build_api_process(settings, names)
+    except (MissingTokenService, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    ssl = {}
+    if settings.tls_cert and settings.tls_key:
+        ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
+    uvicorn.run(application, host=host or settings.listen_host,
+                port=port or settings.api_port, log_config=None, **ssl)  # type: ignore[arg-type]
 
 
 @app.command()

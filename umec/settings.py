@@ -16,6 +16,8 @@ import yaml
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mec_api.camera.config import CameraConfig
+
 
 class _YamlFileSource(PydanticBaseSettingsSource):
     """Reads the optional YAML file named by UMEC_CONFIG (flat keys matching the field names)."""
@@ -97,6 +99,10 @@ class Settings(BaseSettings):
     token_lifetime_seconds: int = 300
     token_grants: Path | None = Field(default=None, description="Scope grants (YAML); none: "
                                       "nothing is granted.")
+    token_service_url: str = Field(default="", description="Base URL of umec server, for "
+                                   "`umec api …` processes (JWKS and revocation feed).")
+    token_service_ca: Path | None = None
+    api_port: int = 8445
     api_rate_per_second: float = 50.0
     api_rate_burst: float = 100.0
 
@@ -108,6 +114,16 @@ class Settings(BaseSettings):
     sensor_retention_days: float = 30.0
     sensor_purge_interval_seconds: float = 3600.0
     sensor_max_body_bytes: int = 262144
+
+    # camera and inference APIs (on the node with the camera, or in umec server)
+    cameras: list[CameraConfig] = Field(default_factory=list, description="JSON list: "
+                                        "id, kind (v4l2|rtsp|http|file), location, ...")
+    inference_enabled: bool = False
+    model_cache_dir: Path | None = Field(default=None, description="ONNX export cache; "
+                                         "default data_dir/models.")
+    inference_threads: int = 2
+    inference_max_concurrency: int = 2
+    inference_max_waiting: int = 8
 
     # agent
     server_url: str = "http://127.0.0.1:8443"

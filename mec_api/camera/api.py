@@ -15,8 +15,9 @@ from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel
 
 from mec_api import scopes
+from mec_api.camera.config import CameraKind
 from mec_api.camera.snapshots import CameraUnavailable, UnknownCamera
-from mec_api.camera.sources import CameraKind, Cameras
+from mec_api.camera.sources import Cameras
 from mec_api.principal import Principal, RouteGuard
 from mec_api.problems import ProblemError
 

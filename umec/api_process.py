@@ -1,0 +1,78 @@
+"""``umec api sensor|…``: a resource API as its own process, e.g. on the node with the device.
+
+It checks tokens exactly like the APIs mounted in ``umec server`` do, but learns keys and
+revocations over HTTP from the token service (``UMEC_TOKEN_SERVICE_URL``): the JWKS at
+``/.well-known/jwks.json`` (refetched when a kid is unknown) and the revocation feed
+``/oauth2/revocations``, polled every 250 ms. When the feed cannot be reached for 5 s the
+guard refuses every token (503) rather than miss a revocation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+from fastapi import FastAPI
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from mec_api.guard import AccessTokenGuard, RateLimiter
+from mec_api.tokens.feed import HttpJwks, RevocationFollower, http_source
+from mec_api.tokens.revocations import RevocationList
+from umec.api_wiring import build_resource_apis
+from umec.db import open_database
+from umec.settings import Settings
+
+
+class MissingTokenService(ValueError):
+    pass
+
+
+def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
+    base = settings.token_service_url.rstrip("/")
+    if not base:
+        raise MissingTokenService("set UMEC_TOKEN_SERVICE_URL to the umec server base URL "
+                                  "(its JWKS and revocation feed protect this API)")
+    verify: bool | str = str(settings.token_service_ca) if settings.token_service_ca else True
+    tls: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify) \
+        if isinstance(verify, str) else verify
+    client = httpx.AsyncClient(verify=tls, timeout=3.0)
+    revocations = RevocationList()
+    follower = RevocationFollower(http_source(f"{base}/oauth2/revocations", client),
+                                  revocations)
+    guard = AccessTokenGuard(
+        issuer=f"{base}/oauth2", audience=settings.token_audience,
+        jwks_source=HttpJwks(f"{base}/.well-known/jwks.json", verify=verify),
+        revocations=revocations, feed_applied_at=lambda: follower.applied_at,
+        limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst))
+    engine, _ = open_database(settings.resolved_database_url())
+    apis = build_resource_apis(settings, engine, guard, which=which)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        import asyncio
+        task = asyncio.create_task(follower.run())
+        try:
+            async with apis.running():
+                yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await client.aclose()
+            engine.dispose()
+
+    app = FastAPI(title=f"µMEC API: {', '.join(which)}", lifespan=lifespan)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    app.mount("/", apis.app)
+    return app
