@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from mec_api.mec011.core import compute_etag
@@ -83,10 +85,12 @@ class SqlAppSupport:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _state(self, s: Session, app_instance_id: str) -> AppStateRow:
+        """The app's row, created if need be and locked (replicas may race on a new app)."""
+        insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+        s.execute(insert(AppStateRow).values(app_instance_id=app_instance_id)
+                  .on_conflict_do_nothing(index_elements=[AppStateRow.app_instance_id]))
         row = s.get(AppStateRow, app_instance_id, with_for_update=True)
-        if row is None:
-            row = AppStateRow(app_instance_id=app_instance_id)
-            s.add(row)
+        assert row is not None
         return row
 
     def confirm_ready(self, app_instance_id: str, now: datetime) -> None:
