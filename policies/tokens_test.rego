@@ -7,7 +7,8 @@ known := ["sensor.read", "sensor.ingest", "camera.snapshot", "inference.classify
 grants := [
 	{"namespaces": ["tenant-*"], "service_accounts": ["*"], "scopes": ["sensor.read", "inference.classify"]},
 	{"namespaces": ["tenant-a"], "service_accounts": ["cam"], "scopes": ["camera.snapshot", "sensor.ingest"]},
-	{"namespaces": ["umec-system"], "service_accounts": ["gateway"], "scopes": ["sensor.ingest"]},
+	{"namespaces": ["umec-gateways"], "service_accounts": ["gateway"], "scopes": ["sensor.ingest"]},
+	{"namespaces": ["gateways-*"], "service_accounts": ["gateway"], "scopes": ["sensor.ingest"]},
 ]
 
 inp(ns, sa, req) := {"workload": {"namespace": ns, "service_account": sa, "node": "n"}, "requested": req, "known_scopes": known, "grants": grants}
@@ -40,8 +41,13 @@ test_ingest_never_for_a_tenant_even_if_granted if {
 }
 
 test_ingest_for_the_platform_gateway if {
-	d := tokens.decide(inp("umec-system", "gateway", ["sensor.ingest"]))
+	d := tokens.decide(inp("umec-gateways", "gateway", ["sensor.ingest"]))
 	d.granted == ["sensor.ingest"]
+}
+
+test_ingest_never_outside_platform_namespaces_even_if_granted if {
+	d := tokens.decide(inp("gateways-a", "gateway", ["sensor.ingest"]))
+	d.granted == []
 }
 
 test_unknown_scope_never_granted if {

@@ -23,7 +23,9 @@ def test_demo_passes_and_cleans_up() -> None:
                             text=True, timeout=300, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for line in ("node-a: trusted", "node-b: untrusted", "policy.pcr_value",
-                 "signed pod admitted", "unsigned pod denied", "demo passed"):
+                 "signed pod admitted", "unsigned pod denied", "sensor: 24.3 °C",
+                 "espresso", "gets no token: admission.pod", "node node-a is no longer trusted",
+                 "demo passed"):
         assert line in result.stdout, line
     assert "UNEXPECTED" not in result.stdout
     assert ours() <= before  # every swtpm and registry the demo started is gone

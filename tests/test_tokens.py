@@ -41,7 +41,7 @@ GRANTS = """
 grants:
   - namespaces: ["tenant-*"]
     scopes: [sensor.read, inference.classify, camera.snapshot]
-  - namespaces: [umec-system]
+  - namespaces: [umec-gateways]
     service_accounts: [gateway]
     scopes: [sensor.ingest]
 """

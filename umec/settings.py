@@ -115,6 +115,11 @@ class Settings(BaseSettings):
     sensor_purge_interval_seconds: float = 3600.0
     sensor_max_body_bytes: int = 262144
 
+    # MEC 011 service registry and app support
+    mec011_callback_attempts: int = 3
+    mec011_callback_timeout_seconds: float = 2.0
+    mec011_liveness_sweep_seconds: float = 5.0
+
     # camera and inference APIs (on the node with the camera, or in umec server)
     cameras: list[CameraConfig] = Field(default_factory=list, description="JSON list: "
                                         "id, kind (v4l2|rtsp|http|file), location, ...")

@@ -1,0 +1,150 @@
+"""``umec demo``, part 3: scoped tokens for attested, signed apps and the APIs they unlock.
+
+There is no Kubernetes here, so the demo plays the cluster's service-account issuer: an RSA key
+whose JWKS the token service trusts (``token_sa_jwks_file``), minting projected tokens with
+exactly Kubernetes' claim layout for the pods the webhook admitted. Everything else is real:
+the token service, the guard, the sensor API with a Ruuvi Gateway POST, a camera reading a
+video file, the classifier, and attestation over swtpm.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+from rich.console import Console
+
+from keys import KeyKind, KeyRing, generate_private_key
+
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# DESIGN.md's RAWv2 vector: 24.3 °C, 53.49 %RH, 100044 Pa, MAC CB:B8:33:4C:88:4F.
+RUUVI_ADV = "0201061BFF9904" + "0512FC5394C37C0004FFFC040CAC364200CDCBB8334C884F"
+GRANTS = """grants:
+  - namespaces: ["tenant-*"]
+    scopes: [sensor.read, camera.snapshot, inference.classify, mec011.services.read,
+             mec011.services.write, mec011.app-support]
+  - namespaces: [umec-gateways]
+    service_accounts: [ruuvi-gateway]
+    scopes: [sensor.ingest]
+"""
+
+
+class DemoCluster:
+    """The cluster's service-account token issuer, played by the demo."""
+
+    def __init__(self) -> None:
+        self.ring = KeyRing(generate_private_key(KeyKind.RSA_2048))
+
+    def write_jwks(self, path: Path) -> Path:
+        path.write_text(json.dumps(self.ring.jwks(datetime.now(UTC))))
+        return path
+
+    def pod_token(self, namespace: str, account: str, pod: str, uid: str, node: str) -> str:
+        now = int(time.time())
+        claims = {"aud": ["umec"], "exp": now + 3600, "iat": now, "nbf": now,
+                  "iss": SA_ISSUER, "jti": str(uuid.uuid4()),
+                  "sub": f"system:serviceaccount:{namespace}:{account}",
+                  "kubernetes.io": {"namespace": namespace,
+                                    "node": {"name": node, "uid": f"uid-{node}"},
+                                    "pod": {"name": pod, "uid": uid},
+                                    "serviceaccount": {"name": account, "uid": f"sa-{account}"}}}
+        return jwt.encode(claims, self.ring.active.private_key, algorithm="RS256",
+                          headers={"kid": self.ring.active.kid})
+
+
+def demo_video(path: Path) -> Path:
+    """A short MJPG video of a real photo (scikit-image's coffee cup) for the demo camera."""
+    import cv2
+    import numpy as np
+    try:
+        from skimage import data
+        frame = cv2.cvtColor(np.asarray(data.coffee()),  # type: ignore[no-untyped-call]
+                             cv2.COLOR_RGB2BGR)
+    except ImportError:  # the test extra is absent: a plain frame, labels will be arbitrary
+        frame = np.full((400, 600, 3), 128, np.uint8)
+    height, width = frame.shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 5, (width, height))
+    for _ in range(10):
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+@dataclass
+class Pod:
+    namespace: str
+    account: str
+    name: str
+    uid: str
+    node: str
+
+
+def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod, gateway: Pod,
+                unsigned: Pod, expect: Callable[[bool, str], None],
+                tamper_app_node: Callable[[], dict[str, Any]]) -> None:
+    def exchange(pod: Pod, scope: str) -> httpx.Response:
+        subject = cluster.pod_token(pod.namespace, pod.account, pod.name, pod.uid, pod.node)
+        return httpx.post(f"{base_url}/oauth2/token", timeout=30, data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": subject,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "scope": scope})
+
+    gw = exchange(gateway, "sensor.ingest")
+    expect(gw.status_code == 200, f"the Ruuvi gateway pod got {gw.json().get('scope')!r}")
+    post = httpx.post(f"{base_url}/sensor/v1/gateway", timeout=30,
+                      headers={"Authorization": f"Bearer {gw.json().get('access_token')}"},
+                      json={"data": {"coordinates": "", "timestamp": int(time.time()),
+                                     "gw_mac": "C8:25:2D:8E:9C:2C",
+                                     "tags": {"CB:B8:33:4C:88:4F": {
+                                         "rssi": -65, "timestamp": int(time.time()),
+                                         "data": RUUVI_ADV}}}})
+    expect(post.status_code == 200, "the gateway posted one Ruuvi RAWv2 advertisement")
+
+    r = exchange(app, "sensor.read camera.snapshot inference.classify sensor.ingest")
+    body = r.json()
+    expect(r.status_code == 200 and "sensor.ingest" not in body.get("scope", ""),
+           f"app {app.namespace}/{app.name} on {app.node} got a {body.get('token_type')} token, "
+           f"scope {body.get('scope')!r}, {body.get('expires_in')} s (sensor.ingest refused)")
+    auth = {"Authorization": f"Bearer {body.get('access_token')}"}
+    latest = httpx.get(f"{base_url}/sensor/v1/tags/CB:B8:33:4C:88:4F/latest", headers=auth,
+                       timeout=30).json()
+    expect(latest.get("temperature_c") == 24.3,
+           f"sensor: {latest.get('temperature_c')} °C, {latest.get('humidity_pct')} %RH, "
+           f"{latest.get('pressure_pa')} Pa")
+    snap = httpx.get(f"{base_url}/camera/v1/cameras/demo-cam/snapshot", headers=auth,
+                     timeout=30)
+    expect(snap.status_code == 200 and snap.content[:2] == b"\xff\xd8",
+           f"camera: a {len(snap.content)} byte JPEG snapshot")
+    classified = httpx.post(
+        f"{base_url}/inference/v1/models/efficientnet-lite0/classify-camera/demo-cam",
+        headers=auth, timeout=60).json()
+    top = (classified.get("predictions") or [{}])[0]
+    expect(top.get("label") == "espresso",
+           f"inference (server-side snapshot, the app never sees the frame): "
+           f"{top.get('label')} {top.get('score', 0):.2f}")
+
+    refused = exchange(unsigned, "sensor.read")
+    expect(refused.status_code == 400 and refused.json().get("check") == "admission.pod",
+           f"pod with the unsigned image gets no token: {refused.json().get('check')}: "
+           f"{refused.json().get('error_description')}")
+
+    verdict = tamper_app_node()
+    failed_at = time.monotonic()
+    expect(verdict["state"] == "untrusted", f"{app.node} tampered with: {verdict['state']}")
+    while True:
+        call = httpx.get(f"{base_url}/sensor/v1/tags", headers=auth, timeout=30)
+        elapsed = time.monotonic() - failed_at
+        if call.status_code != 200 or elapsed > 5:
+            break
+        time.sleep(0.01)
+    expect(call.status_code == 401 and elapsed <= 1.0,
+           f"the app's next call is refused {elapsed * 1000:.0f} ms after the failed "
+           f"attestation: {call.status_code} {call.json().get('detail')}")
