@@ -131,13 +131,16 @@ class SqlAdmissionRecords:
                 pending.loop.call_soon_threadsafe(_settle, pending.done, error)
 
     def lookup(self, uid: str) -> AdmittedPod | None:
-        with self.sessions() as session:
-            row = session.scalars(select(AdmittedPodRow).where(AdmittedPodRow.uid == uid)).first()
-            if row is None:
-                return None
-            return AdmittedPod(
-                namespace=row.namespace, name=row.name, uid=row.uid,
-                images=tuple(AdmittedImage(i["path"], i["image"], i["digest"],
-                                           tuple(i["signers"])) for i in row.images),
-                verified=row.verified, policy_generation=row.policy_generation,
-                admitted_at=row.admitted_at)
+        # Core, not the ORM: the token service asks on every issuance, and a Session costs
+        # more than the query itself.
+        table = AdmittedPodRow.__table__
+        with self.sessions.kw["bind"].connect() as conn:
+            row = conn.execute(select(table).where(table.c.uid == uid)).first()
+        if row is None:
+            return None
+        return AdmittedPod(
+            namespace=row.namespace, name=row.name, uid=row.uid,
+            images=tuple(AdmittedImage(i["path"], i["image"], i["digest"],
+                                       tuple(i["signers"])) for i in row.images),
+            verified=row.verified, policy_generation=row.policy_generation,
+            admitted_at=row.admitted_at)

@@ -80,7 +80,7 @@ from keys.storage import (
     public_key_pem,
     save_private_key,
 )
-from keys.tokens import sign_jwt, verify_jwt
+from keys.tokens import check_jwt_times, sign_jwt, verify_jwt
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
@@ -114,6 +114,7 @@ __all__ = [
     "UnsupportedKeyType",
     "allowed_algorithms",
     "atomic_write",
+    "check_jwt_times",
     "default_algorithm",
     "generate_private_key",
     "jwk_thumbprint",

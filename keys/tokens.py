@@ -198,7 +198,8 @@ def _numeric_date(payload: Mapping[str, Any], name: str) -> int | float | None:
     return value
 
 
-def _check_times(payload: Mapping[str, Any], now: float, leeway: float) -> None:
+def check_jwt_times(payload: Mapping[str, Any], now: float, leeway: float) -> None:
+    """Step 6 alone, for claims verified earlier (a cache of verified tokens re-checks time)."""
     exp = _numeric_date(payload, "exp")
     if exp is not None and exp <= now - leeway:
         raise JwtExpired(f"exp {exp} is past (now {now:.0f}, leeway {leeway:g}s)")
@@ -245,5 +246,5 @@ def verify_jwt(token: str | bytes, jwks: Mapping[str, Any] | KeyRing, *,
     except (ValueError, TypeError, RecursionError, OverflowError) as e:
         # pyjwt does not wrap every failure on hostile payloads; none may leak untyped.
         raise JwtMalformed(f"{type(e).__name__}: {e}") from e
-    _check_times(payload, when, skew)
+    check_jwt_times(payload, when, skew)
     return payload

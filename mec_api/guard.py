@@ -10,7 +10,9 @@ and either returns a :class:`~mec_api.principal.Principal` or raises :class:`Gua
    error code (RFC 6750 §3.1);
 3. the JWT verifies: ``alg`` pinned to ES256, key by ``kid`` from the token service's JWKS
    (fetched again, at most every ``jwks_refresh_seconds``, when the kid is unknown), ``typ``
-   ``at+jwt``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` against the clock with a small leeway;
+   ``at+jwt``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` against the clock with a small leeway.
+   A token string verified in the last minute is taken from :class:`VerifiedCache` when its
+   ``kid`` is still published; the times are checked again on every request;
 4. not revoked: by ``jti``, or because its node was revoked after it was minted;
 5. sender constraint: a token with ``cnf.jkt`` must come with scheme ``DPoP`` and a valid, fresh,
    unseen proof for this method and URL whose key thumbprint is ``jkt`` and whose ``ath`` hashes
@@ -29,12 +31,13 @@ from typing import Any, Protocol
 
 from fastapi import Request
 
-from keys import JwtInvalid, JwtUnknownKid, verify_jwt
+from keys import JwtInvalid, JwtUnknownKid, check_jwt_times, verify_jwt
 from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
 from mec_api.tokens.revocations import RevocationList
+from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 ACCESS_TOKEN_ALGORITHMS = ("ES256",)
 
@@ -110,6 +113,8 @@ class AccessTokenGuard:
     def __post_init__(self) -> None:
         self.replay = self.replay or DpopReplayCache()
         self._last_refresh = float("-inf")
+        self.verified: VerifiedCache[dict[str, Any]] = VerifiedCache()
+        self._kids = KidSet()
 
     def require(self, scope: str) -> Callable[..., Awaitable[Principal]]:
         async def dependency(request: Request) -> Principal:
@@ -169,15 +174,22 @@ class AccessTokenGuard:
                               required_claims=("exp", "iat", "iss", "aud", "jti", "sub",
                                                "scope"))
         try:
+            jwks = self.jwks_source.jwks()
+            cached = self.verified.get(token, self._kids.of(jwks))
+            if cached is not None:
+                check_jwt_times(cached, now, self.leeway)
+                return cached
             try:
-                return verify(self.jwks_source.jwks())
+                claims = verify(jwks)
             except JwtUnknownKid:
                 if time.monotonic() - self._last_refresh < self.jwks_refresh_seconds:
                     raise
                 self._last_refresh = time.monotonic()
-                return verify(self.jwks_source.jwks(refresh=True))
+                claims = verify(self.jwks_source.jwks(refresh=True))
         except JwtInvalid as e:
             raise _unauthorized(f"{e.check}: {e.detail}", scheme=scheme) from None
+        self.verified.put(token, _kid_of(token), claims)
+        return claims
 
     def _sender_constraint(self, claims: Mapping[str, Any], scheme: str, token: str,
                            dpop: str | None, method: str, url: str, now: float) -> None:
@@ -200,6 +212,11 @@ class AccessTokenGuard:
             self.replay.check_and_remember(proof, now)
         except DpopProofInvalid as e:
             raise _unauthorized(e.detail, scheme="DPoP", error="invalid_dpop_proof") from None
+
+
+def _kid_of(token: str) -> str:
+    import jwt  # already verified: this header parse cannot fail
+    return str(jwt.get_unverified_header(token).get("kid"))
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:

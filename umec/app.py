@@ -209,3 +209,11 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     # Last: the resource APIs (their own error model) take every path the server has not.
     app.mount("/", apis.app)
     return Server(app=app, attest=ctx, keys=ring, tokens=tokens, apis=apis)
+
+
+def create_app() -> FastAPI:
+    """The ASGI app from the environment's settings (``umec server --workers N``)."""
+    from umec.logs import configure_logging
+    settings = Settings()
+    configure_logging(settings.log_level)
+    return build_server(settings).app

@@ -42,19 +42,28 @@ def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
 
 @app.command()
 def server(host: Annotated[str | None, typer.Option(help="Listen address")] = None,
-           port: Annotated[int | None, typer.Option(help="Listen port")] = None) -> None:
+           port: Annotated[int | None, typer.Option(help="Listen port")] = None,
+           workers: Annotated[int, typer.Option(help="Worker processes (one per core); they "
+                                                "share the database")] = 1) -> None:
     """Run the control plane: attestation, token service, MEC 011 and the resource APIs."""
     import uvicorn
 
     from umec.app import build_server
     settings = _settings()
     configure_logging(settings.log_level)
-    srv = build_server(settings)
     ssl = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    uvicorn.run(srv.app, host=host or settings.listen_host, port=port or settings.listen_port,
-                log_config=None, **ssl)  # type: ignore[arg-type]
+    listen = {"host": host or settings.listen_host, "port": port or settings.listen_port}
+    if workers > 1:
+        # Each worker builds the app from the same settings (environment / UMEC_CONFIG); the
+        # lease keeps one deadline checker, revocations reach every worker through the feed.
+        build_server(settings)  # migrate and create keys once, before the workers race
+        uvicorn.run("umec.app:create_app", factory=True, workers=workers, log_config=None,
+                    **listen, **ssl)  # type: ignore[arg-type]
+        return
+    srv = build_server(settings)
+    uvicorn.run(srv.app, log_config=None, **listen, **ssl)  # type: ignore[arg-type]
 
 
 @app.command()

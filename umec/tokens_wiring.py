@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import select
@@ -47,9 +49,9 @@ class AttestNodeTrust:
         self.sessions = sessions
 
     def node_trust(self, node: str) -> NodeTrustView | None:
-        with self.sessions() as db:
-            row = db.execute(select(NodeRow.state, NodeRow.last_pass_at)
-                             .where(NodeRow.name == node)).first()
+        with self.sessions.kw["bind"].connect() as conn:  # Core: no Session per issuance
+            row = conn.execute(select(NodeRow.state, NodeRow.last_pass_at)
+                               .where(NodeRow.name == node)).first()
         return None if row is None else NodeTrustView(node, row.state, row.last_pass_at)
 
 
@@ -110,10 +112,10 @@ class LazyClusterKeys:
         self.settings = settings
         self._keys: ClusterKeys | None = None
 
-    def jwks(self, *, refresh: bool = False) -> dict[str, object]:
+    def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
         if self._keys is None:
             self._keys = cluster_keys(self.settings)
-        return dict(self._keys.jwks(refresh=refresh))
+        return self._keys.jwks(refresh=refresh)
 
 
 @dataclass
@@ -146,12 +148,16 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
         lifetime_seconds=settings.token_lifetime_seconds,
         attestation_max_age_seconds=settings.attestation_interval_seconds
         + settings.stale_grace_seconds)
+    revocations = RevocationList()
     issuer = TokenIssuer(config=config, cluster_keys=LazyClusterKeys(settings),
                          nodes=AttestNodeTrust(sessions),
                          admissions=AdmissionRecordLookup(SqlAdmissionRecords(sessions)),
-                         scopes=ScopePolicy(grants),
-                         ring=ring, node_cutoff=store.node_cutoff)
-    revocations = RevocationList()
+                         scopes=ScopePolicy(grants), ring=ring,
+                         # The follower's list, not a query: this replica's revocations arrive
+                         # at once (poke), other replicas' within the poll interval; the node's
+                         # state itself is read fresh on every issuance.
+                         node_cutoff=lambda node, now: revocations.node_cutoff(
+                             node, now.timestamp()))
     follower = RevocationFollower(store_source(store), revocations)
     store.listeners.append(follower.poke)
     guard = AccessTokenGuard(

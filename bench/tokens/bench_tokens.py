@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -65,6 +66,35 @@ EXCHANGE = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
             "scope": "sensor.read"}
 GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read, inference.classify]}]\n"
 DIGEST = "sha256:" + "ab" * 32
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (uvicorn workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    total = 0.0
+    for p in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += cpu_seconds(p)
+    return total
+
+
+def tree_hwm_mib(pid: int) -> str:
+    return ", ".join(f"{vm_status(p)['VmHWM'] / 1024:.1f}" for p in process_tree(pid))
 
 
 def stats_ms(values: list[float]) -> str:
@@ -119,17 +149,55 @@ def issuance_http(site: Site, subjects: list[str], threads: int, count: int,
 
     for warm in subjects[:50]:  # warm-up: caches, connections, Rego memo
         site.client.post("/oauth2/token", data={**EXCHANGE, "subject_token": warm})
-    cpu0, t0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, t0 = tree_cpu(pid), time.perf_counter()
     workers = [threading.Thread(target=worker, args=(k,)) for k in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    wall, cpu = time.perf_counter() - t0, cpu_seconds(pid) - cpu0
+    wall, cpu = time.perf_counter() - t0, tree_cpu(pid) - cpu0
     if errors:
         raise SystemExit(f"{len(errors)} issuances refused, e.g. {errors[0]}")
     return {"n": len(latencies), "per_s": len(latencies) / wall, "lat": latencies,
             "cpu_ms": cpu / len(latencies) * 1e3}
+
+
+WRK_SCRIPT = """
+bodies = {%s}
+i = 0
+request = function()
+  i = i %% #bodies + 1
+  return wrk.format("POST", "/oauth2/token",
+    {["Content-Type"] = "application/x-www-form-urlencoded"}, bodies[i])
+end
+done = function(summary, latency, requests)
+  io.write(string.format("WRK %%d %%d %%d %%.3f %%.3f %%.3f\\n", summary.requests,
+    summary.errors.status, summary.errors.timeout, latency:percentile(50) / 1000,
+    latency:percentile(99) / 1000, summary.duration / 1e6))
+end
+"""
+
+
+def issuance_wrk(work: Path, base: str, subjects: list[str], connections: int,
+                 seconds: int, pid: int) -> dict[str, float] | None:
+    """The same exchanges from wrk (C, one thread): a load generator that leaves the server
+    nearly all of the two cores."""
+    if shutil.which("wrk") is None:
+        return None
+    bodies = ",".join('"' + "&".join(f"{k}={v}" for k, v in
+                                     {**EXCHANGE, "subject_token": sub}.items()) + '"'
+                      for sub in subjects)
+    script = work / "exchange.lua"
+    script.write_text(WRK_SCRIPT % bodies)
+    cpu0 = tree_cpu(pid)
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script),
+                          f"{base}/oauth2/token"], capture_output=True, text=True).stdout
+    cpu = tree_cpu(pid) - cpu0
+    line = next(ln for ln in out.splitlines() if ln.startswith("WRK "))
+    n, bad, timeouts, p50, p99, wall = (float(x) for x in line.split()[1:])
+    if bad or timeouts:
+        raise SystemExit(f"wrk: {bad:.0f} non-2xx answers, {timeouts:.0f} timeouts")
+    return {"per_s": n / wall, "p50_ms": p50, "p99_ms": p99, "n": n, "cpu_ms": cpu / n * 1e3}
 
 
 def guard_overhead(runs: int) -> dict[str, float]:
@@ -184,10 +252,21 @@ def guard_overhead(runs: int) -> dict[str, float]:
         guard.authenticate(authorization=f"Bearer {token}", dpop=None, method="GET",
                            url="http://bench/guarded", scope="sensor.read")
         direct.append((time.perf_counter_ns() - t0) / 1e3)
+    first_use = []  # a token the guard has never seen: full signature verification
+    fresh = [sign_jwt({"iss": "https://umec/oauth2", "aud": "umec-apis", "sub": "s", "iat": now,
+                       "nbf": now, "exp": now + 3600, "jti": f"j{i}", "scope": "sensor.read",
+                       "client_id": "t:a", "namespace": "t", "app_instance_id": "t.a",
+                       "node": "n"}, ring, headers={"typ": "at+jwt"}) for i in range(1000)]
+    for t in fresh:
+        t0 = time.perf_counter_ns()
+        guard.authenticate(authorization=f"Bearer {t}", dpop=None, method="GET",
+                           url="http://bench/guarded", scope="sensor.read")
+        first_use.append((time.perf_counter_ns() - t0) / 1e3)
     open_us = statistics.median(samples["/open"])
     guarded_us = statistics.median(samples["/guarded"])
     return {"open_us": open_us, "guarded_us": guarded_us, "overhead_us": guarded_us - open_us,
-            "authenticate_us": statistics.median(direct)}
+            "authenticate_us": statistics.median(direct),
+            "first_use_us": statistics.median(first_use)}
 
 
 def revocation_trials(site: Site, api_base: str, tpms: list[SimulatedTpm],
@@ -231,6 +310,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--guard-runs", type=int, default=3000)
     ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--server-workers", type=int, default=1,
+                    help="umec server --workers (CPU is then summed over the workers)")
     args = ap.parse_args()
     print_machine()
     work = Path(tempfile.mkdtemp(prefix="bench-tokens-"))
@@ -245,7 +326,8 @@ def main() -> None:
                       UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000")
     try:
         with server_process(work, hashes, port,
-                            [str(REPO / ".venv" / "bin" / "umec"), "server"]) as server:
+                            [str(REPO / ".venv" / "bin" / "umec"), "server", "--workers",
+                             str(args.server_workers)]) as server:
             site = Site(base, f"sqlite:///{work / 'data' / 'umec.db'}", cluster)
             nodes = [site.trusted_node(f"node-{i:03d}", tpms[i]) for i in range(args.nodes)]
             subjects = [site.pod_token(nodes[i % args.nodes].name, f"pod-{i}")
@@ -255,7 +337,12 @@ def main() -> None:
                   f"{args.nodes} nodes)\n{http['per_s']:.0f} issuances/s; "
                   f"{stats_ms(http['lat'])}; server CPU {http['cpu_ms']:.2f} ms per issuance "
                   f"→ capacity ≈ {2000 / http['cpu_ms']:.0f}/s on 2 cores")
-            print(f"server VmHWM {vm_status(server.pid)['VmHWM'] / 1024:.1f} MiB")
+            w = issuance_wrk(work, base, subjects, 8, 15, server.pid)
+            if w is not None:
+                print(f"wrk (1 thread, 8 connections, 15 s): {w['per_s']:.0f} issuances/s, "
+                      f"p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms (n={w['n']:.0f}); "
+                      f"server CPU {w['cpu_ms']:.2f} ms per issuance")
+            print(f"server VmHWM per process (MiB): {tree_hwm_mib(server.pid)}")
 
             trials = tpms[args.nodes:]
             in_server = revocation_trials(site, base, trials[:args.trials], "rev-srv")
@@ -278,7 +365,8 @@ def main() -> None:
         print(f"\n## 3. guard overhead (in-process ASGI, interleaved)\n"
               f"unguarded median {g['open_us']:.0f} µs, guarded {g['guarded_us']:.0f} µs, "
               f"overhead {g['overhead_us']:.0f} µs; authenticate() alone "
-              f"{g['authenticate_us']:.0f} µs")
+              f"{g['authenticate_us']:.0f} µs for a token seen before, "
+              f"{g['first_use_us']:.0f} µs on its first use (signature verified)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -18,15 +18,17 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Form, Header, Query
+from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
+from starlette.concurrency import run_in_threadpool
 
 from keys import JwtInvalid, KeyRing, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
-from mec_api.tokens.errors import TokenRefused
+from mec_api.tokens.errors import InvalidRequest, TokenRefused
 from mec_api.tokens.issuer import (
     CLIENT_CREDENTIALS,
     TOKEN_EXCHANGE,
@@ -49,27 +51,57 @@ def _oauth_error(e: TokenRefused) -> JSONResponse:
     return JSONResponse(e.as_dict(), status_code=e.status, headers=headers)
 
 
+MAX_FORM_BYTES = 64 * 1024
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """RFC 6749 §3.2: ``application/x-www-form-urlencoded``, each parameter at most once.
+
+    Parsed with the standard library rather than FastAPI's per-field form machinery, which
+    cost more than the whole token decision."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/x-www-form-urlencoded":
+        raise InvalidRequest(f"content type {ctype!r}: use application/x-www-form-urlencoded")
+    body = await request.body()
+    if len(body) > MAX_FORM_BYTES:
+        raise InvalidRequest(f"request body of {len(body)} bytes exceeds {MAX_FORM_BYTES}")
+    try:
+        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=False, strict_parsing=False,
+                          max_num_fields=32)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise InvalidRequest(f"malformed form body ({type(e).__name__})") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:
+            raise InvalidRequest(f"parameter {name!r} is repeated")
+        form[name] = value
+    return form
+
+
 def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token: str,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> APIRouter:
     router = APIRouter(tags=["tokens"])
     config = issuer.config
 
     @router.post("/oauth2/token")
-    def token(grant_type: Annotated[str, Form()], subject_token: Text = None,
-              subject_token_type: Text = None, requested_token_type: Text = None,
-              actor_token: Text = None, client_assertion: Text = None,
-              client_assertion_type: Text = None, client_id: Text = None, scope: Text = None,
-              audience: Text = None, resource: Text = None,
-              dpop: Annotated[str | None, Header()] = None) -> JSONResponse:
-        req = TokenRequest(
-            grant_type=grant_type, subject_token=subject_token,
-            subject_token_type=subject_token_type, requested_token_type=requested_token_type,
-            actor_token=actor_token, client_assertion=client_assertion,
-            client_assertion_type=client_assertion_type, client_id=client_id, scope=scope,
-            audience=audience or resource, dpop_proof=dpop, method="POST",
-            url=config.token_endpoint)
+    async def token(request: Request) -> JSONResponse:
         try:
-            issued = issuer.issue(req, clock())
+            form = await _form(request)
+        except TokenRefused as e:
+            REFUSED.labels(e.check).inc()
+            return _oauth_error(e)
+        grant_type = form.get("grant_type") or ""
+        req = TokenRequest(
+            grant_type=grant_type, subject_token=form.get("subject_token"),
+            subject_token_type=form.get("subject_token_type"),
+            requested_token_type=form.get("requested_token_type"),
+            actor_token=form.get("actor_token"), client_assertion=form.get("client_assertion"),
+            client_assertion_type=form.get("client_assertion_type"),
+            client_id=form.get("client_id"), scope=form.get("scope"),
+            audience=form.get("audience") or form.get("resource"),
+            dpop_proof=request.headers.get("dpop"), method="POST", url=config.token_endpoint)
+        try:
+            issued = await run_in_threadpool(issuer.issue, req, clock())
         except TokenRefused as e:
             REFUSED.labels(e.check).inc()
             log.info("token refused", extra={"check": e.check, "detail": e.detail})

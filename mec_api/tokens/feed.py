@@ -81,13 +81,21 @@ class RevocationFollower:
 
 
 class RingJwks:
-    """The token service's own key ring as a JWKS source (same process)."""
+    """The token service's own key ring as a JWKS source (same process), rebuilt at most once
+    a second (or on ``refresh``): rotation and retirement show within that second."""
 
-    def __init__(self, ring: KeyRing) -> None:
+    def __init__(self, ring: KeyRing, max_age: float = 1.0) -> None:
         self.ring = ring
+        self.max_age = max_age
+        self._cached: tuple[float, int, Mapping[str, Any]] | None = None
 
     def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
-        return self.ring.jwks(datetime.now(UTC))
+        cached, now = self._cached, time.monotonic()
+        if refresh or cached is None or now - cached[0] > self.max_age \
+                or cached[1] != id(self.ring.active):
+            cached = self._cached = (now, id(self.ring.active),
+                                     self.ring.jwks(datetime.now(UTC)))
+        return cached[2]
 
 
 class HttpJwks:

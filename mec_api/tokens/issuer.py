@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+import jwt
+
 from keys import KeyRing, sign_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
@@ -54,6 +56,7 @@ from mec_api.tokens.sa_token import (
 )
 from mec_api.tokens.scope_policy import ScopePolicy
 from mec_api.tokens.trust import AdmissionLookup, NodeTrust
+from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 CLIENT_CREDENTIALS = "client_credentials"
@@ -62,6 +65,11 @@ TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
 MAX_LIFETIME_SECONDS = 300
+SA_TOKEN_LEEWAY = 5.0
+
+
+def _kid(token: str) -> str:
+    return str(jwt.get_unverified_header(token).get("kid"))  # verified just before
 
 
 class InvalidTarget(TokenRefused):
@@ -133,8 +141,12 @@ class TokenIssuer:
     admissions: AdmissionLookup
     scopes: ScopePolicy
     ring: KeyRing
-    node_cutoff: Callable[[str, datetime], float | None] = lambda _node, _now: None
+    # The live node revocation cutoff (RevocationList.node_cutoff or the store's).
+    node_cutoff: Callable[[str, datetime], float | None]
     replay: DpopReplayCache = field(default_factory=DpopReplayCache)
+    # Subject tokens whose signature verified recently (a pod reuses its projected token).
+    verified_subjects: VerifiedCache[WorkloadIdentity] = field(default_factory=VerifiedCache)
+    _cluster_kids: KidSet = field(default_factory=KidSet)
 
     def issue(self, req: TokenRequest, now: datetime) -> IssuedToken:
         subject, error = self._subject_token(req)
@@ -177,9 +189,18 @@ class TokenIssuer:
             audiences.append(self.config.token_endpoint)
 
         def verify(refresh: bool) -> WorkloadIdentity:
-            return verify_service_account_token(
-                token, self.cluster_keys.jwks(refresh=refresh), issuer=self.config.sa_issuer,
-                audiences=audiences, now=now.timestamp(), error=error)
+            jwks = self.cluster_keys.jwks(refresh=refresh)
+            cached = self.verified_subjects.get(f"{error.check}:{token}",
+                                                self._cluster_kids.of(jwks))
+            if cached is not None:
+                if cached.expires_at <= now.timestamp() - SA_TOKEN_LEEWAY:
+                    raise error(f"jwt.exp: the subject token expired at {cached.expires_at:.0f}")
+                return cached
+            identity = verify_service_account_token(
+                token, jwks, issuer=self.config.sa_issuer, audiences=audiences,
+                now=now.timestamp(), leeway=SA_TOKEN_LEEWAY, error=error)
+            self.verified_subjects.put(f"{error.check}:{token}", _kid(token), identity)
+            return identity
         try:
             return verify(False)
         except SubjectTokenUnknownKey:

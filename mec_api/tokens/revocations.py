@@ -143,6 +143,11 @@ class RevocationList:
                 return f"node {node} is no longer trusted"
         return None
 
+    def node_cutoff(self, node: str, now: float) -> float | None:
+        """The live cutoff for ``node`` (the issuer refuses to mint below it)."""
+        entry = self._nodes.get(node)
+        return entry[0] if entry is not None and entry[1] > now else None
+
     def expire(self, now: float) -> None:
         with self._lock:
             self._jtis = {j: e for j, e in self._jtis.items() if e > now}
