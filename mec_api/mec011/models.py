@@ -6,35 +6,21 @@ subscriptions); the columns beside them are what the queries select on and who o
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Dialect, Integer, String
+from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
+
+from mec_api.sql_types import UtcDateTime
 
 # The tenant boundary of services every tenant may discover (the platform's own APIs).
 PLATFORM_NAMESPACE = "*"
 
 
-class _UtcDateTime(TypeDecorator[datetime]):
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime stored: use datetime.now(UTC)")
-        return value
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:  # SQLite keeps no zone
-            return value.replace(tzinfo=UTC)
-        return value
-
-
 class Mec011Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {
-        dict[str, Any]: JSON, datetime: _UtcDateTime}
+        dict[str, Any]: JSON, datetime: UtcDateTime}
 
 
 class ServiceRow(Mec011Base):

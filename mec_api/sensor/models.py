@@ -9,34 +9,17 @@ after 65535 measurements (about a day at the default interval), within the reten
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import DateTime, Dialect, Float, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-
-class _UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC in and out; SQLite hands back naive values, which are UTC here."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime stored: use datetime.now(UTC)")
-        # SQLite compares the stored text: every value must be in the same (UTC) offset.
-        return None if value is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
+from mec_api.sql_types import UtcDateTime
 
 
 class SensorBase(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: _UtcDateTime}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UtcDateTime}
 
 
 class SensorReadingRow(SensorBase):
