@@ -10,16 +10,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-import anyio
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel
 
 from mec_api import scopes
 from mec_api.camera.config import CameraKind
-from mec_api.camera.snapshots import CameraUnavailable, UnknownCamera
+from mec_api.camera.snapshots import snapshot_or_problem
 from mec_api.camera.sources import Cameras
 from mec_api.principal import Principal, RouteGuard
-from mec_api.problems import ProblemError
 
 CameraId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 
@@ -57,14 +55,7 @@ def build_camera_router(cameras: Cameras, guard: RouteGuard) -> APIRouter:
         responses={200: {"content": {"image/jpeg": {}}, "description": "one JPEG frame"}},
     )
     async def snapshot(camera_id: CameraId, principal: Principal = may_snapshot) -> Response:
-        try:
-            jpeg = await anyio.to_thread.run_sync(cameras.snapshot, camera_id)
-        except UnknownCamera as exc:
-            raise ProblemError(404, "Not Found", str(exc)) from None
-        except CameraUnavailable as exc:
-            raise ProblemError(
-                503, "Service Unavailable", str(exc), headers={"Retry-After": "5"}
-            ) from None
+        jpeg = await snapshot_or_problem(cameras, camera_id)
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
     return router

@@ -54,3 +54,17 @@ class SnapshotSource(Protocol):
     """Takes one JPEG snapshot of a configured camera (blocking; call it off the event loop)."""
 
     def snapshot(self, camera_id: str) -> bytes: ...
+
+
+async def snapshot_or_problem(source: SnapshotSource, camera_id: str) -> bytes:
+    """One frame off the event loop; an unknown camera is 404, a failing one 503 (problem+json)."""
+    import anyio
+
+    from mec_api.problems import ProblemError
+    try:
+        return await anyio.to_thread.run_sync(source.snapshot, camera_id)
+    except UnknownCamera as exc:
+        raise ProblemError(404, "Not Found", str(exc)) from None
+    except CameraUnavailable as exc:
+        raise ProblemError(503, "Service Unavailable", str(exc),
+                           headers={"Retry-After": "5"}) from None

@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel
 
 from mec_api import scopes
-from mec_api.camera.snapshots import CameraUnavailable, SnapshotSource, UnknownCamera
+from mec_api.camera.snapshots import SnapshotSource, snapshot_or_problem
 from mec_api.inference.errors import (
     ContentTypeMismatch,
     ImageRejected,
@@ -222,14 +222,7 @@ def build_inference_router(
         check_model(model)
         if snapshots is None:
             raise ProblemError(404, "Not Found", "this node serves no cameras to classify")
-        try:
-            frame = await anyio.to_thread.run_sync(snapshots.snapshot, camera_id)
-        except UnknownCamera as exc:
-            raise ProblemError(404, "Not Found", str(exc)) from None
-        except CameraUnavailable as exc:
-            raise ProblemError(
-                503, "Service Unavailable", str(exc), headers={"Retry-After": "5"}
-            ) from None
+        frame = await snapshot_or_problem(snapshots, camera_id)
         return await classify(frame, top_k, None, camera_id)
 
     return router
