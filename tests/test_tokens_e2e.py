@@ -136,3 +136,26 @@ def test_discovery_documents(site: Site) -> None:
     assert keys and all(k["kty"] == "EC" for k in keys)
     assert httpx.get(f"{site.url}/healthz").status_code == 200
     assert httpx.get(f"{site.url}/sensor/v1/tags").status_code == 401
+
+
+def test_key_rotation_with_overlap(site: Site, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from umec.cli import app
+    admit(site)
+    old = exchange(site, site.cluster.token()).json()["access_token"]
+    env = {"UMEC_DATA_DIR": str(tmp_path / "srv")}
+    refused = CliRunner().invoke(app, ["tokens", "rotate-key", "--overlap-seconds", "60"],
+                                 env=env)
+    assert refused.exit_code == 2 and "shorter than the token lifetime" in refused.output
+    done = CliRunner().invoke(app, ["tokens", "rotate-key"], env=env)
+    assert done.exit_code == 0, done.output
+    assert site.server.tokens.reloader.check()            # what the 2 s loop does
+    new = exchange(site, site.cluster.token()).json()["access_token"]
+    kids = {k["kid"] for k in httpx.get(f"{site.url}/.well-known/jwks.json").json()["keys"]}
+    import jwt
+    assert {jwt.get_unverified_header(t)["kid"] for t in (old, new)} == kids
+    assert len(kids) == 2
+    time.sleep(1.1)                                         # the guard's JWKS cache
+    assert sensor_tags(site, old).status_code == 200       # within the overlap
+    assert sensor_tags(site, new).status_code == 200

@@ -9,6 +9,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -118,6 +119,16 @@ async def _deadline_loop(ctx: AttestContext, every: float) -> None:
         await asyncio.sleep(every)
 
 
+async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        try:
+            tokens.reloader.check()
+            tokens.store.prune(datetime.now(UTC))
+        except Exception as e:  # keep serving with the current ring; say why
+            log.warning("token key reload / revocation prune failed: %s", e)
+
+
 def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine, sessions = open_database(settings.resolved_database_url())
@@ -149,7 +160,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.loop = asyncio.get_running_loop()
         tasks = [asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds)),
-                 asyncio.create_task(tokens.follower.run())]
+                 asyncio.create_task(tokens.follower.run()),
+                 asyncio.create_task(_reload_loop(tokens))]
         try:
             async with apis.running():
                 yield

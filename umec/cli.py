@@ -177,6 +177,27 @@ def policy_remove(name: str) -> None:
     console.print(f"removed {name}")
 
 
+tokens_app = typer.Typer(help="The token service's signing keys.", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("rotate-key")
+def tokens_rotate_key(overlap_seconds: Annotated[float, typer.Option(
+        help="How long the old key stays in the JWKS (at least the token lifetime)")] = 600.0
+                      ) -> None:
+    """Make a fresh ES256 key active; running servers pick it up within seconds."""
+    from umec.tokens_wiring import rotate_token_key
+    settings = _settings()
+    try:
+        kid = rotate_token_key(settings.data_dir / "keys" / "access-tokens", overlap_seconds,
+                               settings.token_lifetime_seconds)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    console.print(f"active key {kid}; the previous key stays published for "
+                  f"{overlap_seconds:g} s")
+
+
 @app.command()
 def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera, inference")],
         host: Annotated[str | None, typer.Option(help="Listen address")] = None,

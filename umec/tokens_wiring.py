@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from admission.records import SqlAdmissionRecords
 from attest.service.models import NodeRow
 from attest.service.notify_event import NodeStateChanged
-from keys import KeyRing
+from keys import KeyRing, generate_private_key
 from mec_api.guard import AccessTokenGuard, RateLimiter
 from mec_api.tokens.api import token_router
 from mec_api.tokens.feed import (
@@ -118,6 +118,45 @@ class LazyClusterKeys:
         return self._keys.jwks(refresh=refresh)
 
 
+class RingReloader:
+    """Picks up a key rotation written to the shared key directory (``umec tokens rotate-key``,
+    from any replica): the issuer signs with the new key and the JWKS lists both until the old
+    one's overlap ends."""
+
+    def __init__(self, directory: Path, issuer: TokenIssuer, jwks: RingJwks) -> None:
+        self.directory, self.issuer, self.jwks = directory, issuer, jwks
+        self._seen = self._stamp()
+
+    def _stamp(self) -> int:
+        try:
+            return (self.directory / "index.json").stat().st_mtime_ns
+        except OSError:
+            return 0
+
+    def check(self) -> bool:
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return False
+        ring = KeyRing.load(self.directory)  # a broken index raises: keep the current ring
+        self.issuer.ring = self.jwks.ring = ring
+        self._seen = stamp
+        log.info("access-token key ring reloaded", extra={"active": ring.active.kid})
+        return True
+
+
+def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: float) -> str:
+    """Make a fresh key active; the old one stays published for ``overlap_seconds``."""
+    if overlap_seconds < lifetime_seconds:
+        raise ValueError(f"overlap {overlap_seconds:g} s is shorter than the token lifetime "
+                         f"{lifetime_seconds:g} s: tokens still in use would stop verifying")
+    now = datetime.now(UTC)
+    ring = KeyRing.load_or_create(directory)
+    ring.prune(now)
+    new = ring.rotate(generate_private_key(), now, timedelta(seconds=overlap_seconds))
+    ring.save(directory)
+    return new.kid
+
+
 @dataclass
 class TokenService:
     issuer: TokenIssuer
@@ -126,6 +165,7 @@ class TokenService:
     follower: RevocationFollower
     router: APIRouter
     sink: RevokeOnDistrust
+    reloader: RingReloader
 
 
 def public_base(settings: Settings) -> str:
@@ -160,10 +200,12 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
                              node, now.timestamp()))
     follower = RevocationFollower(store_source(store), revocations)
     store.listeners.append(follower.poke)
+    jwks = RingJwks(ring)
     guard = AccessTokenGuard(
-        issuer=config.issuer, audience=settings.token_audience, jwks_source=RingJwks(ring),
+        issuer=config.issuer, audience=settings.token_audience, jwks_source=jwks,
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
         limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst))
     router = token_router(issuer, store, operator_token=operator_token,
                           clock=lambda: datetime.now(UTC))
-    return TokenService(issuer, store, guard, follower, router, RevokeOnDistrust(store))
+    return TokenService(issuer, store, guard, follower, router, RevokeOnDistrust(store),
+                        RingReloader(keys_dir, issuer, jwks))
