@@ -338,7 +338,7 @@ def test_a_damaged_cache_is_not_used(
     assert export.cached_model(tmp_path, onnx_model.weights_sha256) is None
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(ModelUnavailable, match="torch is not installed"):
-        export.ensure_onnx_model(tmp_path)
+        export.ensure_onnx_model(tmp_path, in_process=True)
 
 
 def test_swapped_package_weights_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:

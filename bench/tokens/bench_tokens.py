@@ -65,6 +65,31 @@ EXCHANGE = {"grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
             "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
             "scope": "sensor.read"}
 GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read, inference.classify]}]\n"
+
+
+def coffee_jpeg() -> bytes:
+    import cv2
+    import numpy as np
+    from skimage import data
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(np.asarray(data.coffee()), cv2.COLOR_RGB2BGR))
+    assert ok
+    return bytes(jpeg)
+
+
+def inference_http(site: Site, subject: str, runs: int) -> list[float]:
+    token = site.client.post("/oauth2/token", data={
+        **EXCHANGE, "scope": "inference.classify", "subject_token": subject}).json()
+    headers = {"Authorization": f"Bearer {token['access_token']}", "Content-Type": "image/jpeg"}
+    image, out = coffee_jpeg(), []
+    for i in range(runs + 10):
+        t0 = time.perf_counter()
+        r = site.client.post("/inference/v1/models/efficientnet-lite0/classify", content=image,
+                             headers=headers)
+        if i >= 10:
+            out.append(time.perf_counter() - t0)
+        if r.status_code != 200 or r.json()["predictions"][0]["label"] != "espresso":
+            raise SystemExit(f"classification failed: {r.status_code} {r.text[:200]}")
+    return out
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -310,6 +335,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--guard-runs", type=int, default=3000)
     ap.add_argument("--trials", type=int, default=40)
+    ap.add_argument("--inference-runs", type=int, default=200)
     ap.add_argument("--server-workers", type=int, default=1,
                     help="umec server --workers (CPU is then summed over the workers)")
     args = ap.parse_args()
@@ -323,7 +349,9 @@ def main() -> None:
     (work / "grants.yaml").write_text(GRANTS)
     os.environ.update(UMEC_TOKEN_SA_JWKS_FILE=str(cluster.write_jwks(work / "jwks.json")),
                       UMEC_TOKEN_GRANTS=str(work / "grants.yaml"), UMEC_PUBLIC_URL=base,
-                      UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000")
+                      UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000",
+                      UMEC_INFERENCE_ENABLED="true",
+                      UMEC_MODEL_CACHE_DIR=str(REPO / "bench" / ".model-cache"))
     try:
         with server_process(work, hashes, port,
                             [str(REPO / ".venv" / "bin" / "umec"), "server", "--workers",
@@ -343,6 +371,10 @@ def main() -> None:
                       f"p50 {w['p50_ms']:.2f} ms, p99 {w['p99_ms']:.2f} ms (n={w['n']:.0f}); "
                       f"server CPU {w['cpu_ms']:.2f} ms per issuance")
             print(f"server VmHWM per process (MiB): {tree_hwm_mib(server.pid)}")
+            lat = inference_http(site, subjects[0], args.inference_runs)
+            print(f"\n## 5. inference over HTTP (coffee 600×400 JPEG, EfficientNet-Lite0, "
+                  f"onnxruntime CPU)\n{stats_ms(lat)}; server VmHWM per process with the model "
+                  f"loaded (MiB): {tree_hwm_mib(server.pid)}")
 
             trials = tpms[args.nodes:]
             in_server = revocation_trials(site, base, trials[:args.trials], "rev-srv")

@@ -17,6 +17,8 @@ import fcntl
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -85,11 +87,15 @@ def cached_model(cache_dir: Path, weights_sha256: str) -> ExportedModel | None:
     return model if sha256_file(model.onnx_path) == model.onnx_sha256 else None
 
 
-def ensure_onnx_model(cache_dir: Path, weights: Path | None = None) -> ExportedModel:
+def ensure_onnx_model(cache_dir: Path, weights: Path | None = None, *,
+                      in_process: bool = False) -> ExportedModel:
     """The ONNX graph for the packaged (or given) weights, exported on the first call only.
 
     The packaged weights must have their pinned SHA-256; explicitly given ``weights`` are the
-    caller's choice and are only hashed into the cache key.
+    caller's choice and are only hashed into the cache key. The export runs in a child process
+    (``python -m mec_api.inference.export``) unless ``in_process``: torch never enters a
+    serving process, whose memory it would double, and it has been seen to corrupt the heap
+    when loaded beside other native extensions (regopy) there.
     """
     packaged = weights is None
     weights = weights or package_weights_path()
@@ -103,11 +109,30 @@ def ensure_onnx_model(cache_dir: Path, weights: Path | None = None) -> ExportedM
     found = cached_model(cache_dir, weights_sha256)
     if found is not None:
         return found
+    if not in_process:
+        return _export_in_child(cache_dir, weights if not packaged else None, weights_sha256)
     with _export_lock(cache_dir):  # several replicas starting at once export once
         found = cached_model(cache_dir, weights_sha256)
         if found is not None:
             return found
         return _export(weights, weights_sha256, cache_dir)
+
+
+def _export_in_child(cache_dir: Path, weights: Path | None,
+                     weights_sha256: str) -> ExportedModel:
+    cmd = [sys.executable, "-m", "mec_api.inference.export", "--cache-dir", str(cache_dir)]
+    if weights is not None:
+        cmd += ["--weights", str(weights)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ModelUnavailable(f"exporting {MODEL_NAME}: {type(exc).__name__}") from None
+    found = cached_model(cache_dir, weights_sha256)
+    if done.returncode != 0 or found is None:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise ModelUnavailable(f"exporting {MODEL_NAME} to {cache_dir} failed: "
+                               + " | ".join(tail))
+    return found
 
 
 def _stem(weights_sha256: str) -> str:
@@ -198,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache-dir", type=Path, required=True)
     parser.add_argument("--weights", type=Path, default=None, help="default: the packaged .pth")
     args = parser.parse_args(argv)
-    exported = ensure_onnx_model(args.cache_dir, args.weights)
+    exported = ensure_onnx_model(args.cache_dir, args.weights, in_process=True)
     print(json.dumps({**asdict(exported), "onnx_path": str(exported.onnx_path)}, indent=2))
 
 
