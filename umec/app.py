@@ -223,6 +223,20 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     return Server(app=app, attest=ctx, keys=ring, tokens=tokens, apis=apis)
 
 
+def prepare_server(settings: Settings) -> None:
+    """What worker processes must not race on, done once before they start: migrations, the
+    key rings, the operator token and the model export (in its own child process)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine, _ = open_database(settings.resolved_database_url())
+    engine.dispose()
+    KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
+    KeyRing.load_or_create(settings.data_dir / "keys" / "access-tokens")
+    _operator_token(settings)
+    if settings.inference_enabled:
+        from mec_api.inference.export import ensure_onnx_model
+        ensure_onnx_model(settings.model_cache_dir or settings.data_dir / "models")
+
+
 def create_app() -> FastAPI:
     """The ASGI app from the environment's settings (``umec server --workers N``)."""
     from umec.logs import configure_logging

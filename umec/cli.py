@@ -58,7 +58,8 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
     if workers > 1:
         # Each worker builds the app from the same settings (environment / UMEC_CONFIG); the
         # lease keeps one deadline checker, revocations reach every worker through the feed.
-        build_server(settings)  # migrate and create keys once, before the workers race
+        from umec.app import prepare_server
+        prepare_server(settings)
         uvicorn.run("umec.app:create_app", factory=True, workers=workers, log_config=None,
                     **listen, **ssl)  # type: ignore[arg-type]
         return
