@@ -24,15 +24,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import urllib3.exceptions
-from kubernetes.client import CoreV1Api
-from kubernetes.client.exceptions import ApiException
 
 from admission.core.errors import AdmissionError
 from admission.core.review import PullSecretRefs
 from admission.credentials import Credentials, CredentialsMalformed
+
+if TYPE_CHECKING:  # the kubernetes client costs ~35 MiB: loaded only when pull secrets are on
+    from kubernetes.client import CoreV1Api
 
 DOCKER_SECRET_TYPES = ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")
 
@@ -87,6 +88,7 @@ class KubePullSecrets:
         return obj
 
     def _read_blocking(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
         try:
             # Raw JSON, not the client's models: Secret data stays base64 exactly as stored.
             options: dict[str, Any] = {"_preload_content": False,

@@ -15,13 +15,12 @@ from admission.core.policy import PolicySet, load_policies_yaml
 from admission.core.reference import parse_reference
 from admission.core.verify import VerifiedSignature
 from admission.credentials import Credentials
-from admission.pull_secrets import KubePullSecrets
 from admission.records import SqlAdmissionRecords
 from admission.registry import RegistryClient
 from admission.rego import RegoEvaluator
 from admission.verification import verify_image_signatures
 from admission.webhook import create_webhook_app
-from admission.webhook_admit import WebhookDeps
+from admission.webhook_admit import PullCredentialSource, WebhookDeps
 from keys import PublicKey
 from umec.db import open_database
 from umec.settings import Settings
@@ -126,12 +125,13 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     return create_webhook_app(deps), deps
 
 
-def kube_pull_secrets(settings: Settings) -> KubePullSecrets | None:
+def kube_pull_secrets(settings: Settings) -> PullCredentialSource | None:
     """Pods' imagePullSecrets through the Kubernetes API, when the webhook runs in a cluster
     (in-cluster service account) or ``kubeconfig`` is set; otherwise only the docker config."""
     if not settings.webhook_pull_secrets:
         return None
     # Heavy (the kubernetes client): imported only when pull secrets are on.
+    from admission.pull_secrets import KubePullSecrets
     from attest.service.notify_kube import kubernetes_api_from_config
 
     return KubePullSecrets(kubernetes_api_from_config(
