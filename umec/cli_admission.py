@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from umec.logs import configure_logging
 from umec.settings import Settings
 
 console = Console()
@@ -95,19 +94,18 @@ def webhook(ctx: typer.Context,
     """Run the admission webhook over HTTPS (UMEC_WEBHOOK_TLS_CERT / _KEY)."""
     if ctx.invoked_subcommand is not None:
         return
-    import uvicorn
-
-    from umec.admission_wiring import build_webhook
-    settings = Settings()
-    configure_logging(settings.log_level)
+    from umec.webhook_process import handover
+    try:
+        settings = Settings()
+    except Exception as exc:  # pydantic's message already names the bad variable
+        console.print(f"[red]invalid settings:[/red] {exc}")
+        raise typer.Exit(2) from None
     if settings.webhook_tls_cert is None or settings.webhook_tls_key is None:
         console.print("[red]UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required[/red] "
                       "(create them with `umec webhook certs`)")
         raise typer.Exit(2)
-    app, _ = build_webhook(settings)
-    uvicorn.run(app, host=host, port=port or settings.webhook_port, log_config=None,
-                ssl_certfile=str(settings.webhook_tls_cert),
-                ssl_keyfile=str(settings.webhook_tls_key))
+    # Settings are valid; the webhook itself runs in a lean process (see webhook_process).
+    handover(host, port or settings.webhook_port)
 
 
 @webhook_app.command("certs")
