@@ -71,7 +71,8 @@ def build(db_path: Path, notifier_config: NotifierConfig | None = None,
     Mec011Store.create_all(engine)
     store = Mec011Store.on(sessionmaker(engine, expire_on_commit=False))
     notifier = notifier or CallbackNotifier(
-        notifier_config or NotifierConfig(attempts=3, timeout_s=2, backoff_s=0.05))
+        notifier_config or NotifierConfig(attempts=3, timeout_s=2, backoff_s=0.05,
+                                          blocked_networks=()))  # receivers on loopback
     clock = Clock()
     app = FastAPI()
     install_problem_handlers(app)

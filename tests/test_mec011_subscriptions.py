@@ -141,7 +141,8 @@ def test_slow_subscriber_does_not_block_the_request(client: TestClient) -> None:
 
 
 def test_bounded_retries(tmp_path: Path) -> None:
-    harness = build(tmp_path / "m.db", NotifierConfig(attempts=3, timeout_s=1, backoff_s=0.01))
+    harness = build(tmp_path / "m.db", NotifierConfig(attempts=3, timeout_s=1, backoff_s=0.01,
+                                                           blocked_networks=()))
     flaky, dead = CallbackReceiver(fail_first=2), CallbackReceiver(fail_first=100)
     try:
         with TestClient(harness.app) as client:
@@ -196,3 +197,21 @@ def test_termination_subscription_and_confirmation(harness: Harness, client: Tes
     # A stopped app cannot declare itself ready again.
     assert client.post(f"{SUPPORT}/applications/app-a/confirm_ready",
                        json={"indication": "READY"}, headers=auth("a-all")).status_code == 409
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/cb", "http://[::1]:9/cb",
+                                 "http://169.254.169.254/latest/meta-data/",
+                                 "http://localhost:9/cb", "http://no-such-host.invalid/cb"])
+def test_callbacks_to_the_server_itself_or_metadata_are_refused(url: str) -> None:
+    import asyncio
+
+    from mec_api.mec011.notifier import CallbackNotifier
+
+    async def main() -> CallbackNotifier:
+        notifier = CallbackNotifier()
+        notifier.submit(url, {"notificationType": "x"})
+        await notifier.drain()
+        await notifier.aclose()
+        return notifier
+    notifier = asyncio.run(main())
+    assert notifier.outcomes == {"refused": 1}
