@@ -108,7 +108,8 @@ def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod,
                                          "data": RUUVI_ADV}}}})
     expect(post.status_code == 200, "the gateway posted one Ruuvi RAWv2 advertisement")
 
-    r = exchange(app, "sensor.read camera.snapshot inference.classify sensor.ingest")
+    r = exchange(app, "sensor.read camera.snapshot inference.classify mec011.services.read "
+                      "sensor.ingest")
     body = r.json()
     expect(r.status_code == 200 and "sensor.ingest" not in body.get("scope", ""),
            f"app {app.namespace}/{app.name} on {app.node} got a {body.get('token_type')} token, "
@@ -119,6 +120,11 @@ def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod,
     expect(latest.get("temperature_c") == 24.3,
            f"sensor: {latest.get('temperature_c')} °C, {latest.get('humidity_pct')} %RH, "
            f"{latest.get('pressure_pa')} Pa")
+    transports = httpx.get(f"{base_url}/mec_service_mgmt/v1/transports", headers=auth,
+                           timeout=30).json()
+    oauth = (transports[0].get("security") or {}).get("oAuth2Info", {}) if transports else {}
+    expect(oauth.get("tokenEndpoint") == f"{base_url}/oauth2/token",
+           f"MEC 011 transports advertise the token endpoint: {oauth.get('tokenEndpoint')}")
     snap = httpx.get(f"{base_url}/camera/v1/cameras/demo-cam/snapshot", headers=auth,
                      timeout=30)
     expect(snap.status_code == 200 and snap.content[:2] == b"\xff\xd8",
