@@ -9,14 +9,16 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, sessionmaker
 
-from admission.models import AdmittedPodRow
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+from admission.models import admission_pods
 
 
 @dataclass(frozen=True)
@@ -69,9 +71,12 @@ class SqlAdmissionRecords:
 
     MAX_BATCH = 256
 
-    def __init__(self, sessions: sessionmaker[Session],
+    def __init__(self, database: Engine | sessionmaker[Session],
                  now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self.sessions, self.now = sessions, now
+        # An Engine (the webhook: Core only) or a sessionmaker bound to one (the server).
+        self.engine: Engine = database if isinstance(database, Engine) \
+            else database.kw["bind"]
+        self.now = now
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -92,11 +97,11 @@ class SqlAdmissionRecords:
     def _upsert_many(self, records: Sequence[dict[str, Any]]) -> None:
         """One ``INSERT … ON CONFLICT (uid) DO UPDATE`` over the whole batch (SQLite and
         PostgreSQL both have it): the per-row ORM select-then-write cost more than the review."""
-        engine = self.sessions.kw["bind"]
+        engine = self.engine
         insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
-        stmt = insert(AdmittedPodRow)
+        stmt = insert(admission_pods)
         stmt = stmt.on_conflict_do_update(
-            index_elements=[AdmittedPodRow.uid],
+            index_elements=[admission_pods.c.uid],
             set_={c: stmt.excluded[c] for c in ("namespace", "name", "images", "verified",
                                                "policy_generation", "admitted_at")})
         now = self.now()
@@ -133,8 +138,8 @@ class SqlAdmissionRecords:
     def lookup(self, uid: str) -> AdmittedPod | None:
         # Core, not the ORM: the token service asks on every issuance, and a Session costs
         # more than the query itself.
-        table = AdmittedPodRow.__table__
-        with self.sessions.kw["bind"].connect() as conn:
+        table = admission_pods
+        with self.engine.connect() as conn:
             row = conn.execute(select(table).where(table.c.uid == uid)).first()
         if row is None:
             return None

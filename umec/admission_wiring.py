@@ -22,7 +22,7 @@ from admission.verification import verify_image_signatures
 from admission.webhook import create_webhook_app
 from admission.webhook_admit import PullCredentialSource, WebhookDeps
 from keys import PublicKey
-from umec.db import open_database
+from umec.db import open_engine
 from umec.settings import Settings
 
 
@@ -113,13 +113,13 @@ def registry_client(settings: Settings) -> RegistryClient:
 
 
 def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
-    _, sessions = open_database(settings.resolved_database_url())
+    engine = open_engine(settings.resolved_database_url())
     clients = RegistryClients(registry_client(settings))
     policies = load_policy_set(settings.admission_policy_dir)
     deps = WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(clients),
                        verifier=CosignVerifier(clients), rego=RegoEvaluator(),
                        pull_secrets=kube_pull_secrets(settings),
-                       records=SqlAdmissionRecords(sessions),
+                       records=SqlAdmissionRecords(engine),
                        own_namespace=settings.webhook_namespace,
                        timeout_seconds=settings.webhook_timeout_seconds)
     return create_webhook_app(deps), deps

@@ -39,6 +39,8 @@ def _agent_config(raw: dict[str, Any]) -> Any:
 
 
 def main() -> int:
+    # httpx would import its CLI (rich, pygments, click: ~4 MiB) that the agent never runs.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     import httpx
 
     from attest.agent import Agent, AgentError

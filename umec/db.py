@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import sessionmaker
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Alembic's environment is module-global: migrations in one process must not overlap. Separate
@@ -48,6 +47,7 @@ def make_engine(url: str) -> Engine:
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from sqlalchemy.orm import sessionmaker
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -84,7 +84,14 @@ def migrate(engine: Engine) -> None:
         command.upgrade(alembic_config(engine), "head")
 
 
-def open_database(url: str) -> tuple[Engine, sessionmaker[Any]]:
+def open_engine(url: str) -> Engine:
+    """The migrated database as a Core engine (the webhook never loads the ORM)."""
     engine = make_engine(url)
     migrate(engine)
+    return engine
+
+
+def open_database(url: str) -> tuple[Engine, sessionmaker[Any]]:
+    from sqlalchemy.orm import sessionmaker
+    engine = open_engine(url)
     return engine, sessionmaker(engine, expire_on_commit=False)

@@ -24,6 +24,9 @@ def handover(host: str, port: int) -> None:
 
 def main() -> int:
     raw = json.loads(os.environ.pop(HANDOVER, "{}") or "{}")
+    # httpx imports its command-line tool when it can, and with it rich, pygments and click
+    # (~4 MiB); this process never runs it. A None entry makes that optional import fail.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     import uvicorn
 
     from umec.admission_wiring import build_webhook

@@ -41,7 +41,7 @@ from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 import admission.webhook_admit as webhook_admit
-from admission.models import AdmittedPodRow
+from admission.models import admission_pods
 from admission.records import AdmittedImage
 from umec.admission_wiring import build_webhook
 from umec.db import open_database
@@ -88,7 +88,7 @@ class BatchedRecords:
                     break
             error: Exception | None = None
             try:
-                stmt = insert(AdmittedPodRow.__table__)
+                stmt = insert(admission_pods)
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["uid"],
                     set_={c: stmt.excluded[c] for c in ("namespace", "name", "images",

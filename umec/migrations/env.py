@@ -5,13 +5,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from admission.models import AdmissionBase
+from admission.models import admission_metadata
 from attest.service.models import AttestBase
 from mec_api.mec011.models import Mec011Base
 from mec_api.sensor.models import SensorBase
 from mec_api.tokens.models import TokensBase
 
-target_metadata = [AttestBase.metadata, AdmissionBase.metadata, SensorBase.metadata,
+target_metadata = [AttestBase.metadata, admission_metadata, SensorBase.metadata,
                    Mec011Base.metadata, TokensBase.metadata]
 
 engine = context.config.attributes["engine"]
