@@ -128,6 +128,24 @@ def nodes_remove(name: str) -> None:
     console.print(f"removed {name}")
 
 
+@nodes_app.command("ack")
+def nodes_ack(name: str) -> None:
+    """Acknowledge an untrusted/stale node (policies with require_ack): its next passing
+    quote makes it trusted again."""
+    from attest.core.errors import AttestationError
+    from attest.service.context import AttestConfig, AttestContext
+    from attest.service.verifier import acknowledge
+    ctx = AttestContext(config=AttestConfig(), sessions=_sessions(_settings()),
+                        sign_result=lambda claims: "")
+    try:
+        state = acknowledge(ctx, name)
+    except AttestationError as exc:
+        console.print(f"[red]{exc.check}: {exc.detail}[/red]\n  → {exc.hint}")
+        raise typer.Exit(1) from None
+    console.print(f"acknowledged {name} ({state}); it becomes trusted with its next passing "
+                  f"quote")
+
+
 @policy_app.command("set")
 def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True)]) -> None:
     """Create or replace the appraisal policy in FILE (YAML; its `name` is the node class)."""

@@ -12,6 +12,7 @@ A policy is a small YAML document, one per node class, managed with ``umec polic
       pcrs: {4: {allowed: ["…"], required: ["…"]}}
     require_event_log: false
     interval_seconds: 30
+    require_ack: false          # true: leaving untrusted/stale also needs `umec nodes ack`
 
 Parsing is strict: unknown keys, bad hex and wrong digest lengths are rejected with
 :class:`PolicyInvalid` naming the key, so a typo can never silently widen what is accepted.
@@ -32,7 +33,7 @@ from attest.core.eventlog import EventLogReference
 
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _KEYS = {"name", "description", "selection", "pcrs", "eventlog", "require_event_log",
-         "interval_seconds"}
+         "interval_seconds", "require_ack"}
 
 
 class PolicyInvalid(ValueError):
@@ -78,6 +79,13 @@ def _digest(where: str, bank: str, raw: Any) -> bytes:
     return value
 
 
+def _flag(doc: Mapping[str, Any], key: str) -> bool:
+    value = doc.get(key, False)
+    if not isinstance(value, bool):
+        raise PolicyInvalid(f"{key}: true or false")
+    return value
+
+
 @dataclass(frozen=True)
 class AppraisalPolicy:
     name: str
@@ -86,6 +94,8 @@ class AppraisalPolicy:
     eventlog: EventLogReference | None = None
     require_event_log: bool = False
     interval_seconds: float | None = None
+    # Leaving untrusted/stale needs an operator's `umec nodes ack` as well as a passing quote.
+    require_ack: bool = False
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
@@ -135,7 +145,8 @@ class AppraisalPolicy:
             raise PolicyInvalid("interval_seconds: a positive number")
         return cls(name=name, selection=selection, pcrs=pcrs, eventlog=eventlog,
                    require_event_log=bool(doc.get("require_event_log", False)),
-                   interval_seconds=float(interval) if interval is not None else None)
+                   interval_seconds=float(interval) if interval is not None else None,
+                   require_ack=_flag(doc, "require_ack"))
 
     @classmethod
     def from_yaml(cls, text: str) -> AppraisalPolicy:

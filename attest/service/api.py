@@ -70,6 +70,7 @@ _STATUS: dict[type[AttestationError], int] = {
     ActivationFailed: 403, registrar.NoPendingActivation: 409,
     registrar.TooManyActivationFailures: 423, registrar.UnknownNodeClass: 422,
     verifier.NodeNotActivated: 409, verifier.PolicyMissing: 422,
+    verifier.NothingToAcknowledge: 409,
 }
 
 
@@ -142,8 +143,13 @@ def make_router(ctx: AttestContext) -> APIRouter:
             res = verifier.submit_evidence(ctx, node, body.nonce, Evidence(
                 attest=body.quote, signature=body.signature, pcr_values=_pcr_values(body.pcrs),
                 event_log=body.event_log))
-            return {"node": node, "state": res.state, **res.verdict.as_dict(),
-                    "reason": res.verdict.reason, "attestation_result": res.result_token}
+            answer = {"node": node, "state": res.state, **res.verdict.as_dict(),
+                      "reason": res.verdict.reason, "attestation_result": res.result_token}
+            if res.awaiting_ack:
+                answer.update(trusted=False, awaiting_ack=True, reason=(
+                    f"all checks passed, but the {res.state} node stays {res.state} until an "
+                    f"operator acknowledges it (umec nodes ack {node})"))
+            return answer
         return _guarded(run)
 
     def operator_refusal(authorization: str | None) -> JSONResponse | None:
@@ -181,5 +187,14 @@ def make_router(ctx: AttestContext) -> APIRouter:
             if row is None:
                 return problem(registrar.NodeNotFound(f"no node named {node!r}"))
             return node_summary(row)
+
+    @r.post("/nodes/{node}/ack")
+    def ack_node(node: NodeName, authorization: Annotated[str | None, Header()] = None) -> Any:
+        """Operator acknowledgement (policies with ``require_ack``)."""
+        refusal = operator_refusal(authorization)
+        if refusal is not None:
+            return refusal
+        return _guarded(lambda: {"node": node, "acknowledged": True,
+                                 "state": verifier.acknowledge(ctx, node)})
 
     return r

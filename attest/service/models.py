@@ -78,6 +78,9 @@ class NodeRow(AttestBase):
     restart_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     clock: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     safe: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The operator's acknowledgement (policies with require_ack); counts only when given
+    # after the node last left `trusted`.
+    acked_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class NonceRow(AttestBase):

@@ -48,6 +48,11 @@ class NodeNotActivated(AttestationError):
     hint = "Complete credential activation (POST …/activate) before attesting."
 
 
+class NothingToAcknowledge(AttestationError):
+    check = "node.ack_not_needed"
+    hint = "Only untrusted or stale nodes are acknowledged; this one needs nothing."
+
+
 class PolicyMissing(AttestationError):
     check = "policy.missing"
     hint = "The node's class has no appraisal policy any more; restore it with umec policy set."
@@ -66,13 +71,15 @@ class EvidenceResult:
     state: str
     verdict: Verdict
     result_token: str
+    awaiting_ack: bool = False
 
 
 # The hot paths below are prebuilt Core statements on a plain connection: a round is a handful
 # of single-row statements, and ORM bookkeeping plus statement construction were most of a
 # round's server CPU.
 _SELECT_NODE = select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count,
-                      NodeRow.restart_count, NodeRow.clock, NodeRow.safe
+                      NodeRow.restart_count, NodeRow.clock, NodeRow.safe, NodeRow.state,
+                      NodeRow.state_changed_at, NodeRow.acked_at
                       ).where(NodeRow.name == bindparam("b_name"))
 _INSERT_NONCE = insert(NonceRow)
 _CONSUME_NONCE = (update(NonceRow)
@@ -154,6 +161,10 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
         requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
     # Step 3: record the verdict and any state change atomically.
     new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
+    awaiting_ack = verdict.trusted and needs_ack(policy, node.state, node.state_changed_at,
+                                                 node.acked_at)
+    if awaiting_ack:  # the quote passed, but the policy wants an operator to say so too
+        new_state = node.state
     values: dict[str, Any] = {"last_evidence_at": now,
                               "last_verdict": {**verdict.as_dict(), "at": now.isoformat()}}
     if verdict.trusted and verdict.clock is not None and verdict.clock.clock <= MAX_CLOCK:
@@ -177,10 +188,33 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     token = ctx.sign_result({
         "iss": ctx.config.issuer, "sub": name, "aud": "umec", "iat": int(now.timestamp()),
         "exp": int(now.timestamp()) + ctx.config.result_ttl_seconds, "state": new_state,
-        "trusted": verdict.trusted, "ek_hash": ek_hash,
+        "trusted": new_state == NodeState.TRUSTED, "ek_hash": ek_hash,
         "failed_checks": [f.check for f in verdict.failures],
     })
-    return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token)
+    return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token,
+                          awaiting_ack=awaiting_ack)
+
+
+def needs_ack(policy: AppraisalPolicy, state: str, state_changed_at: datetime,
+              acked_at: datetime | None) -> bool:
+    """A passing quote alone does not end ``untrusted``/``stale`` under ``require_ack``: an
+    acknowledgement given after the node left ``trusted`` must exist."""
+    if not policy.require_ack or state not in (NodeState.UNTRUSTED, NodeState.STALE):
+        return False
+    return acked_at is None or acked_at < state_changed_at
+
+
+def acknowledge(ctx: AttestContext, name: str) -> str:
+    """Record an operator's acknowledgement; the next passing quote makes the node trusted."""
+    now = ctx.now()
+    with ctx.engine.begin() as db:
+        row = db.execute(select(NodeRow.state).where(NodeRow.name == name)).first()
+        if row is None:
+            raise NodeNotFound(f"no node named {name!r}")
+        if row.state not in (NodeState.UNTRUSTED, NodeState.STALE):
+            raise NothingToAcknowledge(f"node {name!r} is {row.state}")
+        db.execute(_UPDATE_NODE, {"b_name": name, "acked_at": now})
+    return str(row.state)
 
 
 def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
