@@ -133,3 +133,46 @@ def test_server_restart_between_enrol_and_activate_loses_nothing(tmp_path: Path)
                            json={"secret": base64.b64encode(secret).decode()})
         assert resp.status_code == 200
         assert node.attest()["state"] == "trusted"
+
+
+def test_missed_notification_is_repaired_by_the_periodic_resync(tmp_path: Path) -> None:
+    from attest.service.resync import resync_node_labels
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "pi.yaml").write_text(k3s_policy("00" * 32))
+    with FakeKube() as kube:
+        kube.add_node("node-a")
+        kube.add_node("node-b")
+        sink = KubernetesNodeSink(kube.core_v1(), retries=0, sleep=lambda _s: None)
+        settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies,
+                            default_node_class="pi-k3s")
+        server = build_server(settings)  # no sink on changes: every notification is "missed"
+        with ServerThread(server.app) as http, httpx.Client(base_url=http.url) as client:
+            nodes = [SimulatedNode(n, client) for n in ("node-a", "node-b")]
+            server.attest.config.ek_allowlist = frozenset(
+                hashlib.sha256(n.tpm.ek_public.marshal_tpm2b()).hexdigest() for n in nodes)
+            for n in nodes:
+                n.enroll_and_activate()
+                assert n.attest()["state"] == "trusted"
+            nodes[1].tpm.extend(14, b"tampered")
+            assert nodes[1].attest()["state"] == "untrusted"
+        assert "umec.io/attested" not in kube.node("node-b")["metadata"]["labels"]
+
+        outcome = resync_node_labels(server.attest, sink)
+        assert outcome == {"patched": 2}
+        assert kube.node("node-a")["metadata"]["labels"]["umec.io/attested"] == "true"
+        b = kube.node("node-b")
+        assert b["metadata"]["labels"]["umec.io/attested"] == "false"
+        assert any(t["key"] == "umec.io/untrusted" for t in b["spec"]["taints"])
+        assert resync_node_labels(server.attest, sink) == {"unchanged": 2}
+
+        # Someone removes the taint by hand: the next round puts it back; an API failure is
+        # counted and retried at the next round, never raised.
+        with kube._lock:
+            kube.nodes["node-b"]["spec"].pop("taints")
+        kube.fail_next(500, times=1)
+        assert resync_node_labels(server.attest, sink) == {"failed": 1, "patched": 1}
+        assert any(t["key"] == "umec.io/untrusted"
+                   for t in kube.node("node-b")["spec"]["taints"])
+        assert resync_node_labels(server.attest, sink) == {"unchanged": 2}

@@ -119,6 +119,18 @@ async def _deadline_loop(ctx: AttestContext, every: float) -> None:
         await asyncio.sleep(every)
 
 
+async def _resync_loop(ctx: AttestContext, sink: Any, every: float) -> None:
+    from attest.service.resync import resync_node_labels
+    lease = Lease(ctx, name="kubernetes-resync", ttl=max(3 * every, 30.0))
+    while True:
+        await asyncio.sleep(every)
+        try:
+            if await asyncio.to_thread(lease.acquire):
+                await asyncio.to_thread(resync_node_labels, ctx, sink)
+        except Exception:  # keep re-syncing whatever one round hit
+            log.exception("kubernetes label re-sync failed")
+
+
 async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
     while True:
         await asyncio.sleep(every)
@@ -138,11 +150,13 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     if settings.webhook_urls:
         sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
                                  webhook_client))
+    kube_sink = None
     if settings.kubernetes_labels:
         # Imported only when enabled: the kubernetes client costs seconds of start-up.
         from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
-        sinks.append(KubernetesNodeSink(kubernetes_api_from_config(
-            settings.kubeconfig, in_cluster=settings.kubeconfig is None)))
+        kube_sink = KubernetesNodeSink(kubernetes_api_from_config(
+            settings.kubeconfig, in_cluster=settings.kubeconfig is None))
+        sinks.append(kube_sink)
     attest_config = _attest_config(settings)
     tokens = build_token_service(settings, sessions, attest_config.operator_token,
                                  settings.data_dir / "keys" / "access-tokens")
@@ -162,6 +176,9 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         tasks = [asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds)),
                  asyncio.create_task(tokens.follower.run()),
                  asyncio.create_task(_reload_loop(tokens))]
+        if kube_sink is not None:
+            tasks.append(asyncio.create_task(
+                _resync_loop(ctx, kube_sink, settings.kubernetes_resync_seconds)))
         try:
             async with apis.running():
                 yield

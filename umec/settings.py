@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: str = ""
     kubernetes_labels: bool = False
+    kubernetes_resync_seconds: float = 300.0
     kubeconfig: Path | None = None
 
     # admission webhook and registry access
