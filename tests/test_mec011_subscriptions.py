@@ -215,3 +215,29 @@ def test_callbacks_to_the_server_itself_or_metadata_are_refused(url: str) -> Non
         return notifier
     notifier = asyncio.run(main())
     assert notifier.outcomes == {"refused": 1}
+
+
+def test_liveness_sweep_announces_the_inactive_service(harness: Harness, client: TestClient,
+                                                       receiver: CallbackReceiver) -> None:
+    import asyncio
+
+    from mec_api.mec011 import announce_change
+    subscribe(client, receiver.url("/inactive"), states=["INACTIVE"])
+    r = client.post(f"{MGMT}/applications/app-a/services",
+                    json=service_body("beating", livenessInterval=10), headers=auth("a-all"))
+    assert r.status_code == 201, r.text
+    harness.clock.advance(21)  # two intervals without a heartbeat
+
+    async def sweep() -> None:  # what umec server's periodic task does
+        for change in harness.store.registry.expire_liveness(harness.clock()):
+            await announce_change(harness.store.registry, harness.notifier,
+                                  "https://umec.example", change)
+        await harness.notifier.drain()
+    asyncio.run(sweep())
+    [note] = receiver.wait_for(1)
+    assert note["path"] == "/inactive"
+    body = note["body"]
+    assert body["serviceReferences"][0]["state"] == "INACTIVE"
+    assert body["serviceReferences"][0]["changeType"] == "STATE_CHANGED"
+    assert body["_links"]["subscription"]["href"].startswith(
+        "https://umec.example/mec_service_mgmt/v1/applications/app-a/subscriptions/")

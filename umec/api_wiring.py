@@ -26,6 +26,7 @@ from mec_api.mec011 import (
     Mec011Options,
     Mec011Store,
     NotifierConfig,
+    announce_change,
     build_mec011_routers,
 )
 from mec_api.principal import RouteGuard
@@ -126,10 +127,19 @@ def _mec011(apis: ResourceApis, settings: Settings, engine: Engine, guard: Route
                                        Mec011Options(transport_uris=[public_url])):
         apis.app.include_router(router)
     apis.async_closers.append(notifier.aclose)
-    # Heartbeats: services that miss two intervals go INACTIVE (idempotent on every replica).
-    apis.background.append(_every(settings.mec011_liveness_sweep_seconds,
-                                  lambda: store.registry.expire_liveness(datetime.now(UTC)),
-                                  "MEC 011 liveness sweep"))
+    # Heartbeats: services that miss two intervals go INACTIVE and their subscribers hear of
+    # it (the UPDATE is conditional, so only the replica that made a change announces it).
+    async def sweep() -> None:
+        while True:
+            await asyncio.sleep(settings.mec011_liveness_sweep_seconds)
+            try:
+                changes = await asyncio.to_thread(store.registry.expire_liveness,
+                                                  datetime.now(UTC))
+                for change in changes:
+                    await announce_change(store.registry, notifier, public_url, change)
+            except Exception as e:  # the next sweep retries
+                log.warning("MEC 011 liveness sweep failed: %s", type(e).__name__)
+    apis.background.append(sweep)
 
 
 def _sensor(apis: ResourceApis, settings: Settings, engine: Engine, guard: RouteGuard) -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from mec_api.mec011.http import Clock, utc_now
 from mec_api.mec011.models import Mec011Base
 from mec_api.mec011.notifier import CallbackNotifier, NotifierConfig
-from mec_api.mec011.routes_mgmt import build_mgmt_router
+from mec_api.mec011.routes_mgmt import announce_change, build_mgmt_router
 from mec_api.mec011.routes_support import TimingConfig, build_support_router, notify_termination
 from mec_api.mec011.schemas import (
     EndPointInfo,
@@ -30,8 +30,18 @@ from mec_api.mec011.store import SqlServiceRegistry
 from mec_api.mec011.store_support import SqlAppSupport
 from mec_api.principal import RouteGuard
 
-__all__ = ["CallbackNotifier", "Mec011Base", "Mec011Options", "Mec011Store", "NotifierConfig",
-           "TimingConfig", "build_mec011_routers", "notify_termination", "platform_transport"]
+__all__ = [
+    "CallbackNotifier",
+    "Mec011Base",
+    "Mec011Options",
+    "Mec011Store",
+    "NotifierConfig",
+    "TimingConfig",
+    "announce_change",
+    "build_mec011_routers",
+    "notify_termination",
+    "platform_transport",
+]
 
 
 @dataclass(frozen=True)

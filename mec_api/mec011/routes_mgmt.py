@@ -48,6 +48,31 @@ API = "mgmt"
 ArrayQuery = Annotated[list[str] | None, Query()]
 
 
+async def announce_change(registry: SqlServiceRegistry, notifier: CallbackNotifier,
+                          base: str, change: ServiceChange) -> None:
+    """Tell every entitled subscriber whose filter matches (after the write committed).
+    ``base`` is the public base URL the notification's links are built on."""
+    current = change.new or change.old
+    assert current is not None
+    if change.old is None:
+        kind: ChangeType | None = ChangeType.ADDED
+    elif change.new is None:
+        kind = ChangeType.REMOVED
+    else:
+        kind = core.classify_change(change.old.info, change.new.info)
+    if kind is None:
+        return
+    subscribers = await call(registry.subscribers, API, current.namespace)
+    for sub in subscribers:
+        criteria = SerAvailabilityNotificationSubscription.model_validate(sub.body)
+        if core.matches_criteria(current.info, criteria.filtering_criteria):
+            notifier.submit(criteria.callback_reference, core.availability_notification(
+                f"{base}{PREFIX}/applications/{sub.app_instance_id}/subscriptions/"
+                f"{sub.subscription_id}",
+                f"{base}{PREFIX}/services/{current.info.ser_instance_id or ''}",
+                current.info, kind))
+
+
 def build_mgmt_router(registry: SqlServiceRegistry, guard: RouteGuard,
                       transports: list[TransportInfo], notifier: CallbackNotifier,
                       now: Clock) -> APIRouter:
@@ -67,25 +92,7 @@ def build_mgmt_router(registry: SqlServiceRegistry, guard: RouteGuard,
         return f"{base_url(request)}{PREFIX}/applications/{app}/subscriptions/{subscription_id}"
 
     async def announce(request: Request, change: ServiceChange) -> None:
-        """Tell every entitled subscriber whose filter matches (after the write committed)."""
-        current = change.new or change.old
-        assert current is not None
-        if change.old is None:
-            kind: ChangeType | None = ChangeType.ADDED
-        elif change.new is None:
-            kind = ChangeType.REMOVED
-        else:
-            kind = core.classify_change(change.old.info, change.new.info)
-        if kind is None:
-            return
-        subscribers = await call(registry.subscribers, API, current.namespace)
-        for sub in subscribers:
-            criteria = SerAvailabilityNotificationSubscription.model_validate(sub.body)
-            if core.matches_criteria(current.info, criteria.filtering_criteria):
-                notifier.submit(criteria.callback_reference, core.availability_notification(
-                    subscription_href(request, sub.app_instance_id, sub.subscription_id),
-                    service_href(request, current.info.ser_instance_id or ""),
-                    current.info, kind))
+        await announce_change(registry, notifier, base_url(request), change)
 
     def listing(services: list[StoredService], query: core.ServiceQuery) -> JSONResponse:
         return json_response([s.info.to_json() for s in services
