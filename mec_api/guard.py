@@ -4,10 +4,10 @@
 and either returns a :class:`~mec_api.principal.Principal` or raises :class:`GuardRefusal`
 (status, RFC 6750 ``WWW-Authenticate``, problem+json detail). Steps:
 
-1. the revocation feed is current (applied within ``max_feed_age``), else 503: a guard that
-   cannot hear revocations must not keep honouring tokens;
-2. a token is present: ``Authorization: Bearer <jwt>`` or ``DPoP <jwt>``; none → 401 without an
+1. a token is present: ``Authorization: Bearer <jwt>`` or ``DPoP <jwt>``; none → 401 without an
    error code (RFC 6750 §3.1);
+2. the revocation feed is current (applied within ``max_feed_age``), else 503: a guard that
+   cannot hear revocations must not keep honouring tokens;
 3. the JWT verifies: ``alg`` pinned to ES256, key by ``kid`` from the token service's JWKS
    (fetched again, at most every ``jwks_refresh_seconds``, when the kid is unknown), ``typ``
    ``at+jwt``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` against the clock with a small leeway.
@@ -127,11 +127,11 @@ class AccessTokenGuard:
     def authenticate(self, *, authorization: str | None, dpop: str | None, method: str,
                      url: str, scope: str) -> Principal:
         now = self.clock()
+        scheme, token = self._credentials(authorization)
         if time.monotonic() - self.feed_applied_at() > self.max_feed_age:
             raise GuardRefusal(503, "Service Unavailable",
                                "the revocation feed is not current; refusing tokens until it is",
                                headers={"Retry-After": "1"})
-        scheme, token = self._credentials(authorization)
         claims = self._verify(token, scheme, now)
         reason = self.revocations.revoked(jti=str(claims.get("jti", "")),
                                           node=claims.get("node"),

@@ -55,6 +55,8 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         import asyncio
+        with contextlib.suppress(Exception):  # the feed may not answer yet: 503 until it does
+            await follower.step()
         task = asyncio.create_task(follower.run())
         try:
             async with apis.running():

@@ -173,6 +173,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         ctx.loop = asyncio.get_running_loop()
+        with contextlib.suppress(Exception):  # first revocations before the first request;
+            await tokens.follower.step()      # on failure the guard answers 503 until it works
         tasks = [asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds)),
                  asyncio.create_task(tokens.follower.run()),
                  asyncio.create_task(_reload_loop(tokens))]
