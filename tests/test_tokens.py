@@ -102,7 +102,7 @@ def claims_of(svc: Service, token: str) -> dict[str, Any]:
 
 
 def refused(r: Any, error: str, check: str) -> None:
-    assert r.status_code in (400, 401, 500), r.text
+    assert r.status_code in (400, 401, 500, 503), r.text
     body = r.json()
     assert (body["error"], body["check"]) == (error, check), body
     assert body["hint"] and r.headers["cache-control"] == "no-store"
@@ -315,3 +315,13 @@ def test_revocation_by_the_holder_and_the_feed(svc: Service) -> None:
     assert later["seq"] > feed["seq"]
     empty = svc.client.get("/oauth2/revocations", params={"after": later["seq"]}).json()
     assert empty == {"seq": later["seq"], "entries": []}
+
+
+def test_unreachable_cluster_keys_refuse_with_503(svc: Service) -> None:
+    class Down:
+        def jwks(self, *, refresh: bool = False) -> dict[str, Any]:
+            raise OSError("connection refused")
+    svc.issuer.cluster_keys = Down()
+    r = exchange(svc, svc.cluster.token())
+    assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable"
+    assert r.json()["check"] == "subject.cluster_keys" and "Traceback" not in r.text

@@ -88,6 +88,14 @@ class DpopProofInvalid(TokenRefused):
             "the public jwk, htm/htu of this request, a recent iat and a unique jti.")
 
 
+class ClusterKeysUnavailable(TokenRefused):
+    error = "temporarily_unavailable"
+    status = 503
+    check = "subject.cluster_keys"
+    hint = ("The cluster's service-account keys (OIDC discovery / JWKS) could not be read; "
+            "nothing was issued. Retry shortly; operators: check UMEC_TOKEN_SA_* settings.")
+
+
 class PolicyFailed(TokenRefused):
     error = "server_error"
     status = 500

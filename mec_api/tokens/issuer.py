@@ -41,6 +41,7 @@ from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
 from mec_api.tokens.errors import (
     ClientAssertionInvalid,
+    ClusterKeysUnavailable,
     InvalidRequest,
     NodeNotTrusted,
     PodNotAdmitted,
@@ -189,7 +190,10 @@ class TokenIssuer:
             audiences.append(self.config.token_endpoint)
 
         def verify(refresh: bool) -> WorkloadIdentity:
-            jwks = self.cluster_keys.jwks(refresh=refresh)
+            try:
+                jwks = self.cluster_keys.jwks(refresh=refresh)
+            except Exception as e:  # network, TLS, JSON: the issuer cannot check, so it refuses
+                raise ClusterKeysUnavailable(f"{type(e).__name__}: {str(e)[:200]}") from None
             cached = self.verified_subjects.get(f"{error.check}:{token}",
                                                 self._cluster_kids.of(jwks))
             if cached is not None:
