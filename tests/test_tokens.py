@@ -29,7 +29,7 @@ from mec_api.tokens.issuer import (
     TokenIssuer,
 )
 from mec_api.tokens.models import TokensBase
-from mec_api.tokens.revocations import RevocationStore
+from mec_api.tokens.revocations import RevocationList, RevocationStore
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
 from tests.token_helpers import D1, D2, Admissions, ClusterIssuer, DpopKey, Nodes
 
@@ -66,15 +66,25 @@ def build_service(tmp_path: Path) -> Service:
     nodes.set("node-a")
     admissions.admit()
     ring = KeyRing(generate_private_key())
+    revocations = RevocationList()  # what umec server's follower keeps current
     issuer = TokenIssuer(
         config=IssuerConfig(issuer=ISSUER, token_endpoint=TOKEN_URL, audiences=["umec-apis"],
                             sa_issuer=cluster_issuer(), sa_audiences=["umec"]),
         cluster_keys=cluster, nodes=nodes, admissions=admissions,
-        scopes=ScopePolicy(load_grants(GRANTS)), ring=ring, node_cutoff=store.node_cutoff)
+        scopes=ScopePolicy(load_grants(GRANTS)), ring=ring,
+        node_cutoff=lambda node, now: followed(store, revocations, now).node_cutoff(
+            node, now.timestamp()))
     app = FastAPI()
     install_problem_handlers(app)
     app.include_router(token_router(issuer, store, operator_token=OPERATOR))
     return Service(TestClient(app), cluster, nodes, admissions, store, ring, issuer)
+
+
+def followed(store: RevocationStore, revocations: RevocationList,
+             now: datetime) -> RevocationList:
+    """The follower's step, synchronously: apply what the store has that the list has not."""
+    revocations.apply(*store.changes(revocations.seq, now))
+    return revocations
 
 
 def cluster_issuer() -> str:

@@ -232,6 +232,14 @@ def availability_notification(subscription_href: str, service_href: str, service
     }
 
 
+def subscription_link_list(self_href: str, bodies: Iterable[Mapping[str, Any]],
+                           rel: str) -> dict[str, Any]:
+    """SubscriptionLinkList (both APIs): the list's own link and one link per subscription."""
+    return {"_links": {"self": {"href": self_href},
+                       "subscriptions": [{"href": b["_links"]["self"]["href"], "rel": rel}
+                                         for b in bodies]}}
+
+
 def check_subscription_type(given: str, expected: str) -> None:
     if given != expected:
         raise InvalidSubscription("subscription-type",

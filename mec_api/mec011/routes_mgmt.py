@@ -203,11 +203,9 @@ def build_mgmt_router(registry: SqlServiceRegistry, guard: RouteGuard,
     async def subscriptions_get(request: Request, appInstanceId: str,
                                 principal: Principal = own_write) -> JSONResponse:
         subs = await call(registry.subscriptions, API, appInstanceId)
-        return json_response({"_links": {
-            "self": {"href": f"{base_url(request)}{PREFIX}/applications/{appInstanceId}"
-                             "/subscriptions"},
-            "subscriptions": [{"href": sub.body["_links"]["self"]["href"],
-                               "rel": core.SER_AVAILABILITY_SUBSCRIPTION} for sub in subs]}})
+        return json_response(core.subscription_link_list(
+            f"{base_url(request)}{PREFIX}/applications/{appInstanceId}/subscriptions",
+            (sub.body for sub in subs), core.SER_AVAILABILITY_SUBSCRIPTION))
 
     @router.post("/applications/{appInstanceId}/subscriptions")
     async def subscriptions_post(request: Request, appInstanceId: str,

@@ -98,10 +98,9 @@ def build_support_router(support: SqlAppSupport, registry: SqlServiceRegistry,
     async def subscriptions_get(request: Request, appInstanceId: str,
                                 principal: Principal = own) -> JSONResponse:
         subs = await call(registry.subscriptions, API, appInstanceId)
-        return json_response({"_links": {
-            "self": {"href": app_href(request, appInstanceId, "subscriptions")},
-            "subscriptions": [{"href": sub.body["_links"]["self"]["href"],
-                               "rel": core.APP_TERMINATION_SUBSCRIPTION} for sub in subs]}})
+        return json_response(core.subscription_link_list(
+            app_href(request, appInstanceId, "subscriptions"),
+            (sub.body for sub in subs), core.APP_TERMINATION_SUBSCRIPTION))
 
     @router.post("/applications/{appInstanceId}/subscriptions")
     async def subscriptions_post(request: Request, appInstanceId: str,

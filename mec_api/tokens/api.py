@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
-from keys import JwtInvalid, KeyRing, verify_jwt
+from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
 from mec_api.tokens.errors import InvalidRequest, TokenRefused
@@ -179,10 +179,6 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
 
     @router.get("/.well-known/jwks.json")
     def jwks() -> dict[str, Any]:
-        return token_jwks(issuer.ring, clock())
+        return issuer.ring.jwks(clock())
 
     return router
-
-
-def token_jwks(ring: KeyRing, now: datetime) -> dict[str, Any]:
-    return ring.jwks(now)

@@ -142,7 +142,7 @@ class TokenIssuer:
     admissions: AdmissionLookup
     scopes: ScopePolicy
     ring: KeyRing
-    # The live node revocation cutoff (RevocationList.node_cutoff or the store's).
+    # The live node revocation cutoff (the follower's RevocationList.node_cutoff).
     node_cutoff: Callable[[str, datetime], float | None]
     replay: DpopReplayCache = field(default_factory=DpopReplayCache)
     # Subject tokens whose signature verified recently (a pod reuses its projected token).

@@ -83,14 +83,6 @@ class RevocationStore:
             kind="node", node=node, cutoff=cutoff, reason=reason[:200], created_at=now,
             expires_at=now + timedelta(seconds=CUTOFF_MARGIN_SECONDS + self.max_token_lifetime)))
 
-    def node_cutoff(self, node: str, now: datetime) -> float | None:
-        """The latest live cutoff for ``node`` (the issuer refuses to mint below it)."""
-        with self.sessions() as session:
-            cutoffs = session.scalars(select(RevocationRow.cutoff).where(
-                RevocationRow.kind == "node", RevocationRow.node == node,
-                RevocationRow.expires_at > now)).all()
-        return max((c for c in cutoffs if c is not None), default=None)
-
     def changes(self, after: int, now: datetime,
                 limit: int = 5000) -> tuple[int, list[Revocation]]:
         """Live entries with ``seq > after`` (oldest first) and the cursor to ask with next."""
