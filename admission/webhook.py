@@ -7,9 +7,9 @@ Request handling fails closed and never leaks a stack trace:
 - the body is read in chunks and refused once it passes the size limit (3 MiB by default, the
   API server's own limit), before any JSON decoding; a declared Content-Length over the limit
   is refused without reading;
-- a malformed or oversized review has no trustworthy uid to answer, so it gets HTTP 400 with a
-  JSON error (``check``, ``detail``, ``hint``), which the API server treats as a webhook failure
-  and, with ``failurePolicy: Fail``, denies;
+- a malformed or oversized review has no trustworthy uid to answer, so it gets HTTP 400 (413
+  when oversized) with an RFC 7807 problem+json body (``check``, ``detail``, ``hint``), which
+  the API server treats as a webhook failure and, with ``failurePolicy: Fail``, denies;
 - any other exception becomes a denial for the request's uid (HTTP 200, ``allowed: false``).
 
 Serving over TLS is uvicorn's job (``ssl_certfile``/``ssl_keyfile`` from :mod:`admission.certs`);
@@ -45,7 +45,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _error(e: AdmissionError, status: int = 400) -> JSONResponse:
-    return JSONResponse(e.as_dict(), status_code=status)
+    """A review too malformed to answer: RFC 7807 problem+json (the API server only looks at
+    the status; operators and ``kubectl`` read the body)."""
+    return JSONResponse({"type": f"urn:umec:{e.check}", "title": type(e).__name__,
+                         "status": status, **e.as_dict()},
+                        status_code=status, media_type="application/problem+json")
 
 
 def create_webhook_app(deps: WebhookDeps) -> FastAPI:
@@ -77,8 +81,12 @@ def create_webhook_app(deps: WebhookDeps) -> FastAPI:
         except Exception as e:  # fail closed without a stack trace in the answer
             if not uid:
                 metrics.reviews.labels(endpoint, "rejected").inc()
-                return JSONResponse({"check": "review.failed", "error": type(e).__name__},
-                                    status_code=400)
+                return JSONResponse(
+                    {"type": "urn:umec:review.failed", "title": "ReviewFailed", "status": 400,
+                     "check": "review.failed", "error": type(e).__name__,
+                     "detail": "the review could not be read; nothing was admitted",
+                     "hint": "Send an AdmissionReview v1 JSON body."},
+                    status_code=400, media_type="application/problem+json")
             answer = review_response(uid, allowed=False,
                                      message=f"internal: {type(e).__name__} (denied)")
         allowed = bool(answer["response"]["allowed"])

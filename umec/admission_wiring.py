@@ -23,6 +23,7 @@ from admission.webhook import create_webhook_app
 from admission.webhook_admit import PullCredentialSource, WebhookDeps
 from keys import PublicKey
 from umec.db import open_engine
+from umec.http_limits import BodyLimits, BodyPolicy, install_error_handlers
 from umec.settings import Settings
 
 
@@ -122,7 +123,14 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
                        records=SqlAdmissionRecords(engine),
                        own_namespace=settings.webhook_namespace,
                        timeout_seconds=settings.webhook_timeout_seconds)
-    return create_webhook_app(deps), deps
+    app = create_webhook_app(deps)
+    # The webhook's own review limit answers first (its check names the review); this bounds
+    # every route and the time to send a body. 16 MiB of bodies in flight fits its memory budget.
+    app.add_middleware(BodyLimits, policy=BodyPolicy(
+        default_bytes=deps.max_review_bytes + 64 * 1024, budget_bytes=16 << 20,
+        seconds=settings.request_body_timeout_seconds))
+    install_error_handlers(app)
+    return app, deps
 
 
 def kube_pull_secrets(settings: Settings) -> PullCredentialSource | None:

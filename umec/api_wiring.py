@@ -34,6 +34,7 @@ from mec_api.problems import install_problem_handlers
 from mec_api.sensor.api import build_sensor_router
 from mec_api.sensor.mqtt_ingest import BrokerAddress, MqttIngester
 from mec_api.sensor.store import SqlSensorStore
+from umec.http_limits import BodyRule, install_error_handlers
 from umec.settings import Settings
 
 log = logging.getLogger("umec.apis")
@@ -82,6 +83,19 @@ def _every(seconds: float, work: Callable[[], Any], what: str) -> Callable[[], A
 API_NAMES = ("sensor", "mec011", "camera", "inference")
 
 
+INFERENCE_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # mec_api.inference.image.ImageLimits.max_bytes
+INFERENCE_BODY_SECONDS = 60.0  # a 20 MiB image over a slow edge uplink
+
+
+def resource_body_rules(settings: Settings) -> tuple[BodyRule, ...]:
+    """Request-body limits of the resource APIs (other routes take the 1 MiB default).
+
+    The inference limit is the classifier's own image limit (not imported: that module loads
+    OpenCV), which the route checks again while it streams."""
+    return (BodyRule("/sensor/v1/", settings.sensor_max_body_bytes),
+            BodyRule("/inference/v1/", INFERENCE_MAX_IMAGE_BYTES, INFERENCE_BODY_SECONDS))
+
+
 def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard, *,
                         public_url: str, token_endpoint: str,
                         which: Sequence[str] = API_NAMES) -> ResourceApis:
@@ -89,7 +103,8 @@ def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard, *
     if unknown:
         raise ValueError(f"unknown APIs {sorted(unknown)}; choose from {API_NAMES}")
     app = FastAPI(title="µMEC APIs", version="0.1.0")
-    install_problem_handlers(app)
+    install_problem_handlers(app)  # ProblemError; the framework's own errors are typed below
+    install_error_handlers(app, validation_status=400)  # MEC 011: malformed requests are 400
     apis = ResourceApis(app)
     if "sensor" in which:
         _sensor(apis, settings, engine, guard)

@@ -14,13 +14,13 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from attest.service.api import MAX_B64
 from attest.service.api import make_router as attest_router
 from attest.service.context import AttestConfig, AttestContext
 from attest.service.notify import CompositeSink
@@ -30,8 +30,16 @@ from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
 from attest.service.verifier import Lease, mark_stale_nodes
 from keys import KeyRing, atomic_write, sign_jwt
-from umec.api_wiring import ResourceApis, build_resource_apis
+from mec_api.tokens.api import MAX_FORM_BYTES
+from umec.api_wiring import ResourceApis, build_resource_apis, resource_body_rules
 from umec.db import open_database
+from umec.http_limits import (
+    BodyLimits,
+    BodyPolicy,
+    BodyRule,
+    error_response,
+    install_error_handlers,
+)
 from umec.settings import Settings
 from umec.tokens_wiring import TokenService, build_token_service, public_base
 
@@ -66,6 +74,20 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             LATENCY.labels(route).observe(time.perf_counter() - start)
             REQUESTS.labels(route, str(status)).inc()
+
+
+def server_body_policy(settings: Settings) -> BodyPolicy:
+    """Body limits of ``umec server``: just above the largest legitimate body per route.
+
+    Evidence is the largest protocol body: an event log of at most ``MAX_B64`` base64 plus a
+    quote, its signature and PCR values (a few KiB). The token endpoint's forms are bounded at
+    ``MAX_FORM_BYTES``. Everything else (MEC 011 JSON, sensor readings) fits the 1 MiB default
+    or has its own rule from the resource APIs."""
+    return BodyPolicy(
+        rules=(BodyRule("/attest/v1/", MAX_B64 + 64 * 1024),
+               BodyRule("/oauth2/", MAX_FORM_BYTES),
+               *resource_body_rules(settings)),
+        seconds=settings.request_body_timeout_seconds)
 
 
 @dataclass
@@ -196,24 +218,9 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     app.include_router(attest_router(ctx))
     app.include_router(tokens.router)
 
-    app.add_middleware(MetricsMiddleware)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_r: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-        return JSONResponse(status_code=422, media_type="application/problem+json", content={
-            "type": "urn:umec:request.invalid", "title": "RequestInvalid", "status": 422,
-            "check": "request.schema", "detail": "the request body does not match the API",
-            "errors": errors, "hint": "Fix the named fields; see /docs for the schema."})
-
-    @app.exception_handler(Exception)
-    async def internal_error(_r: Request, exc: Exception) -> JSONResponse:
-        # Fail closed and tell the client nothing internal; the trace goes to our log only.
-        log.error("unhandled error", exc_info=exc)
-        return JSONResponse(status_code=500, media_type="application/problem+json", content={
-            "type": "urn:umec:internal", "title": "InternalError", "status": 500,
-            "detail": "the server could not complete the request; nothing was accepted",
-            "hint": "Retry later; operators: see the server log."})
+    app.add_middleware(BodyLimits, policy=server_body_policy(settings))
+    app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
+    install_error_handlers(app, validation_status=422)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
@@ -225,8 +232,9 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
             with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:  # not ready is an answer, not a crash
-            return JSONResponse(status_code=503, content={"status": "unavailable",
-                                                          "detail": type(exc).__name__})
+            return error_response("/readyz", 503, "database.reachable",
+                                  f"the database does not answer ({type(exc).__name__})",
+                                  "Operators: check the database and the server log.")
         return JSONResponse({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)

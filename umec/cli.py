@@ -51,6 +51,7 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
     from umec.app import build_server
     settings = _settings()
     configure_logging(settings.log_level)
+    from umec.http_limits import uvicorn_options
     ssl = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -61,10 +62,11 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
         from umec.app import prepare_server
         prepare_server(settings)
         uvicorn.run("umec.app:create_app", factory=True, workers=workers, log_config=None,
-                    **listen, **ssl)  # type: ignore[arg-type]
+                    **listen, **ssl, **uvicorn_options())  # type: ignore[arg-type]
         return
     srv = build_server(settings)
-    uvicorn.run(srv.app, log_config=None, **listen, **ssl)  # type: ignore[arg-type]
+    uvicorn.run(srv.app, log_config=None, **listen, **ssl,  # type: ignore[arg-type]
+                **uvicorn_options())
 
 
 @app.command()
@@ -235,8 +237,8 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
     ssl = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    uvicorn.run(application, host=host or settings.listen_host,
-                port=port or settings.api_port, log_config=None, **ssl)  # type: ignore[arg-type]
+    uvicorn.run(application, host=host or settings.listen_host, port=port or settings.api_port,
+                log_config=None, **ssl, **uvicorn_options())  # type: ignore[arg-type]
 
 
 @app.command()
@@ -244,3 +246,4 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] =
     """Everything on one machine: swtpm nodes, server, agents; a node is tampered with."""
     from umec.demo import run_demo
     raise typer.Exit(run_demo(console, workdir))
+    from umec.http_limits import uvicorn_options

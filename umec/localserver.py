@@ -10,6 +10,8 @@ from typing import Any
 
 import uvicorn
 
+from umec.http_limits import uvicorn_options
+
 
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
@@ -19,13 +21,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None,
-                 **uvicorn_options: Any) -> None:
+                 **uvicorn_options_passed: Any) -> None:
         self.host, self.port = host, port or free_port(host)
+        # The processes' own limits (header deadline and size, connection cap, keep-alive).
+        options = {**uvicorn_options(), **uvicorn_options_passed}
         config = uvicorn.Config(app, host=host, port=self.port, log_config=None,
-                                log_level="warning", **uvicorn_options)
+                                log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True, name="uvicorn")
-        scheme = "https" if uvicorn_options.get("ssl_certfile") else "http"
+        scheme = "https" if options.get("ssl_certfile") else "http"
         self.url = f"{scheme}://{host}:{self.port}"
 
     def start(self) -> ServerThread:

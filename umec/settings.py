@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     operator_token: str = Field(default="", description="Bearer token for the fleet view; "
                                 "generated into data_dir/operator-token when empty.")
+    request_body_timeout_seconds: float = Field(default=10.0, gt=0, description="Every HTTP "
+                                                "process: a request body not received within "
+                                                "this time is refused (408).")
 
     # attestation
     ek_ca_bundle: Path | None = Field(default=None, description="PEM: manufacturer EK CAs.")

@@ -30,6 +30,7 @@ def main() -> int:
     import uvicorn
 
     from umec.admission_wiring import build_webhook
+    from umec.http_limits import uvicorn_options
     from umec.logs import configure_logging
     from umec.settings import Settings
     settings = Settings()
@@ -41,7 +42,7 @@ def main() -> int:
     uvicorn.run(app, host=raw.get("host", "0.0.0.0"),
                 port=int(raw.get("port") or settings.webhook_port), log_config=None,
                 ssl_certfile=str(settings.webhook_tls_cert),
-                ssl_keyfile=str(settings.webhook_tls_key))
+                ssl_keyfile=str(settings.webhook_tls_key), **uvicorn_options())
     return 0
 
 
