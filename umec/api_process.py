@@ -23,8 +23,8 @@ from mec_api.tokens.feed import HttpJwks, RevocationFollower, http_source
 from mec_api.tokens.revocations import RevocationList
 from umec.api_wiring import build_resource_apis, resource_body_rules
 from umec.db import open_database
-from umec.settings import Settings
 from umec.http_limits import BodyLimits, BodyPolicy, install_error_handlers
+from umec.settings import Settings
 
 
 class MissingTokenService(ValueError):

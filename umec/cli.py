@@ -49,9 +49,9 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
     import uvicorn
 
     from umec.app import build_server
+    from umec.http_limits import uvicorn_options
     settings = _settings()
     configure_logging(settings.log_level)
-    from umec.http_limits import uvicorn_options
     ssl = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -227,6 +227,7 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
     import uvicorn
 
     from umec.api_process import MissingTokenService, build_api_process
+    from umec.http_limits import uvicorn_options
     settings = _settings()
     configure_logging(settings.log_level)
     try:
@@ -246,4 +247,3 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] =
     """Everything on one machine: swtpm nodes, server, agents; a node is tampered with."""
     from umec.demo import run_demo
     raise typer.Exit(run_demo(console, workdir))
-    from umec.http_limits import uvicorn_options
