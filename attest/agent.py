@@ -5,6 +5,12 @@ Round: challenge → (first round after boot: extend the application PCR with th
 Errors back off exponentially with full jitter so a fleet that lost the server does not return
 in lockstep. The TPM is opened per round and closed (with every transient handle flushed) after
 it, so an agent or swtpm restart never leaves slots behind.
+
+A TPM in dictionary-attack lockout (:class:`TpmLockedOut`) is not retried at that cadence: the
+round logs one error naming the lockout and how to clear it, and the next round waits at least
+the time the TPM itself reports until it accepts an authorisation again. An AK created before
+AKs carried ``noDA`` is kept (the server's EK↔AK binding cannot change under a node) and named
+in one warning per process, with how to replace it.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from attest.tpm.device import Tpm
+from attest.tpm.device import AkHandle, Tpm, TpmLockedOut
 
 log = logging.getLogger("umec.agent")
 
@@ -73,11 +79,27 @@ class Agent:
         self.open_tpm = open_tpm or (lambda: Tpm(config.tcti, ek_kind=config.ek_kind))
         self.base = f"/attest/v1/nodes/{config.node_name}"
         self.marker = config.state_dir / "enrolled.json"
+        self._warned_da = False
 
     # -- enrolment -------------------------------------------------------------------------
 
-    def enroll(self, tpm: Tpm) -> None:
+    def load_ak(self, tpm: Tpm) -> AkHandle:
         ak = tpm.load_or_create_ak(self.config.state_dir, self.config.ak_kind)
+        if not ak.no_da and not self._warned_da:
+            self._warned_da = True
+            state = self.config.state_dir
+            log.warning(
+                "this node's AK was created without noDA: every power-off without TPM2_Shutdown "
+                "after it was used counts toward the TPM's dictionary-attack lockout, and a "
+                "locked-out TPM cannot quote. Replace it: stop the agent, run `umec nodes remove "
+                f"{self.config.node_name}` on the server, delete {state}/ak-"
+                f"{self.config.ak_kind}.priv, {state}/ak-{self.config.ak_kind}.pub and "
+                f"{state}/enrolled.json, then start the agent (it enrols a new noDA AK)",
+                extra={"node": self.config.node_name, "check": "tpm.ak_no_da"})
+        return ak
+
+    def enroll(self, tpm: Tpm) -> None:
+        ak = self.load_ak(tpm)
         cert = tpm.ek_certificate(self.config.ek_kind)
         ek_public = tpm.ek_public(self.config.ek_kind)
         body = {"name": self.config.node_name, "ek_public": _b64(ek_public),
@@ -120,7 +142,7 @@ class Agent:
             if not self.marker.exists():
                 self.enroll(tpm)
             else:
-                tpm.load_or_create_ak(self.config.state_dir, self.config.ak_kind)
+                self.load_ak(tpm)
             self.measure(tpm)
             resp = self.client.post(f"{self.base}/challenge")
             if resp.status_code in (404, 409):  # server lost us or we never activated: enrol
@@ -149,20 +171,33 @@ class Agent:
                                             "state": verdict.get("state"),
                                             "reason": verdict.get("reason")})
                 delay = self.config.interval_seconds
-            except (AgentError, httpx.HTTPError, OSError) as exc:
-                failures += 1
-                # Full jitter: uniform in [0, min(cap, interval * 2^failures)].
-                cap = min(self.config.max_backoff_seconds,
-                          self.config.interval_seconds * 2 ** min(failures, 10))
-                delay = random.uniform(0.5, cap)
-                log.warning("attestation round failed",
-                            extra={"node": self.config.node_name, "error": str(exc),
-                                   "retry_in": round(delay, 2)})
             except Exception as exc:  # e.g. a TPM error: back off, never die silently
                 failures += 1
-                delay = min(self.config.max_backoff_seconds, 2.0 ** failures)
-                log.warning("attestation round failed", extra={
-                    "node": self.config.node_name, "error": f"{type(exc).__name__}: {exc}",
-                    "retry_in": delay})
+                delay = self._failure_delay(exc, failures)
             done += 1
             stop.wait(delay)
+
+    def _failure_delay(self, exc: Exception, failures: int) -> float:
+        """Log a failed round once and return how long to wait before the next one."""
+        node = self.config.node_name
+        if isinstance(exc, TpmLockedOut):
+            # Quoting again before the TPM recovers cannot succeed: wait its own interval.
+            wait = exc.retry_after
+            delay = (max(self.config.interval_seconds, float(wait)) if wait
+                     else self.config.max_backoff_seconds)
+            log.error("the TPM is in dictionary-attack lockout; not retrying before it recovers",
+                      extra={"node": node, "check": exc.check, "error": str(exc),
+                             "hint": exc.hint, "recovers_in": wait, "retry_in": delay})
+            return delay
+        if isinstance(exc, AgentError | httpx.HTTPError | OSError):
+            # Full jitter: uniform in [0.5, min(cap, interval * 2^failures)].
+            cap = min(self.config.max_backoff_seconds,
+                      self.config.interval_seconds * 2 ** min(failures, 10))
+            delay = random.uniform(0.5, cap)
+            log.warning("attestation round failed",
+                        extra={"node": node, "error": str(exc), "retry_in": round(delay, 2)})
+            return delay
+        delay = min(self.config.max_backoff_seconds, 2.0 ** failures)
+        log.warning("attestation round failed", extra={
+            "node": node, "error": f"{type(exc).__name__}: {exc}", "retry_in": delay})
+        return delay

@@ -7,21 +7,31 @@ import hashlib
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tpm2_pytss.constants import TPM2_CAP, TPM2_HC, TPM2_HR
+from tpm2_pytss.constants import TPM2_CAP, TPM2_HC, TPM2_HR, TPMA_OBJECT
 from tpm2_pytss.utils import tools_to_credential
 
 from attest.core.credential import make_credential
 from attest.core.identity import check_ak_attributes
 from attest.core.tpm_public import parse_tpm2b_public
 from attest.core.tpm_structs import parse_tpms_attest, parse_tpmt_signature, verify_signature
-from attest.tpm.device import CredentialMalformed, Tpm, TpmCommandFailed, TpmUnavailable
+from attest.tpm.device import (
+    CredentialMalformed,
+    DaState,
+    Tpm,
+    TpmCommandFailed,
+    TpmLockedOut,
+    TpmUnavailable,
+    is_lockout,
+)
 from attest.tpm.swtpm import Swtpm
+from attest.tpm.templates import ak_template, check_kind
+from tests.da_helpers import create_key, da_state, fail_auth, legacy_ak_template, write_legacy_ak
 from tests.fixtures_swtpm import needs_swtpm, needs_tpm2_tools, project_ca, swtpm_node
 
 pytestmark = needs_swtpm
@@ -267,3 +277,73 @@ def test_twenty_cycles_with_failures_do_not_leak(swtpm_node: Swtpm, tmp_path: Pa
         secret = os.urandom(32)
         assert t.activate_credential(*make_credential(ek, ak.name, secret)) == secret
         t.quote(os.urandom(16), {"sha256": list(range(24))})
+
+
+# --- dictionary-attack protection (issue 9 point 6) ------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["ecc", "rsa"])
+def test_ak_is_exempt_from_dictionary_attack_lockout(swtpm_node: Swtpm, tmp_path: Path,
+                                                     kind: str) -> None:
+    """The AK's authValue is empty: noDA, so power cuts after a quote never count (templates.py)."""
+    assert ak_template(check_kind(kind)).publicArea.objectAttributes & TPMA_OBJECT.NODA
+    with Tpm(swtpm_node.tcti) as t:
+        ak = t.load_or_create_ak(tmp_path, kind)
+    assert ak.no_da
+    assert parse_tpm2b_public(ak.public).name() == ak.name
+    # An AK made by an agent from before (no noDA) is recognised as such.
+    write_legacy_ak(swtpm_node, tmp_path / "legacy", check_kind(kind))
+    with Tpm(swtpm_node.tcti) as t:
+        assert not t.load_or_create_ak(tmp_path / "legacy", kind).no_da
+    _assert_no_leaks(swtpm_node)
+
+
+@pytest.mark.parametrize(("rc", "lockout"), [
+    (0x921, True),  # TPM_RC_LOCKOUT
+    (0xB0921, True),  # TPM_RC_LOCKOUT relayed by tpm2-abrmd's TPM layer
+    (0x922, False),  # TPM_RC_RETRY: transient
+    (0x908, False),  # TPM_RC_YIELDED
+    (0x90A, False),  # TPM_RC_TESTING
+    (0x98E, False),  # TPM_RC_AUTH_FAIL (session 1): counted, but not yet lockout
+    (0x70921, False),  # another TSS layer's code that happens to end in 0x921
+])
+def test_only_tpm_rc_lockout_is_lockout(rc: int, lockout: bool) -> None:
+    assert is_lockout(rc) is lockout
+
+
+def test_lockout_is_a_typed_error_and_the_ak_still_quotes(
+        swtpm_factory: Callable[[str], Swtpm], tmp_path: Path) -> None:
+    sw = swtpm_factory("da-lockout")  # a private TPM: this test locks it out
+    with Tpm(sw.tcti) as t:
+        assert t.da_state() == DaState(counter=0, max_tries=3, interval=1000, recovery=1000)
+        assert not t.da_state().locked_out
+        ak = t.load_or_create_ak(tmp_path / "agent", "ecc")
+        guarded = create_key(t, legacy_ak_template("ecc"), auth=b"right password")
+    fail_auth(sw, *guarded, times=3)
+    da = da_state(sw)
+    assert da.counter == 3 and da.locked_out and da.retry_after == 1000
+    write_legacy_ak(sw, tmp_path / "legacy")
+    with Tpm(sw.tcti) as t:
+        t.load_or_create_ak(tmp_path / "legacy", "ecc")  # Load needs only the EK's policy
+        with pytest.raises(TpmLockedOut) as err:
+            t.quote(os.urandom(16), {"sha256": [0]})
+        # ... and the agent's noDA AK is not affected by the lockout at all.
+        assert t.load_or_create_ak(tmp_path / "agent", "ecc").name == ak.name
+        t.quote(os.urandom(16), {"sha256": [0]})
+    exc = err.value
+    assert isinstance(exc, TpmCommandFailed) and exc.rc == 0x921 and exc.command == "Quote"
+    assert exc.check == "tpm.lockout" and exc.retry_after == 1000 and exc.da == da
+    text = str(exc)
+    assert "\n" not in text
+    for words in ("TPM_RC_LOCKOUT", "dictionary-attack", "3 counted failures, limit 3",
+                  "1000 s", "tpm2_dictionarylockout --clear-lockout"):
+        assert words in text, words
+    assert "TPM_PT_LOCKOUT_INTERVAL" in exc.hint and "noDA" in exc.hint
+    # The hint's way out works: clear the lockout (empty lockout auth on swtpm).
+    subprocess.run(["tpm2_dictionarylockout", "--tcti", sw.tcti, "--clear-lockout"],
+                   check=True, capture_output=True)
+    assert da_state(sw).counter == 0
+    with Tpm(sw.tcti) as t:
+        t.load_or_create_ak(tmp_path / "legacy", "ecc")
+        t.quote(os.urandom(16), {"sha256": [0]})
+    _assert_no_leaks(sw)

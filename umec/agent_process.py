@@ -4,6 +4,11 @@
 this module (``exec``, same PID), handing over the validated configuration in one environment
 variable. The process that keeps running on every Raspberry Pi therefore carries neither the CLI
 framework nor the settings library: about 15 MiB of its 60 MB budget.
+
+Exit codes of ``umec agent --once``: 0 the node is trusted; 1 it is not, or the round failed (the
+failed checks or the error are printed); 2 the agent is misconfigured (settings, no handover);
+3 the TPM is in dictionary-attack lockout (TPM_RC_LOCKOUT): one line on stderr says so, when it
+recovers and how to clear it; attesting again before then cannot succeed.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 HANDOVER = "_UMEC_AGENT_CONFIG"  # not UMEC_*: it is not a setting anyone should set
+EXIT_TPM_LOCKED_OUT = 3
 
 
 def handover(config: dict[str, Any], *, once: bool) -> None:
@@ -44,6 +50,7 @@ def main() -> int:
     import httpx
 
     from attest.agent import Agent, AgentError
+    from attest.tpm.device import TpmLockedOut
     from umec.logs import configure_logging
 
     try:
@@ -61,6 +68,9 @@ def main() -> int:
             return 0
         try:
             verdict = agent.attest_once()
+        except TpmLockedOut as exc:
+            print(f"{cfg.node_name}: {exc}", file=sys.stderr)
+            return EXIT_TPM_LOCKED_OUT
         except AgentError as exc:
             print(f"attestation failed ({exc.check}): {exc}")
             if exc.hint:

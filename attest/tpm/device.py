@@ -16,6 +16,13 @@ What the agent does with it, per the attestation protocol (DESIGN.md):
    ``pcrDigest`` in the quote; a PCR extended between the two commands causes a retry, so the
    values sent always belong to the quote.
 
+Dictionary-attack lockout: the AK is created with ``noDA`` (see templates.py), so unclean power
+losses never count against it. A TPM that is in lockout anyway (an AK created before that, or
+another DA-protected key used on the node) answers TPM_RC_LOCKOUT; every command here turns that
+into :class:`TpmLockedOut`, which carries the TPM's DA state (:meth:`Tpm.da_state`) and says how
+to recover. TPM_RC_RETRY, TPM_RC_YIELDED and TPM_RC_TESTING are not lockout: they are transient
+(ESYS itself resubmits the command) and stay plain :class:`TpmCommandFailed`.
+
 Resource hygiene: a TPM has very few transient object slots (swtpm: 3). Every transient object and
 session is flushed in ``finally`` blocks, on success and on error alike, and the ESAPI context is
 closed by :meth:`Tpm.close` (or the context manager), so a failing agent cannot exhaust them.
@@ -39,9 +46,12 @@ from tpm2_pytss.constants import (
     TPM2_ALG,
     TPM2_CAP,
     TPM2_HC,
+    TPM2_PT,
     TPM2_PT_NV,
+    TPM2_RC,
     TPM2_SE,
     TPMA_NV,
+    TPMA_OBJECT,
 )
 from tpm2_pytss.types import (
     TPM2B_ENCRYPTED_SECRET,
@@ -87,6 +97,67 @@ class TpmCommandFailed(AttestationError):
         self.rc = rc
 
 
+# TPM RCs come from the TPM itself (layer 0) or, through tpm2-abrmd, the resource manager's TPM
+# layer (11 << 16); a lockout reported by any other layer is not the TPM's.
+_TPM_LAYERS = (0, 11 << 16)
+
+
+def is_lockout(rc: int) -> bool:
+    """True for TPM_RC_LOCKOUT (0x921) only; RETRY, YIELDED and TESTING are transient."""
+    return (rc & 0xFF0000) in _TPM_LAYERS and (rc & 0xFFFF) == int(TPM2_RC.LOCKOUT)
+
+
+@dataclass(frozen=True)
+class DaState:
+    """The TPM's dictionary-attack state (TPM_PT_LOCKOUT_* / TPM_PT_MAX_AUTH_FAIL)."""
+
+    counter: int  # TPM_PT_LOCKOUT_COUNTER: failures (incl. unclean shutdowns) counted now
+    max_tries: int  # TPM_PT_MAX_AUTH_FAIL: lockout when counter >= max_tries
+    interval: int  # TPM_PT_LOCKOUT_INTERVAL: seconds (of TPM uptime) per counter decrement
+    recovery: int  # TPM_PT_LOCKOUT_RECOVERY: wait after a failed lockoutAuth
+
+    @property
+    def locked_out(self) -> bool:
+        return self.interval > 0 and self.counter >= self.max_tries
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds of TPM uptime until one more authorisation is allowed (0: not locked)."""
+        if not self.locked_out:
+            return 0
+        return (self.counter - self.max_tries + 1) * self.interval
+
+
+class TpmLockedOut(TpmCommandFailed):
+    """TPM_RC_LOCKOUT: the TPM refuses DA-protected authorisations until it recovers."""
+
+    check = "tpm.lockout"
+    hint = ("The TPM's dictionary-attack protection is in lockout, usually after repeated "
+            "power-offs without TPM2_Shutdown while a DA-protected key was in use. It recovers "
+            "by itself after TPM_PT_LOCKOUT_INTERVAL seconds of uptime per count above the "
+            "limit (`tpm2_getcap properties-variable`), or clear it now with "
+            "`tpm2_dictionarylockout --clear-lockout` (add `-p <lockout auth>` if one is set). "
+            "An AK created without noDA keeps counting: see the agent's warning on how to "
+            "replace it.")
+
+    def __init__(self, command: str, rc: int, da: DaState | None) -> None:
+        if da is None:
+            when = "the TPM's DA state could not be read"
+        else:
+            when = (f"{da.counter} counted failures, limit {da.max_tries}; it recovers after "
+                    f"{da.retry_after} s of TPM uptime (TPM_PT_LOCKOUT_INTERVAL "
+                    f"{da.interval} s)")
+        super().__init__(command, rc, "(TPM_RC_LOCKOUT): the TPM's dictionary-attack "
+                         "protection is in lockout, usually after repeated power-offs without "
+                         f"TPM2_Shutdown while a DA-protected key was in use ({when}); or clear "
+                         "it now with `tpm2_dictionarylockout --clear-lockout`")
+        self.da = da
+
+    @property
+    def retry_after(self) -> int | None:
+        return self.da.retry_after if self.da is not None else None
+
+
 class CredentialMalformed(MalformedStructure):
     """A credential blob or encrypted secret is not a marshalled TPM2B structure."""
 
@@ -102,6 +173,12 @@ class AkHandle:
     public: bytes
     private: bytes
     name: bytes
+
+    @property
+    def no_da(self) -> bool:
+        """True when the AK is exempt from dictionary-attack protection (TPMA_OBJECT.NODA)."""
+        pub, _ = TPM2B_PUBLIC.unmarshal(self.public)
+        return bool(pub.publicArea.objectAttributes & TPMA_OBJECT.NODA)
 
 
 @dataclass(frozen=True)
@@ -149,7 +226,28 @@ class Tpm:
         try:
             return fn(*args, **kwargs)
         except TSS2_Exception as exc:
-            raise TpmCommandFailed(command, int(exc.rc), str(exc)) from exc
+            rc = int(exc.rc)
+            if is_lockout(rc):
+                raise TpmLockedOut(command, rc, self._da_state_or_none()) from exc
+            raise TpmCommandFailed(command, rc, str(exc)) from exc
+
+    def da_state(self) -> DaState:
+        """The dictionary-attack counters (GetCapability needs no authorisation: it works in
+        lockout too)."""
+        first = int(TPM2_PT.LOCKOUT_COUNTER)
+        _, data = self._call("GetCapability(TPM_PROPERTIES)", self._esys.get_capability,
+                             TPM2_CAP.TPM_PROPERTIES, first, 4)
+        props = {int(p.property): int(p.value) for p in data.data.tpmProperties}
+        return DaState(counter=props.get(first, 0),
+                       max_tries=props.get(int(TPM2_PT.MAX_AUTH_FAIL), 0),
+                       interval=props.get(int(TPM2_PT.LOCKOUT_INTERVAL), 0),
+                       recovery=props.get(int(TPM2_PT.LOCKOUT_RECOVERY), 0))
+
+    def _da_state_or_none(self) -> DaState | None:
+        try:
+            return self.da_state()
+        except (TpmCommandFailed, TpmUnavailable):
+            return None
 
     def _flush(self, handle: Any) -> None:
         # Best effort: a flush failing must not hide the original error, and a session the

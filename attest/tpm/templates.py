@@ -7,8 +7,16 @@
   certificate (0x01C00004 / 0x01C00003 …) when present, so the key we create is the one the
   certificate was issued for.
 * AK templates: restricted signing keys (restricted | sign | fixedTPM | fixedParent |
-  sensitiveDataOrigin | userWithAuth) with a fixed scheme, ECDSA-SHA256 on P-256 or
+  sensitiveDataOrigin | userWithAuth | noDA) with a fixed scheme, ECDSA-SHA256 on P-256 or
   RSASSA-SHA256 on RSA-2048, so a quote signature cannot be produced with another scheme.
+  ``noDA``: the AK's authValue is empty and the agent uses it with a password session for every
+  Quote and ActivateCredential. Without noDA each such use marks the TPM "DA used", and every
+  power-off without TPM2_Shutdown after it counts as an authorisation failure at the next
+  TPM2_Startup (TPM 2.0 Part 1, "Dictionary Attack Protection"); swtpm locks out after 3 and a
+  Raspberry Pi that loses power a few times stops attesting. An empty authValue has nothing to
+  guess, so exempting the AK from DA protection costs nothing. (The EK needs no such flag: the
+  agent authorises it with a PolicySecret(TPM_RH_ENDORSEMENT) policy session, which neither uses
+  its authValue nor a DA-protected hierarchy, and the TCG template fixes its attributes.)
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ EK_CERT_INDEX: dict[str, int] = {"rsa": 0x01C00002, "ecc": 0x01C0000A}
 
 AK_ATTRIBUTES = (TPMA_OBJECT.RESTRICTED | TPMA_OBJECT.SIGN_ENCRYPT | TPMA_OBJECT.FIXEDTPM
                  | TPMA_OBJECT.FIXEDPARENT | TPMA_OBJECT.SENSITIVEDATAORIGIN
-                 | TPMA_OBJECT.USERWITHAUTH)
+                 | TPMA_OBJECT.USERWITHAUTH | TPMA_OBJECT.NODA)
 
 
 def check_kind(kind: str) -> Kind:
