@@ -109,7 +109,8 @@ class Agent:
         secret = tpm.activate_credential(base64.b64decode(challenge["credential_blob"]),
                                          base64.b64decode(challenge["encrypted_secret"]))
         _raise_for_problem(self.client.post(f"{self.base}/activate",
-                                            json={"secret": _b64(secret)}), "activate")
+                                            json={"enrollment_id": challenge["enrollment_id"],
+                                                  "secret": _b64(secret)}), "activate")
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.marker.write_text(json.dumps({"node": self.config.node_name,
                                            "ak_name": ak.name.hex()}))

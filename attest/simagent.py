@@ -42,7 +42,8 @@ class SimulatedNode:
         ch = resp.json()
         secret = self.tpm.activate_credential(base64.b64decode(ch["credential_blob"]),
                                               base64.b64decode(ch["encrypted_secret"]))
-        self.client.post(f"{self.base}/activate", json={"secret": b64(secret)}).raise_for_status()
+        self.client.post(f"{self.base}/activate", json={
+            "enrollment_id": ch["enrollment_id"], "secret": b64(secret)}).raise_for_status()
 
     def challenge(self) -> dict[str, Any]:
         resp = self.client.post(f"{self.base}/challenge")

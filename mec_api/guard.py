@@ -23,7 +23,6 @@ and either returns a :class:`~mec_api.principal.Principal` or raises :class:`Gua
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Any, Protocol
 
 from fastapi import Request
 
+from kernel.ratelimit import RateLimiter
 from keys import JwtInvalid, JwtUnknownKid, check_jwt_times, verify_jwt
 from mec_api.principal import Principal
 from mec_api.problems import ProblemError
@@ -72,28 +72,6 @@ def _unauthorized(description: str, *, scheme: str = "Bearer",
                   error: str = "invalid_token") -> GuardRefusal:
     return GuardRefusal(401, "Unauthorized", description, type_="urn:umec:token." + error,
                         headers={"WWW-Authenticate": _challenge(scheme, error, description)})
-
-
-class RateLimiter:
-    """A token bucket per client: ``rate`` requests per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float, burst: float, max_clients: int = 100_000) -> None:
-        self.rate, self.burst, self.max_clients = rate, burst, max_clients
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def retry_after(self, client: str, now: float) -> float:
-        """0 when the request may go ahead, else the seconds until it may."""
-        with self._lock:
-            tokens, last = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
-            if tokens < 1.0:
-                self._buckets[client] = (tokens, now)
-                return (1.0 - tokens) / self.rate
-            if len(self._buckets) >= self.max_clients and client not in self._buckets:
-                self._buckets.clear()  # bounded memory; a reset only forgives, never refuses
-            self._buckets[client] = (tokens - 1.0, now)
-            return 0.0
 
 
 @dataclass

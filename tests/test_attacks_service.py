@@ -1,70 +1,30 @@
-"""Each attack on the protocol, over HTTP against a real server, blocked with a named check.
+"""Each attack on the evidence path, over HTTP against a real server (SQLite and PostgreSQL),
+blocked with a named check.
 
-Nodes are simulated TPMs (byte-exact formats, software keys) so that attacks needing a key the
-attacker controls — forging, another TPM's AK, a replayed old state — can be built precisely.
+Only evidence the node's own activated AK signed over a nonce issued to that node may change the
+node: everything else is refused (4xx), counted and changes nothing — not the state, the clock
+baseline, the events, nor the nonce (the node can still use it).
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
 
 from attest.simagent import SimulatedNode, b64
 from attest.simtpm import SimulatedTpm
-from tests.conftest import k3s_policy
-from umec.app import Server, build_server
-from umec.localserver import ServerThread
-from umec.settings import Settings
+from tests.attack_env import Env, checks, env, trusted
+
+__all__ = ["env"]
 
 
-@dataclass
-class Env:
-    server: Server
-    client: httpx.Client
-    tmp: Path
-
-    def node(self, name: str, tpm: SimulatedTpm | None = None, *,
-             allow: bool = True) -> SimulatedNode:
-        node = SimulatedNode(name, self.client, tpm)
-        if allow:
-            cfg = self.server.attest.config
-            cfg.ek_allowlist = cfg.ek_allowlist | {
-                hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()}
-        return node
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
-    settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies,
-                        default_node_class="pi-k3s", nonce_ttl_seconds=30)
-    server = build_server(settings)
-    with ServerThread(server.app) as http, httpx.Client(
-            base_url=http.url, timeout=30,
-            headers={"Authorization": f"Bearer {server.operator_token}"}) as c:
-        yield Env(server, c, tmp_path)
-
-
-def trusted(env: Env, name: str = "node-a", tpm: SimulatedTpm | None = None) -> SimulatedNode:
-    node = env.node(name, tpm)
-    node.enroll_and_activate()
-    assert node.attest()["state"] == "trusted"
-    return node
-
-
-def checks(resp: httpx.Response) -> list[str]:
-    body = resp.json()
-    return [f["check"] for f in body["failed_checks"]] if "failed_checks" in body \
-        else [body["check"]]
+def _unchanged_and_nonce_still_usable(env: Env, node: SimulatedNode, before: dict[str, object],
+                                      ch: dict[str, object]) -> None:
+    assert env.snapshot(node.name) == before
+    resp = node.send(ch["nonce_bytes"], *node.quote(ch))  # type: ignore[arg-type]
+    assert resp.status_code == 200 and resp.json()["state"] == "trusted"
 
 
 def test_forged_quote_signature(env: Env) -> None:
@@ -72,19 +32,90 @@ def test_forged_quote_signature(env: Env) -> None:
     ch = node.challenge()
     attest, sig, pcrs = node.quote(ch)
     forged = sig[:-3] + bytes([sig[-3] ^ 1]) + sig[-2:]
-    resp = node.send(ch["nonce_bytes"], attest, forged, pcrs)
-    assert resp.status_code == 200 and resp.json()["state"] == "untrusted"
-    assert checks(resp) == ["quote.signature"]
+    before = env.snapshot("node-a")
+    with env.anonymous() as attacker:
+        resp = SimulatedNode("node-a", attacker).send(ch["nonce_bytes"], attest, forged, pcrs)
+    assert resp.status_code == 403 and checks(resp) == ["quote.signature"]
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    _unchanged_and_nonce_still_usable(env, node, before, ch)
+
+
+def test_quote_by_a_software_key_over_the_real_challenge(env: Env) -> None:
+    """An anonymous client asks for node-a's challenge and answers it with its own AK."""
+    node = trusted(env)
+    before = env.snapshot("node-a")
+    with env.anonymous() as attacker:
+        fake = SimulatedNode("node-a", attacker, SimulatedTpm())
+        ch = fake.challenge()
+        resp = fake.send(ch["nonce_bytes"], *fake.quote(ch))
+    assert resp.status_code == 403 and checks(resp) == ["quote.signature"]
+    _unchanged_and_nonce_still_usable(env, node, before, ch)
 
 
 def test_quote_by_another_tpms_ak(env: Env) -> None:
     node = trusted(env)
     ch = node.challenge()
     other = SimulatedTpm()
+    before = env.snapshot("node-a")
     resp = node.send(ch["nonce_bytes"], *other.quote(ch["nonce_bytes"],
                      {b: frozenset(v) for b, v in ch["selection"].items()}))
-    assert checks(resp) == ["quote.signature"]
-    assert resp.json()["trusted"] is False
+    assert resp.status_code == 403 and checks(resp) == ["quote.signature"]
+    _unchanged_and_nonce_still_usable(env, node, before, ch)
+
+
+def test_another_trusted_nodes_genuine_quote(env: Env) -> None:
+    """node-b's real quote over a nonce issued to node-a is not node-a's evidence."""
+    a, b = trusted(env, "node-a"), trusted(env, "node-b")
+    ch = a.challenge()
+    sel = {k: frozenset(v) for k, v in ch["selection"].items()}
+    b.tpm.extend(14, b"whatever node-b runs")
+    before = env.snapshot("node-a")
+    resp = a.send(ch["nonce_bytes"], *b.tpm.quote(ch["nonce_bytes"], sel))
+    assert resp.status_code == 403 and checks(resp) == ["quote.signature"]
+    _unchanged_and_nonce_still_usable(env, a, before, ch)
+
+
+def test_old_genuine_quote_replayed_on_a_fresh_nonce(env: Env) -> None:
+    """A genuine quote of the node, captured earlier (a failing one), proves nothing now."""
+    node = trusted(env)
+    node.tpm.extend(14, b"tampered, once")
+    old_ch = node.challenge()
+    old = node.quote(old_ch)  # never sent: the attacker captured it
+    node.tpm.reboot()
+    assert node.attest()["state"] == "trusted"
+    ch = node.challenge()
+    before = env.snapshot("node-a")
+    resp = node.send(ch["nonce_bytes"], *old)
+    assert resp.status_code == 403 and checks(resp) == ["quote.nonce"]
+    _unchanged_and_nonce_still_usable(env, node, before, ch)
+
+
+def test_forgery_flood_keeps_node_in_service_and_is_counted(env: Env) -> None:
+    node = trusted(env)
+    before = env.snapshot("node-a")
+    counted = env.refusals("evidence", "quote.signature")
+    with env.anonymous() as attacker:
+        fake = SimulatedNode("node-a", attacker, SimulatedTpm())
+        ch = fake.challenge()  # refused evidence spends nothing: one nonce serves the flood
+        for _ in range(30):
+            resp = fake.send(ch["nonce_bytes"], *fake.quote(ch))
+            assert resp.status_code == 403 and checks(resp) == ["quote.signature"]
+    assert env.refusals("evidence", "quote.signature") == counted + 30
+    assert env.snapshot("node-a") == before
+    assert node.attest()["state"] == "trusted"
+
+
+def test_refusal_is_logged_with_the_source_address(env: Env,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    node = trusted(env)
+    ch = node.challenge()
+    attest, sig, pcrs = SimulatedTpm().quote(ch["nonce_bytes"], {"sha256": frozenset({0})})
+    with caplog.at_level("WARNING", logger="umec.attest"):
+        node.send(ch["nonce_bytes"], attest, sig, pcrs)
+    refused = [r for r in caplog.records if r.getMessage() == "attestation request refused"]
+    assert refused and refused[-1].__dict__["source"] == "127.0.0.1"
+    assert refused[-1].__dict__["check"] == "quote.signature"
+    assert refused[-1].__dict__["node"] == "node-a"
 
 
 def test_replayed_nonce(env: Env) -> None:
@@ -131,8 +162,10 @@ def test_quote_over_other_nonce(env: Env) -> None:
     node = trusted(env)
     ch = node.challenge()
     sel = {k: frozenset(v) for k, v in ch["selection"].items()}
+    before = env.snapshot("node-a")
     resp = node.send(ch["nonce_bytes"], *node.tpm.quote(b"\x02" * 32, sel))
-    assert checks(resp) == ["quote.nonce"]
+    assert resp.status_code == 403 and checks(resp) == ["quote.nonce"]
+    _unchanged_and_nonce_still_usable(env, node, before, ch)
 
 
 def test_pcr_values_not_matching_quoted_digest(env: Env) -> None:
@@ -202,31 +235,6 @@ def test_ek_neither_certified_nor_allowlisted_is_refused(env: Env) -> None:
     assert env.client.get("/attest/v1/nodes/node-x").status_code == 404
 
 
-def test_wrong_activation_proof_then_right_one(env: Env) -> None:
-    node = env.node("node-p")
-    ch = node.enroll().json()
-    bad = env.client.post("/attest/v1/nodes/node-p/activate", json={"secret": b64(b"x" * 32)})
-    assert bad.status_code == 403 and bad.json()["check"] == "activate.proof"
-    secret = node.tpm.activate_credential(base64.b64decode(ch["credential_blob"]),
-                                          base64.b64decode(ch["encrypted_secret"]))
-    ok = env.client.post("/attest/v1/nodes/node-p/activate", json={"secret": b64(secret)})
-    assert ok.status_code == 200
-
-
-def test_challenge_before_activation_is_refused(env: Env) -> None:
-    node = env.node("node-q")
-    node.enroll()
-    resp = env.client.post("/attest/v1/nodes/node-q/challenge")
-    assert resp.status_code == 409 and resp.json()["check"] == "node.not_activated"
-
-
-def test_activated_node_cannot_swap_its_ak(env: Env) -> None:
-    node = trusted(env)
-    swapped = SimulatedTpm(ek_key=node.tpm._ek_key)  # same EK, a fresh AK
-    resp = SimulatedNode("node-a", env.client, swapped).enroll()
-    assert resp.status_code == 409 and resp.json()["check"] == "enroll.ak_mismatch"
-
-
 def test_untrusted_node_recovers_only_with_passing_quote(env: Env) -> None:
     node = trusted(env)
     node.tpm.extend(14, b"bad")
@@ -268,9 +276,10 @@ def test_truncated_quote_structure(env: Env) -> None:
     node = trusted(env)
     ch = node.challenge()
     attest, sig, pcrs = node.quote(ch)
+    before = env.snapshot("node-a")
     resp = node.send(ch["nonce_bytes"], attest[:-5], sig, pcrs)
-    assert resp.json()["trusted"] is False
-    assert checks(resp)[0].startswith("structure.")
+    assert resp.status_code == 400 and checks(resp)[0].startswith("structure.")
+    _unchanged_and_nonce_still_usable(env, node, before, ch)
 
 
 def test_attestation_result_is_a_verifiable_jwt(env: Env) -> None:

@@ -20,8 +20,9 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
+from kernel.ratelimit import RateLimiter
 from keys import KeyRing, generate_private_key, sign_jwt
-from mec_api.guard import AccessTokenGuard, RateLimiter
+from mec_api.guard import AccessTokenGuard
 from mec_api.principal import Principal
 from mec_api.problems import install_problem_handlers
 from mec_api.scopes import CAMERA_SNAPSHOT, SENSOR_READ

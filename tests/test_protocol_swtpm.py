@@ -167,9 +167,11 @@ def test_wrong_activation_proof_keeps_node_state(tmp_path: Path, plane_factory,
         body = {"name": "node-a", "ek_public": base64.b64encode(t.ek_public("rsa")).decode(),
                 "ak_public": base64.b64encode(ak.public).decode(),
                 "ek_certificate": base64.b64encode(t.ek_certificate("rsa") or b"").decode()}
-    assert plane.client.post("/attest/v1/nodes", json=body).status_code == 200
-    resp = plane.client.post("/attest/v1/nodes/node-a/activate",
-                             json={"secret": base64.b64encode(b"\0" * 32).decode()})
+    pending = plane.client.post("/attest/v1/nodes", json=body)
+    assert pending.status_code == 200
+    resp = plane.client.post("/attest/v1/nodes/node-a/activate", json={
+        "enrollment_id": pending.json()["enrollment_id"],
+        "secret": base64.b64encode(b"\0" * 32).decode()})
     assert resp.status_code == 403
     assert resp.json()["check"] == "activate.proof"
     after = plane.client.get("/attest/v1/nodes/node-a").json()

@@ -54,6 +54,7 @@ def sim() -> SimulatedTpm:
 def appraise(ak: TpmPublic, attest: bytes, sig: bytes, values: dict[str, dict[int, bytes]], *,
              nonce: bytes = NONCE, requested: dict[str, frozenset[int]] | None = None,
              previous: ClockInfo | None = None) -> list[type[AttestationError]]:
+    """The collected failures of an authenticated quote (fatal ones raise)."""
     result = appraise_quote(ak, attest, sig, expected_nonce=nonce, pcr_values=values,
                             requested=SEL if requested is None else requested,
                             previous_clock=previous)
@@ -70,14 +71,22 @@ def test_genuine_quote_passes(sim: SimulatedTpm) -> None:
     assert values["sha256"][10] != bytes(32)  # the extend really happened
 
 
-def test_nonce_pcr_and_selection_failures_are_all_collected(sim: SimulatedTpm) -> None:
+def test_pcr_selection_and_clock_failures_are_all_collected(sim: SimulatedTpm) -> None:
     attest, sig, values = sim.quote(NONCE, SEL)
     wrong = {"sha256": {**values["sha256"], 7: b"\x01" * 32}, "sha1": values["sha1"]}
-    failures = appraise(sim.ak_public, attest, sig, wrong, nonce=b"other nonce 16 b",
+    failures = appraise(sim.ak_public, attest, sig, wrong,
                         requested={"sha256": frozenset({0, 7, 10, 14})},
                         previous=sim.clock_info._replace(reset_count=sim.reset_count + 1))
-    assert failures == [QuoteNonceMismatch, PcrDigestMismatch, PcrSelectionInsufficient,
-                        ResetCountRollback]
+    assert failures == [PcrDigestMismatch, PcrSelectionInsufficient, ResetCountRollback]
+
+
+def test_a_quote_over_another_nonce_is_not_authenticated_evidence(sim: SimulatedTpm) -> None:
+    """Genuinely signed, but not over this challenge (an old quote replayed): fatal, so the
+    caller refuses it instead of recording a verdict for the node."""
+    attest, sig, values = sim.quote(NONCE, SEL)
+    with pytest.raises(QuoteNonceMismatch):
+        appraise_quote(sim.ak_public, attest, sig, expected_nonce=b"other nonce 16 b",
+                       pcr_values=values, requested=SEL, previous_clock=None)
 
 
 @pytest.mark.parametrize("mangle", [
@@ -269,7 +278,8 @@ def test_swtpm_quote_tampering_rejected(swtpm_quotes: dict[str, RealQuote], kind
                     run(attest=bytes(flipped))
                 else:
                     run(sig=bytes(flipped))
-    assert run(nonce=q.nonce[:-1] + bytes([q.nonce[-1] ^ 1])) == [QuoteNonceMismatch]
+    with pytest.raises(QuoteNonceMismatch):
+        run(nonce=q.nonce[:-1] + bytes([q.nonce[-1] ^ 1]))
     wrong = {**q.values, "sha256": {**q.values["sha256"], 16: bytes(32)}}
     assert run(values=wrong) == [PcrDigestMismatch]
     assert run() == []

@@ -129,8 +129,9 @@ def test_server_restart_between_enrol_and_activate_loses_nothing(tmp_path: Path)
         node.client = client
         secret = node.tpm.activate_credential(base64.b64decode(challenge["credential_blob"]),
                                               base64.b64decode(challenge["encrypted_secret"]))
-        resp = client.post("/attest/v1/nodes/node-a/activate",
-                           json={"secret": base64.b64encode(secret).decode()})
+        resp = client.post("/attest/v1/nodes/node-a/activate", json={
+            "enrollment_id": challenge["enrollment_id"],
+            "secret": base64.b64encode(secret).decode()})
         assert resp.status_code == 200
         assert node.attest()["state"] == "trusted"
 

@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mec_api.guard import AccessTokenGuard, RateLimiter
+from kernel.ratelimit import RateLimiter
+from mec_api.guard import AccessTokenGuard
 from mec_api.tokens.feed import HttpJwks, RevocationFollower, http_source
 from mec_api.tokens.revocations import RevocationList
 from umec.api_wiring import build_resource_apis, resource_body_rules
@@ -70,10 +71,10 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
             engine.dispose()
 
     app = FastAPI(title=f"µMEC API: {', '.join(which)}", lifespan=lifespan)
-
     app.add_middleware(BodyLimits, policy=BodyPolicy(
         rules=resource_body_rules(settings), seconds=settings.request_body_timeout_seconds))
     install_error_handlers(app, validation_status=400)
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

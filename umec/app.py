@@ -27,8 +27,8 @@ from attest.service.notify import CompositeSink
 from attest.service.notify_event import StateChangeSink
 from attest.service.notify_webhook import WebhookSink
 from attest.service.policies import load_policy_dir
-from attest.service.registrar import load_pem_bundle
-from attest.service.verifier import Lease, mark_stale_nodes
+from attest.service.registrar import load_pem_bundle, prune_enrollments
+from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
 from keys import KeyRing, atomic_write, sign_jwt
 from mec_api.tokens.api import MAX_FORM_BYTES
 from umec.api_wiring import ResourceApis, build_resource_apis, resource_body_rules
@@ -126,16 +126,27 @@ def _attest_config(settings: Settings) -> AttestConfig:
         interval_seconds=settings.attestation_interval_seconds,
         stale_grace_seconds=settings.stale_grace_seconds,
         result_ttl_seconds=settings.result_ttl_seconds,
+        rate_per_source=settings.attest_rate_per_source,
+        burst_per_source=settings.attest_burst_per_source,
         operator_token=_operator_token(settings),
         issuer=settings.public_url or f"http://{settings.listen_host}:{settings.listen_port}")
 
 
+PRUNE_EVERY_SECONDS = 30.0
+
+
 async def _deadline_loop(ctx: AttestContext, every: float) -> None:
+    """The lease holder marks overdue nodes stale and prunes expired challenges."""
     lease = Lease(ctx, ttl=max(3 * every, 3.0))
+    pruned_at = 0.0
     while True:
         try:
             if await asyncio.to_thread(lease.acquire):
                 await asyncio.to_thread(mark_stale_nodes, ctx)
+                if time.monotonic() - pruned_at >= PRUNE_EVERY_SECONDS:
+                    await asyncio.to_thread(prune_nonces, ctx)
+                    await asyncio.to_thread(prune_enrollments, ctx)
+                    pruned_at = time.monotonic()
         except Exception:  # keep checking deadlines whatever one round hit
             log.exception("deadline check failed")
         await asyncio.sleep(every)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +26,7 @@ app.command()(cli_admission.sign)
 app.command()(cli_admission.verify)
 app.add_typer(cli_admission.webhook_app, name="webhook")
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _settings() -> Settings:
@@ -117,17 +119,34 @@ def nodes(ctx: typer.Context,
     console.print(table)
 
 
+def _registrar_step(step: Callable[[Any], None]) -> None:
+    """Run an operator step of the registrar; a refusal is one line on stderr, exit 1."""
+    from attest.core.errors import AttestationError
+    from attest.service.context import AttestConfig, AttestContext
+    ctx = AttestContext(config=AttestConfig(), sessions=_sessions(_settings()),
+                        sign_result=lambda claims: "")
+    try:
+        step(ctx)
+    except AttestationError as exc:
+        err_console.print(f"error: {exc.check}: {exc.detail} ({exc.hint})", markup=False)
+        raise typer.Exit(1) from None
+
+
 @nodes_app.command("remove")
 def nodes_remove(name: str) -> None:
     """Forget a node (e.g. after a TPM replacement); it must enrol again."""
-    from attest.service.models import NodeRow
-    with _sessions(_settings()).begin() as session:
-        row = session.get(NodeRow, name)
-        if row is None:
-            console.print(f"[red]no node named {name!r}[/red]")
-            raise typer.Exit(1)
-        session.delete(row)
+    from attest.service import registrar
+    _registrar_step(lambda ctx: registrar.remove(ctx, name))
     console.print(f"removed {name}")
+
+
+@nodes_app.command("rename")
+def nodes_rename(old: str, new: str) -> None:
+    """Give a node's TPM a new name; it is trusted again after its first passing quote under
+    the new name (its agent must be configured with the new name)."""
+    from attest.service import registrar
+    _registrar_step(lambda ctx: registrar.rename(ctx, old, new))
+    console.print(f"renamed {old} to {new}; it is trusted again after its next passing quote")
 
 
 @nodes_app.command("ack")

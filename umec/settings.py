@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     stale_grace_seconds: float = 15.0
     result_ttl_seconds: int = 120
     deadline_check_seconds: float = 1.0
+    attest_rate_per_source: float = Field(default=20.0, description="Protocol requests (enrol, "
+                                          "activate, challenge, evidence) per second and source "
+                                          "address; a NAT'd site of many nodes is one source.")
+    attest_burst_per_source: float = 200.0
     webhook_urls: list[str] = Field(default_factory=list)
     webhook_secret: str = ""
     kubernetes_labels: bool = False

@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from admission.records import SqlAdmissionRecords
 from attest.service.models import NodeRow
 from attest.service.notify_event import NodeStateChanged
+from kernel.ratelimit import RateLimiter
 from keys import KeyRing, generate_private_key
-from mec_api.guard import AccessTokenGuard, RateLimiter
+from mec_api.guard import AccessTokenGuard
 from mec_api.tokens.api import token_router
 from mec_api.tokens.feed import (
     HttpJwks,

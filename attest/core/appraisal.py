@@ -3,16 +3,19 @@
 Steps, in order (each named by the error class it raises):
 
 1. Quote (``attest.core.quote.appraise_quote``): structure, magic and type, the signature under
-   the node's activated AK. If any of these fail, appraisal stops: nothing that is not
-   authenticated by the AK is looked at. Otherwise every further quote failure is collected:
-   nonce, PCR digest against the supplied PCR values, selection at least the requested one,
-   resetCount / restartCount / clock progress against what the node showed last time.
+   the node's activated AK over the issued nonce. If any of these fail, appraisal *raises*:
+   evidence the node's AK did not sign for this challenge is not the node's evidence, so it
+   gets no verdict at all and the caller refuses it without touching the node (anyone can send
+   a forgery or replay another node's quote). Otherwise every further quote failure is
+   collected: PCR digest against the supplied PCR values, selection at least the requested
+   one, resetCount / restartCount / clock progress against what the node showed last time.
 2. Policy PCR values: each PCR the node-class policy pins has one of its allowed values.
 3. Boot event log, when sent (or required by policy): it must parse, replay to the quoted PCRs
    and satisfy the policy's reference digests. Only (PCR, digest) pairs are authenticated by the
    quote, so nothing else in the log is used for a decision.
 
-The verdict lists every failed check; ``trusted`` is true only when that list is empty.
+The verdict lists every failed check; ``trusted`` is true only when that list is empty. Only
+step 1 raises (``AttestationError``); steps 2 and 3 are collected.
 """
 
 from __future__ import annotations
@@ -69,13 +72,11 @@ def appraise_evidence(
     requested: Mapping[str, frozenset[int]],
     previous_clock: ClockInfo | None,
 ) -> Verdict:
-    try:
-        quote = appraise_quote(ak, evidence.attest, evidence.signature,
-                               expected_nonce=expected_nonce,
-                               pcr_values={b: dict(v) for b, v in evidence.pcr_values.items()},
-                               requested=dict(requested), previous_clock=previous_clock)
-    except AttestationError as exc:  # unparseable or unauthenticated: stop here
-        return Verdict(trusted=False, failures=(exc,))
+    # Step 1: raises for evidence that is not authenticated by the AK over this nonce.
+    quote = appraise_quote(ak, evidence.attest, evidence.signature,
+                           expected_nonce=expected_nonce,
+                           pcr_values={b: dict(v) for b, v in evidence.pcr_values.items()},
+                           requested=dict(requested), previous_clock=previous_clock)
     failures: list[AttestationError] = list(quote.failures)
 
     failures.extend(check_pcr_values(policy, evidence.pcr_values))

@@ -1,16 +1,19 @@
 """Quote appraisal: is this TPM2_Quote fresh, authentic and about the PCR values supplied?
 
-:func:`appraise_quote` runs the checks below in order. Steps 1-3 are fatal and *raise*: until
-the AK's signature is verified, no field of the quote is evidence of anything, so nothing
-unauthenticated is evaluated further. Steps 4-7 are all run and every failure is collected in
-:class:`QuoteAppraisal` so the operator sees the whole picture at once.
+:func:`appraise_quote` runs the checks below in order. Steps 1-4 are fatal and *raise*
+(:func:`authenticate_quote`): until the AK's signature over this very challenge is verified, the
+quote is not the node's evidence of anything (a forgery, another node's quote or an old quote of
+this node), so nothing in it is evaluated further and the caller must not let it change the
+node. Steps 5-7 are all run and every failure is collected in :class:`QuoteAppraisal` so the
+operator sees the whole picture at once.
 
 1. Parse TPMS_ATTEST and TPMT_SIGNATURE (``MalformedStructure`` family).
 2. ``magic`` is TPM_GENERATED_VALUE (:class:`QuoteMagicInvalid`) and ``type`` is
    TPM_ST_ATTEST_QUOTE (:class:`QuoteTypeInvalid`). A restricted AK signs only TPM-generated
    data, so a wrong magic means the AK is not restricted or the bytes were not made by a TPM.
 3. The signature over the TPMS_ATTEST bytes under the AK (:class:`QuoteSignatureInvalid`).
-4. ``extraData`` equals the nonce the verifier issued (:class:`QuoteNonceMismatch`).
+4. ``extraData`` equals the nonce the verifier issued (:class:`QuoteNonceMismatch`): a genuine
+   but old quote of this node proves nothing about its state now.
 5. The supplied PCR values cover exactly the quoted selection
    (:class:`PcrValuesSelectionMismatch`), and then ``pcrDigest`` equals
    H(concatenation of those values in TPML_PCR_SELECTION order: banks in the order listed, PCRs
@@ -19,9 +22,9 @@ unauthenticated is evaluated further. Steps 4-7 are all run and every failure is
 6. The quoted selection includes every requested PCR (:class:`PcrSelectionInsufficient`).
 7. Clock progress against the last accepted quote (``previous_clock``):
    higher resetCount is a reboot (``rebooted``; clock may restart anywhere); lower resetCount is
-   :class:`ResetCountRollback` (an old quote replayed to hide a reboot); same resetCount and lower
-   restartCount is :class:`RestartCountRollback`; same reset and restart counts and a lower
-   clock is :class:`ClockRollback`.
+   :class:`ResetCountRollback` (a TPM whose state was rolled back to hide a reboot); same
+   resetCount and lower restartCount is :class:`RestartCountRollback`; same reset and restart
+   counts and a lower clock is :class:`ClockRollback`.
 """
 
 from __future__ import annotations
@@ -238,6 +241,26 @@ def check_clock(current: ClockInfo, previous: ClockInfo | None) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class AuthenticatedQuote:
+    """A quote the AK signed over the issued nonce (steps 1-4 passed)."""
+
+    attest: TpmsAttest
+    quote: QuoteInfo
+    hash_alg: int
+
+
+def authenticate_quote(ak: TpmPublic, attest: bytes, signature: bytes, *,
+                       expected_nonce: bytes) -> AuthenticatedQuote:
+    """Steps 1-4: raise unless the AK signed a TPM quote over ``expected_nonce``."""
+    parsed = parse_tpms_attest(attest)
+    check_magic(parsed)
+    quote = check_type(parsed)
+    hash_alg = check_signature(ak, attest, signature)
+    check_nonce(parsed, expected_nonce)
+    return AuthenticatedQuote(parsed, quote, hash_alg)
+
+
 def appraise_quote(
     ak: TpmPublic,
     attest: bytes,
@@ -250,22 +273,17 @@ def appraise_quote(
 ) -> QuoteAppraisal:
     """Appraise one quote (see the module docstring for the steps).
 
-    Raises ``MalformedStructure``, :class:`QuoteMagicInvalid`, :class:`QuoteTypeInvalid` or
-    :class:`QuoteSignatureInvalid`; returns every later failure in ``QuoteAppraisal.failures``.
+    Raises ``MalformedStructure``, :class:`QuoteMagicInvalid`, :class:`QuoteTypeInvalid`,
+    :class:`QuoteSignatureInvalid` or :class:`QuoteNonceMismatch`; returns every later failure
+    in ``QuoteAppraisal.failures``.
     """
-    parsed = parse_tpms_attest(attest)
-    check_magic(parsed)
-    quote = check_type(parsed)
-    hash_alg = check_signature(ak, attest, signature)
+    authentic = authenticate_quote(ak, attest, signature, expected_nonce=expected_nonce)
+    parsed, quote = authentic.attest, authentic.quote
 
     result = QuoteAppraisal(parsed)
     failures = result.failures
     try:
-        check_nonce(parsed, expected_nonce)
-    except AttestationError as exc:
-        failures.append(exc)
-    try:
-        _check_pcrs(quote, pcr_values, hash_alg)
+        _check_pcrs(quote, pcr_values, authentic.hash_alg)
     except AttestationError as exc:
         failures.append(exc)
     try:

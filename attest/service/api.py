@@ -1,8 +1,14 @@
 """HTTP adapter: the attestation protocol under ``/attest/v1`` (FastAPI).
 
 Binary TPM structures travel base64-encoded in JSON. Every refusal is RFC 7807 problem+json with
-the failed ``check``, the offending value in ``detail`` and a ``hint``; a failed appraisal is not
-an HTTP error but a verdict (200, ``trusted: false``, every failed check listed).
+the failed ``check``, the offending value in ``detail`` and a ``hint``; a failed appraisal of
+evidence the node's AK signed is not an HTTP error but a verdict (200, ``trusted: false``, every
+failed check listed). Evidence the AK did not sign over the node's challenge is refused (4xx) and
+changes nothing.
+
+The protocol routes need no credential (TPM proofs authenticate nodes), so anyone can call them:
+each is limited per source address, challenges also per node name, and every refusal is counted
+(``umec_attest_refusals_total``) and logged with the source address.
 """
 
 from __future__ import annotations
@@ -10,11 +16,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import logging
+import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Final, TypeVar
 
-from fastapi import APIRouter, Header, Path
+from fastapi import APIRouter, Header, Path, Request
 from fastapi.responses import JSONResponse
+from prometheus_client import Counter
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
 from sqlalchemy import select
 
@@ -24,6 +33,13 @@ from attest.core.identity import ActivationFailed, AkMismatch, EkMismatch
 from attest.service import registrar, verifier
 from attest.service.context import AttestContext
 from attest.service.models import NodeRow
+from kernel.ratelimit import RateLimiter
+
+log = logging.getLogger("umec.attest")
+
+REFUSALS: Final = Counter("umec_attest_refusals_total",
+                          "Attestation protocol requests refused, by route and failed check.",
+                          ["route", "check"])
 
 T = TypeVar("T")
 MAX_B64 = 1 << 20  # 1 MiB of base64 is far above any TPM structure or boot log we accept
@@ -54,6 +70,7 @@ class EnrollBody(BaseModel):
 
 
 class ActivateBody(BaseModel):
+    enrollment_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     secret: B64
 
 
@@ -69,23 +86,67 @@ _STATUS: dict[type[AttestationError], int] = {
     MalformedStructure: 400, registrar.NodeNotFound: 404, EkMismatch: 409, AkMismatch: 409,
     ActivationFailed: 403, registrar.NoPendingActivation: 409,
     registrar.TooManyActivationFailures: 423, registrar.UnknownNodeClass: 422,
-    verifier.NodeNotActivated: 409, verifier.PolicyMissing: 422,
-    verifier.NothingToAcknowledge: 409,
+    verifier.PolicyMissing: 422, verifier.NothingToAcknowledge: 409,
+    registrar.EkAlreadyBound: 409, registrar.NodeNameTaken: 409,
 }
+
+
+class RateLimited(AttestationError):
+    check = "rate.limited"
+    hint = ("Too many protocol requests from this source or for this node; retry after the "
+            "Retry-After seconds. An agent needs one challenge per attestation interval.")
+
+    def __init__(self, detail: str, retry_after: float) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
 
 
 def problem(exc: AttestationError) -> JSONResponse:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 403)
+    headers = None
+    if isinstance(exc, RateLimited):
+        status, headers = 429, {"Retry-After": str(max(1, round(exc.retry_after)))}
     return JSONResponse(
-        status_code=status, media_type="application/problem+json",
+        status_code=status, media_type="application/problem+json", headers=headers,
         content={"type": f"urn:umec:attest:{exc.check}", "title": type(exc).__name__,
                  "status": status, **exc.as_dict()})
 
 
-def _guarded(fn: Callable[[], T]) -> T | JSONResponse:
+def source_of(request: Request) -> str:
+    """The peer address (no proxy header is trusted: a client could forge it)."""
+    return request.client.host if request.client else "unknown"
+
+
+class Limits:
+    """Token buckets for the credential-less protocol routes."""
+
+    def __init__(self, ctx: AttestContext) -> None:
+        cfg = ctx.config
+        self.per_source = RateLimiter(cfg.rate_per_source, cfg.burst_per_source)
+        self.challenges_per_node = RateLimiter(cfg.challenge_rate_per_node,
+                                               cfg.challenge_burst_per_node)
+
+    def admit(self, source: str, node: str | None = None) -> None:
+        now = time.monotonic()
+        wait = self.per_source.retry_after(source, now)
+        if wait:
+            raise RateLimited(f"too many attestation requests from {source}", wait)
+        if node is not None:
+            # Keyed by node *and* source: an attacker elsewhere cannot use up a node's share.
+            wait = self.challenges_per_node.retry_after(f"{node}@{source}", now)
+            if wait:
+                raise RateLimited(f"too many challenges for node {node!r} from {source}", wait)
+
+
+def _guarded(route: str, request: Request, fn: Callable[[], T]) -> T | JSONResponse:
+    """Run a protocol step; a refusal is counted, logged with its source and answered typed."""
     try:
         return fn()
     except AttestationError as exc:
+        REFUSALS.labels(route, exc.check).inc()
+        log.warning("attestation request refused", extra={
+            "route": route, "node": request.path_params.get("node"), "check": exc.check,
+            "source": source_of(request), "detail": exc.detail})
         return problem(exc)
 
 
@@ -112,34 +173,42 @@ def make_router(ctx: AttestContext) -> APIRouter:
     MakeCredential), stays in the thread pool.
     """
     r = APIRouter(prefix="/attest/v1", tags=["attestation"])
+    limits = Limits(ctx)
 
     @r.post("/nodes")
-    def enroll(body: EnrollBody) -> Any:
+    def enroll(request: Request, body: EnrollBody) -> Any:
         def run() -> dict[str, Any]:
+            limits.admit(source_of(request))
             ch = registrar.enroll(ctx, registrar.EnrollRequest(
                 name=body.name, ek_public=body.ek_public, ak_public=body.ak_public,
                 ek_certificate=body.ek_certificate, node_class=body.node_class))
-            return {"credential_blob": base64.b64encode(ch.credential_blob).decode(),
+            return {"enrollment_id": ch.enrollment_id,
+                    "credential_blob": base64.b64encode(ch.credential_blob).decode(),
                     "encrypted_secret": base64.b64encode(ch.encrypted_secret).decode(),
                     "expires_in": ch.expires_in}
-        return _guarded(run)
+        return _guarded("enroll", request, run)
 
     @r.post("/nodes/{node}/activate")
-    def activate(node: NodeName, body: ActivateBody) -> Any:
-        return _guarded(lambda: {"node": node, "activated": True,
-                                 "state": registrar.activate(ctx, node, body.secret)})
+    def activate(request: Request, node: NodeName, body: ActivateBody) -> Any:
+        def run() -> dict[str, Any]:
+            limits.admit(source_of(request))
+            state = registrar.activate(ctx, node, body.enrollment_id, body.secret)
+            return {"node": node, "activated": True, "state": state}
+        return _guarded("activate", request, run)
 
     @r.post("/nodes/{node}/challenge")
-    async def challenge(node: NodeName) -> Any:
+    async def challenge(request: Request, node: NodeName) -> Any:
         def run() -> dict[str, Any]:
+            limits.admit(source_of(request), node)
             ch = verifier.issue_challenge(ctx, node)
             return {"nonce": base64.b64encode(ch.nonce).decode(), "selection": ch.selection,
                     "expires_at": ch.expires_at.isoformat()}
-        return _guarded(run)
+        return _guarded("challenge", request, run)
 
     @r.post("/nodes/{node}/evidence")
-    async def evidence(node: NodeName, body: EvidenceBody) -> Any:
+    async def evidence(request: Request, node: NodeName, body: EvidenceBody) -> Any:
         def run() -> dict[str, Any]:
+            limits.admit(source_of(request))
             res = verifier.submit_evidence(ctx, node, body.nonce, Evidence(
                 attest=body.quote, signature=body.signature, pcr_values=_pcr_values(body.pcrs),
                 event_log=body.event_log))
@@ -150,7 +219,7 @@ def make_router(ctx: AttestContext) -> APIRouter:
                     f"all checks passed, but the {res.state} node stays {res.state} until an "
                     f"operator acknowledges it (umec nodes ack {node})"))
             return answer
-        return _guarded(run)
+        return _guarded("evidence", request, run)
 
     def operator_refusal(authorization: str | None) -> JSONResponse | None:
         """The fleet view is for operators: ``Authorization: Bearer <UMEC_OPERATOR_TOKEN>``."""
@@ -189,12 +258,13 @@ def make_router(ctx: AttestContext) -> APIRouter:
             return node_summary(row)
 
     @r.post("/nodes/{node}/ack")
-    def ack_node(node: NodeName, authorization: Annotated[str | None, Header()] = None) -> Any:
+    def ack_node(request: Request, node: NodeName,
+                 authorization: Annotated[str | None, Header()] = None) -> Any:
         """Operator acknowledgement (policies with ``require_ack``)."""
         refusal = operator_refusal(authorization)
         if refusal is not None:
             return refusal
-        return _guarded(lambda: {"node": node, "acknowledged": True,
-                                 "state": verifier.acknowledge(ctx, node)})
+        return _guarded("ack", request, lambda: {"node": node, "acknowledged": True,
+                                                 "state": verifier.acknowledge(ctx, node)})
 
     return r

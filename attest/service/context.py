@@ -30,6 +30,8 @@ class NodeState:
     TRUSTED = "trusted"
     UNTRUSTED = "untrusted"
     STALE = "stale"
+    # Not a state a node is in: the event of a node an operator removed or renamed.
+    REMOVED = "removed"
 
 
 @dataclass
@@ -44,7 +46,13 @@ class AttestConfig:
     stale_grace_seconds: float = 15.0
     result_ttl_seconds: int = 120
     issuer: str = "umec-attest"
+    # Wrong proofs after which one pending enrolment is void (it locks nothing else).
     max_failed_activations: int = 10
+    # Protocol requests per source address (token bucket), and challenges per node name.
+    rate_per_source: float = 20.0
+    burst_per_source: float = 200.0
+    challenge_rate_per_node: float = 1.0
+    challenge_burst_per_node: float = 10.0
     policy_ttl_seconds: float = 2.0
     # Bearer token for the operator's read routes (fleet listing); nodes never need it.
     operator_token: str = ""

@@ -1,10 +1,12 @@
 """SQL tables of the registrar and verifier (SQLAlchemy 2, migrated by Alembic in ``umec``).
 
 Why the columns look the way they do:
-- ``nodes.ek_public`` and ``nodes.ak_public`` are immutable once ``activated_at`` is set: the EK↔AK
-  binding of a node name never changes (re-enrolment with another EK is refused, not merged).
-- ``pending_*`` hold the one outstanding MakeCredential challenge; a wrong proof only bumps
-  ``failed_activations`` and never touches the stored binding or state.
+- A row in ``attest_nodes`` exists only for a name whose EK↔AK binding was proven by
+  ActivateCredential: ``ek_public`` and ``ak_public`` never change after that (re-enrolment with
+  another EK or AK is refused, not merged), and ``ek_hash`` is unique: one EK, one name.
+- ``attest_enrollments`` hold outstanding MakeCredential challenges, any number per name, each
+  with its own id and wrong-proof counter. Public material (EK, EK certificate, AK public) only
+  ever creates one of these; it binds nothing, locks nothing but itself and expires.
 - ``nonces`` are consumed with a conditional UPDATE so that, with several replicas on PostgreSQL,
   exactly one request can use a nonce.
 - ``leases`` elect the single replica that runs periodic deadline checks.
@@ -25,6 +27,7 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -55,22 +58,19 @@ class AttestBase(DeclarativeBase):
 
 class NodeRow(AttestBase):
     __tablename__ = "attest_nodes"
+    # One EK is one machine and has one name (enforced here too, against racing activations).
+    __table_args__ = (UniqueConstraint("ek_hash", name="uq_attest_nodes_ek_hash"),)
 
     name: Mapped[str] = mapped_column(String(253), primary_key=True)
     node_class: Mapped[str] = mapped_column(String(128))
     ek_public: Mapped[bytes] = mapped_column(LargeBinary)
-    ek_hash: Mapped[str] = mapped_column(String(64), index=True)
+    ek_hash: Mapped[str] = mapped_column(String(64))
     ek_certificate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
     state: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[datetime]
-    activated_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    activated_at: Mapped[datetime]
     state_changed_at: Mapped[datetime]
-    # Challenge outstanding between enroll and activate.
-    pending_ak_public: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    pending_secret_hash: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    pending_expires_at: Mapped[datetime | None] = mapped_column(nullable=True)
-    failed_activations: Mapped[int] = mapped_column(Integer, default=0)
     # Appraisal bookkeeping.
     last_evidence_at: Mapped[datetime | None] = mapped_column(nullable=True)
     last_pass_at: Mapped[datetime | None] = mapped_column(nullable=True, index=True)
@@ -82,6 +82,24 @@ class NodeRow(AttestBase):
     # The operator's acknowledgement (policies with require_ack); counts only when given
     # after the node last left `trusted`.
     acked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+
+
+class EnrollmentRow(AttestBase):
+    """One outstanding credential challenge (enrol → activate), bound to nothing until proven."""
+
+    __tablename__ = "attest_enrollments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(253), index=True)
+    node_class: Mapped[str] = mapped_column(String(128))
+    ek_public: Mapped[bytes] = mapped_column(LargeBinary)
+    ek_hash: Mapped[str] = mapped_column(String(64))
+    ek_certificate: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    ak_public: Mapped[bytes] = mapped_column(LargeBinary)
+    secret_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    failed_proofs: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class NonceRow(AttestBase):

@@ -30,7 +30,8 @@ from prometheus_client import Counter
 
 from attest.core.errors import AttestationError
 
-NODE_STATES: Final = frozenset({"enrolled", "trusted", "untrusted", "stale"})
+# ``removed``: an operator removed or renamed the node (its last event under that name).
+NODE_STATES: Final = frozenset({"enrolled", "trusted", "untrusted", "stale", "removed"})
 EVENT_TYPE: Final = "node.state_changed"
 
 # One series per sink kind ("webhook", "kubernetes", or a composite member's name); URLs and

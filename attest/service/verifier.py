@@ -10,6 +10,13 @@ State machine (``NodeState``)::
 Leaving ``untrusted`` or ``stale`` takes a fresh passing quote; nothing is ever deleted and
 re-added. Each transition is stored as an event row in the same transaction as the state, then
 published to listeners (webhooks, Kubernetes labels, token revocation) after commit.
+
+Who moves a node (DESIGN's invariant "only the node's TPM changes its state"): evidence whose
+quote the node's own activated AK signed over a nonce issued to that node and not yet spent,
+the deadline sweep (``stale``), and operators (ack, remove, rename). Evidence does so in three
+steps: read (node, nonce, policy) → pure appraisal, which raises for a quote the AK did not sign
+over this nonce (refused: nothing is written, not even the nonce) → one transaction that spends
+the nonce and records the verdict, so a nonce is spent exactly when a verdict is recorded.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from attest.core.appraisal import Evidence, Verdict, appraise_evidence
@@ -41,11 +48,6 @@ MAX_CLOCK = 2**63 - 1
 def _parsed_ak(ak_public: bytes) -> TpmPublic:
     """Activated AKs are immutable, so their parsed form (and loaded key) can be reused."""
     return parse_tpm2b_public(ak_public)
-
-
-class NodeNotActivated(AttestationError):
-    check = "node.not_activated"
-    hint = "Complete credential activation (POST …/activate) before attesting."
 
 
 class NothingToAcknowledge(AttestationError):
@@ -86,10 +88,9 @@ _CONSUME_NONCE = (update(NonceRow)
                   .where(NonceRow.nonce == bindparam("b_nonce"),
                          NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
                          NonceRow.expires_at > bindparam("b_now"))
-                  .values(consumed_at=bindparam("b_now"))
-                  .returning(NonceRow.selection))
-_SELECT_NONCE = select(NonceRow.node, NonceRow.expires_at, NonceRow.consumed_at
-                       ).where(NonceRow.nonce == bindparam("b_nonce"))
+                  .values(consumed_at=bindparam("b_now")))
+_SELECT_NONCE = select(NonceRow.node, NonceRow.expires_at, NonceRow.consumed_at,
+                       NonceRow.selection).where(NonceRow.nonce == bindparam("b_nonce"))
 # SET columns come from the parameters given at execution.
 _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                            .where(NodeRow.name == bindparam("b_name"),
@@ -101,11 +102,10 @@ _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
 
 
 def _activated_node(db: Connection, name: str) -> Any:
+    """A node row exists only once its EK↔AK binding was proven (see the registrar)."""
     node = db.execute(_SELECT_NODE, {"b_name": name}).first()
     if node is None:
         raise NodeNotFound(f"no node named {name!r}")
-    if node.ak_public is None:
-        raise NodeNotActivated(f"node {name!r} has no activated AK")
     return node
 
 
@@ -128,43 +128,25 @@ def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
-def _consume_nonce(db: Connection, name: str, nonce: bytes,
-                   now: datetime) -> dict[str, list[int]]:
-    # Exactly one request may consume a nonce, even across replicas: this UPDATE is the arbiter.
-    selection = db.execute(_CONSUME_NONCE, {"b_nonce": nonce.hex(), "b_name": name,
-                                            "b_now": now}).scalar()
-    if selection is not None:
-        return dict(selection)
-    # Nothing consumed: find out which rule the nonce broke, to name it.
+def _issued_nonce(db: Connection, name: str, nonce: bytes,
+                  now: datetime) -> dict[str, list[int]]:
+    """The PCR selection of ``nonce`` if it was issued to ``name``, is unspent and unexpired."""
     row = db.execute(_SELECT_NONCE, {"b_nonce": nonce.hex()}).first()
     record = None if row is None else NonceRecord(row.node, row.expires_at,
                                                   row.consumed_at is not None)
     check_nonce(record, node=name, now=now)
-    raise NonceReplayed("nonce was consumed by a concurrent request")
+    assert row is not None  # check_nonce raised otherwise
+    return dict(row.selection)
 
 
-def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
-                    evidence: Evidence) -> EvidenceResult:
-    now = ctx.now()
-    # Step 1, committed on its own: the nonce is spent whatever the appraisal concludes.
-    with ctx.engine.begin() as db:
-        node = _activated_node(db, name)
-        selection = _consume_nonce(db, name, nonce, now)
-        policy = _policy(ctx, db, node.node_class)
-    previous = None
-    if None not in (node.reset_count, node.restart_count, node.clock):
-        previous = ClockInfo(clock=node.clock, reset_count=node.reset_count,
-                             restart_count=node.restart_count, safe=bool(node.safe))
-    # Step 2: the pure appraisal, outside any transaction.
-    verdict = appraise_evidence(
-        _parsed_ak(node.ak_public), evidence, expected_nonce=nonce, policy=policy,
-        requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
-    # Step 3: record the verdict and any state change atomically.
-    new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
-    awaiting_ack = verdict.trusted and needs_ack(policy, node.state, node.state_changed_at,
-                                                 node.acked_at)
-    if awaiting_ack:  # the quote passed, but the policy wants an operator to say so too
-        new_state = node.state
+def _spend_nonce(db: Connection, name: str, nonce: bytes, now: datetime) -> None:
+    # Exactly one request may spend a nonce, even across replicas: this UPDATE is the arbiter.
+    spent = db.execute(_CONSUME_NONCE, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now})
+    if spent.rowcount != 1:
+        raise NonceReplayed("nonce was spent by a concurrent request")
+
+
+def _record_values(verdict: Verdict, now: datetime) -> dict[str, Any]:
     values: dict[str, Any] = {"last_evidence_at": now,
                               "last_verdict": {**verdict.as_dict(), "at": now.isoformat()}}
     if verdict.trusted and verdict.clock is not None and verdict.clock.clock <= MAX_CLOCK:
@@ -172,13 +154,43 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
         values.update(reset_count=verdict.clock.reset_count,
                       restart_count=verdict.clock.restart_count, clock=verdict.clock.clock,
                       safe=int(verdict.clock.safe), last_pass_at=now)
+    return values
+
+
+def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
+                    evidence: Evidence) -> EvidenceResult:
+    now = ctx.now()
+    # Step 1: read the node, its challenge and its policy; nothing is written yet.
+    with ctx.engine.connect() as db:
+        node = _activated_node(db, name)
+        selection = _issued_nonce(db, name, nonce, now)
+        policy = _policy(ctx, db, node.node_class)
+    previous = None
+    if None not in (node.reset_count, node.restart_count, node.clock):
+        previous = ClockInfo(clock=node.clock, reset_count=node.reset_count,
+                             restart_count=node.restart_count, safe=bool(node.safe))
+    # Step 2: the pure appraisal, outside any transaction. It raises for a quote that the
+    # node's AK did not sign over this nonce: such a request is refused and changes nothing.
+    verdict = appraise_evidence(
+        _parsed_ak(node.ak_public), evidence, expected_nonce=nonce, policy=policy,
+        requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
+    new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
+    awaiting_ack = verdict.trusted and needs_ack(policy, node.state, node.state_changed_at,
+                                                 node.acked_at)
+    if awaiting_ack:  # the quote passed, but the policy wants an operator to say so too
+        new_state = node.state
+    values = _record_values(verdict, now)
     events: list[NodeStateChanged] = []
+    # Step 3, one transaction: spend the nonce, record the verdict and any state change.
     with ctx.engine.begin() as db:
+        _spend_nonce(db, name, nonce, now)
         # Common case first: the state does not change (one statement).
         ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
                              {**values, "b_name": name, "b_state": new_state}).scalar()
         if ek_hash is None:
-            current = db.execute(_SELECT_STATE, {"b_name": name}).one()
+            current = db.execute(_SELECT_STATE, {"b_name": name}).first()
+            if current is None:  # removed by an operator meanwhile
+                raise NodeNotFound(f"no node named {name!r}")
             ek_hash = current.ek_hash
             events.append(ctx.record_change(db, name, current.state, new_state, verdict.reason,
                                             [f.check for f in verdict.failures], now))
@@ -248,6 +260,14 @@ def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
                     f"no passing evidence since {since}", ["deadline.missed"], now))
     ctx.publish(events)
     return events
+
+
+def prune_nonces(ctx: AttestContext) -> int:
+    """Expired challenges go, spent or not: past its expiry a nonce is refused as unknown,
+    which is as final as "replayed". Keeps the table at about (nodes × challenges per TTL)."""
+    with ctx.engine.begin() as db:
+        done = db.execute(delete(NonceRow).where(NonceRow.expires_at <= ctx.now()))
+    return int(done.rowcount)
 
 
 class Lease:

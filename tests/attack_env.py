@@ -1,0 +1,100 @@
+"""A real `umec server` on loopback for the HTTP-level attack suites, on SQLite and PostgreSQL.
+
+Nodes are simulated TPMs (byte-exact formats, software keys) so that attacks needing a key the
+attacker controls — forging, another TPM's AK, a replayed old state — can be built precisely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from attest.service.models import NodeRow, NonceRow, StateEventRow
+from attest.simagent import SimulatedNode
+from attest.simtpm import SimulatedTpm
+from tests.conftest import k3s_policy
+from umec.app import Server, build_server
+from umec.localserver import ServerThread
+from umec.settings import Settings
+
+
+@dataclass
+class Env:
+    server: Server
+    client: httpx.Client
+    tmp: Path
+
+    def node(self, name: str, tpm: SimulatedTpm | None = None, *,
+             allow: bool = True) -> SimulatedNode:
+        node = SimulatedNode(name, self.client, tpm)
+        if allow:
+            self.allow(node.tpm)
+        return node
+
+    def allow(self, tpm: SimulatedTpm) -> None:
+        cfg = self.server.attest.config
+        cfg.ek_allowlist = cfg.ek_allowlist | {
+            hashlib.sha256(tpm.ek_public.marshal_tpm2b()).hexdigest()}
+
+    def anonymous(self) -> httpx.Client:
+        """A client without the operator token: what an attacker on the network has."""
+        return httpx.Client(base_url=str(self.client.base_url), timeout=30)
+
+    def snapshot(self, name: str) -> dict[str, Any]:
+        """Everything evidence or enrolment could move for ``name``: row, events, nonces."""
+        with self.server.attest.sessions() as s:
+            row = s.get(NodeRow, name)
+            columns = {} if row is None else {
+                c: getattr(row, c) for c in ("state", "state_changed_at", "last_pass_at",
+                                             "last_evidence_at", "last_verdict", "reset_count",
+                                             "restart_count", "clock", "ek_hash", "ak_public")}
+            events = s.scalar(select(func.count()).select_from(StateEventRow)
+                              .where(StateEventRow.node == name))
+            spent = s.scalar(select(func.count()).select_from(NonceRow).where(
+                NonceRow.node == name, NonceRow.consumed_at.is_not(None)))
+        return {"row": columns, "events": events, "spent_nonces": spent}
+
+    def refusals(self, route: str, check: str) -> float:
+        """The server's refusal counter for (route, check), read from /metrics."""
+        text = self.client.get("/metrics").text
+        needle = f'umec_attest_refusals_total{{check="{check}",route="{route}"}} '
+        return next((float(line[len(needle):]) for line in text.splitlines()
+                     if line.startswith(needle)), 0.0)
+
+
+def _settings(tmp_path: Path, database_url: str) -> Settings:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
+    return Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=database_url,
+                    default_node_class="pi-k3s", nonce_ttl_seconds=30)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("pg_database")
+    server = build_server(_settings(tmp_path, url))
+    with ServerThread(server.app) as http, httpx.Client(
+            base_url=http.url, timeout=30,
+            headers={"Authorization": f"Bearer {server.operator_token}"}) as c:
+        yield Env(server, c, tmp_path)
+
+
+def trusted(env: Env, name: str = "node-a", tpm: SimulatedTpm | None = None) -> SimulatedNode:
+    node = env.node(name, tpm)
+    node.enroll_and_activate()
+    assert node.attest()["state"] == "trusted"
+    return node
+
+
+def checks(resp: httpx.Response) -> list[str]:
+    body = resp.json()
+    return [f["check"] for f in body["failed_checks"]] if "failed_checks" in body \
+        else [body["check"]]
