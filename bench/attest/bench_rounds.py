@@ -25,6 +25,12 @@ Steps:
 5. Server memory after the rounds: VmRSS and VmHWM from ``/proc/PID/status``.
 
 Goal: ≥ 200 rounds/s with p99 ≤ 50 ms on 2 cores; server RSS ≤ 200 MB.
+``--postgres`` runs the server on a fresh database of the PostgreSQL at 127.0.0.1:5432 (dropped
+afterwards). ``--server-repo DIR`` runs the server from another checkout (``python -m umec`` with
+that directory first on ``PYTHONPATH``): ``compare_rounds.py`` uses it to put the code before a
+change and after it side by side in one run. All nodes connect from 127.0.0.1, so the server's
+per-source limit on the protocol routes is lifted (``UMEC_ATTEST_RATE_PER_SOURCE``); the
+limiter itself still runs on every request.
 ``--py-spy SECONDS`` additionally samples the server with py-spy (``pip install py-spy`` into
 the main venv) during the measured rounds and prints the top functions.
 """
@@ -32,6 +38,8 @@ the main venv) during the measured rounds and prints the top functions.
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -78,6 +86,7 @@ def server_env(work: Path, port: int, policy: Mapping[str, object],
     env = dict(os.environ, UMEC_DATA_DIR=str(work / "data"), UMEC_POLICY_DIR=str(policies),
                UMEC_DEFAULT_NODE_CLASS=str(policy["name"]), UMEC_LISTEN_PORT=str(port),
                UMEC_LOG_LEVEL="WARNING", UMEC_ATTESTATION_INTERVAL_SECONDS="600",
+               UMEC_ATTEST_RATE_PER_SOURCE="1000000", UMEC_ATTEST_BURST_PER_SOURCE="1000000",
                **(extra or {}))
     if ek_hashes:
         allowlist = json.dumps(ek_hashes)
@@ -102,12 +111,29 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, work: Path) -> None:
 
 
 @contextmanager
-def server_process(work: Path, ek_hashes: list[str], port: int, cmd: list[str]
-                   ) -> Iterator[subprocess.Popen[bytes]]:
-    env = server_env(work, port, POLICY, ek_hashes=ek_hashes)
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the shared PostgreSQL, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test",
+                          isolation_level="AUTOCOMMIT")
+    name = f"umec_bench_{os.getpid()}_{int(time.time())}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@contextmanager
+def server_process(work: Path, ek_hashes: list[str], port: int, cmd: list[str],
+                   extra: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    env = server_env(work, port, POLICY, extra=extra, ek_hashes=ek_hashes)
     log = (work / "server.log").open("wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, cwd=env.get("PYTHONPATH") or None)
     try:
         wait_healthy(proc, f"http://127.0.0.1:{port}", work)
         yield proc
@@ -139,6 +165,10 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=90.0)
     ap.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--postgres", action="store_true",
+                    help="a fresh database on PostgreSQL at 127.0.0.1:5432 instead of SQLite")
+    ap.add_argument("--server-repo", type=Path, default=None, metavar="DIR",
+                    help="run the server from this checkout (python -m umec)")
     ap.add_argument("--variant", default=None, metavar="ARGS",
                     help="run serve_variant.py ARGS instead of `umec server` (what-if runs)")
     ap.add_argument("--python", default=str(REPO / ".venv" / "bin" / "python"),
@@ -162,15 +192,22 @@ def main() -> None:
         if args.variant is not None:
             cmd = [args.python, str(Path(__file__).with_name("serve_variant.py")),
                    *args.variant.split()]
-        print(f"# server: {' '.join(cmd)}")
-        with server_process(work, hashes, port, cmd) as server:
+        extra: dict[str, str] = {}
+        if args.server_repo is not None:
+            cmd = [args.python, "-m", "umec", "server"]
+            extra["PYTHONPATH"] = str(args.server_repo.resolve())
+        database = postgres_database() if args.postgres else contextlib.nullcontext("")
+        print(f"# server: {' '.join(cmd)} ({'PostgreSQL' if args.postgres else 'SQLite'}"
+              f"{', from ' + str(args.server_repo) if args.server_repo else ''})")
+        with database as url, server_process(
+                work, hashes, port, cmd, {**extra, "UMEC_DATABASE_URL": url}) as server:
             idle = vm_status(server.pid)
             nodes = [SimulatedNode(f"node-{i:05d}", clients[i % args.threads], tpm)
                      for i, tpm in enumerate(tpms)]
 
             def enroll(k: int) -> None:
                 for node in nodes[k::args.threads]:
-                    node.enroll_and_activate()
+                    enroll_and_activate(node)
 
             t0 = time.perf_counter()
             run_threads(args.threads, enroll)
@@ -198,6 +235,18 @@ def main() -> None:
             c.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def enroll_and_activate(node: SimulatedNode) -> None:
+    """As SimulatedNode does, also against servers from before enrolment ids (for compare)."""
+    resp = node.enroll()
+    resp.raise_for_status()
+    ch = resp.json()
+    secret = node.tpm.activate_credential(base64.b64decode(ch["credential_blob"]),
+                                          base64.b64decode(ch["encrypted_secret"]))
+    node.client.post(f"{node.base}/activate", json={
+        "enrollment_id": ch.get("enrollment_id", "0" * 32),
+        "secret": base64.b64encode(secret).decode()}).raise_for_status()
 
 
 def rounds(nodes: list[SimulatedNode], threads: int, total: int, max_seconds: float
