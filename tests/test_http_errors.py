@@ -75,7 +75,7 @@ def operations(app: Any, prefix: str = "") -> list[tuple[str, str]]:
                   for m in ops if m in ("get", "post", "put", "patch", "delete")}
     for route in getattr(app, "routes", ()):
         if isinstance(route, APIRoute):
-            found |= {(m, prefix + route.path) for m in route.methods if m != "HEAD"}
+            found |= {(m, prefix + route.path) for m in route.methods or () if m != "HEAD"}
         elif isinstance(route, Mount):
             found |= set(operations(route.app, prefix + route.path))
     return sorted(found)
@@ -96,7 +96,8 @@ def access_token(server: Any, issuer: str) -> str:
 
 
 def write_video(path: Path) -> Path:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5.0, (64, 48))
+    fourcc = cv2.VideoWriter_fourcc(*"MJPG")  # type: ignore[attr-defined]
+    writer = cv2.VideoWriter(str(path), fourcc, 5.0, (64, 48))
     for colour in ((0, 0, 255), (0, 255, 0)):
         frame = np.zeros((48, 64, 3), np.uint8)
         frame[:] = colour

@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from fastapi import FastAPI, Request
 
 from umec.app import Server, build_server
-from umec.http_limits import BoundedHttpTools
+from umec.http_limits import BodyLimits, BodyPolicy, BoundedHttpTools, install_error_handlers
 from umec.localserver import ServerThread
 from umec.settings import Settings
 
@@ -290,10 +292,32 @@ def test_malformed_http_is_answered_as_problem(quick_head: ServerThread) -> None
 
 
 def test_keep_alive_still_works_for_honest_clients(server: tuple[Server, ServerThread]) -> None:
-    import httpx
     _, http = server
     with httpx.Client(base_url=http.url) as client:
         for _ in range(3):
             assert client.get("/healthz").status_code == 200
             bad = client.post("/attest/v1/nodes", json={"name": "UPPER"})
             assert bad.status_code == 422 and bad.headers.get("connection") != "close"
+
+
+def test_bodies_in_flight_are_bounded_per_process() -> None:
+    """Many bodies under their limit still cannot add up: past the process's budget of body
+    bytes held, a new body is refused with 503 while the first one is still streaming."""
+    app = FastAPI()
+
+    @app.post("/upload")
+    async def upload(request: Request) -> dict[str, int]:
+        return {"bytes": len(await request.body())}
+    app.add_middleware(BodyLimits, policy=BodyPolicy(default_bytes=1 << 20,
+                                                     budget_bytes=(1 << 20) + 65536, seconds=5))
+    install_error_handlers(app)
+    with ServerThread(app) as http, socket.create_connection(("127.0.0.1", http.port)) as held:
+        held.sendall(head("/upload", length=1 << 20) + CHUNK * 15)  # 960 KiB, then a pause
+        time.sleep(0.5)
+        _, status, headers, body, closed = stream_until_answer(
+            http.port, head("/upload", length=256 * 1024), 256 * 1024)
+        assert_problem(status, headers, body, 503, "server.body_budget")
+        assert headers["retry-after"] == "1" and closed
+        held.sendall(CHUNK)  # the held body completes and is answered normally
+        status, _, body, _ = read_answer(held, within=2)
+        assert status == 200 and json.loads(body) == {"bytes": 1 << 20}
