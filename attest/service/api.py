@@ -87,7 +87,7 @@ _STATUS: dict[type[AttestationError], int] = {
     ActivationFailed: 403, registrar.NoPendingActivation: 409,
     registrar.TooManyActivationFailures: 423, registrar.UnknownNodeClass: 422,
     verifier.PolicyMissing: 422, verifier.NothingToAcknowledge: 409,
-    registrar.EkAlreadyBound: 409, registrar.NodeNameTaken: 409,
+    registrar.EkAlreadyBound: 409, registrar.NodeNameTaken: 409, verifier.EvidenceRaced: 409,
 }
 
 

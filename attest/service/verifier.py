@@ -55,6 +55,12 @@ class NothingToAcknowledge(AttestationError):
     hint = "Only untrusted or stale nodes are acknowledged; this one needs nothing."
 
 
+class EvidenceRaced(AttestationError):
+    check = "evidence.concurrent"
+    hint = ("The node's state changed while this evidence was appraised (the deadline sweep or "
+            "an operator); nothing was recorded and the nonce is unspent: send it again.")
+
+
 class PolicyMissing(AttestationError):
     check = "policy.missing"
     hint = "The node's class has no appraisal policy any more; restore it with umec policy set."
@@ -96,9 +102,20 @@ _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                            .where(NodeRow.name == bindparam("b_name"),
                                   NodeRow.state == bindparam("b_state"))
                            .returning(NodeRow.ek_hash))
-_SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash).where(
+_SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash, NodeRow.state_changed_at,
+                       NodeRow.acked_at).where(
     NodeRow.name == bindparam("b_name")).with_for_update()
 _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
+# Spending a nonce voids the node's older unspent ones: a genuine quote over an older challenge,
+# held back on the path or made in advance on the node, must not overturn a newer verdict nor
+# move the clock baseline back. Only a quote the AK signed spends, so nobody else voids anything.
+_ISSUED = NonceRow.__table__.alias("issued")
+_VOID_OLDER_NONCES = (update(NonceRow)
+                      .where(NonceRow.node == bindparam("b_name"),
+                             NonceRow.consumed_at.is_(None),
+                             NonceRow.issued_at < select(_ISSUED.c.issued_at)
+                             .where(_ISSUED.c.nonce == bindparam("b_nonce")).scalar_subquery())
+                      .values(consumed_at=bindparam("b_now")))
 
 
 def _activated_node(db: Connection, name: str) -> Any:
@@ -146,6 +163,10 @@ def _spend_nonce(db: Connection, name: str, nonce: bytes, now: datetime) -> None
         raise NonceReplayed("nonce was spent by a concurrent request")
 
 
+def _void_older_nonces(db: Connection, name: str, nonce: bytes, now: datetime) -> None:
+    db.execute(_VOID_OLDER_NONCES, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now})
+
+
 def _record_values(verdict: Verdict, now: datetime) -> dict[str, Any]:
     values: dict[str, Any] = {"last_evidence_at": now,
                               "last_verdict": {**verdict.as_dict(), "at": now.isoformat()}}
@@ -184,6 +205,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     # Step 3, one transaction: spend the nonce, record the verdict and any state change.
     with ctx.engine.begin() as db:
         _spend_nonce(db, name, nonce, now)
+        _void_older_nonces(db, name, nonce, now)
         # Common case first: the state does not change (one statement).
         ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
                              {**values, "b_name": name, "b_state": new_state}).scalar()
@@ -191,6 +213,10 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
             current = db.execute(_SELECT_STATE, {"b_name": name}).first()
             if current is None:  # removed by an operator meanwhile
                 raise NodeNotFound(f"no node named {name!r}")
+            if verdict.trusted and needs_ack(policy, current.state, current.state_changed_at,
+                                             current.acked_at):
+                # It left `trusted` after step 1 (the sweep): a pass alone does not end that.
+                raise EvidenceRaced(f"node {name!r} became {current.state} during appraisal")
             ek_hash = current.ek_hash
             events.append(ctx.record_change(db, name, current.state, new_state, verdict.reason,
                                             [f.check for f in verdict.failures], now))
