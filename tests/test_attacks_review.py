@@ -6,22 +6,27 @@ SQLite and PostgreSQL.
   tampered with), must not overturn that newer verdict, nor move the clock baseline back.
 - A verdict is recorded against the node as it is when it is recorded, not as it was read
   before appraisal (a sweep or an operator in between).
+- Pending enrolments are public-material rows: each is small.
+- Per-source limits key an IPv6 client by its /64 (one subscriber holds a whole /64).
 """
 
 from __future__ import annotations
 
+import base64
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from attest.core import appraisal
 from attest.core.appraisal import Evidence
-from attest.service import verifier
-from attest.service.models import NodeRow
+from attest.service import api, verifier
+from attest.service.context import AttestConfig
+from attest.service.models import EnrollmentRow, NodeRow
 from attest.service.policies import set_policy
-from attest.simagent import SimulatedNode
+from attest.simagent import SimulatedNode, b64
 from tests.attack_env import Env, checks, env, trusted
 from tests.conftest import k3s_policy
 
@@ -118,3 +123,52 @@ def test_state_change_between_read_and_write_is_respected_by_require_ack(
     body = node.send(ch["nonce_bytes"], *evidence).json()
     assert body["state"] == "stale" and body["awaiting_ack"] is True
     assert env.client.get("/attest/v1/nodes/node-a").json()["state"] == "stale"
+
+
+def test_enrolment_with_an_oversized_ek_certificate_is_refused(env: Env) -> None:
+    """With an allowlisted (public) EK, the certificate is not verified but was stored with each
+    pending enrolment: 700 KB of junk per request, 20 requests/s per source, for the
+    activation TTL. An EK certificate is a few KiB; anything larger is refused unparsed."""
+    victim = env.node("node-a")
+    with env.anonymous() as attacker:
+        resp = attacker.post("/attest/v1/nodes", json={
+            "name": "node-a", "ek_public": b64(victim.tpm.ek_public.marshal_tpm2b()),
+            "ak_public": b64(victim.tpm.ak_public.marshal_tpm2b()),
+            "ek_certificate": b64(os.urandom(700_000))})
+    assert resp.status_code == 422
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    with env.server.attest.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(EnrollmentRow)) == 0
+    victim.enroll_and_activate()  # the real node is not affected
+
+
+def test_realistic_ek_certificate_still_accepted(env: Env) -> None:
+    victim = env.node("node-a")
+    resp = env.client.post("/attest/v1/nodes", json={
+        "name": "node-a", "ek_public": b64(victim.tpm.ek_public.marshal_tpm2b()),
+        "ak_public": b64(victim.tpm.ak_public.marshal_tpm2b()),
+        "ek_certificate": base64.b64encode(os.urandom(4096)).decode()})
+    assert resp.status_code == 200  # allowlisted EK: the certificate is optional and unread
+
+
+def test_ipv6_sources_share_a_bucket_per_64() -> None:
+    """Every IPv6 subscriber gets at least a /64: keyed per address, one attacker is 2**64
+    sources and no per-source limit holds (and the limiter's table fills and is forgiven)."""
+    limits = api.Limits.__new__(api.Limits)
+    api.Limits.__init__(limits, _ctx_with(AttestConfig(rate_per_source=0.001,
+                                                       burst_per_source=3)))
+    for i in range(3):
+        limits.admit(f"2001:db8:1:2::{i + 1:x}")
+    with pytest.raises(api.RateLimited):
+        limits.admit("2001:db8:1:2:ffff:ffff:ffff:ffff")
+    limits.admit("2001:db8:1:3::1")  # another /64 is another source
+    limits.admit("192.0.2.1")  # IPv4 stays per address
+    limits.admit("192.0.2.2")
+
+
+def _ctx_with(config: AttestConfig) -> Any:
+    class _Ctx:
+        pass
+    ctx = _Ctx()
+    ctx.config = config  # type: ignore[attr-defined]
+    return ctx

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -43,6 +44,10 @@ REFUSALS: Final = Counter("umec_attest_refusals_total",
 
 T = TypeVar("T")
 MAX_B64 = 1 << 20  # 1 MiB of base64 is far above any TPM structure or boot log we accept
+# An EK certificate is one X.509 certificate of 1-2 KiB (TPMs keep it in an NV index of a few
+# KiB). For an allowlisted EK it is stored unread with every pending enrolment, which anyone
+# can create with public material: without this bound, 750 KB of junk per request.
+MAX_EK_CERTIFICATE = 16 << 10
 
 
 def _b64(value: Any) -> bytes:
@@ -65,7 +70,7 @@ class EnrollBody(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
     ek_public: B64
     ak_public: B64
-    ek_certificate: B64 | None = None
+    ek_certificate: B64 | None = Field(default=None, max_length=MAX_EK_CERTIFICATE)
     node_class: str | None = Field(default=None, max_length=128)
 
 
@@ -117,6 +122,20 @@ def source_of(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+def bucket_of(source: str) -> str:
+    """The rate-limit key of a source address: an IPv6 client is its /64 (the smallest block a
+    subscriber gets, so one host holds 2**64 addresses); IPv4 (also IPv4-mapped) per address."""
+    try:
+        address = ipaddress.ip_address(source)
+    except ValueError:
+        return source
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return source
+
+
 class Limits:
     """Token buckets for the credential-less protocol routes."""
 
@@ -128,6 +147,7 @@ class Limits:
 
     def admit(self, source: str, node: str | None = None) -> None:
         now = time.monotonic()
+        source = bucket_of(source)
         wait = self.per_source.retry_after(source, now)
         if wait:
             raise RateLimited(f"too many attestation requests from {source}", wait)
