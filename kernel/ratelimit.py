@@ -17,7 +17,8 @@ class RateLimiter:
         """0 when the request may go ahead, else the seconds until it may."""
         with self._lock:
             tokens, last = self._buckets.get(client, (self.burst, now))
-            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            # A clock stepped back must not drain the bucket (a lock-out until time caught up).
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
             if tokens < 1.0:
                 self._buckets[client] = (tokens, now)
                 return (1.0 - tokens) / self.rate
