@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from sqlalchemy import func, select, update
 
 from attest.core import appraisal
 from attest.core.appraisal import Evidence
+from attest.core.errors import AttestationError
 from attest.service import api, verifier
 from attest.service.context import AttestConfig
 from attest.service.models import EnrollmentRow, NodeRow
@@ -172,3 +174,37 @@ def _ctx_with(config: AttestConfig) -> Any:
     ctx = _Ctx()
     ctx.config = config  # type: ignore[attr-defined]
     return ctx
+
+
+def test_concurrent_evidence_of_one_node_neither_deadlocks_nor_errs(env: Env) -> None:
+    """Replicas on PostgreSQL appraise evidence of one node concurrently (here: threads, as
+    each request would be on its own replica). Voiding older nonces locks several nonce rows:
+    in any order but one global order, two rounds deadlock and one of them is a 500."""
+    node = trusted(env)
+    ctx = env.server.attest
+    outcomes: list[str] = []
+
+    def submit(nonce: bytes, quote: tuple[bytes, bytes, dict[str, dict[int, bytes]]],
+               start: threading.Barrier) -> None:
+        start.wait()
+        try:
+            verifier.submit_evidence(ctx, "node-a", nonce, Evidence(*quote))
+            outcomes.append("recorded")
+        except AttestationError as exc:
+            outcomes.append(exc.check)
+        except Exception as exc:  # what the server would answer 500
+            outcomes.append(type(exc).__name__)
+
+    for _ in range(25):
+        challenges = [verifier.issue_challenge(ctx, "node-a") for _ in range(5)]
+        quotes = [node.tpm.quote(c.nonce, {b: frozenset(v) for b, v in c.selection.items()})
+                  for c in challenges]
+        start = threading.Barrier(4)
+        threads = [threading.Thread(target=submit, args=(challenges[i].nonce, quotes[i], start))
+                   for i in range(1, 5)]  # challenge 0 stays outstanding (someone else's)
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert set(outcomes) <= {"recorded", "nonce.replayed"}, outcomes
+    assert node.attest()["state"] == "trusted"

@@ -109,12 +109,17 @@ _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
 # Spending a nonce voids the node's older unspent ones: a genuine quote over an older challenge,
 # held back on the path or made in advance on the node, must not overturn a newer verdict nor
 # move the clock baseline back. Only a quote the AK signed spends, so nobody else voids anything.
+# Rows are locked oldest first and before the spent nonce (itself newer than all of them), so
+# concurrent evidence of one node (replicas on PostgreSQL) takes nonce locks in one global
+# order and cannot deadlock.
 _ISSUED = NonceRow.__table__.alias("issued")
-_VOID_OLDER_NONCES = (update(NonceRow)
-                      .where(NonceRow.node == bindparam("b_name"),
-                             NonceRow.consumed_at.is_(None),
-                             NonceRow.issued_at < select(_ISSUED.c.issued_at)
-                             .where(_ISSUED.c.nonce == bindparam("b_nonce")).scalar_subquery())
+_OLDER_UNSPENT = (select(NonceRow.nonce)
+                  .where(NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
+                         NonceRow.expires_at > bindparam("b_now"),
+                         NonceRow.issued_at < select(_ISSUED.c.issued_at)
+                         .where(_ISSUED.c.nonce == bindparam("b_nonce")).scalar_subquery())
+                  .order_by(NonceRow.issued_at, NonceRow.nonce).with_for_update())
+_VOID_OLDER_NONCES = (update(NonceRow).where(NonceRow.nonce.in_(_OLDER_UNSPENT))
                       .values(consumed_at=bindparam("b_now")))
 
 
@@ -204,8 +209,8 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     events: list[NodeStateChanged] = []
     # Step 3, one transaction: spend the nonce, record the verdict and any state change.
     with ctx.engine.begin() as db:
-        _spend_nonce(db, name, nonce, now)
         _void_older_nonces(db, name, nonce, now)
+        _spend_nonce(db, name, nonce, now)
         # Common case first: the state does not change (one statement).
         ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
                              {**values, "b_name": name, "b_state": new_state}).scalar()
