@@ -14,12 +14,14 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from attest.service import faultpoints
 from attest.service.api import MAX_B64
 from attest.service.api import make_router as attest_router
 from attest.service.context import AttestConfig, AttestContext
@@ -88,6 +90,24 @@ def server_body_policy(settings: Settings) -> BodyPolicy:
                BodyRule("/oauth2/", MAX_FORM_BYTES),
                *resource_body_rules(settings)),
         seconds=settings.request_body_timeout_seconds)
+
+
+# The database cannot be reached, dropped the connection, or the pool is exhausted: a typed
+# 503 the client may retry, never a 500. Integrity and programming errors stay 500s.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.DisconnectionError,
+    sa_exc.TimeoutError)
+
+
+async def database_unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("database unavailable", extra={"path": request.url.path,
+                                               "error": type(exc).__name__})
+    return error_response(
+        request.url.path, 503, "database.unavailable",
+        "the database did not answer, so the request was not completed; no state changed "
+        "and no token was issued",
+        "Retry after the Retry-After delay; operators: check the database and the server log.",
+        headers={"retry-after": "2"})
 
 
 @dataclass
@@ -177,6 +197,7 @@ async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
 def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine, sessions = open_database(settings.resolved_database_url())
+    faultpoints.install(engine)  # fault tests only (UMEC_FAULT_KILL_AT); a no-op otherwise
     ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
     sinks: list[StateChangeSink] = list(listeners or [])
     webhook_client = httpx.AsyncClient()
@@ -232,6 +253,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
     app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
     install_error_handlers(app, validation_status=422)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, database_unavailable)
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:

@@ -1,0 +1,95 @@
+"""Named crash points for fault tests (``UMEC_FAULT_KILL_AT=<point>``).
+
+A test starts ``umec server`` with the variable naming one point; when the process reaches it,
+it SIGKILLs itself: no ``finally``, no flush, no answer, exactly as power loss or the OOM
+killer would. The variable is read once, at import; unset (production), :func:`reached` is one
+comparison and :func:`install` adds nothing.
+
+Two kinds of point:
+
+- **code points**, where the protocol code calls ``reached("<point>")`` (:data:`CODE_POINTS`
+  lists the names and where each call belongs);
+- **commit points** (:data:`COMMIT_POINTS`), hooked on the engine by :func:`install`: the
+  transaction that wrote a given table is cut at its COMMIT, either before it (the database
+  rolls it back) or right after it (the database has it, the client never hears). They need no
+  code in the protocol modules.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from sqlalchemy import Engine, event
+
+ENV = "UMEC_FAULT_KILL_AT"
+_TARGET = os.environ.get(ENV, "").strip() or None
+_MARK = "umec_fault_transaction"
+
+# point -> (first words of the statement that marks the transaction, "before" | "after" commit)
+COMMIT_POINTS: dict[str, tuple[str, str]] = {
+    "enroll.before_commit": ("INSERT INTO attest_enrollments", "before"),
+    "enroll.after_commit": ("INSERT INTO attest_enrollments", "after"),
+    "activate.before_commit": ("INSERT INTO attest_nodes", "before"),
+    "activate.after_commit": ("INSERT INTO attest_nodes", "after"),
+    "challenge.after_commit": ("INSERT INTO attest_nonces", "after"),
+    "evidence.before_commit": ("UPDATE attest_nonces SET consumed_at", "before"),
+    "evidence.after_commit": ("UPDATE attest_nonces SET consumed_at", "after"),
+}
+
+# point -> where its ``reached(point)`` call belongs (placed by the owners of those modules).
+CODE_POINTS: dict[str, str] = {
+    "enroll.challenge_made": "registrar.enroll: MakeCredential done, before the enrolment "
+                             "transaction",
+    "activate.proof_checked": "registrar.activate: the proof matched, before _bind writes the "
+                              "node row",
+    "evidence.appraised": "verifier.submit_evidence: the verdict is computed, before the "
+                          "transaction that spends the nonce and records it",
+    "evidence.recorded": "verifier.submit_evidence: committed, before ctx.publish (events "
+                         "and token revocation reach their listeners)",
+    "deadline.marked": "verifier.mark_stale_nodes: nodes marked stale and committed, before "
+                       "ctx.publish",
+}
+
+
+def target() -> str | None:
+    """The point this process dies at, if any."""
+    return _TARGET
+
+
+def _die(point: str) -> None:
+    os.write(2, f"fault point {point} reached: SIGKILL\n".encode())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def reached(point: str) -> None:
+    """Die here if ``UMEC_FAULT_KILL_AT`` names ``point``; otherwise do nothing."""
+    if _TARGET is not None and point == _TARGET:
+        _die(point)
+
+
+def install(engine: Engine) -> None:
+    """Hook the commit point named by ``UMEC_FAULT_KILL_AT`` (if it is one) on ``engine``."""
+    if _TARGET is None or _TARGET not in COMMIT_POINTS:
+        return
+    point = _TARGET
+    marker, when = COMMIT_POINTS[point]
+
+    def seen(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith(marker.upper()):
+            conn.info[_MARK] = True
+
+    def commit(conn: Any) -> None:
+        if not conn.info.pop(_MARK, False):
+            return
+        if when == "after":
+            conn.connection.dbapi_connection.commit()
+        _die(point)
+
+    def rollback(conn: Any) -> None:
+        conn.info.pop(_MARK, None)
+
+    event.listen(engine, "before_cursor_execute", seen)
+    event.listen(engine, "commit", commit)
+    event.listen(engine, "rollback", rollback)
