@@ -50,6 +50,7 @@ from attest.core.identity import (
     check_ak_attributes,
 )
 from attest.core.tpm_structs import parse_tpm2b_public
+from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
 from attest.service.models import EnrollmentRow, NodeRow, NonceRow
 from attest.service.notify_event import NodeStateChanged
@@ -147,6 +148,7 @@ def enroll(ctx: AttestContext, req: EnrollRequest) -> CredentialChallenge:
     now = ctx.now()
     secret = os.urandom(32)
     blob, enc_secret = make_credential(ek, ak.name(), secret)
+    faultpoints.reached("enroll.challenge_made")
     enrollment_id = os.urandom(16).hex()
     with ctx.sessions.begin() as session:
         try:
@@ -198,6 +200,7 @@ def activate(ctx: AttestContext, name: str, enrollment_id: str, proof: bytes) ->
         with ctx.sessions.begin() as session:
             pending = _pending(ctx, session, name, enrollment_id)
             if hmac.compare_digest(hashlib.sha256(proof).digest(), pending.secret_hash):
+                faultpoints.reached("activate.proof_checked")
                 return _bind(ctx, session, pending)
             # Only this enrolment's counter is committed; no node, binding or state is touched.
             pending.failed_proofs += 1

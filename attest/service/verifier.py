@@ -36,6 +36,7 @@ from attest.core.errors import AttestationError
 from attest.core.freshness import NonceRecord, NonceReplayed, check_nonce
 from attest.core.policy import AppraisalPolicy
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
+from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
 from attest.service.models import LeaseRow, NodeRow, NonceRow
 from attest.service.notify_event import NodeStateChanged
@@ -200,6 +201,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     verdict = appraise_evidence(
         _parsed_ak(node.ak_public), evidence, expected_nonce=nonce, policy=policy,
         requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
+    faultpoints.reached("evidence.appraised")
     new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
     awaiting_ack = verdict.trusted and needs_ack(policy, node.state, node.state_changed_at,
                                                  node.acked_at)
@@ -227,6 +229,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                                             [f.check for f in verdict.failures], now))
             db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
                                       "state_changed_at": now})
+    faultpoints.reached("evidence.recorded")
     ctx.publish(events)
     token = ctx.sign_result({
         "iss": ctx.config.issuer, "sub": name, "aud": "umec", "iat": int(now.timestamp()),
@@ -289,6 +292,7 @@ def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
                 events.append(ctx.record_change(
                     session, row.name, NodeState.TRUSTED, NodeState.STALE,
                     f"no passing evidence since {since}", ["deadline.missed"], now))
+    faultpoints.reached("deadline.marked")
     ctx.publish(events)
     return events
 
