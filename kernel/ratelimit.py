@@ -23,6 +23,17 @@ class RateLimiter:
                 self._buckets[client] = (tokens, now)
                 return (1.0 - tokens) / self.rate
             if len(self._buckets) >= self.max_clients and client not in self._buckets:
-                self._buckets.clear()  # bounded memory; a reset only forgives, never refuses
+                self._make_room(now)
             self._buckets[client] = (tokens - 1.0, now)
             return 0.0
+
+    def _make_room(self, now: float) -> None:
+        """Bounded memory. Buckets that have refilled are the same as absent ones, so they go
+        first; only if every client is still limited is everything forgiven (never refused):
+        churning through new client keys buys an attacker nothing while buckets refill."""
+        full = [c for c, (tokens, last) in self._buckets.items()
+                if tokens + max(0.0, now - last) * self.rate >= self.burst]
+        for c in full:
+            del self._buckets[c]
+        if len(self._buckets) >= self.max_clients:
+            self._buckets.clear()
