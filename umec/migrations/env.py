@@ -16,6 +16,10 @@ target_metadata = [AttestBase.metadata, admission_metadata, SensorBase.metadata,
 
 engine = context.config.attributes["engine"]
 with engine.connect() as connection:
+    if connection.dialect.name == "sqlite":
+        # Batch migrations copy and drop tables; with foreign keys on, dropping attest_nodes
+        # would cascade into attest_nonces. The pragma only takes effect outside a transaction.
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
     if connection.dialect.name == "postgresql":
         # Replicas starting together: serialize migrations on a transaction-scoped advisory lock.
         connection.execute(text("SELECT pg_advisory_xact_lock(7273)"))
@@ -24,3 +28,5 @@ with engine.connect() as connection:
     with context.begin_transaction():
         context.run_migrations()
     connection.commit()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA foreign_keys=ON")  # pooled: back as umec.db sets it
