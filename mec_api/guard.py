@@ -13,7 +13,8 @@ and either returns a :class:`~mec_api.principal.Principal` or raises :class:`Gua
    ``at+jwt``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` against the clock with a small leeway.
    A token string verified in the last minute is taken from :class:`VerifiedCache` when its
    ``kid`` is still published; the times are checked again on every request;
-4. not revoked: by ``jti``, or because its node was revoked after it was minted;
+4. not revoked: by ``jti``, or because the node's trust epoch the token was minted in (claim
+   ``node_epoch``, 0 when absent) has ended;
 5. sender constraint: a token with ``cnf.jkt`` must come with scheme ``DPoP`` and a valid, fresh,
    unseen proof for this method and URL whose key thumbprint is ``jkt`` and whose ``ath`` hashes
    the token; a bound token presented as ``Bearer`` is refused;
@@ -36,7 +37,7 @@ from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
-from mec_api.tokens.revocations import RevocationList
+from mec_api.tokens.revocations import RevocationList, token_epoch
 from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 ACCESS_TOKEN_ALGORITHMS = ("ES256",)
@@ -113,7 +114,7 @@ class AccessTokenGuard:
         claims = self._verify(token, scheme, now)
         reason = self.revocations.revoked(jti=str(claims.get("jti", "")),
                                           node=claims.get("node"),
-                                          iat=float(claims.get("iat", 0)), now=now)
+                                          node_epoch=token_epoch(claims), now=now)
         if reason is not None:
             raise _unauthorized(f"token revoked: {reason}", scheme=scheme)
         self._sender_constraint(claims, scheme, token, dpop, method, url, now)

@@ -72,7 +72,7 @@ def build_service(tmp_path: Path) -> Service:
                             sa_issuer=cluster_issuer(), sa_audiences=["umec"]),
         cluster_keys=cluster, nodes=nodes, admissions=admissions,
         scopes=ScopePolicy(load_grants(GRANTS)), ring=ring,
-        node_cutoff=lambda node, now: followed(store, revocations, now).node_cutoff(
+        revoked_epoch=lambda node, now: followed(store, revocations, now).revoked_epoch(
             node, now.timestamp()))
     app = FastAPI()
     install_problem_handlers(app)
@@ -243,9 +243,27 @@ def test_unknown_node(svc: Service) -> None:
     refused(exchange(svc, svc.cluster.token(node="node-z")), "invalid_grant", "node.trust")
 
 
-def test_node_revoked_within_the_last_second_is_refused(svc: Service) -> None:
-    svc.store.revoke_node("node-a", "test", datetime.now(UTC))
-    refused(exchange(svc, svc.cluster.token()), "invalid_grant", "node.trust")
+def test_node_whose_trust_epoch_is_revoked_is_refused(svc: Service) -> None:
+    svc.store.revoke_node("node-a", "test", datetime.now(UTC), through_epoch=1)
+    r = exchange(svc, svc.cluster.token())
+    refused(r, "invalid_grant", "node.trust")
+    assert "trust epoch 1 is revoked" in r.json()["error_description"]
+    # Trusted again in a new epoch: tokens at once, no clock to wait for (issue 9.7).
+    svc.nodes.set("node-a", epoch=2)
+    assert claims_of(svc, exchange(svc, svc.cluster.token()).json()["access_token"])[
+        "node_epoch"] == 2
+
+
+@pytest.mark.parametrize("future", [10.0, 600.0, 7200.0])
+def test_evidence_dated_in_the_future_is_no_proof_of_freshness(svc: Service,
+                                                               future: float) -> None:
+    """After a backward step of the server's clock, last_pass_at lies ahead: refused."""
+    svc.nodes.set("node-a", age=-1000 - future)
+    r = exchange(svc, svc.cluster.token())
+    refused(r, "invalid_grant", "node.trust")
+    assert "stepped back" in r.json()["error_description"]
+    svc.nodes.set("node-a", age=-1001)  # within the 2 s tolerance: fine
+    assert exchange(svc, svc.cluster.token()).status_code == 200
 
 
 @pytest.mark.parametrize("data,error,check", [
@@ -319,9 +337,10 @@ def test_revocation_by_the_holder_and_the_feed(svc: Service) -> None:
                            headers=auth).json() == {"active": False}
     feed = svc.client.get("/oauth2/revocations", params={"after": 0}).json()
     assert [(e["kind"], e["jti"]) for e in feed["entries"]] == [("token", jti)]
-    svc.store.revoke_node("node-a", "attestation failed", datetime.now(UTC))
+    svc.store.revoke_node("node-a", "attestation failed", datetime.now(UTC), through_epoch=3)
     later = svc.client.get("/oauth2/revocations", params={"after": feed["seq"]}).json()
-    assert [(e["kind"], e["node"]) for e in later["entries"]] == [("node", "node-a")]
+    assert [(e["kind"], e["node"], e["node_epoch"]) for e in later["entries"]] == [
+        ("node", "node-a", 3)]
     assert later["seq"] > feed["seq"]
     empty = svc.client.get("/oauth2/revocations", params={"after": later["seq"]}).json()
     assert empty == {"seq": later["seq"], "entries": []}

@@ -66,9 +66,13 @@ class ClusterIssuer:
 class Nodes:
     nodes: dict[str, NodeTrustView] = field(default_factory=dict)
 
-    def set(self, name: str, state: str = "trusted", age: float = 1.0) -> None:
-        last = datetime.fromtimestamp(time.time() - age, UTC) if age >= 0 else None
-        self.nodes[name] = NodeTrustView(name, state, last)
+    def set(self, name: str, state: str = "trusted", age: float = 1.0, epoch: int = 1) -> None:
+        """``age`` < -1000: last passing evidence ``-age - 1000`` s in the future (clock step)."""
+        if age < -1000:
+            last: datetime | None = datetime.fromtimestamp(time.time() - age - 1000, UTC)
+        else:
+            last = datetime.fromtimestamp(time.time() - age, UTC) if age >= 0 else None
+        self.nodes[name] = NodeTrustView(name, state, last, epoch)
 
     def node_trust(self, node: str) -> NodeTrustView | None:
         return self.nodes.get(node)

@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from kernel.clock import clock_for
 from kernel.ratelimit import RateLimiter
 from mec_api.guard import AccessTokenGuard
 from mec_api.tokens.feed import HttpJwks, RevocationFollower, http_source
@@ -41,15 +42,19 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
     tls: bool | ssl.SSLContext = ssl.create_default_context(cafile=verify) \
         if isinstance(verify, str) else verify
     client = httpx.AsyncClient(verify=tls, timeout=3.0)
+    engine, _ = open_database(settings.resolved_database_url())
+    # The token service's clock when this process shares its PostgreSQL; else this machine's
+    # (tokens' times are then checked with the guard's leeway).
+    clock = clock_for(engine)
     revocations = RevocationList()
     follower = RevocationFollower(http_source(f"{base}/oauth2/revocations", client),
-                                  revocations)
+                                  revocations, clock=lambda: clock.now().timestamp())
     guard = AccessTokenGuard(
         issuer=f"{base}/oauth2", audience=settings.token_audience,
         jwks_source=HttpJwks(f"{base}/.well-known/jwks.json", verify=verify),
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
-        limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst))
-    engine, _ = open_database(settings.resolved_database_url())
+        limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst),
+        clock=lambda: clock.now().timestamp())
     apis = build_resource_apis(settings, engine, guard, which=which,
                                public_url=settings.public_url or base,
                                token_endpoint=f"{base}/oauth2/token")

@@ -9,7 +9,6 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,6 +30,7 @@ from attest.service.notify_webhook import WebhookSink
 from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle, prune_enrollments
 from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
+from kernel.clock import clock_for
 from keys import KeyRing, atomic_write, sign_jwt
 from mec_api.tokens.api import MAX_FORM_BYTES
 from umec.api_wiring import ResourceApis, build_resource_apis, resource_body_rules
@@ -189,7 +189,7 @@ async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
         await asyncio.sleep(every)
         try:
             tokens.reloader.check()
-            tokens.store.prune(datetime.now(UTC))
+            tokens.store.prune(tokens.clock.now())
         except Exception as e:  # keep serving with the current ring; say why
             log.warning("token key reload / revocation prune failed: %s", e)
 
@@ -212,15 +212,16 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
             settings.kubeconfig, in_cluster=settings.kubeconfig is None))
         sinks.append(kube_sink)
     attest_config = _attest_config(settings)
+    clock = clock_for(engine)  # one clock for every replica: the database's on PostgreSQL
     tokens = build_token_service(settings, sessions, attest_config.operator_token,
-                                 settings.data_dir / "keys" / "access-tokens")
+                                 settings.data_dir / "keys" / "access-tokens", clock)
     sinks.append(tokens.sink)
     apis = build_resource_apis(settings, engine, tokens.guard,
                                public_url=public_base(settings),
                                token_endpoint=tokens.issuer.config.token_endpoint)
     ctx = AttestContext(config=attest_config, sessions=sessions,
                         sign_result=lambda claims: sign_jwt(claims, ring),
-                        listeners=[CompositeSink(sinks)] if sinks else [])
+                        listeners=[CompositeSink(sinks)] if sinks else [], now=clock.now)
     if settings.policy_dir is not None:
         load_policy_dir(sessions, settings.policy_dir)
 

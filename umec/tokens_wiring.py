@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from admission.records import SqlAdmissionRecords
 from attest.service.models import NodeRow
 from attest.service.notify_event import NodeStateChanged
+from kernel.clock import Clock, SystemClock
 from kernel.ratelimit import RateLimiter
 from keys import KeyRing, generate_private_key
 from mec_api.guard import AccessTokenGuard
@@ -41,6 +42,7 @@ from mec_api.tokens.trust import AdmittedImageView, AdmittedPodView, NodeTrustVi
 from umec.settings import Settings
 
 log = logging.getLogger("umec.tokens")
+ALL_EPOCHS = 2**31 - 1
 
 
 class AttestNodeTrust:
@@ -51,9 +53,11 @@ class AttestNodeTrust:
 
     def node_trust(self, node: str) -> NodeTrustView | None:
         with self.sessions.kw["bind"].connect() as conn:  # Core: no Session per issuance
-            row = conn.execute(select(NodeRow.state, NodeRow.last_pass_at)
+            # State and epoch in one query: a trusted state read here is of this epoch.
+            row = conn.execute(select(NodeRow.state, NodeRow.last_pass_at, NodeRow.trust_epoch)
                                .where(NodeRow.name == node)).first()
-        return None if row is None else NodeTrustView(node, row.state, row.last_pass_at)
+        return None if row is None else NodeTrustView(node, row.state, row.last_pass_at,
+                                                      row.trust_epoch)
 
 
 class AdmissionRecordLookup:
@@ -71,7 +75,9 @@ class AdmissionRecordLookup:
 
 
 class RevokeOnDistrust:
-    """``StateChangeSink``: a node leaving ``trusted`` revokes every token minted for it."""
+    """``StateChangeSink``: a node leaving ``trusted`` revokes every token minted for it: those
+    of every trust epoch below the one the change started (``event.epoch``). An event without
+    an epoch (0: not from the attestation tables) revokes every epoch (fail closed)."""
 
     name = "token-revocation"
 
@@ -83,9 +89,11 @@ class RevokeOnDistrust:
         if event.state == "trusted" or event.previous != "trusted":
             return
         reason = f"node {event.state}: {event.reason}"[:200]
+        through = event.epoch - 1 if event.epoch > 0 else ALL_EPOCHS
         for attempt in range(1, self.attempts + 1):
             try:
-                await asyncio.to_thread(self.store.revoke_node, event.node, reason, event.at)
+                await asyncio.to_thread(self.store.revoke_node, event.node, reason, event.at,
+                                        through_epoch=through)
                 return
             except Exception as e:  # the database may be failing over; try again soon
                 log.warning("revoking tokens of node %s failed (attempt %d): %s",
@@ -167,6 +175,7 @@ class TokenService:
     router: APIRouter
     sink: RevokeOnDistrust
     reloader: RingReloader
+    clock: Clock
 
 
 def public_base(settings: Settings) -> str:
@@ -176,7 +185,11 @@ def public_base(settings: Settings) -> str:
 
 
 def build_token_service(settings: Settings, sessions: sessionmaker[Session],
-                        operator_token: str, keys_dir: Path) -> TokenService:
+                        operator_token: str, keys_dir: Path,
+                        clock: Clock | None = None) -> TokenService:
+    """``clock``: the one clock of all replicas (kernel.clock); tokens' ``iat``/``exp``, the
+    evidence age and feed expiry are all read from it."""
+    clock = clock or SystemClock()
     base = public_base(settings)
     grants = load_grants(settings.token_grants.read_text(encoding="utf-8"),
                          str(settings.token_grants)) if settings.token_grants else []
@@ -197,16 +210,17 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
                          # The follower's list, not a query: this replica's revocations arrive
                          # at once (poke), other replicas' within the poll interval; the node's
                          # state itself is read fresh on every issuance.
-                         node_cutoff=lambda node, now: revocations.node_cutoff(
+                         revoked_epoch=lambda node, now: revocations.revoked_epoch(
                              node, now.timestamp()))
-    follower = RevocationFollower(store_source(store), revocations)
+    follower = RevocationFollower(store_source(store, clock.now), revocations,
+                                  clock=lambda: clock.now().timestamp())
     store.listeners.append(follower.poke)
     jwks = RingJwks(ring)
     guard = AccessTokenGuard(
         issuer=config.issuer, audience=settings.token_audience, jwks_source=jwks,
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
-        limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst))
-    router = token_router(issuer, store, operator_token=operator_token,
-                          clock=lambda: datetime.now(UTC))
+        limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst),
+        clock=lambda: clock.now().timestamp())
+    router = token_router(issuer, store, operator_token=operator_token, clock=clock.now)
     return TokenService(issuer, store, guard, follower, router, RevokeOnDistrust(store),
-                        RingReloader(keys_dir, issuer, jwks))
+                        RingReloader(keys_dir, issuer, jwks), clock)

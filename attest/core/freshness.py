@@ -7,7 +7,7 @@ decides, from that record, which of the named failures applies, so the rules liv
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from attest.core.errors import AttestationError
 
@@ -34,6 +34,16 @@ class NonceReplayed(AttestationError):
     hint = "A nonce is single use; request a new challenge for every quote."
 
 
+class NonceFromTheFuture(AttestationError):
+    check = "nonce.clock_future"
+    hint = ("The nonce expires further ahead than its lifetime allows: the server's clock was "
+            "stepped back since it was issued. Request a new challenge.")
+
+
+# Stored times may lie this far ahead of ``now`` (rounding, replicas) before they are invalid.
+FUTURE_TOLERANCE = timedelta(seconds=2)
+
+
 @dataclass(frozen=True)
 class NonceRecord:
     node: str
@@ -41,8 +51,12 @@ class NonceRecord:
     consumed: bool
 
 
-def check_nonce(record: NonceRecord | None, *, node: str, now: datetime) -> None:
-    """Raise the first failure for using ``record`` as node ``node`` at ``now``."""
+def check_nonce(record: NonceRecord | None, *, node: str, now: datetime,
+                ttl: timedelta | None = None) -> None:
+    """Raise the first failure for using ``record`` as node ``node`` at ``now``.
+
+    With ``ttl`` (the lifetime nonces are issued with), an expiry further ahead than
+    ``now + ttl`` is invalid: a time in the future is a clock step, never extra freshness."""
     if record is None:
         raise NonceUnknown("this nonce was never issued")
     if record.node != node:
@@ -51,3 +65,6 @@ def check_nonce(record: NonceRecord | None, *, node: str, now: datetime) -> None
         raise NonceReplayed("nonce was already used for a quote")
     if now >= record.expires_at:
         raise NonceExpired(f"nonce expired at {record.expires_at.isoformat()}")
+    if ttl is not None and record.expires_at > now + ttl + FUTURE_TOLERANCE:
+        raise NonceFromTheFuture(f"nonce expires at {record.expires_at.isoformat()}, more than "
+                                 f"{ttl.total_seconds():g} s after now ({now.isoformat()})")

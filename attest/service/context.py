@@ -68,6 +68,8 @@ class AttestContext:
     sessions: sessionmaker[Session]
     sign_result: Callable[[dict[str, Any]], str]
     listeners: list[StateChangeSink] = field(default_factory=list)
+    # The one clock of all replicas (kernel.clock: the database's on PostgreSQL); every time
+    # written or compared by the registrar and verifier comes from here.
     now: Callable[[], datetime] = utcnow
     # The server's event loop, set at startup: sync request handlers run in worker threads and
     # hand events over to it so that slow listeners never hold up an attestation round.
@@ -101,10 +103,10 @@ class AttestContext:
 
     def record_change(self, db: Session | Connection, node: str, previous: str | None,
                       state: str, reason: str, failed_checks: Sequence[str],
-                      at: datetime) -> NodeStateChanged:
+                      at: datetime, epoch: int = 0) -> NodeStateChanged:
         event = NodeStateChanged(node=node, previous=previous, state=state, reason=reason,
                                  failed_checks=tuple(failed_checks), at=at,
-                                 event_id=str(uuid.uuid4()))
+                                 event_id=str(uuid.uuid4()), epoch=epoch)
         db.execute(insert(StateEventRow).values(
             id=event.event_id, node=node, previous=previous, state=state, reason=reason[:4000],
             failed_checks=list(failed_checks), at=at))

@@ -82,6 +82,12 @@ class NodeRow(AttestBase):
     # The operator's acknowledgement (policies with require_ack); counts only when given
     # after the node last left `trusted`.
     acked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    # Incremented in the same transaction as every change that ends a trust period (leaving
+    # `trusted`, removal, rename): tokens carry the epoch they were minted in, and a node
+    # revocation revokes every epoch below the node's new one, with no clock involved. A new
+    # row starts above every epoch its name ever had: one more than the name's event count
+    # (events are never deleted, and each increment comes with an event).
+    trust_epoch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
 
 
 class EnrollmentRow(AttestBase):

@@ -69,6 +69,10 @@ class NodeStateChanged:
     failed_checks: tuple[str, ...]
     at: datetime
     event_id: str
+    # The node's trust epoch after the change. It grows whenever a trust period ends (leaving
+    # `trusted`, removal, rename), so tokens minted in an epoch below it are revoked without
+    # comparing any clock (see umec.tokens_wiring.RevokeOnDistrust).
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if self.state not in NODE_STATES:

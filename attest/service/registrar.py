@@ -27,10 +27,10 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from cryptography import x509
-from sqlalchemy import Connection, bindparam, delete, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -43,6 +43,7 @@ from attest.core.ek import (
 )
 from attest.core.ek_template import check_ek_template
 from attest.core.errors import AttestationError
+from attest.core.freshness import FUTURE_TOLERANCE
 from attest.core.identity import (
     ActivationFailed,
     AkMismatch,
@@ -52,7 +53,7 @@ from attest.core.identity import (
 from attest.core.tpm_structs import parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
-from attest.service.models import EnrollmentRow, NodeRow, NonceRow
+from attest.service.models import EnrollmentRow, NodeRow, NonceRow, StateEventRow
 from attest.service.notify_event import NodeStateChanged
 
 
@@ -172,10 +173,31 @@ def _pending(ctx: AttestContext, session: Session, name: str,
     if pending.failed_proofs >= ctx.config.max_failed_activations:
         raise TooManyActivationFailures(f"{pending.failed_proofs} wrong proofs for enrolment "
                                         f"{enrollment_id}")
-    if pending.expires_at <= ctx.now():
+    now = ctx.now()
+    if pending.expires_at <= now:
         raise NoPendingActivation(f"credential challenge {enrollment_id} of node {name!r} "
                                   f"expired at {pending.expires_at.isoformat()}")
+    if pending.expires_at > _latest_expiry(ctx, now):
+        raise NoPendingActivation(f"credential challenge {enrollment_id} of node {name!r} "
+                                  f"expires at {pending.expires_at.isoformat()}, further ahead "
+                                  f"than its lifetime allows (the server's clock was stepped "
+                                  f"back since)")
     return pending
+
+
+def _latest_expiry(ctx: AttestContext, now: datetime) -> datetime:
+    """The latest expiry an enrolment made up to ``now`` can have; later ones are a clock step
+    (a time in the future is invalid, never extra fresh)."""
+    return now + timedelta(seconds=ctx.config.activation_ttl_seconds) + FUTURE_TOLERANCE
+
+
+def _first_epoch(session: Session, name: str) -> int:
+    """A new row's trust epoch: above every epoch the name ever had, so that revocations of
+    an earlier node of that name never cover the new one's tokens. Each increment of an epoch
+    comes with an event and events are kept, so one more than the name's event count is."""
+    count = session.scalar(select(func.count()).select_from(StateEventRow)
+                           .where(StateEventRow.node == name))
+    return int(count or 0) + 1
 
 
 def _bind(ctx: AttestContext, session: Session, pending: EnrollmentRow) -> str:
@@ -188,7 +210,7 @@ def _bind(ctx: AttestContext, session: Session, pending: EnrollmentRow) -> str:
                        ek_public=pending.ek_public, ek_hash=pending.ek_hash,
                        ek_certificate=pending.ek_certificate, ak_public=pending.ak_public,
                        state=NodeState.ENROLLED, created_at=now, activated_at=now,
-                       state_changed_at=now)
+                       state_changed_at=now, trust_epoch=_first_epoch(session, pending.name))
         session.add(node)
     session.delete(pending)
     return node.state
@@ -219,15 +241,17 @@ def activate(ctx: AttestContext, name: str, enrollment_id: str, proof: bytes) ->
 
 def _retire(ctx: AttestContext, session: Session, name: str,
             reason: str) -> tuple[NodeRow, NodeStateChanged]:
-    """Take ``name`` out of service: its challenges go, and an event says why (a node that
-    was trusted loses its tokens through the listeners, and its k8s node is tainted)."""
+    """Take ``name`` out of service: its challenges go, its trust period ends (epoch + 1) and
+    an event says why (a node that was trusted loses its tokens through the listeners, and its
+    k8s node is tainted)."""
     node = session.get(NodeRow, name, with_for_update=True)
     if node is None:
         raise NodeNotFound(f"no node named {name!r}")
     session.execute(delete(NonceRow).where(NonceRow.node == name))
     session.execute(delete(EnrollmentRow).where(EnrollmentRow.name == name))
+    node.trust_epoch += 1
     event = ctx.record_change(session, name, node.state, NodeState.REMOVED, reason,
-                              ["operator.removed"], ctx.now())
+                              ["operator.removed"], ctx.now(), node.trust_epoch)
     return node, event
 
 
@@ -248,16 +272,23 @@ def rename(ctx: AttestContext, old: str, new: str) -> None:
         _, event = _retire(ctx, session, old, f"renamed to {new!r} by an operator")
         session.execute(delete(EnrollmentRow).where(EnrollmentRow.name == new))
         now = ctx.now()
+        # Tokens and revocations name the node, so epochs count per name: the new name starts
+        # above every epoch it ever had, like a new node (the old name's period just ended).
+        epoch = _first_epoch(session, new)
+        session.flush()
         session.execute(update(NodeRow).where(NodeRow.name == old).values(
             name=new, state=NodeState.ENROLLED, state_changed_at=now, last_pass_at=None,
-            acked_at=None))
+            acked_at=None, trust_epoch=epoch))
     ctx.publish([event])
 
 
 def prune_enrollments(ctx: AttestContext) -> int:
     """Expired credential challenges are deleted (they can no longer be activated)."""
+    now = ctx.now()
     with ctx.engine.begin() as db:
-        done = db.execute(delete(EnrollmentRow).where(EnrollmentRow.expires_at <= ctx.now()))
+        done = db.execute(delete(EnrollmentRow).where(
+            (EnrollmentRow.expires_at <= now)
+            | (EnrollmentRow.expires_at > _latest_expiry(ctx, now))))
     return int(done.rowcount)
 
 

@@ -24,16 +24,18 @@ from __future__ import annotations
 import functools
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from attest.core.appraisal import Evidence, Verdict, appraise_evidence
 from attest.core.errors import AttestationError
-from attest.core.freshness import NonceRecord, NonceReplayed, check_nonce
+from attest.core.freshness import FUTURE_TOLERANCE, NonceRecord, NonceReplayed, check_nonce
 from attest.core.policy import AppraisalPolicy
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
@@ -94,7 +96,8 @@ _INSERT_NONCE = insert(NonceRow)
 _CONSUME_NONCE = (update(NonceRow)
                   .where(NonceRow.nonce == bindparam("b_nonce"),
                          NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
-                         NonceRow.expires_at > bindparam("b_now"))
+                         NonceRow.expires_at > bindparam("b_now"),
+                         NonceRow.expires_at <= bindparam("b_latest"))
                   .values(consumed_at=bindparam("b_now")))
 _SELECT_NONCE = select(NonceRow.node, NonceRow.expires_at, NonceRow.consumed_at,
                        NonceRow.selection).where(NonceRow.nonce == bindparam("b_nonce"))
@@ -103,8 +106,8 @@ _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                            .where(NodeRow.name == bindparam("b_name"),
                                   NodeRow.state == bindparam("b_state"))
                            .returning(NodeRow.ek_hash))
-_SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash, NodeRow.state_changed_at,
-                       NodeRow.acked_at).where(
+_SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash, NodeRow.trust_epoch,
+                       NodeRow.state_changed_at, NodeRow.acked_at).where(
     NodeRow.name == bindparam("b_name")).with_for_update()
 _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
 # Spending a nonce voids the node's older unspent ones: a genuine quote over an older challenge,
@@ -151,20 +154,23 @@ def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
-def _issued_nonce(db: Connection, name: str, nonce: bytes,
+def _issued_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
                   now: datetime) -> dict[str, list[int]]:
     """The PCR selection of ``nonce`` if it was issued to ``name``, is unspent and unexpired."""
     row = db.execute(_SELECT_NONCE, {"b_nonce": nonce.hex()}).first()
     record = None if row is None else NonceRecord(row.node, row.expires_at,
                                                   row.consumed_at is not None)
-    check_nonce(record, node=name, now=now)
+    check_nonce(record, node=name, now=now,
+                ttl=timedelta(seconds=ctx.config.nonce_ttl_seconds))
     assert row is not None  # check_nonce raised otherwise
     return dict(row.selection)
 
 
-def _spend_nonce(db: Connection, name: str, nonce: bytes, now: datetime) -> None:
+def _spend_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
+                 now: datetime) -> None:
     # Exactly one request may spend a nonce, even across replicas: this UPDATE is the arbiter.
-    spent = db.execute(_CONSUME_NONCE, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now})
+    spent = db.execute(_CONSUME_NONCE, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now,
+                                        "b_latest": _latest_expiry(ctx, now)})
     if spent.rowcount != 1:
         raise NonceReplayed("nonce was spent by a concurrent request")
 
@@ -190,7 +196,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     # Step 1: read the node, its challenge and its policy; nothing is written yet.
     with ctx.engine.connect() as db:
         node = _activated_node(db, name)
-        selection = _issued_nonce(db, name, nonce, now)
+        selection = _issued_nonce(ctx, db, name, nonce, now)
         policy = _policy(ctx, db, node.node_class)
     previous = None
     if None not in (node.reset_count, node.restart_count, node.clock):
@@ -212,7 +218,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     # Step 3, one transaction: spend the nonce, record the verdict and any state change.
     with ctx.engine.begin() as db:
         _void_older_nonces(db, name, nonce, now)
-        _spend_nonce(db, name, nonce, now)
+        _spend_nonce(ctx, db, name, nonce, now)
         # Common case first: the state does not change (one statement).
         ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
                              {**values, "b_name": name, "b_state": new_state}).scalar()
@@ -225,10 +231,13 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                 # It left `trusted` after step 1 (the sweep): a pass alone does not end that.
                 raise EvidenceRaced(f"node {name!r} became {current.state} during appraisal")
             ek_hash = current.ek_hash
+            # Leaving `trusted` ends a trust period: its tokens are revoked by epoch.
+            ended = current.state == NodeState.TRUSTED and new_state != NodeState.TRUSTED
+            epoch = current.trust_epoch + int(ended)
             events.append(ctx.record_change(db, name, current.state, new_state, verdict.reason,
-                                            [f.check for f in verdict.failures], now))
+                                            [f.check for f in verdict.failures], now, epoch))
             db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
-                                      "state_changed_at": now})
+                                      "state_changed_at": now, "trust_epoch": epoch})
     faultpoints.reached("evidence.recorded")
     ctx.publish(events)
     token = ctx.sign_result({
@@ -263,35 +272,67 @@ def acknowledge(ctx: AttestContext, name: str) -> str:
     return str(row.state)
 
 
-def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
-    """Trusted nodes with no passing evidence within interval + grace become ``stale``.
+def _latest_expiry(ctx: AttestContext, now: datetime) -> datetime:
+    """The latest expiry a nonce issued up to ``now`` can have; later ones are a clock step."""
+    return now + timedelta(seconds=ctx.config.nonce_ttl_seconds) + FUTURE_TOLERANCE
 
-    One UPDATE per node class selects exactly the overdue nodes, so the periodic check costs
+
+_proof_at = func.coalesce(NodeRow.last_pass_at, NodeRow.state_changed_at)
+
+
+def _overdue(session: Session, node_class: str, condition: Any,
+             values: dict[str, Any]) -> Sequence[Any]:
+    """Trusted nodes of ``node_class`` meeting ``condition`` become stale, their trust epoch
+    incremented in the same statement (their tokens are revoked by epoch)."""
+    return session.execute(
+        update(NodeRow)
+        .where(NodeRow.state == NodeState.TRUSTED, NodeRow.node_class == node_class, condition)
+        .values(state=NodeState.STALE, trust_epoch=NodeRow.trust_epoch + 1, **values)
+        .returning(NodeRow.name, NodeRow.last_pass_at, NodeRow.trust_epoch)).all()
+
+
+def _stale_interval(ctx: AttestContext, session: Session, node_class: str) -> float:
+    try:
+        interval = ctx.policy_for(session, node_class).interval_seconds
+    except LookupError:
+        interval = None
+    return (interval or ctx.config.interval_seconds) + ctx.config.stale_grace_seconds
+
+
+def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
+    """Trusted nodes with no valid proof of freshness become ``stale``: no passing evidence
+    within interval + grace (``deadline.missed``), or evidence dated in the future
+    (``deadline.clock_future``: the server's clock was stepped back since, so how old the
+    evidence really is cannot be known; a good node is trusted again on its next round).
+
+    Two UPDATEs per node class select exactly those nodes, so the periodic check costs
     nothing per healthy node.
     """
     now = ctx.now()
+    future = now + FUTURE_TOLERANCE
     events: list[NodeStateChanged] = []
     with ctx.sessions.begin() as session:
         classes = session.execute(select(NodeRow.node_class).distinct()
                                   .where(NodeRow.state == NodeState.TRUSTED)).scalars().all()
         for node_class in classes:
-            try:
-                interval = (ctx.policy_for(session, node_class).interval_seconds
-                            or ctx.config.interval_seconds)
-            except LookupError:
-                interval = ctx.config.interval_seconds
-            cutoff = now - timedelta(seconds=interval + ctx.config.stale_grace_seconds)
-            overdue = session.execute(
-                update(NodeRow)
-                .where(NodeRow.state == NodeState.TRUSTED, NodeRow.node_class == node_class,
-                       func.coalesce(NodeRow.last_pass_at, NodeRow.state_changed_at) < cutoff)
-                .values(state=NodeState.STALE, state_changed_at=now)
-                .returning(NodeRow.name, NodeRow.last_pass_at)).all()
-            for row in overdue:
+            cutoff = now - timedelta(seconds=_stale_interval(ctx, session, node_class))
+            for row in _overdue(session, node_class, _proof_at < cutoff,
+                                {"state_changed_at": now}):
                 since = row.last_pass_at.isoformat() if row.last_pass_at else "enrolment"
                 events.append(ctx.record_change(
                     session, row.name, NodeState.TRUSTED, NodeState.STALE,
-                    f"no passing evidence since {since}", ["deadline.missed"], now))
+                    f"no passing evidence since {since}", ["deadline.missed"], now,
+                    row.trust_epoch))
+            # Our clock's step is no incident of the node's: the acknowledgement a policy may
+            # require is given with the change (acked_at = state_changed_at).
+            for row in _overdue(session, node_class, _proof_at > future,
+                                {"state_changed_at": now, "acked_at": now}):
+                stamp = row.last_pass_at.isoformat() if row.last_pass_at else "its enrolment"
+                events.append(ctx.record_change(
+                    session, row.name, NodeState.TRUSTED, NodeState.STALE,
+                    f"last passing evidence dated {stamp}, after now ({now.isoformat()}): the "
+                    f"server's clock was probably stepped back; the next passing quote trusts "
+                    f"the node again", ["deadline.clock_future"], now, row.trust_epoch))
     faultpoints.reached("deadline.marked")
     ctx.publish(events)
     return events
@@ -299,9 +340,13 @@ def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
 
 def prune_nonces(ctx: AttestContext) -> int:
     """Expired challenges go, spent or not: past its expiry a nonce is refused as unknown,
-    which is as final as "replayed". Keeps the table at about (nodes × challenges per TTL)."""
+    which is as final as "replayed". So do challenges dated further ahead than their lifetime
+    (a clock step back): they are refused too and would otherwise stay until time caught up.
+    Keeps the table at about (nodes × challenges per TTL)."""
+    now = ctx.now()
     with ctx.engine.begin() as db:
-        done = db.execute(delete(NonceRow).where(NonceRow.expires_at <= ctx.now()))
+        done = db.execute(delete(NonceRow).where(
+            (NonceRow.expires_at <= now) | (NonceRow.expires_at > _latest_expiry(ctx, now))))
     return int(done.rowcount)
 
 
@@ -317,10 +362,13 @@ class Lease:
         now = self.ctx.now()
         expires = now + timedelta(seconds=self.ttl)
         with self.ctx.sessions.begin() as session:
+            # A lease expiring further ahead than its TTL was taken before a clock step back:
+            # it is void, or a dead holder would keep it until time caught up.
             taken = session.execute(
                 update(LeaseRow)
                 .where(LeaseRow.name == self.name,
-                       (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now))
+                       (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now)
+                       | (LeaseRow.expires_at > expires + FUTURE_TOLERANCE))
                 .values(holder=self.holder, expires_at=expires))
             if taken.rowcount == 1:  # type: ignore[attr-defined]
                 return True

@@ -35,7 +35,7 @@ from mec_api.tokens.issuer import (
     TokenIssuer,
     TokenRequest,
 )
-from mec_api.tokens.revocations import RevocationList, RevocationStore
+from mec_api.tokens.revocations import RevocationList, RevocationStore, token_epoch
 
 log = logging.getLogger("umec.tokens")
 ISSUED = Counter("umec_tokens_issued", "Access tokens issued.", ["grant"])
@@ -122,7 +122,7 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
         revoked = RevocationList()
         revoked.apply(*store.changes(0, clock()))
         if revoked.revoked(jti=str(claims["jti"]), node=claims.get("node"),
-                           iat=float(claims["iat"]), now=now):
+                           node_epoch=token_epoch(claims), now=now):
             return None
         return claims
 

@@ -29,9 +29,11 @@ log = logging.getLogger("umec.tokens.feed")
 FetchChanges = Callable[[int], Awaitable[tuple[int, list[Revocation]]]]
 
 
-def store_source(store: RevocationStore) -> FetchChanges:
+def store_source(store: RevocationStore,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FetchChanges:
+    """``clock``: the clock the store's entries were dated with (kernel.clock)."""
     async def fetch(after: int) -> tuple[int, list[Revocation]]:
-        return await asyncio.to_thread(store.changes, after, datetime.now(UTC))
+        return await asyncio.to_thread(store.changes, after, clock())
     return fetch
 
 
@@ -46,8 +48,9 @@ def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchChanges:
 
 class RevocationFollower:
     def __init__(self, fetch: FetchChanges, target: RevocationList,
-                 interval: float = 0.25) -> None:
+                 interval: float = 0.25, clock: Callable[[], float] = time.time) -> None:
         self.fetch = fetch
+        self.clock = clock
         self.target = target
         self.interval = interval
         self.applied_at = float("-inf")       # monotonic; -inf until the first success
@@ -58,7 +61,7 @@ class RevocationFollower:
     async def step(self) -> None:
         seq, entries = await self.fetch(self.target.seq)
         self.target.apply(seq, entries)
-        self.target.expire(time.time())
+        self.target.expire(self.clock())
         self.applied_at = time.monotonic()
 
     def poke(self) -> None:

@@ -13,14 +13,16 @@
 3. **Admission.** The pod (by UID) was admitted by the webhook, the record's namespace and name
    are the token's, and every image was verified (signers recorded for every container).
 4. **Node.** The pod's node is ``trusted`` now, its last passing evidence is younger than the
-   attestation interval (+ grace), and it has no live revocation cutoff ahead of now.
+   attestation interval (+ grace) and not dated in the future (a clock step: its age cannot be
+   known), and its current trust epoch (read with the state) is above every revoked epoch.
 5. **Audience.** ``audience``/``resource`` (default: the first configured) is one of ours.
 6. **Scopes.** requested (default: every known scope) ∩ what ``policies/tokens.rego`` grants
    for (namespace, service account); nothing granted is ``invalid_scope``.
 7. **DPoP.** When a proof is sent, it must be valid for this request and unseen; the token is
    then bound to its key (``cnf.jkt``, token type ``DPoP``).
 8. **Mint.** An ES256 JWT (``typ: at+jwt``, RFC 9068) from the active key of the ring, living
-   ``lifetime`` seconds (≤ 300) but never past the subject token's own ``exp``.
+   ``lifetime`` seconds (≤ 300) but never past the subject token's own ``exp``, carrying the
+   node's trust epoch (``node_epoch``): a node revocation ends it with no clock compared.
 
 I/O stays outside: the cluster keys, node trust, admission records, scope policy, revocations
 and the clock are all passed in.
@@ -31,7 +33,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import jwt
@@ -56,7 +58,7 @@ from mec_api.tokens.sa_token import (
     verify_service_account_token,
 )
 from mec_api.tokens.scope_policy import ScopePolicy
-from mec_api.tokens.trust import AdmissionLookup, NodeTrust
+from mec_api.tokens.trust import AdmissionLookup, NodeTrust, NodeTrustView
 from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -67,6 +69,8 @@ TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
 MAX_LIFETIME_SECONDS = 300
 SA_TOKEN_LEEWAY = 5.0
+# A node's last passing evidence may lie this far after now (rounding) before it is a clock step.
+FUTURE_TOLERANCE = timedelta(seconds=2)
 
 
 def _kid(token: str) -> str:
@@ -142,8 +146,8 @@ class TokenIssuer:
     admissions: AdmissionLookup
     scopes: ScopePolicy
     ring: KeyRing
-    # The live node revocation cutoff (the follower's RevocationList.node_cutoff).
-    node_cutoff: Callable[[str, datetime], float | None]
+    # The node's highest revoked trust epoch (the follower's RevocationList.revoked_epoch).
+    revoked_epoch: Callable[[str, datetime], int | None]
     replay: DpopReplayCache = field(default_factory=DpopReplayCache)
     # Subject tokens whose signature verified recently (a pod reuses its projected token).
     verified_subjects: VerifiedCache[WorkloadIdentity] = field(default_factory=VerifiedCache)
@@ -156,11 +160,11 @@ class TokenIssuer:
             raise ClientAssertionInvalid(f"client_id {req.client_id!r} is not the workload "
                                          f"{identity.client_id!r} of the assertion")
         digests = self._check_admission(identity)
-        self._check_node(identity, now)
+        node = self._check_node(identity, now)
         audience = self._audience(req)
         granted = self._scopes(req, identity)
         jkt = self._dpop(req, now)
-        return self._mint(identity, audience, granted, digests, jkt, now)
+        return self._mint(identity, node.epoch, audience, granted, digests, jkt, now)
 
     # 1. grant -----------------------------------------------------------------------------------
     def _subject_token(self, req: TokenRequest) -> tuple[str, type[SubjectTokenInvalid]]:
@@ -229,21 +233,22 @@ class TokenIssuer:
         return sorted({i.digest for i in record.images})
 
     # 4. node ------------------------------------------------------------------------------------
-    def _check_node(self, who: WorkloadIdentity, now: datetime) -> None:
+    def _check_node(self, who: WorkloadIdentity, now: datetime) -> NodeTrustView:
         node = self.nodes.node_trust(who.node_name)
         if node is None:
             raise NodeNotTrusted(f"node {who.node_name!r} is not enrolled for attestation")
         if node.state != "trusted":
             raise NodeNotTrusted(f"node {who.node_name!r} is {node.state}")
-        age = None if node.last_pass_at is None else (now - node.last_pass_at).total_seconds()
-        if age is None or age > self.config.attestation_max_age_seconds:
-            raise NodeNotTrusted(f"node {who.node_name!r}: last passing evidence "
-                                 f"{'never' if age is None else f'{age:.0f} s ago'} (max "
-                                 f"{self.config.attestation_max_age_seconds:g} s)")
-        cutoff = self.node_cutoff(who.node_name, now)
-        if cutoff is not None and cutoff > now.timestamp():
-            raise NodeNotTrusted(f"node {who.node_name!r} was revoked within the last second; "
-                                 f"retry shortly")
+        _check_evidence_age(who.node_name, node.last_pass_at, now,
+                            self.config.attestation_max_age_seconds)
+        # The epoch is read in the same query as the trusted state, and every revocation names
+        # an epoch that had already ended when it was written, so this holds unless the node
+        # table and the feed disagree (a restored backup): then refuse.
+        revoked = self.revoked_epoch(who.node_name, now)
+        if revoked is not None and node.epoch <= revoked:
+            raise NodeNotTrusted(f"node {who.node_name!r}: its trust epoch {node.epoch} is "
+                                 f"revoked (up to {revoked})")
+        return node
 
     # 5. audience --------------------------------------------------------------------------------
     def _audience(self, req: TokenRequest) -> str:
@@ -274,7 +279,7 @@ class TokenIssuer:
         return proof.jkt
 
     # 8. mint ------------------------------------------------------------------------------------
-    def _mint(self, who: WorkloadIdentity, audience: str, scopes: tuple[str, ...],
+    def _mint(self, who: WorkloadIdentity, epoch: int, audience: str, scopes: tuple[str, ...],
               digests: list[str], jkt: str | None, now: datetime) -> IssuedToken:
         iat = int(now.timestamp())
         exp = min(iat + self.config.lifetime_seconds, int(who.expires_at))
@@ -284,10 +289,27 @@ class TokenIssuer:
             "iss": self.config.issuer, "sub": who.subject, "aud": audience, "iat": iat,
             "nbf": iat, "exp": exp, "jti": uuid.uuid4().hex, "scope": " ".join(scopes),
             "client_id": who.client_id, "namespace": who.namespace,
-            "app_instance_id": who.app_instance_id, "node": who.node_name,
+            "app_instance_id": who.app_instance_id, "node": who.node_name, "node_epoch": epoch,
             "pod": {"name": who.pod_name, "uid": who.pod_uid}, "images": digests}
         if jkt is not None:
             claims["cnf"] = {"jkt": jkt}
         token = sign_jwt(claims, self.ring, headers={"typ": "at+jwt"})
         return IssuedToken(token, "DPoP" if jkt else "Bearer", exp - iat, claims["scope"],
                            claims)
+
+
+def _check_evidence_age(node: str, last_pass_at: datetime | None, now: datetime,
+                        max_age: float) -> None:
+    """Passing evidence no older than ``max_age`` and not from the future: a time after now
+    means the clock was stepped back since, and the evidence's real age is unknown."""
+    if last_pass_at is None:
+        raise NodeNotTrusted(f"node {node!r}: no passing evidence yet")
+    if last_pass_at > now + FUTURE_TOLERANCE:
+        raise NodeNotTrusted(f"node {node!r}: last passing evidence is dated "
+                             f"{last_pass_at.isoformat()}, after now ({now.isoformat()}): the "
+                             f"server's clock was stepped back; the node's next passing quote "
+                             f"fixes this")
+    age = (now - last_pass_at).total_seconds()
+    if age > max_age:
+        raise NodeNotTrusted(f"node {node!r}: last passing evidence {age:.0f} s ago (max "
+                             f"{max_age:g} s)")

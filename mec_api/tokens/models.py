@@ -2,8 +2,8 @@
 
 Issued access tokens are not stored: they are self-contained JWTs, introspection verifies them,
 and a node going untrusted revokes *every* token minted for workloads on it with one row
-(``kind = "node"``: tokens of that node with ``iat`` before ``cutoff``). Rows expire once every
-token they could match has expired, so the feed stays small.
+(``kind = "node"``: tokens of that node whose ``node_epoch`` claim is at most ``node_epoch``).
+Rows expire once every token they could match has expired, so the feed stays small.
 """
 
 from __future__ import annotations
@@ -29,7 +29,10 @@ class RevocationRow(TokensBase):
     kind: Mapped[str] = mapped_column(String(8))           # "token" | "node"
     jti: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     node: Mapped[str | None] = mapped_column(String(253), nullable=True, index=True)
-    cutoff: Mapped[float | None] = mapped_column(Float, nullable=True)  # node: iat before this
+    # Read only by versions before migration 0008 (a downgrade keeps revoking by time).
+    cutoff: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # node: tokens minted in this trust epoch of the node or an earlier one are revoked.
+    node_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)

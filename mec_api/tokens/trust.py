@@ -16,6 +16,9 @@ class NodeTrustView:
     name: str
     state: str                      # "trusted" is the only state that issues tokens
     last_pass_at: datetime | None   # time of the last passing evidence
+    # The node's trust epoch, read in the same query as ``state`` (it grows whenever a trust
+    # period ends); access tokens carry it and node revocations name the epochs they end.
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
