@@ -362,13 +362,15 @@ class Lease:
         now = self.ctx.now()
         expires = now + timedelta(seconds=self.ttl)
         with self.ctx.sessions.begin() as session:
-            # A lease expiring further ahead than its TTL was taken before a clock step back:
-            # it is void, or a dead holder would keep it until time caught up.
+            # A lease expiring more than a TTL further ahead than it can was taken before a
+            # clock step back: it is void, or a dead holder would keep it until time caught up.
+            # (One TTL of slack: a holder's renewal may be a TTL ahead of ours on skewed clocks.)
             taken = session.execute(
                 update(LeaseRow)
                 .where(LeaseRow.name == self.name,
                        (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now)
-                       | (LeaseRow.expires_at > expires + FUTURE_TOLERANCE))
+                       | (LeaseRow.expires_at > expires + timedelta(seconds=self.ttl)
+                          + FUTURE_TOLERANCE))
                 .values(holder=self.holder, expires_at=expires))
             if taken.rowcount == 1:  # type: ignore[attr-defined]
                 return True
