@@ -55,39 +55,47 @@ class DatabaseClock:
         self._read, self._monotonic = read, monotonic
         self.resync_seconds = resync_seconds
         self._lock = threading.Lock()
-        self._anchor: tuple[float, datetime] | None = None
         self._failing = False
-        self._resync()  # at start: a server that cannot read its database's clock does not start
+        # At start: a server that cannot read its database's clock does not start.
+        self._anchor: tuple[float, datetime] = self._read_anchor()
 
-    def _resync(self) -> None:
+    def _read_anchor(self) -> tuple[float, datetime]:
         before = self._monotonic()
         db_now = self._read()
         after = self._monotonic()
         if db_now.tzinfo is None:
             raise ValueError("the database clock returned a naive time")
         # The database read its clock somewhere within the round trip: take the middle.
-        self._anchor = ((before + after) / 2, db_now.astimezone(UTC))
+        return (before + after) / 2, db_now.astimezone(UTC)
+
+    def _maybe_resync(self) -> None:
+        """Re-anchor when due. One thread reads the database; the others meanwhile go on with
+        the current anchor instead of queueing behind a slow or unreachable database."""
+        if self._monotonic() - self._anchor[0] < self.resync_seconds:
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._anchor = self._read_anchor()
+            if self._failing:
+                log.warning("database clock readable again; re-anchored")
+            self._failing = False
+        except Exception as e:  # keep advancing the last anchor by monotonic time
+            if not self._failing:
+                log.warning("database clock unreadable (%s); advancing the last anchor by "
+                            "monotonic time", type(e).__name__)
+            self._failing = True
+            # Try again at the next resync interval, not on every call.
+            mono, at = self._anchor
+            elapsed = self._monotonic() - mono
+            self._anchor = (mono + elapsed, at + timedelta(seconds=elapsed))
+        finally:
+            self._lock.release()
 
     def now(self) -> datetime:
-        with self._lock:
-            assert self._anchor is not None
-            if self._monotonic() - self._anchor[0] >= self.resync_seconds:
-                try:
-                    self._resync()
-                    if self._failing:
-                        log.warning("database clock readable again; re-anchored")
-                    self._failing = False
-                except Exception as e:  # keep advancing the last anchor by monotonic time
-                    if not self._failing:
-                        log.warning("database clock unreadable (%s); advancing the last "
-                                    "anchor by monotonic time", type(e).__name__)
-                    self._failing = True
-                    # Try again at the next resync interval, not on every call.
-                    mono, at = self._anchor
-                    elapsed = self._monotonic() - mono
-                    self._anchor = (mono + elapsed, at + timedelta(seconds=elapsed))
-            mono, at = self._anchor
-            return at + timedelta(seconds=self._monotonic() - mono)
+        self._maybe_resync()
+        mono, at = self._anchor  # one tuple, replaced whole: a consistent pair
+        return at + timedelta(seconds=self._monotonic() - mono)
 
 
 def _database_reader(engine: Any) -> Callable[[], datetime]:
