@@ -33,12 +33,29 @@ from attest.tpm.device import AkHandle, Tpm, TpmLockedOut
 log = logging.getLogger("umec.agent")
 
 
+# Answers that say "the server cannot serve you right now", not "you are wrong".
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+
+
 class AgentError(Exception):
     """An attestation round could not be completed; ``check`` names the server's failed check."""
 
-    def __init__(self, message: str, check: str = "agent", hint: str = "") -> None:
+    def __init__(self, message: str, check: str = "agent", hint: str = "",
+                 status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.check, self.hint = check, hint
+        self.status, self.retry_after = status, retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.status in TRANSIENT_STATUSES
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    try:
+        return max(0.0, float(resp.headers["retry-after"]))
+    except (KeyError, ValueError):
+        return None
 
 
 @dataclass
@@ -67,7 +84,8 @@ def _raise_for_problem(resp: httpx.Response, step: str) -> dict[str, Any]:
         body = {}
     if resp.status_code >= 400:
         raise AgentError(f"{step}: HTTP {resp.status_code}: {body.get('detail', resp.text[:200])}",
-                         check=str(body.get("check", step)), hint=str(body.get("hint", "")))
+                         check=str(body.get("check", step)), hint=str(body.get("hint", "")),
+                         status=resp.status_code, retry_after=_retry_after(resp))
     return body if isinstance(body, dict) else {}
 
 
@@ -189,6 +207,18 @@ class Agent:
             log.error("the TPM is in dictionary-attack lockout; not retrying before it recovers",
                       extra={"node": node, "check": exc.check, "error": str(exc),
                              "hint": exc.hint, "recovers_in": wait, "retry_in": delay})
+            return delay
+        if isinstance(exc, httpx.TransportError) or (isinstance(exc, AgentError)
+                                                     and exc.transient):
+            # The server is restarting, overloaded or without its database: come back within
+            # one interval (its Retry-After if sooner), or the node goes stale for an outage
+            # that was not its own. Jitter keeps a site's nodes from returning in lock-step.
+            hinted = exc.retry_after if isinstance(exc, AgentError) else None
+            interval = self.config.interval_seconds
+            delay = (max(0.5, min(interval, hinted)) if hinted is not None
+                     else random.uniform(0.5, interval))
+            log.warning("attestation round failed; the server is unavailable",
+                        extra={"node": node, "error": str(exc), "retry_in": round(delay, 2)})
             return delay
         if isinstance(exc, AgentError | httpx.HTTPError | OSError):
             # Full jitter: uniform in [0.5, min(cap, interval * 2^failures)].
