@@ -60,8 +60,10 @@ DEFAULT_MODULES = [
     "attest/service/registrar.py", "attest/service/verifier.py",
 ]
 # Fast, pure tests first: with -x the first failure ends the run.
-_SERVICE = ["tests/test_attacks_service.py", "tests/test_state_events.py",
-            "tests/test_node_ack.py", "tests/test_protocol_swtpm.py"]
+_SERVICE = ["tests/test_attacks_enrollment.py", "tests/test_attacks_service.py",
+            "tests/test_attacks_review.py", "tests/test_clock_rules.py",
+            "tests/test_state_events.py", "tests/test_node_ack.py",
+            "tests/test_protocol_swtpm.py"]
 _EVENTLOG = ["tests/test_eventlog.py", "tests/test_eventlog_fuzz.py",
              "tests/test_eventlog_service.py"]
 TESTS: dict[str, list[str]] = {
@@ -276,6 +278,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, _stop)
     modules = args.module or DEFAULT_MODULES
     started, load_before = datetime.now(UTC), os.getloadavg()
+    source = source_label(args.rev)  # before the run: HEAD may move meanwhile
     t0 = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="umec-mutation-"))
     try:
@@ -302,7 +305,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
     meta = {
         "command": " ".join(["python", "bench/mutation/run_mutations.py", *argv]),
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"), "source": source_label(args.rev),
+        "date": started.strftime("%Y-%m-%d %H:%M UTC"), "source": source,
         "machine": (f"nproc {os.cpu_count()}, load average "
                     f"{'/'.join(f'{x:.2f}' for x in load_before)} before, "
                     f"{'/'.join(f'{x:.2f}' for x in os.getloadavg())} after; "
