@@ -145,12 +145,16 @@ def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPol
 def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
     now = ctx.now()
     nonce = os.urandom(32)
-    with ctx.engine.begin() as db:
-        node = _activated_node(db, name)
-        selection = _policy(ctx, db, node.node_class).selection_lists()
-        expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
-        db.execute(_INSERT_NONCE, {"nonce": nonce.hex(), "node": name, "selection": selection,
-                                   "issued_at": now, "expires_at": expires})
+    try:
+        with ctx.engine.begin() as db:
+            node = _activated_node(db, name)
+            selection = _policy(ctx, db, node.node_class).selection_lists()
+            expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
+            db.execute(_INSERT_NONCE, {"nonce": nonce.hex(), "node": name,
+                                       "selection": selection, "issued_at": now,
+                                       "expires_at": expires})
+    except IntegrityError:  # the node was removed or renamed between the read and the insert
+        raise NodeNotFound(f"no node named {name!r}") from None
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
