@@ -224,3 +224,19 @@ def test_ek_public_with_a_foreign_auth_policy_is_refused(env: Env) -> None:
         "ak_public": b64(tpm.ak_public.marshal_tpm2b())})
     assert resp.status_code == 403 and resp.json()["check"] == "enroll.ek_template"
     assert "authPolicy" in resp.json()["detail"]
+
+
+def test_challenge_racing_a_remove_is_a_typed_404(env: Env,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from attest.service import registrar, verifier
+    trusted(env)
+    original = verifier._activated_node
+
+    def removed_meanwhile(db: Any, name: str) -> Any:
+        row = original(db, name)
+        registrar.remove(env.server.attest, name)  # another session commits the removal
+        return row
+
+    monkeypatch.setattr(verifier, "_activated_node", removed_meanwhile)
+    resp = env.client.post("/attest/v1/nodes/node-a/challenge")
+    assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
