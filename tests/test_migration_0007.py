@@ -11,17 +11,15 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 
-from umec.db import alembic_config, make_engine
+from tests.migration_helpers import BACKENDS, engine_at
+from umec.db import alembic_config
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BACKENDS)
 def engine_0006(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    url = (f"sqlite:///{tmp_path / 'umec.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_database"))
-    engine = make_engine(url)
-    command.upgrade(alembic_config(engine), "0006")
+    engine = engine_at(request, tmp_path, "0006")
     return engine
 
 
