@@ -306,3 +306,56 @@ def test_fleet_view_needs_the_operator_token(env: Env, authorization: str | None
     token_file = env.tmp / "srv" / "operator-token"
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
     assert token_file.read_text().strip() == env.server.operator_token
+
+
+def test_spent_and_expired_challenges_are_pruned(env: Env) -> None:
+    """Point 8: the nonce table no longer grows by one row per round for ever."""
+    from sqlalchemy import func, select
+
+    from attest.service.models import EnrollmentRow, NonceRow
+    from attest.service.registrar import prune_enrollments
+    from attest.service.verifier import prune_nonces
+    node = trusted(env)
+    for _ in range(5):
+        assert node.attest()["state"] == "trusted"
+    node.challenge()  # one outstanding, unspent
+    env.node("node-p").enroll()  # one pending enrolment
+    ctx = env.server.attest
+
+    def rows() -> tuple[int, int]:
+        with ctx.sessions() as s:
+            return (s.scalar(select(func.count()).select_from(NonceRow)) or 0,
+                    s.scalar(select(func.count()).select_from(EnrollmentRow)) or 0)
+
+    assert rows() == (7, 1)
+    assert prune_nonces(ctx) == 0 and prune_enrollments(ctx) == 0  # nothing expired yet
+    real_now = ctx.now
+    ctx.now = lambda: real_now() + timedelta(seconds=ctx.config.activation_ttl_seconds + 1)
+    try:
+        assert prune_nonces(ctx) == 7 and prune_enrollments(ctx) == 1
+    finally:
+        ctx.now = real_now
+    assert rows() == (0, 0)
+    assert node.attest()["state"] == "trusted"
+
+
+def test_the_deadline_loop_prunes(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from sqlalchemy import func, select
+
+    import umec.app
+    from attest.service.models import NonceRow
+    node = trusted(env)
+    node.challenge()
+    ctx = env.server.attest
+    real_now = ctx.now
+    monkeypatch.setattr(umec.app, "PRUNE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(ctx, "now", lambda: real_now() + timedelta(minutes=10))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with ctx.sessions() as s:
+            if not s.scalar(select(func.count()).select_from(NonceRow)):
+                return
+        time.sleep(0.2)
+    raise AssertionError("expired nonces were not pruned by the deadline loop")
