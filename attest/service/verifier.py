@@ -15,8 +15,9 @@ Who moves a node (DESIGN's invariant "only the node's TPM changes its state"): e
 quote the node's own activated AK signed over a nonce issued to that node and not yet spent,
 the deadline sweep (``stale``), and operators (ack, remove, rename). Evidence does so in three
 steps: read (node, nonce, policy) → pure appraisal, which raises for a quote the AK did not sign
-over this nonce (refused: nothing is written, not even the nonce) → one transaction that spends
-the nonce and records the verdict, so a nonce is spent exactly when a verdict is recorded.
+over this nonce (refused: nothing is written, not even the nonce) → one transaction that records
+the verdict and spends the nonce (three statements in all on the common path), so a nonce is
+spent exactly when a verdict is recorded.
 """
 
 from __future__ import annotations
@@ -93,14 +94,16 @@ _SELECT_NODE = select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count
                       NodeRow.state_changed_at, NodeRow.acked_at
                       ).where(NodeRow.name == bindparam("b_name"))
 _INSERT_NONCE = insert(NonceRow)
-_CONSUME_NONCE = (update(NonceRow)
-                  .where(NonceRow.nonce == bindparam("b_nonce"),
-                         NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
-                         NonceRow.expires_at > bindparam("b_now"),
-                         NonceRow.expires_at <= bindparam("b_latest"))
-                  .values(consumed_at=bindparam("b_now")))
-_SELECT_NONCE = select(NonceRow.node, NonceRow.expires_at, NonceRow.consumed_at,
-                       NonceRow.selection).where(NonceRow.nonce == bindparam("b_nonce"))
+# Step 1 reads the node and the nonce (whoever it was issued to) in one statement.
+_SELECT_NODE_AND_NONCE = (
+    select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count, NodeRow.restart_count,
+           NodeRow.clock, NodeRow.safe, NodeRow.state, NodeRow.state_changed_at,
+           NodeRow.acked_at, NonceRow.node.label("nonce_node"),
+           NonceRow.expires_at.label("nonce_expires_at"),
+           NonceRow.consumed_at.label("nonce_consumed_at"), NonceRow.selection)
+    .select_from(NodeRow)
+    .outerjoin(NonceRow, NonceRow.nonce == bindparam("b_nonce"))
+    .where(NodeRow.name == bindparam("b_name")))
 # SET columns come from the parameters given at execution.
 _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                            .where(NodeRow.name == bindparam("b_name"),
@@ -110,21 +113,22 @@ _SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash, NodeRow.trust_epoch,
                        NodeRow.state_changed_at, NodeRow.acked_at).where(
     NodeRow.name == bindparam("b_name")).with_for_update()
 _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
-# Spending a nonce voids the node's older unspent ones: a genuine quote over an older challenge,
-# held back on the path or made in advance on the node, must not overturn a newer verdict nor
-# move the clock baseline back. Only a quote the AK signed spends, so nobody else voids anything.
-# Rows are locked oldest first and before the spent nonce (itself newer than all of them), so
-# concurrent evidence of one node (replicas on PostgreSQL) takes nonce locks in one global
-# order and cannot deadlock.
+# Spending a nonce voids the node's older unspent ones in the same statement: a genuine quote
+# over an older challenge, held back on the path or made in advance on the node, must not
+# overturn a newer verdict nor move the clock baseline back. Only a quote the AK signed spends,
+# so nobody else voids anything. Step 3 locks the node row before any nonce row, and so does an
+# operator's remove/rename: concurrent evidence of one node (replicas on PostgreSQL) serialises
+# on the node row and cannot deadlock on nonces. A nonce expiring later than any issued up to
+# now (``b_latest``) is a clock step, never spendable.
 _ISSUED = NonceRow.__table__.alias("issued")
-_OLDER_UNSPENT = (select(NonceRow.nonce)
-                  .where(NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
-                         NonceRow.expires_at > bindparam("b_now"),
-                         NonceRow.issued_at < select(_ISSUED.c.issued_at)
-                         .where(_ISSUED.c.nonce == bindparam("b_nonce")).scalar_subquery())
-                  .order_by(NonceRow.issued_at, NonceRow.nonce).with_for_update())
-_VOID_OLDER_NONCES = (update(NonceRow).where(NonceRow.nonce.in_(_OLDER_UNSPENT))
-                      .values(consumed_at=bindparam("b_now")))
+_SPEND_NONCE = (update(NonceRow)
+                .where(NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
+                       NonceRow.expires_at > bindparam("b_now"),
+                       NonceRow.expires_at <= bindparam("b_latest"),
+                       NonceRow.issued_at <= select(_ISSUED.c.issued_at)
+                       .where(_ISSUED.c.nonce == bindparam("b_nonce")).scalar_subquery())
+                .values(consumed_at=bindparam("b_now"))
+                .returning(NonceRow.nonce))
 
 
 def _activated_node(db: Connection, name: str) -> Any:
@@ -158,29 +162,27 @@ def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
-def _issued_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
-                  now: datetime) -> dict[str, list[int]]:
-    """The PCR selection of ``nonce`` if it was issued to ``name``, is unspent and unexpired."""
-    row = db.execute(_SELECT_NONCE, {"b_nonce": nonce.hex()}).first()
-    record = None if row is None else NonceRecord(row.node, row.expires_at,
-                                                  row.consumed_at is not None)
+def _node_and_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
+                    now: datetime) -> tuple[Any, dict[str, list[int]]]:
+    """The node, and the PCR selection of ``nonce`` if it was issued to ``name``, is unspent
+    and unexpired (else the nonce rule it breaks is raised)."""
+    row = db.execute(_SELECT_NODE_AND_NONCE, {"b_name": name, "b_nonce": nonce.hex()}).first()
+    if row is None:
+        raise NodeNotFound(f"no node named {name!r}")
+    record = None if row.nonce_node is None else NonceRecord(
+        row.nonce_node, row.nonce_expires_at, row.nonce_consumed_at is not None)
     check_nonce(record, node=name, now=now,
                 ttl=timedelta(seconds=ctx.config.nonce_ttl_seconds))
-    assert row is not None  # check_nonce raised otherwise
-    return dict(row.selection)
+    return row, dict(row.selection)
 
 
 def _spend_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
                  now: datetime) -> None:
     # Exactly one request may spend a nonce, even across replicas: this UPDATE is the arbiter.
-    spent = db.execute(_CONSUME_NONCE, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now,
-                                        "b_latest": _latest_expiry(ctx, now)})
-    if spent.rowcount != 1:
+    spent = db.execute(_SPEND_NONCE, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now,
+                                      "b_latest": _latest_expiry(ctx, now)}).scalars().all()
+    if nonce.hex() not in spent:
         raise NonceReplayed("nonce was spent by a concurrent request")
-
-
-def _void_older_nonces(db: Connection, name: str, nonce: bytes, now: datetime) -> None:
-    db.execute(_VOID_OLDER_NONCES, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now})
 
 
 def _record_values(verdict: Verdict, now: datetime) -> dict[str, Any]:
@@ -199,8 +201,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     now = ctx.now()
     # Step 1: read the node, its challenge and its policy; nothing is written yet.
     with ctx.engine.connect() as db:
-        node = _activated_node(db, name)
-        selection = _issued_nonce(ctx, db, name, nonce, now)
+        node, selection = _node_and_nonce(ctx, db, name, nonce, now)
         policy = _policy(ctx, db, node.node_class)
     previous = None
     if None not in (node.reset_count, node.restart_count, node.clock):
@@ -219,10 +220,9 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
         new_state = node.state
     values = _record_values(verdict, now)
     events: list[NodeStateChanged] = []
-    # Step 3, one transaction: spend the nonce, record the verdict and any state change.
+    # Step 3, one transaction: record the verdict and any state change (locking the node row
+    # first), and spend the nonce; if it was spent meanwhile, all of it rolls back.
     with ctx.engine.begin() as db:
-        _void_older_nonces(db, name, nonce, now)
-        _spend_nonce(ctx, db, name, nonce, now)
         # Common case first: the state does not change (one statement).
         ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
                              {**values, "b_name": name, "b_state": new_state}).scalar()
@@ -242,6 +242,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                                             [f.check for f in verdict.failures], now, epoch))
             db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
                                       "state_changed_at": now, "trust_epoch": epoch})
+        _spend_nonce(ctx, db, name, nonce, now)
     faultpoints.reached("evidence.recorded")
     ctx.publish(events)
     token = ctx.sign_result({
