@@ -240,3 +240,48 @@ def test_challenge_racing_a_remove_is_a_typed_404(env: Env,
     monkeypatch.setattr(verifier, "_activated_node", removed_meanwhile)
     resp = env.client.post("/attest/v1/nodes/node-a/challenge")
     assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
+
+
+def test_enrolment_into_an_unknown_node_class_is_refused(env: Env) -> None:
+    node = env.node("node-a")
+    node.node_class = "no-such-class"
+    resp = node.enroll()
+    assert resp.status_code == 422 and resp.json()["check"] == "enroll.node_class"
+    assert "no-such-class" in resp.json()["detail"]
+
+
+def test_credential_challenge_expires_exactly_at_its_expiry(env: Env) -> None:
+    from datetime import datetime
+
+    from attest.service.models import EnrollmentRow
+    node = env.node("node-a")
+    challenge = node.enroll().json()
+    ctx = env.server.attest
+    with ctx.sessions() as s:
+        row = s.get(EnrollmentRow, challenge["enrollment_id"])
+        assert row is not None
+        expires: datetime = row.expires_at
+    real_now = ctx.now
+    ctx.now = lambda: expires
+    try:
+        at_expiry = _activate(env.client, node, challenge)
+        ctx.now = lambda: expires - timedelta(microseconds=1)
+        just_before = _activate(env.client, node, challenge)
+    finally:
+        ctx.now = real_now
+    assert at_expiry.status_code == 409 and at_expiry.json()["check"] == "activate.no_challenge"
+    assert just_before.status_code == 200
+
+
+def test_operator_steps_on_unknown_or_taken_names_are_refused(env: Env) -> None:
+    from attest.service import registrar
+    from attest.service.registrar import NodeNameTaken, NodeNotFound
+    trusted(env, "node-a")
+    trusted(env, "node-b")
+    with pytest.raises(NodeNotFound, match="no-such-node"):
+        registrar.remove(env.server.attest, "no-such-node")
+    with pytest.raises(NodeNotFound, match="no-such-node"):
+        registrar.rename(env.server.attest, "no-such-node", "node-c")
+    with pytest.raises(NodeNameTaken, match="node-b"):
+        registrar.rename(env.server.attest, "node-a", "node-b")
+    assert env.client.get("/attest/v1/nodes/node-a").json()["state"] == "trusted"
