@@ -8,7 +8,8 @@ For each trial and each database (SQLite, then PostgreSQL at 127.0.0.1:5432) it 
 temporary directory) and once against the working tree, alternating so that the machine's noise
 falls on both sides alike. Reported: the median of rounds/s, p99 and server CPU per round on each
 side, and the after/before ratios of those medians. The load generator (simulated nodes) is the
-working tree's for both sides.
+working tree's for both sides, so its CPU per round measures how fast the machine was during
+each run: "server ÷ load generator CPU" is the server's cost with that drift divided out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 BENCH = Path(__file__).with_name("bench_rounds.py")
 METRICS = {"rounds/s": r"\| rounds/s \| \*\*(\d+)\*\* \|",
            "p99 ms": r"\| round latency p99 \| \*\*([\d.]+) ms\*\* \|",
-           "server CPU ms/round": r"\| server CPU per round \| ([\d.]+) ms"}
+           "server CPU ms/round": r"\| server CPU per round \| ([\d.]+) ms",
+           "load generator CPU ms/round":
+               r"\| load generator \(client process\) CPU per round \| ([\d.]+) ms"}
 
 
 def run_once(args: argparse.Namespace, postgres: bool, repo: Path | None) -> dict[str, float]:
@@ -90,10 +93,13 @@ def report(args: argparse.Namespace,
     print("| database | metric | before (median) | after (median) | after / before |")
     print("|---|---|---:|---:|---:|")
     for db in ("SQLite", "PostgreSQL"):
-        for metric in METRICS:
+        for r in results[(db, "before")] + results[(db, "after")]:
+            r["server ÷ load generator CPU"] = (r["server CPU ms/round"]
+                                                / r["load generator CPU ms/round"])
+        for metric in (*METRICS, "server ÷ load generator CPU"):
             b = statistics.median(r[metric] for r in results[(db, "before")])
             a = statistics.median(r[metric] for r in results[(db, "after")])
-            print(f"| {db} | {metric} | {b:g} | {a:g} | {a / b:.2f} |")
+            print(f"| {db} | {metric} | {b:.3g} | {a:.3g} | {a / b:.2f} |")
 
 
 if __name__ == "__main__":
