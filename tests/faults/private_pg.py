@@ -149,3 +149,12 @@ def private_postgres() -> Iterator[PrivatePostgres]:
         yield pg.start()
     finally:
         pg.close()
+
+
+def private_postgres_or_skip() -> Iterator[PrivatePostgres]:
+    """For fixtures (``yield from``): a private instance, or the test skips without binaries."""
+    import pytest
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL server binaries not installed (apt install postgresql)")
+    with private_postgres() as instance:
+        yield instance

@@ -28,7 +28,7 @@ from attest.simagent import SimulatedNode
 from attest.tpm.swtpm import Swtpm, SwtpmCa, swtpm_available
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from tests.faults.fleet import Driver, ek_allowlist, events, untyped, write_policy
-from tests.faults.private_pg import PrivatePostgres, postgres_bin, private_postgres
+from tests.faults.private_pg import PrivatePostgres, private_postgres_or_skip
 from tests.faults.umec_server import UmecServer
 from tests.token_helpers import D1, ClusterIssuer
 from umec.db import open_database
@@ -42,10 +42,7 @@ GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read]}]\n"
 
 @pytest.fixture
 def pg() -> Iterator[PrivatePostgres]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL server binaries not installed (apt install postgresql)")
-    with private_postgres() as instance:
-        yield instance
+    yield from private_postgres_or_skip()
 
 
 @pytest.fixture

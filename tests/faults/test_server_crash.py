@@ -32,7 +32,7 @@ from attest.service.faultpoints import CODE_POINTS, COMMIT_POINTS
 from attest.simagent import SimulatedNode, b64
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from tests.faults.fleet import PROBLEM_JSON, ek_allowlist, events, query, write_policy
-from tests.faults.private_pg import PrivatePostgres, postgres_bin, private_postgres
+from tests.faults.private_pg import PrivatePostgres, private_postgres_or_skip
 from tests.faults.umec_server import UmecServer
 from tests.token_helpers import D1, ClusterIssuer
 from umec.db import open_database
@@ -69,10 +69,7 @@ ON_POSTGRES = list(COMMIT_POINTS) if ALL else ["activate.after_commit", "evidenc
 
 @pytest.fixture(scope="module")
 def pg_instance() -> Iterator[PrivatePostgres]:
-    if postgres_bin() is None:
-        pytest.skip("PostgreSQL server binaries not installed (apt install postgresql)")
-    with private_postgres() as instance:
-        yield instance
+    yield from private_postgres_or_skip()
 
 
 @pytest.fixture
