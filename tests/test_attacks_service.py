@@ -359,3 +359,12 @@ def test_the_deadline_loop_prunes(env: Env, monkeypatch: pytest.MonkeyPatch) -> 
                 return
         time.sleep(0.2)
     raise AssertionError("expired nonces were not pruned by the deadline loop")
+
+
+def test_evidence_for_an_unknown_node_is_a_typed_404(env: Env) -> None:
+    node = trusted(env)
+    ch = node.challenge()
+    resp = SimulatedNode("node-nobody", env.client, node.tpm).send(ch["nonce_bytes"],
+                                                                   *node.quote(ch))
+    assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
+    assert node.send(ch["nonce_bytes"], *node.quote(ch)).json()["state"] == "trusted"
