@@ -27,6 +27,13 @@ class RateLimiter:
             self._buckets[client] = (tokens - 1.0, now)
             return 0.0
 
+    def refund(self, client: str) -> None:
+        """Give back one request (it turned out to be one that should not count)."""
+        with self._lock:
+            if client in self._buckets:
+                tokens, last = self._buckets[client]
+                self._buckets[client] = (min(self.burst, tokens + 1.0), last)
+
     def _make_room(self, now: float) -> None:
         """Bounded memory. Buckets that have refilled are the same as absent ones, so they go
         first; only if every client is still limited is everything forgiven (never refused):

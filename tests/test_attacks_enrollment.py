@@ -285,3 +285,12 @@ def test_operator_steps_on_unknown_or_taken_names_are_refused(env: Env) -> None:
     with pytest.raises(NodeNameTaken, match="node-b"):
         registrar.rename(env.server.attest, "node-a", "node-b")
     assert env.client.get("/attest/v1/nodes/node-a").json()["state"] == "trusted"
+
+
+def test_a_node_attesting_back_to_back_is_not_limited(env: Env) -> None:
+    """Answered challenges are refunded: only challenges nobody answers count per node."""
+    node = trusted(env)
+    for _ in range(25):
+        assert node.attest()["state"] == "trusted"
+    unanswered = [env.client.post(f"{node.base}/challenge").status_code for _ in range(12)]
+    assert 429 in unanswered

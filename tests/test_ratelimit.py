@@ -35,3 +35,15 @@ def test_never_more_than_burst_plus_rate_times_elapsed(calls: list[tuple[str, fl
             allowed.setdefault(client, []).append(t)
     for times in allowed.values():
         assert len(times) <= 3 + (times[-1] - times[0]) * 1.0 + 1e-9
+
+
+def test_refund_gives_back_one_request_up_to_the_burst() -> None:
+    limiter = RateLimiter(rate=0.001, burst=2.0)
+    assert limiter.retry_after("a", 0.0) == 0.0
+    assert limiter.retry_after("a", 0.0) == 0.0
+    assert limiter.retry_after("a", 0.0) > 0
+    limiter.refund("a")
+    assert limiter.retry_after("a", 0.0) == 0.0
+    for _ in range(5):
+        limiter.refund("a")
+    assert [limiter.retry_after("a", 0.0) == 0.0 for _ in range(3)] == [True, True, False]

@@ -157,6 +157,11 @@ class Limits:
             if wait:
                 raise RateLimited(f"too many challenges for node {node!r} from {source}", wait)
 
+    def answered(self, source: str, node: str) -> None:
+        """A challenge answered by evidence the node's AK signed is refunded: the per-node limit
+        bounds challenges nobody answers (an attacker's), not a node attesting back to back."""
+        self.challenges_per_node.refund(f"{node}@{bucket_of(source)}")
+
 
 def _guarded(route: str, request: Request, fn: Callable[[], T]) -> T | JSONResponse:
     """Run a protocol step; a refusal is counted, logged with its source and answered typed."""
@@ -232,6 +237,7 @@ def make_router(ctx: AttestContext) -> APIRouter:
             res = verifier.submit_evidence(ctx, node, body.nonce, Evidence(
                 attest=body.quote, signature=body.signature, pcr_values=_pcr_values(body.pcrs),
                 event_log=body.event_log))
+            limits.answered(source_of(request), node)
             answer = {"node": node, "state": res.state, **res.verdict.as_dict(),
                       "reason": res.verdict.reason, "attestation_result": res.result_token}
             if res.awaiting_ack:
