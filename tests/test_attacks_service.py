@@ -368,3 +368,20 @@ def test_evidence_for_an_unknown_node_is_a_typed_404(env: Env) -> None:
                                                                    *node.quote(ch))
     assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
     assert node.send(ch["nonce_bytes"], *node.quote(ch)).json()["state"] == "trusted"
+
+
+def test_a_node_whose_policy_was_removed_gets_a_typed_refusal(env: Env) -> None:
+    """Never "accept all": a node class without a policy is refused (422), not appraised."""
+    from sqlalchemy import delete
+
+    from attest.service.models import PolicyRow
+    node = trusted(env)
+    ch = node.challenge()
+    ctx = env.server.attest
+    with ctx.sessions.begin() as s:
+        s.execute(delete(PolicyRow).where(PolicyRow.name == "pi-k3s"))
+    ctx._policy_cache.clear()
+    resp = node.send(ch["nonce_bytes"], *node.quote(ch))
+    assert resp.status_code == 422 and resp.json()["check"] == "policy.missing"
+    resp = env.client.post(f"{node.base}/challenge")
+    assert resp.status_code == 422 and resp.json()["check"] == "policy.missing"
