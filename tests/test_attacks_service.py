@@ -385,3 +385,21 @@ def test_a_node_whose_policy_was_removed_gets_a_typed_refusal(env: Env) -> None:
     assert resp.status_code == 422 and resp.json()["check"] == "policy.missing"
     resp = env.client.post(f"{node.base}/challenge")
     assert resp.status_code == 422 and resp.json()["check"] == "policy.missing"
+
+
+def test_evidence_racing_a_remove_is_a_typed_404(env: Env,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from attest.service import registrar, verifier
+    node = trusted(env)
+    node.tpm.extend(14, b"tampered")  # a verdict that would change the state
+    original = verifier.appraise_evidence
+
+    def removed_during_appraisal(*args: object, **kwargs: object) -> object:
+        verdict = original(*args, **kwargs)  # type: ignore[arg-type]
+        registrar.remove(env.server.attest, "node-a")
+        return verdict
+
+    monkeypatch.setattr(verifier, "appraise_evidence", removed_during_appraisal)
+    ch = node.challenge()
+    resp = node.send(ch["nonce_bytes"], *node.quote(ch))
+    assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
