@@ -289,6 +289,13 @@ def test_attestation_result_is_a_verifiable_jwt(env: Env) -> None:
     claims = verify_jwt(verdict["attestation_result"], env.server.keys, algorithms=["ES256"],
                         issuer=env.server.attest.config.issuer, audience="umec")
     assert claims["sub"] == "node-a" and claims["state"] == "trusted"
+    assert claims["trusted"] is True and claims["failed_checks"] == []
+    node.tpm.extend(14, b"tampered")
+    claims = verify_jwt(node.attest()["attestation_result"], env.server.keys,
+                        algorithms=["ES256"], issuer=env.server.attest.config.issuer,
+                        audience="umec")
+    assert claims["state"] == "untrusted" and claims["trusted"] is False
+    assert claims["failed_checks"] == ["policy.pcr_value"]
 
 
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic abc", "Bearer"])
