@@ -111,15 +111,19 @@ def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Process
     work = tmp_path_factory.mktemp("errors")
     port = free_port()
     base = f"http://127.0.0.1:{port}"
+    # Every route is hit several times at once with one token: the guard's per-client rate
+    # limit would answer some with 429 before the body is read (seen once as a flaky 408 check).
+    unlimited = {"api_rate_per_second": 1e6, "api_rate_burst": 1e6}
     server = build_server(Settings(data_dir=work / "server", public_url=base,
-                                   request_body_timeout_seconds=BODY_SECONDS))
+                                   request_body_timeout_seconds=BODY_SECONDS, **unlimited))
     cache = Path(os.environ.get("UMEC_TEST_MODEL_CACHE") or work / "models")
     ensure_onnx_model(cache)
     camera = CameraConfig(id="lobby", kind="file", location=str(write_video(work / "v.avi")))
     api = build_api_process(Settings(
         data_dir=work / "api", token_service_url=base, cameras=[camera],
         inference_enabled=True, model_cache_dir=cache,
-        request_body_timeout_seconds=BODY_SECONDS), ["sensor", "mec011", "camera", "inference"])
+        request_body_timeout_seconds=BODY_SECONDS, **unlimited),
+        ["sensor", "mec011", "camera", "inference"])
     hook, _ = build_webhook(Settings(data_dir=work / "hook",
                                      request_body_timeout_seconds=BODY_SECONDS))
     certs = create_webhook_certs(work / "certs", "umec-webhook", "umec-system",
