@@ -14,8 +14,11 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
+from admission.records import AdmittedImage, SqlAdmissionRecords
 from attest.simagent import SimulatedNode
 from tests.conftest import k3s_policy
+from tests.token_helpers import D1
+from umec.db import open_database
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -131,5 +134,17 @@ def query(database_url: str, sql: str, **params: Any) -> list[Any]:
     try:
         with engine.connect() as db:
             return list(db.execute(text(sql), params).all())
+    finally:
+        engine.dispose()
+
+
+def admit(database_url: str) -> None:
+    """The admission record of tenant-a/app-1 (uid-app-1): one verified image, signed by ci."""
+    engine, sessions = open_database(database_url)
+    try:
+        SqlAdmissionRecords(sessions).record(
+            namespace="tenant-a", name="app-1", uid="uid-app-1",
+            images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
+            verified=True, policy_generation="g1")
     finally:
         engine.dispose()

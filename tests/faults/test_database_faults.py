@@ -23,15 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
 from attest.simagent import SimulatedNode
 from attest.tpm.swtpm import Swtpm, SwtpmCa, swtpm_available
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.faults.fleet import Driver, ek_allowlist, events, untyped, write_policy
+from tests.faults.fleet import Driver, admit, ek_allowlist, events, untyped, write_policy
 from tests.faults.private_pg import PrivatePostgres, private_postgres_or_skip
 from tests.faults.umec_server import UmecServer
-from tests.token_helpers import D1, ClusterIssuer
-from umec.db import open_database
+from tests.token_helpers import ClusterIssuer
 
 pytestmark = pytest.mark.faults
 
@@ -192,17 +190,6 @@ def token_site(tmp_path: Path) -> tuple[ClusterIssuer, dict[str, str]]:
     grants = tmp_path / "grants.yaml"
     grants.write_text(GRANTS)
     return cluster, {"token_sa_jwks_file": str(jwks), "token_grants": str(grants)}
-
-
-def admit(database_url: str) -> None:
-    engine, sessions = open_database(database_url)
-    try:
-        SqlAdmissionRecords(sessions).record(
-            namespace="tenant-a", name="app-1", uid="uid-app-1",
-            images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
-            verified=True, policy_generation="g1")
-    finally:
-        engine.dispose()
 
 
 def exchange(srv: UmecServer, cluster: ClusterIssuer) -> httpx.Response:

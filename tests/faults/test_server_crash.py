@@ -27,15 +27,13 @@ import httpx
 import psycopg
 import pytest
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
 from attest.service.faultpoints import CODE_POINTS, COMMIT_POINTS
 from attest.simagent import SimulatedNode, b64
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.faults.fleet import PROBLEM_JSON, ek_allowlist, events, query, write_policy
+from tests.faults.fleet import PROBLEM_JSON, admit, ek_allowlist, events, query, write_policy
 from tests.faults.private_pg import PrivatePostgres, private_postgres_or_skip
 from tests.faults.umec_server import UmecServer
-from tests.token_helpers import D1, ClusterIssuer
-from umec.db import open_database
+from tests.token_helpers import ClusterIssuer
 
 pytestmark = pytest.mark.faults
 
@@ -239,14 +237,7 @@ def test_untrusted_verdict_then_crash_still_revokes_tokens(
     node.client = httpx.Client(base_url=srv.url, timeout=10)
     node.enroll_and_activate()
     assert node.attest()["state"] == "trusted"
-    engine, sessions = open_database(url)
-    try:
-        SqlAdmissionRecords(sessions).record(
-            namespace="tenant-a", name="app-1", uid="uid-app-1",
-            images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
-            verified=True, policy_generation="g1")
-    finally:
-        engine.dispose()
+    admit(url)
     minted = httpx.post(f"{srv.url}/oauth2/token", data={
         "grant_type": TOKEN_EXCHANGE, "subject_token": cluster.token(node="node-a"),
         "subject_token_type": TOKEN_TYPE_JWT, "scope": "sensor.read"})
