@@ -6,15 +6,16 @@ and either returns a :class:`~mec_api.principal.Principal` or raises :class:`Gua
 
 1. a token is present: ``Authorization: Bearer <jwt>`` or ``DPoP <jwt>``; none → 401 without an
    error code (RFC 6750 §3.1);
-2. the revocation feed is current (applied within ``max_feed_age``), else 503: a guard that
-   cannot hear revocations must not keep honouring tokens;
+2. the revocation list is current (its last whole-set read started within ``max_feed_age``,
+   1 s: the promise), else 503: a guard that cannot hear revocations must not keep honouring
+   tokens;
 3. the JWT verifies: ``alg`` pinned to ES256, key by ``kid`` from the token service's JWKS
    (fetched again, at most every ``jwks_refresh_seconds``, when the kid is unknown), ``typ``
    ``at+jwt``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` against the clock with a small leeway.
    A token string verified in the last minute is taken from :class:`VerifiedCache` when its
    ``kid`` is still published; the times are checked again on every request;
-4. not revoked: by ``jti``, or because the node's trust epoch the token was minted in (claim
-   ``node_epoch``, 0 when absent) has ended;
+4. not revoked: by ``jti``, because its pod was deleted (claim ``pod.uid``), or because the
+   node's trust epoch the token was minted in (claim ``node_epoch``, 0 when absent) has ended;
 5. sender constraint: a token with ``cnf.jkt`` must come with scheme ``DPoP`` and a valid, fresh,
    unseen proof for this method and URL whose key thumbprint is ``jkt`` and whose ``ath`` hashes
    the token; a bound token presented as ``Bearer`` is refused;
@@ -37,7 +38,7 @@ from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
-from mec_api.tokens.revocations import RevocationList, token_epoch
+from mec_api.tokens.revocations import RevocationList, token_epoch, token_pod_uid
 from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 ACCESS_TOKEN_ALGORITHMS = ("ES256",)
@@ -82,7 +83,7 @@ class AccessTokenGuard:
     jwks_source: JwksSource
     revocations: RevocationList
     feed_applied_at: Callable[[], float]        # monotonic time the feed was last applied
-    max_feed_age: float = 5.0
+    max_feed_age: float = 1.0
     leeway: float = 5.0
     jwks_refresh_seconds: float = 10.0
     replay: DpopReplayCache | None = None
@@ -114,7 +115,8 @@ class AccessTokenGuard:
         claims = self._verify(token, scheme, now)
         reason = self.revocations.revoked(jti=str(claims.get("jti", "")),
                                           node=claims.get("node"),
-                                          node_epoch=token_epoch(claims), now=now)
+                                          node_epoch=token_epoch(claims), now=now,
+                                          pod_uid=token_pod_uid(claims))
         if reason is not None:
             raise _unauthorized(f"token revoked: {reason}", scheme=scheme)
         self._sender_constraint(claims, scheme, token, dpop, method, url, now)

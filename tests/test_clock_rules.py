@@ -201,12 +201,12 @@ def test_trust_epochs_grow_with_every_end_of_trust(env: Env) -> None:
 def test_revocation_by_epoch() -> None:
     rl = RevocationList()
     far = 2e9
-    rl.apply(1, [Revocation(1, "node", None, "n", 3, far)])
+    rl.apply([Revocation(1, "node", None, "n", 3, far)])
     assert rl.revoked(jti="j", node="n", node_epoch=3, now=0) is not None
     assert rl.revoked(jti="j", node="n", node_epoch=0, now=0) is not None
     assert rl.revoked(jti="j", node="n", node_epoch=4, now=0) is None
     assert rl.revoked(jti="j", node="m", node_epoch=0, now=0) is None
-    rl.apply(2, [Revocation(2, "node", None, "n", 2, far)])  # an older entry lowers nothing
+    rl.apply([Revocation(2, "node", None, "n", 2, far)])  # an older entry lowers nothing
     assert rl.revoked_epoch("n", 0) == 3
     assert token_epoch({}) == 0 and token_epoch({"node_epoch": True}) == 0
     assert token_epoch({"node_epoch": "5"}) == 0 and token_epoch({"node_epoch": 5}) == 5

@@ -3,8 +3,8 @@
 It checks tokens exactly like the APIs mounted in ``umec server`` do, but learns keys and
 revocations over HTTP from the token service (``UMEC_TOKEN_SERVICE_URL``): the JWKS at
 ``/.well-known/jwks.json`` (refetched when a kid is unknown) and the revocation feed
-``/oauth2/revocations``, polled every 250 ms. When the feed cannot be reached for 5 s the
-guard refuses every token (503) rather than miss a revocation.
+``/oauth2/revocations`` (the whole live set), read every 250 ms. When no read has succeeded
+for 1 s the guard refuses every token (503) rather than miss a revocation.
 """
 
 from __future__ import annotations

@@ -188,8 +188,8 @@ async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            tokens.reloader.check()
-            tokens.store.prune(tokens.clock.now())
+            await asyncio.to_thread(tokens.reloader.check)
+            await asyncio.to_thread(tokens.store.prune, tokens.clock.now())
         except Exception as e:  # keep serving with the current ring; say why
             log.warning("token key reload / revocation prune failed: %s", e)
 
@@ -221,7 +221,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
                                token_endpoint=tokens.issuer.config.token_endpoint)
     ctx = AttestContext(config=attest_config, sessions=sessions,
                         sign_result=lambda claims: sign_jwt(claims, ring),
-                        listeners=[CompositeSink(sinks)] if sinks else [], now=clock.now)
+                        listeners=[CompositeSink(sinks)] if sinks else [], now=clock.now,
+                        change_writers=[tokens.change_writer])
     if settings.policy_dir is not None:
         load_policy_dir(sessions, settings.policy_dir)
 

@@ -1,13 +1,12 @@
 """Wiring of the token service and the resource-server guard into ``umec server``.
 
 ``mec_api`` knows attestation and admission only through its Protocols; the adapters here read
-the attestation node table and the admission records, and turn attestation state changes into
-node revocations (every token of workloads on a node that stops being trusted).
+the attestation node table and the admission records, and write a node revocation (every token
+of workloads on a node that stops being trusted) inside the transaction of the state change.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from admission.records import SqlAdmissionRecords
@@ -36,7 +35,11 @@ from mec_api.tokens.feed import (
     store_source,
 )
 from mec_api.tokens.issuer import ClusterKeys, IssuerConfig, TokenIssuer
-from mec_api.tokens.revocations import RevocationList, RevocationStore
+from mec_api.tokens.revocations import (
+    RevocationList,
+    RevocationStore,
+    write_node_revocation,
+)
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
 from mec_api.tokens.trust import AdmittedImageView, AdmittedPodView, NodeTrustView
 from umec.settings import Settings
@@ -74,33 +77,43 @@ class AdmissionRecordLookup:
             AdmittedImageView(i.path, i.digest, tuple(i.signers)) for i in pod.images))
 
 
-class RevokeOnDistrust:
-    """``StateChangeSink``: a node leaving ``trusted`` revokes every token minted for it: those
-    of every trust epoch below the one the change started (``event.epoch``). An event without
-    an epoch (0: not from the attestation tables) revokes every epoch (fail closed)."""
+def ends_trust_period(event: NodeStateChanged) -> bool:
+    """The change ends the node's trust period: it left ``trusted``, or it was removed or
+    renamed (its tokens then name a node that no longer exists)."""
+    return event.state == "removed" or (event.previous == "trusted"
+                                        and event.state != "trusted")
 
-    name = "token-revocation"
 
-    def __init__(self, store: RevocationStore, attempts: int = 5) -> None:
+class RevokeInTransaction:
+    """``StateChangeWriter``: a change that ends a node's trust period writes its node
+    revocation in the same transaction (tokens of every epoch below the one the change started,
+    ``event.epoch``; an event without an epoch, 0, revokes every epoch: fail closed). If the
+    write fails, the change rolls back with it: nothing to retry, nothing to lose."""
+
+    def __init__(self, max_token_lifetime: float) -> None:
+        self.max_token_lifetime = max_token_lifetime
+
+    def __call__(self, db: Session | Connection, event: NodeStateChanged) -> None:
+        if not ends_trust_period(event):
+            return
+        write_node_revocation(
+            db, node=event.node, through_epoch=event.epoch - 1 if event.epoch > 0 else ALL_EPOCHS,
+            reason=f"node {event.state}: {event.reason}", now=event.at,
+            max_token_lifetime=self.max_token_lifetime)
+
+
+class WakeFollowers:
+    """``StateChangeSink``: after a committed change that revoked tokens, this process's
+    followers read the set at once instead of at their next poll (others within theirs)."""
+
+    name = "token-followers"
+
+    def __init__(self, store: RevocationStore) -> None:
         self.store = store
-        self.attempts = attempts
 
     async def publish(self, event: NodeStateChanged) -> None:
-        if event.state == "trusted" or event.previous != "trusted":
-            return
-        reason = f"node {event.state}: {event.reason}"[:200]
-        through = event.epoch - 1 if event.epoch > 0 else ALL_EPOCHS
-        for attempt in range(1, self.attempts + 1):
-            try:
-                await asyncio.to_thread(self.store.revoke_node, event.node, reason, event.at,
-                                        through_epoch=through)
-                return
-            except Exception as e:  # the database may be failing over; try again soon
-                log.warning("revoking tokens of node %s failed (attempt %d): %s",
-                            event.node, attempt, type(e).__name__)
-                await asyncio.sleep(0.1 * attempt)
-        log.error("tokens of node %s NOT revoked; they expire within their lifetime",
-                  event.node)
+        if ends_trust_period(event):
+            self.store.poke()
 
 
 def cluster_keys(settings: Settings) -> ClusterKeys:
@@ -173,7 +186,8 @@ class TokenService:
     guard: AccessTokenGuard
     follower: RevocationFollower
     router: APIRouter
-    sink: RevokeOnDistrust
+    sink: WakeFollowers
+    change_writer: RevokeInTransaction
     reloader: RingReloader
     clock: Clock
 
@@ -222,5 +236,6 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
         limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst),
         clock=lambda: clock.now().timestamp())
     router = token_router(issuer, store, operator_token=operator_token, clock=clock.now)
-    return TokenService(issuer, store, guard, follower, router, RevokeOnDistrust(store),
+    return TokenService(issuer, store, guard, follower, router, WakeFollowers(store),
+                        RevokeInTransaction(settings.token_lifetime_seconds),
                         RingReloader(keys_dir, issuer, jwks), clock)

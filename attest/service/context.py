@@ -62,12 +62,19 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Called inside the transaction that records a state change (``record_change``): what it writes
+# commits with the change or not at all, and if it raises, the change does not happen.
+StateChangeWriter = Callable[[Session | Connection, NodeStateChanged], None]
+
+
 @dataclass
 class AttestContext:
     config: AttestConfig
     sessions: sessionmaker[Session]
     sign_result: Callable[[dict[str, Any]], str]
     listeners: list[StateChangeSink] = field(default_factory=list)
+    # In-transaction writers (umec wires token revocation here); listeners run after commit.
+    change_writers: list[StateChangeWriter] = field(default_factory=list)
     # The one clock of all replicas (kernel.clock: the database's on PostgreSQL); every time
     # written or compared by the registrar and verifier comes from here.
     now: Callable[[], datetime] = utcnow
@@ -104,12 +111,15 @@ class AttestContext:
     def record_change(self, db: Session | Connection, node: str, previous: str | None,
                       state: str, reason: str, failed_checks: Sequence[str],
                       at: datetime, epoch: int = 0) -> NodeStateChanged:
+        """Store the event row and run every change writer, all in ``db``'s transaction."""
         event = NodeStateChanged(node=node, previous=previous, state=state, reason=reason,
                                  failed_checks=tuple(failed_checks), at=at,
                                  event_id=str(uuid.uuid4()), epoch=epoch)
         db.execute(insert(StateEventRow).values(
             id=event.event_id, node=node, previous=previous, state=state, reason=reason[:4000],
             failed_checks=list(failed_checks), at=at))
+        for write in self.change_writers:
+            write(db, event)
         return event
 
     def publish(self, events: Sequence[NodeStateChanged]) -> None:

@@ -8,8 +8,9 @@ State machine (``NodeState``)::
                          trusted ──no passing evidence within interval+grace──▶ stale
 
 Leaving ``untrusted`` or ``stale`` takes a fresh passing quote; nothing is ever deleted and
-re-added. Each transition is stored as an event row in the same transaction as the state, then
-published to listeners (webhooks, Kubernetes labels, token revocation) after commit.
+re-added. Each transition is stored as an event row in the same transaction as the state, with
+whatever the context's change writers add (token revocation, when a trust period ends), then
+published to listeners (webhooks, Kubernetes labels, waking token followers) after commit.
 
 Who moves a node (DESIGN's invariant "only the node's TPM changes its state"): evidence whose
 quote the node's own activated AK signed over a nonce issued to that node and not yet spent,

@@ -35,7 +35,13 @@ from mec_api.tokens.issuer import (
     TokenIssuer,
     TokenRequest,
 )
-from mec_api.tokens.revocations import RevocationList, RevocationStore, token_epoch
+from mec_api.tokens.revocations import (
+    RevocationList,
+    RevocationStore,
+    token_epoch,
+    token_pod_uid,
+)
+from mec_api.tokens.scope_policy import parse_scope
 
 log = logging.getLogger("umec.tokens")
 ISSUED = Counter("umec_tokens_issued", "Access tokens issued.", ["grant"])
@@ -87,6 +93,7 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
     async def token(request: Request) -> JSONResponse:
         try:
             form = await _form(request)
+            parse_scope(form.get("scope"))  # the caps, before any signature or policy work
         except TokenRefused as e:
             REFUSED.labels(e.check).inc()
             return _oauth_error(e)
@@ -120,9 +127,10 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
         except JwtInvalid:
             return None
         revoked = RevocationList()
-        revoked.apply(*store.changes(0, clock()))
+        revoked.apply(store.current(clock()))
         if revoked.revoked(jti=str(claims["jti"]), node=claims.get("node"),
-                           node_epoch=token_epoch(claims), now=now):
+                           node_epoch=token_epoch(claims), now=now,
+                           pod_uid=token_pod_uid(claims)):
             return None
         return claims
 
@@ -153,8 +161,11 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
 
     @router.get("/oauth2/revocations")
     def revocations(after: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
-        seq, entries = store.changes(after, clock())
-        return JSONResponse({"seq": seq, "entries": [e.as_dict() for e in entries]},
+        # The whole live set on every call (``after`` is accepted and ignored: followers from
+        # before the whole-set feed ask with it, and re-applying what they have is harmless).
+        entries = store.current(clock())
+        return JSONResponse({"complete": True, "seq": max((e.seq for e in entries), default=0),
+                             "entries": [e.as_dict() for e in entries]},
                             headers={"Cache-Control": "no-store"})
 
     @router.get("/.well-known/oauth-authorization-server")

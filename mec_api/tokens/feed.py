@@ -1,10 +1,15 @@
 """Keeping resource servers current: the revocation follower and the JWKS sources.
 
-:class:`RevocationFollower` applies a revocation source to a :class:`RevocationList` every
-``interval`` seconds, or at once when poked (the token service in the same process pokes it
-on every revocation). The source is either the SQL store (APIs mounted in ``umec server``) or
-the token service's feed over HTTP (``umec api …`` on a node). ``applied_at`` is what the
-guard checks to refuse tokens when the feed has gone quiet.
+:class:`RevocationFollower` reads the **whole** live revocation set every ``interval`` seconds,
+or at once when poked (the token service in the same process pokes it after every revocation
+it commits), and merges it into a :class:`RevocationList`. The source is either the SQL store
+(APIs mounted in ``umec server``) or the token service's feed over HTTP (``umec api …`` on a
+node). There is no cursor to step over an entry (see :mod:`mec_api.tokens.revocations`).
+
+``applied_at`` is the monotonic time the last successful read **started**: every revocation
+committed before that instant is in the list. The guard refuses tokens while it is older than
+its ``max_feed_age``, so a revocation is enforced by every follower within ``max_feed_age`` of
+its commit, or that follower refuses everything (fail closed).
 """
 
 from __future__ import annotations
@@ -26,28 +31,49 @@ from keys import KeyRing
 from mec_api.tokens.revocations import Revocation, RevocationList, RevocationStore
 
 log = logging.getLogger("umec.tokens.feed")
-FetchChanges = Callable[[int], Awaitable[tuple[int, list[Revocation]]]]
+FetchRevocations = Callable[[], Awaitable[list[Revocation]]]
+MAX_FEED_ENTRIES = 1_000_000  # a feed answer larger than this is refused, not half-applied
+
+
+class FeedMalformed(ValueError):
+    """The revocation feed's answer is not a revocation set (the follower keeps its list and
+    the guard refuses tokens once the list is older than its limit)."""
 
 
 def store_source(store: RevocationStore,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FetchChanges:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FetchRevocations:
     """``clock``: the clock the store's entries were dated with (kernel.clock)."""
-    async def fetch(after: int) -> tuple[int, list[Revocation]]:
-        return await asyncio.to_thread(store.changes, after, clock())
+    async def fetch() -> list[Revocation]:
+        return await asyncio.to_thread(store.current, clock())
     return fetch
 
 
-def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchChanges:
-    async def fetch(after: int) -> tuple[int, list[Revocation]]:
-        r = await client.get(feed_url, params={"after": after})
+def parse_feed(body: Any) -> list[Revocation]:
+    """The feed document ``{"complete": true, "entries": [...]}`` as entries; all or nothing."""
+    if not isinstance(body, dict) or not isinstance(body.get("entries"), list):
+        raise FeedMalformed("the revocation feed answered no entry list")
+    if body.get("complete") is not True:
+        raise FeedMalformed("the revocation feed did not say its set is complete (a server "
+                            "from before the whole-set feed: upgrade the token service)")
+    entries = body["entries"]
+    if len(entries) > MAX_FEED_ENTRIES:
+        raise FeedMalformed(f"the revocation feed sent {len(entries)} entries")
+    try:
+        return [Revocation.from_dict(e) for e in entries]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise FeedMalformed(f"a revocation feed entry is malformed: {str(e)[:200]}") from None
+
+
+def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchRevocations:
+    async def fetch() -> list[Revocation]:
+        r = await client.get(feed_url)
         r.raise_for_status()
-        body = r.json()
-        return int(body["seq"]), [Revocation.from_dict(e) for e in body["entries"]]
+        return parse_feed(r.json())
     return fetch
 
 
 class RevocationFollower:
-    def __init__(self, fetch: FetchChanges, target: RevocationList,
+    def __init__(self, fetch: FetchRevocations, target: RevocationList,
                  interval: float = 0.25, clock: Callable[[], float] = time.time) -> None:
         self.fetch = fetch
         self.clock = clock
@@ -59,10 +85,11 @@ class RevocationFollower:
         self._lock = threading.Lock()
 
     async def step(self) -> None:
-        seq, entries = await self.fetch(self.target.seq)
-        self.target.apply(seq, entries)
+        started = time.monotonic()  # the set read now holds every entry committed before this
+        entries = await self.fetch()
+        self.target.apply(entries)
         self.target.expire(self.clock())
-        self.applied_at = time.monotonic()
+        self.applied_at = max(self.applied_at, started)
 
     def poke(self) -> None:
         """Thread-safe: fetch now instead of at the next interval."""
@@ -74,13 +101,13 @@ class RevocationFollower:
     async def run(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
         while True:
+            self._wake.clear()  # a poke from here on triggers another read
             try:
                 await self.step()
             except Exception as e:  # the guard fails closed on a stale feed; keep trying
                 log.warning("revocation feed: %s: %s", type(e).__name__, str(e)[:200])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
-            self._wake.clear()
 
 
 class RingJwks:

@@ -2,7 +2,8 @@
 
 Issued access tokens are not stored: they are self-contained JWTs, introspection verifies them,
 and a node going untrusted revokes *every* token minted for workloads on it with one row
-(``kind = "node"``: tokens of that node whose ``node_epoch`` claim is at most ``node_epoch``).
+(``kind = "node"``: tokens of that node whose ``node_epoch`` claim is at most ``node_epoch``), a
+deleted pod every token of that pod (``kind = "pod"``).
 Rows expire once every token they could match has expired, so the feed stays small.
 """
 
@@ -24,15 +25,18 @@ class TokensBase(DeclarativeBase):
 class RevocationRow(TokensBase):
     __tablename__ = "token_revocations"
 
-    # The feed cursor: resource servers ask for everything after the last seq they applied.
+    # An identifier only: followers read the whole live set, never "after seq" (see
+    # mec_api.tokens.revocations).
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    kind: Mapped[str] = mapped_column(String(8))           # "token" | "node"
+    kind: Mapped[str] = mapped_column(String(8))           # "token" | "node" | "pod"
     jti: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     node: Mapped[str | None] = mapped_column(String(253), nullable=True, index=True)
     # Read only by versions before migration 0008 (a downgrade keeps revoking by time).
     cutoff: Mapped[float | None] = mapped_column(Float, nullable=True)
     # node: tokens minted in this trust epoch of the node or an earlier one are revoked.
     node_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # pod: every token of the pod with this UID (its admission record is gone).
+    pod_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)

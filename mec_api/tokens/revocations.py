@@ -1,41 +1,58 @@
 """Revocations: the SQL store (token service side) and the in-memory list (resource servers).
 
-Two kinds of entry, both delivered through one feed ordered by ``seq``:
+Three kinds of entry:
 
 * ``token``: one access token, by ``jti`` (RFC 7009 revocation, or an operator);
 * ``node``: every token minted for workloads on ``node`` in trust epoch ``node_epoch`` or an
-  earlier one; written when attestation says the node's trust period ended (it left
-  ``trusted``, was removed or renamed: each increments the node's epoch in the same
-  transaction). Tokens carry the epoch they were minted in (claim ``node_epoch``; a token
-  without one counts as epoch 0, revoked by any node entry: fail closed). No clock is
-  compared, so a step of any clock neither saves a token nor refuses a new one; time is used
-  only for expiry (``exp``, and when an entry can no longer match a valid token).
+  earlier one. Written **in the transaction that ends the node's trust period** (it left
+  ``trusted``, was removed or renamed: each increments the node's epoch in that same
+  transaction; see :func:`write_node_revocation`), so the state change and its revocation
+  commit together or not at all. Tokens carry the epoch they were minted in (claim
+  ``node_epoch``; a token without one counts as epoch 0, revoked by any node entry: fail
+  closed). No clock is compared, so a step of any clock neither saves a token nor refuses a
+  new one;
+* ``pod``: every token minted for the pod with UID ``pod_uid``; written in the transaction
+  that deletes its admission record (the pod was deleted, or its record is gone).
 
-Resource servers apply the feed to a :class:`RevocationList` and check every request against
-it; the feed (``GET /oauth2/revocations?after=<seq>``) and the in-process path give the same
-entries. Entries expire when no token they match can still be valid.
+**No cursor.** Resource servers read the whole live set (:meth:`RevocationStore.current`, one
+statement: one snapshot) on every poll and merge it into their :class:`RevocationList`, which
+only ever grows until an entry's expiry. A cursor over ``seq`` could step over an entry: a
+PostgreSQL sequence number is taken before commit (commit order differs), SQLite reuses row
+numbers after cleanup, and a "nothing new, jump to the newest" second query races with
+commits. The set stays small: an entry lives only as long as a token it matches can
+(``expires_at``), and entries are written only when a trust period ends, a pod goes or a holder
+revokes. ``seq`` stays an identifier, never a position.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import Connection, Table, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from mec_api.tokens.models import RevocationRow
 
 CUTOFF_MARGIN_SECONDS = 1.0  # the time cutoff still written for versions before 0008
+KINDS = ("token", "node", "pod")
+_TABLE: Table = RevocationRow.__table__  # type: ignore[assignment]
 
 
 def token_epoch(claims: dict[str, Any]) -> int:
     """The trust epoch a token was minted in; 0 when absent or malformed (fail closed)."""
     value = claims.get("node_epoch")
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def token_pod_uid(claims: dict[str, Any]) -> str | None:
+    """The UID of the pod a token was minted for (claim ``pod.uid``), or None."""
+    pod = claims.get("pod")
+    uid = pod.get("uid") if isinstance(pod, dict) else None
+    return uid if isinstance(uid, str) and uid else None
 
 
 @dataclass(frozen=True)
@@ -46,27 +63,59 @@ class Revocation:
     node: str | None
     node_epoch: int | None      # node: tokens of this epoch or earlier are revoked
     expires_at: float           # POSIX seconds
+    pod_uid: str | None = None  # pod: every token of this pod
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "kind": self.kind, "jti": self.jti, "node": self.node,
-                "node_epoch": self.node_epoch, "expires_at": self.expires_at}
+                "node_epoch": self.node_epoch, "pod_uid": self.pod_uid,
+                "expires_at": self.expires_at}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Revocation:
         kind = d.get("kind")
-        if kind not in ("token", "node") or not isinstance(d.get("seq"), int):
+        if kind not in KINDS or not isinstance(d.get("seq"), int):
             raise ValueError(f"not a revocation entry: {str(d)[:200]}")
         epoch = d.get("node_epoch")
         if kind == "node" and not (isinstance(epoch, int) and not isinstance(epoch, bool)):
             epoch = 0  # a feed from before trust epochs: revokes what tokens without one are
+        pod_uid = d.get("pod_uid")
+        if kind == "pod" and not (isinstance(pod_uid, str) and pod_uid):
+            raise ValueError(f"a pod revocation without a pod_uid: {str(d)[:200]}")
         return cls(seq=d["seq"], kind=kind, jti=d.get("jti"), node=d.get("node"),
                    node_epoch=epoch if kind == "node" else None,
-                   expires_at=float(d["expires_at"]))
+                   expires_at=float(d["expires_at"]),
+                   pod_uid=pod_uid if kind == "pod" else None)
 
 
-def _row(r: RevocationRow) -> Revocation:
+def _row(r: Any) -> Revocation:
     epoch = (r.node_epoch or 0) if r.kind == "node" else None
-    return Revocation(r.seq, r.kind, r.jti, r.node, epoch, r.expires_at.timestamp())
+    return Revocation(r.seq, r.kind, r.jti, r.node, epoch, r.expires_at.timestamp(),
+                      r.pod_uid if r.kind == "pod" else None)
+
+
+def _entry_life(now: datetime, max_token_lifetime: float) -> datetime:
+    """An entry written at ``now`` can match no valid token after this."""
+    return now + timedelta(seconds=CUTOFF_MARGIN_SECONDS + max_token_lifetime)
+
+
+def write_node_revocation(db: Session | Connection, *, node: str, through_epoch: int,
+                          reason: str, now: datetime, max_token_lifetime: float) -> None:
+    """Revoke, inside the caller's transaction, every token minted for ``node`` in trust epoch
+    ``through_epoch`` or before. The caller is the transaction that ends that epoch."""
+    db.execute(insert(_TABLE).values(
+        kind="node", node=node, node_epoch=through_epoch,
+        cutoff=now.timestamp() + CUTOFF_MARGIN_SECONDS, reason=reason[:200], created_at=now,
+        expires_at=_entry_life(now, max_token_lifetime)))
+
+
+def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], reason: str,
+                          now: datetime, max_token_lifetime: float) -> None:
+    """Revoke, inside the caller's transaction, every token of each pod in ``pod_uids``. The
+    caller is the transaction that deletes those pods' admission records."""
+    if pod_uids:
+        db.execute(insert(_TABLE), [
+            {"kind": "pod", "pod_uid": uid[:64], "reason": reason[:200], "created_at": now,
+             "expires_at": _entry_life(now, max_token_lifetime)} for uid in pod_uids])
 
 
 class RevocationStore:
@@ -79,40 +128,34 @@ class RevocationStore:
         # Same-process resource servers are poked at once instead of waiting for their poll.
         self.listeners = list(listeners)
 
-    def _add(self, row: RevocationRow) -> None:
-        with self.sessions.begin() as session:
-            session.add(row)
+    def poke(self) -> None:
+        """Tell this process's followers that a revocation just committed."""
         for poke in self.listeners:
             poke()
 
     def revoke_token(self, jti: str, expires_at: float, reason: str, now: datetime) -> None:
-        self._add(RevocationRow(kind="token", jti=jti[:64], reason=reason[:200],
-                                created_at=now,
-                                expires_at=datetime.fromtimestamp(expires_at, UTC)))
+        with self.sessions.begin() as session:
+            session.add(RevocationRow(kind="token", jti=jti[:64], reason=reason[:200],
+                                      created_at=now,
+                                      expires_at=datetime.fromtimestamp(expires_at, UTC)))
+        self.poke()
 
     def revoke_node(self, node: str, reason: str, now: datetime, *, through_epoch: int) -> None:
-        """Revoke every token minted for ``node`` in trust epoch ``through_epoch`` or before.
-        ``now`` only dates the entry and bounds its life (no token it matches outlives it)."""
-        cutoff = now.timestamp() + CUTOFF_MARGIN_SECONDS
-        self._add(RevocationRow(
-            kind="node", node=node, node_epoch=through_epoch, cutoff=cutoff,
-            reason=reason[:200], created_at=now,
-            expires_at=now + timedelta(seconds=CUTOFF_MARGIN_SECONDS + self.max_token_lifetime)))
+        """Revoke every token minted for ``node`` in trust epoch ``through_epoch`` or before, in
+        a transaction of its own (an operator's tool; state changes use
+        :func:`write_node_revocation` in their own transaction)."""
+        with self.sessions.begin() as session:
+            write_node_revocation(session, node=node, through_epoch=through_epoch,
+                                  reason=reason, now=now,
+                                  max_token_lifetime=self.max_token_lifetime)
+        self.poke()
 
-    def changes(self, after: int, now: datetime,
-                limit: int = 5000) -> tuple[int, list[Revocation]]:
-        """Live entries with ``seq > after`` (oldest first) and the cursor to ask with next."""
-        with self.sessions() as session:
-            rows = session.scalars(
-                select(RevocationRow).where(RevocationRow.seq > after,
-                                            RevocationRow.expires_at > now)
-                .order_by(RevocationRow.seq).limit(limit)).all()
-            entries = [_row(r) for r in rows]
-            if entries:
-                return entries[-1].seq, entries
-            latest = session.scalar(select(RevocationRow.seq).order_by(
-                RevocationRow.seq.desc()).limit(1))
-        return max(after, latest or 0), entries
+    def current(self, now: datetime) -> list[Revocation]:
+        """Every live entry, in one statement (one consistent snapshot)."""
+        with self.sessions.kw["bind"].connect() as conn:
+            rows = conn.execute(select(_TABLE).where(_TABLE.c.expires_at > now)
+                                .order_by(_TABLE.c.seq)).all()
+        return [_row(r) for r in rows]
 
     def prune(self, now: datetime) -> int:
         with self.sessions.begin() as session:
@@ -121,33 +164,45 @@ class RevocationStore:
 
 
 class RevocationList:
-    """A resource server's view of the feed: O(1) checks per request, thread-safe."""
+    """A resource server's view of the revocations: O(1) checks per request, thread-safe.
+
+    :meth:`apply` merges a whole set read from the store or the feed: an entry once applied
+    stays until its own expiry, whatever a later read says, so a token once refused here stays
+    refused."""
 
     def __init__(self) -> None:
-        self.seq = 0
         self._jtis: dict[str, float] = {}
         self._nodes: dict[str, tuple[int, float]] = {}  # node → (revoked epoch, expires_at)
+        self._pods: dict[str, float] = {}               # pod uid → expires_at
         self._lock = threading.Lock()
 
-    def apply(self, seq: int, entries: Iterable[Revocation]) -> None:
+    def __len__(self) -> int:
+        return len(self._jtis) + len(self._nodes) + len(self._pods)
+
+    def apply(self, entries: Iterable[Revocation]) -> None:
         with self._lock:
             for e in entries:
                 if e.kind == "token" and e.jti:
                     self._jtis[e.jti] = max(e.expires_at, self._jtis.get(e.jti, 0.0))
+                elif e.kind == "pod" and e.pod_uid:
+                    self._pods[e.pod_uid] = max(e.expires_at, self._pods.get(e.pod_uid, 0.0))
                 elif e.kind == "node" and e.node and e.node_epoch is not None:
                     old = self._nodes.get(e.node, (e.node_epoch, e.expires_at))
                     # Epochs only grow: the highest revoked one covers all lower ones.
                     self._nodes[e.node] = (max(old[0], e.node_epoch),
                                            max(old[1], e.expires_at))
-            self.seq = max(self.seq, seq)
 
-    def revoked(self, *, jti: str, node: str | None, node_epoch: int,
-                now: float) -> str | None:
-        """Why the token (minted for ``node`` in trust epoch ``node_epoch``) is revoked, or
-        None."""
+    def revoked(self, *, jti: str, node: str | None, node_epoch: int, now: float,
+                pod_uid: str | None = None) -> str | None:
+        """Why the token (minted for ``node`` in trust epoch ``node_epoch``, for the pod
+        ``pod_uid``) is revoked, or None."""
         exp = self._jtis.get(jti)
         if exp is not None and exp > now:
             return "the token was revoked"
+        if pod_uid is not None:
+            exp = self._pods.get(pod_uid)
+            if exp is not None and exp > now:
+                return f"pod {pod_uid} was deleted (its admission record is gone)"
         if node is not None:
             entry = self._nodes.get(node)
             if entry is not None and node_epoch <= entry[0] and entry[1] > now:
@@ -163,3 +218,4 @@ class RevocationList:
         with self._lock:
             self._jtis = {j: e for j, e in self._jtis.items() if e > now}
             self._nodes = {n: v for n, v in self._nodes.items() if v[1] > now}
+            self._pods = {u: e for u, e in self._pods.items() if e > now}

@@ -1,0 +1,316 @@
+"""Revocation that cannot be lost (issue 10), on SQLite and PostgreSQL.
+
+Two levels:
+
+* **Store and follower**, with the real SQL store and :class:`RevocationFollower`: one
+  deterministic test for each way the old cursor feed skipped an entry (an entry committed
+  between its two queries, a row numbered earlier but committed later, row numbers reused after
+  cleanup), and the follower's own promises (an entry once applied stays; a follower that cannot
+  read makes the guard refuse).
+* **A real ``umec server`` on loopback**: a node's change of trust and its revocation commit
+  together or not at all (a failing revocation write rolls the verdict back), and removal
+  revokes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, event, func, insert, select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from admission.records import AdmittedImage, SqlAdmissionRecords
+from attest.service import registrar
+from attest.service.models import NodeRow, StateEventRow
+from attest.simagent import SimulatedNode
+from mec_api.tokens.feed import FeedMalformed, RevocationFollower, parse_feed, store_source
+from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from mec_api.tokens.models import RevocationRow
+from mec_api.tokens.revocations import Revocation, RevocationList, RevocationStore
+from tests.conftest import k3s_policy
+from tests.token_helpers import D1, ClusterIssuer
+from umec.app import Server, build_server
+from umec.db import open_database
+from umec.localserver import ServerThread, free_port
+from umec.settings import Settings
+
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+LIFETIME = 300.0
+TABLE = RevocationRow.__table__
+
+
+def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'umec.db'}"
+    return str(request.getfixturevalue("pg_database"))
+
+
+@dataclass
+class Feed:
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: RevocationStore
+    revocations: RevocationList
+    follower: RevocationFollower
+
+    def step(self) -> None:
+        asyncio.run(self.follower.step())
+
+    def insert(self, **values: Any) -> None:
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(insert(TABLE).values(
+                reason="test", created_at=now,
+                expires_at=now + timedelta(seconds=LIFETIME), **values))
+
+    def node_revoked(self, node: str, epoch: int = 1) -> bool:
+        return self.revocations.revoked(jti="-", node=node, node_epoch=epoch,
+                                        now=time.time()) is not None
+
+
+@pytest.fixture(params=DATABASES)
+def feed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Feed]:
+    engine, sessions = open_database(_url(request, tmp_path))
+    store = RevocationStore(sessions, max_token_lifetime=LIFETIME)
+    revocations = RevocationList()
+    follower = RevocationFollower(store_source(store), revocations)
+    yield Feed(engine, sessions, store, revocations, follower)
+    engine.dispose()
+
+
+# -- each way the cursor feed skipped an entry -------------------------------------------------
+
+def test_an_entry_committed_during_a_read_is_applied_by_the_next(feed: Feed) -> None:
+    """The old feed's two-query window: its first query found nothing new, a revocation
+    committed, and its second query moved the cursor past it. Here the commit lands right
+    after the follower's read ran; the next read must apply it."""
+    feed.step()
+    landed: list[bool] = []
+
+    def commit_behind_the_read(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM token_revocations" in statement and not landed:
+            landed.append(True)
+            feed.store.revoke_node("node-a", "committed during the read", datetime.now(UTC),
+                                   through_epoch=1)
+
+    event.listen(feed.engine, "after_cursor_execute", commit_behind_the_read)
+    try:
+        feed.step()
+    finally:
+        event.remove(feed.engine, "after_cursor_execute", commit_behind_the_read)
+    assert landed
+    feed.step()
+    assert feed.node_revoked("node-a")
+
+
+def test_an_entry_numbered_earlier_but_committed_later_is_applied(feed: Feed) -> None:
+    """PostgreSQL takes a sequence number before commit, so a row can become visible after a
+    row with a higher number was read. Such a row is applied like any other."""
+    feed.insert(seq=1000, kind="node", node="node-late", node_epoch=1)
+    feed.step()
+    feed.insert(seq=10, kind="node", node="node-early", node_epoch=1)
+    feed.step()
+    assert feed.node_revoked("node-late") and feed.node_revoked("node-early")
+
+
+def test_an_entry_reusing_a_pruned_row_number_is_applied(feed: Feed) -> None:
+    """SQLite reuses the highest row number after it is deleted (no AUTOINCREMENT): a
+    revocation written after cleanup carries a number a follower already read."""
+    past = datetime.now(UTC) - timedelta(seconds=2 * LIFETIME)
+    feed.store.revoke_node("node-old", "old", past, through_epoch=1)
+    feed.store.revoke_node("node-new-1", "new", datetime.now(UTC), through_epoch=1)
+    with feed.sessions() as s:
+        top = s.scalar(select(func.max(RevocationRow.seq)))
+    feed.step()
+    with feed.engine.begin() as conn:  # cleanup takes the newest row number away
+        conn.execute(TABLE.delete().where(TABLE.c.seq == top))
+    assert feed.store.prune(datetime.now(UTC)) == 1
+    feed.store.revoke_node("node-new-2", "after cleanup", datetime.now(UTC), through_epoch=1)
+    feed.step()
+    assert feed.node_revoked("node-new-1") and feed.node_revoked("node-new-2")
+
+
+def test_an_applied_entry_stays_until_it_expires(feed: Feed) -> None:
+    """Once refused, a token stays refused in this process: a later read that lacks the entry
+    (a restored backup, a lagging replica) removes nothing."""
+    feed.store.revoke_node("node-a", "gone", datetime.now(UTC), through_epoch=2)
+    feed.step()
+    with feed.engine.begin() as conn:
+        conn.execute(TABLE.delete())
+    feed.step()
+    assert feed.node_revoked("node-a", epoch=2)
+    feed.revocations.expire(time.time() + LIFETIME + 5)
+    assert not feed.node_revoked("node-a", epoch=2)
+
+
+def test_a_follower_that_cannot_read_is_not_current(feed: Feed) -> None:
+    """``applied_at`` is when the last successful read started; a failing read leaves it."""
+    feed.step()
+    before = feed.follower.applied_at
+
+    async def broken() -> list[Revocation]:
+        raise OperationalError("SELECT", {}, Exception("database down"))
+    feed.follower.fetch = broken
+    with pytest.raises(OperationalError):
+        feed.step()
+    assert feed.follower.applied_at == before
+
+
+def test_applied_at_is_the_start_of_the_read(feed: Feed) -> None:
+    """A slow read does not count as current from its end: the guard's age is measured from
+    the instant whose commits the set is known to hold."""
+    slow_source = store_source(feed.store)
+
+    async def slow() -> list[Revocation]:
+        await asyncio.sleep(0.3)
+        return await slow_source()
+    feed.follower.fetch = slow
+    started = time.monotonic()
+    feed.step()
+    assert started <= feed.follower.applied_at < started + 0.1
+
+
+def test_the_feed_answer_is_all_or_nothing() -> None:
+    good = {"seq": 1, "kind": "node", "node": "n", "node_epoch": 1, "expires_at": 2e9}
+    assert parse_feed({"complete": True, "entries": [good]})[0].node == "n"
+    for body in ({"entries": [good]}, {"complete": True}, [good],
+                 {"complete": True, "entries": [good, {"kind": "node"}]},
+                 {"complete": True, "entries": [{**good, "kind": "pod"}]}):
+        with pytest.raises(FeedMalformed):
+            parse_feed(body)
+
+
+# -- a real server: the change of trust and its revocation commit together ----------------------
+
+GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read]}]\n"
+
+
+@dataclass
+class Site:
+    server: Server
+    url: str
+    engine: Engine
+    cluster: ClusterIssuer
+    node: SimulatedNode
+
+    def token(self, uid: str = "uid-app-1", name: str = "app-1") -> str:
+        SqlAdmissionRecords(self.engine).record(
+            namespace="tenant-a", name=name, uid=uid,
+            images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
+            verified=True, policy_generation="g1")
+        r = httpx.post(f"{self.url}/oauth2/token", data={
+            "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
+            "subject_token": self.cluster.token(pod=name, pod_uid=uid), "scope": "sensor.read"})
+        assert r.status_code == 200, r.text
+        return str(r.json()["access_token"])
+
+    def call(self, token: str) -> httpx.Response:
+        return httpx.get(f"{self.url}/sensor/v1/tags",
+                         headers={"Authorization": f"Bearer {token}"})
+
+    def refused_within(self, token: str, seconds: float) -> httpx.Response:
+        deadline = time.monotonic() + seconds
+        while (r := self.call(token)).status_code == 200:
+            assert time.monotonic() < deadline, f"token still accepted after {seconds} s"
+            time.sleep(0.02)
+        return r
+
+    def state(self, name: str = "node-a") -> tuple[str, int, int]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(NodeRow.state, NodeRow.trust_epoch)
+                               .where(NodeRow.name == name)).one()
+            events = conn.scalar(select(func.count()).select_from(StateEventRow)
+                                 .where(StateEventRow.node == name))
+        return row.state, row.trust_epoch, int(events or 0)
+
+
+@pytest.fixture(params=DATABASES)
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
+    cluster = ClusterIssuer()
+    jwks = tmp_path / "cluster-jwks.json"
+    jwks.write_text(json.dumps(cluster.jwks()))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
+    (tmp_path / "grants.yaml").write_text(GRANTS)
+    port = free_port()
+    settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
+                        default_node_class="pi-k3s", listen_port=port,
+                        public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
+                        token_grants=tmp_path / "grants.yaml")
+    server = build_server(settings)
+    engine, _ = open_database(settings.resolved_database_url())
+    with ServerThread(server.app, port=port) as http, httpx.Client(
+            base_url=http.url, timeout=30,
+            headers={"Authorization": f"Bearer {server.operator_token}"}) as client:
+        node = SimulatedNode("node-a", client)
+        server.attest.config.ek_allowlist = frozenset(
+            {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
+        node.enroll_and_activate()
+        assert node.attest()["state"] == "trusted"
+        yield Site(server, http.url, engine, cluster, node)
+    engine.dispose()
+
+
+def test_a_failed_revocation_write_rolls_the_verdict_back(site: Site) -> None:
+    """The node's change of trust and its revocation commit together or not at all: with the
+    revocation insert failing, the untrusted verdict is not recorded (503, the node's agent
+    retries), the node stays trusted with its epoch, and its token keeps working because the
+    node is still trusted. Once the database accepts the write, the retry records both."""
+    token = site.token()
+    server_engine = site.server.attest.engine
+
+    def fail_revocation_insert(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TOKEN_REVOCATIONS"):
+            raise OperationalError(statement, {}, Exception("injected: disk full"))
+
+    site.node.tpm.extend(14, b"tampered k3s binary")
+    before = site.state()
+    event.listen(server_engine, "before_cursor_execute", fail_revocation_insert)
+    try:
+        with pytest.raises(httpx.HTTPStatusError) as failed:
+            site.node.attest()
+    finally:
+        event.remove(server_engine, "before_cursor_execute", fail_revocation_insert)
+    assert failed.value.response.status_code == 503
+    assert failed.value.response.json()["check"] == "database.unavailable"
+    assert site.state() == before and before[0] == "trusted"
+    assert site.call(token).status_code == 200
+
+    assert site.node.attest()["state"] == "untrusted"
+    state, epoch, events = site.state()
+    assert (state, epoch, events) == ("untrusted", before[1] + 1, before[2] + 1)
+    r = site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
+
+
+def test_removing_a_node_revokes_its_tokens(site: Site) -> None:
+    token = site.token()
+    assert site.call(token).status_code == 200
+    started = time.monotonic()
+    registrar.remove(site.server.attest, "node-a")
+    r = site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "no longer trusted" in r.json()["detail"], r.text
+    assert time.monotonic() - started < 1.0
+    with site.engine.connect() as conn:
+        rows = conn.execute(select(TABLE.c.kind, TABLE.c.node)).all()
+    assert [(k, n) for k, n in rows] == [("node", "node-a")]
+
+
+def test_renaming_a_node_revokes_the_old_names_tokens(site: Site) -> None:
+    token = site.token()
+    registrar.rename(site.server.attest, "node-a", "node-b")
+    r = site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]

@@ -1,0 +1,34 @@
+"""pod revocations: a deleted pod's tokens are revoked with its admission record
+
+``token_revocations.pod_uid`` names the pod of a ``kind = 'pod'`` entry: every token minted for
+that pod is revoked. The entry is written in the transaction that deletes the pod's admission
+record (the webhook saw the pod's DELETE, or the record was found to belong to no live pod).
+
+A downgrade removes the pod entries, which versions before 0009 cannot read; the tokens they
+revoked stay refused by issuance (no admission record) but not by resource servers, so
+downgrade only with no pod deleted in the last token lifetime (5 min at most).
+
+Revision ID: 0009
+Revises: 0008
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0009'
+down_revision = '0008'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('token_revocations') as batch:
+        batch.add_column(sa.Column('pod_uid', sa.String(length=64), nullable=True))
+
+
+def downgrade() -> None:
+    op.execute("DELETE FROM token_revocations WHERE kind = 'pod'")
+    with op.batch_alter_table('token_revocations') as batch:
+        batch.drop_column('pod_uid')
