@@ -221,11 +221,11 @@ def test_server_killed_at_code_point(point: str, tmp_path: Path, request: pytest
 GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read]}]\n"
 
 
-@pytest.mark.xfail(strict=True, reason="revocation is published after the state commit, not "
-                   "with it: a crash in between leaves the untrusted node's tokens valid until "
-                   "they expire (see docs/decisions.md, Faults)")
 def test_untrusted_verdict_then_crash_still_revokes_tokens(
         tmp_path: Path, servers: list[UmecServer]) -> None:
+    """The server dies right after the untrusted verdict commits, before any listener runs:
+    the node revocation committed in that same transaction, so the restarted server refuses
+    the node's token (an xfail while revocation was a listener after the commit)."""
     url = f"sqlite:///{tmp_path / 'umec.db'}"
     cluster = ClusterIssuer()
     (tmp_path / "cluster-jwks.json").write_text(json.dumps(cluster.jwks()))
