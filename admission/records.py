@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import uuid
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -19,6 +20,15 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 from admission.models import admission_pods
+
+log = logging.getLogger("umec.admission.records")
+
+
+ForgetWriter = Callable[[Connection, Sequence[str], datetime], None]
+"""Called inside the transaction that deletes admission records, with the UIDs it deleted and
+the time (the token service's pod revocation writer, injected by ``umec``)."""
+
+FORGET_CHUNK = 500  # UIDs per DELETE statement (SQLite's bound-parameter limit is far above)
 
 
 @dataclass(frozen=True)
@@ -67,16 +77,22 @@ class SqlAdmissionRecords:
     uses) hands the record to a single writer thread that commits everything queued meanwhile
     in one transaction and then wakes each waiting review: under load one commit serves many
     reviews, and no review is answered before its record is durable.
+
+    ``forget`` deletes records (the pod was deleted, or is gone from the cluster) and runs every
+    ``forget_writers`` callable in the same transaction with the UIDs it deleted: the pods'
+    token revocations commit with the deletion or not at all.
     """
 
     MAX_BATCH = 256
 
     def __init__(self, database: Engine | sessionmaker[Session],
-                 now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 now: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 forget_writers: Sequence[ForgetWriter] = ()) -> None:
         # An Engine (the webhook: Core only) or a sessionmaker bound to one (the server).
         self.engine: Engine = database if isinstance(database, Engine) \
             else database.kw["bind"]
         self.now = now
+        self.forget_writers = tuple(forget_writers)
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
@@ -149,3 +165,38 @@ class SqlAdmissionRecords:
                                        tuple(i["signers"])) for i in row.images),
             verified=row.verified, policy_generation=row.policy_generation,
             admitted_at=row.admitted_at)
+
+    def forget(self, uids: Sequence[str], reason: str) -> list[str]:
+        """Delete the records of ``uids`` and, in the same transaction, run every forget
+        writer with the UIDs actually deleted; return those. A writer that raises rolls the
+        whole deletion back (the exception propagates): a record is never gone without its
+        revocation. ``reason`` is for the log; writers date their entries with ``now``."""
+        wanted = sorted({u for u in uids if isinstance(u, str) and u})
+        if not wanted:
+            return []
+        table = admission_pods
+        deleted: list[str] = []
+        now = self.now()
+        with self.engine.begin() as conn:
+            for i in range(0, len(wanted), FORGET_CHUNK):
+                chunk = wanted[i:i + FORGET_CHUNK]
+                # DELETE … RETURNING: under concurrent forgets of one UID only the one that
+                # deleted the row sees it (the other waits for the row lock, then finds none).
+                rows = conn.execute(table.delete().where(table.c.uid.in_(chunk))
+                                    .returning(table.c.uid)).all()
+                deleted.extend(r.uid for r in rows)
+            if deleted:
+                for write in self.forget_writers:
+                    write(conn, deleted, now)
+        if deleted:
+            log.info("admission records forgotten", extra={
+                "reason": reason[:200], "count": len(deleted), "uids": deleted[:20]})
+        return deleted
+
+    def admitted_before(self, cutoff: datetime) -> dict[str, datetime]:
+        """UID → admitted_at of every record admitted before ``cutoff``."""
+        table = admission_pods
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(table.c.uid, table.c.admitted_at)
+                                .where(table.c.admitted_at < cutoff)).all()
+        return {r.uid: r.admitted_at for r in rows}

@@ -18,11 +18,22 @@
 Everything runs under an internal deadline below the webhook ``timeoutSeconds``; whatever is
 unfinished at the deadline is denied, naming the image and the step that was still running.
 Any unexpected exception denies too: this flow fails closed.
+
+Pod deletion (:meth:`Admitter.forget_deleted`), at ``/validate``:
+  * a Pod DELETE review (the UID is ``oldObject.metadata.uid``) forgets the pod's admission
+    record, and the injected writers revoke its tokens in that transaction. It is always
+    allowed: a failed or slow write (``forget_deadline_seconds``) is logged and counted
+    (``umec_admission_forget_failures``) and the pod reconciler catches up (``umec``);
+  * a Pod CREATE/UPDATE with ``metadata.deletionTimestamp`` (a terminating pod, e.g. a
+    finalizer removed) forgets the record the same way and is then answered as any other, but
+    never re-creates the record.
+Dry runs forget nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +60,8 @@ from keys import PublicKey
 
 OPT_IN_LABEL = ("umec.io/verify", "enabled")
 
+log = logging.getLogger("umec.admission.webhook")
+
 
 class ImageResolver(Protocol):
     async def resolve(self, image: str, credentials: Credentials | None = None) -> str:
@@ -69,6 +82,11 @@ class PullCredentialSource(Protocol):
 class AdmissionRecords(Protocol):
     def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
                verified: bool, policy_generation: str) -> None: ...
+
+
+class ForgettingRecords(Protocol):
+    def forget(self, uids: Sequence[str], reason: str) -> list[str]:
+        """Delete these pods' records, revoking their tokens in the same transaction."""
 
 
 class RegoDecider(Protocol):
@@ -97,6 +115,7 @@ class WebhookDeps:
     namespace_opted_in: Callable[[str], Awaitable[bool]] | None = None
     pull_secrets: PullCredentialSource | None = None
     timeout_seconds: float = 10.0              # the webhook configuration's timeoutSeconds
+    forget_deadline_seconds: float = 2.0       # below the pods-DELETE webhook's timeoutSeconds
     deadline_seconds: float | None = None      # default: timeout - 1 s
     resolve_ttl: float = 30.0
     verify_ttl: float = 300.0
@@ -258,7 +277,7 @@ class Admitter:
         return review_response(req.uid, allowed=True, patch=pin_patch(pins))
 
     async def validate(self, req: ReviewRequest) -> dict[str, Any]:
-        if await self._skip(req):
+        if await self.forget_deleted(req) or await self._skip(req):
             return review_response(req.uid, allowed=True)
         policies = self.deps.policies()
         items = await self._items(req)
@@ -274,13 +293,48 @@ class Admitter:
         if not verdict.allowed:
             return review_response(req.uid, allowed=False, message="; ".join(verdict.deny),
                                    warnings=verdict.warnings)
-        if req.kind == "Pod" and self.deps.records is not None and not req.dry_run:
+        if req.kind == "Pod" and self.deps.records is not None and not req.dry_run \
+                and not terminating(req):
             try:
                 await self._record(req, items, decisions, policies)
             except Exception as e:  # the token service relies on the record: fail closed
                 return review_response(req.uid, allowed=False,
                                        message=f"record.failed: {type(e).__name__}")
         return review_response(req.uid, allowed=True, warnings=verdict.warnings)
+
+    async def forget_deleted(self, req: ReviewRequest) -> bool:
+        """Forget the record of a deleted or terminating pod; True when the review is a Pod
+        DELETE (then always allowed, whatever the write did)."""
+        delete = req.kind == "Pod" and req.operation == "DELETE"
+        if not delete and not terminating(req):
+            return False
+        if req.dry_run:
+            return delete
+        uid = _object_uid(req.old_object if delete else req.object)
+        what = "deleted" if delete else "terminating"
+        if uid is None:  # nothing to forget by; the reconciler finds the record by its UID
+            self._forget_failed(req.operation, None, f"the {what} pod's review names no UID")
+        else:
+            await self._forget(uid, f"pod {req.namespace}/{req.name} {what} "
+                                    f"({req.operation} review)", req.operation)
+        return delete
+
+    async def _forget(self, uid: str, reason: str, operation: str) -> None:
+        records = self.deps.records
+        forget = getattr(records, "forget", None)
+        if forget is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.to_thread(forget, [uid], reason),
+                                   self.deps.forget_deadline_seconds)
+        except Exception as e:  # never block a deletion; the pod reconciler catches up
+            self._forget_failed(operation, uid, f"{type(e).__name__}: {str(e)[:200]}")
+
+    def _forget_failed(self, operation: str, uid: str | None, error: str) -> None:
+        self.deps.metrics.forget_failures.labels(operation).inc()
+        log.error("forgetting a deleted pod's admission record failed; its tokens stay valid "
+                  "until the pod reconciler forgets it",
+                  extra={"pod_uid": uid, "operation": operation, "error": error})
 
     def _rego_input(self, req: ReviewRequest, items: list[_Image],
                     policies: PolicySet) -> tuple[dict[str, Any], list[bool]]:
@@ -326,3 +380,17 @@ class Admitter:
         else:
             await asyncio.to_thread(self.deps.records.record, **record)
 
+
+
+def terminating(req: ReviewRequest) -> bool:
+    """A Pod CREATE/UPDATE whose object carries ``metadata.deletionTimestamp``."""
+    if req.kind != "Pod" or req.operation not in ("CREATE", "UPDATE") or req.object is None:
+        return False
+    meta = req.object.get("metadata")
+    return isinstance(meta, dict) and meta.get("deletionTimestamp") not in (None, "")
+
+
+def _object_uid(obj: dict[str, Any] | None) -> str | None:
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    uid = meta.get("uid") if isinstance(meta, dict) else None
+    return uid if isinstance(uid, str) and uid else None

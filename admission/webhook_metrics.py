@@ -17,6 +17,10 @@ class WebhookMetrics:
                                 ["endpoint"], registry=self.registry)
         self.denied = Counter("umec_admission_denied", "Reviews denied",
                               ["endpoint"], registry=self.registry)
+        self.forget_failures = Counter(
+            "umec_admission_forget_failures",
+            "Deleted or terminating pods whose admission record could not be forgotten (the "
+            "pod reconciler catches up)", ["operation"], registry=self.registry)
         self.cache_hits = Counter("umec_admission_cache_hits", "Cache hits",
                                   ["cache"], registry=self.registry)
         self.cache_misses = Counter("umec_admission_cache_misses", "Cache misses",

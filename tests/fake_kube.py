@@ -21,6 +21,11 @@ urllib3 transport, its serialisation and its error mapping are all exercised. Im
 * The apiserver's validation that taints are unique per ``(key, effect)`` and label values are
   strings (422 otherwise), so "no duplicate taints" is checked by the server, not by the test.
 
+* ``GET /api/v1/pods?limit=N&continue=T`` (``list_pod_for_all_namespaces``): pods added with
+  :meth:`FakeKube.add_pod`, ordered by namespace and name, paginated as the apiserver does it
+  (``metadata.continue`` until the last page); after :meth:`FakeKube.expire_continue_tokens`
+  every request with a continue token answers 410 ``Expired`` (the apiserver's compaction).
+
 Test hooks: :meth:`FakeKube.concurrent_writer` simulates another controller writing the Node
 between a client's GET and PATCH (the next PATCHes then see a newer ``resourceVersion``),
 :meth:`FakeKube.fail_next` answers the next requests with an error status, and
@@ -35,6 +40,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -46,6 +52,7 @@ import kubernetes.client
 NODE_PATH = re.compile(r"^/api/v1/nodes/([a-z0-9]([-a-z0-9.]*[a-z0-9])?)$")
 NAMESPACED_PATH = re.compile(
     r"^/api/v1/namespaces/([a-z0-9][-a-z0-9]*)/(secrets|serviceaccounts)/([a-z0-9][-a-z0-9.]*)$")
+PODS_PATH = "/api/v1/pods"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -186,6 +193,8 @@ class FakeKube:
         # Namespaced objects served read-only: (resource, namespace, name) → object.
         self.namespaced: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.delay = 0.0  # seconds every answer waits (an API server that hangs)
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) → Pod
+        self.continue_expired = False  # every continue token answers 410 Expired
         self.requests: list[RecordedRequest] = []
         self._rv = 1000
         self._lock = threading.Lock()
@@ -239,6 +248,45 @@ class FakeKube:
             "metadata": {"name": name, "namespace": namespace},
             "imagePullSecrets": [{"name": n} for n in pull_secrets]}
 
+    def add_pod(self, namespace: str, name: str, uid: str, *, deleting: bool = False) -> None:
+        """A Pod (``deleting``: with ``metadata.deletionTimestamp``, i.e. terminating)."""
+        meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid,
+                                "creationTimestamp": "2026-01-01T00:00:00Z"}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T00:05:00Z"
+        with self._lock:
+            meta["resourceVersion"] = self._next_rv()
+            self.pods[(namespace, name)] = {
+                "apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                "spec": {"containers": [{"name": "app", "image": "registry.local/app:1"}]},
+                "status": {"phase": "Running"}}
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        with self._lock:
+            del self.pods[(namespace, name)]
+
+    def expire_continue_tokens(self) -> None:
+        self.continue_expired = True
+
+    def _list_pods(self, query: dict[str, list[str]]) -> tuple[int, Any]:
+        limit = int(query.get("limit", ["0"])[0] or 0)
+        token = query.get("continue", [""])[0]
+        start = 0
+        if token:
+            if self.continue_expired or not token.isdigit():
+                return 410, _status(410, "Expired", "The provided continue parameter is too "
+                                    "old to display a consistent list result.")
+            start = int(token)
+        with self._lock:
+            pods = [copy.deepcopy(self.pods[k]) for k in sorted(self.pods)]
+        end = start + limit if limit else len(pods)
+        meta: dict[str, Any] = {"resourceVersion": str(self._rv)}
+        if end < len(pods):
+            meta["continue"] = str(end)
+            meta["remainingItemCount"] = len(pods) - end
+        return 200, {"apiVersion": "v1", "kind": "PodList", "metadata": meta,
+                     "items": pods[start:end]}
+
     def node(self, name: str) -> dict[str, Any]:
         with self._lock:
             return copy.deepcopy(self.nodes[name])
@@ -267,6 +315,11 @@ class FakeKube:
             return code, _status(code, "InternalError", "injected failure")
         if self.delay:
             time.sleep(self.delay)
+        bare, _, query = path.partition("?")
+        if bare == PODS_PATH:
+            if method != "GET":
+                return 405, _status(405, "MethodNotAllowed", method)
+            return self._list_pods(urllib.parse.parse_qs(query))
         namespaced = NAMESPACED_PATH.match(path.split("?", 1)[0])
         if namespaced is not None:
             key = (namespaced.group(2), namespaced.group(1), namespaced.group(3))

@@ -33,3 +33,20 @@ def test_agent_tolerates_untrusted_taint_and_server_can_patch_nodes() -> None:
     rules = next(d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
                  if d["kind"] == "ClusterRole")["rules"]
     assert rules == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+
+
+def test_pod_deletion_webhook_never_blocks_a_deletion() -> None:
+    """Pod DELETE reviews go to /validate through an entry of their own that ignores failures
+    (a webhook that is down must never block a deletion); the image entries still fail
+    closed and never see DELETE."""
+    config = next(d for d in yaml.safe_load_all((DEPLOY / "webhook.yaml").read_text())
+                  if d["kind"] == "ValidatingWebhookConfiguration")
+    hooks = {h["name"]: h for h in config["webhooks"]}
+    forget = hooks["forget.pods.umec.io"]
+    assert forget["failurePolicy"] == "Ignore" and forget["timeoutSeconds"] <= 5
+    assert forget["rules"] == [{"apiGroups": [""], "apiVersions": ["v1"],
+                                "operations": ["DELETE"], "resources": ["pods"]}]
+    assert forget["clientConfig"]["service"]["path"] == "/validate"
+    verify = hooks["verify.images.umec.io"]
+    assert verify["failurePolicy"] == "Fail"
+    assert all("DELETE" not in r["operations"] for r in verify["rules"])

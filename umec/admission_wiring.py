@@ -1,30 +1,40 @@
 """Wiring of the admission webhook: real registry client and cosign verifier behind the
-webhook's protocols, policies from files, records in SQL."""
+webhook's protocols, policies from files, records in SQL. Forgetting a record (the pod was
+deleted or is gone) writes the pod's token revocation in the same transaction
+(:func:`admission_records`): ``admission`` and ``mec_api`` never import each other, so the
+writer is injected here."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from fastapi import FastAPI
+from sqlalchemy import Connection, Engine
 
 from admission.core.keys_cosign import load_verification_key
 from admission.core.policy import PolicySet, load_policies_yaml
 from admission.core.reference import parse_reference
 from admission.core.verify import VerifiedSignature
 from admission.credentials import Credentials
-from admission.records import SqlAdmissionRecords
+from admission.records import ForgetWriter, SqlAdmissionRecords
 from admission.registry import RegistryClient
 from admission.rego import RegoEvaluator
 from admission.verification import verify_image_signatures
 from admission.webhook import create_webhook_app
 from admission.webhook_admit import PullCredentialSource, WebhookDeps
+from kernel.clock import clock_for
 from keys import PublicKey
+from mec_api.tokens.revocations import write_pod_revocations
 from umec.db import open_engine
 from umec.http_limits import BodyLimits, BodyPolicy, install_error_handlers
 from umec.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 class RegistryClients:
@@ -113,6 +123,29 @@ def registry_client(settings: Settings) -> RegistryClient:
                           verify=str(settings.registry_ca) if settings.registry_ca else True)
 
 
+POD_GONE_REASON = "pod deleted: its admission record was forgotten"
+
+
+def pod_revocation_writer(settings: Settings) -> ForgetWriter:
+    """The forget writer: every token of each forgotten pod is revoked, in the transaction
+    that deletes its record, for as long as a token of the server's lifetime can live."""
+    lifetime = float(settings.token_lifetime_seconds)
+
+    def write(conn: Connection, uids: Sequence[str], now: datetime) -> None:
+        write_pod_revocations(conn, pod_uids=uids, reason=POD_GONE_REASON, now=now,
+                              max_token_lifetime=lifetime)
+    return write
+
+
+def admission_records(settings: Settings,
+                      database: Engine | sessionmaker[Session]) -> SqlAdmissionRecords:
+    """The admission records with the pod revocation writer, dated by the clock every replica
+    shares (the database's on PostgreSQL: entry expiry is compared with tokens' ``exp``)."""
+    engine = database if isinstance(database, Engine) else database.kw["bind"]
+    return SqlAdmissionRecords(database, now=clock_for(engine).now,
+                               forget_writers=[pod_revocation_writer(settings)])
+
+
 def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     engine = open_engine(settings.resolved_database_url())
     clients = RegistryClients(registry_client(settings))
@@ -120,7 +153,7 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     deps = WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(clients),
                        verifier=CosignVerifier(clients), rego=RegoEvaluator(),
                        pull_secrets=kube_pull_secrets(settings),
-                       records=SqlAdmissionRecords(engine),
+                       records=admission_records(settings, engine),
                        own_namespace=settings.webhook_namespace,
                        timeout_seconds=settings.webhook_timeout_seconds)
     app = create_webhook_app(deps)

@@ -85,6 +85,7 @@ class ReviewRequest:
     sub_resource: str
     object: dict[str, Any] | None
     dry_run: bool
+    old_object: dict[str, Any] | None = None  # the stored object (UPDATE, DELETE)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def parse_review(body: bytes, max_bytes: int = MAX_REVIEW_BYTES) -> ReviewReques
             _field(meta, "generateName", str, "metadata", False) or ""
     return ReviewRequest(uid, kind, namespace, name, operation,
                          _field(req, "subResource", str, "request", required=False) or "",
-                         obj, bool(_field(req, "dryRun", bool, "request", required=False)))
+                         obj, bool(_field(req, "dryRun", bool, "request", required=False)),
+                         _field(req, "oldObject", dict, "request", required=False))
 
 
 def pod_spec_path(kind: str) -> tuple[str, ...]:

@@ -1,0 +1,305 @@
+"""A deleted pod loses API access (issue 10), on SQLite and PostgreSQL.
+
+Over HTTP: a real ``umec server`` on loopback (the ``site`` fixture of
+``tests/test_revocation.py``: swtpm-less simulated node, trusted) and the admission webhook as
+``umec webhook`` wires it (:func:`umec.admission_wiring.build_webhook`, same database), with one
+stand-in: signatures come from the in-process ``FakeVerifier`` (a real registry and cosign are
+``tests/test_admission_e2e.py``'s). A pod is admitted through ``/validate``, exchanges its
+service-account token, calls the sensor API; then:
+
+* its DELETE review forgets the record and revokes its tokens in one transaction: the token is
+  refused within 1 s, naming the pod, and the leftover service-account token mints nothing;
+* a failing revocation write rolls the forget back; the DELETE is still allowed (never block a
+  deletion), counted, and the pod reconciler (:mod:`umec.pod_reconcile`, against the HTTP fake
+  Kubernetes API in ``tests/fake_kube.py``) revokes once the pod is gone;
+* a terminating pod's UPDATE (``deletionTimestamp`` set) forgets the record, never re-creates it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import yaml
+from kubernetes.client.exceptions import ApiException
+from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import OperationalError
+
+from admission.models import admission_pods
+from admission.records import SqlAdmissionRecords
+from admission.webhook_admit import WebhookDeps
+from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from mec_api.tokens.models import RevocationRow
+from tests.fake_kube import FakeKube
+from tests.test_revocation import Site, site  # noqa: F401  (the fixture, on both databases)
+from tests.webhook_helpers import FakeVerifier, authority, key, policy_doc
+from umec.admission_wiring import admission_records, build_webhook
+from umec.localserver import ServerThread
+from umec.pod_reconcile import forget_gone_pods, live_pod_uids
+from umec.settings import Settings
+
+D1 = "sha256:" + "1" * 64
+IMAGE = f"reg.local/app@{D1}"
+REVOCATIONS = RevocationRow.__table__
+
+
+@dataclass
+class Hook:
+    """The webhook of ``site``, served on loopback, and what the tests look at."""
+
+    url: str
+    deps: WebhookDeps
+    site: Site
+    settings: Settings
+
+    @property
+    def records(self) -> SqlAdmissionRecords:
+        return cast(SqlAdmissionRecords, self.deps.records)
+
+    def review(self, operation: str, uid: str, name: str = "app-1", *,
+               deleting: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": "tenant-a", "uid": uid}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-07T10:00:00Z"
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+               "spec": {"containers": [{"name": "app", "image": IMAGE}]}}
+        request: dict[str, Any] = {
+            "uid": f"req-{operation}-{uid}-{time.monotonic_ns()}",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "tenant-a", "name": name, "operation": operation,
+            "userInfo": {"username": "tester"}, "dryRun": dry_run,
+            "object": None if operation == "DELETE" else pod,
+            "oldObject": pod if operation != "CREATE" else None}
+        r = httpx.post(f"{self.url}/validate", timeout=30, json={
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": request})
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()["response"]
+        return answer
+
+    def admit(self, uid: str, name: str = "app-1") -> str:
+        """Admit the pod through /validate and exchange its SA token: its access token."""
+        assert self.review("CREATE", uid, name)["allowed"] is True
+        assert self.records.lookup(uid) is not None
+        return self.exchange(uid, name).json()["access_token"]  # type: ignore[no-any-return]
+
+    def exchange(self, uid: str, name: str = "app-1") -> httpx.Response:
+        return httpx.post(f"{self.site.url}/oauth2/token", data={
+            "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
+            "subject_token": self.site.cluster.token(pod=name, pod_uid=uid),
+            "scope": "sensor.read"})
+
+    def pod_revocations(self) -> list[str]:
+        with self.site.engine.connect() as conn:
+            return list(conn.scalars(select(REVOCATIONS.c.pod_uid)
+                                     .where(REVOCATIONS.c.kind == "pod")))
+
+    def forget_failures(self) -> float:
+        text = httpx.get(f"{self.url}/metrics").text
+        line = next((line for line in text.splitlines() if line.startswith(
+            'umec_admission_forget_failures_total{operation="DELETE"}')), None)
+        return float(line.split()[-1]) if line else 0.0
+
+
+@pytest.fixture
+def hook(site: Site, tmp_path: Path) -> Iterator[Hook]:  # noqa: F811
+    signer = key()
+    policies = tmp_path / "admission-policies"
+    policies.mkdir()
+    (policies / "ci.yaml").write_text(yaml.safe_dump(
+        policy_doc("ci-signed", ["**"], [authority("ci", {"ci": signer})])))
+    settings = Settings(data_dir=tmp_path / "webhook",
+                        database_url=site.engine.url.render_as_string(hide_password=False),
+                        admission_policy_dir=policies)
+    app, deps = build_webhook(settings)
+    verifier = FakeVerifier()
+    verifier.sign(IMAGE, signer)
+    deps.verifier = verifier   # the one stand-in: see the module docstring
+    with ServerThread(app) as http:
+        yield Hook(http.url, deps, site, settings)
+    deps.records.engine.dispose()  # type: ignore[union-attr]
+
+
+def _fail_revocation_inserts(engine: Engine) -> Any:
+    def fail(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO TOKEN_REVOCATIONS"):
+            raise OperationalError(statement, {}, Exception("injected: disk full"))
+    event.listen(engine, "before_cursor_execute", fail)
+    return fail
+
+
+# -- the webhook sees the DELETE -----------------------------------------------------------------
+
+def test_deleting_a_pod_revokes_its_tokens_within_a_second(hook: Hook) -> None:
+    token = hook.admit("uid-app-1")
+    assert hook.site.call(token).status_code == 200
+
+    started = time.monotonic()
+    answer = hook.review("DELETE", "uid-app-1")
+    assert answer["allowed"] is True
+    r = hook.site.refused_within(token, 1.0)
+    assert time.monotonic() - started < 1.0
+    assert r.status_code == 401, r.text
+    assert "uid-app-1" in r.json()["detail"] and "deleted" in r.json()["detail"]
+
+    assert hook.records.lookup("uid-app-1") is None
+    assert hook.pod_revocations() == ["uid-app-1"]
+    leftover = hook.exchange("uid-app-1")
+    assert leftover.status_code == 400 and leftover.json()["check"] == "admission.pod", \
+        leftover.text
+
+
+def test_another_pods_tokens_are_untouched(hook: Hook) -> None:
+    kept = hook.admit("uid-app-2", "app-2")
+    hook.admit("uid-app-1")
+    assert hook.review("DELETE", "uid-app-1")["allowed"] is True
+    assert hook.records.lookup("uid-app-2") is not None
+    time.sleep(1.2)  # past the guard's next read
+    assert hook.site.call(kept).status_code == 200
+    assert hook.pod_revocations() == ["uid-app-1"]
+
+
+def test_a_second_delete_review_writes_no_second_revocation(hook: Hook) -> None:
+    """The graceful DELETE and the kubelet's final one: one record, one revocation."""
+    hook.admit("uid-app-1")
+    for _ in range(2):
+        assert hook.review("DELETE", "uid-app-1")["allowed"] is True
+    assert hook.pod_revocations() == ["uid-app-1"]
+
+
+def test_a_dry_run_delete_forgets_nothing(hook: Hook) -> None:
+    token = hook.admit("uid-app-1")
+    assert hook.review("DELETE", "uid-app-1", dry_run=True)["allowed"] is True
+    assert hook.records.lookup("uid-app-1") is not None and hook.pod_revocations() == []
+    time.sleep(1.2)
+    assert hook.site.call(token).status_code == 200
+
+
+# -- the revocation commits with the forget, or neither does ------------------------------------
+
+def test_a_failing_revocation_write_rolls_the_forget_back(hook: Hook) -> None:
+    hook.admit("uid-app-1")
+    engine = hook.records.engine
+    fail = _fail_revocation_inserts(engine)
+    try:
+        with pytest.raises(OperationalError):
+            hook.records.forget(["uid-app-1"], "test")
+    finally:
+        event.remove(engine, "before_cursor_execute", fail)
+    assert hook.records.lookup("uid-app-1") is not None
+    assert hook.pod_revocations() == []
+    assert hook.records.forget(["uid-app-1"], "test") == ["uid-app-1"]
+    assert hook.records.lookup("uid-app-1") is None and hook.pod_revocations() == ["uid-app-1"]
+
+
+def test_a_failed_delete_write_still_allows_and_the_reconciler_revokes(hook: Hook) -> None:
+    """The DELETE is allowed whatever the database did (counted, logged); the record and its
+    token survive; once the pod is gone from the API, the reconciler forgets and revokes."""
+    token = hook.admit("uid-app-1")
+    engine = hook.records.engine
+    fail = _fail_revocation_inserts(engine)
+    try:
+        assert hook.review("DELETE", "uid-app-1")["allowed"] is True
+    finally:
+        event.remove(engine, "before_cursor_execute", fail)
+    assert hook.forget_failures() == 1.0
+    assert hook.records.lookup("uid-app-1") is not None and hook.pod_revocations() == []
+    assert hook.site.call(token).status_code == 200
+
+    records = admission_records(hook.settings, hook.site.engine)
+    with FakeKube() as kube:
+        kube.add_pod("tenant-a", "other", "uid-other")
+        gone = forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1()),
+                                grace_seconds=0.0, now=datetime.now(UTC) + timedelta(seconds=1))
+    assert gone == ["uid-app-1"]
+    r = hook.site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "uid-app-1" in r.json()["detail"]
+
+
+# -- a terminating pod is not re-admitted --------------------------------------------------------
+
+def test_a_terminating_pods_update_forgets_and_never_recreates_its_record(hook: Hook) -> None:
+    token = hook.admit("uid-app-1")
+    for _ in range(2):  # e.g. two finalizers removed one after the other
+        answer = hook.review("UPDATE", "uid-app-1", deleting=True)
+        assert answer["allowed"] is True  # answered as today: the images are still signed
+        assert hook.records.lookup("uid-app-1") is None
+    r = hook.site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "uid-app-1" in r.json()["detail"]
+    assert hook.exchange("uid-app-1").json()["check"] == "admission.pod"
+    # A live pod's UPDATE still records it (the re-review replaces the record).
+    assert hook.review("UPDATE", "uid-app-2", "app-2")["allowed"] is True
+    assert hook.records.lookup("uid-app-2") is not None
+
+
+# -- the reconciler ------------------------------------------------------------------------------
+
+def _record_at(hook: Hook, uid: str, at: datetime) -> None:
+    SqlAdmissionRecords(hook.site.engine, now=lambda: at).record(
+        namespace="tenant-a", name=uid, uid=uid, images=[], verified=True,
+        policy_generation="g1")
+
+
+def test_the_reconciler_forgets_gone_pods_and_keeps_live_young_and_listed_ones(
+        hook: Hook) -> None:
+    now = datetime.now(UTC)
+    token = hook.admit("uid-gone")                 # admitted, then the pod went
+    _record_at(hook, "uid-gone", now - timedelta(seconds=300))
+    for uid in ("uid-live-1", "uid-live-2", "uid-live-3", "uid-terminating"):
+        _record_at(hook, uid, now - timedelta(seconds=300))
+    _record_at(hook, "uid-young", now - timedelta(seconds=10))  # not in the API yet
+    records = admission_records(hook.settings, hook.site.engine)
+    with FakeKube() as kube:
+        for i in (1, 2, 3):   # three pages of one: every page counts
+            kube.add_pod(f"ns-{i}", "app", f"uid-live-{i}")
+        kube.add_pod("tenant-a", "dying", "uid-terminating", deleting=True)
+        gone = forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1(), page_size=1),
+                                grace_seconds=120.0, now=now)
+        lists = [r.path for r in kube.calls("GET")]
+    assert gone == ["uid-gone", "uid-terminating"]
+    assert len(lists) == 4 and all(p.startswith("/api/v1/pods?") for p in lists)
+    assert sorted(hook.pod_revocations()) == ["uid-gone", "uid-terminating"]
+    with hook.site.engine.connect() as conn:
+        left = set(conn.scalars(select(admission_pods.c.uid)))
+    assert left == {"uid-live-1", "uid-live-2", "uid-live-3", "uid-young"}
+    r = hook.site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "uid-gone" in r.json()["detail"]
+
+
+def test_a_failed_pod_listing_forgets_nothing(hook: Hook) -> None:
+    """An expired continue token (or any error) midway: no partial list, nothing forgotten."""
+    old = datetime.now(UTC) - timedelta(seconds=300)
+    for uid in ("uid-a", "uid-b", "uid-gone"):
+        _record_at(hook, uid, old)
+    records = admission_records(hook.settings, hook.site.engine)
+    with FakeKube() as kube:
+        kube.add_pod("tenant-a", "a", "uid-a")
+        kube.add_pod("tenant-a", "b", "uid-b")
+        kube.expire_continue_tokens()
+        with pytest.raises(ApiException) as expired:
+            forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1(), page_size=1),
+                             grace_seconds=120.0, now=datetime.now(UTC))
+        assert expired.value.status == 410
+        kube.fail_next(503)
+        with pytest.raises(ApiException):
+            forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1()),
+                             grace_seconds=120.0, now=datetime.now(UTC))
+    assert hook.pod_revocations() == []
+    assert all(records.lookup(u) is not None for u in ("uid-a", "uid-b", "uid-gone"))
+
+
+def test_no_record_old_enough_means_no_listing(hook: Hook) -> None:
+    _record_at(hook, "uid-young", datetime.now(UTC))
+    records = admission_records(hook.settings, hook.site.engine)
+    with FakeKube() as kube:
+        assert forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1()),
+                                grace_seconds=120.0, now=datetime.now(UTC)) == []
+        assert kube.calls() == []
+    assert records.lookup("uid-young") is not None
