@@ -314,3 +314,29 @@ def test_renaming_a_node_revokes_the_old_names_tokens(site: Site) -> None:
     registrar.rename(site.server.attest, "node-a", "node-b")
     r = site.refused_within(token, 1.0)
     assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
+
+
+def test_a_server_whose_follower_cannot_read_refuses_within_a_second(
+        site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guard that cannot prove it holds every revocation committed a second ago refuses
+    every token (503, Retry-After), and serves again once a read succeeds."""
+    token = site.token()
+    assert site.call(token).status_code == 200
+    store = site.server.tokens.store
+
+    def down(now: datetime) -> list[Revocation]:
+        raise OperationalError("SELECT", {}, Exception("database down"))
+    monkeypatch.setattr(store, "current", down)
+    broke = time.monotonic()
+    while (r := site.call(token)).status_code == 200:
+        assert time.monotonic() - broke < 1.5, "tokens still honoured without a current feed"
+        time.sleep(0.05)
+    assert time.monotonic() - broke >= 0.7  # the promise is 1 s, not less
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "revocation feed is not current" in r.json()["detail"]
+    monkeypatch.undo()
+    store.poke()
+    deadline = time.monotonic() + 2
+    while site.call(token).status_code != 200:
+        assert time.monotonic() < deadline, "the guard did not recover after the feed did"
+        time.sleep(0.05)
