@@ -47,7 +47,7 @@ def test_policy_commands(tmp_path: Path, cli_env: dict[str, str]) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nselection: {sha256: [0]}\npcrs: {sha256: {0: [nothex]}}\n")
     rejected = run(["policy", "set", str(bad)], cli_env)
-    assert rejected.returncode == 1 and "pcrs.sha256.0" in rejected.stdout
+    assert rejected.returncode == 1 and "pcrs.sha256.0" in rejected.stderr
     assert "pi-k3s" in run(["policy", "list"], cli_env).stdout
     assert run(["policy", "remove", "pi-k3s"], cli_env).returncode == 0
     assert run(["policy", "show", "pi-k3s"], cli_env).returncode == 1
@@ -139,4 +139,4 @@ def test_agent_process_refuses_to_start_without_handover(cli_env: dict[str, str]
 
 def test_agent_requires_node_name(cli_env: dict[str, str]) -> None:
     result = run(["agent", "--once"], cli_env)
-    assert result.returncode == 2 and "UMEC_NODE_NAME" in result.stdout
+    assert result.returncode == 2 and "UMEC_NODE_NAME" in result.stderr

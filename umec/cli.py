@@ -13,11 +13,23 @@ from rich.console import Console
 from rich.table import Table
 
 from umec import cli_admission
+from umec.cli_errors import (
+    CliError,
+    FileUnusable,
+    NotFound,
+    SettingsInvalid,
+    UmecGroup,
+    UsageError,
+    checked_log_level,
+    load_settings,
+    require_readable,
+)
 from umec.logs import configure_logging
 from umec.settings import Settings
 
+# UmecGroup maps every command's failure to one stderr line and an exit code (umec.cli_errors).
 app = typer.Typer(help="µMEC Trust: TPM attestation, signed images, scoped tokens.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=UmecGroup)
 policy_app = typer.Typer(help="Appraisal policies per node class.", no_args_is_help=True)
 nodes_app = typer.Typer(help="The attested fleet.", invoke_without_command=True)
 app.add_typer(policy_app, name="policy")
@@ -26,15 +38,19 @@ app.command()(cli_admission.sign)
 app.command()(cli_admission.verify)
 app.add_typer(cli_admission.webhook_app, name="webhook")
 console = Console()
-err_console = Console(stderr=True)
 
 
 def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic's message already names the bad variable
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from None
+    """The validated settings; a bad UMEC_* value is a usage error (exit 2)."""
+    return load_settings()
+
+
+def _server_files(settings: Settings) -> None:
+    """The files a server reads at start exist and are readable (else one line, exit 2)."""
+    require_readable([settings.tls_cert, settings.tls_key], "TLS file")
+    require_readable([settings.ek_ca_bundle], "UMEC_EK_CA_BUNDLE")
+    if settings.policy_dir is not None and not settings.policy_dir.is_dir():
+        raise FileUnusable(f"UMEC_POLICY_DIR {settings.policy_dir}: not a directory")
 
 
 def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
@@ -53,7 +69,8 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
     from umec.app import build_server
     from umec.http_limits import uvicorn_options
     settings = _settings()
-    configure_logging(settings.log_level)
+    _server_files(settings)
+    configure_logging(checked_log_level(settings))
     ssl = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
@@ -78,8 +95,10 @@ def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if t
     from umec.agent_process import handover
     settings = _settings()
     if not settings.node_name:
-        console.print("[red]UMEC_NODE_NAME is required[/red] (the Kubernetes node name)")
-        raise typer.Exit(2)
+        raise SettingsInvalid("UMEC_NODE_NAME is required",
+                              hint="set UMEC_NODE_NAME to this node's Kubernetes node name")
+    require_readable([settings.server_ca], "UMEC_SERVER_CA")
+    require_readable(settings.measure_files, "UMEC_MEASURE_FILES entry")
     # Settings are validated here; the agent itself runs in a lean process (see agent_process).
     handover({"node_name": settings.node_name, "tcti": settings.tcti,
               "state_dir": str(settings.agent_state_dir), "ak_kind": settings.ak_kind,
@@ -89,7 +108,7 @@ def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if t
               "measure_files": [str(p) for p in settings.measure_files],
               "application_pcr": settings.application_pcr, "server_url": settings.server_url,
               "server_ca": str(settings.server_ca) if settings.server_ca else None,
-              "log_level": settings.log_level}, once=once)
+              "log_level": checked_log_level(settings)}, once=once)
 
 
 @nodes_app.callback()
@@ -119,17 +138,13 @@ def nodes(ctx: typer.Context,
     console.print(table)
 
 
-def _registrar_step(step: Callable[[Any], None]) -> None:
-    """Run an operator step of the registrar; a refusal is one line on stderr, exit 1."""
-    from attest.core.errors import AttestationError
+def _registrar_step(step: Callable[[Any], Any]) -> Any:
+    """Run an operator step of the registrar; a refusal (AttestationError) is mapped by
+    UmecGroup to one line on stderr, exit 1."""
     from attest.service.context import AttestConfig, AttestContext
     ctx = AttestContext(config=AttestConfig(), sessions=_sessions(_settings()),
                         sign_result=lambda claims: "")
-    try:
-        step(ctx)
-    except AttestationError as exc:
-        err_console.print(f"error: {exc.check}: {exc.detail} ({exc.hint})", markup=False)
-        raise typer.Exit(1) from None
+    return step(ctx)
 
 
 @nodes_app.command("remove")
@@ -153,30 +168,29 @@ def nodes_rename(old: str, new: str) -> None:
 def nodes_ack(name: str) -> None:
     """Acknowledge an untrusted/stale node (policies with require_ack): its next passing
     quote makes it trusted again."""
-    from attest.core.errors import AttestationError
-    from attest.service.context import AttestConfig, AttestContext
     from attest.service.verifier import acknowledge
-    ctx = AttestContext(config=AttestConfig(), sessions=_sessions(_settings()),
-                        sign_result=lambda claims: "")
-    try:
-        state = acknowledge(ctx, name)
-    except AttestationError as exc:
-        console.print(f"[red]{exc.check}: {exc.detail}[/red]\n  → {exc.hint}")
-        raise typer.Exit(1) from None
+    state = _registrar_step(lambda ctx: acknowledge(ctx, name))
     console.print(f"acknowledged {name} ({state}); it becomes trusted with its next passing "
                   f"quote")
 
 
 @policy_app.command("set")
-def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True)]) -> None:
+def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True,
+                                                    dir_okay=False)]) -> None:
     """Create or replace the appraisal policy in FILE (YAML; its `name` is the node class)."""
     from attest.core.policy import PolicyInvalid
     from attest.service.policies import set_policy
     try:
-        policy, generation = set_policy(_sessions(_settings()), file.read_text(encoding="utf-8"))
+        document = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise FileUnusable(f"{file}: not UTF-8 text ({exc.reason})",
+                           hint="pass the policy as a YAML text file") from None
+    try:
+        policy, generation = set_policy(_sessions(_settings()), document)
     except PolicyInvalid as exc:
-        console.print(f"[red]policy rejected:[/red] {exc}")
-        raise typer.Exit(1) from None
+        raise CliError(f"{file}: {exc}", check="policy.rejected",
+                       hint="fix the named key of the policy (attest/core/policy.py describes "
+                            "the format) and run `umec policy set` again") from None
     console.print(f"policy {policy.name!r} stored (generation {generation})")
 
 
@@ -198,8 +212,7 @@ def policy_show(name: str) -> None:
         if row.name == name:
             sys.stdout.write(row.document)
             return
-    console.print(f"[red]no policy {name!r}[/red]")
-    raise typer.Exit(1)
+    raise NotFound(f"no policy {name!r}", hint="`umec policy list` shows the stored policies")
 
 
 @policy_app.command("remove")
@@ -209,11 +222,11 @@ def policy_remove(name: str) -> None:
     try:
         removed = remove_policy(_sessions(_settings()), name)
     except PolicyInUse as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
+        raise CliError(str(exc), check="policy.in_use",
+                       hint="remove or re-class the nodes of this class first (`umec nodes`)"
+                       ) from None
     if not removed:
-        console.print(f"[red]no policy {name!r}[/red]")
-        raise typer.Exit(1)
+        raise NotFound(f"no policy {name!r}", hint="`umec policy list` shows the stored policies")
     console.print(f"removed {name}")
 
 
@@ -232,8 +245,8 @@ def tokens_rotate_key(overlap_seconds: Annotated[float, typer.Option(
         kid = rotate_token_key(settings.data_dir / "keys" / "access-tokens", overlap_seconds,
                                settings.token_lifetime_seconds)
     except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+        raise UsageError(str(exc), hint="pass --overlap-seconds of at least the token "
+                                        "lifetime (UMEC_TOKEN_LIFETIME_SECONDS)") from None
     console.print(f"active key {kid}; the previous key stays published for "
                   f"{overlap_seconds:g} s")
 
@@ -246,14 +259,21 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
     import uvicorn
 
     from umec.api_process import MissingTokenService, build_api_process
+    from umec.api_wiring import API_NAMES
     from umec.http_limits import uvicorn_options
+    unknown = sorted(set(names) - set(API_NAMES))
+    if unknown:
+        raise UsageError(f"unknown API {', '.join(unknown)}",
+                         hint=f"name APIs among: {', '.join(API_NAMES)}")
     settings = _settings()
-    configure_logging(settings.log_level)
+    require_readable([settings.tls_cert, settings.tls_key], "TLS file")
+    configure_logging(checked_log_level(settings))
     try:
         application = build_api_process(settings, names)
-    except (MissingTokenService, ValueError) as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from None
+    except MissingTokenService:
+        raise SettingsInvalid("UMEC_TOKEN_SERVICE_URL is not set", hint="set it to the umec "
+                              "server's base URL (its JWKS and revocation feed protect this "
+                              "API)") from None
     ssl = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}

@@ -4,27 +4,43 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from umec.settings import Settings
+from umec.cli_errors import (
+    CliError,
+    FileUnusable,
+    KeyInvalid,
+    SettingsInvalid,
+    UsageError,
+    checked_log_level,
+    load_settings,
+    require_readable,
+    warn,
+)
+
+if TYPE_CHECKING:
+    from admission.core.errors import AdmissionError
+    from admission.core.verify import VerifiedSignature
+    from keys import PrivateKey, PublicKey
 
 console = Console()
 webhook_app = typer.Typer(help="The admission webhook (HTTPS) and its certificates.",
                           invoke_without_command=True)
 
 
-def _fail(exc: Exception) -> typer.Exit:
-    detail = getattr(exc, "detail", str(exc))
-    check = getattr(exc, "check", type(exc).__name__)
-    console.print(f"[red]{check}[/red]: {detail}")
-    hint = getattr(exc, "hint", "")
-    if hint:
-        console.print(f"  what to do: {hint}")
-    return typer.Exit(1)
+def _signing_key(source: str) -> PrivateKey:
+    """The signing key from a file or env://VAR; a bad one is a usage error (exit 2)."""
+    from admission.core.errors import AdmissionError
+    from admission.signing import load_signing_key_from
+    from keys import KeysError
+    try:
+        return load_signing_key_from(source)
+    except (AdmissionError, KeysError) as exc:
+        raise KeyInvalid(exc.detail, hint=exc.hint) from None
 
 
 def sign(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
@@ -33,58 +49,101 @@ def sign(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
          bundle: Annotated[bool, typer.Option(help="Also attach a Sigstore bundle")] = False,
          ) -> None:
     """Sign an image in cosign's format (COSIGN_PASSWORD for encrypted keys)."""
-    from admission.core.errors import AdmissionError
     from admission.core.reference import parse_reference
-    from admission.signing import load_signing_key_from, sign_image
-    from keys import KeysError
+    from admission.signing import sign_image
     from umec.admission_wiring import registry_client
+    settings = load_settings()
+    private_key = _signing_key(key)
+    ref = parse_reference(image)
 
     async def run() -> list[str]:
-        async with registry_client(Settings()) as client:
-            return await sign_image(client, parse_reference(image),
-                                    load_signing_key_from(key), recursive=recursive,
+        async with registry_client(settings) as client:
+            return await sign_image(client, ref, private_key, recursive=recursive,
                                     bundle=bundle)
-    try:
-        digests = asyncio.run(run())
-    except (AdmissionError, KeysError, OSError) as exc:
-        raise _fail(exc) from None
-    for digest in digests:
+    for digest in asyncio.run(run()):
         console.print(f"signed {digest}")
+
+
+def _public_key(path: Path) -> PublicKey:
+    from admission.core.keys_cosign import SigningKeyInvalid, load_verification_key
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FileUnusable(f"--key {path}: {exc.strerror or exc}",
+                           hint="pass an existing, readable public key file (PEM)") from None
+    try:
+        return load_verification_key(data, where=str(path))
+    except SigningKeyInvalid as exc:
+        raise KeyInvalid(exc.detail, hint=exc.hint) from None
+
+
+def distinct_keys(paths: list[Path]) -> dict[str, PublicKey]:
+    """The public keys by file, each key once: a file repeating an earlier key (same
+    SubjectPublicKeyInfo, whatever its file name or PEM layout) is warned about and dropped."""
+    from admission.core.keys_cosign import key_hint
+    keys: dict[str, PublicKey] = {}
+    first_file: dict[str, Path] = {}
+    for path in paths:
+        key = _public_key(path)
+        fingerprint = key_hint(key)
+        if fingerprint in first_file:
+            warn("key.duplicate", f"{path} is the same public key as {first_file[fingerprint]}; "
+                                  f"it counts once towards --threshold")
+            continue
+        first_file[fingerprint] = path
+        keys[str(path)] = key
+    return keys
+
+
+def check_threshold(threshold: int, distinct: int) -> None:
+    """``--threshold`` must ask for at least one and at most every distinct key given."""
+    if threshold < 1:
+        raise UsageError(f"--threshold {threshold}: at least one signature must be required",
+                         hint="pass --threshold 1 or more")
+    if threshold > distinct:
+        raise UsageError(f"--threshold {threshold} but only {distinct} distinct key(s) given, "
+                         f"so it could never be met",
+                         hint=f"pass more distinct --key files or --threshold {distinct} "
+                              f"or less")
 
 
 def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
            key: Annotated[list[Path], typer.Option(help="Public key (PEM); repeatable")],
-           threshold: Annotated[int, typer.Option(help="Distinct keys required")] = 1) -> None:
-    """Print which keys signed which digest; exit 1 unless THRESHOLD keys signed it."""
-    from admission.core.errors import AdmissionError
+           threshold: Annotated[int, typer.Option(help="Distinct keys required (1 to the "
+                                                  "number of distinct --key)")] = 1) -> None:
+    """Print which keys signed which digest; exit 1 unless THRESHOLD distinct keys signed it."""
     from admission.core.reference import parse_reference
-    from umec.admission_wiring import load_public_keys, registry_client
+    from admission.verification import verify_image_signatures
+    from umec.admission_wiring import registry_client
+    check_threshold(threshold, len(key))  # before reading any file
+    settings = load_settings()
+    keys = distinct_keys(key)
+    check_threshold(threshold, len(keys))  # a key given twice counts once
+    ref = parse_reference(image)
 
-    async def run() -> tuple[str, list, list]:  # type: ignore[type-arg]
-        from admission.verification import verify_image_signatures
-        ref = parse_reference(image)
-        async with registry_client(Settings()) as client:
-            if ref.digest is None:
-                ref = ref.with_digest((await client.resolve(ref)).digest)
-            signers, failures = await verify_image_signatures(client, ref,
-                                                              load_public_keys(key))
-        return str(ref), signers, failures
-    try:
-        pinned, signers, failures = asyncio.run(run())
-    except (AdmissionError, OSError) as exc:
-        raise _fail(exc) from None
+    async def run() -> tuple[str, list[VerifiedSignature], list[AdmissionError]]:
+        pinned = ref
+        async with registry_client(settings) as client:
+            if pinned.digest is None:
+                pinned = pinned.with_digest((await client.resolve(pinned)).digest)
+            signers, failures = await verify_image_signatures(client, pinned, keys)
+        return str(pinned), signers, failures
+    pinned, signers, failures = asyncio.run(run())
     table = Table("digest", "key", "format")
     for s in signers:
         table.add_row(s.digest, s.key_id, s.kind)
     console.print(f"image {pinned}")
     console.print(table)
-    distinct = {s.key_id for s in signers}
-    if len(distinct) < threshold:
-        console.print(f"[red]policy not met[/red]: {len(distinct)} of {threshold} keys signed")
+    signed = {s.key_id for s in signers}
+    if len(signed) < threshold:
+        console.print(f"[red]policy not met[/red]: {len(signed)} of {threshold} keys signed")
         for f in failures:
-            console.print(f"  ✗ {f.check}: {f.detail}")
-        raise typer.Exit(1)
-    console.print(f"[green]verified[/green]: {len(distinct)} key(s) signed this digest")
+            console.print(f"  ✗ {f.check}: {f.detail}", markup=False)
+        raise CliError(f"{pinned}: {len(signed)} of {threshold} required keys signed it",
+                       check="signature.threshold",
+                       hint="sign the image with the missing keys (`umec sign`), or check that "
+                            "--key names the signers' public keys")
+    console.print(f"[green]verified[/green]: {len(signed)} key(s) signed this digest")
 
 
 @webhook_app.callback()
@@ -95,15 +154,16 @@ def webhook(ctx: typer.Context,
     if ctx.invoked_subcommand is not None:
         return
     from umec.webhook_process import handover
-    try:
-        settings = Settings()
-    except Exception as exc:  # pydantic's message already names the bad variable
-        console.print(f"[red]invalid settings:[/red] {exc}")
-        raise typer.Exit(2) from None
+    settings = load_settings()
     if settings.webhook_tls_cert is None or settings.webhook_tls_key is None:
-        console.print("[red]UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required[/red] "
-                      "(create them with `umec webhook certs`)")
-        raise typer.Exit(2)
+        raise SettingsInvalid("UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required",
+                              hint="create them with `umec webhook certs --dir DIR` and set "
+                                   "both variables")
+    checked_log_level(settings)
+    require_readable([settings.webhook_tls_cert, settings.webhook_tls_key], "webhook TLS file")
+    if settings.admission_policy_dir is not None and not settings.admission_policy_dir.is_dir():
+        raise FileUnusable(f"UMEC_ADMISSION_POLICY_DIR {settings.admission_policy_dir}: "
+                           f"not a directory")
     # Settings are valid; the webhook itself runs in a lean process (see webhook_process).
     handover(host, port or settings.webhook_port)
 
