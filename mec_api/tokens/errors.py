@@ -81,6 +81,16 @@ class ScopeNotGranted(TokenRefused):
             "(see scopes_supported).")
 
 
+class ScopeInvalid(TokenRefused):
+    """The ``scope`` parameter is beyond the caps (count or length of its scope-tokens)."""
+
+    error = "invalid_scope"
+    check = "request.scope"
+    hint = ("Ask only for the scopes the workload needs (scopes_supported in the metadata "
+            "lists them all), space-separated; the number of scopes and the length of each "
+            "is capped, as error_description says.")
+
+
 class DpopProofInvalid(TokenRefused):
     error = "invalid_dpop_proof"
     check = "dpop.proof"

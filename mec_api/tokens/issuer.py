@@ -57,7 +57,7 @@ from mec_api.tokens.sa_token import (
     WorkloadIdentity,
     verify_service_account_token,
 )
-from mec_api.tokens.scope_policy import ScopePolicy
+from mec_api.tokens.scope_policy import ScopePolicy, parse_scope
 from mec_api.tokens.trust import AdmissionLookup, NodeTrust, NodeTrustView
 from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
@@ -260,7 +260,7 @@ class TokenIssuer:
 
     # 6. scopes ----------------------------------------------------------------------------------
     def _scopes(self, req: TokenRequest, who: WorkloadIdentity) -> tuple[str, ...]:
-        requested = sorted(set(req.scope.split())) if req.scope else sorted(ALL_SCOPES)
+        requested = list(parse_scope(req.scope) or sorted(ALL_SCOPES))  # capped: ScopeInvalid
         decision = self.scopes.decide(namespace=who.namespace,
                                       service_account=who.service_account,
                                       node=who.node_name, requested=requested)

@@ -11,6 +11,12 @@ Rego (embedded, regopy) takes the decision: granted = requested ∩ matching gra
 the policy forbids. The evaluator is compiled once; decisions are memoised by their input (a
 workload asks for the same scopes every few minutes). The interpreter is not thread-safe, so a
 lock serialises queries. Any failure is :class:`PolicyFailed`: nothing is issued.
+
+The evaluator's cost grows with the square of the scopes it is handed (3,000 took 9 s behind
+the lock), so a request is capped (:data:`MAX_SCOPES` scope-tokens of at most
+:data:`MAX_SCOPE_CHARS` characters, else :class:`ScopeInvalid` before any policy work) and only
+its *known* scopes reach Rego: an unknown scope is never granted, so it is denied in Python, in
+linear time, and Rego's work is bounded by the size of ``ALL_SCOPES`` whatever is asked.
 """
 
 from __future__ import annotations
@@ -26,10 +32,33 @@ from typing import Any
 import yaml
 
 from mec_api.scopes import ALL_SCOPES
-from mec_api.tokens.errors import PolicyFailed
+from mec_api.tokens.errors import PolicyFailed, ScopeInvalid
 
 POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 DECISION_QUERY = "data.umec.tokens.decision"
+# Caps on one request (docs/decisions.md): 4x the scopes that exist, 3x the longest one.
+MAX_SCOPES = 32
+MAX_SCOPE_CHARS = 64
+
+
+def check_scope_caps(scopes: Sequence[str]) -> None:
+    """Refuse more than :data:`MAX_SCOPES` scopes or one longer than :data:`MAX_SCOPE_CHARS`."""
+    if len(scopes) > MAX_SCOPES:
+        raise ScopeInvalid(f"{len(scopes)} scopes requested; at most {MAX_SCOPES} are accepted")
+    longest = max(map(len, scopes), default=0)
+    if longest > MAX_SCOPE_CHARS:
+        raise ScopeInvalid(f"a scope of {longest} characters; at most {MAX_SCOPE_CHARS} are "
+                           f"accepted")
+
+
+def parse_scope(scope: str | None) -> tuple[str, ...] | None:
+    """The distinct scope-tokens of an RFC 6749 §3.3 ``scope`` parameter, sorted (None when it
+    is absent or blank); linear in its length, capped by :func:`check_scope_caps`."""
+    if not scope:
+        return None
+    tokens = scope.split()
+    check_scope_caps(tokens)
+    return tuple(sorted(set(tokens))) or None
 
 
 @dataclass(frozen=True)
@@ -85,6 +114,7 @@ class ScopePolicy:
         self._cache: OrderedDict[str, ScopeDecision] = OrderedDict()
         self._cache_size = cache_size
         self.queries = 0
+        self.scopes_evaluated = 0  # scopes handed to Rego, summed: the policy work done
         try:
             for p in paths:
                 self._interp.add_module(p.stem, p.read_text())
@@ -94,11 +124,21 @@ class ScopePolicy:
 
     def decide(self, *, namespace: str, service_account: str, node: str,
                requested: Sequence[str]) -> ScopeDecision:
+        """Granted and denied scopes of ``requested`` (capped; unknown ones denied unasked)."""
+        check_scope_caps(requested)
+        asked = set(requested)
+        known = asked & ALL_SCOPES
+        decision = self._decide_known(namespace, service_account, node, sorted(known))
+        if known == asked:
+            return decision
+        return ScopeDecision(decision.granted, tuple(sorted({*decision.denied, *asked - known})))
+
+    def _decide_known(self, namespace: str, service_account: str, node: str,
+                      requested: list[str]) -> ScopeDecision:
         rego_input: dict[str, Any] = {
             "workload": {"namespace": namespace, "service_account": service_account,
                          "node": node},
-            "requested": sorted(set(requested)), "known_scopes": sorted(ALL_SCOPES),
-            "grants": self.grants}
+            "requested": requested, "known_scopes": sorted(ALL_SCOPES), "grants": self.grants}
         key = json.dumps(rego_input, sort_keys=True)
         with self._lock:
             hit = self._cache.get(key)
@@ -115,6 +155,7 @@ class ScopePolicy:
         try:
             self._interp.set_input(rego_input)
             self.queries += 1
+            self.scopes_evaluated += len(rego_input["requested"])
             out = self._interp.query_bundle(self._bundle)
             if not out.ok():
                 raise PolicyFailed(str(out)[:300])
