@@ -53,6 +53,15 @@ def umec(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+def umec_process(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
+    """``python -m umec ARGS`` as its own process (the console script's path)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("UMEC_")}
+    full.update({k: v for k, v in env.items() if v is not None})
+    done = subprocess.run([sys.executable, "-m", "umec", *args], capture_output=True, text=True,
+                          timeout=120, env=full, check=False)
+    return done.returncode, done.stdout, done.stderr
+
+
 def one_error_line(stderr: str, stdout: str = "") -> str:
     """The single stderr line; no traceback anywhere."""
     assert "Traceback" not in stderr + stdout
@@ -232,6 +241,16 @@ def test_webhook_settings_and_files(tmp_path: Path, env: dict[str, str | None]) 
     files = {"UMEC_WEBHOOK_TLS_CERT": str(tmp_path / "tls.crt"),
              "UMEC_WEBHOOK_TLS_KEY": str(tmp_path / "tls.key")}
     assert_error(umec(["webhook"], {**env, **files}), EXIT_USAGE, "webhook TLS file", "tls.crt")
+    for name in ("tls.crt", "tls.key"):
+        (tmp_path / name).write_text("")  # readable; the webhook process would parse them
+    policies = tmp_path / "image-policies"
+    policies.mkdir()
+    (policies / "ci.yaml").write_text("apiVersion: umec.io/v1alpha1\nkind: ClusterImagePolicy\n"
+                                      "metadata: {name: ci}\nspec: {images: []}\n")
+    # A process: were the check gone, `umec webhook` would exec the webhook in its place.
+    assert_error(umec_process(["webhook"], {**env, **files,
+                                            "UMEC_ADMISSION_POLICY_DIR": str(policies)}),
+                 EXIT_USAGE, "UMEC_ADMISSION_POLICY_DIR", "spec.images", "Fix the")
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     assert_error(umec(["webhook", "certs", "--dir", str(blocker / "certs")], env), EXIT_USAGE,
@@ -279,12 +298,9 @@ def test_an_unanticipated_exception_is_one_line_naming_a_bug() -> None:
 
 def test_console_entry_point_missing_key_file(tmp_path: Path) -> None:
     """The report's first case: a missing key file printed a bare FileNotFoundError."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UMEC_")}
-    env["UMEC_DATA_DIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "umec", "verify", "127.0.0.1:1/app:1",
-                             "--key", str(tmp_path / "cosign.pub")], capture_output=True,
-                            text=True, timeout=120, env=env, check=False)
-    assert result.returncode == EXIT_USAGE
-    line = one_error_line(result.stderr, result.stdout)
+    code, stdout, stderr = umec_process(["verify", "127.0.0.1:1/app:1",
+                                         "--key", str(tmp_path / "cosign.pub")],
+                                        {"UMEC_DATA_DIR": str(tmp_path)})
+    assert code == EXIT_USAGE and stdout == ""
+    line = one_error_line(stderr, stdout)
     assert "cosign.pub: No such file or directory" in line and "FileNotFoundError" not in line
-    assert result.stdout == ""

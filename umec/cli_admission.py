@@ -146,6 +146,22 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
     console.print(f"[green]verified[/green]: {len(signed)} key(s) signed this digest")
 
 
+def _check_admission_policies(directory: Path | None) -> None:
+    """The webhook's image policies load (else one line, exit 2, before the process starts)."""
+    from admission.core.errors import AdmissionError
+    from umec.admission_wiring import load_policy_set
+    if directory is not None and not directory.is_dir():
+        raise FileUnusable(f"UMEC_ADMISSION_POLICY_DIR {directory}: not a directory")
+    try:
+        load_policy_set(directory)
+    except AdmissionError as exc:
+        raise SettingsInvalid(f"UMEC_ADMISSION_POLICY_DIR {directory}: {exc.detail}",
+                              hint=exc.hint) from None
+    except ValueError as exc:  # a key file outside the directory, or a file not UTF-8
+        raise SettingsInvalid(f"UMEC_ADMISSION_POLICY_DIR {directory}: {exc}",
+                              hint="fix the policy file it names") from None
+
+
 @webhook_app.callback()
 def webhook(ctx: typer.Context,
             host: Annotated[str, typer.Option(help="Listen address")] = "0.0.0.0",
@@ -161,9 +177,7 @@ def webhook(ctx: typer.Context,
                                    "both variables")
     checked_log_level(settings)
     require_readable([settings.webhook_tls_cert, settings.webhook_tls_key], "webhook TLS file")
-    if settings.admission_policy_dir is not None and not settings.admission_policy_dir.is_dir():
-        raise FileUnusable(f"UMEC_ADMISSION_POLICY_DIR {settings.admission_policy_dir}: "
-                           f"not a directory")
+    _check_admission_policies(settings.admission_policy_dir)
     # Settings are valid; the webhook itself runs in a lean process (see webhook_process).
     handover(host, port or settings.webhook_port)
 
