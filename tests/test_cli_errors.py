@@ -304,3 +304,8 @@ def test_console_entry_point_missing_key_file(tmp_path: Path) -> None:
     assert code == EXIT_USAGE and stdout == ""
     line = one_error_line(stderr, stdout)
     assert "cosign.pub: No such file or directory" in line and "FileNotFoundError" not in line
+
+
+def test_demo_without_its_parts_says_how_to_get_them(tmp_path: Path) -> None:
+    result = umec_process(["demo"], {"UMEC_DATA_DIR": str(tmp_path), "PATH": str(tmp_path)})
+    assert_error(result, EXIT_FAILED, "demo.requirements", "scripts/setup.sh")

@@ -283,6 +283,14 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
 
 @app.command()
 def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] = None) -> None:
-    """Everything on one machine: swtpm nodes, server, agents; a node is tampered with."""
+    """Everything on one machine: swtpm nodes, server, agents; a node is tampered with.
+    The log (UMEC_LOG_LEVEL) is kept, and its path printed on stderr, when a step fails."""
+    from attest.tpm.swtpm import swtpm_available
     from umec.demo import run_demo
-    raise typer.Exit(run_demo(console, workdir))
+    from umec.localregistry import registry_available
+    log_level = checked_log_level(_settings())
+    if not (swtpm_available() and registry_available()):
+        raise CliError("the demo needs swtpm, swtpm_setup, swtpm_localca and docker-registry",
+                       check="demo.requirements",
+                       hint="run scripts/setup.sh (it installs the Debian packages)")
+    raise typer.Exit(run_demo(console, workdir, log_level))

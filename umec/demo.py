@@ -7,16 +7,24 @@
 4. node-b's k3s binary is replaced; its agent measures it after a reboot of the TPM … here we
    simply extend the application PCR as a tampered boot would: the next quote shows it, the node
    goes untrusted, and the verdict names the failed check.
+
+The process log (server, webhook and the demo's own steps and checks, JSON lines at
+``UMEC_LOG_LEVEL``) goes to a file in a temporary directory: deleted when the demo passes, kept
+with a copy of the server's SQLite database when a step fails, its path printed on stderr.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import httpx
@@ -25,6 +33,59 @@ from rich.console import Console
 from rich.table import Table
 
 APP_PCR = 14
+log = logging.getLogger("umec.demo")
+
+
+class DemoStepFailed(Exception):
+    """A step was made to fail on purpose (``run_demo(fail_at_step=N)``): the failure path."""
+
+
+@dataclass
+class Evidence:
+    """Where this run's log goes, and whether a step failed (then it is kept)."""
+
+    directory: Path
+    failed: bool = False
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "server.log"
+
+    def keep_database(self, data_dir: Path) -> Callable[..., bool]:
+        """An exit callback: on failure, copy the server's SQLite files next to the log."""
+        def on_exit(exc_type: type[BaseException] | None, exc: BaseException | None,
+                    tb: TracebackType | None) -> bool:
+            if exc_type is not None or self.failed:
+                for db in sorted(data_dir.glob("*.db*")):
+                    shutil.copy2(db, self.directory / db.name)
+            return False
+        return on_exit
+
+
+@contextlib.contextmanager
+def _kept_on_failure(log_level: str) -> Iterator[Evidence]:
+    """Log the process to a file in a fresh temporary directory; afterwards delete it if
+    every step passed, else keep it and name it on stderr."""
+    from umec.logs import configure_logging
+    evidence = Evidence(Path(tempfile.mkdtemp(prefix="umec-demo-log-")))
+    root = logging.getLogger()
+    saved_handlers, saved_level = root.handlers[:], root.level
+    configure_logging(log_level, path=evidence.log_path)
+    try:
+        yield evidence
+    except BaseException:
+        evidence.failed = True
+        raise
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+        if evidence.failed:
+            print(f"umec demo: a step failed; its log is kept in {evidence.log_path}",
+                  file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(evidence.directory, ignore_errors=True)
 
 
 def _expected_pcr(*files: Path) -> str:
@@ -47,7 +108,23 @@ def _workdir(path: Path | None) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_demo(console: Console, workdir: Path | None = None) -> int:
+def run_demo(console: Console, workdir: Path | None = None, log_level: str = "INFO", *,
+             fail_at_step: int | None = None) -> int:
+    """Run the story; 0 if every check passed. ``fail_at_step`` makes that step fail (tests of
+    the failure path: the kept log); the command never sets it."""
+    with _kept_on_failure(log_level) as evidence:
+        try:
+            _story(console, workdir, evidence, fail_at_step)
+        except DemoStepFailed as exc:
+            evidence.failed = True
+            console.print(f"[red]✗ UNEXPECTED:[/red] {exc}")
+            log.error("demo step failed", extra={"reason": str(exc)})
+    console.rule("[bold red]demo FAILED" if evidence.failed else "[bold green]demo passed")
+    return 1 if evidence.failed else 0
+
+
+def _story(console: Console, workdir: Path | None, evidence: Evidence,
+           fail_at_step: int | None) -> None:
     from attest.agent import Agent, AgentConfig
     from attest.tpm.device import Tpm
     from attest.tpm.swtpm import Swtpm, SwtpmCa
@@ -57,14 +134,17 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
     from umec.localserver import ServerThread, free_port
     from umec.settings import Settings
 
-    ok = True
-
     def step(title: str) -> None:
         console.rule(f"[bold]{title}")
+        number = int(title.split(".", 1)[0])
+        log.info("demo step", extra={"step": number, "title": title})
+        if number == fail_at_step:
+            raise DemoStepFailed(f"step {number} made to fail (fail_at_step={number})")
 
     def expect(condition: bool, what: str) -> None:
-        nonlocal ok
-        ok = ok and condition
+        evidence.failed = evidence.failed or not condition
+        log.log(logging.INFO if condition else logging.ERROR,
+                "demo check passed" if condition else "demo check FAILED", extra={"what": what})
         console.print(("[green]✓[/green] " if condition else "[red]✗ UNEXPECTED:[/red] ") + what)
 
     with _workdir(workdir) as work, contextlib.ExitStack() as stack:
@@ -88,6 +168,7 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
         cluster = DemoCluster()
         (work / "grants.yaml").write_text(GRANTS)
         port = free_port()
+        stack.push(evidence.keep_database(work / "server"))
         settings = Settings(
             data_dir=work / "server", ek_ca_bundle=bundle, policy_dir=policy_dir,
             default_node_class="pi-k3s", listen_port=port, public_url=f"http://127.0.0.1:{port}",
@@ -130,8 +211,8 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
         _print_fleet(console, client.get("/attest/v1/nodes").json())
 
         step("6. Signed images only: a local registry, CI signs, the webhook admits")
-        ok = _admission_story(console, stack, work, expect,
-                              settings.resolved_database_url()) and ok
+        if not _admission_story(console, stack, work, expect, settings.resolved_database_url()):
+            evidence.failed = True
 
         step("7. Tokens for attested, signed apps: sensors, camera, inference; then revoked")
         expect(agents["node-a"].attest_once()["state"] == "trusted", "node-a attests again")
@@ -146,9 +227,6 @@ def run_demo(console: Console, workdir: Path | None = None) -> int:
                                 "node-a"),
                     unsigned=Pod("tenant-a", "app", "pod-unsigned", "pod-unsigned", "node-a"),
                     expect=expect, tamper_app_node=tamper_node_a)
-
-    console.rule("[bold green]demo passed" if ok else "[bold red]demo FAILED")
-    return 0 if ok else 1
 
 
 def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,

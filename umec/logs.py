@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -27,8 +28,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str = "INFO", path: Path | None = None) -> None:
+    """JSON lines at ``level`` and above for the whole process, on stderr or appended to
+    ``path`` (``umec demo`` keeps its server's log in a file)."""
+    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path is not None
+                                else logging.StreamHandler(sys.stderr))
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
