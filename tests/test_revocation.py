@@ -340,3 +340,36 @@ def test_a_server_whose_follower_cannot_read_refuses_within_a_second(
     while site.call(token).status_code != 200:
         assert time.monotonic() < deadline, "the guard did not recover after the feed did"
         time.sleep(0.05)
+
+
+def test_the_public_feed_costs_one_read_at_a_time(site: Site) -> None:
+    """Anyone may read the feed; 200 concurrent callers share a handful of database reads,
+    and every answer is the complete set."""
+    token = site.token()
+    registrar.remove(site.server.attest, "node-a")
+    site.refused_within(token, 1.0)
+    url = f"{site.url}/oauth2/revocations"
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(
+                max_connections=200)) as client:
+            return await asyncio.gather(*(client.get(url) for _ in range(200)))
+    answers = asyncio.run(main())
+    assert {r.status_code for r in answers} == {200}
+    assert all(r.json()["complete"] is True and [e["node"] for e in r.json()["entries"]]
+               == ["node-a"] for r in answers)
+
+
+def test_a_workload_revoking_in_a_loop_is_slowed_down(site: Site) -> None:
+    """Each RFC 7009 revocation is an entry every resource server reads for the token's life:
+    a workload gets its burst (20), then 429 with Retry-After, and nothing is written."""
+    tokens = [site.token() for _ in range(30)]
+    with httpx.Client() as client:
+        codes = [client.post(f"{site.url}/oauth2/revoke", data={"token": t}) for t in tokens]
+    assert [r.status_code for r in codes[:20]] == [200] * 20
+    limited = codes[-1]
+    assert limited.status_code == 429 and limited.json()["check"] == "revoke.rate"
+    assert int(limited.headers["retry-after"]) >= 1
+    with site.engine.connect() as conn:
+        count = conn.scalar(select(func.count()).select_from(TABLE).where(TABLE.c.kind == "token"))
+    assert count is not None and 20 <= count < 30

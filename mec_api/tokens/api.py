@@ -5,15 +5,21 @@
   no-store`` on every answer.
 - ``POST /oauth2/introspect`` (RFC 7662): for resource servers holding the operator token.
 - ``POST /oauth2/revoke`` (RFC 7009): possession of a valid token is enough to revoke it;
-  always 200, as the RFC asks, so the endpoint tells nothing about tokens.
-- ``GET /oauth2/revocations?after=<seq>``: the revocation feed resource servers follow. Like a
-  CRL it is public: it lists token ids and node names, nothing that grants access.
+  200 whether or not the token was valid, as the RFC asks, so the endpoint tells nothing about
+  tokens. A workload revoking more than ``revoke_limiter`` allows gets 429 (each revocation is
+  an entry every resource server reads until the token would have expired).
+- ``GET /oauth2/revocations``: the revocation feed resource servers follow, the whole live set
+  (``complete: true``). Like a CRL it is public: it lists token ids, node names and pod UIDs,
+  nothing that grants access. Concurrent callers share one database read that started after
+  they asked (:class:`kernel.coalesce.CoalescedRead`): calling it in a loop costs the database
+  one read at a time.
 - ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,10 +27,12 @@ from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Form, Header, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
+from kernel.coalesce import CoalescedRead
+from kernel.ratelimit import RateLimiter
 from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
@@ -48,6 +56,10 @@ ISSUED = Counter("umec_tokens_issued", "Access tokens issued.", ["grant"])
 REFUSED = Counter("umec_tokens_refused", "Token requests refused, by failed check.", ["check"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Text = Annotated[str | None, Form()]
+# RFC 7009 revocations per workload (client_id): a holder revoking in a loop would grow the
+# set every resource server reads.
+REVOKE_RATE_PER_WORKLOAD = 2.0
+REVOKE_BURST_PER_WORKLOAD = 20.0
 
 
 def _oauth_error(e: TokenRefused) -> JSONResponse:
@@ -84,10 +96,30 @@ async def _form(request: Request) -> dict[str, str]:
     return form
 
 
+def feed_body(store: RevocationStore, now: datetime) -> bytes:
+    """The feed document: every live entry, serialised once per read."""
+    entries = store.current(now)
+    return json.dumps({"complete": True, "seq": max((e.seq for e in entries), default=0),
+                       "entries": [e.as_dict() for e in entries]},
+                      separators=(",", ":")).encode()
+
+
+def _slow_down(wait: float) -> JSONResponse:
+    return JSONResponse({"error": "slow_down", "check": "revoke.rate",
+                         "error_description": "too many revocations by this workload",
+                         "hint": "Revoke tokens you hold no more than a few times a second; "
+                                 "retry after the Retry-After delay."},
+                        status_code=429,
+                        headers={**NO_STORE, "Retry-After": str(max(1, round(wait)))})
+
+
 def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> APIRouter:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+                 revoke_limiter: RateLimiter | None = None) -> APIRouter:
     router = APIRouter(tags=["tokens"])
     config = issuer.config
+    limiter = revoke_limiter or RateLimiter(REVOKE_RATE_PER_WORKLOAD, REVOKE_BURST_PER_WORKLOAD)
+    feed = CoalescedRead(lambda: feed_body(store, clock()))
 
     @router.post("/oauth2/token")
     async def token(request: Request) -> JSONResponse:
@@ -155,18 +187,19 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
     def revoke(token: Text = None, token_type_hint: Text = None) -> JSONResponse:
         claims = _active_claims(token)
         if claims is not None:
+            wait = limiter.retry_after(str(claims.get("client_id", "")), clock().timestamp())
+            if wait > 0:
+                return _slow_down(wait)
             store.revoke_token(str(claims["jti"]), float(claims["exp"]),
                                "revoked by its holder (RFC 7009)", clock())
         return JSONResponse({}, headers=NO_STORE)
 
     @router.get("/oauth2/revocations")
-    def revocations(after: Annotated[int, Query(ge=0)] = 0) -> JSONResponse:
-        # The whole live set on every call (``after`` is accepted and ignored: followers from
-        # before the whole-set feed ask with it, and re-applying what they have is harmless).
-        entries = store.current(clock())
-        return JSONResponse({"complete": True, "seq": max((e.seq for e in entries), default=0),
-                             "entries": [e.as_dict() for e in entries]},
-                            headers={"Cache-Control": "no-store"})
+    async def revocations(after: Annotated[int, Query(ge=0)] = 0) -> Response:
+        # ``after`` is accepted and ignored: followers from before the whole-set feed send it,
+        # and re-applying what they have is harmless.
+        return Response(await feed.get(), media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
 
     @router.get("/.well-known/oauth-authorization-server")
     def metadata() -> dict[str, Any]:
