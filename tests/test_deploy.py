@@ -32,7 +32,8 @@ def test_agent_tolerates_untrusted_taint_and_server_can_patch_nodes() -> None:
     assert {"key": "umec.io/untrusted", "operator": "Exists", "effect": "NoExecute"} in tolerations
     rules = next(d for d in yaml.safe_load_all((DEPLOY / "rbac.yaml").read_text())
                  if d["kind"] == "ClusterRole")["rules"]
-    assert rules == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]}]
+    assert rules == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "patch"]},
+                     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]
 
 
 def test_pod_deletion_webhook_never_blocks_a_deletion() -> None:

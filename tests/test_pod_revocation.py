@@ -303,3 +303,37 @@ def test_no_record_old_enough_means_no_listing(hook: Hook) -> None:
                                 grace_seconds=120.0, now=datetime.now(UTC)) == []
         assert kube.calls() == []
     assert records.lookup("uid-young") is not None
+
+
+def test_umec_server_runs_the_reconciler_when_kubernetes_is_configured(
+        tmp_path: Path) -> None:
+    """The wiring: ``umec server`` with ``UMEC_KUBERNETES_LABELS`` reconciles on its own (here
+    every 0.3 s), and the pod gone from the (fake, HTTP) API server loses its record."""
+    from umec.app import build_server
+    from umec.db import open_database
+    with FakeKube() as kube:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": kube.url}}],
+            "users": [{"name": "fake", "user": {}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        settings = Settings(data_dir=tmp_path / "srv", kubernetes_labels=True,
+                            kubeconfig=kubeconfig, kubernetes_resync_seconds=0.3)
+        server = build_server(settings)
+        _, sessions = open_database(settings.resolved_database_url())
+        old = datetime.now(UTC) - timedelta(hours=1)
+        records = SqlAdmissionRecords(sessions, now=lambda: old)
+        for uid in ("uid-live", "uid-gone"):
+            records.record(namespace="tenant-a", name=uid, uid=uid, images=[],
+                           verified=True, policy_generation="g1")
+        kube.add_pod("tenant-a", "uid-live", "uid-live")
+        with ServerThread(server.app):
+            deadline = time.monotonic() + 10
+            while records.lookup("uid-gone") is not None:
+                assert time.monotonic() < deadline, "the server never reconciled"
+                time.sleep(0.1)
+        assert records.lookup("uid-live") is not None
+        with sessions() as s:
+            kinds = s.execute(select(REVOCATIONS.c.kind, REVOCATIONS.c.pod_uid)).all()
+        assert [(k, u) for k, u in kinds] == [("pod", "uid-gone")]

@@ -28,7 +28,7 @@ from admission.webhook import create_webhook_app
 from admission.webhook_admit import PullCredentialSource, WebhookDeps
 from kernel.clock import clock_for
 from keys import PublicKey
-from mec_api.tokens.revocations import write_pod_revocations
+from mec_api.tokens.revocations import MAX_TOKEN_LIFETIME_SECONDS, write_pod_revocations
 from umec.db import open_engine
 from umec.http_limits import BodyLimits, BodyPolicy, install_error_handlers
 from umec.settings import Settings
@@ -128,8 +128,9 @@ POD_GONE_REASON = "pod deleted: its admission record was forgotten"
 
 def pod_revocation_writer(settings: Settings) -> ForgetWriter:
     """The forget writer: every token of each forgotten pod is revoked, in the transaction
-    that deletes its record, for as long as a token of the server's lifetime can live."""
-    lifetime = float(settings.token_lifetime_seconds)
+    that deletes its record, for as long as any access token can live (the longest lifetime,
+    not this process's setting: the webhook's and the server's settings may differ)."""
+    lifetime = float(max(settings.token_lifetime_seconds, MAX_TOKEN_LIFETIME_SECONDS))
 
     def write(conn: Connection, uids: Sequence[str], now: datetime) -> None:
         write_pod_revocations(conn, pod_uids=uids, reason=POD_GONE_REASON, now=now,

@@ -184,6 +184,18 @@ async def _resync_loop(ctx: AttestContext, sink: Any, every: float) -> None:
             log.exception("kubernetes label re-sync failed")
 
 
+async def _pod_reconcile(ctx: AttestContext, settings: Settings, kube_api: Any) -> None:
+    """The lease holder forgets the records of pods gone from the cluster (and revokes their
+    tokens), every minute or every Kubernetes re-sync, whichever is more often."""
+    from umec.admission_wiring import admission_records
+    from umec.pod_reconcile import RECONCILE_EVERY_SECONDS, live_pod_uids, pod_reconcile_loop
+    every = min(RECONCILE_EVERY_SECONDS, settings.kubernetes_resync_seconds)
+    await pod_reconcile_loop(admission_records(settings, ctx.sessions),
+                             lambda: live_pod_uids(kube_api), now=ctx.now, every=every,
+                             acquire=Lease(ctx, name="pod-reconcile",
+                                           ttl=max(3 * every, 3.0)).acquire)
+
+
 async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
     while True:
         await asyncio.sleep(every)
@@ -204,12 +216,13 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     if settings.webhook_urls:
         sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
                                  webhook_client))
-    kube_sink = None
+    kube_sink, kube_api = None, None
     if settings.kubernetes_labels:
         # Imported only when enabled: the kubernetes client costs seconds of start-up.
         from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
-        kube_sink = KubernetesNodeSink(kubernetes_api_from_config(
-            settings.kubeconfig, in_cluster=settings.kubeconfig is None))
+        kube_api = kubernetes_api_from_config(settings.kubeconfig,
+                                              in_cluster=settings.kubeconfig is None)
+        kube_sink = KubernetesNodeSink(kube_api)
         sinks.append(kube_sink)
     attest_config = _attest_config(settings)
     clock = clock_for(engine)  # one clock for every replica: the database's on PostgreSQL
@@ -237,6 +250,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         if kube_sink is not None:
             tasks.append(asyncio.create_task(
                 _resync_loop(ctx, kube_sink, settings.kubernetes_resync_seconds)))
+        if kube_api is not None:  # records of pods whose DELETE review the webhook missed
+            tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, kube_api)))
         try:
             async with apis.running():
                 yield

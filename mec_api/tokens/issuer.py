@@ -52,6 +52,7 @@ from mec_api.tokens.errors import (
     TokenRefused,
     UnsupportedGrantType,
 )
+from mec_api.tokens.revocations import MAX_TOKEN_LIFETIME_SECONDS
 from mec_api.tokens.sa_token import (
     SubjectTokenUnknownKey,
     WorkloadIdentity,
@@ -67,7 +68,7 @@ JWT_BEARER_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
 TOKEN_TYPE_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TOKEN_TYPE_ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-MAX_LIFETIME_SECONDS = 300
+MAX_LIFETIME_SECONDS = MAX_TOKEN_LIFETIME_SECONDS
 SA_TOKEN_LEEWAY = 5.0
 # A node's last passing evidence may lie this far after now (rounding) before it is a clock step.
 FUTURE_TOLERANCE = timedelta(seconds=2)

@@ -38,6 +38,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from mec_api.tokens.models import RevocationRow
 
 CUTOFF_MARGIN_SECONDS = 1.0  # the time cutoff still written for versions before 0008
+# No access token lives longer (the issuer refuses a longer configured lifetime). Writers outside
+# the token service (the webhook's pod revocations) date their entries' expiry with this, so a
+# lifetime configured differently in another process cannot make an entry die before its tokens.
+MAX_TOKEN_LIFETIME_SECONDS = 300
 KINDS = ("token", "node", "pod")
 _TABLE: Table = RevocationRow.__table__  # type: ignore[assignment]
 
