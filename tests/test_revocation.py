@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -307,6 +310,19 @@ def test_removing_a_node_revokes_its_tokens(site: Site) -> None:
     with site.engine.connect() as conn:
         rows = conn.execute(select(TABLE.c.kind, TABLE.c.node)).all()
     assert [(k, n) for k, n in rows] == [("node", "node-a")]
+
+
+def test_umec_nodes_remove_revokes_the_nodes_tokens(site: Site) -> None:
+    """The operator's CLI writes the same revocation in the same transaction as the server:
+    ``umec nodes remove`` used to leave every token of the node working."""
+    token = site.token()
+    url = site.engine.url.render_as_string(hide_password=False)
+    done = subprocess.run([sys.executable, "-m", "umec", "nodes", "remove", "node-a"],
+                          env={**os.environ, "UMEC_DATABASE_URL": url}, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    r = site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
 
 
 def test_renaming_a_node_revokes_the_old_names_tokens(site: Site) -> None:

@@ -142,8 +142,15 @@ def _registrar_step(step: Callable[[Any], Any]) -> Any:
     """Run an operator step of the registrar; a refusal (AttestationError) is mapped by
     UmecGroup to one line on stderr, exit 1."""
     from attest.service.context import AttestConfig, AttestContext
-    ctx = AttestContext(config=AttestConfig(), sessions=_sessions(_settings()),
-                        sign_result=lambda claims: "")
+    from kernel.clock import clock_for
+    from umec.tokens_wiring import RevokeInTransaction
+    settings = _settings()
+    sessions = _sessions(settings)
+    # The same in-transaction writer as the server's: a removal or rename commits its node
+    # revocation with it, dated by the clock every replica shares.
+    ctx = AttestContext(config=AttestConfig(), sessions=sessions, sign_result=lambda claims: "",
+                        now=clock_for(sessions.kw["bind"]).now,
+                        change_writers=[RevokeInTransaction(settings.token_lifetime_seconds)])
     return step(ctx)
 
 
