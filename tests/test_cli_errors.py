@@ -181,6 +181,12 @@ def test_verify_key_file_problems(tmp_path: Path, keys: dict[str, Path],
     assert line.startswith(check)
 
 
+def test_malformed_image_reference(keys: dict[str, Path], env: dict[str, str | None]) -> None:
+    for verb in (["verify", "a@@b", "--key", str(keys["ci.pub"])],
+                 ["sign", "a@@b", "--key", str(keys["ci.key"])]):
+        assert_error(umec(verb, env), EXIT_USAGE, "reference.invalid", "more than one '@'")
+
+
 def test_sign_key_problems(tmp_path: Path, keys: dict[str, Path],
                            env: dict[str, str | None]) -> None:
     image = "127.0.0.1:1/app:1"

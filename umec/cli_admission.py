@@ -24,6 +24,7 @@ from umec.cli_errors import (
 
 if TYPE_CHECKING:
     from admission.core.errors import AdmissionError
+    from admission.core.reference import ImageReference
     from admission.core.verify import VerifiedSignature
     from keys import PrivateKey, PublicKey
 
@@ -49,12 +50,11 @@ def sign(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
          bundle: Annotated[bool, typer.Option(help="Also attach a Sigstore bundle")] = False,
          ) -> None:
     """Sign an image in cosign's format (COSIGN_PASSWORD for encrypted keys)."""
-    from admission.core.reference import parse_reference
     from admission.signing import sign_image
     from umec.admission_wiring import registry_client
     settings = load_settings()
     private_key = _signing_key(key)
-    ref = parse_reference(image)
+    ref = _reference(image)
 
     async def run() -> list[str]:
         async with registry_client(settings) as client:
@@ -62,6 +62,16 @@ def sign(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
                                     bundle=bundle)
     for digest in asyncio.run(run()):
         console.print(f"signed {digest}")
+
+
+def _reference(image: str) -> ImageReference:
+    """IMAGE parsed; a malformed reference is a usage error (exit 2)."""
+    from admission.core.errors import AdmissionError
+    from admission.core.reference import parse_reference
+    try:
+        return parse_reference(image)
+    except AdmissionError as exc:
+        raise UsageError(exc.detail, hint=exc.hint, check=exc.check) from None
 
 
 def _public_key(path: Path) -> PublicKey:
@@ -112,14 +122,13 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
            threshold: Annotated[int, typer.Option(help="Distinct keys required (1 to the "
                                                   "number of distinct --key)")] = 1) -> None:
     """Print which keys signed which digest; exit 1 unless THRESHOLD distinct keys signed it."""
-    from admission.core.reference import parse_reference
     from admission.verification import verify_image_signatures
     from umec.admission_wiring import registry_client
     check_threshold(threshold, len(key))  # before reading any file
     settings = load_settings()
     keys = distinct_keys(key)
     check_threshold(threshold, len(keys))  # a key given twice counts once
-    ref = parse_reference(image)
+    ref = _reference(image)
 
     async def run() -> tuple[str, list[VerifiedSignature], list[AdmissionError]]:
         pinned = ref
