@@ -78,6 +78,15 @@ def demo_video(path: Path) -> Path:
     return path
 
 
+def _json(response: httpx.Response) -> Any:
+    """The response's JSON, or ``{}`` when it has none: a refusal is a failed check of the
+    demo, never a crash of it."""
+    try:
+        return response.json()
+    except ValueError:
+        return {}
+
+
 @dataclass
 class Pod:
     namespace: str
@@ -98,9 +107,9 @@ def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod,
             "subject_token_type": "urn:ietf:params:oauth:token-type:jwt", "scope": scope})
 
     gw = exchange(gateway, "sensor.ingest")
-    expect(gw.status_code == 200, f"the Ruuvi gateway pod got {gw.json().get('scope')!r}")
+    expect(gw.status_code == 200, f"the Ruuvi gateway pod got {_json(gw).get('scope')!r}")
     post = httpx.post(f"{base_url}/sensor/v1/gateway", timeout=30,
-                      headers={"Authorization": f"Bearer {gw.json().get('access_token')}"},
+                      headers={"Authorization": f"Bearer {_json(gw).get('access_token')}"},
                       json={"data": {"coordinates": "", "timestamp": int(time.time()),
                                      "gw_mac": "C8:25:2D:8E:9C:2C",
                                      "tags": {"CB:B8:33:4C:88:4F": {
@@ -110,37 +119,38 @@ def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod,
 
     r = exchange(app, "sensor.read camera.snapshot inference.classify mec011.services.read "
                       "sensor.ingest")
-    body = r.json()
+    body = _json(r)
     expect(r.status_code == 200 and "sensor.ingest" not in body.get("scope", ""),
            f"app {app.namespace}/{app.name} on {app.node} got a {body.get('token_type')} token, "
            f"scope {body.get('scope')!r}, {body.get('expires_in')} s (sensor.ingest refused)")
     auth = {"Authorization": f"Bearer {body.get('access_token')}"}
-    latest = httpx.get(f"{base_url}/sensor/v1/tags/CB:B8:33:4C:88:4F/latest", headers=auth,
-                       timeout=30).json()
+    latest = _json(httpx.get(f"{base_url}/sensor/v1/tags/CB:B8:33:4C:88:4F/latest",
+                             headers=auth, timeout=30))
     expect(latest.get("temperature_c") == 24.3,
            f"sensor: {latest.get('temperature_c')} °C, {latest.get('humidity_pct')} %RH, "
            f"{latest.get('pressure_pa')} Pa")
-    transports = httpx.get(f"{base_url}/mec_service_mgmt/v1/transports", headers=auth,
-                           timeout=30).json()
+    listed = httpx.get(f"{base_url}/mec_service_mgmt/v1/transports", headers=auth, timeout=30)
+    transports = _json(listed) if listed.status_code == 200 else []
     oauth = (transports[0].get("security") or {}).get("oAuth2Info", {}) if transports else {}
     expect(oauth.get("tokenEndpoint") == f"{base_url}/oauth2/token",
-           f"MEC 011 transports advertise the token endpoint: {oauth.get('tokenEndpoint')}")
+           f"MEC 011 transports advertise the token endpoint: {oauth.get('tokenEndpoint')} "
+           f"({listed.status_code})")
     snap = httpx.get(f"{base_url}/camera/v1/cameras/demo-cam/snapshot", headers=auth,
                      timeout=30)
     expect(snap.status_code == 200 and snap.content[:2] == b"\xff\xd8",
            f"camera: a {len(snap.content)} byte JPEG snapshot")
-    classified = httpx.post(
+    classified = _json(httpx.post(
         f"{base_url}/inference/v1/models/efficientnet-lite0/classify-camera/demo-cam",
-        headers=auth, timeout=60).json()
+        headers=auth, timeout=60))
     top = (classified.get("predictions") or [{}])[0]
     expect(top.get("label") == "espresso",
            f"inference (server-side snapshot, the app never sees the frame): "
            f"{top.get('label')} {top.get('score', 0):.2f}")
 
     refused = exchange(unsigned, "sensor.read")
-    expect(refused.status_code == 400 and refused.json().get("check") == "admission.pod",
-           f"pod with the unsigned image gets no token: {refused.json().get('check')}: "
-           f"{refused.json().get('error_description')}")
+    expect(refused.status_code == 400 and _json(refused).get("check") == "admission.pod",
+           f"pod with the unsigned image gets no token: {_json(refused).get('check')}: "
+           f"{_json(refused).get('error_description')}")
 
     verdict = tamper_app_node()
     failed_at = time.monotonic()
@@ -153,4 +163,4 @@ def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod,
         time.sleep(0.01)
     expect(call.status_code == 401 and elapsed <= 1.0,
            f"the app's next call is refused {elapsed * 1000:.0f} ms after the failed "
-           f"attestation: {call.status_code} {call.json().get('detail')}")
+           f"attestation: {call.status_code} {_json(call).get('detail')}")
