@@ -184,6 +184,16 @@ def test_applied_at_is_the_start_of_the_read(feed: Feed) -> None:
     assert started <= feed.follower.applied_at < started + 0.1
 
 
+def test_a_feed_answer_over_the_entry_cap_is_refused_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import mec_api.tokens.feed as feed_module
+    monkeypatch.setattr(feed_module, "MAX_FEED_ENTRIES", 2)
+    good = {"seq": 1, "kind": "token", "jti": "j", "expires_at": 2e9}
+    assert len(parse_feed({"complete": True, "entries": [good, good]})) == 2
+    with pytest.raises(FeedMalformed, match="3 entries"):
+        parse_feed({"complete": True, "entries": [good, good, good]})
+
+
 def test_the_feed_answer_is_all_or_nothing() -> None:
     good = {"seq": 1, "kind": "node", "node": "n", "node_epoch": 1, "expires_at": 2e9}
     assert parse_feed({"complete": True, "entries": [good]})[0].node == "n"
@@ -310,6 +320,19 @@ def test_removing_a_node_revokes_its_tokens(site: Site) -> None:
     with site.engine.connect() as conn:
         rows = conn.execute(select(TABLE.c.kind, TABLE.c.node)).all()
     assert [(k, n) for k, n in rows] == [("node", "node-a")]
+
+
+def test_removing_a_node_that_is_not_trusted_still_writes_a_revocation(site: Site) -> None:
+    """Defence in depth: removal ends a trust period whatever the state, so it always writes
+    a node entry (the one written when the node left ``trusted`` may have expired)."""
+    site.node.tpm.extend(14, b"tampered")
+    assert site.node.attest()["state"] == "untrusted"
+    registrar.remove(site.server.attest, "node-a")
+    with site.engine.connect() as conn:
+        rows = conn.execute(select(TABLE.c.node, TABLE.c.node_epoch, TABLE.c.reason)
+                            .order_by(TABLE.c.seq)).all()
+    assert [(n, e) for n, e, _ in rows] == [("node-a", 1), ("node-a", 2)]
+    assert rows[1].reason.startswith("node removed: ")
 
 
 def test_umec_nodes_remove_revokes_the_nodes_tokens(site: Site) -> None:
