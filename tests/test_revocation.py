@@ -309,6 +309,24 @@ def test_a_failed_revocation_write_rolls_the_verdict_back(site: Site) -> None:
     assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
 
 
+def test_a_node_gone_stale_loses_its_tokens_with_the_sweep(site: Site) -> None:
+    """The deadline sweep's UPDATE of overdue nodes and their revocations are one
+    transaction too."""
+    from sqlalchemy import update
+
+    from attest.service.verifier import mark_stale_nodes
+    token = site.token()
+    with site.engine.begin() as conn:
+        conn.execute(update(NodeRow).where(NodeRow.name == "node-a").values(
+            last_pass_at=datetime.now(UTC) - timedelta(hours=1)))
+    assert [e.state for e in mark_stale_nodes(site.server.attest)] == ["stale"]
+    r = site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
+    with site.engine.connect() as conn:
+        reasons = conn.execute(select(TABLE.c.reason)).scalars().all()
+    assert len(reasons) == 1 and reasons[0].startswith("node stale: no passing evidence")
+
+
 def test_removing_a_node_revokes_its_tokens(site: Site) -> None:
     token = site.token()
     assert site.call(token).status_code == 200
