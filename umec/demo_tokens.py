@@ -155,12 +155,17 @@ def token_story(console: Console, base_url: str, cluster: DemoCluster, app: Pod,
     verdict = tamper_app_node()
     failed_at = time.monotonic()
     expect(verdict["state"] == "untrusted", f"{app.node} tampered with: {verdict['state']}")
+    # Calls are sequential, so every call accepted was answered before the refused one was
+    # sent: no access was granted after that send. The promise is met when that send is within
+    # 1 s of the failed attestation (its answer may come later on a loaded machine).
     while True:
+        sent = time.monotonic() - failed_at
         call = httpx.get(f"{base_url}/sensor/v1/tags", headers=auth, timeout=30)
-        elapsed = time.monotonic() - failed_at
-        if call.status_code != 200 or elapsed > 5:
+        answered = time.monotonic() - failed_at
+        if call.status_code != 200 or sent > 5:
             break
         time.sleep(0.01)
-    expect(call.status_code == 401 and elapsed <= 1.0,
-           f"the app's next call is refused {elapsed * 1000:.0f} ms after the failed "
-           f"attestation: {call.status_code} {_json(call).get('detail')}")
+    expect(call.status_code == 401 and sent <= 1.0,
+           f"the app's next call is refused {sent * 1000:.0f} ms after the failed "
+           f"attestation (answered at {answered * 1000:.0f} ms): {call.status_code} "
+           f"{_json(call).get('detail')}")
