@@ -9,7 +9,8 @@ naming the step:
 3. ``jti``, ``htm``, ``htu`` and ``iat`` are present; ``htm`` is this request's method and ``htu``
    its URL without query and fragment (scheme and host compared case-insensitively, default
    ports dropped);
-4. ``iat`` is within ``max_age`` seconds in the past (and at most ``leeway`` in the future);
+4. ``iat`` is a finite number within ``max_age`` seconds in the past (and at most ``leeway``
+   in the future);
 5. at a resource server, ``ath`` is the base64url SHA-256 of the access token and the
    proof's key thumbprint equals the token's ``cnf.jkt``;
 6. the ``jti`` was not seen before within the proof's lifetime (:class:`DpopReplayCache`).
@@ -20,6 +21,7 @@ The result is the RFC 7638 thumbprint of the proof key (``jkt``).
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -71,7 +73,7 @@ def _header(proof: str) -> tuple[str, dict[str, Any]]:
     if str(header.get("typ", "")).lower() != "dpop+jwt":
         raise DpopProofInvalid(f"typ {header.get('typ')!r}, expected 'dpop+jwt'")
     alg = header.get("alg")
-    if alg not in DPOP_ALGORITHMS:
+    if not isinstance(alg, str) or alg not in DPOP_ALGORITHMS:  # a list is unhashable
         raise DpopProofInvalid(f"alg {alg!r} is not one of {sorted(DPOP_ALGORITHMS)}")
     jwk = header.get("jwk")
     if not isinstance(jwk, dict):
@@ -101,9 +103,6 @@ def verify_dpop_proof(proof: str, *, method: str, url: str, now: float,
     for name in ("jti", "htm", "htu"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise DpopProofInvalid(f"claim {name!r} is missing")
-    iat = claims.get("iat")
-    if isinstance(iat, bool) or not isinstance(iat, int | float):
-        raise DpopProofInvalid("claim 'iat' is missing or not a number")
     if claims["htm"] != method.upper():
         raise DpopProofInvalid(f"htm {claims['htm']!r} is not this request's method {method}")
     try:
@@ -112,12 +111,21 @@ def verify_dpop_proof(proof: str, *, method: str, url: str, now: float,
         same_url = False
     if not same_url:
         raise DpopProofInvalid(f"htu {claims['htu'][:200]!r} is not this request's URL")
+    iat = _recent_iat(claims.get("iat"), now, max_age, leeway)
+    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
+        raise DpopProofInvalid("ath does not match the access token")
+    return DpopProof(jkt=jkt, jti=claims["jti"], iat=iat)
+
+
+def _recent_iat(iat: object, now: float, max_age: float, leeway: float) -> float:
+    """``iat`` as a number no older than ``max_age`` and at most ``leeway`` ahead of ``now``."""
+    if isinstance(iat, bool) or not isinstance(iat, int | float) or \
+            (isinstance(iat, float) and not math.isfinite(iat)):  # NaN passes any window check
+        raise DpopProofInvalid("claim 'iat' is missing or not a finite number")
     if iat < now - max_age or iat > now + leeway:
         raise DpopProofInvalid(f"iat {iat} is outside [{now - max_age:.0f}, "
                                f"{now + leeway:.0f}]: make a fresh proof per request")
-    if access_token is not None and claims.get("ath") != access_token_hash(access_token):
-        raise DpopProofInvalid("ath does not match the access token")
-    return DpopProof(jkt=jkt, jti=claims["jti"], iat=float(iat))
+    return float(iat)
 
 
 class DpopReplayCache:
