@@ -1,0 +1,249 @@
+"""Attacks on "revocation that cannot be lost" (issue 10), over HTTP against a real ``umec
+server`` on loopback and the webhook as ``umec webhook`` wires it.
+
+Each test is one way found to break a promise of the design (docs/decisions.md, "Revocation
+that cannot be lost" and the pod-deletion section). The ones that fail today are marked
+``xfail(strict=True)``: fix the product, then remove the marker.
+
+* A revoked token comes back at the end of its life: the guard accepts a token until
+  ``exp + leeway`` (5 s) but a revocation entry lives only until the token's ``exp`` (RFC
+  7009) or ``now + 1 s + lifetime`` (node, pod): "once refused, stays refused" breaks.
+* The webhook takes any AdmissionReview from anyone who can reach it: a forged Pod DELETE
+  review revokes a live pod's tokens and stops it minting (a denial of service).
+* A pod UPDATE review that started before the pod's DELETE review records the pod again after
+  the DELETE forgot it: the leftover service-account token mints again.
+* ``POST /oauth2/revoke`` reads the whole revocation set on every call, uncoalesced and not
+  rate-limited when the token is already revoked: a token holder multiplies database work,
+  which the feed's :class:`kernel.coalesce.CoalescedRead` was built to prevent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, select
+
+from admission.records import AdmittedImage, SqlAdmissionRecords
+from attest.simagent import SimulatedNode
+from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
+from mec_api.tokens.models import RevocationRow
+from tests.conftest import k3s_policy
+from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
+from tests.test_revocation import DATABASES, GRANTS, Site, site  # noqa: F401  (the fixture)
+from tests.token_helpers import D1, ClusterIssuer
+from tests.webhook_helpers import FakeVerifier
+from umec.app import build_server
+from umec.db import open_database
+from umec.localserver import ServerThread, free_port
+from umec.settings import Settings
+
+TABLE = RevocationRow.__table__
+GUARD_LEEWAY = 5.0  # AccessTokenGuard.leeway
+
+
+def _exchange(at: Site, *, uid: str = "uid-app-1", name: str = "app-1",
+              sa_lifetime: int = 3600) -> dict[str, Any]:
+    """Record the pod's admission and exchange its SA token: the token response."""
+    SqlAdmissionRecords(at.engine).record(
+        namespace="tenant-a", name=name, uid=uid,
+        images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
+        verified=True, policy_generation="g1")
+    r = httpx.post(f"{at.url}/oauth2/token", data={
+        "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
+        "subject_token": at.cluster.token(pod=name, pod_uid=uid, lifetime=sa_lifetime),
+        "scope": "sensor.read"})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def _exp(token: str) -> int:
+    import jwt
+    return int(jwt.decode(token, options={"verify_signature": False})["exp"])
+
+
+def _sleep_until(posix: float) -> None:
+    wait = posix - time.time()
+    if wait > 0:
+        time.sleep(wait)
+
+
+# -- 1. a revoked token comes back inside the guard's leeway -------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a token entry expires at the token's exp, the guard accepts the token until exp + 5 s "
+    "(leeway): the revoked token is accepted again for ~5 s"))
+def test_a_revoked_token_stays_refused_past_its_exp(site: Site) -> None:  # noqa: F811
+    token = _exchange(site, sa_lifetime=4)["access_token"]  # exp = min(iat + 300, SA exp)
+    assert site.call(token).status_code == 200
+    assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": token}).status_code == 200
+    r = site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    exp = _exp(token)
+    _sleep_until(exp + 1.5)  # past the entry's expiry, inside the guard's leeway
+    late = site.call(token)
+    assert late.status_code == 401, (
+        f"{time.time() - exp:.1f} s after exp the revoked token answers {late.status_code}")
+
+
+@pytest.fixture(params=DATABASES)
+def short_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    """``site`` (tests/test_revocation.py) with a 4 s access-token lifetime."""
+    url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
+    cluster = ClusterIssuer()
+    jwks = tmp_path / "cluster-jwks.json"
+    jwks.write_text(json.dumps(cluster.jwks()))
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
+    (tmp_path / "grants.yaml").write_text(GRANTS)
+    port = free_port()
+    settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
+                        default_node_class="pi-k3s", listen_port=port,
+                        public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
+                        token_grants=tmp_path / "grants.yaml", token_lifetime_seconds=4)
+    server = build_server(settings)
+    engine, _ = open_database(settings.resolved_database_url())
+    with ServerThread(server.app, port=port) as http, httpx.Client(
+            base_url=http.url, timeout=30,
+            headers={"Authorization": f"Bearer {server.operator_token}"}) as client:
+        node = SimulatedNode("node-a", client)
+        server.attest.config.ek_allowlist = frozenset(
+            {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
+        node.enroll_and_activate()
+        assert node.attest()["state"] == "trusted"
+        yield Site(server, http.url, engine, cluster, node)
+    engine.dispose()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a node entry lives now + 1 s + lifetime, a token minted just before is accepted until "
+    "exp + 5 s: a token of an untrusted node is accepted again for up to 4 s"))
+def test_a_token_of_an_untrusted_node_stays_refused_to_its_last_second(
+        short_site: Site) -> None:
+    token = _exchange(short_site)["access_token"]
+    assert short_site.call(token).status_code == 200
+    short_site.node.tpm.extend(14, b"tampered k3s binary")
+    assert short_site.node.attest()["state"] == "untrusted"
+    r = short_site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
+    exp = _exp(token)
+    _sleep_until(exp + 2.5)  # the entry (verdict + 1 s + 4 s) is gone; exp + 5 s is not
+    late = short_site.call(token)
+    assert late.status_code == 401, (
+        f"{time.time() - exp:.1f} s after exp the token of the untrusted node answers "
+        f"{late.status_code}")
+
+
+# -- 2. anyone who reaches the webhook can revoke any pod ---------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the webhook trusts every AdmissionReview it is sent (no client authentication, no check "
+    "with the API server that the pod is going): a forged DELETE revokes a live pod"))
+def test_a_forged_delete_review_does_not_revoke_a_live_pod(hook: Hook) -> None:  # noqa: F811
+    victim = hook.admit("uid-victim", "victim")
+    assert hook.site.call(victim).status_code == 200
+    forged = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "forged-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "tenant-a", "name": "victim", "operation": "DELETE",
+        "userInfo": {"username": "system:serviceaccount:tenant-b:attacker"},
+        "object": None, "oldObject": {"metadata": {"uid": "uid-victim"}}}}
+    httpx.post(f"{hook.url}/validate", json=forged, timeout=30)  # no credential of any kind
+    time.sleep(1.2)  # past the guard's next read
+    r = hook.site.call(victim)
+    assert r.status_code == 200, f"the live pod's token is refused: {r.text}"
+    assert hook.records.lookup("uid-victim") is not None, "the forged DELETE forgot the record"
+
+
+# -- 3. an UPDATE review racing the DELETE re-creates the record -------------------------------
+
+D2 = "sha256:" + "2" * 64
+IMAGE2 = f"reg.local/app@{D2}"
+
+
+def _post_review(hk: Hook, operation: str, uid: str, image: str,
+                 out: list[dict[str, Any]]) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "app-1", "namespace": "tenant-a", "uid": uid},
+           "spec": {"containers": [{"name": "app", "image": image}]}}
+    r = httpx.post(f"{hk.url}/validate", timeout=30, json={
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": f"req-{operation}-{time.monotonic_ns()}",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "tenant-a", "name": "app-1", "operation": operation,
+            "userInfo": {"username": "tester"},
+            "object": None if operation == "DELETE" else pod,
+            "oldObject": pod if operation != "CREATE" else None}})
+    out.append(r.json()["response"])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "an UPDATE review still verifying when the DELETE review forgets the record writes the "
+    "record back (upsert, no tombstone), and the issuer does not look at pod revocations: "
+    "the deleted pod's leftover service-account token mints again"))
+def test_an_update_racing_the_delete_does_not_readmit_the_pod(hook: Hook) -> None:  # noqa: F811
+    token = hook.admit("uid-app-1")
+    verifier = hook.deps.verifier
+    assert isinstance(verifier, FakeVerifier)
+    for _, k in verifier.signed[IMAGE]:
+        verifier.sign(IMAGE2, k)        # e.g. `kubectl set image`: a digest not verified yet
+    verifier.delay = 1.5                # its registry round trip
+    update: list[dict[str, Any]] = []
+    racing = threading.Thread(target=_post_review,
+                              args=(hook, "UPDATE", "uid-app-1", IMAGE2, update))
+    racing.start()
+    time.sleep(0.4)                     # the UPDATE is verifying; the pod is deleted now
+    assert hook.review("DELETE", "uid-app-1")["allowed"] is True
+    assert hook.records.lookup("uid-app-1") is None
+    racing.join(30)
+    assert update and update[0]["allowed"] is True
+    hook.site.refused_within(token, 1.0)
+    readmitted = hook.records.lookup("uid-app-1") is not None
+    again = hook.exchange("uid-app-1")
+    assert not readmitted and again.status_code == 400, (
+        f"record re-created: {readmitted}; the deleted pod's SA token mints: "
+        f"{again.status_code}")
+
+
+# -- 4. the revocation endpoint is an uncoalesced whole-set read --------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "POST /oauth2/revoke reads the whole revocation set per call (not coalesced like the "
+    "feed), and a call with an already revoked token is never rate-limited"))
+def test_revoking_a_revoked_token_in_a_loop_costs_bounded_reads(site: Site) -> None:  # noqa: F811
+    token = site.token()
+    assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": token}).status_code == 200
+    site.refused_within(token, 1.0)
+    reads: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "token_revocations" in statement:
+            reads.append(statement)
+
+    async def main() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(
+                max_connections=200)) as client:
+            return await asyncio.gather(*(client.post(
+                f"{site.url}/oauth2/revoke", data={"token": token}) for _ in range(200)))
+    server_engine = site.server.attest.engine
+    event.listen(server_engine, "before_cursor_execute", count)
+    try:
+        answers = asyncio.run(main())
+    finally:
+        event.remove(server_engine, "before_cursor_execute", count)
+    codes = {r.status_code for r in answers}
+    # The bound the feed keeps for anonymous callers (test_the_public_feed_costs_one_read...).
+    assert len(reads) < 40 or 429 in codes, (len(reads), codes)
+    with site.engine.connect() as conn:
+        assert len(conn.execute(select(TABLE.c.seq)).all()) == 1
