@@ -73,7 +73,8 @@ PLAUSIBLE = ["POST", "post", "GET", "", URL, URL.upper(), f"{URL}?q=1", f"{URL}/
              "JWT", "ES256", "RS256", "HS256", "none", "umec", "tenant-a", "tenant-b", "app",
              "node-b", "system:serviceaccount:tenant-a:other", "system:serviceaccount:tenant-b:app",
              SA_ISSUER, f"{SA_ISSUER}/"]
-TIMES = [NOW, NOW - 30, NOW + 30, NOW + 7200, NOW - 7200, 0, float("nan"), -1, "1800000000"]
+TIMES = [NOW, NOW - 30, NOW + 30, NOW + 7200, NOW - 7200, 0, float("nan"), -1, "1800000000",
+         10**400]  # an integer past any float: the fuzzer found an OverflowError with it
 replacement = st.one_of(st.just(DROP), json_values, st.sampled_from(PLAUSIBLE),
                         st.sampled_from(TIMES))
 segments = st.one_of(st.binary(max_size=60).map(b64),

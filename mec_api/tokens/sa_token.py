@@ -64,6 +64,14 @@ def _text(obj: Any, *path: str) -> str:
     return value
 
 
+def _expiry(exp: int | float, error: type[SubjectTokenInvalid]) -> float:
+    """``exp`` (a NumericDate, checked current) as a float; an integer past any float is typed."""
+    try:
+        return float(exp)
+    except OverflowError:
+        raise error(f"jwt.exp: {str(exp)[:24]}... is no date (too large)") from None
+
+
 def verify_service_account_token(
         token: str, jwks: Mapping[str, Any], *, issuer: str, audiences: Sequence[str],
         now: float, leeway: float = 5.0,
@@ -87,7 +95,7 @@ def verify_service_account_token(
         subject=f"system:serviceaccount:{namespace}:{account}", namespace=namespace,
         service_account=account, pod_name=_text(k8s, "pod", "name"),
         pod_uid=_text(k8s, "pod", "uid"), node_name=_text(k8s, "node", "name"),
-        expires_at=float(claims["exp"]))
+        expires_at=_expiry(claims["exp"], error))
     if claims.get("sub") != identity.subject:
         raise SubjectIdentityIncomplete(
             f"sub {claims.get('sub')!r} does not match kubernetes.io ({identity.subject})")
