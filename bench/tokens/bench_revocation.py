@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -118,6 +119,7 @@ class Outcome:
     refusal_text: str = ""
     last_accept: float | None = None        # latest answer (s after the verdict) of an accepted
                                             # call sent after the verdict's answer
+    last_accept_sent: float | None = None   # latest send time (s after the verdict) of one
 
 
 def watch(links: Links, auth: dict[str, str], w: Watch, pace: float, after_calls: int,
@@ -161,6 +163,7 @@ def accepted(out: Outcome, w: Watch, a: Answer, rel: Callable[[float], float]) -
     first refusal's answer it is a flap."""
     if w.failed_at and a.sent > w.failed_at:
         out.last_accept = max(out.last_accept or 0.0, a.answered - w.failed_at)
+        out.last_accept_sent = max(out.last_accept_sent or 0.0, a.sent - w.failed_at)
     first = w.first_refusal
     if first is not None and a.sent > first.answered:
         out.flaps.append({"pid": a.pid, "sent_ms": rel(a.sent), "answered_ms": rel(a.answered),
@@ -419,6 +422,8 @@ def run_config(name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
                       spread=links["server"].spread())
         for lk in links.values():
             lk.close()
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
     return result
 
 
@@ -524,11 +529,14 @@ def print_accept_window(r: dict[str, Any]) -> None:
     for kind in KINDS:
         late = sorted(o.last_accept for o in r["outcomes"]
                       if o.kind == kind and o.last_accept is not None)
+        sent = sorted(o.last_accept_sent for o in r["outcomes"]
+                      if o.kind == kind and o.last_accept_sent is not None)
         over = sum(1 for t in late if t > 1.0)
-        top = f"max {late[-1] * 1e3:.0f} ms" if late else "none"
+        top = f"{late[-1] * 1e3:.0f} ms (sent up to {sent[-1] * 1e3:.0f} ms)" if late else "-"
         print(f"- {kind}: calls sent after the verdict and still accepted: in {len(late)} "
               f"revocations, answered up to {top} after it; {over} revocations with an "
-              f"acceptance more than 1 s after it")
+              f"acceptance answered more than 1 s after it, "
+              f"{sum(1 for t in sent if t > 1.0)} sent more than 1 s after it")
 
 
 def print_anomalies(r: dict[str, Any]) -> None:
@@ -568,6 +576,8 @@ def main() -> None:
     ap.add_argument("--after-calls", type=int, default=5)
     ap.add_argument("--after-ms", type=float, default=300.0)
     ap.add_argument("--json", type=Path, default=None, help="write every outcome here")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep each configuration's work directory (server and api logs)")
     args = ap.parse_args()
     print_machine()
     print(f"# {' '.join(sys.argv)}", flush=True)
