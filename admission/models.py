@@ -54,5 +54,8 @@ admission_pods = Table(
     Column("verified", Boolean, nullable=False),
     Column("policy_generation", String(64), nullable=False),
     Column("admitted_at", _UtcDateTime, nullable=False),
+    # Set when the pod was deleted (or found gone): the row stays as a tombstone, so a review
+    # racing the deletion can never record that UID again; pruned after TOMBSTONE_SECONDS.
+    Column("forgotten_at", _UtcDateTime, nullable=True, index=True),
     UniqueConstraint("uid", name="uq_admission_pods_uid"),
 )

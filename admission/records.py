@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, select
@@ -28,7 +28,10 @@ ForgetWriter = Callable[[Connection, Sequence[str], datetime], None]
 """Called inside the transaction that deletes admission records, with the UIDs it deleted and
 the time (the token service's pod revocation writer, injected by ``umec``)."""
 
-FORGET_CHUNK = 500  # UIDs per DELETE statement (SQLite's bound-parameter limit is far above)
+FORGET_CHUNK = 500  # UIDs per UPDATE statement (SQLite's bound-parameter limit is far above)
+# How long a forgotten UID's tombstone is kept: longer than any projected service-account token
+# lives (kubelet asks for 1 h; --service-account-max-token-expiration is usually 24 h or less).
+TOMBSTONE_SECONDS = 48 * 3600
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,10 @@ class SqlAdmissionRecords:
     in one transaction and then wakes each waiting review: under load one commit serves many
     reviews, and no review is answered before its record is durable.
 
-    ``forget`` deletes records (the pod was deleted, or is gone from the cluster) and runs every
-    ``forget_writers`` callable in the same transaction with the UIDs it deleted: the pods'
-    token revocations commit with the deletion or not at all.
+    ``forget`` turns records into tombstones (the pod was deleted, or is gone from the cluster)
+    and runs every ``forget_writers`` callable in the same transaction with the UIDs it forgot:
+    the pods' token revocations commit with it or not at all, and a forgotten UID is never
+    recorded again (``prune_forgotten`` drops tombstones once no token of theirs can live).
     """
 
     MAX_BATCH = 256
@@ -111,15 +115,19 @@ class SqlAdmissionRecords:
         await done
 
     def _upsert_many(self, records: Sequence[dict[str, Any]]) -> None:
-        """One ``INSERT … ON CONFLICT (uid) DO UPDATE`` over the whole batch (SQLite and
-        PostgreSQL both have it): the per-row ORM select-then-write cost more than the review."""
+        """One ``INSERT … ON CONFLICT (uid) DO UPDATE … WHERE not forgotten`` over the whole batch
+        (SQLite and PostgreSQL both have it): the per-row ORM select-then-write cost more than
+        the review. A forgotten UID's tombstone is left as it is."""
         engine = self.engine
         insert = pg_insert if engine.dialect.name == "postgresql" else sqlite_insert
         stmt = insert(admission_pods)
         stmt = stmt.on_conflict_do_update(
             index_elements=[admission_pods.c.uid],
             set_={c: stmt.excluded[c] for c in ("namespace", "name", "images", "verified",
-                                               "policy_generation", "admitted_at")})
+                                               "policy_generation", "admitted_at")},
+            # A forgotten UID stays forgotten: a review racing the pod's deletion (an UPDATE
+            # still verifying when the DELETE was recorded) must not bring the record back.
+            where=admission_pods.c.forgotten_at.is_(None))
         now = self.now()
         rows = [{"id": str(uuid.uuid4()), "uid": r["uid"], "namespace": r["namespace"],
                  "name": r["name"], "images": [i.as_dict() for i in r["images"]],
@@ -156,7 +164,8 @@ class SqlAdmissionRecords:
         # more than the query itself.
         table = admission_pods
         with self.engine.connect() as conn:
-            row = conn.execute(select(table).where(table.c.uid == uid)).first()
+            row = conn.execute(select(table).where(table.c.uid == uid,
+                                                   table.c.forgotten_at.is_(None))).first()
         if row is None:
             return None
         return AdmittedPod(
@@ -167,10 +176,11 @@ class SqlAdmissionRecords:
             admitted_at=row.admitted_at)
 
     def forget(self, uids: Sequence[str], reason: str) -> list[str]:
-        """Delete the records of ``uids`` and, in the same transaction, run every forget
-        writer with the UIDs actually deleted; return those. A writer that raises rolls the
-        whole deletion back (the exception propagates): a record is never gone without its
-        revocation. ``reason`` is for the log; writers date their entries with ``now``."""
+        """Turn the records of ``uids`` into tombstones (``forgotten_at``: never looked up nor
+        recorded again) and, in the same transaction, run every forget writer with the UIDs
+        actually forgotten; return those. A writer that raises rolls it all back (the exception
+        propagates): a record is never gone without its revocation. ``reason`` is for the log;
+        writers date their entries with ``now``."""
         wanted = sorted({u for u in uids if isinstance(u, str) and u})
         if not wanted:
             return []
@@ -180,10 +190,13 @@ class SqlAdmissionRecords:
         with self.engine.begin() as conn:
             for i in range(0, len(wanted), FORGET_CHUNK):
                 chunk = wanted[i:i + FORGET_CHUNK]
-                # DELETE … RETURNING: under concurrent forgets of one UID only the one that
-                # deleted the row sees it (the other waits for the row lock, then finds none).
-                rows = conn.execute(table.delete().where(table.c.uid.in_(chunk))
-                                    .returning(table.c.uid)).all()
+                # UPDATE … RETURNING into a tombstone: under concurrent forgets of one UID only
+                # the one that marked the row sees it (the other waits for the row lock, then
+                # finds it forgotten).
+                rows = conn.execute(
+                    table.update().where(table.c.uid.in_(chunk), table.c.forgotten_at.is_(None))
+                    .values(forgotten_at=now, images=[], verified=False)
+                    .returning(table.c.uid)).all()
                 deleted.extend(r.uid for r in rows)
             if deleted:
                 for write in self.forget_writers:
@@ -198,5 +211,15 @@ class SqlAdmissionRecords:
         table = admission_pods
         with self.engine.connect() as conn:
             rows = conn.execute(select(table.c.uid, table.c.admitted_at)
-                                .where(table.c.admitted_at < cutoff)).all()
+                                .where(table.c.admitted_at < cutoff,
+                                       table.c.forgotten_at.is_(None))).all()
         return {r.uid: r.admitted_at for r in rows}
+
+    def prune_forgotten(self, now: datetime) -> int:
+        """Drop tombstones older than ``TOMBSTONE_SECONDS``: by then every service-account token
+        the pod had has expired, so its UID can mint nothing even if recorded again."""
+        table = admission_pods
+        cutoff = now - timedelta(seconds=TOMBSTONE_SECONDS)
+        with self.engine.begin() as conn:
+            done = conn.execute(table.delete().where(table.c.forgotten_at < cutoff))
+        return int(done.rowcount or 0)

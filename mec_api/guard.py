@@ -38,7 +38,12 @@ from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
-from mec_api.tokens.revocations import RevocationList, token_epoch, token_pod_uid
+from mec_api.tokens.revocations import (
+    ACCEPTANCE_LEEWAY_SECONDS,
+    RevocationList,
+    token_epoch,
+    token_pod_uid,
+)
 from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 ACCESS_TOKEN_ALGORITHMS = ("ES256",)
@@ -84,7 +89,7 @@ class AccessTokenGuard:
     revocations: RevocationList
     feed_applied_at: Callable[[], float]        # monotonic time the feed was last applied
     max_feed_age: float = 1.0
-    leeway: float = 5.0
+    leeway: float = ACCEPTANCE_LEEWAY_SECONDS  # revocation entries outlive exp + this
     jwks_refresh_seconds: float = 10.0
     replay: DpopReplayCache | None = None
     limiter: RateLimiter | None = None

@@ -79,9 +79,6 @@ def _sleep_until(posix: float) -> None:
 
 # -- 1. a revoked token comes back inside the guard's leeway -------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a token entry expires at the token's exp, the guard accepts the token until exp + 5 s "
-    "(leeway): the revoked token is accepted again for ~5 s"))
 def test_a_revoked_token_stays_refused_past_its_exp(site: Site) -> None:  # noqa: F811
     token = _exchange(site, sa_lifetime=4)["access_token"]  # exp = min(iat + 300, SA exp)
     assert site.call(token).status_code == 200
@@ -125,9 +122,6 @@ def short_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]
     engine.dispose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a node entry lives now + 1 s + lifetime, a token minted just before is accepted until "
-    "exp + 5 s: a token of an untrusted node is accepted again for up to 4 s"))
 def test_a_token_of_an_untrusted_node_stays_refused_to_its_last_second(
         short_site: Site) -> None:
     token = _exchange(short_site)["access_token"]
@@ -188,11 +182,9 @@ def _post_review(hk: Hook, operation: str, uid: str, image: str,
     out.append(r.json()["response"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an UPDATE review still verifying when the DELETE review forgets the record writes the "
-    "record back (upsert, no tombstone), and the issuer does not look at pod revocations: "
-    "the deleted pod's leftover service-account token mints again"))
 def test_an_update_racing_the_delete_does_not_readmit_the_pod(hook: Hook) -> None:  # noqa: F811
+    """A forgotten UID is a tombstone the upsert never overwrites, and the issuer refuses a
+    pod with a live pod revocation even if a record of it came back."""
     token = hook.admit("uid-app-1")
     verifier = hook.deps.verifier
     assert isinstance(verifier, FakeVerifier)
@@ -218,9 +210,6 @@ def test_an_update_racing_the_delete_does_not_readmit_the_pod(hook: Hook) -> Non
 
 # -- 4. the revocation endpoint is an uncoalesced whole-set read --------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "POST /oauth2/revoke reads the whole revocation set per call (not coalesced like the "
-    "feed), and a call with an already revoked token is never rate-limited"))
 def test_revoking_a_revoked_token_in_a_loop_costs_bounded_reads(site: Site) -> None:  # noqa: F811
     token = site.token()
     assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": token}).status_code == 200

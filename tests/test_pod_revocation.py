@@ -267,8 +267,12 @@ def test_the_reconciler_forgets_gone_pods_and_keeps_live_young_and_listed_ones(
     assert len(lists) == 4 and all(p.startswith("/api/v1/pods?") for p in lists)
     assert sorted(hook.pod_revocations()) == ["uid-gone", "uid-terminating"]
     with hook.site.engine.connect() as conn:
-        left = set(conn.scalars(select(admission_pods.c.uid)))
+        left = set(conn.scalars(select(admission_pods.c.uid)
+                                .where(admission_pods.c.forgotten_at.is_(None))))
+        tombstones = set(conn.scalars(select(admission_pods.c.uid)
+                                      .where(admission_pods.c.forgotten_at.is_not(None))))
     assert left == {"uid-live-1", "uid-live-2", "uid-live-3", "uid-young"}
+    assert tombstones == {"uid-gone", "uid-terminating"}
     r = hook.site.refused_within(token, 1.0)
     assert r.status_code == 401 and "uid-gone" in r.json()["detail"]
 
@@ -337,3 +341,16 @@ def test_umec_server_runs_the_reconciler_when_kubernetes_is_configured(
         with sessions() as s:
             kinds = s.execute(select(REVOCATIONS.c.kind, REVOCATIONS.c.pod_uid)).all()
         assert [(k, u) for k, u in kinds] == [("pod", "uid-gone")]
+
+
+def test_tombstones_are_pruned_once_no_token_of_theirs_can_live(hook: Hook) -> None:
+    from admission.records import TOMBSTONE_SECONDS
+    hook.admit("uid-old")
+    records = admission_records(hook.settings, hook.site.engine)
+    assert records.forget(["uid-old"], "test") == ["uid-old"]
+    assert records.prune_forgotten(datetime.now(UTC)) == 0          # still a tombstone
+    records.record(namespace="tenant-a", name="app", uid="uid-old", images=[],
+                   verified=True, policy_generation="g")           # never recorded again
+    assert records.lookup("uid-old") is None
+    later = datetime.now(UTC) + timedelta(seconds=TOMBSTONE_SECONDS + 1)
+    assert records.prune_forgotten(later) == 1

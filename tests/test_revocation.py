@@ -443,3 +443,25 @@ def test_a_workload_revoking_in_a_loop_is_slowed_down(site: Site) -> None:
     with site.engine.connect() as conn:
         count = conn.scalar(select(func.count()).select_from(TABLE).where(TABLE.c.kind == "token"))
     assert count is not None and 20 <= count < 30
+
+
+def test_the_issuer_mints_nothing_for_a_pod_with_a_live_pod_revocation(site: Site) -> None:
+    """Defence in depth: should a record of a deleted pod exist (a restored backup), the pod
+    revocation in the issuer's list still refuses it."""
+    from mec_api.tokens.revocations import write_pod_revocations
+    site.token(uid="uid-restored", name="app-r")
+    with site.engine.begin() as conn:
+        write_pod_revocations(conn, pod_uids=["uid-restored"], reason="test",
+                              now=datetime.now(UTC), max_token_lifetime=LIFETIME)
+    site.server.tokens.store.poke()
+    deadline = time.monotonic() + 2
+    while True:
+        r = httpx.post(f"{site.url}/oauth2/token", data={
+            "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
+            "subject_token": site.cluster.token(pod="app-r", pod_uid="uid-restored"),
+            "scope": "sensor.read"})
+        if r.status_code != 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert r.status_code == 400 and r.json()["check"] == "admission.pod", r.text
+    assert "was deleted" in r.json()["error_description"]

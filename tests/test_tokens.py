@@ -73,7 +73,9 @@ def build_service(tmp_path: Path) -> Service:
         cluster_keys=cluster, nodes=nodes, admissions=admissions,
         scopes=ScopePolicy(load_grants(GRANTS)), ring=ring,
         revoked_epoch=lambda node, now: followed(store, revocations, now).revoked_epoch(
-            node, now.timestamp()))
+            node, now.timestamp()),
+        revoked_pod=lambda uid, now: followed(store, revocations, now).pod_revoked(
+            uid, now.timestamp()))
     app = FastAPI()
     install_problem_handlers(app)
     app.include_router(token_router(issuer, store, operator_token=OPERATOR))

@@ -202,6 +202,7 @@ async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
         try:
             await asyncio.to_thread(tokens.reloader.check)
             await asyncio.to_thread(tokens.store.prune, tokens.clock.now())
+            await asyncio.to_thread(tokens.admissions.prune_forgotten, tokens.clock.now())
         except Exception as e:  # keep serving with the current ring; say why
             log.warning("token key reload / revocation prune failed: %s", e)
 

@@ -183,6 +183,7 @@ def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: 
 class TokenService:
     issuer: TokenIssuer
     store: RevocationStore
+    admissions: SqlAdmissionRecords      # read on issuance; its tombstones pruned by the server
     guard: AccessTokenGuard
     follower: RevocationFollower
     router: APIRouter
@@ -217,15 +218,18 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
         attestation_max_age_seconds=settings.attestation_interval_seconds
         + settings.stale_grace_seconds)
     revocations = RevocationList()
+    admissions = SqlAdmissionRecords(sessions, now=clock.now)
     issuer = TokenIssuer(config=config, cluster_keys=LazyClusterKeys(settings),
                          nodes=AttestNodeTrust(sessions),
-                         admissions=AdmissionRecordLookup(SqlAdmissionRecords(sessions)),
+                         admissions=AdmissionRecordLookup(admissions),
                          scopes=ScopePolicy(grants), ring=ring,
                          # The follower's list, not a query: this replica's revocations arrive
                          # at once (poke), other replicas' within the poll interval; the node's
                          # state itself is read fresh on every issuance.
                          revoked_epoch=lambda node, now: revocations.revoked_epoch(
-                             node, now.timestamp()))
+                             node, now.timestamp()),
+                         revoked_pod=lambda uid, now: revocations.pod_revoked(
+                             uid, now.timestamp()))
     follower = RevocationFollower(store_source(store, clock.now), revocations,
                                   clock=lambda: clock.now().timestamp())
     store.listeners.append(follower.poke)
@@ -236,6 +240,6 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
         limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst),
         clock=lambda: clock.now().timestamp())
     router = token_router(issuer, store, operator_token=operator_token, clock=clock.now)
-    return TokenService(issuer, store, guard, follower, router, WakeFollowers(store),
+    return TokenService(issuer, store, admissions, guard, follower, router, WakeFollowers(store),
                         RevokeInTransaction(settings.token_lifetime_seconds),
                         RingReloader(keys_dir, issuer, jwks), clock)

@@ -10,8 +10,9 @@
 2. **Subject.** The projected service-account token verifies against the cluster's issuer keys
    (refreshed once when its ``kid`` is unknown) and names a pod and its node
    (:mod:`mec_api.tokens.sa_token`).
-3. **Admission.** The pod (by UID) was admitted by the webhook, the record's namespace and name
-   are the token's, and every image was verified (signers recorded for every container).
+3. **Admission.** The pod (by UID) was admitted by the webhook and not deleted since (no pod
+   revocation), the record's namespace and name are the token's, and every image was verified
+   (signers recorded for every container).
 4. **Node.** The pod's node is ``trusted`` now, its last passing evidence is younger than the
    attestation interval (+ grace) and not dated in the future (a clock step: its age cannot be
    known), and its current trust epoch (read with the state) is above every revoked epoch.
@@ -149,6 +150,9 @@ class TokenIssuer:
     ring: KeyRing
     # The node's highest revoked trust epoch (the follower's RevocationList.revoked_epoch).
     revoked_epoch: Callable[[str, datetime], int | None]
+    # Whether the pod's tokens are revoked (the follower's RevocationList.pod_revoked): a
+    # deleted pod mints nothing even if a record of it came back.
+    revoked_pod: Callable[[str, datetime], bool]
     replay: DpopReplayCache = field(default_factory=DpopReplayCache)
     # Subject tokens whose signature verified recently (a pod reuses its projected token).
     verified_subjects: VerifiedCache[WorkloadIdentity] = field(default_factory=VerifiedCache)
@@ -160,7 +164,7 @@ class TokenIssuer:
         if req.client_id is not None and req.client_id != identity.client_id:
             raise ClientAssertionInvalid(f"client_id {req.client_id!r} is not the workload "
                                          f"{identity.client_id!r} of the assertion")
-        digests = self._check_admission(identity)
+        digests = self._check_admission(identity, now)
         node = self._check_node(identity, now)
         audience = self._audience(req)
         granted = self._scopes(req, identity)
@@ -219,11 +223,13 @@ class TokenIssuer:
                 raise error(e.detail) from None
 
     # 3. admission -------------------------------------------------------------------------------
-    def _check_admission(self, who: WorkloadIdentity) -> list[str]:
+    def _check_admission(self, who: WorkloadIdentity, now: datetime) -> list[str]:
         pod = f"pod {who.namespace}/{who.pod_name} (uid {who.pod_uid})"
         record = self.admissions.admitted_pod(who.pod_uid)
         if record is None:
             raise PodNotAdmitted(f"{pod} has no admission record")
+        if self.revoked_pod(who.pod_uid, now):
+            raise PodNotAdmitted(f"{pod} was deleted: its tokens are revoked")
         if (record.namespace, record.name) != (who.namespace, who.pod_name):
             raise PodNotAdmitted(f"{pod}: the admission record is for "
                                  f"{record.namespace}/{record.name}")

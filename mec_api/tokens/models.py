@@ -36,7 +36,7 @@ class RevocationRow(TokensBase):
     # node: tokens minted in this trust epoch of the node or an earlier one are revoked.
     node_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # pod: every token of the pod with this UID (its admission record is gone).
-    pod_uid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pod_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -42,6 +42,10 @@ CUTOFF_MARGIN_SECONDS = 1.0  # the time cutoff still written for versions before
 # the token service (the webhook's pod revocations) date their entries' expiry with this, so a
 # lifetime configured differently in another process cannot make an entry die before its tokens.
 MAX_TOKEN_LIFETIME_SECONDS = 300
+# Resource servers accept a token up to this long after its ``exp`` (clock skew; the guard's and
+# introspection's leeway). Every entry outlives the last instant a token it matches is accepted:
+# an entry that expired with the token's ``exp`` let the revoked token work again for 5 s.
+ACCEPTANCE_LEEWAY_SECONDS = 5.0
 KINDS = ("token", "node", "pod")
 _TABLE: Table = RevocationRow.__table__  # type: ignore[assignment]
 
@@ -98,8 +102,9 @@ def _row(r: Any) -> Revocation:
 
 
 def _entry_life(now: datetime, max_token_lifetime: float) -> datetime:
-    """An entry written at ``now`` can match no valid token after this."""
-    return now + timedelta(seconds=CUTOFF_MARGIN_SECONDS + max_token_lifetime)
+    """An entry written at ``now`` matches no token that is still accepted after this."""
+    return now + timedelta(seconds=CUTOFF_MARGIN_SECONDS + max_token_lifetime
+                           + ACCEPTANCE_LEEWAY_SECONDS)
 
 
 def write_node_revocation(db: Session | Connection, *, node: str, through_epoch: int,
@@ -138,10 +143,13 @@ class RevocationStore:
             poke()
 
     def revoke_token(self, jti: str, expires_at: float, reason: str, now: datetime) -> None:
+        """Revoke one token; ``expires_at`` is its ``exp``."""
         with self.sessions.begin() as session:
+            # Kept while the token is still accepted: until its exp plus the leeway.
+            last_accepted = expires_at + ACCEPTANCE_LEEWAY_SECONDS + CUTOFF_MARGIN_SECONDS
             session.add(RevocationRow(kind="token", jti=jti[:64], reason=reason[:200],
                                       created_at=now,
-                                      expires_at=datetime.fromtimestamp(expires_at, UTC)))
+                                      expires_at=datetime.fromtimestamp(last_accepted, UTC)))
         self.poke()
 
     def revoke_node(self, node: str, reason: str, now: datetime, *, through_epoch: int) -> None:
@@ -153,6 +161,22 @@ class RevocationStore:
                                   reason=reason, now=now,
                                   max_token_lifetime=self.max_token_lifetime)
         self.poke()
+
+    def matches(self, *, jti: str, node: str | None, node_epoch: int, pod_uid: str | None,
+                now: datetime) -> bool:
+        """Whether a live entry revokes this token: one indexed query (introspection and RFC
+        7009 revocation ask about one token; the followers read the whole set)."""
+        t = _TABLE
+        match = (t.c.kind == "token") & (t.c.jti == jti[:64])
+        if node is not None:
+            match = match | ((t.c.kind == "node") & (t.c.node == node)
+                             & (t.c.node_epoch >= node_epoch))
+        if pod_uid is not None:
+            match = match | ((t.c.kind == "pod") & (t.c.pod_uid == pod_uid[:64]))
+        with self.sessions.kw["bind"].connect() as conn:
+            found = conn.execute(select(t.c.seq).where(match, t.c.expires_at > now)
+                                 .limit(1)).first()
+        return found is not None
 
     def current(self, now: datetime) -> list[Revocation]:
         """Every live entry, in one statement (one consistent snapshot)."""
@@ -212,6 +236,11 @@ class RevocationList:
             if entry is not None and node_epoch <= entry[0] and entry[1] > now:
                 return f"node {node} is no longer trusted (trust epoch {node_epoch} ended)"
         return None
+
+    def pod_revoked(self, pod_uid: str, now: float) -> bool:
+        """Whether the pod's tokens are revoked (the issuer mints none for it either)."""
+        exp = self._pods.get(pod_uid)
+        return exp is not None and exp > now
 
     def revoked_epoch(self, node: str, now: float) -> int | None:
         """The highest revoked trust epoch of ``node`` (the issuer never mints at or below it)."""
