@@ -32,6 +32,15 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+# A PostgreSQL peer that vanishes (failover, partition) must fail a query in seconds, not after
+# minutes of TCP retransmission: the revocation follower would sit in that read while every guard
+# answered 503 long after the database was back. libpq's keepalives and TCP_USER_TIMEOUT bound
+# how long a dead connection can hold a query; connect_timeout bounds a new connection.
+POSTGRES_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5,
+                         "keepalives_interval": 2, "keepalives_count": 3,
+                         "tcp_user_timeout": 10_000}
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -42,7 +51,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args=POSTGRES_CONNECT_ARGS)
 
 
 if TYPE_CHECKING:
