@@ -465,3 +465,91 @@ def test_the_issuer_mints_nothing_for_a_pod_with_a_live_pod_revocation(site: Sit
         time.sleep(0.05)
     assert r.status_code == 400 and r.json()["check"] == "admission.pod", r.text
     assert "was deleted" in r.json()["error_description"]
+
+
+# -- the feed over HTTP: whole set, then only what the follower lacks ---------------------------
+
+def test_feed_snapshots_answer_whole_then_what_the_base_lacks() -> None:
+    from mec_api.tokens.feed_snapshots import FeedSnapshots
+    snapshots = FeedSnapshots(keep=2)
+    a = Revocation(1, "node", None, "n1", 1, 2e9)
+    first = snapshots.add([a])
+    assert json.loads(snapshots.answer(first, None))["base"] is None
+    # SQLite reused row number 1 for a new entry: compared by content, it is new.
+    b = Revocation(1, "node", None, "n2", 1, 2e9)
+    second = snapshots.add([b])
+    delta = json.loads(snapshots.answer(second, first.tag))
+    assert delta["base"] == first.tag and [e["node"] for e in delta["entries"]] == ["n2"]
+    assert json.loads(snapshots.answer(second, second.tag))["entries"] == []
+    snapshots.add([])  # keep=2: the first one is forgotten
+    whole = json.loads(snapshots.answer(second, first.tag))
+    assert whole["base"] is None and [e["node"] for e in whole["entries"]] == ["n2"]
+    assert json.loads(snapshots.answer(second, "other-process-7"))["base"] is None
+
+
+def test_an_http_follower_gets_the_whole_set_then_only_what_it_lacks(site: Site) -> None:
+    from mec_api.tokens.feed import HttpFeed
+    token = site.token()
+    other = site.token(uid="uid-app-2", name="app-2")
+    assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": other}).status_code == 200
+
+    async def main() -> tuple[list[Revocation], list[Revocation], list[Revocation], str | None]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            source = HttpFeed(f"{site.url}/oauth2/revocations", client)
+            first = await source()
+            registrar.remove(site.server.attest, "node-a")
+            second = await source()
+            third = await source()
+            return first, second, third, source.tag
+    first, second, third, tag = asyncio.run(main())
+    assert [e.kind for e in first] == ["token"]
+    assert [(e.kind, e.node) for e in second] == [("node", "node-a")]   # only what it lacked
+    assert third == [] and tag is not None
+    followed = RevocationList()
+    followed.apply(first + second)
+    assert followed.revoked(jti="x", node="node-a", node_epoch=1, now=time.time())
+    assert site.refused_within(token, 1.0).status_code == 401
+
+
+def test_a_delta_relative_to_an_answer_the_follower_does_not_hold_is_refused() -> None:
+    from mec_api.tokens.feed import HttpFeed
+
+    def lying(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"complete": True, "tag": "t2", "base": "t1",
+                                         "entries": []})
+
+    async def main() -> None:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(lying)) as client:
+            with pytest.raises(FeedMalformed, match="not to the answer this follower holds"):
+                await HttpFeed("http://feed/oauth2/revocations", client)()
+    asyncio.run(main())
+
+
+def test_a_umec_api_process_refuses_within_a_second_through_the_http_feed(
+        site: Site, tmp_path: Path) -> None:
+    """``umec api sensor`` on its own (its own database for readings, the token service's
+    JWKS and revocation feed over HTTP): a node's failure reaches it within the 1 s promise."""
+    from umec.api_process import build_api_process
+    api = build_api_process(Settings(data_dir=tmp_path / "api", token_service_url=site.url),
+                            ["sensor"])
+    token = site.token()
+    with ServerThread(api) as http:
+        def call() -> httpx.Response:
+            return httpx.get(f"{http.url}/sensor/v1/tags",
+                             headers={"Authorization": f"Bearer {token}"})
+        deadline = time.monotonic() + 5
+        while (r := call()).status_code == 503:  # until its first read of the feed
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.05)
+        assert r.status_code == 200, r.text
+        site.node.tpm.extend(14, b"tampered k3s binary")
+        assert site.node.attest()["state"] == "untrusted"
+        failed = time.monotonic()
+        while True:
+            sent = time.monotonic() - failed
+            r = call()
+            if r.status_code != 200:
+                break
+            assert sent < 1.0, "the umec api process still accepts the token after 1 s"
+            time.sleep(0.02)
+        assert r.status_code == 401 and "no longer trusted" in r.json()["detail"], r.text

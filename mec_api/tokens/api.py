@@ -8,18 +8,18 @@
   200 whether or not the token was valid, as the RFC asks, so the endpoint tells nothing about
   tokens. A workload revoking more than ``revoke_limiter`` allows gets 429 (each revocation is
   an entry every resource server reads until the token would have expired).
-- ``GET /oauth2/revocations``: the revocation feed resource servers follow, the whole live set
-  (``complete: true``). Like a CRL it is public: it lists token ids, node names and pod UIDs,
-  nothing that grants access. Concurrent callers share one database read that started after
-  they asked (:class:`kernel.coalesce.CoalescedRead`): calling it in a loop costs the database
-  one read at a time.
+- ``GET /oauth2/revocations[?base=<tag>]``: the revocation feed resource servers follow: the
+  whole live set, or what a follower holding the answer ``base`` lacks of it
+  (:mod:`mec_api.tokens.feed_snapshots`). Like a CRL it is public: it lists token ids, node
+  names and pod UIDs, nothing that grants access. Concurrent callers share one database read
+  that started after they asked (:class:`kernel.coalesce.CoalescedRead`): calling it in a loop
+  costs the database one read at a time.
 - ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,6 +37,7 @@ from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
 from mec_api.tokens.errors import InvalidRequest, TokenRefused
+from mec_api.tokens.feed_snapshots import FeedSnapshots
 from mec_api.tokens.issuer import (
     CLIENT_CREDENTIALS,
     TOKEN_EXCHANGE,
@@ -96,14 +97,6 @@ async def _form(request: Request) -> dict[str, str]:
     return form
 
 
-def feed_body(store: RevocationStore, now: datetime) -> bytes:
-    """The feed document: every live entry, serialised once per read."""
-    entries = store.current(now)
-    return json.dumps({"complete": True, "seq": max((e.seq for e in entries), default=0),
-                       "entries": [e.as_dict() for e in entries]},
-                      separators=(",", ":")).encode()
-
-
 def _slow_down(wait: float) -> JSONResponse:
     return JSONResponse({"error": "slow_down", "check": "revoke.rate",
                          "error_description": "too many revocations by this workload",
@@ -119,7 +112,8 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
     router = APIRouter(tags=["tokens"])
     config = issuer.config
     limiter = revoke_limiter or RateLimiter(REVOKE_RATE_PER_WORKLOAD, REVOKE_BURST_PER_WORKLOAD)
-    feed = CoalescedRead(lambda: feed_body(store, clock()))
+    snapshots = FeedSnapshots()
+    feed = CoalescedRead(lambda: snapshots.add(store.current(clock())))
 
     @router.post("/oauth2/token")
     async def token(request: Request) -> JSONResponse:
@@ -198,10 +192,12 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
         return JSONResponse({}, headers=NO_STORE)
 
     @router.get("/oauth2/revocations")
-    async def revocations(after: Annotated[int, Query(ge=0)] = 0) -> Response:
-        # ``after`` is accepted and ignored: followers from before the whole-set feed send it,
-        # and re-applying what they have is harmless.
-        return Response(await feed.get(), media_type="application/json",
+    async def revocations(base: Annotated[str | None, Query(max_length=64)] = None,
+                          after: Annotated[int, Query(ge=0)] = 0) -> Response:
+        # ``base``: the tag of the answer the follower holds (only what it lacks is sent).
+        # ``after`` is accepted and ignored: followers from before the whole-set feed send it.
+        snapshot = await feed.get()
+        return Response(snapshots.answer(snapshot, base), media_type="application/json",
                         headers={"Cache-Control": "no-store"})
 
     @router.get("/.well-known/oauth-authorization-server")

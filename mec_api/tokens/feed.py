@@ -64,12 +64,32 @@ def parse_feed(body: Any) -> list[Revocation]:
         raise FeedMalformed(f"a revocation feed entry is malformed: {str(e)[:200]}") from None
 
 
-def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchRevocations:
-    async def fetch() -> list[Revocation]:
-        r = await client.get(feed_url)
+class HttpFeed:
+    """The token service's feed over HTTP. After a first whole answer it names the answer it
+    holds (``base``) and gets only the entries it lacks; the follower merges them into what it
+    holds, so it holds the whole live set either way (:mod:`mec_api.tokens.feed_snapshots`)."""
+
+    def __init__(self, feed_url: str, client: httpx.AsyncClient) -> None:
+        self.feed_url, self.client = feed_url, client
+        self.tag: str | None = None
+
+    async def __call__(self) -> list[Revocation]:
+        sent = self.tag
+        r = await self.client.get(self.feed_url, params={"base": sent} if sent else None)
         r.raise_for_status()
-        return parse_feed(r.json())
-    return fetch
+        body = r.json()
+        entries = parse_feed(body)
+        base = body.get("base")
+        if base is not None and base != sent:
+            raise FeedMalformed(f"the feed answered relative to {str(base)[:64]!r}, not to the "
+                                f"answer this follower holds")
+        tag = body.get("tag")
+        self.tag = tag if isinstance(tag, str) and tag else None
+        return entries
+
+
+def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchRevocations:
+    return HttpFeed(feed_url, client)
 
 
 class RevocationFollower:
