@@ -29,6 +29,8 @@ between workers; every answer is attributed to the PID that served it (``revlink
 503s (the guard refuses because its feed is not current: fail closed) are counted on their own.
 ``--background`` threads meanwhile exchange tokens for pods on other, always trusted nodes and
 use them on both kinds of resource server (concurrent token use; any refusal there is counted).
+Every 5 s a sampler times the feed's whole answer and, 250 ms later, its answer to a follower
+naming that answer (``?base=<tag>``: only the entries it lacks, what ``umec api`` now reads).
 
 Latency resolution: one call per ``--pace-ms`` per kind (plus the call's own time). Duration:
 each configuration runs until ``--revocations`` (default 10,000) are done or ``--max-minutes``
@@ -315,7 +317,9 @@ def trusted_node(base: str, name: str, tpm: SimulatedTpm) -> SimulatedNode:
 
 
 class Sampler(threading.Thread):
-    """Every 5 s: the size of the live revocation set and how long the feed took to answer."""
+    """Every 5 s: the size of the live revocation set and how long the feed took to answer the
+    whole set; then, 250 ms later (a follower's poll interval), how long it took to answer a
+    follower naming that answer (``?base=<tag>``: only the entries it lacks) and how many."""
 
     def __init__(self, base: str) -> None:
         super().__init__(daemon=True)
@@ -323,15 +327,28 @@ class Sampler(threading.Thread):
         self.sizes: list[int] = []
         self.times: list[float] = []
         self.loads: list[float] = []
+        self.delta_times: list[float] = []
+        self.delta_sizes: list[int] = []
+        self.delta_whole = 0  # delta requests answered with the whole set (base unknown)
 
     def run(self) -> None:
         with httpx.Client(base_url=self.base, timeout=30) as client:
             while not self.stop.wait(5):
                 t0 = time.perf_counter()
-                r = client.get("/oauth2/revocations")
+                body = client.get("/oauth2/revocations").json()
                 self.times.append(time.perf_counter() - t0)
-                self.sizes.append(len(r.json().get("entries", [])))
+                self.sizes.append(len(body.get("entries", [])))
                 self.loads.append(os.getloadavg()[0])
+                tag = body.get("tag")
+                if isinstance(tag, str) and tag and not self.stop.wait(0.25):
+                    self.delta(client, tag)
+
+    def delta(self, client: httpx.Client, tag: str) -> None:
+        t0 = time.perf_counter()
+        body = client.get("/oauth2/revocations", params={"base": tag}).json()
+        self.delta_times.append(time.perf_counter() - t0)
+        self.delta_sizes.append(len(body.get("entries", [])))
+        self.delta_whole += body.get("base") is None
 
 
 @contextlib.contextmanager
@@ -453,7 +470,9 @@ def drive(site: Site, lanes: list[Lane], bg: list[SimulatedNode], args: argparse
         t.join(timeout=10)
     return {"wall_s": wall, "outcomes": tally.outcomes, "errors": tally.errors,
             "background": tally.background, "feed_sizes": sampler.sizes,
-            "feed_times": sampler.times, "loads": sampler.loads, "cpu_server_s": cpu[0],
+            "feed_times": sampler.times, "loads": sampler.loads,
+            "delta_times": sampler.delta_times, "delta_sizes": sampler.delta_sizes,
+            "delta_whole": sampler.delta_whole, "cpu_server_s": cpu[0],
             "cpu_api_s": cpu[1], "revocations": len(tally.outcomes) // len(KINDS)}
 
 
@@ -512,6 +531,7 @@ def print_config(r: dict[str, Any]) -> None:
           f"/oauth2/revocations) median {sorted(times)[len(times) // 2] * 1e3:.0f} ms, max "
           f"{max(times) * 1e3:.0f} ms; load average (1 min) mean {sum(loads) / len(loads):.2f}, "
           f"max {max(loads):.2f}")
+    print_delta(r)
     print(f"- CPU: server {r['cpu_server_s']:.0f} s, umec api {r['cpu_api_s']:.0f} s over "
           f"{r['wall_s']:.0f} s; server connections per worker {r['spread']}")
     print(f"- background use: {dict(sorted(r['background'].items()))}")
@@ -522,6 +542,18 @@ def print_config(r: dict[str, Any]) -> None:
     if others:
         print(f"- other statuses during revocations: {others}")
     print_anomalies(r)
+
+
+def print_delta(r: dict[str, Any]) -> None:
+    """What a follower naming its last answer (``?base=<tag>``) got: answer time and size."""
+    times, sizes = sorted(r["delta_times"]), sorted(r["delta_sizes"])
+    if not times:
+        print("- feed with ?base=<tag>: no sample (no tag in the answers?)")
+        return
+    print(f"- feed with ?base=<tag> 250 ms after a whole answer (n={len(times)}): median "
+          f"{percentile(times, 50) * 1e3:.0f} ms, p99 {percentile(times, 99) * 1e3:.0f} ms, "
+          f"max {times[-1] * 1e3:.0f} ms; entries median {sizes[len(sizes) // 2]}, max "
+          f"{sizes[-1]}; answered with the whole set {r['delta_whole']} times")
 
 
 def print_accept_window(r: dict[str, Any]) -> None:
