@@ -16,8 +16,8 @@ from cryptography import x509
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attest.service import faultpoints
@@ -33,6 +33,7 @@ from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
 from kernel.clock import clock_for
 from keys import KeyRing, atomic_write, sign_jwt
 from mec_api.tokens.api import MAX_FORM_BYTES
+from mec_api.tokens.feed import PostgresWakeups
 from umec.api_wiring import ResourceApis, build_resource_apis, resource_body_rules
 from umec.db import open_database
 from umec.http_limits import (
@@ -196,6 +197,16 @@ async def _pod_reconcile(ctx: AttestContext, settings: Settings, kube_api: Any) 
                                            ttl=max(3 * every, 3.0)).acquire)
 
 
+def _revocation_wakeups(engine: Engine, tokens: TokenService) -> PostgresWakeups | None:
+    """On PostgreSQL, every worker and replica is woken by each committed revocation."""
+    if engine.dialect.name != "postgresql":
+        return None
+    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    wakeups = PostgresWakeups(dsn, tokens.follower.poke)
+    wakeups.start()
+    return wakeups
+
+
 async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
     while True:
         await asyncio.sleep(every)
@@ -253,10 +264,13 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
                 _resync_loop(ctx, kube_sink, settings.kubernetes_resync_seconds)))
         if kube_api is not None:  # records of pods whose DELETE review the webhook missed
             tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, kube_api)))
+        wakeups = _revocation_wakeups(engine, tokens)
         try:
             async with apis.running():
                 yield
         finally:
+            if wakeups is not None:
+                await asyncio.to_thread(wakeups.stop)
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

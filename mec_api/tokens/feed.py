@@ -28,7 +28,12 @@ from typing import Any
 import httpx
 
 from keys import KeyRing
-from mec_api.tokens.revocations import Revocation, RevocationList, RevocationStore
+from mec_api.tokens.revocations import (
+    WAKEUP_CHANNEL,
+    Revocation,
+    RevocationList,
+    RevocationStore,
+)
 
 log = logging.getLogger("umec.tokens.feed")
 FetchRevocations = Callable[[], Awaitable[list[Revocation]]]
@@ -128,6 +133,43 @@ class RevocationFollower:
                 log.warning("revocation feed: %s: %s", type(e).__name__, str(e)[:200])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
+
+
+class PostgresWakeups:
+    """Listens on PostgreSQL for committed revocations (``NOTIFY``, see
+    :func:`~mec_api.tokens.revocations.wake_followers`) and pokes the follower, so that every
+    worker and replica reads the set within milliseconds of a commit rather than at its next
+    poll. A thread with its own connection; it reconnects after an error. Losing a wake-up
+    costs nothing but time: the poll still runs."""
+
+    def __init__(self, dsn: str, poke: Callable[[], None],
+                 channel: str = WAKEUP_CHANNEL) -> None:
+        self.dsn, self.poke, self.channel = dsn, poke, channel
+        self.received = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="revocation-wakeups")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {self.channel}")
+                    self.poke()  # anything committed while we were not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=0.5):
+                            self.received += 1
+                            self.poke()
+            except Exception as e:  # the database may be failing over: listen again soon
+                log.warning("revocation wake-ups: %s: %s", type(e).__name__, str(e)[:200])
+                self._stop.wait(1.0)
 
 
 class RingJwks:
