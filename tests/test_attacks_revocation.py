@@ -20,8 +20,6 @@ that cannot be lost" and the pod-deletion section). The ones that fail today are
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -33,18 +31,12 @@ import pytest
 from sqlalchemy import event, select
 
 from admission.records import AdmittedImage, SqlAdmissionRecords
-from attest.simagent import SimulatedNode
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationRow
-from tests.conftest import k3s_policy
 from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
-from tests.test_revocation import DATABASES, GRANTS, Site, site  # noqa: F401  (the fixture)
-from tests.token_helpers import D1, ClusterIssuer
+from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)
+from tests.token_helpers import D1
 from tests.webhook_helpers import FakeVerifier
-from umec.app import build_server
-from umec.db import open_database
-from umec.localserver import ServerThread, free_port
-from umec.settings import Settings
 
 TABLE = RevocationRow.__table__
 GUARD_LEEWAY = 5.0  # AccessTokenGuard.leeway
@@ -96,30 +88,8 @@ def test_a_revoked_token_stays_refused_past_its_exp(site: Site) -> None:  # noqa
 def short_site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     """``site`` (tests/test_revocation.py) with a 4 s access-token lifetime."""
     url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
-    cluster = ClusterIssuer()
-    jwks = tmp_path / "cluster-jwks.json"
-    jwks.write_text(json.dumps(cluster.jwks()))
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
-    (tmp_path / "grants.yaml").write_text(GRANTS)
-    port = free_port()
-    settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
-                        default_node_class="pi-k3s", listen_port=port,
-                        public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
-                        token_grants=tmp_path / "grants.yaml", token_lifetime_seconds=4)
-    server = build_server(settings)
-    engine, _ = open_database(settings.resolved_database_url())
-    with ServerThread(server.app, port=port) as http, httpx.Client(
-            base_url=http.url, timeout=30,
-            headers={"Authorization": f"Bearer {server.operator_token}"}) as client:
-        node = SimulatedNode("node-a", client)
-        server.attest.config.ek_allowlist = frozenset(
-            {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
-        node.enroll_and_activate()
-        assert node.attest()["state"] == "trusted"
-        yield Site(server, http.url, engine, cluster, node)
-    engine.dispose()
+    with running_site(tmp_path, url, token_lifetime_seconds=4) as running:
+        yield running
 
 
 def test_a_token_of_an_untrusted_node_stays_refused_to_its_last_second(

@@ -15,6 +15,7 @@ Two levels:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -248,33 +249,50 @@ class Site:
         return row.state, row.trust_epoch, int(events or 0)
 
 
-@pytest.fixture(params=DATABASES)
-def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
-    url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
-    cluster = ClusterIssuer()
+def site_settings(tmp_path: Path, url: str, port: int, cluster: ClusterIssuer,
+                  **extra: Any) -> Settings:
+    """A server's settings with the cluster's JWKS, a k3s policy and tenant grants on disk."""
     jwks = tmp_path / "cluster-jwks.json"
     jwks.write_text(json.dumps(cluster.jwks()))
     policies = tmp_path / "policies"
-    policies.mkdir()
+    policies.mkdir(exist_ok=True)
     (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
     (tmp_path / "grants.yaml").write_text(GRANTS)
-    port = free_port()
-    settings = Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
-                        default_node_class="pi-k3s", listen_port=port,
-                        public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
-                        token_grants=tmp_path / "grants.yaml")
+    return Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
+                    default_node_class="pi-k3s", listen_port=port,
+                    public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
+                    token_grants=tmp_path / "grants.yaml", **extra)
+
+
+def trusted_node(servers: list[Server], client: httpx.Client) -> SimulatedNode:
+    node = SimulatedNode("node-a", client)
+    for server in servers:
+        server.attest.config.ek_allowlist = frozenset(
+            {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
+    node.enroll_and_activate()
+    assert node.attest()["state"] == "trusted"
+    return node
+
+
+@contextlib.contextmanager
+def running_site(tmp_path: Path, url: str, **extra: Any) -> Iterator[Site]:
+    """A real ``umec server`` on loopback with ``node-a`` trusted."""
+    cluster, port = ClusterIssuer(), free_port()
+    settings = site_settings(tmp_path, url, port, cluster, **extra)
     server = build_server(settings)
     engine, _ = open_database(settings.resolved_database_url())
     with ServerThread(server.app, port=port) as http, httpx.Client(
             base_url=http.url, timeout=30,
             headers={"Authorization": f"Bearer {server.operator_token}"}) as client:
-        node = SimulatedNode("node-a", client)
-        server.attest.config.ek_allowlist = frozenset(
-            {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
-        node.enroll_and_activate()
-        assert node.attest()["state"] == "trusted"
-        yield Site(server, http.url, engine, cluster, node)
+        yield Site(server, http.url, engine, cluster, trusted_node([server], client))
     engine.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
+    with running_site(tmp_path, url) as running:
+        yield running
 
 
 def test_a_failed_revocation_write_rolls_the_verdict_back(site: Site) -> None:
@@ -562,17 +580,10 @@ def test_every_replica_is_woken_by_a_committed_revocation(
     would come only in 30 s refuses the token at once. (Workers of one server are processes
     like replicas.)"""
     cluster = ClusterIssuer()
-    jwks = tmp_path / "cluster-jwks.json"
-    jwks.write_text(json.dumps(cluster.jwks()))
-    policies = tmp_path / "policies"
-    policies.mkdir()
-    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
-    (tmp_path / "grants.yaml").write_text(GRANTS)
     ports = [free_port(), free_port()]
-    replicas = [build_server(Settings(
-        data_dir=tmp_path / "srv", policy_dir=policies, database_url=pg_database,
-        default_node_class="pi-k3s", listen_port=port, public_url=f"http://127.0.0.1:{ports[0]}",
-        token_sa_jwks_file=jwks, token_grants=tmp_path / "grants.yaml")) for port in ports]
+    settings = site_settings(tmp_path, pg_database, ports[0], cluster)
+    replicas = [build_server(settings.model_copy(update={"listen_port": port}))
+                for port in ports]
     slow = replicas[1].tokens
     slow.follower.interval = 30.0      # its poll alone would notice in 30 s
     slow.guard.max_feed_age = 60.0
@@ -581,12 +592,7 @@ def test_every_replica_is_woken_by_a_committed_revocation(
             ServerThread(replicas[1].app, port=ports[1]) as b, \
             httpx.Client(base_url=a.url, timeout=30, headers={
                 "Authorization": f"Bearer {replicas[0].operator_token}"}) as client:
-        node = SimulatedNode("node-a", client)
-        for replica in replicas:
-            replica.attest.config.ek_allowlist = frozenset(
-                {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
-        node.enroll_and_activate()
-        assert node.attest()["state"] == "trusted"
+        node = trusted_node(replicas, client)
         site = Site(replicas[0], a.url, engine, cluster, node)
         token = site.token()
         on_b = Site(replicas[1], b.url, engine, cluster, node)
