@@ -143,7 +143,8 @@ def test_no_token(g: Guarded) -> None:
 
 @pytest.mark.parametrize("over", [
     {"exp": int(time.time()) - 60},                  # expired
-    {"nbf": int(time.time()) + 600},                 # not yet valid
+    {"nbf": int(time.time()) + 86400},               # not yet valid (for a day: the
+                                                     # time is taken at collection)
     {"aud": "another-api"},                          # wrong audience
     {"iss": "https://evil.example/oauth2"},          # wrong issuer
     {"jti": None},                                   # missing claim
