@@ -30,12 +30,9 @@ import httpx
 import pytest
 from sqlalchemy import event, select
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
-from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationRow
 from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
 from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)
-from tests.token_helpers import D1
 from tests.webhook_helpers import FakeVerifier
 
 TABLE = RevocationRow.__table__
@@ -44,18 +41,7 @@ GUARD_LEEWAY = 5.0  # AccessTokenGuard.leeway
 
 def _exchange(at: Site, *, uid: str = "uid-app-1", name: str = "app-1",
               sa_lifetime: int = 3600) -> dict[str, Any]:
-    """Record the pod's admission and exchange its SA token: the token response."""
-    SqlAdmissionRecords(at.engine).record(
-        namespace="tenant-a", name=name, uid=uid,
-        images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
-        verified=True, policy_generation="g1")
-    r = httpx.post(f"{at.url}/oauth2/token", data={
-        "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
-        "subject_token": at.cluster.token(pod=name, pod_uid=uid, lifetime=sa_lifetime),
-        "scope": "sensor.read"})
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
+    return at.token_response(uid, name, sa_lifetime)
 
 
 def _exp(token: str) -> int:

@@ -218,16 +218,23 @@ class Site:
     cluster: ClusterIssuer
     node: SimulatedNode
 
-    def token(self, uid: str = "uid-app-1", name: str = "app-1") -> str:
+    def token_response(self, uid: str = "uid-app-1", name: str = "app-1",
+                       sa_lifetime: int = 3600) -> dict[str, Any]:
+        """Record the pod's admission and exchange its SA token: the token response."""
         SqlAdmissionRecords(self.engine).record(
             namespace="tenant-a", name=name, uid=uid,
             images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
             verified=True, policy_generation="g1")
         r = httpx.post(f"{self.url}/oauth2/token", data={
             "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
-            "subject_token": self.cluster.token(pod=name, pod_uid=uid), "scope": "sensor.read"})
+            "subject_token": self.cluster.token(pod=name, pod_uid=uid, lifetime=sa_lifetime),
+            "scope": "sensor.read"})
         assert r.status_code == 200, r.text
-        return str(r.json()["access_token"])
+        body: dict[str, Any] = r.json()
+        return body
+
+    def token(self, uid: str = "uid-app-1", name: str = "app-1") -> str:
+        return str(self.token_response(uid, name)["access_token"])
 
     def call(self, token: str) -> httpx.Response:
         return httpx.get(f"{self.url}/sensor/v1/tags",
