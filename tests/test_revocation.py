@@ -38,10 +38,23 @@ from admission.records import AdmittedImage, SqlAdmissionRecords
 from attest.service import registrar
 from attest.service.models import NodeRow, StateEventRow
 from attest.simagent import SimulatedNode
-from mec_api.tokens.feed import FeedMalformed, RevocationFollower, parse_feed, store_source
+from mec_api.tokens.feed import (
+    FeedMalformed,
+    RevocationFollower,
+    StoreSource,
+    parse_feed,
+    store_source,
+)
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from mec_api.tokens.models import RevocationRow
-from mec_api.tokens.revocations import Revocation, RevocationList, RevocationStore
+from mec_api.tokens.models import RevocationGenerationRow, RevocationRow
+from mec_api.tokens.revocations import (
+    Revocation,
+    RevocationGenerationMissing,
+    RevocationList,
+    RevocationStore,
+    revocation_written,
+    write_pod_revocations,
+)
 from tests.conftest import k3s_policy
 from tests.token_helpers import D1, ClusterIssuer
 from umec.app import Server, build_server
@@ -52,6 +65,7 @@ from umec.settings import Settings
 DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 LIFETIME = 300.0
 TABLE = RevocationRow.__table__
+GENERATION = RevocationGenerationRow.__table__
 
 
 def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -77,6 +91,15 @@ class Feed:
             conn.execute(insert(TABLE).values(
                 reason="test", created_at=now,
                 expires_at=now + timedelta(seconds=LIFETIME), **values))
+            revocation_written(conn)
+
+    def insert_raw(self, **values: Any) -> None:
+        """An entry written without moving the generation (only a broken writer does this)."""
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            conn.execute(insert(TABLE).values(
+                reason="test", created_at=now,
+                expires_at=now + timedelta(seconds=LIFETIME), **values))
 
     def node_revoked(self, node: str, epoch: int = 1) -> bool:
         return self.revocations.revoked(jti="-", node=node, node_epoch=epoch,
@@ -95,15 +118,20 @@ def feed(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Feed]:
 
 # -- each way the cursor feed skipped an entry -------------------------------------------------
 
-def test_an_entry_committed_during_a_read_is_applied_by_the_next(feed: Feed) -> None:
+@pytest.mark.parametrize("behind", ["FROM token_revocation_generation",
+                                    "FROM token_revocations "])
+def test_an_entry_committed_during_a_read_is_applied_by_the_next(feed: Feed,
+                                                                  behind: str) -> None:
     """The old feed's two-query window: its first query found nothing new, a revocation
-    committed, and its second query moved the cursor past it. Here the commit lands right
-    after the follower's read ran; the next read must apply it."""
+    committed, and its second query moved the cursor past it. Here a revocation commits right
+    after the follower's generation read, or right after its whole-set read; the next read
+    must apply it."""
     feed.step()
+    feed.insert(kind="node", node="node-b", node_epoch=1)  # the next step reads the whole set
     landed: list[bool] = []
 
     def commit_behind_the_read(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if "FROM token_revocations" in statement and not landed:
+        if behind in statement and "UPDATE" not in statement and not landed:
             landed.append(True)
             feed.store.revoke_node("node-a", "committed during the read", datetime.now(UTC),
                                    through_epoch=1)
@@ -113,9 +141,48 @@ def test_an_entry_committed_during_a_read_is_applied_by_the_next(feed: Feed) -> 
         feed.step()
     finally:
         event.remove(feed.engine, "after_cursor_execute", commit_behind_the_read)
-    assert landed
+    assert landed and feed.node_revoked("node-b")
     feed.step()
     assert feed.node_revoked("node-a")
+
+
+def test_a_follower_reads_the_set_only_when_the_generation_moved(feed: Feed) -> None:
+    """While nothing is revoked a poll is one primary-key read; each revocation, whichever
+    writer wrote it, moves the generation and the next poll reads the whole set."""
+    source = feed.follower.fetch
+    assert isinstance(source, StoreSource)
+    feed.step()
+    feed.step()
+    feed.step()
+    assert source.whole_reads == 1
+    now = datetime.now(UTC)
+    feed.store.revoke_token("jti-1", now.timestamp() + 60, "holder", now)
+    feed.step()
+    assert source.whole_reads == 2
+    assert feed.revocations.revoked(jti="jti-1", node=None, node_epoch=1,
+                                    now=time.time()) is not None
+    with feed.engine.begin() as conn:
+        write_pod_revocations(conn, pod_uids=["uid-gone"], reason="deleted", now=now,
+                              max_token_lifetime=LIFETIME)
+    feed.step()
+    feed.step()
+    assert source.whole_reads == 3 and feed.revocations.pod_revoked("uid-gone", time.time())
+
+
+def test_without_the_generation_row_writers_fail_and_followers_read_everything(
+        feed: Feed) -> None:
+    """Fail closed both ways: a revocation cannot commit without moving the generation, and a
+    follower that cannot read one reads the whole set on every poll."""
+    with feed.engine.begin() as conn:
+        conn.execute(GENERATION.delete())
+    with pytest.raises(RevocationGenerationMissing, match="umec db upgrade"):
+        feed.store.revoke_node("node-a", "x", datetime.now(UTC), through_epoch=1)
+    assert feed.store.current(datetime.now(UTC)) == []  # rolled back with the failure
+    feed.insert_raw(kind="node", node="node-c", node_epoch=1)
+    feed.step()
+    feed.insert_raw(kind="node", node="node-d", node_epoch=1)
+    feed.step()
+    assert feed.node_revoked("node-c") and feed.node_revoked("node-d")
 
 
 def test_an_entry_numbered_earlier_but_committed_later_is_applied(feed: Feed) -> None:
@@ -406,9 +473,10 @@ def test_a_server_whose_follower_cannot_read_refuses_within_a_second(
     assert site.call(token).status_code == 200
     store = site.server.tokens.store
 
-    def down(now: datetime) -> list[Revocation]:
+    def down(*_: Any) -> list[Revocation]:
         raise OperationalError("SELECT", {}, Exception("database down"))
     monkeypatch.setattr(store, "current", down)
+    monkeypatch.setattr(store, "generation", down)
     broke = time.monotonic()
     while (r := site.call(token)).status_code == 200:
         assert time.monotonic() - broke < 1.5, "tokens still honoured without a current feed"
@@ -510,6 +578,51 @@ def test_feed_snapshots_answer_whole_then_what_the_base_lacks() -> None:
     whole = json.loads(snapshots.answer(second, first.tag))
     assert whole["base"] is None and [e["node"] for e in whole["entries"]] == ["n2"]
     assert json.loads(snapshots.answer(second, "other-process-7"))["base"] is None
+
+
+def test_feed_snapshots_read_the_set_again_only_when_the_generation_moved(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from mec_api.tokens import feed_snapshots
+    snapshots = feed_snapshots.FeedSnapshots()
+    generation, reads = [5], []
+
+    def current() -> list[Revocation]:
+        reads.append(1)
+        return [Revocation(len(reads), "node", None, f"n{len(reads)}", 1, 2e9)]
+    first = snapshots.read(lambda: generation[0], current)
+    assert snapshots.read(lambda: generation[0], current) is first and len(reads) == 1
+    generation[0] = 6
+    second = snapshots.read(lambda: generation[0], current)
+    assert second.tag != first.tag and len(reads) == 2
+    assert snapshots.read(lambda: None, current) is not second and len(reads) == 3  # no row
+    later = time.monotonic() + feed_snapshots.REREAD_SECONDS + 1
+    third = snapshots.read(lambda: 7, current)
+    monkeypatch.setattr(feed_snapshots.time, "monotonic", lambda: later)
+    assert snapshots.read(lambda: 7, current) is not third and len(reads) == 5  # expiry
+
+
+def test_the_feed_answers_a_current_follower_without_reading_the_set(site: Site) -> None:
+    """A follower naming the latest answer costs one primary-key read, and a revocation
+    committed after that is in its next answer."""
+    first = httpx.get(f"{site.url}/oauth2/revocations", timeout=10).json()
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+    event.listen(site.engine, "before_cursor_execute", count)
+    try:
+        same = httpx.get(f"{site.url}/oauth2/revocations", params={"base": first["tag"]},
+                         timeout=10).json()
+        set_reads = [s for s in statements if "FROM token_revocations " in s]
+        assert same["tag"] == first["tag"] and same["entries"] == [] and set_reads == []
+        site.server.tokens.store.revoke_node("node-z", "test", datetime.now(UTC),
+                                             through_epoch=3)
+        moved = httpx.get(f"{site.url}/oauth2/revocations", params={"base": first["tag"]},
+                          timeout=10).json()
+    finally:
+        event.remove(site.engine, "before_cursor_execute", count)
+    assert moved["base"] == first["tag"] and moved["tag"] != first["tag"]
+    assert [(e["node"], e["node_epoch"]) for e in moved["entries"]] == [("node-z", 3)]
 
 
 def test_an_http_follower_gets_the_whole_set_then_only_what_it_lacks(site: Site) -> None:

@@ -13,7 +13,7 @@
   (:mod:`mec_api.tokens.feed_snapshots`). Like a CRL it is public: it lists token ids, node
   names and pod UIDs, nothing that grants access. Concurrent callers share one database read
   that started after they asked (:class:`kernel.coalesce.CoalescedRead`): calling it in a loop
-  costs the database one read at a time.
+  costs the database one read at a time, and only a primary-key read while nothing was revoked.
 - ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
 """
 
@@ -113,7 +113,8 @@ def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token:
     config = issuer.config
     limiter = revoke_limiter or RateLimiter(REVOKE_RATE_PER_WORKLOAD, REVOKE_BURST_PER_WORKLOAD)
     snapshots = FeedSnapshots()
-    feed = CoalescedRead(lambda: snapshots.add(store.current(clock())))
+    feed = CoalescedRead(lambda: snapshots.read(store.generation,
+                                                lambda: store.current(clock())))
 
     @router.post("/oauth2/token")
     async def token(request: Request) -> JSONResponse:

@@ -1,6 +1,7 @@
 """Keeping resource servers current: the revocation follower and the JWKS sources.
 
-:class:`RevocationFollower` reads the **whole** live revocation set every ``interval`` seconds,
+:class:`RevocationFollower` reads the **whole** live revocation set every ``interval`` seconds
+(from the SQL store only when its generation moved: :class:`StoreSource`),
 or at once when poked (the token service in the same process pokes it after every revocation
 it commits), and merges it into a :class:`RevocationList`. The source is either the SQL store
 (APIs mounted in ``umec server``) or the token service's feed over HTTP (``umec api …`` on a
@@ -45,12 +46,34 @@ class FeedMalformed(ValueError):
     the guard refuses tokens once the list is older than its limit)."""
 
 
+class StoreSource:
+    """The SQL store as a follower's source. It reads the generation first; when it is the one
+    read before the last whole-set read, nothing was revoked since and it returns no entry (one
+    primary-key read); otherwise it reads the whole live set. A missing generation row (None)
+    never equals anything held: every poll reads the whole set."""
+
+    def __init__(self, store: RevocationStore, clock: Callable[[], datetime]) -> None:
+        self.store, self.clock = store, clock
+        self.held: int | None = None  # the generation read before the last whole-set read
+        self.whole_reads = 0
+
+    async def __call__(self) -> list[Revocation]:
+        return await asyncio.to_thread(self.read)
+
+    def read(self) -> list[Revocation]:
+        generation = self.store.generation()
+        if generation is not None and generation == self.held:
+            return []
+        entries = self.store.current(self.clock())
+        self.whole_reads += 1
+        self.held = generation
+        return entries
+
+
 def store_source(store: RevocationStore,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> FetchRevocations:
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> StoreSource:
     """``clock``: the clock the store's entries were dated with (kernel.clock)."""
-    async def fetch() -> list[Revocation]:
-        return await asyncio.to_thread(store.current, clock())
-    return fetch
+    return StoreSource(store, clock)
 
 
 def parse_feed(body: Any) -> list[Revocation]:
@@ -99,7 +122,7 @@ def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchRevocations:
 
 class RevocationFollower:
     def __init__(self, fetch: FetchRevocations, target: RevocationList,
-                 interval: float = 0.25, clock: Callable[[], float] = time.time) -> None:
+                 interval: float = 0.1, clock: Callable[[], float] = time.time) -> None:
         self.fetch = fetch
         self.clock = clock
         self.target = target

@@ -5,6 +5,10 @@ and a node going untrusted revokes *every* token minted for workloads on it with
 (``kind = "node"``: tokens of that node whose ``node_epoch`` claim is at most ``node_epoch``), a
 deleted pod every token of that pod (``kind = "pod"``).
 Rows expire once every token they could match has expired, so the feed stays small.
+
+``token_revocation_generation`` is one row whose number every revocation's transaction
+increments: a follower that sees the number it last read knows, with one primary-key read, that
+nothing was revoked since (see :mod:`mec_api.tokens.revocations`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import Float, Integer, String
+from sqlalchemy import BigInteger, Float, Integer, String, event, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from mec_api.sql_types import UtcDateTime
@@ -40,3 +44,17 @@ class RevocationRow(TokensBase):
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class RevocationGenerationRow(TokensBase):
+    """One row (``id`` 1): incremented in the transaction of every revocation written."""
+    __tablename__ = "token_revocation_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    generation: Mapped[int] = mapped_column(BigInteger)
+
+
+@event.listens_for(RevocationGenerationRow.__table__, "after_create")
+def _first_generation(target: Any, connection: Any, **_: Any) -> None:
+    """A table made by ``create_all`` (tests) starts with its row, as the migration does."""
+    connection.execute(insert(target).values(id=1, generation=0))

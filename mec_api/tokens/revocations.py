@@ -22,6 +22,14 @@ numbers after cleanup, and a "nothing new, jump to the newest" second query race
 commits. The set stays small: an entry lives only as long as a token it matches can
 (``expires_at``), and entries are written only when a trust period ends, a pod goes or a holder
 revokes. ``seq`` stays an identifier, never a position.
+
+**The generation.** Every transaction that writes an entry also increments the one row of
+``token_revocation_generation`` (:func:`revocation_written`). Its writers queue on that row's
+lock, so its numbers commit in order, and a reader that sees number N sees every entry written
+with a number up to N. A follower reads the number *before* the set; when a later read returns
+the same number, nothing was committed since, and one primary-key read proved the follower
+current (:meth:`RevocationStore.generation`). A missing row makes writers fail (the change rolls
+back) and readers read the whole set every time: fail closed either way.
 """
 
 from __future__ import annotations
@@ -32,10 +40,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select, text
+from sqlalchemy import Connection, Table, delete, insert, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from mec_api.tokens.models import RevocationRow
+from mec_api.tokens.models import RevocationGenerationRow, RevocationRow
 
 CUTOFF_MARGIN_SECONDS = 1.0  # the time cutoff still written for versions before 0008
 # No access token lives longer (the issuer refuses a longer configured lifetime). Writers outside
@@ -48,6 +56,11 @@ MAX_TOKEN_LIFETIME_SECONDS = 300
 ACCEPTANCE_LEEWAY_SECONDS = 5.0
 KINDS = ("token", "node", "pod")
 _TABLE: Table = RevocationRow.__table__  # type: ignore[assignment]
+_GENERATION: Table = RevocationGenerationRow.__table__  # type: ignore[assignment]
+
+
+class RevocationGenerationMissing(RuntimeError):
+    """The revocation generation row is missing: run ``umec db upgrade`` (migration 0010)."""
 
 
 def token_epoch(claims: dict[str, Any]) -> int:
@@ -119,6 +132,18 @@ def wake_followers(db: Session | Connection) -> None:
         db.execute(text(f"NOTIFY {WAKEUP_CHANNEL}"))
 
 
+def revocation_written(db: Session | Connection) -> None:
+    """In the transaction that wrote an entry, as its last statement: increment the generation
+    (followers see the change with one read) and wake the followers. Raises
+    :class:`RevocationGenerationMissing`, rolling the transaction back, when there is no row."""
+    bumped = db.execute(update(_GENERATION).where(_GENERATION.c.id == 1)
+                        .values(generation=_GENERATION.c.generation + 1))
+    if getattr(bumped, "rowcount", 0) != 1:
+        raise RevocationGenerationMissing(
+            "the revocation generation row is missing: run `umec db upgrade`")
+    wake_followers(db)
+
+
 def write_node_revocation(db: Session | Connection, *, node: str, through_epoch: int,
                           reason: str, now: datetime, max_token_lifetime: float) -> None:
     """Revoke, inside the caller's transaction, every token minted for ``node`` in trust epoch
@@ -127,7 +152,7 @@ def write_node_revocation(db: Session | Connection, *, node: str, through_epoch:
         kind="node", node=node, node_epoch=through_epoch,
         cutoff=now.timestamp() + CUTOFF_MARGIN_SECONDS, reason=reason[:200], created_at=now,
         expires_at=_entry_life(now, max_token_lifetime)))
-    wake_followers(db)
+    revocation_written(db)
 
 
 def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], reason: str,
@@ -138,7 +163,7 @@ def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], 
         db.execute(insert(_TABLE), [
             {"kind": "pod", "pod_uid": uid[:64], "reason": reason[:200], "created_at": now,
              "expires_at": _entry_life(now, max_token_lifetime)} for uid in pod_uids])
-        wake_followers(db)
+        revocation_written(db)
 
 
 class RevocationStore:
@@ -164,7 +189,8 @@ class RevocationStore:
             session.add(RevocationRow(kind="token", jti=jti[:64], reason=reason[:200],
                                       created_at=now,
                                       expires_at=datetime.fromtimestamp(last_accepted, UTC)))
-            wake_followers(session)
+            session.flush()
+            revocation_written(session)
         self.poke()
 
     def revoke_node(self, node: str, reason: str, now: datetime, *, through_epoch: int) -> None:
@@ -192,6 +218,13 @@ class RevocationStore:
             found = conn.execute(select(t.c.seq).where(match, t.c.expires_at > now)
                                  .limit(1)).first()
         return found is not None
+
+    def generation(self) -> int | None:
+        """The revocation generation (one primary-key read); None when the row is missing."""
+        with self.sessions.kw["bind"].connect() as conn:
+            value = conn.execute(select(_GENERATION.c.generation)
+                                 .where(_GENERATION.c.id == 1)).scalar()
+        return int(value) if value is not None else None
 
     def current(self, now: datetime) -> list[Revocation]:
         """Every live entry, in one statement (one consistent snapshot)."""
