@@ -194,17 +194,25 @@ def test_webhook_command_serves_tls(tmp_path: Path) -> None:
     env = {**os.environ, "UMEC_DATA_DIR": str(tmp_path / "data"),
            "UMEC_WEBHOOK_TLS_CERT": str(tmp_path / "certs" / "tls.crt"),
            "UMEC_WEBHOOK_TLS_KEY": str(tmp_path / "certs" / "tls.key"),
+           "UMEC_WEBHOOK_CLIENT_CA": str(tmp_path / "certs" / "client-ca.crt"),
            "UMEC_WEBHOOK_PORT": str(port)}
     proc = subprocess.Popen([*UMEC, "webhook", "--host", "127.0.0.1"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def tls(client_cert: bool) -> ssl.SSLContext:
+        # The certificate names the Service, not 127.0.0.1: check the chain only.
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.crt"))
+        ctx.check_hostname = False
+        if client_cert:  # the API server's, from the same `umec webhook certs`
+            ctx.load_cert_chain(str(tmp_path / "certs" / "apiserver-client.crt"),
+                                str(tmp_path / "certs" / "apiserver-client.key"))
+        return ctx
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                # The certificate names the Service, not 127.0.0.1: check the chain only.
-                ctx = ssl.create_default_context(cafile=str(tmp_path / "certs" / "ca.crt"))
-                ctx.check_hostname = False
-                if httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx).status_code == 200:
+                if httpx.get(f"https://127.0.0.1:{port}/healthz",
+                             verify=tls(True)).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -212,6 +220,8 @@ def test_webhook_command_serves_tls(tmp_path: Path) -> None:
             time.sleep(0.3)
         with pytest.raises(httpx.TransportError):  # a client without our CA is refused
             httpx.get(f"https://127.0.0.1:{port}/healthz")
+        with pytest.raises(httpx.TransportError):  # and one without the client certificate
+            httpx.get(f"https://127.0.0.1:{port}/healthz", verify=tls(False))
     finally:
         proc.terminate()
         proc.wait(10)

@@ -8,8 +8,9 @@ that cannot be lost" and the pod-deletion section). The ones that fail today are
 * A revoked token comes back at the end of its life: the guard accepts a token until
   ``exp + leeway`` (5 s) but a revocation entry lives only until the token's ``exp`` (RFC
   7009) or ``now + 1 s + lifetime`` (node, pod): "once refused, stays refused" breaks.
-* The webhook takes any AdmissionReview from anyone who can reach it: a forged Pod DELETE
-  review revokes a live pod's tokens and stops it minting (a denial of service).
+* Fixed: the webhook took any AdmissionReview from anyone who could reach it (a forged Pod
+  DELETE revoked a live pod's tokens; a forged CREATE could record a pod as verified). It now
+  requires the API server's client certificate in the TLS handshake (mutual TLS).
 * A pod UPDATE review that started before the pod's DELETE review records the pod again after
   the DELETE forgot it: the leftover service-account token mints again.
 * ``POST /oauth2/revoke`` reads the whole revocation set on every call, uncoalesced and not
@@ -23,17 +24,32 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import yaml
 from sqlalchemy import event, select
 
+from admission.certs import WebhookCerts
 from mec_api.tokens.models import RevocationRow
 from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
 from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)
-from tests.webhook_helpers import FakeVerifier
+from tests.webhook_helpers import (
+    HANDSHAKE_REFUSED,
+    FakeVerifier,
+    authority,
+    client_tls,
+    key,
+    policy_doc,
+    webhook_test_certs,
+)
+from umec.admission_wiring import build_webhook
+from umec.localserver import ServerThread
+from umec.settings import Settings
+from umec.webhook_process import check_client_auth, tls_options
 
 TABLE = RevocationRow.__table__
 GUARD_LEEWAY = 5.0  # AccessTokenGuard.leeway
@@ -94,25 +110,109 @@ def test_a_token_of_an_untrusted_node_stays_refused_to_its_last_second(
         f"{late.status_code}")
 
 
-# -- 2. anyone who reaches the webhook can revoke any pod ---------------------------------------
+# -- 2. anyone who reaches the webhook can revoke any pod (fixed: mTLS) ------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the webhook trusts every AdmissionReview it is sent (no client authentication, no check "
-    "with the API server that the pod is going): a forged DELETE revokes a live pod"))
-def test_a_forged_delete_review_does_not_revoke_a_live_pod(hook: Hook) -> None:  # noqa: F811
-    victim = hook.admit("uid-victim", "victim")
-    assert hook.site.call(victim).status_code == 200
-    forged = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": "forged-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+def _pod_review(operation: str, uid: str, name: str, *, user: str = "tester",
+                image: str = IMAGE) -> dict[str, Any]:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "tenant-a", "uid": uid},
+           "spec": {"containers": [{"name": "app", "image": image}]}}
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": f"req-{operation}-{uid}-{time.monotonic_ns()}",
+        "kind": {"group": "", "version": "v1", "kind": "Pod"},
         "resource": {"group": "", "version": "v1", "resource": "pods"},
-        "namespace": "tenant-a", "name": "victim", "operation": "DELETE",
-        "userInfo": {"username": "system:serviceaccount:tenant-b:attacker"},
-        "object": None, "oldObject": {"metadata": {"uid": "uid-victim"}}}}
-    httpx.post(f"{hook.url}/validate", json=forged, timeout=30)  # no credential of any kind
+        "namespace": "tenant-a", "name": name, "operation": operation,
+        "userInfo": {"username": user}, "dryRun": False,
+        "object": None if operation == "DELETE" else pod,
+        "oldObject": pod if operation != "CREATE" else None}}
+
+
+@dataclass
+class ApiServerHook(Hook):
+    """The webhook of ``site`` started as ``umec webhook`` starts it with
+    ``UMEC_WEBHOOK_CLIENT_CA``: :func:`build_webhook` served with
+    :func:`umec.webhook_process.tls_options`. Reviews of :meth:`review` come with the API
+    server's client certificate; :meth:`post` chooses."""
+
+    certs: WebhookCerts
+
+    def post(self, body: dict[str, Any], *, apiserver: bool) -> httpx.Response:
+        client = (self.certs.client_cert, self.certs.client_key) if apiserver else None
+        return httpx.post(f"{self.url}/validate", json=body, timeout=30,
+                          verify=client_tls(self.certs, client))
+
+    def review(self, operation: str, uid: str, name: str = "app-1", *,
+               deleting: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        assert not deleting and not dry_run  # not needed here
+        r = self.post(_pod_review(operation, uid, name), apiserver=True)
+        assert r.status_code == 200, r.text
+        answer: dict[str, Any] = r.json()["response"]
+        return answer
+
+
+@pytest.fixture
+def mtls_hook(site: Site, tmp_path: Path) -> Iterator[ApiServerHook]:  # noqa: F811
+    signer = key()
+    policies = tmp_path / "admission-policies"
+    policies.mkdir()
+    (policies / "ci.yaml").write_text(yaml.safe_dump(
+        policy_doc("ci-signed", ["**"], [authority("ci", {"ci": signer})])))
+    certs = webhook_test_certs(tmp_path / "webhook-certs")
+    settings = Settings(data_dir=tmp_path / "webhook",
+                        database_url=site.engine.url.render_as_string(hide_password=False),
+                        admission_policy_dir=policies, webhook_tls_cert=certs.cert,
+                        webhook_tls_key=certs.key, webhook_client_ca=certs.client_ca_cert)
+    check_client_auth(settings)  # what `umec webhook` checks before it starts
+    app, deps = build_webhook(settings)
+    verifier = FakeVerifier()
+    verifier.sign(IMAGE, signer)
+    deps.verifier = verifier   # the one stand-in, as in tests/test_pod_revocation.py
+    with ServerThread(app, **tls_options(settings)) as http:
+        yield ApiServerHook(http.url, deps, site, settings, certs)
+    deps.records.engine.dispose()  # type: ignore[union-attr]
+
+
+def test_a_forged_delete_review_does_not_revoke_a_live_pod(
+        mtls_hook: ApiServerHook) -> None:
+    """No client certificate, no review: the forged DELETE dies in the TLS handshake."""
+    victim = mtls_hook.admit("uid-victim", "victim")
+    assert mtls_hook.site.call(victim).status_code == 200
+    forged = _pod_review("DELETE", "uid-victim", "victim",
+                         user="system:serviceaccount:tenant-b:attacker")
+    with pytest.raises(HANDSHAKE_REFUSED):  # no credential of any kind
+        mtls_hook.post(forged, apiserver=False)
     time.sleep(1.2)  # past the guard's next read
-    r = hook.site.call(victim)
+    r = mtls_hook.site.call(victim)
     assert r.status_code == 200, f"the live pod's token is refused: {r.text}"
-    assert hook.records.lookup("uid-victim") is not None, "the forged DELETE forgot the record"
+    assert mtls_hook.records.lookup("uid-victim") is not None, "the forged DELETE forgot it"
+    assert mtls_hook.pod_revocations() == []
+    # The same DELETE from the API server (its client certificate) forgets and revokes: the
+    # handshake, not the review, is what stopped the forgery.
+    assert mtls_hook.post(forged, apiserver=True).json()["response"]["allowed"] is True
+    assert mtls_hook.records.lookup("uid-victim") is None
+    assert mtls_hook.pod_revocations() == ["uid-victim"]
+    r = mtls_hook.site.refused_within(victim, 1.0)
+    assert r.status_code == 401 and "uid-victim" in r.json()["detail"]
+
+
+def test_a_forged_create_review_does_not_make_a_pod_verified(
+        mtls_hook: ApiServerHook) -> None:
+    """A pod that exists but was never admitted (e.g. in a namespace the webhook does not
+    review) gets no verified record from a CREATE review posted without the API server's
+    certificate, so its service-account token still mints nothing."""
+    refused = mtls_hook.exchange("uid-unreviewed", "unreviewed")
+    assert refused.status_code == 400 and refused.json()["check"] == "admission.pod"
+    forged = _pod_review("CREATE", "uid-unreviewed", "unreviewed")  # a signed image
+    with pytest.raises(HANDSHAKE_REFUSED):
+        mtls_hook.post(forged, apiserver=False)
+    assert mtls_hook.records.lookup("uid-unreviewed") is None
+    still = mtls_hook.exchange("uid-unreviewed", "unreviewed")
+    assert still.status_code == 400 and still.json()["check"] == "admission.pod"
+    # The API server's own CREATE review is what records a pod as verified.
+    assert mtls_hook.post(forged, apiserver=True).json()["response"]["allowed"] is True
+    record = mtls_hook.records.lookup("uid-unreviewed")
+    assert record is not None and record.verified
+    assert mtls_hook.exchange("uid-unreviewed", "unreviewed").status_code == 200
 
 
 # -- 3. an UPDATE review racing the DELETE re-creates the record -------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -14,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
-from admission.certs import create_webhook_certs
+from admission.certs import WebhookCerts, create_webhook_certs
 from admission.credentials import Credentials
 from admission.records import AdmittedImage
 from keys import PrivateKey, PublicKey, generate_private_key, key_thumbprint, public_key_pem
@@ -166,15 +168,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_tls(app: Any, cert_dir: Path) -> Iterator[tuple[str, Path]]:
-    """Serve ``app`` over real TLS on loopback with certs from ``admission.certs``;
-    yields (base URL, CA file)."""
-    certs = create_webhook_certs(cert_dir, "umec-webhook", "umec-system",
-                                 extra_names=["localhost", "127.0.0.1"])
+def _serve(app: Any, **tls: Any) -> Iterator[int]:
+    """Serve ``app`` with uvicorn on a free loopback port with these TLS options."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, ssl_certfile=str(certs.cert),
-                            ssl_keyfile=str(certs.key), log_level="error", access_log=False,
-                            lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
+                            access_log=False, lifespan="off", **tls)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -184,7 +182,53 @@ def serve_tls(app: Any, cert_dir: Path) -> Iterator[tuple[str, Path]]:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
     try:
-        yield f"https://localhost:{port}", certs.ca_cert
+        yield port
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def webhook_test_certs(cert_dir: Path) -> WebhookCerts:
+    """``umec webhook certs`` output with loopback names on the serving certificate."""
+    return create_webhook_certs(cert_dir, "umec-webhook", "umec-system",
+                                extra_names=["localhost", "127.0.0.1"])
+
+
+@contextlib.contextmanager
+def serve_tls(app: Any, cert_dir: Path) -> Iterator[tuple[str, Path]]:
+    """Serve ``app`` over real TLS on loopback with certs from ``admission.certs``;
+    yields (base URL, CA file)."""
+    certs = webhook_test_certs(cert_dir)
+    with _serve(app, ssl_certfile=str(certs.cert), ssl_keyfile=str(certs.key)) as port:
+        yield f"https://localhost:{port}", certs.ca_cert
+
+
+# A peer refused in the TLS handshake: with TLS 1.2 the client sees it while connecting; with
+# TLS 1.3 the server checks the client certificate after the client's handshake is done, so
+# the client sees the server's alert (or the closed connection) on its first read or write.
+HANDSHAKE_REFUSED = (httpx.ConnectError, httpx.ReadError, httpx.WriteError,
+                     httpx.RemoteProtocolError)
+
+
+def client_tls(certs: WebhookCerts, client: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    """A client's TLS context trusting the webhook's serving CA, presenting ``client``
+    (certificate file, key file) when given."""
+    ctx = ssl.create_default_context(cafile=str(certs.ca_cert))
+    if client is not None:
+        ctx.load_cert_chain(str(client[0]), str(client[1]))
+    return ctx
+
+
+@contextlib.contextmanager
+def serve_mtls(app: Any, cert_dir: Path) -> Iterator[tuple[str, WebhookCerts]]:
+    """Serve ``app`` as ``umec webhook`` does with ``UMEC_WEBHOOK_CLIENT_CA``: uvicorn's TLS
+    options from :func:`umec.webhook_process.tls_options`, so a client must present a
+    certificate from the client CA (``certs.client_cert``/``client_key`` is the API server's).
+    Yields (base URL, the certificates)."""
+    from umec.settings import Settings
+    from umec.webhook_process import tls_options
+    certs = webhook_test_certs(cert_dir)
+    settings = Settings(data_dir=cert_dir / "data", webhook_tls_cert=certs.cert,
+                        webhook_tls_key=certs.key, webhook_client_ca=certs.client_ca_cert)
+    with _serve(app, **tls_options(settings)) as port:
+        yield f"https://localhost:{port}", certs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from admission.core.reference import ImageReference
     from admission.core.verify import VerifiedSignature
     from keys import PrivateKey, PublicKey
+    from umec.settings import Settings
 
 console = Console()
 webhook_app = typer.Typer(help="The admission webhook (HTTPS) and its certificates.",
@@ -171,11 +173,24 @@ def _check_admission_policies(directory: Path | None) -> None:
                               hint="fix the policy file it names") from None
 
 
+def _check_client_auth(settings: Settings) -> None:
+    """The webhook authenticates the API server by its client certificate (a readable PEM file
+    of CA certificates in UMEC_WEBHOOK_CLIENT_CA), or the operator opted out explicitly: else
+    one line, exit 2, before the process starts."""
+    from umec.webhook_process import WebhookTlsInvalid, check_client_auth
+    require_readable([settings.webhook_client_ca], "UMEC_WEBHOOK_CLIENT_CA")
+    try:
+        check_client_auth(settings)
+    except WebhookTlsInvalid as exc:
+        raise SettingsInvalid(exc.detail, hint=exc.hint) from None
+
+
 @webhook_app.callback()
 def webhook(ctx: typer.Context,
             host: Annotated[str, typer.Option(help="Listen address")] = "0.0.0.0",
             port: Annotated[int | None, typer.Option(help="Listen port")] = None) -> None:
-    """Run the admission webhook over HTTPS (UMEC_WEBHOOK_TLS_CERT / _KEY)."""
+    """Run the admission webhook over HTTPS (UMEC_WEBHOOK_TLS_CERT / _KEY), taking reviews
+    only from clients with a certificate from UMEC_WEBHOOK_CLIENT_CA (the API server)."""
     if ctx.invoked_subcommand is not None:
         return
     from umec.webhook_process import handover
@@ -187,15 +202,34 @@ def webhook(ctx: typer.Context,
     checked_log_level(settings)
     require_readable([settings.webhook_tls_cert, settings.webhook_tls_key], "webhook TLS file")
     _check_admission_policies(settings.admission_policy_dir)
+    _check_client_auth(settings)
     # Settings are valid; the webhook itself runs in a lean process (see webhook_process).
     handover(host, port or settings.webhook_port)
 
 
 @webhook_app.command("certs")
 def webhook_certs(directory: Annotated[Path, typer.Option("--dir", help="Output directory")],
-                  service: str = "umec-webhook", namespace: str = "umec-system") -> None:
-    """Create a CA and a serving certificate for the Service; print the caBundle."""
+                  service: str = "umec-webhook", namespace: str = "umec-system",
+                  apiserver_dir: Annotated[Path | None, typer.Option(
+                      help="Absolute directory the API server's files will be installed in "
+                           "on the k3s server (default: --dir)")] = None) -> None:
+    """Create the serving certificate (and its CA) for the Service, and the API server's
+    client certificate (and its dedicated client CA) with the kube-apiserver's admission
+    configuration; print where they are, then the caBundle."""
     from admission.certs import create_webhook_certs
-    certs = create_webhook_certs(directory, service, namespace)
-    console.print(f"serving cert {certs.cert}, key {certs.key} (0600)")
+    try:
+        certs = create_webhook_certs(directory, service, namespace, apiserver_dir=apiserver_dir)
+    except ValueError as exc:
+        raise UsageError(f"--apiserver-dir {exc}",
+                         hint="pass an absolute path, e.g. /var/lib/rancher/k3s/server/umec"
+                         ) from None
+    say = functools.partial(console.print, markup=False, soft_wrap=True)
+    say(f"serving cert {certs.cert}, key {certs.key} (0600): Secret umec-webhook-tls")
+    say(f"client CA {certs.client_ca_cert}: ConfigMap umec-webhook-client-ca, the webhook's "
+        f"UMEC_WEBHOOK_CLIENT_CA")
+    say(f"API server files: {certs.client_cert}, {certs.client_key} (0600), {certs.kubeconfig}, "
+        f"{certs.admission_config}: copy them to {certs.apiserver_dir} on the k3s server and "
+        f"start it with --kube-apiserver-arg=admission-control-config-file="
+        f"{certs.apiserver_dir / certs.admission_config.name} (deploy/README.md)")
+    say(f"keep {certs.ca_key} and {certs.client_ca_key} out of the cluster")
     print(certs.ca_bundle)

@@ -84,6 +84,17 @@ class Settings(BaseSettings):
     webhook_port: int = 8444
     webhook_tls_cert: Path | None = None
     webhook_tls_key: Path | None = None
+    webhook_client_ca: Path | None = Field(
+        default=None, description="PEM CA bundle: the webhook requires, in every TLS handshake, "
+        "a client certificate issued by it (the kube-apiserver's, from `umec webhook certs`: "
+        "client-ca.crt). Use a DEDICATED CA, never k3s's cluster client CA, which signs every "
+        "kubelet's and user's certificate. `umec webhook` refuses to start without it unless "
+        "UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED is true.")
+    webhook_allow_unauthenticated: bool = Field(
+        default=False, description="Development only: serve the webhook without "
+        "UMEC_WEBHOOK_CLIENT_CA. Anyone who reaches its port can then post AdmissionReviews: "
+        "forge a Pod DELETE (revoking a live pod's tokens) or a CREATE (recording a pod as "
+        "verified). Ignored when UMEC_WEBHOOK_CLIENT_CA is set.")
     webhook_timeout_seconds: float = 10.0
     webhook_namespace: str = "umec-system"
     docker_config: Path | None = Field(default=None, description="docker config.json (auths).")

@@ -1,15 +1,109 @@
 """``umec webhook`` runs here, in a lean process: no typer/click/rich, and glibc limited to two
 malloc arenas (uvicorn's thread pool otherwise grows one arena per thread). The CLI validates
 the settings first and then replaces itself with this module (``handover``); the webhook's
-memory budget (120 MB on a Raspberry Pi) is what this process uses."""
+memory budget (120 MB on a Raspberry Pi) is what this process uses.
+
+The webhook takes AdmissionReviews only from the kube-apiserver: with ``UMEC_WEBHOOK_CLIENT_CA``
+every TLS handshake requires a client certificate issued by that (dedicated) CA, so a peer
+without one never reaches the app (:func:`tls_options`). Without it the webhook does not start
+unless ``UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED`` is true, which is logged as a warning naming the
+risk (docs/decisions.md, "The webhook trusts only the API server (mTLS)")."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import ssl
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from umec.settings import Settings
 
 HANDOVER = "UMEC_WEBHOOK_HANDOVER"
+log = logging.getLogger("umec.webhook")
+
+UNAUTHENTICATED_RISK = (
+    "the admission webhook accepts AdmissionReviews from anyone who can reach its port "
+    "(UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED=true, no UMEC_WEBHOOK_CLIENT_CA): a forged Pod DELETE "
+    "revokes a live pod's tokens and a forged CREATE can record a pod as verified; "
+    "development only")
+
+
+class WebhookTlsInvalid(ValueError):
+    """The webhook's TLS cannot be set up as required: no serving certificate, no client CA
+    (and no explicit opt-out), or a client CA file without a usable CA certificate. ``hint``
+    says what to do."""
+
+    def __init__(self, detail: str, hint: str) -> None:
+        super().__init__(detail)
+        self.detail, self.hint = detail, hint
+
+
+def check_client_ca(path: Path) -> int:
+    """The number of CA certificates in the PEM file ``path``; :class:`WebhookTlsInvalid`
+    when it holds none (empty, not PEM) or one that is no CA. ``OSError`` if unreadable."""
+    from cryptography import x509
+    data = path.read_bytes()
+    hint = ("point UMEC_WEBHOOK_CLIENT_CA at the dedicated client CA certificate "
+            "(client-ca.crt from `umec webhook certs`)")
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise WebhookTlsInvalid(f"UMEC_WEBHOOK_CLIENT_CA {path}: no PEM certificate in it",
+                                 hint) from None
+    for cert in certs:
+        try:
+            is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise WebhookTlsInvalid(f"UMEC_WEBHOOK_CLIENT_CA {path}: "
+                                     f"{cert.subject.rfc4514_string()} is not a CA certificate",
+                                     hint)
+    return len(certs)
+
+
+def _no_client_ca() -> WebhookTlsInvalid:
+    return WebhookTlsInvalid(
+        "UMEC_WEBHOOK_CLIENT_CA is not set: the webhook would take AdmissionReviews from anyone "
+        "who can reach it",
+        "set UMEC_WEBHOOK_CLIENT_CA to client-ca.crt from `umec webhook certs` and give the API "
+        "server its client certificate (deploy/README.md); for development only, "
+        "UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED=true")
+
+
+def check_client_auth(settings: Settings) -> None:
+    """Before the webhook starts: its client CA is a readable PEM file of CA certificates, or
+    the operator opted out explicitly; else :class:`WebhookTlsInvalid` (``OSError`` when the
+    file cannot be read)."""
+    if settings.webhook_client_ca is not None:
+        check_client_ca(settings.webhook_client_ca)
+    elif not settings.webhook_allow_unauthenticated:
+        raise _no_client_ca()
+
+
+def tls_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options for the webhook: the serving certificate, and with
+    ``webhook_client_ca`` a client certificate from that CA required in every handshake.
+    Without a client CA: :class:`WebhookTlsInvalid`, unless the operator opted out
+    (``webhook_allow_unauthenticated``), which is logged as a warning naming the risk."""
+    if settings.webhook_tls_cert is None or settings.webhook_tls_key is None:
+        raise WebhookTlsInvalid("UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required",
+                                 "create them with `umec webhook certs --dir DIR` and set "
+                                 "both variables")
+    options: dict[str, Any] = {"ssl_certfile": str(settings.webhook_tls_cert),
+                               "ssl_keyfile": str(settings.webhook_tls_key)}
+    if settings.webhook_client_ca is not None:
+        options["ssl_ca_certs"] = str(settings.webhook_client_ca)
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    elif settings.webhook_allow_unauthenticated:
+        log.warning(UNAUTHENTICATED_RISK, extra={"check": "webhook.unauthenticated"})
+    else:
+        raise _no_client_ca()
+    return options
 
 
 def handover(host: str, port: int) -> None:
@@ -35,14 +129,20 @@ def main() -> int:
     from umec.settings import Settings
     settings = Settings()
     configure_logging(settings.log_level)
-    if settings.webhook_tls_cert is None or settings.webhook_tls_key is None:
-        print("UMEC_WEBHOOK_TLS_CERT and UMEC_WEBHOOK_TLS_KEY are required", file=sys.stderr)
+    try:  # `umec webhook` checked all this; a direct start is checked the same way
+        check_client_auth(settings)
+        tls = tls_options(settings)
+    except WebhookTlsInvalid as exc:
+        print(f"error: settings.invalid: {exc.detail} — what to do: {exc.hint}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: file: UMEC_WEBHOOK_CLIENT_CA {exc.filename}: {exc.strerror or exc} — "
+              f"what to do: make it a readable file", file=sys.stderr)
         return 2
     app, _ = build_webhook(settings)
     uvicorn.run(app, host=raw.get("host", "0.0.0.0"),
                 port=int(raw.get("port") or settings.webhook_port), log_config=None,
-                ssl_certfile=str(settings.webhook_tls_cert),
-                ssl_keyfile=str(settings.webhook_tls_key), **uvicorn_options())
+                **tls, **uvicorn_options())
     return 0
 
 
