@@ -246,6 +246,7 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
     from umec.localregistry import LocalRegistry
     from umec.localserver import ServerThread
     from umec.settings import Settings
+    from umec.webhook_process import check_client_auth, tls_options
 
     registry = stack.enter_context(LocalRegistry(work / "registry"))
     console.print(f"  docker-registry on {registry.url}")
@@ -275,17 +276,22 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
             {"name": "ci", "threshold": 1,
              "keys": [{"name": "ci", "pem": public_key_pem(ci_key).decode()}]}]}}))
     # The webhook records into the control plane's database: the token service reads it.
-    settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies,
-                        database_url=database_url)
-    app, _ = build_webhook(settings)
+    # As `umec webhook` runs it: the API server's client certificate required (mutual TLS).
     certs = create_webhook_certs(work / "webhook-certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
-    hook = stack.enter_context(ServerThread(app, ssl_certfile=str(certs.cert),
-                                            ssl_keyfile=str(certs.key)))
+    settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies,
+                        database_url=database_url, webhook_tls_cert=certs.cert,
+                        webhook_tls_key=certs.key, webhook_client_ca=certs.client_ca_cert)
+    check_client_auth(settings)
+    app, _ = build_webhook(settings)
+    hook = stack.enter_context(ServerThread(app, **tls_options(settings)))
     tls = ssl.create_default_context(cafile=str(certs.ca_cert))
-    web = stack.enter_context(httpx.Client(base_url=hook.url.replace("127.0.0.1", "localhost"),
-                                           verify=tls, timeout=30))
-    console.print(f"  admission webhook on {web.base_url} (TLS, its own CA)")
+    tls.load_cert_chain(str(certs.client_cert), str(certs.client_key))  # the API server's
+    base_url = hook.url.replace("127.0.0.1", "localhost")
+    web = stack.enter_context(httpx.Client(base_url=base_url, verify=tls, timeout=30))
+    console.print(f"  admission webhook on {web.base_url} (TLS, its own CA; it answers only "
+                  f"the API server's client certificate)")
+    _show_forged_review_refused(console, expect, base_url, certs.ca_cert)
 
     def review(path: str, image: str, uid: str,
                namespace: str = "tenant-a") -> dict[str, Any]:
@@ -320,6 +326,26 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
     expect(denied["allowed"] is False, "unsigned pod denied:")
     console.print(f"    {denied.get('status', {}).get('message', '')}")
     return bool(allowed["allowed"]) and not denied["allowed"]
+
+
+def _show_forged_review_refused(console: Console, expect: Any, url: str, ca: Path) -> None:
+    """A client without the API server's certificate (anyone else in the cluster) cannot
+    post a review: the TLS handshake fails before the webhook reads a byte."""
+    import ssl
+    forged = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": "forged", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": "tenant-a", "name": "pod-signed", "operation": "DELETE",
+        "object": None, "oldObject": {"metadata": {"uid": "pod-signed"}},
+        "userInfo": {"username": "system:serviceaccount:tenant-b:attacker"}}}
+    try:
+        httpx.post(f"{url}/validate", json=forged, timeout=10,
+                   verify=ssl.create_default_context(cafile=str(ca)))
+        refused = False
+    except httpx.TransportError:
+        refused = True
+    expect(refused, "a review posted without the API server's client certificate is refused "
+                    "in the TLS handshake")
 
 
 def _print_fleet(console: Console, nodes: list[dict[str, Any]]) -> None:
