@@ -6,9 +6,12 @@ and either returns a :class:`~mec_api.principal.Principal` or raises :class:`Gua
 
 1. a token is present: ``Authorization: Bearer <jwt>`` or ``DPoP <jwt>``; none → 401 without an
    error code (RFC 6750 §3.1);
-2. the revocation list is current (its last whole-set read started within ``max_feed_age``,
-   1 s: the promise), else 503: a guard that cannot hear revocations must not keep honouring
-   tokens;
+2. the revocation list is current. With ``await_current`` (the follower of a guard that reads
+   the token service's own database: every ``umec server`` worker and replica), the request
+   first waits, up to ``current_wait`` (250 ms), for a read that started after it arrived, so
+   a token refused by one worker or replica is refused by all from then on. In every case the
+   last read must have started within ``max_feed_age`` (1 s: the promise), else 503: a guard
+   that cannot hear revocations must not keep honouring tokens;
 3. the JWT verifies: ``alg`` pinned to ES256, key by ``kid`` from the token service's JWKS
    (fetched again, at most every ``jwks_refresh_seconds``, when the kid is unknown), ``typ``
    ``at+jwt``, ``iss``, ``aud``, ``exp``/``nbf``/``iat`` against the clock with a small leeway.
@@ -88,6 +91,9 @@ class AccessTokenGuard:
     jwks_source: JwksSource
     revocations: RevocationList
     feed_applied_at: Callable[[], float]        # monotonic time the feed was last applied
+    # (instant, timeout) → whether a read started after instant was applied in time
+    await_current: Callable[[float, float], Awaitable[bool]] | None = None
+    current_wait: float = 0.25
     max_feed_age: float = 1.0
     leeway: float = ACCEPTANCE_LEEWAY_SECONDS  # revocation entries outlive exp + this
     jwks_refresh_seconds: float = 10.0
@@ -103,6 +109,8 @@ class AccessTokenGuard:
 
     def require(self, scope: str) -> Callable[..., Awaitable[Principal]]:
         async def dependency(request: Request) -> Principal:
+            if self.await_current is not None:  # step 2: the fallback is the age check
+                await self.await_current(time.monotonic(), self.current_wait)
             return self.authenticate(
                 authorization=request.headers.get("authorization"),
                 dpop=request.headers.get("dpop"), method=request.method,

@@ -252,6 +252,42 @@ def test_applied_at_is_the_start_of_the_read(feed: Feed) -> None:
     assert started <= feed.follower.applied_at < started + 0.1
 
 
+def test_callers_waiting_for_a_current_list_share_reads_and_give_up_in_time(
+        feed: Feed) -> None:
+    """``current_since``: 50 concurrent callers are served by a few reads, each started after
+    they called; when reads hang, a caller gets False after its timeout, not a hang."""
+    inner, reads = feed.follower.fetch, []
+
+    async def counted() -> list[Revocation]:
+        reads.append(time.monotonic())
+        return await inner()
+    feed.follower.fetch = counted
+
+    async def main() -> tuple[list[bool], bool, float]:
+        task = asyncio.create_task(feed.follower.run())
+        await asyncio.sleep(0.05)
+        called = time.monotonic()
+        answers = await asyncio.gather(*(feed.follower.current_since(called, 2.0)
+                                         for _ in range(50)))
+        assert min(r for r in reads if r >= called) >= called
+        hung = asyncio.Event()
+
+        async def hanging() -> list[Revocation]:
+            await hung.wait()
+            return []
+        feed.follower.fetch = hanging
+        await asyncio.sleep(0.15)  # the follower is now inside a hanging read
+        started = time.monotonic()
+        late = await feed.follower.current_since(started, 0.2)
+        waited = time.monotonic() - started
+        task.cancel()
+        return answers, late, waited
+
+    answers, late, waited = asyncio.run(main())
+    assert answers == [True] * 50 and len(reads) <= 4
+    assert late is False and 0.15 < waited < 1.0
+
+
 def test_a_feed_answer_over_the_entry_cap_is_refused_whole(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import mec_api.tokens.feed as feed_module
@@ -721,4 +757,39 @@ def test_every_replica_is_woken_by_a_committed_revocation(
         assert node.attest()["state"] == "untrusted"
         r = on_b.refused_within(token, 1.0)
         assert r.status_code == 401 and "no longer trusted" in r.json()["detail"]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_a_token_refused_on_one_replica_is_refused_on_every_replica_from_then_on(
+        tmp_path: Path, database: str, request: pytest.FixtureRequest,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A guard on the token service's database waits for a read that started after the call
+    arrived: a replica that was neither poked nor woken, and whose own poll would come in 30 s,
+    refuses the token on the first call after the verdict, not within its poll."""
+    import umec.app
+    monkeypatch.setattr(umec.app, "_revocation_wakeups", lambda *_: None)  # no NOTIFY
+    url = (f"sqlite:///{tmp_path / 'umec.db'}" if database == "sqlite"
+           else str(request.getfixturevalue("pg_database")))
+    cluster = ClusterIssuer()
+    ports = [free_port(), free_port()]
+    settings = site_settings(tmp_path, url, ports[0], cluster)
+    replicas = [build_server(settings.model_copy(update={"listen_port": port}))
+                for port in ports]
+    slow = replicas[1].tokens
+    slow.follower.interval = 30.0
+    slow.guard.max_feed_age = 60.0
+    engine, _ = open_database(url)
+    with ServerThread(replicas[0].app, port=ports[0]) as a, \
+            ServerThread(replicas[1].app, port=ports[1]) as b, \
+            httpx.Client(base_url=a.url, timeout=30, headers={
+                "Authorization": f"Bearer {replicas[0].operator_token}"}) as client:
+        node = trusted_node(replicas, client)
+        token = Site(replicas[0], a.url, engine, cluster, node).token()
+        on_b = Site(replicas[1], b.url, engine, cluster, node)
+        assert on_b.call(token).status_code == 200
+        node.tpm.extend(14, b"tampered k3s binary")
+        assert node.attest()["state"] == "untrusted"
+        r = on_b.call(token)
+        assert r.status_code == 401 and "no longer trusted" in r.json()["detail"], r.text
     engine.dispose()

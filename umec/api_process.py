@@ -47,8 +47,11 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
     # (tokens' times are then checked with the guard's leeway).
     clock = clock_for(engine)
     revocations = RevocationList()
+    # Every 250 ms over HTTP (the SQL followers in ``umec server`` poll every 100 ms): each
+    # node runs a few of these processes, and each poll is a request to the token service.
     follower = RevocationFollower(http_source(f"{base}/oauth2/revocations", client),
-                                  revocations, clock=lambda: clock.now().timestamp())
+                                  revocations, interval=0.25,
+                                  clock=lambda: clock.now().timestamp())
     guard = AccessTokenGuard(
         issuer=f"{base}/oauth2", audience=settings.token_audience,
         jwks_source=HttpJwks(f"{base}/.well-known/jwks.json", verify=verify),

@@ -237,6 +237,7 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
     guard = AccessTokenGuard(
         issuer=config.issuer, audience=settings.token_audience, jwks_source=jwks,
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
+        await_current=follower.current_since,
         limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst),
         clock=lambda: clock.now().timestamp())
     router = token_router(issuer, store, operator_token=operator_token, clock=clock.now)

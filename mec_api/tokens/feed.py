@@ -129,8 +129,8 @@ class RevocationFollower:
         self.interval = interval
         self.applied_at = float("-inf")       # monotonic; -inf until the first success
         self._wake: asyncio.Event | None = None
+        self._applied: asyncio.Condition | None = None  # notified after every read
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
 
     async def step(self) -> None:
         started = time.monotonic()  # the set read now holds every entry committed before this
@@ -146,14 +146,37 @@ class RevocationFollower:
             with contextlib.suppress(RuntimeError):  # loop closed during shutdown
                 loop.call_soon_threadsafe(wake.set)
 
+    async def current_since(self, instant: float, timeout: float) -> bool:
+        """Wait, at most ``timeout`` seconds, until a read that started at ``instant``
+        (monotonic) or later is applied: every revocation committed before ``instant`` is then
+        in the list. Concurrent callers share reads: at most one runs and the next one starts
+        when it ends. False when no such read finished in time (or the follower is not
+        running); the caller then falls back on the age of the last read."""
+        if self.applied_at >= instant:
+            return True
+        applied, wake = self._applied, self._wake
+        if applied is None or wake is None:
+            return False
+        wake.set()  # read now (or right after the read that is running)
+        try:
+            async with applied:
+                await asyncio.wait_for(applied.wait_for(lambda: self.applied_at >= instant),
+                                       timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def run(self) -> None:
         self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
+        self._applied = asyncio.Condition()
         while True:
             self._wake.clear()  # a poke from here on triggers another read
             try:
                 await self.step()
             except Exception as e:  # the guard fails closed on a stale feed; keep trying
                 log.warning("revocation feed: %s: %s", type(e).__name__, str(e)[:200])
+            async with self._applied:
+                self._applied.notify_all()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
 
