@@ -150,7 +150,8 @@ def outcome(w: Watch, node: str) -> Outcome:
         if a.status == 503:
             out.n503 += 1
         elif a.status == 401 and (not w.failing_at or a.sent < w.failing_at):
-            out.early_refusals.append({"pid": a.pid, "sent_ms": rel(a.sent)})
+            out.early_refusals.append({"pid": a.pid, "sent_ms": rel(a.sent),
+                                       "body": a.body[:160].decode(errors="replace")})
         elif a.status == 401:
             out.pid_latency.setdefault(a.pid, max(0.0, a.answered - w.failed_at))
         elif a.status == 200:
