@@ -210,8 +210,46 @@ def _encode_tpmt_public(p: TpmPublic) -> bytes:
             + tpm2b(p.unique.y))
 
 
+def _validate_symmetric(s: SymDef) -> None:
+    if s.algorithm != TpmAlg.AES or s.key_bits not in (128, 192, 256) \
+            or s.mode not in _SYM_MODES:
+        raise AlgorithmUnsupported(
+            f"TPMT_PUBLIC.symmetric alg 0x{s.algorithm:04x}/{s.key_bits}/0x{s.mode:04x}")
+
+
+def _validate_scheme(what: str, sch: Scheme, ok: frozenset[int]) -> None:
+    if sch.scheme not in ok:
+        raise AlgorithmUnsupported(f"TPMT_PUBLIC.{what} 0x{sch.scheme:04x}")
+    if sch.scheme != TpmAlg.RSAES:
+        hash_info(sch.hash_alg, f"TPMT_PUBLIC.{what}.hashAlg")
+    if not 0 <= sch.count <= 0xFFFF:
+        raise FieldValueInvalid(f"TPMT_PUBLIC.{what}.count {sch.count}")
+
+
+def _validate_rsa(p: TpmPublic) -> None:
+    if not isinstance(p.unique, bytes) or len(p.unique) > MAX_RSA_KEY_BYTES:
+        raise FieldValueInvalid("TPMT_PUBLIC.unique: RSA keys need a modulus of <= 512 bytes")
+    if p.key_bits not in _RSA_BITS:
+        raise AlgorithmUnsupported(f"TPMT_PUBLIC.keyBits {p.key_bits}")
+    if not 0 <= p.exponent <= 0xFFFFFFFF or p.exponent == 1:
+        raise FieldValueInvalid(f"TPMT_PUBLIC.exponent {p.exponent}")
+    if p.kdf is not None or p.curve:
+        raise FieldValueInvalid("TPMT_PUBLIC: RSA key with ECC parameters")
+
+
+def _validate_ecc(p: TpmPublic) -> None:
+    if not isinstance(p.unique, EccPoint) or any(
+            len(c) > MAX_ECC_KEY_BYTES for c in p.unique):
+        raise FieldValueInvalid("TPMT_PUBLIC.unique: ECC point coordinates over 80 bytes")
+    if p.curve not in _CURVE_IDS:
+        raise AlgorithmUnsupported(f"TPMT_PUBLIC.curveID 0x{p.curve:04x}")
+    if p.key_bits or p.exponent:
+        raise FieldValueInvalid("TPMT_PUBLIC: ECC key with RSA parameters")
+
+
 def _validate(p: TpmPublic) -> None:
-    """Field rules shared by the parser and the builders (Part 2 §12.2)."""
+    """Field rules shared by the parser and the builders (Part 2 §12.2), in this order: the
+    name algorithm, attributes, authPolicy, symmetric, scheme and kdf, then the key type's own."""
     hash_info(p.name_alg, "TPMT_PUBLIC.nameAlg")
     if int(p.object_attributes) & ~_ALL_ATTRIBUTES:
         raise FieldValueInvalid(
@@ -219,38 +257,15 @@ def _validate(p: TpmPublic) -> None:
     if len(p.auth_policy) > MAX_DIGEST:
         raise FieldValueInvalid(f"TPMT_PUBLIC.authPolicy is {len(p.auth_policy)} bytes")
     if p.symmetric is not None:
-        s = p.symmetric
-        if s.algorithm != TpmAlg.AES or s.key_bits not in (128, 192, 256) \
-                or s.mode not in _SYM_MODES:
-            raise AlgorithmUnsupported(
-                f"TPMT_PUBLIC.symmetric alg 0x{s.algorithm:04x}/{s.key_bits}/0x{s.mode:04x}")
+        _validate_symmetric(p.symmetric)
     allowed = _RSA_SCHEMES if p.type == TpmAlg.RSA else _ECC_SCHEMES
     for what, sch, ok in (("scheme", p.scheme, allowed), ("kdf", p.kdf, _KDF_SCHEMES)):
-        if sch is None:
-            continue
-        if sch.scheme not in ok:
-            raise AlgorithmUnsupported(f"TPMT_PUBLIC.{what} 0x{sch.scheme:04x}")
-        if sch.scheme != TpmAlg.RSAES:
-            hash_info(sch.hash_alg, f"TPMT_PUBLIC.{what}.hashAlg")
-        if not 0 <= sch.count <= 0xFFFF:
-            raise FieldValueInvalid(f"TPMT_PUBLIC.{what}.count {sch.count}")
+        if sch is not None:
+            _validate_scheme(what, sch, ok)
     if p.type == TpmAlg.RSA:
-        if not isinstance(p.unique, bytes) or len(p.unique) > MAX_RSA_KEY_BYTES:
-            raise FieldValueInvalid("TPMT_PUBLIC.unique: RSA keys need a modulus of <= 512 bytes")
-        if p.key_bits not in _RSA_BITS:
-            raise AlgorithmUnsupported(f"TPMT_PUBLIC.keyBits {p.key_bits}")
-        if not 0 <= p.exponent <= 0xFFFFFFFF or p.exponent == 1:
-            raise FieldValueInvalid(f"TPMT_PUBLIC.exponent {p.exponent}")
-        if p.kdf is not None or p.curve:
-            raise FieldValueInvalid("TPMT_PUBLIC: RSA key with ECC parameters")
+        _validate_rsa(p)
     elif p.type == TpmAlg.ECC:
-        if not isinstance(p.unique, EccPoint) or any(
-                len(c) > MAX_ECC_KEY_BYTES for c in p.unique):
-            raise FieldValueInvalid("TPMT_PUBLIC.unique: ECC point coordinates over 80 bytes")
-        if p.curve not in _CURVE_IDS:
-            raise AlgorithmUnsupported(f"TPMT_PUBLIC.curveID 0x{p.curve:04x}")
-        if p.key_bits or p.exponent:
-            raise FieldValueInvalid("TPMT_PUBLIC: ECC key with RSA parameters")
+        _validate_ecc(p)
     else:
         raise AlgorithmUnsupported(f"TPMT_PUBLIC.type 0x{p.type:04x} (only RSA and ECC keys)")
 

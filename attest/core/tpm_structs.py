@@ -176,6 +176,79 @@ def _bitmap_pcrs(bitmap: bytes) -> frozenset[int]:
     return frozenset().union(*(_BYTE_PCRS[i][v] for i, v in enumerate(bitmap)))
 
 
+def _check_consumed(p: int, n: int, what: str) -> None:
+    """Every byte of the structure was read: no more (cut off), no less (trailing bytes)."""
+    if p != n:
+        if p > n:  # the last TPM2B's bytes were cut off
+            raise StructureTruncated(f"{what}: needs {p} bytes, got {n}")
+        raise TrailingBytes(f"{what}: {n - p} unexpected bytes after offset {p}")
+
+
+def _attest_head(data: bytes) -> tuple[int, int, bytes, bytes, int]:
+    """magic, type, qualifiedSigner, extraData and the offset after them."""
+    magic, st, size = _HEAD.unpack_from(data, 0)
+    if size > MAX_NAME:
+        raise StructureOversized(f"TPMS_ATTEST.qualifiedSigner: size {size} > {MAX_NAME}")
+    p = 8 + size
+    signer = data[8:p]
+    (size,) = _U16.unpack_from(data, p)
+    if size > MAX_DATA:
+        raise StructureOversized(f"TPMS_ATTEST.extraData: size {size} > {MAX_DATA}")
+    p += 2
+    return magic, st, signer, data[p:p + size], p + size
+
+
+def _one_bank_quote(data: bytes, p: int, head: tuple[int, int, bytes, bytes]) -> TpmsAttest | None:
+    """Fast path for the usual quote: one bank, sizeofSelect 3. Same checks as the general
+    path; ``None`` when the quote is not of that shape (the general path then decides)."""
+    (clock, resets, restarts, safe, fw, count, alg, sel_size, bitmap,
+     size) = _ONE_BANK.unpack_from(data, p)
+    if (count == 1 and sel_size == 3 and safe <= 1 and alg in _HASH_NAMES
+            and size <= MAX_DIGEST and p + _ONE_BANK.size + size == len(data)):
+        pcrs = _B0[bitmap[0]] | _B1[bitmap[1]] | _B2[bitmap[2]]
+        return TpmsAttest(*head, ClockInfo(clock, resets, restarts, safe == 1), fw,
+                          QuoteInfo({_HASH_NAMES[alg]: pcrs}, data[p + _ONE_BANK.size:]))
+    return None
+
+
+def _clock_info(data: bytes, p: int) -> tuple[ClockInfo, int]:
+    """clockInfo and firmwareVersion."""
+    clock, resets, restarts, safe, fw = _CLOCK.unpack_from(data, p)
+    if safe > 1:
+        raise FieldValueInvalid(f"TPMS_CLOCK_INFO.safe is {safe}, not YES/NO")
+    return ClockInfo(clock, resets, restarts, safe == 1), fw
+
+
+def _pcr_selection(data: bytes, p: int) -> tuple[dict[str, frozenset[int]], int]:
+    """TPML_PCR_SELECTION at ``p``, and the offset after it."""
+    (count,) = _U32.unpack_from(data, p)
+    p += 4
+    if count > MAX_PCR_BANKS:
+        raise FieldValueInvalid(f"TPML_PCR_SELECTION.count {count} exceeds {MAX_PCR_BANKS}")
+    select: dict[str, frozenset[int]] = {}
+    for _ in range(count):
+        alg, size = _SEL.unpack_from(data, p)
+        name = _HASH_NAMES.get(alg) or hash_info(alg, "TPMS_PCR_SELECTION.hash")[0]
+        if size > MAX_PCR_SELECT:
+            raise FieldValueInvalid(
+                f"TPMS_PCR_SELECTION.sizeofSelect {size} > {MAX_PCR_SELECT}")
+        if name in select:
+            # A TPM would hash the bank twice; a dict cannot say so and no honest agent asks.
+            raise FieldValueInvalid(f"TPML_PCR_SELECTION lists bank {name} twice")
+        p += 3
+        select[name] = _bitmap_pcrs(data[p:p + size])
+        p += size
+    return select, p
+
+
+def _pcr_digest(data: bytes, p: int) -> tuple[bytes, int]:
+    (size,) = _U16.unpack_from(data, p)
+    if size > MAX_DIGEST:
+        raise StructureOversized(f"TPMS_ATTEST.pcrDigest: size {size} > {MAX_DIGEST}")
+    p += 2
+    return data[p:p + size], p + size
+
+
 def parse_tpms_attest(data: bytes) -> TpmsAttest:
     """Parse TPMS_ATTEST (the ``-m`` message of tpm2_quote); every byte must be consumed.
 
@@ -188,64 +261,20 @@ def parse_tpms_attest(data: bytes) -> TpmsAttest:
         data = bytes(data)
     n = len(data)
     try:
-        magic, st, size = _HEAD.unpack_from(data, 0)
-        if size > MAX_NAME:
-            raise StructureOversized(f"TPMS_ATTEST.qualifiedSigner: size {size} > {MAX_NAME}")
-        p = 8 + size
-        signer = data[8:p]
-        (size,) = _U16.unpack_from(data, p)
-        if size > MAX_DATA:
-            raise StructureOversized(f"TPMS_ATTEST.extraData: size {size} > {MAX_DATA}")
-        p += 2
-        extra = data[p:p + size]
-        p += size
+        magic, st, signer, extra, p = _attest_head(data)
         if st == TPM_ST_ATTEST_QUOTE and n - p >= _ONE_BANK.size:
-            # Fast path for the usual quote: one bank, sizeofSelect 3. Same checks as below.
-            (clock, resets, restarts, safe, fw, count, alg, sel_size, bitmap,
-             size) = _ONE_BANK.unpack_from(data, p)
-            if (count == 1 and sel_size == 3 and safe <= 1 and alg in _HASH_NAMES
-                    and size <= MAX_DIGEST and p + _ONE_BANK.size + size == n):
-                pcrs = _B0[bitmap[0]] | _B1[bitmap[1]] | _B2[bitmap[2]]
-                return TpmsAttest(magic, st, signer, extra,
-                                  ClockInfo(clock, resets, restarts, safe == 1), fw,
-                                  QuoteInfo({_HASH_NAMES[alg]: pcrs},
-                                            data[p + _ONE_BANK.size:]))
-        clock, resets, restarts, safe, fw = _CLOCK.unpack_from(data, p)
+            fast = _one_bank_quote(data, p, (magic, st, signer, extra))
+            if fast is not None:
+                return fast
+        ci, fw = _clock_info(data, p)
         p += _CLOCK.size
-        if safe > 1:
-            raise FieldValueInvalid(f"TPMS_CLOCK_INFO.safe is {safe}, not YES/NO")
-        ci = ClockInfo(clock, resets, restarts, safe == 1)
         if st != TPM_ST_ATTEST_QUOTE:
             return TpmsAttest(magic, st, signer, extra, ci, fw, None, data[p:])
-        (count,) = _U32.unpack_from(data, p)
-        p += 4
-        if count > MAX_PCR_BANKS:
-            raise FieldValueInvalid(f"TPML_PCR_SELECTION.count {count} exceeds {MAX_PCR_BANKS}")
-        select: dict[str, frozenset[int]] = {}
-        for _ in range(count):
-            alg, size = _SEL.unpack_from(data, p)
-            name = _HASH_NAMES.get(alg) or hash_info(alg, "TPMS_PCR_SELECTION.hash")[0]
-            if size > MAX_PCR_SELECT:
-                raise FieldValueInvalid(
-                    f"TPMS_PCR_SELECTION.sizeofSelect {size} > {MAX_PCR_SELECT}")
-            if name in select:
-                # A TPM would hash the bank twice; a dict cannot say so and no honest agent asks.
-                raise FieldValueInvalid(f"TPML_PCR_SELECTION lists bank {name} twice")
-            p += 3
-            select[name] = _bitmap_pcrs(data[p:p + size])
-            p += size
-        (size,) = _U16.unpack_from(data, p)
-        if size > MAX_DIGEST:
-            raise StructureOversized(f"TPMS_ATTEST.pcrDigest: size {size} > {MAX_DIGEST}")
-        p += 2
-        pcr_digest = data[p:p + size]
-        p += size
+        select, p = _pcr_selection(data, p)
+        pcr_digest, p = _pcr_digest(data, p)
     except struct.error:
         raise StructureTruncated(f"TPMS_ATTEST: {n} bytes end inside a field") from None
-    if p != n:
-        if p > n:  # the last TPM2B's bytes were cut off
-            raise StructureTruncated(f"TPMS_ATTEST: needs {p} bytes, got {n}")
-        raise TrailingBytes(f"TPMS_ATTEST: {n - p} unexpected bytes after offset {p}")
+    _check_consumed(p, n, "TPMS_ATTEST")
     return TpmsAttest(magic, st, signer, extra, ci, fw, QuoteInfo(select, pcr_digest))
 
 
@@ -265,6 +294,29 @@ class TpmSignature(NamedTuple):
         return head + tpm2b(self.sig)
 
 
+def _signature_head(data: bytes) -> tuple[int, int, int, int]:
+    """sigAlg, hash, the first TPM2B's size, and the size limit of the algorithm's fields."""
+    alg, hash_alg, size = _HEAD_SIG.unpack_from(data, 0)
+    if alg not in _SIG_ALGS:
+        raise AlgorithmUnsupported(
+            f"TPMT_SIGNATURE.sigAlg 0x{alg:04x} (ECDSA, RSASSA, RSAPSS)")
+    if hash_alg not in HASH_ALGS:
+        hash_info(hash_alg, "TPMT_SIGNATURE.hash")
+    limit = MAX_ECC_KEY_BYTES if alg == TpmAlg.ECDSA else MAX_RSA_KEY_BYTES
+    if size > limit:
+        raise StructureOversized(f"TPMT_SIGNATURE: field size {size} > {limit}")
+    return alg, hash_alg, size, limit
+
+
+def _signature_s(data: bytes, p: int, limit: int) -> tuple[bytes, int]:
+    """ECDSA's signatureS at ``p``, and the offset after it."""
+    (size,) = _U16.unpack_from(data, p)
+    if size > limit:
+        raise StructureOversized(f"TPMT_SIGNATURE.signatureS: size {size} > {limit}")
+    p += 2
+    return data[p:p + size], p + size
+
+
 def parse_tpmt_signature(data: bytes) -> TpmSignature:
     """Parse a TPMT_SIGNATURE (tpm2_quote ``-s`` in the default "tss" format)."""
     if type(data) is not bytes or len(data) > MAX_STRUCTURE:
@@ -272,30 +324,14 @@ def parse_tpmt_signature(data: bytes) -> TpmSignature:
         data = bytes(data)
     n = len(data)
     try:
-        alg, hash_alg, size = _HEAD_SIG.unpack_from(data, 0)
-        if alg not in _SIG_ALGS:
-            raise AlgorithmUnsupported(
-                f"TPMT_SIGNATURE.sigAlg 0x{alg:04x} (ECDSA, RSASSA, RSAPSS)")
-        if hash_alg not in HASH_ALGS:
-            hash_info(hash_alg, "TPMT_SIGNATURE.hash")
-        limit = MAX_ECC_KEY_BYTES if alg == TpmAlg.ECDSA else MAX_RSA_KEY_BYTES
-        if size > limit:
-            raise StructureOversized(f"TPMT_SIGNATURE: field size {size} > {limit}")
+        alg, hash_alg, size, limit = _signature_head(data)
         p = 6 + size
         first = data[6:p]
         if alg == TpmAlg.ECDSA:
-            (size,) = _U16.unpack_from(data, p)
-            if size > limit:
-                raise StructureOversized(f"TPMT_SIGNATURE.signatureS: size {size} > {limit}")
-            p += 2
-            second = data[p:p + size]
-            p += size
+            second, p = _signature_s(data, p, limit)
     except struct.error:
         raise StructureTruncated(f"TPMT_SIGNATURE: {n} bytes end inside a field") from None
-    if p != n:
-        if p > n:
-            raise StructureTruncated(f"TPMT_SIGNATURE: needs {p} bytes, got {n}")
-        raise TrailingBytes(f"TPMT_SIGNATURE: {n - p} unexpected bytes after offset {p}")
+    _check_consumed(p, n, "TPMT_SIGNATURE")
     if alg == TpmAlg.ECDSA:
         return TpmSignature(alg, hash_alg, r=first, s=second)
     return TpmSignature(alg, hash_alg, sig=first)
