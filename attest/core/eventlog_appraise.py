@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from attest.core.errors import AttestationError
 from attest.core.eventlog_errors import (
@@ -158,9 +158,21 @@ def appraise_event_log(log: EventLog, quoted: Mapping[str, Mapping[int, bytes]],
         replayed, locality = replay_with_locality(log)
     except EventLogMalformed as exc:
         return [exc]
-    failures: list[AttestationError] = []
+    failures, mismatched = _check_replay(replayed, quoted)
+    if reference is None:
+        return failures
+    replay = _Replay(log, replayed, locality, quoted, mismatched)
+    for pcr in sorted(reference.pcrs):
+        failures.extend(_check_reference_pcr(replay, reference.bank, pcr, reference.pcrs[pcr]))
+    return failures
 
-    # Step 2: every quoted PCR the log touches must replay to the quoted value.
+
+def _check_replay(replayed: Mapping[str, Mapping[int, bytes]],
+                  quoted: Mapping[str, Mapping[int, bytes]],
+                  ) -> tuple[list[AttestationError], set[tuple[str, int]]]:
+    """Step 2: every quoted PCR the log touches must replay to the quoted value. Returns the
+    failures and the (bank, PCR) pairs that did not replay."""
+    failures: list[AttestationError] = []
     mismatched: set[tuple[str, int]] = set()
     for bank in sorted(quoted):
         for pcr in sorted(quoted[bank]):
@@ -168,26 +180,33 @@ def appraise_event_log(log: EventLog, quoted: Mapping[str, Mapping[int, bytes]],
             if got is not None and got != quoted[bank][pcr]:
                 failures.append(EventLogReplayMismatch(bank, pcr, quoted[bank][pcr], got))
                 mismatched.add((bank, pcr))
-    if reference is None:
-        return failures
+    return failures, mismatched
 
-    # Step 3: reference PCRs must be quoted and fully explained before their digests count.
-    bank = reference.bank
-    for pcr in sorted(reference.pcrs):
-        expected = quoted.get(bank, {}).get(pcr)
-        if expected is None:
-            failures.append(EventLogPcrNotQuoted(bank, pcr))
-            continue
-        if (bank, pcr) in mismatched:
-            continue  # already reported; its digests are not authenticated
-        got = replayed.get(bank, {}).get(pcr)
-        if got is None:  # the log never extends it: the TPM must still hold the reset value
-            got = initial_pcr_value(pcr, DIGEST_SIZES[bank], locality)
-            if got != expected:
-                failures.append(EventLogReplayMismatch(bank, pcr, expected, got))
-                continue
-        failures.extend(_check_digests(log, bank, pcr, reference.pcrs[pcr]))
-    return failures
+
+class _Replay(NamedTuple):
+    """What step 3 reads: the log, its replay, and step 2's quoted values and mismatches."""
+
+    log: EventLog
+    replayed: Mapping[str, Mapping[int, bytes]]
+    locality: int | None
+    quoted: Mapping[str, Mapping[int, bytes]]
+    mismatched: set[tuple[str, int]]
+
+
+def _check_reference_pcr(replay: _Replay, bank: str, pcr: int,
+                         ref: PcrReference) -> list[AttestationError]:
+    """Step 3: a reference PCR must be quoted and fully explained before its digests count."""
+    expected = replay.quoted.get(bank, {}).get(pcr)
+    if expected is None:
+        return [EventLogPcrNotQuoted(bank, pcr)]
+    if (bank, pcr) in replay.mismatched:
+        return []  # already reported; its digests are not authenticated
+    got = replay.replayed.get(bank, {}).get(pcr)
+    if got is None:  # the log never extends it: the TPM must still hold the reset value
+        got = initial_pcr_value(pcr, DIGEST_SIZES[bank], replay.locality)
+        if got != expected:
+            return [EventLogReplayMismatch(bank, pcr, expected, got)]
+    return _check_digests(replay.log, bank, pcr, ref)
 
 
 def _check_digests(log: EventLog, bank: str, pcr: int,

@@ -86,6 +86,76 @@ def _flag(doc: Mapping[str, Any], key: str) -> bool:
     return value
 
 
+def _name(doc: Any) -> str:
+    if not isinstance(doc, Mapping):
+        raise PolicyInvalid("policy must be a mapping")
+    unknown = set(doc) - _KEYS
+    if unknown:
+        raise PolicyInvalid(f"unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
+    name = doc.get("name")
+    if not isinstance(name, str) or not name:
+        raise PolicyInvalid("name: required, a non-empty string")
+    return name
+
+
+def _selection(doc: Mapping[str, Any]) -> dict[str, frozenset[int]]:
+    raw_sel = doc.get("selection")
+    if not isinstance(raw_sel, Mapping) or not raw_sel:
+        raise PolicyInvalid("selection: required, e.g. {sha256: [0, 7, 14]}")
+    selection: dict[str, frozenset[int]] = {}
+    for bank, indices in raw_sel.items():
+        b = _bank("selection", bank)
+        if not isinstance(indices, list) or not indices:
+            raise PolicyInvalid(f"selection.{b}: a non-empty list of PCR indices")
+        selection[b] = frozenset(_pcr_index(b, i) for i in indices)
+    return selection
+
+
+def _bank_values(b: str, values: Any, selected: frozenset[int]) -> dict[int, frozenset[bytes]]:
+    """``pcrs.<bank>``: each pinned PCR must be selected and list its allowed values."""
+    if not isinstance(values, Mapping):
+        raise PolicyInvalid(f"pcrs.{b}: a mapping pcr -> [allowed hex values]")
+    pinned: dict[int, frozenset[bytes]] = {}
+    for raw_index, allowed in values.items():
+        index = _pcr_index(b, raw_index)
+        if index not in selected:
+            raise PolicyInvalid(f"pcrs.{b}.{index}: not in selection.{b}; it would "
+                                "never be quoted")
+        if not isinstance(allowed, list) or not allowed:
+            raise PolicyInvalid(f"pcrs.{b}.{index}: a non-empty list of hex values")
+        pinned[index] = frozenset(_digest(f"pcrs.{b}.{index}", b, v) for v in allowed)
+    return pinned
+
+
+def _pcrs(doc: Mapping[str, Any],
+          selection: Mapping[str, frozenset[int]]) -> dict[str, dict[int, frozenset[bytes]]]:
+    raw_pcrs = doc.get("pcrs") or {}
+    if not isinstance(raw_pcrs, Mapping):
+        raise PolicyInvalid("pcrs: a mapping bank -> {pcr: [allowed hex values]}")
+    pcrs: dict[str, dict[int, frozenset[bytes]]] = {}
+    for bank, values in raw_pcrs.items():
+        b = _bank("pcrs", bank)
+        pcrs[b] = _bank_values(b, values, selection.get(b, frozenset()))
+    return pcrs
+
+
+def _eventlog(doc: Mapping[str, Any]) -> EventLogReference | None:
+    if doc.get("eventlog") is None:
+        return None
+    try:
+        return EventLogReference.from_dict(doc["eventlog"])
+    except (ValueError, TypeError, KeyError) as exc:
+        # The reference's own message already starts with the offending key.
+        raise PolicyInvalid(str(getattr(exc, "detail", exc))) from None
+
+
+def _interval(doc: Mapping[str, Any]) -> float | None:
+    interval = doc.get("interval_seconds")
+    if interval is not None and (not isinstance(interval, int | float) or interval <= 0):
+        raise PolicyInvalid("interval_seconds: a positive number")
+    return float(interval) if interval is not None else None
+
+
 @dataclass(frozen=True)
 class AppraisalPolicy:
     name: str
@@ -99,54 +169,16 @@ class AppraisalPolicy:
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
-        if not isinstance(doc, Mapping):
-            raise PolicyInvalid("policy must be a mapping")
-        unknown = set(doc) - _KEYS
-        if unknown:
-            raise PolicyInvalid(f"unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
-        name = doc.get("name")
-        if not isinstance(name, str) or not name:
-            raise PolicyInvalid("name: required, a non-empty string")
-        raw_sel = doc.get("selection")
-        if not isinstance(raw_sel, Mapping) or not raw_sel:
-            raise PolicyInvalid("selection: required, e.g. {sha256: [0, 7, 14]}")
-        selection: dict[str, frozenset[int]] = {}
-        for bank, indices in raw_sel.items():
-            b = _bank("selection", bank)
-            if not isinstance(indices, list) or not indices:
-                raise PolicyInvalid(f"selection.{b}: a non-empty list of PCR indices")
-            selection[b] = frozenset(_pcr_index(b, i) for i in indices)
-        pcrs: dict[str, dict[int, frozenset[bytes]]] = {}
-        raw_pcrs = doc.get("pcrs") or {}
-        if not isinstance(raw_pcrs, Mapping):
-            raise PolicyInvalid("pcrs: a mapping bank -> {pcr: [allowed hex values]}")
-        for bank, values in raw_pcrs.items():
-            b = _bank("pcrs", bank)
-            if not isinstance(values, Mapping):
-                raise PolicyInvalid(f"pcrs.{b}: a mapping pcr -> [allowed hex values]")
-            pcrs[b] = {}
-            for raw_index, allowed in values.items():
-                index = _pcr_index(b, raw_index)
-                if index not in selection.get(b, frozenset()):
-                    raise PolicyInvalid(f"pcrs.{b}.{index}: not in selection.{b}; it would "
-                                        "never be quoted")
-                if not isinstance(allowed, list) or not allowed:
-                    raise PolicyInvalid(f"pcrs.{b}.{index}: a non-empty list of hex values")
-                pcrs[b][index] = frozenset(_digest(f"pcrs.{b}.{index}", b, v) for v in allowed)
-        eventlog = None
-        if doc.get("eventlog") is not None:
-            try:
-                eventlog = EventLogReference.from_dict(doc["eventlog"])
-            except (ValueError, TypeError, KeyError) as exc:
-                # The reference's own message already starts with the offending key.
-                raise PolicyInvalid(str(getattr(exc, "detail", exc))) from None
-        interval = doc.get("interval_seconds")
-        if interval is not None and (not isinstance(interval, int | float) or interval <= 0):
-            raise PolicyInvalid("interval_seconds: a positive number")
+        """Checked in this order: the document's shape and name, selection, pcrs, eventlog,
+        interval_seconds, require_ack; the first failure is raised."""
+        name = _name(doc)
+        selection = _selection(doc)
+        pcrs = _pcrs(doc, selection)
+        eventlog = _eventlog(doc)
+        interval = _interval(doc)
         return cls(name=name, selection=selection, pcrs=pcrs, eventlog=eventlog,
                    require_event_log=bool(doc.get("require_event_log", False)),
-                   interval_seconds=float(interval) if interval is not None else None,
-                   require_ack=_flag(doc, "require_ack"))
+                   interval_seconds=interval, require_ack=_flag(doc, "require_ack"))
 
     @classmethod
     def from_yaml(cls, text: str) -> AppraisalPolicy:
