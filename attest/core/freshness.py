@@ -11,8 +11,6 @@ from datetime import datetime, timedelta
 
 from attest.core.errors import AttestationError
 
-MIN_NONCE_BYTES = 16
-
 
 class NonceUnknown(AttestationError):
     check = "nonce.unknown"
