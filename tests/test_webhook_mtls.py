@@ -274,6 +274,30 @@ def test_umec_webhook_refuses_to_start_without_client_authentication(
         "error: file: UMEC_WEBHOOK_CLIENT_CA", "missing.pem", "No such file")
 
 
+def test_the_cli_refuses_before_the_handover(tmp_path: Path, env: dict[str, str | None],  # noqa: F811
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI itself checks, before it replaces itself with the webhook process (replaced
+    here by a recorder, so a missing check cannot exec over the test run)."""
+    from tests.test_cli_errors import umec as run_umec
+    from umec import webhook_process
+    handed: list[tuple[str, int]] = []
+    monkeypatch.setattr(webhook_process, "handover",
+                        lambda host, port: handed.append((host, port)))
+    certs = webhook_test_certs(tmp_path / "certs")
+    (tmp_path / "empty.pem").write_bytes(b"")
+    assert_error(run_umec(["webhook"], webhook_env(env, certs)), EXIT_USAGE,
+                 "UMEC_WEBHOOK_CLIENT_CA is not set")
+    assert_error(run_umec(["webhook"], webhook_env(
+        env, certs, UMEC_WEBHOOK_CLIENT_CA=str(tmp_path / "empty.pem"))), EXIT_USAGE,
+        "no PEM certificate")
+    assert handed == []
+    for extra in ({"UMEC_WEBHOOK_CLIENT_CA": str(certs.client_ca_cert)},
+                  {"UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED": "true"}):
+        code, _, stderr = run_umec(["webhook", "--port", "9"], webhook_env(env, certs, **extra))
+        assert code == 0 and stderr == ""
+    assert handed == [("0.0.0.0", 9), ("0.0.0.0", 9)]
+
+
 def test_the_webhook_process_refuses_too_when_started_directly(
         tmp_path: Path, env: dict[str, str | None]) -> None:  # noqa: F811
     certs = webhook_test_certs(tmp_path / "certs")
