@@ -18,17 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from admission.core.reference import parse_reference
-from admission.oci_build import (
+from admission.registry.client import RegistryClient
+from admission.registry.manifests import (
+    DOCKER_MANIFEST_LIST,
+    OCI_INDEX,
+    canonical_json,
+)
+from admission.registry.oci_build import (
     PLATFORMS,
     build_image,
     platform_dict,
     push_built,
-)
-from admission.registry import RegistryClient
-from admission.registry_types import (
-    DOCKER_MANIFEST_LIST,
-    OCI_INDEX,
-    canonical_json,
 )
 
 

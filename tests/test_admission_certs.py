@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from typer.testing import CliRunner
 
-from admission.certs import create_webhook_certs
+from admission.service.certs import create_webhook_certs
 from umec.cli import app
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

@@ -19,8 +19,8 @@ import httpx
 import pytest
 import yaml
 
-from admission.records import SqlAdmissionRecords
-from admission.registry import RegistryClient
+from admission.registry.client import RegistryClient
+from admission.service.records import SqlAdmissionRecords
 from keys import generate_private_key, public_key_pem, save_private_key
 from tests.oci_images import push_image
 from tests.registry_fixture import RunningRegistry, registry, requires_registry
@@ -230,7 +230,7 @@ def test_webhook_command_serves_tls(tmp_path: Path) -> None:
 def test_verifier_looks_at_bundles_only_when_legacy_signatures_do_not_cover_every_key(
         registry: RunningRegistry, keys_dir: Path) -> None:
     from admission.core.keys_cosign import load_verification_key
-    from admission.registry import RegistryClient
+    from admission.registry.client import RegistryClient
     base = f"{registry.host}/bundles-{uuid.uuid4().hex[:8]}"
     push(registry, f"{base}/app:1.0")
     assert umec(["sign", f"{base}/app:1.0", "--key", str(keys_dir / "ci.key"),

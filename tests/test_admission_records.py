@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
+from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from umec.db import open_database
 
 

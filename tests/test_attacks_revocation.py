@@ -33,7 +33,7 @@ import pytest
 import yaml
 from sqlalchemy import event, select
 
-from admission.certs import WebhookCerts
+from admission.service.certs import WebhookCerts
 from mec_api.tokens.models import RevocationRow
 from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
 from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)

@@ -20,8 +20,8 @@ import pytest
 from typer.testing import CliRunner
 
 from admission.core.reference import parse_reference
-from admission.registry import RegistryClient
-from admission.signing import sign_image
+from admission.registry.client import RegistryClient
+from admission.signing.sign import sign_image
 from keys import generate_private_key, public_key_pem, save_private_key
 from tests.conftest import k3s_policy
 from tests.oci_images import push_image

@@ -54,7 +54,7 @@ from admission.core.verify import (
     verify_legacy,
     verify_legacy_with_keys,
 )
-from admission.signing import sign_bytes
+from admission.signing.sign import sign_bytes
 from keys import KeyKind, generate_private_key
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cosign"

@@ -32,7 +32,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import Mount
 
-from admission.certs import create_webhook_certs
+from admission.service.certs import create_webhook_certs
 from keys import sign_jwt
 from mec_api.camera.config import CameraConfig
 from mec_api.inference.export import ensure_onnx_model

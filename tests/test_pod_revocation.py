@@ -31,9 +31,9 @@ from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
-from admission.models import admission_pods
-from admission.records import SqlAdmissionRecords
-from admission.webhook_admit import WebhookDeps
+from admission.service.admit import WebhookDeps
+from admission.service.models import admission_pods
+from admission.service.records import SqlAdmissionRecords
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationRow
 from tests.fake_kube import FakeKube
@@ -344,7 +344,7 @@ def test_umec_server_runs_the_reconciler_when_kubernetes_is_configured(
 
 
 def test_tombstones_are_pruned_once_no_token_of_theirs_can_live(hook: Hook) -> None:
-    from admission.records import TOMBSTONE_SECONDS
+    from admission.service.records import TOMBSTONE_SECONDS
     hook.admit("uid-old")
     records = admission_records(hook.settings, hook.site.engine)
     assert records.forget(["uid-old"], "test") == ["uid-old"]

@@ -21,13 +21,13 @@ import yaml
 from admission.core.policy import load_policies
 from admission.core.reference import parse_reference
 from admission.core.review import PullSecretRefs, ReviewMalformed, parse_review, pull_secret_refs
-from admission.credentials import Credentials
-from admission.pull_secrets import KubePullSecrets, PullSecretsUnavailable
-from admission.registry import RegistryClient
-from admission.rego import RegoEvaluator
-from admission.signing import sign_image
-from admission.webhook import WebhookDeps, create_webhook_app
-from admission.webhook_admit import Admitter
+from admission.registry.client import RegistryClient
+from admission.registry.credentials import Credentials
+from admission.registry.pull_secrets import KubePullSecrets, PullSecretsUnavailable
+from admission.service.admit import Admitter
+from admission.service.rego import RegoEvaluator
+from admission.service.webhook import WebhookDeps, create_webhook_app
+from admission.signing.sign import sign_image
 from keys import generate_private_key, public_key_pem
 from tests.fake_kube import FakeKube
 from tests.oci_images import push_image

@@ -11,15 +11,15 @@ from typing import TypeVar
 import pytest
 
 from admission.core.reference import parse_reference
-from admission.registry import RegistryClient, fallback_tag
-from admission.registry_errors import (
+from admission.registry.client import RegistryClient, fallback_tag
+from admission.registry.errors import (
     BlobNotFound,
     BlobTooLarge,
     DigestMismatch,
     MalformedManifest,
     ManifestNotFound,
 )
-from admission.registry_types import (
+from admission.registry.manifests import (
     DOCKER_MANIFEST,
     DOCKER_MANIFEST_LIST,
     OCI_INDEX,

@@ -10,9 +10,9 @@ import uuid
 import pytest
 
 from admission.core.reference import parse_reference
-from admission.credentials import Credentials
-from admission.registry import RegistryClient
-from admission.registry_errors import RegistryAuthFailed
+from admission.registry.client import RegistryClient
+from admission.registry.credentials import Credentials
+from admission.registry.errors import RegistryAuthFailed
 from tests.oci_images import push_image
 from tests.registry_fixture import (
     USERS,

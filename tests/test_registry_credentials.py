@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from admission.credentials import Credentials, CredentialsMalformed, registry_key
+from admission.registry.credentials import Credentials, CredentialsMalformed, registry_key
 
 
 def b64(text: str) -> str:

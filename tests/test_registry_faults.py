@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from admission.core.reference import ImageReference, parse_reference
-from admission.registry import RegistryClient
-from admission.registry_errors import (
+from admission.registry.client import RegistryClient
+from admission.registry.errors import (
     DigestMismatch,
     MalformedManifest,
     ManifestNotFound,
@@ -22,7 +22,7 @@ from admission.registry_errors import (
     RegistryUnavailable,
     UnsupportedMediaType,
 )
-from admission.registry_types import MAX_MANIFEST_SIZE, OCI_MANIFEST, Manifest, sha256_digest
+from admission.registry.manifests import MAX_MANIFEST_SIZE, OCI_MANIFEST, Manifest, sha256_digest
 from tests.oci_images import build_image
 from tests.registry_fixture import HANG, Reply, free_port, loopback_tls, scripted
 

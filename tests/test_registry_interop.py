@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from admission.core.reference import parse_reference
-from admission.registry import RegistryClient
-from admission.registry_types import OCI_MANIFEST, sha256_digest
+from admission.registry.client import RegistryClient
+from admission.registry.manifests import OCI_MANIFEST, sha256_digest
 from tests.oci_images import (
     PLATFORMS,
     push_image,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from admission.rego import POLICY_DIR, RegoEvaluator, RegoFailed
+from admission.service.rego import POLICY_DIR, RegoEvaluator, RegoFailed
 from tests.webhook_helpers import D1
 
 

@@ -34,7 +34,7 @@ from sqlalchemy import Engine, event, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
+from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.service import registrar
 from attest.service.models import NodeRow, StateEventRow
 from attest.simagent import SimulatedNode

@@ -32,9 +32,9 @@ from admission.core.verify import (
     PayloadDigestMismatch,
     SignatureInvalid,
 )
-from admission.registry import RegistryClient
-from admission.signing import load_signing_key_from, sign_image
-from admission.verification import ReferenceNotPinned, verify_image_signatures
+from admission.registry.client import RegistryClient
+from admission.signing.sign import load_signing_key_from, sign_image
+from admission.signing.verify import ReferenceNotPinned, verify_image_signatures
 from keys import KeyKind, PrivateKey, PublicKey, generate_private_key
 from tests.oci_images import push_image, push_index
 from tests.registry_fixture import RunningRegistry, registry, requires_registry

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
+from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.simagent import SimulatedNode
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from tests.conftest import k3s_policy

@@ -1,4 +1,4 @@
-"""The webhook over real TLS (uvicorn + admission.certs, httpx with the CA): every kind at
+"""The webhook over real TLS (uvicorn + admission.service.certs, httpx with the CA): every kind at
 /mutate and /validate, the attacks, deadline, single flight, cache and metrics. Registry and
 signatures are in-process fakes of the webhook's Protocols (G's/H's parts are tested with a real
 registry in their own tests; the lead re-runs these attacks with them)."""
@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from admission.core.policy import load_policies
-from admission.rego import RegoEvaluator
-from admission.webhook import WebhookDeps, create_webhook_app
-from admission.webhook_admit import Admitter
-from admission.webhook_cache import SingleFlightCache
+from admission.service.admit import Admitter
+from admission.service.cache import SingleFlightCache
+from admission.service.rego import RegoEvaluator
+from admission.service.webhook import WebhookDeps, create_webhook_app
 from tests.webhook_helpers import (
     D1,
     D2,

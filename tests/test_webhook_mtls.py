@@ -31,10 +31,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from admission.certs import WebhookCerts
 from admission.core.policy import load_policies
-from admission.rego import RegoEvaluator
-from admission.webhook import WebhookDeps, create_webhook_app
+from admission.service.certs import WebhookCerts
+from admission.service.rego import RegoEvaluator
+from admission.service.webhook import WebhookDeps, create_webhook_app
 from keys import load_private_key, save_private_key
 from tests.test_cli_errors import assert_error, env, umec_process  # noqa: F401  (the fixture)
 from tests.webhook_helpers import (

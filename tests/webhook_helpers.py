@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import uvicorn
 
-from admission.certs import WebhookCerts, create_webhook_certs
-from admission.credentials import Credentials
-from admission.records import AdmittedImage
+from admission.registry.credentials import Credentials
+from admission.service.certs import WebhookCerts, create_webhook_certs
+from admission.service.records import AdmittedImage
 from keys import PrivateKey, PublicKey, generate_private_key, key_thumbprint, public_key_pem
 
 D1 = "sha256:" + "1" * 64
@@ -196,7 +196,7 @@ def webhook_test_certs(cert_dir: Path) -> WebhookCerts:
 
 @contextlib.contextmanager
 def serve_tls(app: Any, cert_dir: Path) -> Iterator[tuple[str, Path]]:
-    """Serve ``app`` over real TLS on loopback with certs from ``admission.certs``;
+    """Serve ``app`` over real TLS on loopback with certs from ``admission.service.certs``;
     yields (base URL, CA file)."""
     certs = webhook_test_certs(cert_dir)
     with _serve(app, ssl_certfile=str(certs.cert), ssl_keyfile=str(certs.key)) as port:

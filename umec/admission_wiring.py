@@ -19,13 +19,13 @@ from admission.core.keys_cosign import load_verification_key
 from admission.core.policy import PolicySet, load_policies_yaml
 from admission.core.reference import parse_reference
 from admission.core.verify import VerifiedSignature
-from admission.credentials import Credentials
-from admission.records import ForgetWriter, SqlAdmissionRecords
-from admission.registry import RegistryClient
-from admission.rego import RegoEvaluator
-from admission.verification import verify_image_signatures
-from admission.webhook import create_webhook_app
-from admission.webhook_admit import PullCredentialSource, WebhookDeps
+from admission.registry.client import RegistryClient
+from admission.registry.credentials import Credentials
+from admission.service.admit import PullCredentialSource, WebhookDeps
+from admission.service.records import ForgetWriter, SqlAdmissionRecords
+from admission.service.rego import RegoEvaluator
+from admission.service.webhook import create_webhook_app
+from admission.signing.verify import verify_image_signatures
 from kernel.clock import clock_for
 from keys import PublicKey
 from mec_api.tokens.revocations import MAX_TOKEN_LIFETIME_SECONDS, write_pod_revocations
@@ -173,7 +173,7 @@ def kube_pull_secrets(settings: Settings) -> PullCredentialSource | None:
     if not settings.webhook_pull_secrets:
         return None
     # Heavy (the kubernetes client): imported only when pull secrets are on.
-    from admission.pull_secrets import KubePullSecrets
+    from admission.registry.pull_secrets import KubePullSecrets
     from attest.service.notify_kube import kubernetes_api_from_config
 
     return KubePullSecrets(kubernetes_api_from_config(

@@ -38,7 +38,7 @@ webhook_app = typer.Typer(help="The admission webhook (HTTPS) and its certificat
 def _signing_key(source: str) -> PrivateKey:
     """The signing key from a file or env://VAR; a bad one is a usage error (exit 2)."""
     from admission.core.errors import AdmissionError
-    from admission.signing import load_signing_key_from
+    from admission.signing.sign import load_signing_key_from
     from keys import KeysError
     try:
         return load_signing_key_from(source)
@@ -52,7 +52,7 @@ def sign(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
          bundle: Annotated[bool, typer.Option(help="Also attach a Sigstore bundle")] = False,
          ) -> None:
     """Sign an image in cosign's format (COSIGN_PASSWORD for encrypted keys)."""
-    from admission.signing import sign_image
+    from admission.signing.sign import sign_image
     from umec.admission_wiring import registry_client
     settings = load_settings()
     private_key = _signing_key(key)
@@ -124,7 +124,7 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
            threshold: Annotated[int, typer.Option(help="Distinct keys required (1 to the "
                                                   "number of distinct --key)")] = 1) -> None:
     """Print which keys signed which digest; exit 1 unless THRESHOLD distinct keys signed it."""
-    from admission.verification import verify_image_signatures
+    from admission.signing.verify import verify_image_signatures
     from umec.admission_wiring import registry_client
     check_threshold(threshold, len(key))  # before reading any file
     settings = load_settings()
@@ -216,7 +216,7 @@ def webhook_certs(directory: Annotated[Path, typer.Option("--dir", help="Output 
     """Create the serving certificate (and its CA) for the Service, and the API server's
     client certificate (and its dedicated client CA) with the kube-apiserver's admission
     configuration; print where they are, then the caBundle."""
-    from admission.certs import create_webhook_certs
+    from admission.service.certs import create_webhook_certs
     try:
         certs = create_webhook_certs(directory, service, namespace, apiserver_dir=apiserver_dir)
     except ValueError as exc:

@@ -236,11 +236,11 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
     import json
     import ssl
 
-    from admission.certs import create_webhook_certs
     from admission.core.reference import parse_reference
-    from admission.oci_build import build_image, push_built
-    from admission.registry import RegistryClient
-    from admission.signing import sign_image
+    from admission.registry.client import RegistryClient
+    from admission.registry.oci_build import build_image, push_built
+    from admission.service.certs import create_webhook_certs
+    from admission.signing.sign import sign_image
     from keys import generate_private_key, public_key_pem
     from umec.admission_wiring import build_webhook
     from umec.localregistry import LocalRegistry
@@ -311,7 +311,7 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
     pinned = next((op["value"] for op in patch if op["op"] == "replace"), app_ref)
     expect("@sha256:" in pinned, f"/mutate pinned the tag: {pinned}")
     allowed = review("/validate", pinned, "pod-signed")
-    from admission.records import SqlAdmissionRecords
+    from admission.service.records import SqlAdmissionRecords
     from umec.db import open_database
     record = SqlAdmissionRecords(open_database(settings.resolved_database_url())[1])
     admitted = record.lookup("pod-signed")

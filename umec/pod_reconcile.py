@@ -42,7 +42,7 @@ GONE_REASON = "pod reconciler: the pod no longer exists in the cluster"
 
 
 class ForgettableRecords(Protocol):
-    """What the reconciler needs of :class:`admission.records.SqlAdmissionRecords`."""
+    """What the reconciler needs of :class:`admission.service.records.SqlAdmissionRecords`."""
 
     def admitted_before(self, cutoff: datetime) -> dict[str, datetime]: ...
 

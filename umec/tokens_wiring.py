@@ -18,7 +18,7 @@ from fastapi import APIRouter
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission.records import SqlAdmissionRecords
+from admission.service.records import SqlAdmissionRecords
 from attest.service.models import NodeRow
 from attest.service.notify_event import NodeStateChanged
 from kernel.clock import Clock, SystemClock

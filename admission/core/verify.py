@@ -1,6 +1,6 @@
 """Pure verification of image signatures: cosign legacy layers and Sigstore bundles -> results.
 
-Nothing here fetches anything; the flows in :mod:`admission.verification` hand in the bytes.
+Nothing here fetches anything; the flows in :mod:`admission.signing.verify` hand in the bytes.
 Thresholds and required signers are the policy's job: this module reports, per key, which
 signatures are valid for *exactly* the image digest asked about, and why the others are not.
 

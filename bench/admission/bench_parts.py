@@ -4,10 +4,11 @@ Run by hand from the repository root::
 
     .venv/bin/python bench/admission/bench_parts.py
 
-1. **Rego decision** (``admission.rego.RegoEvaluator.decide``, what ``/validate`` calls inline
-   on the event loop): a fresh input (new digest, so the memo misses: every cold review), the
-   same input again (memo hit: the warm path), and a fresh input against a one-line policy
-   (what regopy costs per query whatever the policy: the rest is ``admission.rego``'s rules).
+1. **Rego decision** (``admission.service.rego.RegoEvaluator.decide``, what ``/validate``
+   calls inline on the event loop): a fresh input (new digest, so the memo misses: every cold
+   review), the same input again (memo hit: the warm path), and a fresh input against a
+   one-line policy (what regopy costs per query whatever the policy: the rest is
+   ``policies/admission.rego``'s rules).
 2. **SQL record** (``SqlAdmissionRecords.record`` on SQLite with the project's pragmas via
    ``umec.db.open_database``: WAL, synchronous=NORMAL): one new pod UID per call, as for every
    admitted Pod; and the ``asyncio.to_thread`` hop ``/validate`` wraps it in.
@@ -46,10 +47,10 @@ from benchlib import LATENCY_HEADER, Latency, print_machine  # noqa: E402
 from setup_env import push_and_sign, registry, write_key_and_policy  # noqa: E402
 
 from admission.core.reference import parse_reference  # noqa: E402
-from admission.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
-from admission.registry import RegistryClient  # noqa: E402
-from admission.rego import RegoEvaluator  # noqa: E402
-from admission.verification import verify_image_signatures  # noqa: E402
+from admission.registry.client import RegistryClient  # noqa: E402
+from admission.service.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
+from admission.service.rego import RegoEvaluator  # noqa: E402
+from admission.signing.verify import verify_image_signatures  # noqa: E402
 from umec.db import open_database  # noqa: E402
 
 
@@ -206,8 +207,8 @@ STEPS = [
     ("+ cryptography (x509, ec, rsa)",
      "from cryptography import x509\n"
      "from cryptography.hazmat.primitives.asymmetric import ec, rsa"),
-    ("+ admission.webhook, core, registry, verification",
-     "import admission.webhook, admission.registry, admission.verification"),
+    ("+ admission.service.webhook, core, registry, verification",
+     "import admission.service.webhook, admission.registry.client, admission.signing.verify"),
     ("+ regopy module", "import regopy"),
     ("+ alembic (umec.db imports it at module level)", "import alembic.context, alembic.command"),
     ("+ umec.admission_wiring, umec.settings, umec.db",

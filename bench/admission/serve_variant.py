@@ -40,9 +40,9 @@ import uvicorn
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.orm import Session, sessionmaker
 
-import admission.webhook_admit as webhook_admit
-from admission.models import admission_pods
-from admission.records import AdmittedImage
+import admission.service.admit as webhook_admit
+from admission.service.models import admission_pods
+from admission.service.records import AdmittedImage
 from umec.admission_wiring import build_webhook
 from umec.db import open_database
 from umec.settings import Settings

@@ -7,9 +7,9 @@
    the policy directory the webhook reads (``UMEC_ADMISSION_POLICY_DIR``).
 3. Images built and pushed by the test helper ``push_image`` (two small layers, a config and
    an OCI manifest; each with its own salt, so each has its own digest), then signed with
-   ``admission.signing.sign_image`` -- the call ``umec sign`` makes. Both are timed per image:
+   ``admission.signing.sign.sign_image`` -- the call ``umec sign`` makes. Both are timed per image:
    that is the sign + push measurement.
-4. Serving certificates (``admission.certs.create_webhook_certs`` with ``localhost`` and
+4. Serving certificates (``admission.service.certs.create_webhook_certs`` with ``localhost`` and
    ``127.0.0.1``) and ``python -m umec webhook --host 127.0.0.1`` as a subprocess with its own
    data directory (SQLite record), ``UMEC_LOG_LEVEL=WARNING``; ready when ``/healthz`` answers.
    Its own process, so that its RSS and CPU time can be read from /proc.
@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # the test helpers live in tests/ (a namespace package)
     sys.path.insert(0, str(ROOT))
 
-from admission.certs import create_webhook_certs  # noqa: E402
 from admission.core.reference import parse_reference  # noqa: E402
-from admission.registry import RegistryClient  # noqa: E402
-from admission.signing import sign_image  # noqa: E402
+from admission.registry.client import RegistryClient  # noqa: E402
+from admission.service.certs import create_webhook_certs  # noqa: E402
+from admission.signing.sign import sign_image  # noqa: E402
 from keys import PrivateKey, generate_private_key, public_key_pem, save_private_key  # noqa: E402
 from tests.oci_images import push_image  # noqa: E402
 from tests.registry_fixture import RunningRegistry, free_port, run_registry  # noqa: E402

@@ -21,12 +21,12 @@ from pathlib import Path
 # Inclusive view: (label, substrings of normalised frames ``fn (pkg/module.py)``); a sample
 # counts for the step if any frame of its stack contains one of them.
 STEPS: list[tuple[str, tuple[str, ...]]] = [
-    ("Admitter.mutate (whole flow)", ("mutate (admission/webhook_admit.py)",)),
-    ("Admitter.validate (whole flow)", ("validate (admission/webhook_admit.py)",)),
+    ("Admitter.mutate (whole flow)", ("mutate (admission/service/admit.py)",)),
+    ("Admitter.validate (whole flow)", ("validate (admission/service/admit.py)",)),
     ("  resolve tag (registry)", ("resolve (umec/admission_wiring.py)",)),
-    ("  verify signatures (registry + crypto)", ("(admission/verification.py)",)),
-    ("  Rego decision (regopy)", ("(admission/rego.py)", "(regopy/")),
-    ("  SQL record (incl. thread hand-off)", ("(admission/records.py)", "(sqlalchemy/",
+    ("  verify signatures (registry + crypto)", ("(admission/signing/verify.py)",)),
+    ("  Rego decision (regopy)", ("(admission/service/rego.py)", "(regopy/")),
+    ("  SQL record (incl. thread hand-off)", ("(admission/service/records.py)", "(sqlalchemy/",
                                               "to_thread (", "(concurrent/futures/")),
     ("registry client (httpx/httpcore)", ("(httpx/", "(httpcore/")),
     ("TLS (ssl, asyncio sslproto)", ("(ssl.py)", "(asyncio/sslproto.py)")),
@@ -36,17 +36,17 @@ STEPS: list[tuple[str, tuple[str, ...]]] = [
 # so the shares add up to 100 %. h11 is in no layer on purpose: both uvicorn (server side) and
 # httpcore (registry side) use it, and the frame above it says which.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("Rego (regopy)", ("(regopy/", "(admission/rego.py)")),
+    ("Rego (regopy)", ("(regopy/", "(admission/service/rego.py)")),
     ("SQL record (SQLAlchemy, sqlite3)", ("(sqlalchemy/", "(sqlite3/",
-                                          "(admission/records.py)")),
+                                          "(admission/service/records.py)")),
     ("thread hand-off (to_thread, executor)", ("(concurrent/futures/", "to_thread (")),
     ("signature crypto + cosign parsing", ("(cryptography/", "(admission/core/verify.py)",
                                            "(admission/core/cosign.py)")),
     ("registry client (httpx, httpcore, admission.registry*)", (
-        "(httpx/", "(httpcore/", "(admission/registry")),
+        "(httpx/", "(httpcore/", "(admission/registry/")),
     ("TLS (ssl, asyncio sslproto)", ("(ssl.py)", "(asyncio/sslproto.py)")),
     ("JSON encode/decode", ("(json/",)),
-    ("Prometheus metrics", ("(prometheus_client/", "(admission/webhook_metrics.py)")),
+    ("Prometheus metrics", ("(prometheus_client/", "(admission/service/metrics.py)")),
     ("admission flow, review parsing, policy", ("(admission/",)),
     ("HTTP server (uvicorn, Starlette, FastAPI, anyio)", (
         "(uvicorn/", "(starlette/", "(fastapi/", "(anyio/")),

@@ -71,7 +71,7 @@ from bench_tokens import EXCHANGE, GRANTS, process_tree, tree_cpu  # noqa: E402
 from benchlib import percentile, print_machine  # noqa: E402
 from revlinks import Answer, Links  # noqa: E402
 
-from admission.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
+from admission.service.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
 from attest.simagent import SimulatedNode  # noqa: E402
 from attest.simtpm import SimulatedTpm  # noqa: E402
 from umec.db import open_database  # noqa: E402

@@ -15,8 +15,8 @@ Run from the repo root::
 2. **Issuance core in-process.** ``TokenIssuer.issue`` on the same database, timed per call
    (no HTTP): the cost of the decision itself.
 3. **Guard overhead.** One FastAPI route served twice in one app, unguarded and behind
-   ``guard.require``, called in-process through ``httpx.ASGITransport`` in interleaved blocks;
-   overhead = difference of medians. Also ``AccessTokenGuard.authenticate`` alone.
+   ``mec_api.deps.requires``, called in-process through ``httpx.ASGITransport`` in interleaved
+   blocks; overhead = difference of medians. Also ``AccessTokenGuard.authenticate`` alone.
 4. **Revocation latency.** Per trial, a fresh node is trusted, its pod gets a token and calls the
    sensor API; then its TPM's application PCR changes and it attests (untrusted). Measured:
    from the failed evidence's answer to the first refused call, polling every 5 ms, against
@@ -54,7 +54,7 @@ sys.path.insert(0, str(REPO))
 from bench_rounds import cpu_seconds, server_process, wait_healthy  # noqa: E402
 from benchlib import percentile, print_machine, vm_status  # noqa: E402
 
-from admission.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
+from admission.service.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
 from attest.simagent import SimulatedNode  # noqa: E402
 from attest.simtpm import SimulatedTpm  # noqa: E402
 from umec.db import open_database  # noqa: E402
@@ -229,6 +229,7 @@ def guard_overhead(runs: int) -> dict[str, float]:
     from fastapi import Depends, FastAPI
 
     from keys import KeyRing, generate_private_key, sign_jwt
+    from mec_api.deps import requires
     from mec_api.guard import AccessTokenGuard
     from mec_api.principal import Principal
     from mec_api.tokens.feed import RingJwks
@@ -244,13 +245,14 @@ def guard_overhead(runs: int) -> dict[str, float]:
                       "client_id": "t:a", "namespace": "t", "app_instance_id": "t.a",
                       "node": "n"}, ring, headers={"typ": "at+jwt"})
     app = FastAPI()
+    app.state.guard = guard
 
     @app.get("/open")
     async def open_route() -> dict[str, str]:
         return {"ok": "yes"}
 
     @app.get("/guarded")
-    async def guarded(_p: Principal = Depends(guard.require("sensor.read"))) -> dict[str, str]:
+    async def guarded(_p: Principal = Depends(requires("sensor.read"))) -> dict[str, str]:
         return {"ok": "yes"}
 
     async def measure() -> dict[str, list[float]]:

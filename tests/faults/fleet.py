@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, text
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
+from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.simagent import SimulatedNode
 from tests.conftest import k3s_policy
 from tests.token_helpers import D1

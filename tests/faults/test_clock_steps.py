@@ -37,7 +37,7 @@ import jwt
 import pytest
 from sqlalchemy import select
 
-from admission.records import AdmittedImage, SqlAdmissionRecords
+from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.service.models import StateEventRow
 from attest.simagent import SimulatedNode
 from attest.tpm.swtpm import Swtpm, SwtpmCa

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from admission.models import admission_metadata
+from admission.service.models import admission_metadata
 from attest.service.models import AttestBase
 from mec_api.mec011.models import Mec011Base
 from mec_api.sensor.models import SensorBase

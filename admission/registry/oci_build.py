@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from admission.core.reference import ImageReference
-from admission.registry import RegistryClient
-from admission.registry_types import DOCKER_MANIFEST, OCI_MANIFEST, canonical_json
+from admission.registry.client import RegistryClient
+from admission.registry.manifests import DOCKER_MANIFEST, OCI_MANIFEST, canonical_json
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

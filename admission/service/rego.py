@@ -37,7 +37,7 @@ import httpx
 
 from admission.core.errors import AdmissionError
 
-POLICY_DIR = Path(__file__).resolve().parents[1] / "policies"
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policies"
 DECISION_QUERY = "data.umec.admission.decision"
 _CONTROL = re.compile(r'["\\\x00-\x1f\x7f]')
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from admission.credentials import RegistryCredential
-from admission.registry_errors import RegistryAuthFailed
+from admission.registry.credentials import RegistryCredential
+from admission.registry.errors import RegistryAuthFailed
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))')
 DEFAULT_TOKEN_LIFETIME = 60.0

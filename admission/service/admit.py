@@ -51,11 +51,11 @@ from admission.core.review import (
     review_response,
     split_image,
 )
-from admission.credentials import Credentials
-from admission.records import AdmittedImage
-from admission.rego import RegoDecision, RegoFailed
-from admission.webhook_cache import SingleFlightCache
-from admission.webhook_metrics import WebhookMetrics
+from admission.registry.credentials import Credentials
+from admission.service.cache import SingleFlightCache
+from admission.service.metrics import WebhookMetrics
+from admission.service.records import AdmittedImage
+from admission.service.rego import RegoDecision, RegoFailed
 from keys import PublicKey
 
 OPT_IN_LABEL = ("umec.io/verify", "enabled")

@@ -56,9 +56,9 @@ from admission.core.keys_cosign import (
 )
 from admission.core.reference import ImageReference
 from admission.core.verify import parse_bundle, verify_bundle_with_key, verify_legacy
-from admission.registry import RegistryClient
-from admission.registry_errors import ManifestNotFound
-from admission.registry_types import Manifest
+from admission.registry.client import RegistryClient
+from admission.registry.errors import ManifestNotFound
+from admission.registry.manifests import Manifest
 from keys import PrivateKey
 
 ENV_PREFIX = "env://"

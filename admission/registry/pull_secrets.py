@@ -30,7 +30,7 @@ import urllib3.exceptions
 
 from admission.core.errors import AdmissionError
 from admission.core.review import PullSecretRefs
-from admission.credentials import Credentials, CredentialsMalformed
+from admission.registry.credentials import Credentials, CredentialsMalformed
 
 if TYPE_CHECKING:  # the kubernetes client costs ~35 MiB: loaded only when pull secrets are on
     from kubernetes.client import CoreV1Api

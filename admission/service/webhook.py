@@ -1,7 +1,7 @@
 """The admission webhook's HTTP surface: ``create_webhook_app(deps)`` (FastAPI).
 
 Routes: ``POST /mutate`` and ``POST /validate`` (AdmissionReview v1 in and out, flow in
-:mod:`admission.webhook_admit`), ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+:mod:`admission.service.admit`), ``GET /healthz``, ``GET /metrics`` (Prometheus text).
 
 Request handling fails closed and never leaks a stack trace:
 - the body is read in chunks and refused once it passes the size limit (3 MiB by default, the
@@ -12,7 +12,8 @@ Request handling fails closed and never leaks a stack trace:
   the API server treats as a webhook failure and, with ``failurePolicy: Fail``, denies;
 - any other exception becomes a denial for the request's uid (HTTP 200, ``allowed: false``).
 
-Serving over TLS is uvicorn's job (``ssl_certfile``/``ssl_keyfile`` from :mod:`admission.certs`);
+Serving over TLS is uvicorn's job (``ssl_certfile``/``ssl_keyfile`` from
+:mod:`admission.service.certs`);
 :func:`serve_webhook` is the small wrapper ``umec webhook`` can call.
 """
 
@@ -26,7 +27,7 @@ from fastapi.responses import JSONResponse, Response
 
 from admission.core.errors import AdmissionError
 from admission.core.review import ReviewMalformed, ReviewTooLarge, parse_review, review_response
-from admission.webhook_admit import Admitter, WebhookDeps
+from admission.service.admit import Admitter, WebhookDeps
 
 __all__ = ["WebhookDeps", "create_webhook_app", "serve_webhook"]
 

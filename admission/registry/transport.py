@@ -9,7 +9,7 @@ For every request :meth:`RegistryHttp.send` runs these steps:
 3. Connection errors, 5xx and 429 are retried ``retries`` times with exponential backoff
    (``backoff * 2**attempt``, or ``Retry-After`` when the registry sends one, capped); other 4xx are
    answers, never retried. Exhausted → ``RegistryUnavailable``.
-4. ``401``: answer the challenge once (see :mod:`admission.registry_auth`) and resend; a second
+4. ``401``: answer the challenge once (see :mod:`admission.registry.auth`) and resend; a second
    ``401`` or a ``403`` → ``RegistryAuthFailed``.
 5. Read the body to its end (so the connection goes back to the pool) with a cap
    (``Content-Length`` checked first, then while streaming), so a hostile
@@ -35,9 +35,9 @@ from typing import Self
 import httpx
 
 from admission.core.reference import DOCKER_HUB, ImageReference
-from admission.credentials import Credentials, RegistryCredential
-from admission.registry_auth import TokenCache, fetch_token, parse_challenge
-from admission.registry_errors import (
+from admission.registry.auth import TokenCache, fetch_token, parse_challenge
+from admission.registry.credentials import Credentials, RegistryCredential
+from admission.registry.errors import (
     RegistryAuthFailed,
     RegistryError,
     RegistryTimeout,
@@ -74,7 +74,7 @@ class Answer:
 
 
 class RegistryHttp:
-    """Shared request machinery; :class:`admission.registry.RegistryClient` builds on it."""
+    """Shared request machinery; :class:`admission.registry.client.RegistryClient` builds on it."""
 
     def __init__(self, *, credentials: Credentials | None = None, timeout: float = 10.0,
                  retries: int = 2, verify: bool | str = True,

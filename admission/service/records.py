@@ -19,7 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
-from admission.models import admission_pods
+from admission.service.models import admission_pods
 
 log = logging.getLogger("umec.admission.records")
 

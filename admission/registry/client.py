@@ -1,7 +1,7 @@
 """Async OCI distribution v2 client: resolve, fetch and push manifests and blobs, and referrers.
 
 What each operation guarantees (the request layer — auth, retries, caps, one connection pool — is
-:mod:`admission.registry_http`; the manifest checks are :mod:`admission.registry_types`):
+:mod:`admission.registry.transport`; the manifest checks are :mod:`admission.registry.manifests`):
 
 ``resolve(ref)``
     ``HEAD /v2/<name>/manifests/<tag|digest>`` with Accept for the four manifest/index types →
@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 
 from admission.core.reference import ImageReference, InvalidReference, validate_digest
-from admission.registry_errors import (
+from admission.registry.errors import (
     BlobNotFound,
     BlobTooLarge,
     DigestMismatch,
@@ -44,8 +44,7 @@ from admission.registry_errors import (
     RegistryRequestRejected,
     UnsupportedMediaType,
 )
-from admission.registry_http import Answer, RegistryHttp
-from admission.registry_types import (
+from admission.registry.manifests import (
     INDEX_MEDIA_TYPES,
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_SIZE,
@@ -57,6 +56,7 @@ from admission.registry_types import (
     parse_manifest,
     sha256_digest,
 )
+from admission.registry.transport import Answer, RegistryHttp
 
 MANIFEST_ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 DEFAULT_MAX_BLOB_SIZE = 64 * 1024 * 1024

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from admission.core.reference import InvalidReference, validate_digest
-from admission.registry_errors import (
+from admission.registry.errors import (
     DigestMismatch,
     MalformedManifest,
     ManifestTooLarge,

@@ -33,9 +33,9 @@ from admission.core.verify import (
     verify_bundle_with_keys,
     verify_legacy_with_keys,
 )
-from admission.registry import RegistryClient
-from admission.registry_errors import RegistryError
-from admission.signing import read_signature_layers
+from admission.registry.client import RegistryClient
+from admission.registry.errors import RegistryError
+from admission.signing.sign import read_signature_layers
 from keys import PublicKey
 
 
