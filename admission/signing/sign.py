@@ -40,10 +40,8 @@ from admission.core.cosign import (
     build_bundle,
     build_bundle_artifact_manifest,
     build_signature_image,
-    bundle_layer_digest,
     docker_reference,
     new_signature_layer,
-    parse_signature_manifest,
     signature_tag,
     simple_signing_payload,
 )
@@ -57,8 +55,8 @@ from admission.core.keys_cosign import (
 from admission.core.reference import ImageReference
 from admission.core.verify import parse_bundle, verify_bundle_with_key, verify_legacy
 from admission.registry.client import RegistryClient
-from admission.registry.errors import ManifestNotFound
 from admission.registry.manifests import Manifest
+from admission.signing.stored import read_bundle, read_signature_layers
 from keys import PrivateKey
 
 ENV_PREFIX = "env://"
@@ -91,20 +89,6 @@ def sign_bytes(key: PrivateKey, data: bytes, *, prehashed: bool = False) -> byte
     if prehashed:
         raise SigningKeyInvalid("Ed25519 cannot sign a pre-hashed digest")
     return key.sign(data)
-
-
-async def read_signature_layers(client: RegistryClient, ref: ImageReference,
-                                digest: str) -> list[SignatureLayer]:
-    """The layers of the ``.sig`` manifest of ``digest`` (empty when there is none)."""
-    try:
-        sig = await client.get_manifest(ref.with_tag(signature_tag(digest)))
-    except ManifestNotFound:
-        return []
-    layers = []
-    for layer_ref in parse_signature_manifest(sig.raw):
-        blob = await client.get_blob(ref, layer_ref.digest, max_size=layer_ref.size)
-        layers.append(layer_ref.with_payload(blob))
-    return layers
 
 
 def _is_duplicate(existing: SignatureLayer, new: SignatureLayer, key: PrivateKey,
@@ -142,9 +126,7 @@ async def _has_bundle_by(client: RegistryClient, subject: ImageReference, key: P
     assert subject.digest is not None
     for descriptor in await client.referrers(subject, artifact_type=BUNDLE_V03_MEDIA_TYPE):
         try:
-            referrer = await client.get_manifest(subject.with_digest(descriptor.digest))
-            layer_digest, size = bundle_layer_digest(referrer.raw)
-            bundle = parse_bundle(await client.get_blob(subject, layer_digest, max_size=size))
+            bundle = parse_bundle(await read_bundle(client, subject, descriptor.digest))
             verify_bundle_with_key(bundle, key.public_key(), image_digest=subject.digest,
                                    manifest=manifest.raw)
         except AdmissionError:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from admission.core.cosign import BUNDLE_V03_MEDIA_TYPE, SignatureMalformed, bundle_layer_digest
+from admission.core.cosign import BUNDLE_V03_MEDIA_TYPE, SignatureMalformed
 from admission.core.errors import AdmissionError
 from admission.core.reference import ImageReference
 from admission.core.verify import (
@@ -35,7 +35,7 @@ from admission.core.verify import (
 )
 from admission.registry.client import RegistryClient
 from admission.registry.errors import RegistryError
-from admission.signing.sign import read_signature_layers
+from admission.signing.stored import read_bundle, read_signature_layers
 from keys import PublicKey
 
 
@@ -74,9 +74,7 @@ async def _bundles(client: RegistryClient, ref: ImageReference, digest: str,
     errors: list[AdmissionError] = []
     for descriptor in referrers:
         try:
-            artifact = await client.get_manifest(subject.with_digest(descriptor.digest))
-            layer_digest, size = bundle_layer_digest(artifact.raw)
-            raw = await client.get_blob(subject, layer_digest, max_size=size)
+            raw = await read_bundle(client, subject, descriptor.digest)
             bundle = parse_bundle(raw)
             if bundle.certificate is not None:
                 if trusted_root is None or not keyless:
