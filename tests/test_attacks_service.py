@@ -351,13 +351,13 @@ def test_the_deadline_loop_prunes(env: Env, monkeypatch: pytest.MonkeyPatch) -> 
 
     from sqlalchemy import func, select
 
-    import umec.app
+    from attest.service import background
     from attest.service.models import NonceRow
     node = trusted(env)
     node.challenge()
     ctx = env.server.attest
     real_now = ctx.now
-    monkeypatch.setattr(umec.app, "PRUNE_EVERY_SECONDS", 0.0)
+    monkeypatch.setattr(background, "PRUNE_EVERY_SECONDS", 0.0)
     monkeypatch.setattr(ctx, "now", lambda: real_now() + timedelta(minutes=10))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -22,14 +22,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attest.service import faultpoints
 from attest.service.api import MAX_B64
-from attest.service.api import make_router as attest_router
+from attest.service.api import router as attest_router
+from attest.service.background import deadline_loop, resync_loop
 from attest.service.context import AttestConfig, AttestContext
 from attest.service.notify import CompositeSink
 from attest.service.notify_event import StateChangeSink
 from attest.service.notify_webhook import WebhookSink
 from attest.service.policies import load_policy_dir
-from attest.service.registrar import load_pem_bundle, prune_enrollments
-from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
+from attest.service.registrar import load_pem_bundle
+from attest.service.verifier import Lease
 from kernel.clock import clock_for
 from keys import KeyRing, atomic_write, sign_jwt
 from mec_api.tokens.api import MAX_FORM_BYTES
@@ -153,38 +154,6 @@ def _attest_config(settings: Settings) -> AttestConfig:
         issuer=settings.public_url or f"http://{settings.listen_host}:{settings.listen_port}")
 
 
-PRUNE_EVERY_SECONDS = 30.0
-
-
-async def _deadline_loop(ctx: AttestContext, every: float) -> None:
-    """The lease holder marks overdue nodes stale and prunes expired challenges."""
-    lease = Lease(ctx, ttl=max(3 * every, 3.0))
-    pruned_at = 0.0
-    while True:
-        try:
-            if await asyncio.to_thread(lease.acquire):
-                await asyncio.to_thread(mark_stale_nodes, ctx)
-                if time.monotonic() - pruned_at >= PRUNE_EVERY_SECONDS:
-                    await asyncio.to_thread(prune_nonces, ctx)
-                    await asyncio.to_thread(prune_enrollments, ctx)
-                    pruned_at = time.monotonic()
-        except Exception:  # keep checking deadlines whatever one round hit
-            log.exception("deadline check failed")
-        await asyncio.sleep(every)
-
-
-async def _resync_loop(ctx: AttestContext, sink: Any, every: float) -> None:
-    from attest.service.resync import resync_node_labels
-    lease = Lease(ctx, name="kubernetes-resync", ttl=max(3 * every, 30.0))
-    while True:
-        await asyncio.sleep(every)
-        try:
-            if await asyncio.to_thread(lease.acquire):
-                await asyncio.to_thread(resync_node_labels, ctx, sink)
-        except Exception:  # keep re-syncing whatever one round hit
-            log.exception("kubernetes label re-sync failed")
-
-
 async def _pod_reconcile(ctx: AttestContext, settings: Settings, kube_api: Any) -> None:
     """The lease holder forgets the records of pods gone from the cluster (and revokes their
     tokens), every minute or every Kubernetes re-sync, whichever is more often."""
@@ -245,7 +214,7 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
                                public_url=public_base(settings),
                                token_endpoint=tokens.issuer.config.token_endpoint)
     ctx = AttestContext(config=attest_config, sessions=sessions,
-                        sign_result=lambda claims: sign_jwt(claims, ring),
+                        sign_result=lambda claims: sign_jwt(claims, ring), result_jwks=ring.jwks,
                         listeners=[CompositeSink(sinks)] if sinks else [], now=clock.now,
                         change_writers=[tokens.change_writer])
     if settings.policy_dir is not None:
@@ -256,12 +225,12 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         ctx.loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):  # first revocations before the first request;
             await tokens.follower.step()      # on failure the guard answers 503 until it works
-        tasks = [asyncio.create_task(_deadline_loop(ctx, settings.deadline_check_seconds)),
+        tasks = [asyncio.create_task(deadline_loop(ctx, settings.deadline_check_seconds)),
                  asyncio.create_task(tokens.follower.run()),
                  asyncio.create_task(_reload_loop(tokens))]
         if kube_sink is not None:
             tasks.append(asyncio.create_task(
-                _resync_loop(ctx, kube_sink, settings.kubernetes_resync_seconds)))
+                resync_loop(ctx, kube_sink, settings.kubernetes_resync_seconds)))
         if kube_api is not None:  # records of pods whose DELETE review the webhook missed
             tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, kube_api)))
         wakeups = _revocation_wakeups(engine, tokens)
@@ -279,7 +248,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
             engine.dispose()
 
     app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)
-    app.include_router(attest_router(ctx))
+    app.state.attest = ctx
+    app.include_router(attest_router)
     app.include_router(tokens.router)
 
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
@@ -306,10 +276,6 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/attest/v1/jwks.json", tags=["attestation"])
-    def attestation_jwks() -> dict[str, Any]:
-        return ring.jwks(ctx.now())
 
     # Last: the resource APIs (their own error model) take every path the server has not.
     app.mount("/", apis.app)

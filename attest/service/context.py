@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from attest.core.policy import DEFAULT_POLICY, AppraisalPolicy
+from attest.service.limits import Limits
 from attest.service.models import PolicyRow, StateEventRow
 from attest.service.notify_event import NodeStateChanged, StateChangeSink
 
@@ -81,8 +82,16 @@ class AttestContext:
     # The server's event loop, set at startup: sync request handlers run in worker threads and
     # hand events over to it so that slow listeners never hold up an attestation round.
     loop: asyncio.AbstractEventLoop | None = None
+    # The JWKS of the keys ``sign_result`` signs with, at a given time (served at
+    # /attest/v1/jwks.json); None where nothing serves it (the CLI's contexts).
+    result_jwks: Callable[[datetime], dict[str, Any]] | None = None
     # node class -> (monotonic time loaded, document, parsed policy); see policy_for.
     _policy_cache: dict[str, tuple[float, str, AppraisalPolicy]] = field(default_factory=dict)
+    # The protocol routes' rate limits, built from ``config``: one set per context.
+    limits: Limits = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.limits = Limits(self)
 
     def policy_for(self, db: Session | Connection, node_class: str) -> AppraisalPolicy:
         """The node class's policy. A stored change takes effect within ``policy_ttl_seconds``

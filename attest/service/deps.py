@@ -1,0 +1,29 @@
+"""FastAPI dependencies of the attestation routes: what ``umec`` wires on the app's state.
+
+``umec`` sets ``app.state.attest`` to the :class:`AttestContext` and includes
+:data:`attest.service.api.router`; routes ask for it with the :data:`AttestCtx` alias.
+
+The dependency is ``async``: it only reads the app's state, and a sync dependency would cost
+every request an extra hop through the thread pool (the routes themselves are sync and run
+there, off the event loop).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from attest.service.context import AttestContext
+
+
+async def attest_context(request: Request) -> AttestContext:
+    """The context ``umec`` put on ``app.state.attest``; a clear error if it did not."""
+    ctx = getattr(request.app.state, "attest", None)
+    if not isinstance(ctx, AttestContext):
+        raise RuntimeError("attest is not wired: set app.state.attest to an AttestContext "
+                           "before including attest.service.api.router")
+    return ctx
+
+
+AttestCtx = Annotated[AttestContext, Depends(attest_context)]

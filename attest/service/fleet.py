@@ -1,0 +1,55 @@
+"""Read-only views of the node table, for operators and for other domains through ``umec``.
+
+The fleet listing (``GET /attest/v1/nodes``, ``umec nodes``), one node's summary, and the trust
+record the token service reads on every issuance. Nothing outside ``attest`` reads
+:class:`NodeRow` itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from attest.service.models import NodeRow
+
+
+def node_summary(row: NodeRow) -> dict[str, Any]:
+    return {"name": row.name, "node_class": row.node_class, "state": row.state,
+            "ek_hash": row.ek_hash, "activated": row.ak_public is not None,
+            "state_changed_at": row.state_changed_at.isoformat(),
+            "last_pass_at": row.last_pass_at.isoformat() if row.last_pass_at else None,
+            "last_verdict": row.last_verdict}
+
+
+def fleet_summaries(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
+    """Every node's summary, by name."""
+    with sessions() as session:
+        return [node_summary(n) for n in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+
+
+def find_summary(sessions: sessionmaker[Session], name: str) -> dict[str, Any] | None:
+    """The node's summary, or None if no node has that name."""
+    with sessions() as session:
+        row = session.get(NodeRow, name)
+        return None if row is None else node_summary(row)
+
+
+class NodeTrustRecord(NamedTuple):
+    state: str
+    last_pass_at: datetime | None
+    trust_epoch: int
+
+
+# State and epoch in one query: a trusted state read here is of this epoch.
+_SELECT_TRUST = (select(NodeRow.state, NodeRow.last_pass_at, NodeRow.trust_epoch)
+                 .where(NodeRow.name == bindparam("name")))
+
+
+def node_trust_record(sessions: sessionmaker[Session], name: str) -> NodeTrustRecord | None:
+    """The node's state, last pass and trust epoch, read fresh (Core: no Session per call)."""
+    with sessions.kw["bind"].connect() as conn:
+        row = conn.execute(_SELECT_TRUST, {"name": name}).first()
+    return None if row is None else NodeTrustRecord(row.state, row.last_pass_at, row.trust_epoch)
