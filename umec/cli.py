@@ -118,12 +118,8 @@ def nodes(ctx: typer.Context,
     """List the fleet: state, last verdict and why."""
     if ctx.invoked_subcommand is not None:
         return
-    from sqlalchemy import select
-
-    from attest.service.api import node_summary
-    from attest.service.models import NodeRow
-    with _sessions(_settings())() as session:
-        rows = [node_summary(n) for n in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+    from attest.service.fleet import fleet_summaries
+    rows = fleet_summaries(_sessions(_settings()))
     if as_json:
         json.dump(rows, sys.stdout, indent=2)
         return

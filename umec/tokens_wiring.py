@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from admission.service.records import SqlAdmissionRecords
-from attest.service.models import NodeRow
+from attest.service.fleet import node_trust_record
 from attest.service.notify_event import NodeStateChanged
 from kernel.clock import Clock, SystemClock
 from kernel.ratelimit import RateLimiter
@@ -55,10 +55,8 @@ class AttestNodeTrust:
         self.sessions = sessions
 
     def node_trust(self, node: str) -> NodeTrustView | None:
-        with self.sessions.kw["bind"].connect() as conn:  # Core: no Session per issuance
-            # State and epoch in one query: a trusted state read here is of this epoch.
-            row = conn.execute(select(NodeRow.state, NodeRow.last_pass_at, NodeRow.trust_epoch)
-                               .where(NodeRow.name == node)).first()
+        # State and epoch in one query: a trusted state read here is of this epoch.
+        row = node_trust_record(self.sessions, node)
         return None if row is None else NodeTrustView(node, row.state, row.last_pass_at,
                                                       row.trust_epoch)
 
