@@ -1,72 +1,117 @@
 """Typed errors of the inference API: each names the check that failed and what to do next.
 
-The HTTP adapter maps each class to one status (``api.py``); the core never knows about HTTP.
+Like the other µMEC errors, each class carries ``check`` (the stable id of the failed step),
+``detail`` (what was wrong, with the offending value) and ``hint`` (what to do next); image
+errors also carry the HTTP ``status`` the adapter answers with (``api.py``). The core never
+knows about HTTP. ``str(error)`` reads ``check <check> failed: <detail>; <hint>``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class InferenceError(Exception):
     """Base of every error the inference package raises on purpose."""
 
+    check: str = "inference"  # the class's check; an instance may name a more precise one
+
+    def __init__(self, detail: str, hint: str = "", *, check: str | None = None) -> None:
+        self.check = check or type(self).check
+        self.detail = detail
+        self.hint = hint
+        super().__init__(f"check {self.check} failed: {detail}" + (f"; {hint}" if hint else ""))
+
 
 class ImageRejected(InferenceError):
     """The submitted bytes are not an image this service classifies."""
 
+    status: ClassVar[int] = 422
+
 
 class EmptyImage(ImageRejected):
+    check = "image_present"
+
     def __init__(self) -> None:
-        super().__init__("check image_present failed: the body is empty; send a JPEG or PNG image")
+        super().__init__("the body is empty", "send a JPEG or PNG image")
 
 
 class UnsupportedImageFormat(ImageRejected):
+    check = "image_format"
+    status = 415
+
     def __init__(self, magic: bytes) -> None:
         self.magic = magic
         super().__init__(
-            f"check image_format failed: the data starts with {magic.hex() or 'nothing'}, "
-            "which is neither JPEG (ffd8ff) nor PNG (89504e47); send a JPEG or PNG image"
+            f"the data starts with {magic.hex() or 'nothing'}, "
+            "which is neither JPEG (ffd8ff) nor PNG (89504e47)",
+            "send a JPEG or PNG image",
         )
 
 
 class ImageTooManyBytes(ImageRejected):
+    check = "image_bytes"
+    status = 413
+
     def __init__(self, size: int, limit: int) -> None:
         self.size = size
         self.limit = limit
         super().__init__(
-            f"check image_bytes failed: the image has more than {limit} bytes"
-            f"{f' ({size})' if size > limit else ''}; send a smaller image"
+            f"the image has more than {limit} bytes{f' ({size})' if size > limit else ''}",
+            "send a smaller image",
         )
 
 
 class ImageTooManyPixels(ImageRejected):
+    check = "image_dimensions"
+
     def __init__(self, width: int, height: int, max_pixels: int, max_side: int) -> None:
         self.width = width
         self.height = height
         super().__init__(
-            f"check image_dimensions failed: {width}x{height} exceeds the limit of "
-            f"{max_pixels} pixels or {max_side} pixels per side; scale the image down first"
+            f"{width}x{height} exceeds the limit of {max_pixels} pixels or {max_side} pixels "
+            "per side",
+            "scale the image down first",
         )
 
 
 class ImageMalformed(ImageRejected):
+    check = "image_decodes"
+
     def __init__(self, fmt: str, reason: str) -> None:
         self.format = fmt
         self.reason = reason
-        super().__init__(
-            f"check image_decodes failed: the {fmt} data is malformed ({reason}); "
-            "send a complete, valid image"
-        )
+        super().__init__(f"the {fmt} data is malformed ({reason})",
+                         "send a complete, valid image")
 
 
 class ContentTypeMismatch(ImageRejected):
+    check = "content_type"
+    status = 415
+
     def __init__(self, declared: str, actual: str) -> None:
         self.declared = declared
         self.actual = actual
-        super().__init__(
-            f"check content_type failed: declared {declared} but the data is {actual}; "
-            "send the matching Content-Type"
-        )
+        super().__init__(f"declared {declared} but the data is {actual}",
+                         "send the matching Content-Type")
+
+
+class ContentTypeNotAccepted(ImageRejected):
+    """The request's Content-Type is not an image type the classifier takes."""
+
+    check = "content_type"
+    status = 415
+
+    def __init__(self, media_type: str, accepted: tuple[str, ...]) -> None:
+        self.media_type = media_type
+        super().__init__(f"{media_type or 'no Content-Type'} is not accepted",
+                         "send the image as the body with Content-Type "
+                         + " or ".join(accepted))
 
 
 class ModelUnavailable(InferenceError):
-    """The model cannot be prepared or loaded (missing weights, no torch to export, bad cache)."""
+    """The model cannot be prepared or loaded (missing weights, no torch to export, bad cache);
+    ``check`` names the step (weights_installed, weights_digest, model_export,
+    onnx_matches_torch, model_available)."""
+
+    check = "model_available"

