@@ -242,7 +242,7 @@ def tokens_rotate_key(overlap_seconds: Annotated[float, typer.Option(
         help="How long the old key stays in the JWKS (at least the token lifetime)")] = 600.0
                       ) -> None:
     """Make a fresh ES256 key active; running servers pick it up within seconds."""
-    from umec.tokens_wiring import rotate_token_key
+    from mec_api.tokens.keyring import rotate_token_key
     settings = _settings()
     try:
         kid = rotate_token_key(settings.data_dir / "keys" / "access-tokens", overlap_seconds,

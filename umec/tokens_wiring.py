@@ -8,11 +8,8 @@ of workloads on a node that stops being trusted) inside the transaction of the s
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import Connection
@@ -23,7 +20,7 @@ from attest.service.fleet import node_trust_record
 from attest.service.notify_event import NodeStateChanged
 from kernel.clock import Clock, SystemClock
 from kernel.ratelimit import RateLimiter
-from keys import KeyRing, generate_private_key
+from keys import KeyRing
 from mec_api.guard import AccessTokenGuard
 from mec_api.tokens.api import token_router
 from mec_api.tokens.feed import (
@@ -35,6 +32,7 @@ from mec_api.tokens.feed import (
     store_source,
 )
 from mec_api.tokens.issuer import ClusterKeys, IssuerConfig, TokenIssuer
+from mec_api.tokens.keyring import LazyClusterKeys, RingReloader
 from mec_api.tokens.revocations import (
     RevocationList,
     RevocationStore,
@@ -124,59 +122,6 @@ def cluster_keys(settings: Settings) -> ClusterKeys:
     return HttpJwks(url, verify=verify, bearer_token_file=settings.token_sa_bearer_file)
 
 
-class LazyClusterKeys:
-    """Discovery at the first token request, not at start: the server must come up even when
-    the cluster's issuer is briefly unreachable (token requests fail until it answers)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._keys: ClusterKeys | None = None
-
-    def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
-        if self._keys is None:
-            self._keys = cluster_keys(self.settings)
-        return self._keys.jwks(refresh=refresh)
-
-
-class RingReloader:
-    """Picks up a key rotation written to the shared key directory (``umec tokens rotate-key``,
-    from any replica): the issuer signs with the new key and the JWKS lists both until the old
-    one's overlap ends."""
-
-    def __init__(self, directory: Path, issuer: TokenIssuer, jwks: RingJwks) -> None:
-        self.directory, self.issuer, self.jwks = directory, issuer, jwks
-        self._seen = self._stamp()
-
-    def _stamp(self) -> int:
-        try:
-            return (self.directory / "index.json").stat().st_mtime_ns
-        except OSError:
-            return 0
-
-    def check(self) -> bool:
-        stamp = self._stamp()
-        if stamp == self._seen:
-            return False
-        ring = KeyRing.load(self.directory)  # a broken index raises: keep the current ring
-        self.issuer.ring = self.jwks.ring = ring
-        self._seen = stamp
-        log.info("access-token key ring reloaded", extra={"active": ring.active.kid})
-        return True
-
-
-def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: float) -> str:
-    """Make a fresh key active; the old one stays published for ``overlap_seconds``."""
-    if overlap_seconds < lifetime_seconds:
-        raise ValueError(f"overlap {overlap_seconds:g} s is shorter than the token lifetime "
-                         f"{lifetime_seconds:g} s: tokens still in use would stop verifying")
-    now = datetime.now(UTC)
-    ring = KeyRing.load_or_create(directory)
-    ring.prune(now)
-    new = ring.rotate(generate_private_key(), now, timedelta(seconds=overlap_seconds))
-    ring.save(directory)
-    return new.kid
-
-
 @dataclass
 class TokenService:
     issuer: TokenIssuer
@@ -217,7 +162,8 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
         + settings.stale_grace_seconds)
     revocations = RevocationList()
     admissions = SqlAdmissionRecords(sessions, now=clock.now)
-    issuer = TokenIssuer(config=config, cluster_keys=LazyClusterKeys(settings),
+    issuer = TokenIssuer(config=config,
+                         cluster_keys=LazyClusterKeys(lambda: cluster_keys(settings)),
                          nodes=AttestNodeTrust(sessions),
                          admissions=AdmissionRecordLookup(admissions),
                          scopes=ScopePolicy(grants), ring=ring,
