@@ -3,6 +3,8 @@ generations and strict parsing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -14,6 +16,7 @@ from admission.core.policy import (
     load_policies,
     load_policies_yaml,
 )
+from admission.service.policy_dir import load_policy_set
 from keys import public_key_pem
 from tests.webhook_helpers import D1, D2, Sig, authority, key, kid, policy_doc
 
@@ -169,3 +172,25 @@ def test_namespaced_policy_cannot_set_no_match_and_duplicates_rejected() -> None
         load_policies([same, same])
     with pytest.raises(PolicyInvalid, match="YAML"):
         load_policies_yaml("a: [unclosed")
+
+
+def test_policy_dir_reads_key_files_inside_it_only(tmp_path: Path) -> None:
+    """``load_policy_set``: a key file named relative to the policy directory loads; one that
+    leaves it (``..``, an absolute path, a symlink out) is refused before it is read."""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "ci.pub").write_bytes(public_key_pem(A1))
+    (tmp_path / "outside.pub").write_bytes(public_key_pem(A2))
+    (policies / "link.pub").symlink_to(tmp_path / "outside.pub")
+
+    def write(name: str) -> None:
+        doc = policy_doc("p", ["**"], [{"name": "ci", "keys": [{"name": "k", "file": name}]}])
+        (policies / "p.yaml").write_text(yaml.safe_dump(doc))
+
+    write("ci.pub")
+    assert set(load_policy_set(policies).keys_for(IMG)) == {kid(A1)}
+    for escape in ("../outside.pub", str(tmp_path / "outside.pub"), "link.pub"):
+        write(escape)
+        with pytest.raises(ValueError, match="is outside the policy directory"):
+            load_policy_set(policies)
+    assert load_policy_set(None).policies == ()

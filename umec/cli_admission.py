@@ -160,7 +160,7 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
 def _check_admission_policies(directory: Path | None) -> None:
     """The webhook's image policies load (else one line, exit 2, before the process starts)."""
     from admission.core.errors import AdmissionError
-    from umec.admission_wiring import load_policy_set
+    from admission.service.policy_dir import load_policy_set
     if directory is not None and not directory.is_dir():
         raise FileUnusable(f"UMEC_ADMISSION_POLICY_DIR {directory}: not a directory")
     try:

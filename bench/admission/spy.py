@@ -23,7 +23,7 @@ from pathlib import Path
 STEPS: list[tuple[str, tuple[str, ...]]] = [
     ("Admitter.mutate (whole flow)", ("mutate (admission/service/admit.py)",)),
     ("Admitter.validate (whole flow)", ("validate (admission/service/admit.py)",)),
-    ("  resolve tag (registry)", ("resolve (umec/admission_wiring.py)",)),
+    ("  resolve tag (registry)", ("resolve (admission/service/images.py)",)),
     ("  verify signatures (registry + crypto)", ("(admission/signing/verify.py)",)),
     ("  Rego decision (regopy)", ("(admission/service/rego.py)", "(regopy/")),
     ("  SQL record (incl. thread hand-off)", ("(admission/service/records.py)", "(sqlalchemy/",
