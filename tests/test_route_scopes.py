@@ -1,4 +1,4 @@
-"""Every route of ``umec server`` (its own and the mounted resource APIs) refuses a request
+"""Every route of ``umec server`` (its own and the included resource APIs) refuses a request
 without a token, except the ones that must be open: health, metrics, JWKS and discovery, the
 OAuth 2.0 endpoints themselves, and the attestation protocol (nodes prove themselves with
 their TPM). A route added later without a guard fails this test."""
@@ -29,17 +29,16 @@ OWN_AUTH = (
 )
 
 
-def routes(*apps: FastAPI) -> list[tuple[str, str]]:
-    """(method, path) of every operation, from the apps' OpenAPI documents (FastAPI's
+def routes(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every operation, from the app's OpenAPI document (FastAPI's
     included routers are not plain APIRoutes any more)."""
-    return [(method.upper(), path) for app in apps
-            for path, operations in app.openapi()["paths"].items()
+    return [(method.upper(), path) for path, operations in app.openapi()["paths"].items()
             for method in operations if method in ("get", "post", "put", "patch", "delete")]
 
 
 def test_every_api_route_needs_a_token(tmp_path: Path) -> None:
     server = build_server(Settings(data_dir=tmp_path))
-    found = routes(server.app, server.apis.app)
+    found = routes(server.app)
     guarded = [(m, p) for m, p in found
                if not any(r.search(p) for r in (*OPEN, *OWN_AUTH))]
     # The resource APIs are all there: MEC 011 (both), sensor; camera/inference when enabled.

@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
 from mec_api import scopes
-from mec_api.problems import PROBLEM_JSON, install_problem_handlers
-from mec_api.sensor.api import build_sensor_router
+from mec_api.problems import PROBLEM_JSON
+from mec_api.sensor.api import router
+from mec_api.sensor.deps import SensorContext
 from mec_api.sensor.metrics import SensorMetrics
 from mec_api.sensor.store import SqlSensorStore
-from tests.mec_guard_double import StaticTokenGuard, principal
+from tests.mec_guard_double import StaticTokenGuard, api_app, principal
 from umec.db import make_engine, open_database
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
@@ -57,10 +57,9 @@ def make_api(store: SqlSensorStore, max_body_bytes: int = 256 * 1024) -> Api:
         "camera-app": principal(scopes={scopes.CAMERA_SNAPSHOT}),
     })
     registry = CollectorRegistry()
-    app = FastAPI()
-    install_problem_handlers(app)
-    app.include_router(build_sensor_router(store, guard, metrics=SensorMetrics(registry),
-                                           max_body_bytes=max_body_bytes, clock=lambda: NOW))
+    app = api_app(guard, router, sensor=SensorContext(
+        store, metrics=SensorMetrics(registry), max_body_bytes=max_body_bytes,
+        clock=lambda: NOW))
     return Api(TestClient(app), registry)
 
 

@@ -19,7 +19,8 @@ from sqlalchemy.orm import sessionmaker
 
 from keys import KeyKind, KeyRing, generate_private_key
 from mec_api.problems import install_problem_handlers
-from mec_api.tokens.api import token_router
+from mec_api.tokens.api import router
+from mec_api.tokens.deps import TokenRoutes
 from mec_api.tokens.issuer import (
     JWT_BEARER_ASSERTION,
     TOKEN_EXCHANGE,
@@ -78,7 +79,8 @@ def build_service(tmp_path: Path) -> Service:
             uid, now.timestamp()))
     app = FastAPI()
     install_problem_handlers(app)
-    app.include_router(token_router(issuer, store, operator_token=OPERATOR))
+    app.state.tokens = TokenRoutes(issuer, store, operator_token=OPERATOR)
+    app.include_router(router)
     return Service(TestClient(app), cluster, nodes, admissions, store, ring, issuer)
 
 

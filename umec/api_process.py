@@ -1,6 +1,6 @@
 """``umec api sensor|…``: a resource API as its own process, e.g. on the node with the device.
 
-It checks tokens exactly like the APIs mounted in ``umec server`` do, but learns keys and
+It checks tokens exactly like the APIs included in ``umec server`` do, but learns keys and
 revocations over HTTP from the token service (``UMEC_TOKEN_SERVICE_URL``): the JWKS at
 ``/.well-known/jwks.json`` (refetched when a kid is unknown) and the revocation feed
 ``/oauth2/revocations`` (the whole live set), read every 250 ms. When no read has succeeded
@@ -91,5 +91,5 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    app.mount("/", apis.app)
+    apis.install(app)
     return app

@@ -1,9 +1,11 @@
-"""The resource APIs (MEC 011, sensor, camera, inference) behind the guard, as one ASGI app.
+"""The resource APIs (MEC 011, sensor, camera, inference) behind the guard, wired into an app.
 
-They share the mec_api error model (problem+json, 400 for malformed requests as MEC 011
-specifies), so they live in their own FastAPI app with those handlers, mounted by ``umec server``
-after its own routes. Background work (MQTT ingestion, retention purges, MEC 011 callbacks)
-starts and stops with the server.
+Their routers are module-level in ``mec_api``; :meth:`ResourceApis.install` sets what they read
+on ``app.state`` (``guard``, ``mec011``, ``sensor``, ``camera``, ``inference``) and includes
+them, so ``umec server`` and ``umec api`` each publish one OpenAPI document with every route
+they serve. Their error model (problem+json; 400 for malformed requests, as MEC 011 specifies)
+travels with the routers (``mec_api.problems.ProblemRoute``). Background work (MQTT ingestion,
+retention purges, the MEC 011 liveness sweep and callbacks) starts and stops with the server.
 """
 
 from __future__ import annotations
@@ -17,24 +19,26 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
+from mec_api import mec011
 from mec_api.mec011 import (
     CallbackNotifier,
     Mec011Options,
     Mec011Store,
     NotifierConfig,
-    announce_change,
-    build_mec011_routers,
+    liveness_loop,
+    mec011_state,
 )
 from mec_api.principal import RouteGuard
-from mec_api.problems import install_problem_handlers
-from mec_api.sensor.api import build_sensor_router
+from mec_api.problems import handle_problems
+from mec_api.sensor import api as sensor_api
+from mec_api.sensor.deps import SensorContext
 from mec_api.sensor.mqtt_ingest import BrokerAddress, MqttIngester
 from mec_api.sensor.store import SqlSensorStore
-from umec.http_limits import BodyRule, install_error_handlers
+from umec.http_limits import BodyRule
 from umec.settings import Settings
 
 log = logging.getLogger("umec.apis")
@@ -42,12 +46,23 @@ log = logging.getLogger("umec.apis")
 
 @dataclass
 class ResourceApis:
-    app: FastAPI
+    guard: RouteGuard
+    routers: list[APIRouter] = field(default_factory=list)
+    state: dict[str, object] = field(default_factory=dict)  # app.state names → collaborators
     sensor_store: SqlSensorStore | None = None
     ingester: MqttIngester | None = None
     background: list[Callable[[], Any]] = field(default_factory=list)
     closers: list[Callable[[], None]] = field(default_factory=list)
     async_closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def install(self, app: FastAPI) -> None:
+        """Set ``app.state`` for the routers and include them (after the app's own routes)."""
+        app.state.guard = self.guard
+        for name, value in self.state.items():
+            setattr(app.state, name, value)
+        handle_problems(app)
+        for router in self.routers:
+            app.include_router(router)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -102,65 +117,59 @@ def build_resource_apis(settings: Settings, engine: Engine, guard: RouteGuard, *
     unknown = set(which) - set(API_NAMES)
     if unknown:
         raise ValueError(f"unknown APIs {sorted(unknown)}; choose from {API_NAMES}")
-    app = FastAPI(title="µMEC APIs", version="0.1.0")
-    install_problem_handlers(app)  # ProblemError; the framework's own errors are typed below
-    install_error_handlers(app, validation_status=400)  # MEC 011: malformed requests are 400
-    apis = ResourceApis(app)
+    apis = ResourceApis(guard)
     if "sensor" in which:
-        _sensor(apis, settings, engine, guard)
+        _sensor(apis, settings, engine)
     if "mec011" in which:
-        _mec011(apis, settings, engine, guard, public_url, token_endpoint)
+        _mec011(apis, settings, engine, public_url, token_endpoint)
     # OpenCV and onnxruntime load only where cameras or inference are configured.
     cameras = None
     if settings.cameras and ("camera" in which or "inference" in which):
-        from mec_api.camera.api import build_camera_router
         from mec_api.camera.sources import Cameras
         cameras = Cameras(settings.cameras)
         apis.closers.append(cameras.close)
         if "camera" in which:
-            app.include_router(build_camera_router(cameras, guard))
+            from mec_api.camera import api as camera_api
+            apis.state["camera"] = cameras
+            apis.routers.append(camera_api.router)
     if "inference" in which and settings.inference_enabled:
-        from mec_api.inference.api import build_inference_router
-        from mec_api.inference.model import OnnxImageClassifier
-        # Inference was asked for: a missing model fails the start, with instructions.
-        classifier = OnnxImageClassifier.from_cache(
-            settings.model_cache_dir or settings.data_dir / "models",
-            threads=settings.inference_threads)
-        app.include_router(build_inference_router(
-            classifier, cameras, guard, max_concurrency=settings.inference_max_concurrency,
-            max_waiting=settings.inference_max_waiting))
+        _inference(apis, settings, cameras)
     return apis
 
 
-def _mec011(apis: ResourceApis, settings: Settings, engine: Engine, guard: RouteGuard,
-            public_url: str, token_endpoint: str) -> None:
+def _inference(apis: ResourceApis, settings: Settings, cameras: Any) -> None:
+    from mec_api.inference import api as inference_api
+    from mec_api.inference.deps import InferenceContext
+    from mec_api.inference.model import OnnxImageClassifier
+    # Inference was asked for: a missing model fails the start, with instructions.
+    classifier = OnnxImageClassifier.from_cache(
+        settings.model_cache_dir or settings.data_dir / "models",
+        threads=settings.inference_threads)
+    apis.state["inference"] = InferenceContext.create(
+        classifier, cameras, max_concurrency=settings.inference_max_concurrency,
+        max_waiting=settings.inference_max_waiting)
+    apis.routers.append(inference_api.router)
+
+
+def _mec011(apis: ResourceApis, settings: Settings, engine: Engine, public_url: str,
+            token_endpoint: str) -> None:
     store = Mec011Store.on(sessionmaker(engine, expire_on_commit=False))
     notifier = CallbackNotifier(NotifierConfig(
         attempts=settings.mec011_callback_attempts,
         timeout_s=settings.mec011_callback_timeout_seconds))
-    for router in build_mec011_routers(store, guard, token_endpoint, notifier,
-                                       Mec011Options(transport_uris=[public_url])):
-        apis.app.include_router(router)
+    state = mec011_state(store, token_endpoint, notifier,
+                         Mec011Options(transport_uris=[public_url]))
+    apis.state["mec011"] = state
+    apis.routers.extend(mec011.ROUTERS)
     apis.async_closers.append(notifier.aclose)
-    # Heartbeats: services that miss two intervals go INACTIVE and their subscribers hear of
-    # it (the UPDATE is conditional, so only the replica that made a change announces it).
-    async def sweep() -> None:
-        while True:
-            await asyncio.sleep(settings.mec011_liveness_sweep_seconds)
-            try:
-                changes = await asyncio.to_thread(store.registry.expire_liveness,
-                                                  datetime.now(UTC))
-                for change in changes:
-                    await announce_change(store.registry, notifier, public_url, change)
-            except Exception as e:  # the next sweep retries
-                log.warning("MEC 011 liveness sweep failed: %s", type(e).__name__)
-    apis.background.append(sweep)
+    apis.background.append(lambda: liveness_loop(
+        state, public_url, settings.mec011_liveness_sweep_seconds))
 
 
-def _sensor(apis: ResourceApis, settings: Settings, engine: Engine, guard: RouteGuard) -> None:
+def _sensor(apis: ResourceApis, settings: Settings, engine: Engine) -> None:
     store = SqlSensorStore(engine, retention=timedelta(days=settings.sensor_retention_days))
-    apis.app.include_router(build_sensor_router(store, guard,
-                                                max_body_bytes=settings.sensor_max_body_bytes))
+    apis.state["sensor"] = SensorContext(store, max_body_bytes=settings.sensor_max_body_bytes)
+    apis.routers.append(sensor_api.router)
     apis.sensor_store = store
     apis.background.append(_every(settings.sensor_purge_interval_seconds,
                                   lambda: store.purge(datetime.now(UTC)), "sensor purge"))

@@ -34,6 +34,7 @@ from attest.service.verifier import Lease
 from kernel.clock import clock_for
 from keys import KeyRing, atomic_write, sign_jwt
 from mec_api.tokens.api import MAX_FORM_BYTES
+from mec_api.tokens.api import router as token_router
 from mec_api.tokens.feed import PostgresWakeups
 from umec.api_wiring import ResourceApis, build_resource_apis, resource_body_rules
 from umec.db import open_database
@@ -250,7 +251,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)
     app.state.attest = ctx
     app.include_router(attest_router)
-    app.include_router(tokens.router)
+    app.state.tokens = tokens.routes
+    app.include_router(token_router)
 
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
     app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
@@ -277,8 +279,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    # Last: the resource APIs (their own error model) take every path the server has not.
-    app.mount("/", apis.app)
+    # Last: the resource APIs (guard, app.state and routers; 400 for malformed requests).
+    apis.install(app)
     return Server(app=app, attest=ctx, keys=ring, tokens=tokens, apis=apis)
 
 

@@ -11,7 +11,6 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import APIRouter
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -22,7 +21,7 @@ from kernel.clock import Clock, SystemClock
 from kernel.ratelimit import RateLimiter
 from keys import KeyRing
 from mec_api.guard import AccessTokenGuard
-from mec_api.tokens.api import token_router
+from mec_api.tokens.deps import TokenRoutes
 from mec_api.tokens.feed import (
     HttpJwks,
     RevocationFollower,
@@ -129,7 +128,7 @@ class TokenService:
     admissions: SqlAdmissionRecords      # read on issuance; its tombstones pruned by the server
     guard: AccessTokenGuard
     follower: RevocationFollower
-    router: APIRouter
+    routes: TokenRoutes                  # app.state.tokens of the token routes
     sink: WakeFollowers
     change_writer: RevokeInTransaction
     reloader: RingReloader
@@ -184,7 +183,7 @@ def build_token_service(settings: Settings, sessions: sessionmaker[Session],
         await_current=follower.current_since,
         limiter=RateLimiter(settings.api_rate_per_second, settings.api_rate_burst),
         clock=lambda: clock.now().timestamp())
-    router = token_router(issuer, store, operator_token=operator_token, clock=clock.now)
-    return TokenService(issuer, store, admissions, guard, follower, router, WakeFollowers(store),
+    routes = TokenRoutes(issuer, store, operator_token=operator_token, clock=clock.now)
+    return TokenService(issuer, store, admissions, guard, follower, routes, WakeFollowers(store),
                         RevokeInTransaction(settings.token_lifetime_seconds),
                         RingReloader(keys_dir, issuer, jwks), clock)

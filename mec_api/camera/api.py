@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response
+from fastapi import APIRouter, Path, Response
 from pydantic import BaseModel
 
-from mec_api import scopes
 from mec_api.camera.config import CameraKind
+from mec_api.camera.deps import CameraSet, SnapshotTaker
 from mec_api.camera.snapshots import snapshot_or_problem
-from mec_api.camera.sources import Cameras
-from mec_api.principal import Principal, RouteGuard
+from mec_api.problems import ProblemRoute
 
 CameraId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+router = APIRouter(prefix="/camera/v1", tags=["camera"], route_class=ProblemRoute)
 
 
 class CameraView(BaseModel):
@@ -34,28 +34,20 @@ class CameraList(BaseModel):
     cameras: list[CameraView]
 
 
-def build_camera_router(cameras: Cameras, guard: RouteGuard) -> APIRouter:
-    router = APIRouter(prefix="/camera/v1", tags=["camera"])
-    may_snapshot = Depends(guard.require(scopes.CAMERA_SNAPSHOT))
+@router.get("/cameras", response_model=CameraList)
+async def list_cameras(principal: SnapshotTaker, cameras: CameraSet) -> CameraList:
+    return CameraList(cameras=[
+        CameraView(id=c.id, kind=c.kind, description=c.description, width=c.width,
+                   height=c.height)
+        for c in cameras.configs()])
 
-    @router.get("/cameras", response_model=CameraList)
-    async def list_cameras(principal: Principal = may_snapshot) -> CameraList:
-        return CameraList(
-            cameras=[
-                CameraView(
-                    id=c.id, kind=c.kind, description=c.description, width=c.width, height=c.height
-                )
-                for c in cameras.configs()
-            ]
-        )
 
-    @router.get(
-        "/cameras/{camera_id}/snapshot",
-        response_class=Response,
-        responses={200: {"content": {"image/jpeg": {}}, "description": "one JPEG frame"}},
-    )
-    async def snapshot(camera_id: CameraId, principal: Principal = may_snapshot) -> Response:
-        jpeg = await snapshot_or_problem(cameras, camera_id)
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
-
-    return router
+@router.get(
+    "/cameras/{camera_id}/snapshot",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}, "description": "one JPEG frame"}},
+)
+async def snapshot(camera_id: CameraId, principal: SnapshotTaker,
+                   cameras: CameraSet) -> Response:
+    jpeg = await snapshot_or_problem(cameras, camera_id)
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})

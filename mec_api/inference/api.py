@@ -18,40 +18,28 @@ unreadable or oversized image 422, unknown model or camera 404, camera down or b
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Protocol
+from typing import Annotated
 
-import anyio
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel
 
-from mec_api import scopes
-from mec_api.camera.snapshots import SnapshotSource, snapshot_or_problem
-from mec_api.inference.errors import (
-    ContentTypeMismatch,
-    ImageRejected,
-    ImageTooManyBytes,
-    UnsupportedImageFormat,
-)
-from mec_api.inference.image import MEDIA_TYPES, ImageLimits
-from mec_api.inference.model import ModelInfo
-from mec_api.inference.scoring import MAX_TOP_K, Prediction
-from mec_api.principal import Principal, RouteGuard
-from mec_api.problems import ProblemError
+from mec_api.camera.snapshots import snapshot_or_problem
+from mec_api.inference.deps import Classifier, Inference, InferenceContext
+from mec_api.inference.errors import ContentTypeNotAccepted, ImageRejected, ImageTooManyBytes
+from mec_api.inference.image import MEDIA_TYPES
+from mec_api.inference.scoring import MAX_TOP_K
+from mec_api.problems import ProblemError, ProblemRoute
 
 log = logging.getLogger(__name__)
 
 TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="how many classes to return")]
 ModelName = Annotated[str, Path(max_length=64)]
 CameraId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-
-
-class ImageClassifier(Protocol):
-    info: ModelInfo
-    limits: ImageLimits
-
-    def classify(
-        self, image: bytes, top: int = 5, declared_type: str | None = None
-    ) -> list[Prediction]: ...
+router = APIRouter(prefix="/inference/v1", tags=["inference"], route_class=ProblemRoute)
+_TITLES = {413: "Payload Too Large", 415: "Unsupported Media Type",
+           422: "Unprocessable Entity"}
+IMAGE_BODY = {"requestBody": {"required": True, "content": {
+    media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES}}}
 
 
 class ModelView(BaseModel):
@@ -79,39 +67,10 @@ class Classification(BaseModel):
     camera_id: str | None = None
 
 
-class _Admission:
-    """At most ``running`` classifications at once and ``waiting`` more queued behind them."""
-
-    def __init__(self, running: int, waiting: int) -> None:
-        self.limiter = anyio.CapacityLimiter(running)
-        self.capacity = running + waiting
-        self.in_flight = 0  # only touched on the event loop, so no lock
-
-    async def run(
-        self, classifier: ImageClassifier, image: bytes, top: int, declared: str | None
-    ) -> list[Prediction]:
-        if self.in_flight >= self.capacity:
-            raise ProblemError(
-                503,
-                "Service Unavailable",
-                "the classifier is busy with other images; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        self.in_flight += 1
-        try:
-            return await anyio.to_thread.run_sync(
-                classifier.classify, image, top, declared, limiter=self.limiter
-            )
-        finally:
-            self.in_flight -= 1
-
-
 def _image_problem(exc: ImageRejected) -> ProblemError:
-    if isinstance(exc, UnsupportedImageFormat | ContentTypeMismatch):
-        return ProblemError(415, "Unsupported Media Type", str(exc))
-    if isinstance(exc, ImageTooManyBytes):
-        return ProblemError(413, "Payload Too Large", str(exc))
-    return ProblemError(422, "Unprocessable Entity", str(exc))
+    return ProblemError(exc.status, _TITLES.get(exc.status, "Unprocessable Entity"), str(exc),
+                        type_=f"urn:umec:inference:{exc.check}",
+                        extra={"check": exc.check, "hint": exc.hint})
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -129,100 +88,75 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def build_inference_router(
-    classifier: ImageClassifier,
-    snapshots: SnapshotSource | None,
-    guard: RouteGuard,
-    *,
-    max_concurrency: int = 2,
-    max_waiting: int = 8,
-) -> APIRouter:
-    router = APIRouter(prefix="/inference/v1", tags=["inference"])
-    may_classify = Depends(guard.require(scopes.INFERENCE_CLASSIFY))
-    admission = _Admission(max_concurrency, max_waiting)
-    info = classifier.info
-
-    def check_model(model: str) -> None:
-        if model != info.name:
-            raise ProblemError(
-                404,
-                "Not Found",
-                f"no model {model!r}; list the models with GET /inference/v1/models",
-            )
-
-    async def classify(
-        image: bytes, top: int, declared: str | None, camera_id: str | None
-    ) -> Classification:
-        try:
-            predictions = await admission.run(classifier, image, top, declared)
-        except ImageRejected as exc:
-            raise _image_problem(exc) from None
-        except ProblemError:
-            raise
-        except Exception:  # a runtime failure inside ONNX Runtime or OpenCV: no trace to clients
-            log.exception("inference failed")
-            raise ProblemError(
-                500, "Internal Server Error", "the classifier failed on this image; retry later"
-            ) from None
-        return Classification(
-            model=info.name,
-            predictions=[
-                PredictionView(index=p.index, label=p.label, score=p.score) for p in predictions
-            ],
-            camera_id=camera_id,
+def _check_model(ctx: InferenceContext, model: str) -> None:
+    if model != ctx.classifier.info.name:
+        raise ProblemError(
+            404,
+            "Not Found",
+            f"no model {model!r}; list the models with GET /inference/v1/models",
         )
 
-    @router.get("/models", response_model=ModelList)
-    async def list_models(principal: Principal = may_classify) -> ModelList:
-        return ModelList(
-            models=[
-                ModelView(
-                    name=info.name,
-                    description=info.description,
-                    input_size=info.input_size,
-                    classes=info.classes,
-                    media_types=list(info.media_types),
-                    weights_sha256=info.weights_sha256,
-                )
-            ]
-        )
 
-    @router.post(
-        "/models/{model}/classify",
-        response_model=Classification,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    media: {"schema": {"type": "string", "format": "binary"}}
-                    for media in MEDIA_TYPES
-                },
-            }
-        },
+async def _classify(
+    ctx: InferenceContext, image: bytes, top: int, declared: str | None, camera_id: str | None
+) -> Classification:
+    try:
+        predictions = await ctx.slots.run(ctx.classifier, image, top, declared)
+    except ImageRejected as exc:
+        raise _image_problem(exc) from None
+    except ProblemError:
+        raise
+    except Exception:  # a runtime failure inside ONNX Runtime or OpenCV: no trace to clients
+        log.exception("inference failed")
+        raise ProblemError(
+            500, "Internal Server Error", "the classifier failed on this image; retry later"
+        ) from None
+    return Classification(
+        model=ctx.classifier.info.name,
+        predictions=[
+            PredictionView(index=p.index, label=p.label, score=p.score) for p in predictions
+        ],
+        camera_id=camera_id,
     )
-    async def classify_upload(
-        model: ModelName, request: Request, top_k: TopK = 5, principal: Principal = may_classify
-    ) -> Classification:
-        check_model(model)
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type not in MEDIA_TYPES:
-            raise ProblemError(
-                415,
-                "Unsupported Media Type",
-                f"check content_type failed: {media_type or 'no Content-Type'} is not accepted; "
-                "send the image as the body with Content-Type image/jpeg or image/png",
+
+
+@router.get("/models", response_model=ModelList)
+async def list_models(principal: Classifier, ctx: Inference) -> ModelList:
+    info = ctx.classifier.info
+    return ModelList(
+        models=[
+            ModelView(
+                name=info.name,
+                description=info.description,
+                input_size=info.input_size,
+                classes=info.classes,
+                media_types=list(info.media_types),
+                weights_sha256=info.weights_sha256,
             )
-        image = await _read_body(request, classifier.limits.max_bytes)
-        return await classify(image, top_k, media_type, None)
+        ]
+    )
 
-    @router.post("/models/{model}/classify-camera/{camera_id}", response_model=Classification)
-    async def classify_camera(
-        model: ModelName, camera_id: CameraId, top_k: TopK = 5, principal: Principal = may_classify
-    ) -> Classification:
-        check_model(model)
-        if snapshots is None:
-            raise ProblemError(404, "Not Found", "this node serves no cameras to classify")
-        frame = await snapshot_or_problem(snapshots, camera_id)
-        return await classify(frame, top_k, None, camera_id)
 
-    return router
+@router.post("/models/{model}/classify", response_model=Classification,
+             openapi_extra=IMAGE_BODY)
+async def classify_upload(
+    model: ModelName, request: Request, principal: Classifier, ctx: Inference, top_k: TopK = 5
+) -> Classification:
+    _check_model(ctx, model)
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in MEDIA_TYPES:
+        raise _image_problem(ContentTypeNotAccepted(media_type, tuple(MEDIA_TYPES)))
+    image = await _read_body(request, ctx.classifier.limits.max_bytes)
+    return await _classify(ctx, image, top_k, media_type, None)
+
+
+@router.post("/models/{model}/classify-camera/{camera_id}", response_model=Classification)
+async def classify_camera(
+    model: ModelName, camera_id: CameraId, principal: Classifier, ctx: Inference,
+    top_k: TopK = 5
+) -> Classification:
+    _check_model(ctx, model)
+    if ctx.snapshots is None:
+        raise ProblemError(404, "Not Found", "this node serves no cameras to classify")
+    frame = await snapshot_or_problem(ctx.snapshots, camera_id)
+    return await _classify(ctx, frame, top_k, None, camera_id)

@@ -1,8 +1,9 @@
 """ETSI MEC 011 v2.1.1: ``mec_service_mgmt/v1`` and ``mec_app_support/v1``.
 
-``umec server`` builds the store on its database and mounts ``build_mec011_routers(...)``.
-Every route takes its caller from the resource-server guard; an app acts only on its own
-``/applications/{appInstanceId}``.
+``umec`` builds the store on its database, sets ``app.state.mec011`` to
+``mec011_state(...)`` and includes ``ROUTERS``; ``liveness_loop`` is its background
+work. Every route takes its caller from the resource-server guard on ``app.state.guard``; an app
+acts only on its own ``/applications/{appInstanceId}``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from fastapi import APIRouter
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from mec_api.mec011 import routes_mgmt, routes_support
+from mec_api.mec011.deps import Mec011Context, TimingConfig
 from mec_api.mec011.http import Clock, utc_now
+from mec_api.mec011.liveness import liveness_loop, sweep_liveness
 from mec_api.mec011.models import Mec011Base
 from mec_api.mec011.notifier import CallbackNotifier, NotifierConfig
-from mec_api.mec011.routes_mgmt import announce_change, build_mgmt_router
-from mec_api.mec011.routes_support import TimingConfig, build_support_router, notify_termination
+from mec_api.mec011.routes_mgmt import announce_change
+from mec_api.mec011.routes_support import notify_termination
 from mec_api.mec011.schemas import (
     EndPointInfo,
     GrantType,
@@ -28,20 +32,26 @@ from mec_api.mec011.schemas import (
 )
 from mec_api.mec011.store import SqlServiceRegistry
 from mec_api.mec011.store_support import SqlAppSupport
-from mec_api.principal import RouteGuard
 
 __all__ = [
+    "ROUTERS",
     "CallbackNotifier",
     "Mec011Base",
+    "Mec011Context",
     "Mec011Options",
     "Mec011Store",
     "NotifierConfig",
     "TimingConfig",
     "announce_change",
-    "build_mec011_routers",
+    "liveness_loop",
+    "mec011_state",
     "notify_termination",
     "platform_transport",
+    "sweep_liveness",
 ]
+
+# Service management, then application support (both read ``app.state.mec011``).
+ROUTERS: tuple[APIRouter, ...] = (routes_mgmt.router, routes_support.router)
 
 
 @dataclass(frozen=True)
@@ -78,13 +88,11 @@ def platform_transport(token_endpoint: str, uris: list[str]) -> TransportInfo:
             grant_types=[GrantType.OAUTH2_CLIENT_CREDENTIALS], token_endpoint=token_endpoint)))
 
 
-def build_mec011_routers(store: Mec011Store, guard: RouteGuard, token_endpoint: str,
-                         notifier: CallbackNotifier,
-                         options: Mec011Options | None = None) -> list[APIRouter]:
+def mec011_state(store: Mec011Store, token_endpoint: str, notifier: CallbackNotifier,
+                 options: Mec011Options | None = None) -> Mec011Context:
+    """What ``app.state.mec011`` holds for the routers of ``ROUTERS``."""
     options = options or Mec011Options()
-    transports = [platform_transport(token_endpoint, options.transport_uris)]
-    return [
-        build_mgmt_router(store.registry, guard, transports, notifier, options.now),
-        build_support_router(store.support, store.registry, guard, notifier, options.now,
-                             options.timing),
-    ]
+    return Mec011Context(
+        registry=store.registry, support=store.support, notifier=notifier,
+        transports=(platform_transport(token_endpoint, options.transport_uris),),
+        timing=options.timing, now=options.now)

@@ -12,9 +12,10 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from mec_api.deps import requires
 from mec_api.mec011.core import Mec011RuleError
 from mec_api.mec011.store import StoreError
-from mec_api.principal import Principal, RouteGuard
+from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 
 P = ParamSpec("P")
@@ -26,9 +27,9 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def own_app(guard: RouteGuard, scope: str) -> Callable[..., Awaitable[Principal]]:
+def own_app(scope: str) -> Callable[..., Awaitable[Principal]]:
     """The guard's scope check, then: an app acts only on its own ``{appInstanceId}``."""
-    authenticated = guard.require(scope)
+    authenticated = requires(scope)
 
     async def dependency(appInstanceId: str,
                          principal: Principal = Depends(authenticated)) -> Principal:
@@ -92,6 +93,33 @@ async def optional_body(request: Request, model: type[M]) -> M | None:
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise ProblemError(400, "Bad Request",
                            f"the body is not a {model.__name__}: {where}: {first['msg']}") from None
+
+
+def optional_body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` describing the optional JSON body a route reads with
+    :func:`optional_body` (FastAPI cannot see it: the route parses the body itself)."""
+    return {"requestBody": {"required": False, "content": {
+        "application/json": {"schema": inline_schema(model)}}}}
+
+
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with its ``$defs`` substituted (an operation's schema cannot
+    carry its own ``$defs``: ``#/...`` refers to the whole OpenAPI document). Models with
+    recursive references are not supported."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        if not isinstance(node, dict):
+            return node
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return resolve(defs[ref.removeprefix("#/$defs/")])
+        return {key: resolve(value) for key, value in node.items()}
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
 def no_content() -> Response:

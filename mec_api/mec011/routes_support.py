@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi import APIRouter, Body, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from mec_api import scopes
 from mec_api.mec011 import core
+from mec_api.mec011.deps import AppSupportCaller, Mec011, OwnAppSupportCaller
 from mec_api.mec011.http import (
     Clock,
     answer_other_methods,
@@ -20,7 +19,7 @@ from mec_api.mec011.http import (
     json_response,
     no_content,
     optional_body,
-    own_app,
+    optional_body_doc,
 )
 from mec_api.mec011.notifier import CallbackNotifier
 from mec_api.mec011.schemas import LinkType, TimeStamp
@@ -32,135 +31,161 @@ from mec_api.mec011.schemas_support import (
     AppTerminationNotificationSubscription,
     CurrentTime,
     DnsRule,
-    NtpServer,
     OperationAction,
-    TimeSourceStatus,
     TimingCaps,
     TrafficRule,
 )
 from mec_api.mec011.store import SqlServiceRegistry
 from mec_api.mec011.store_support import DNS, TRAFFIC, SqlAppSupport
-from mec_api.principal import Principal, RouteGuard
+from mec_api.problems import ProblemRoute
 
 PREFIX = "/mec_app_support/v1"
 API = "support"
+TRAFFIC_RULES = "/applications/{appInstanceId}/traffic_rules"
+DNS_RULES = "/applications/{appInstanceId}/dns_rules"
+JsonObject = Annotated[dict[str, Any], Body()]
+IfMatch = Annotated[str | None, Header()]
+router = APIRouter(prefix=PREFIX, tags=["mec011-app-support"], route_class=ProblemRoute)
 
 
-@dataclass(frozen=True)
-class TimingConfig:
-    # TRACEABLE only when the operator knows the host clock is locked to UTC (NTP/PTP).
-    time_source: TimeSourceStatus = TimeSourceStatus.NONTRACEABLE
-    ntp_servers: list[NtpServer] = field(default_factory=list)
+def _app_href(request: Request, app: str, tail: str) -> str:
+    return f"{base_url(request)}{PREFIX}/applications/{app}/{tail}"
 
 
-def build_support_router(support: SqlAppSupport, registry: SqlServiceRegistry,
-                         guard: RouteGuard, notifier: CallbackNotifier, now: Clock,
-                         timing: TimingConfig) -> APIRouter:
-    router = APIRouter(prefix=PREFIX, tags=["mec011-app-support"])
-    own = Depends(own_app(guard, scopes.MEC011_APP_SUPPORT))
-    any_app = Depends(guard.require(scopes.MEC011_APP_SUPPORT))
+async def _rules(ctx: Mec011, kind: str, app: str) -> JSONResponse:
+    return json_response([r.body for r in await call(ctx.support.rules, kind, app)])
 
-    def app_href(request: Request, app: str, tail: str) -> str:
-        return f"{base_url(request)}{PREFIX}/applications/{app}/{tail}"
 
-    def rule_routes(kind: str, path: str, id_field: str,
-                    model: type[TrafficRule] | type[DnsRule]) -> None:
-        @router.get(f"/applications/{{appInstanceId}}/{path}", name=f"{kind}_rules_get")
-        async def rules_get(appInstanceId: str,
-                            principal: Principal = own) -> JSONResponse:
-            return json_response([r.body for r in await call(support.rules, kind, appInstanceId)])
+async def _rule(ctx: Mec011, kind: str, app: str, rule_id: str) -> JSONResponse:
+    rule = await call(ctx.support.rule, kind, app, rule_id)
+    return json_response(rule.body, etag=rule.etag)
 
-        @router.get(f"/applications/{{appInstanceId}}/{path}/{{ruleId}}",
-                    name=f"{kind}_rule_get")
-        async def rule_get(appInstanceId: str, ruleId: str,
-                           principal: Principal = own) -> JSONResponse:
-            rule = await call(support.rule, kind, appInstanceId, ruleId)
-            return json_response(rule.body, etag=rule.etag)
 
-        @router.put(f"/applications/{{appInstanceId}}/{path}/{{ruleId}}",
-                    name=f"{kind}_rule_put")
-        async def rule_put(appInstanceId: str, ruleId: str,
-                           body: Annotated[dict[str, Any], Body()],
-                           if_match: Annotated[str | None, Header()] = None,
-                           principal: Principal = own) -> JSONResponse:
-            proposed = _validated(model, body)
+async def _put_rule(ctx: Mec011, kind: str, app: str, rule_id: str, proposed: dict[str, Any],
+                    if_match: str | None, id_field: str) -> JSONResponse:
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        return core.check_rule_update(current, proposed, id_field, rule_id)
+    rule = await call(ctx.support.update_rule, kind, app, rule_id, change,
+                      lambda etag: core.if_match_satisfied(if_match, etag), ctx.now())
+    return json_response(rule.body, etag=rule.etag)
 
-            def change(current: dict[str, Any]) -> dict[str, Any]:
-                return core.check_rule_update(current, proposed, id_field, ruleId)
-            rule = await call(support.update_rule, kind, appInstanceId, ruleId, change,
-                              lambda etag: core.if_match_satisfied(if_match, etag), now())
-            return json_response(rule.body, etag=rule.etag)
 
-    rule_routes(TRAFFIC, "traffic_rules", "trafficRuleId", TrafficRule)
-    rule_routes(DNS, "dns_rules", "dnsRuleId", DnsRule)
+@router.get(TRAFFIC_RULES)
+async def traffic_rules_get(appInstanceId: str, principal: OwnAppSupportCaller,
+                            ctx: Mec011) -> JSONResponse:
+    return await _rules(ctx, TRAFFIC, appInstanceId)
 
-    @router.get("/applications/{appInstanceId}/subscriptions")
-    async def subscriptions_get(request: Request, appInstanceId: str,
-                                principal: Principal = own) -> JSONResponse:
-        subs = await call(registry.subscriptions, API, appInstanceId)
-        return json_response(core.subscription_link_list(
-            app_href(request, appInstanceId, "subscriptions"),
-            (sub.body for sub in subs), core.APP_TERMINATION_SUBSCRIPTION))
 
-    @router.post("/applications/{appInstanceId}/subscriptions")
-    async def subscriptions_post(request: Request, appInstanceId: str,
-                                 body: AppTerminationNotificationSubscription,
-                                 principal: Principal = own) -> JSONResponse:
-        check(core.check_subscription_type, body.subscription_type,
-              core.APP_TERMINATION_SUBSCRIPTION)
-        check(core.check_callback_uri, body.callback_reference)
-        if body.app_instance_id != appInstanceId:
-            check(_raise_foreign_filter, body.app_instance_id)
+@router.get(TRAFFIC_RULES + "/{ruleId}")
+async def traffic_rule_get(appInstanceId: str, ruleId: str, principal: OwnAppSupportCaller,
+                           ctx: Mec011) -> JSONResponse:
+    return await _rule(ctx, TRAFFIC, appInstanceId, ruleId)
 
-        def stored_body(subscription_id: str) -> dict[str, object]:
-            href = app_href(request, appInstanceId, f"subscriptions/{subscription_id}")
-            return {**body.to_json(), "_links": {"self": {"href": href}}}
-        sub = await call(registry.add_subscription, API, appInstanceId, principal.namespace,
-                         stored_body, now())
-        return json_response(sub.body, 201, location=sub.body["_links"]["self"]["href"])
 
-    @router.get("/applications/{appInstanceId}/subscriptions/{subscriptionId}")
-    async def subscription_get(appInstanceId: str, subscriptionId: str,
-                               principal: Principal = own) -> JSONResponse:
-        sub = await call(registry.subscription, API, appInstanceId, subscriptionId)
-        return json_response(sub.body)
+@router.put(TRAFFIC_RULES + "/{ruleId}")
+async def traffic_rule_put(appInstanceId: str, ruleId: str, body: JsonObject,
+                           principal: OwnAppSupportCaller, ctx: Mec011,
+                           if_match: IfMatch = None) -> JSONResponse:
+    return await _put_rule(ctx, TRAFFIC, appInstanceId, ruleId, _validated(TrafficRule, body),
+                           if_match, "trafficRuleId")
 
-    @router.delete("/applications/{appInstanceId}/subscriptions/{subscriptionId}")
-    async def subscription_delete(appInstanceId: str, subscriptionId: str,
-                                  principal: Principal = own) -> Response:
-        await call(registry.delete_subscription, API, appInstanceId, subscriptionId)
-        return no_content()
 
-    @router.post("/applications/{appInstanceId}/confirm_ready")
-    async def confirm_ready(request: Request, appInstanceId: str,
-                            principal: Principal = own) -> Response:
-        await optional_body(request, AppReadyConfirmation)
-        await call(support.confirm_ready, appInstanceId, now())
-        return no_content()
+@router.get(DNS_RULES)
+async def dns_rules_get(appInstanceId: str, principal: OwnAppSupportCaller,
+                        ctx: Mec011) -> JSONResponse:
+    return await _rules(ctx, DNS, appInstanceId)
 
-    @router.post("/applications/{appInstanceId}/confirm_termination")
-    async def confirm_termination(request: Request, appInstanceId: str,
-                                  principal: Principal = own) -> Response:
-        body = await optional_body(request, AppTerminationConfirmation)
-        await call(support.confirm_termination, appInstanceId,
-                   body.operation_action if body else None, now())
-        return no_content()
 
-    @router.get("/timing/current_time")
-    async def current_time(principal: Principal = any_app) -> JSONResponse:
-        stamp = _timestamp(now())
-        return json_response(CurrentTime(seconds=stamp.seconds, nano_seconds=stamp.nano_seconds,
-                                         time_source_status=timing.time_source).to_json())
+@router.get(DNS_RULES + "/{ruleId}")
+async def dns_rule_get(appInstanceId: str, ruleId: str, principal: OwnAppSupportCaller,
+                       ctx: Mec011) -> JSONResponse:
+    return await _rule(ctx, DNS, appInstanceId, ruleId)
 
-    @router.get("/timing/timing_caps")
-    async def timing_caps(principal: Principal = any_app) -> JSONResponse:
-        caps = TimingCaps(time_stamp=_timestamp(now()))
-        if timing.ntp_servers:
-            caps.ntp_servers = list(timing.ntp_servers)
-        return json_response(caps.to_json())
 
-    answer_other_methods(router)
-    return router
+@router.put(DNS_RULES + "/{ruleId}")
+async def dns_rule_put(appInstanceId: str, ruleId: str, body: JsonObject,
+                       principal: OwnAppSupportCaller, ctx: Mec011,
+                       if_match: IfMatch = None) -> JSONResponse:
+    return await _put_rule(ctx, DNS, appInstanceId, ruleId, _validated(DnsRule, body),
+                           if_match, "dnsRuleId")
+
+
+@router.get("/applications/{appInstanceId}/subscriptions")
+async def subscriptions_get(request: Request, appInstanceId: str,
+                            principal: OwnAppSupportCaller, ctx: Mec011) -> JSONResponse:
+    subs = await call(ctx.registry.subscriptions, API, appInstanceId)
+    return json_response(core.subscription_link_list(
+        _app_href(request, appInstanceId, "subscriptions"),
+        (sub.body for sub in subs), core.APP_TERMINATION_SUBSCRIPTION))
+
+
+@router.post("/applications/{appInstanceId}/subscriptions")
+async def subscriptions_post(request: Request, appInstanceId: str,
+                             body: AppTerminationNotificationSubscription,
+                             principal: OwnAppSupportCaller, ctx: Mec011) -> JSONResponse:
+    check(core.check_subscription_type, body.subscription_type,
+          core.APP_TERMINATION_SUBSCRIPTION)
+    check(core.check_callback_uri, body.callback_reference)
+    if body.app_instance_id != appInstanceId:
+        check(_raise_foreign_filter, body.app_instance_id)
+
+    def stored_body(subscription_id: str) -> dict[str, object]:
+        href = _app_href(request, appInstanceId, f"subscriptions/{subscription_id}")
+        return {**body.to_json(), "_links": {"self": {"href": href}}}
+    sub = await call(ctx.registry.add_subscription, API, appInstanceId, principal.namespace,
+                     stored_body, ctx.now())
+    return json_response(sub.body, 201, location=sub.body["_links"]["self"]["href"])
+
+
+@router.get("/applications/{appInstanceId}/subscriptions/{subscriptionId}")
+async def subscription_get(appInstanceId: str, subscriptionId: str,
+                           principal: OwnAppSupportCaller, ctx: Mec011) -> JSONResponse:
+    sub = await call(ctx.registry.subscription, API, appInstanceId, subscriptionId)
+    return json_response(sub.body)
+
+
+@router.delete("/applications/{appInstanceId}/subscriptions/{subscriptionId}")
+async def subscription_delete(appInstanceId: str, subscriptionId: str,
+                              principal: OwnAppSupportCaller, ctx: Mec011) -> Response:
+    await call(ctx.registry.delete_subscription, API, appInstanceId, subscriptionId)
+    return no_content()
+
+
+@router.post("/applications/{appInstanceId}/confirm_ready",
+             openapi_extra=optional_body_doc(AppReadyConfirmation))
+async def confirm_ready(request: Request, appInstanceId: str, principal: OwnAppSupportCaller,
+                        ctx: Mec011) -> Response:
+    await optional_body(request, AppReadyConfirmation)
+    await call(ctx.support.confirm_ready, appInstanceId, ctx.now())
+    return no_content()
+
+
+@router.post("/applications/{appInstanceId}/confirm_termination",
+             openapi_extra=optional_body_doc(AppTerminationConfirmation))
+async def confirm_termination(request: Request, appInstanceId: str,
+                              principal: OwnAppSupportCaller, ctx: Mec011) -> Response:
+    body = await optional_body(request, AppTerminationConfirmation)
+    await call(ctx.support.confirm_termination, appInstanceId,
+               body.operation_action if body else None, ctx.now())
+    return no_content()
+
+
+@router.get("/timing/current_time")
+async def current_time(principal: AppSupportCaller, ctx: Mec011) -> JSONResponse:
+    stamp = _timestamp(ctx.now())
+    return json_response(CurrentTime(seconds=stamp.seconds, nano_seconds=stamp.nano_seconds,
+                                     time_source_status=ctx.timing.time_source).to_json())
+
+
+@router.get("/timing/timing_caps")
+async def timing_caps(principal: AppSupportCaller, ctx: Mec011) -> JSONResponse:
+    caps = TimingCaps(time_stamp=_timestamp(ctx.now()))
+    if ctx.timing.ntp_servers:
+        caps.ntp_servers = list(ctx.timing.ntp_servers)
+    return json_response(caps.to_json())
+
+
+answer_other_methods(router)
 
 
 def _timestamp(moment: Any) -> TimeStamp:

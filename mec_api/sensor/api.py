@@ -9,25 +9,39 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from mec_api import scopes
-from mec_api.principal import Principal, RouteGuard
-from mec_api.problems import ProblemError
+from mec_api.problems import ProblemError, ProblemRoute
+from mec_api.sensor.deps import Ingester, Reader, Sensor
 from mec_api.sensor.gateway import GatewayMessageError, normalize_mac, parse_gateway_post
-from mec_api.sensor.metrics import SensorMetrics, default_metrics
-from mec_api.sensor.store import MAX_LIMIT, PageKey, SqlSensorStore, StoredReading, TagSummary
+from mec_api.sensor.store import MAX_LIMIT, PageKey, StoredReading, TagSummary
 
 SOURCE = "http"
 DEFAULT_LIMIT = 100
 DEFAULT_WINDOW = timedelta(days=1)
-DEFAULT_MAX_BODY = 256 * 1024  # a gateway with ~100 tags posts ~25 KiB
+router = APIRouter(prefix="/sensor/v1", tags=["sensor"], route_class=ProblemRoute)
+_UNIX_TIME: dict[str, Any] = {"type": ["string", "integer", "number"],
+                              "description": "the gateway's Unix time of reception"}
+_TAG: dict[str, Any] = {"type": "object", "required": ["data"], "properties": {
+    "rssi": {"type": "integer"}, "timestamp": _UNIX_TIME,
+    "data": {"type": "string",
+             "description": "the BLE advertisement in hex (Ruuvi data format 5)"}}}
+_GATEWAY_DATA: dict[str, Any] = {"type": "object", "required": ["tags"], "properties": {
+    "coordinates": {"type": "string"}, "timestamp": _UNIX_TIME,
+    "gw_mac": {"type": "string", "examples": ["C8:25:2D:8E:9C:2C"]},
+    "tags": {"type": "object", "description": "by tag MAC, e.g. CB:B8:33:4C:88:4F",
+             "additionalProperties": _TAG}}}
+# The Ruuvi Gateway's HTTP POST format, for the OpenAPI document only: the route parses the body
+# itself, so that one undecodable tag is counted in ``dropped`` instead of refusing the others.
+GATEWAY_POST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["data"],
+                                    "properties": {"data": _GATEWAY_DATA}}}}}}
 
 
 class ReadingOut(BaseModel):
@@ -150,81 +164,75 @@ def _unavailable(exc: SQLAlchemyError) -> ProblemError:
                         headers={"Retry-After": "5"})
 
 
-def build_sensor_router(store: SqlSensorStore, guard: RouteGuard, *,
-                        metrics: SensorMetrics | None = None,
-                        max_body_bytes: int = DEFAULT_MAX_BODY,
-                        clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> APIRouter:
-    counters = metrics or default_metrics()
-    router = APIRouter(prefix="/sensor/v1", tags=["sensor"])
-    read = Depends(guard.require(scopes.SENSOR_READ))
-    ingest = Depends(guard.require(scopes.SENSOR_INGEST))
+@router.get("/tags", response_model=TagsOut)
+async def list_tags(_caller: Reader, ctx: Sensor) -> TagsOut:
+    try:
+        tags = await run_in_threadpool(ctx.store.tags)
+    except SQLAlchemyError as exc:
+        raise _unavailable(exc) from exc
+    return TagsOut(tags=[TagOut.of(t) for t in tags])
 
-    @router.get("/tags", response_model=TagsOut)
-    async def list_tags(_caller: Principal = read) -> TagsOut:
-        try:
-            tags = await run_in_threadpool(store.tags)
-        except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
-        return TagsOut(tags=[TagOut.of(t) for t in tags])
 
-    @router.get("/tags/{mac}/latest", response_model=ReadingOut)
-    async def latest_reading(mac: str, _caller: Principal = read) -> ReadingOut:
-        tag = _mac(mac)
-        try:
-            stored = await run_in_threadpool(store.latest, tag)
-        except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
-        if stored is None:
-            raise ProblemError(404, "Not Found", f"no reading of tag {tag} is stored; "
-                                                 "GET /sensor/v1/tags lists the tags seen")
-        return ReadingOut.of(stored)
+@router.get("/tags/{mac}/latest", response_model=ReadingOut)
+async def latest_reading(mac: str, _caller: Reader, ctx: Sensor) -> ReadingOut:
+    tag = _mac(mac)
+    try:
+        stored = await run_in_threadpool(ctx.store.latest, tag)
+    except SQLAlchemyError as exc:
+        raise _unavailable(exc) from exc
+    if stored is None:
+        raise ProblemError(404, "Not Found", f"no reading of tag {tag} is stored; "
+                                             "GET /sensor/v1/tags lists the tags seen")
+    return ReadingOut.of(stored)
 
-    @router.get("/tags/{mac}/readings", response_model=ReadingsOut)
-    async def readings(
-        mac: str,
-        since: datetime | None = Query(None, description="inclusive; default until - 1 day"),
-        until: datetime | None = Query(None, description="exclusive; default now"),
-        limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
-        cursor: str | None = Query(None, max_length=256),
-        _caller: Principal = read,
-    ) -> ReadingsOut:
-        tag = _mac(mac)
-        end = _aware(until, "until") or clock()
-        start = _aware(since, "since") or end - DEFAULT_WINDOW
-        if start >= end:
-            raise _bad_request(f"since ({start.isoformat()}) must be before until "
-                               f"({end.isoformat()})")
-        after = decode_cursor(cursor) if cursor is not None else None
-        try:
-            page = await run_in_threadpool(store.readings, tag, start, end, limit, after)
-        except SQLAlchemyError as exc:
-            raise _unavailable(exc) from exc
-        return ReadingsOut(
-            mac=tag, since=start, until=end, readings=[ReadingOut.of(r) for r in page.readings],
-            next_cursor=None if page.next_key is None else encode_cursor(page.next_key))
 
-    @router.post("/gateway", response_model=IngestOut)
-    async def gateway_post(request: Request, _caller: Principal = ingest) -> IngestOut:
-        raw = await _read_bounded(request, max_body_bytes)
-        try:
-            post = parse_gateway_post(json.loads(raw), clock())
-        except (ValueError, RecursionError) as exc:  # JSON, UTF-8, nesting, shape or MAC
-            reason = exc.reason if isinstance(exc, GatewayMessageError) else "not_json"
-            counters.drop(SOURCE, reason)
-            raise _bad_request(f"not a Ruuvi Gateway HTTP POST body: {exc}") from exc
-        received = len(post.observations) + sum(post.dropped.values())
-        counters.received.labels(source=SOURCE).inc(received)
-        for reason, count in post.dropped.items():
-            counters.drop(SOURCE, reason, count)
-        try:
-            stored = await run_in_threadpool(store.add, post.observations)
-        except SQLAlchemyError as exc:
-            counters.drop(SOURCE, "store_error", len(post.observations))
-            raise _unavailable(exc) from exc
-        duplicates = len(post.observations) - stored
-        counters.stored.labels(source=SOURCE).inc(stored)
-        counters.duplicates.labels(source=SOURCE).inc(duplicates)
-        return IngestOut(received=received, stored=stored, duplicates=duplicates,
-                         dropped=post.dropped)
+@router.get("/tags/{mac}/readings", response_model=ReadingsOut)
+async def readings(
+    mac: str,
+    _caller: Reader,
+    ctx: Sensor,
+    since: datetime | None = Query(None, description="inclusive; default until - 1 day"),
+    until: datetime | None = Query(None, description="exclusive; default now"),
+    limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+    cursor: str | None = Query(None, max_length=256),
+) -> ReadingsOut:
+    tag = _mac(mac)
+    end = _aware(until, "until") or ctx.clock()
+    start = _aware(since, "since") or end - DEFAULT_WINDOW
+    if start >= end:
+        raise _bad_request(f"since ({start.isoformat()}) must be before until "
+                           f"({end.isoformat()})")
+    after = decode_cursor(cursor) if cursor is not None else None
+    try:
+        page = await run_in_threadpool(ctx.store.readings, tag, start, end, limit, after)
+    except SQLAlchemyError as exc:
+        raise _unavailable(exc) from exc
+    return ReadingsOut(
+        mac=tag, since=start, until=end, readings=[ReadingOut.of(r) for r in page.readings],
+        next_cursor=None if page.next_key is None else encode_cursor(page.next_key))
 
-    return router
+
+@router.post("/gateway", response_model=IngestOut, openapi_extra=GATEWAY_POST_BODY)
+async def gateway_post(request: Request, _caller: Ingester, ctx: Sensor) -> IngestOut:
+    counters = ctx.metrics
+    raw = await _read_bounded(request, ctx.max_body_bytes)
+    try:
+        post = parse_gateway_post(json.loads(raw), ctx.clock())
+    except (ValueError, RecursionError) as exc:  # JSON, UTF-8, nesting, shape or MAC
+        reason = exc.reason if isinstance(exc, GatewayMessageError) else "not_json"
+        counters.drop(SOURCE, reason)
+        raise _bad_request(f"not a Ruuvi Gateway HTTP POST body: {exc}") from exc
+    received = len(post.observations) + sum(post.dropped.values())
+    counters.received.labels(source=SOURCE).inc(received)
+    for reason, count in post.dropped.items():
+        counters.drop(SOURCE, reason, count)
+    try:
+        stored = await run_in_threadpool(ctx.store.add, post.observations)
+    except SQLAlchemyError as exc:
+        counters.drop(SOURCE, "store_error", len(post.observations))
+        raise _unavailable(exc) from exc
+    duplicates = len(post.observations) - stored
+    counters.stored.labels(source=SOURCE).inc(stored)
+    counters.duplicates.labels(source=SOURCE).inc(duplicates)
+    return IngestOut(received=received, stored=stored, duplicates=duplicates,
+                     dropped=post.dropped)

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -31,25 +29,13 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
-from kernel.coalesce import CoalescedRead
-from kernel.ratelimit import RateLimiter
 from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
+from mec_api.tokens.deps import TokenRoutes, Tokens
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
 from mec_api.tokens.errors import InvalidRequest, TokenRefused
-from mec_api.tokens.feed_snapshots import FeedSnapshots
-from mec_api.tokens.issuer import (
-    CLIENT_CREDENTIALS,
-    TOKEN_EXCHANGE,
-    TokenIssuer,
-    TokenRequest,
-)
-from mec_api.tokens.revocations import (
-    ACCEPTANCE_LEEWAY_SECONDS,
-    RevocationStore,
-    token_epoch,
-    token_pod_uid,
-)
+from mec_api.tokens.issuer import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TokenRequest
+from mec_api.tokens.revocations import ACCEPTANCE_LEEWAY_SECONDS, token_epoch, token_pod_uid
 from mec_api.tokens.scope_policy import parse_scope
 
 log = logging.getLogger("umec.tokens")
@@ -57,10 +43,19 @@ ISSUED = Counter("umec_tokens_issued", "Access tokens issued.", ["grant"])
 REFUSED = Counter("umec_tokens_refused", "Token requests refused, by failed check.", ["check"])
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 Text = Annotated[str | None, Form()]
-# RFC 7009 revocations per workload (client_id): a holder revoking in a loop would grow the
-# set every resource server reads.
-REVOKE_RATE_PER_WORKLOAD = 2.0
-REVOKE_BURST_PER_WORKLOAD = 20.0
+router = APIRouter(tags=["tokens"])
+_FORM_TEXT: dict[str, Any] = {"type": "string"}
+# RFC 6749 §4.1.3 / RFC 8693 §2.1 / RFC 7523 §2.2, for the OpenAPI document only: the route
+# parses the form itself (each parameter at most once, bounded), see ``_form``.
+TOKEN_REQUEST_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/x-www-form-urlencoded": {"schema": {
+        "type": "object", "required": ["grant_type"],
+        "properties": {"grant_type": {"type": "string",
+                                      "enum": [TOKEN_EXCHANGE, CLIENT_CREDENTIALS]},
+                       **{name: _FORM_TEXT for name in (
+                           "subject_token", "subject_token_type", "requested_token_type",
+                           "actor_token", "client_assertion", "client_assertion_type",
+                           "client_id", "scope", "audience", "resource")}}}}}}}
 
 
 def _oauth_error(e: TokenRefused) -> JSONResponse:
@@ -106,123 +101,122 @@ def _slow_down(wait: float) -> JSONResponse:
                         headers={**NO_STORE, "Retry-After": str(max(1, round(wait)))})
 
 
-def token_router(issuer: TokenIssuer, store: RevocationStore, *, operator_token: str,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-                 revoke_limiter: RateLimiter | None = None) -> APIRouter:
-    router = APIRouter(tags=["tokens"])
-    config = issuer.config
-    limiter = revoke_limiter or RateLimiter(REVOKE_RATE_PER_WORKLOAD, REVOKE_BURST_PER_WORKLOAD)
-    snapshots = FeedSnapshots()
-    feed = CoalescedRead(lambda: snapshots.read(store.generation,
-                                                lambda: store.current(clock())))
+@router.post("/oauth2/token", openapi_extra=TOKEN_REQUEST_BODY)
+async def token(request: Request, ctx: Tokens) -> JSONResponse:
+    try:
+        form = await _form(request)
+        parse_scope(form.get("scope"))  # the caps, before any signature or policy work
+    except TokenRefused as e:
+        REFUSED.labels(e.check).inc()
+        return _oauth_error(e)
+    grant_type = form.get("grant_type") or ""
+    req = TokenRequest(
+        grant_type=grant_type, subject_token=form.get("subject_token"),
+        subject_token_type=form.get("subject_token_type"),
+        requested_token_type=form.get("requested_token_type"),
+        actor_token=form.get("actor_token"), client_assertion=form.get("client_assertion"),
+        client_assertion_type=form.get("client_assertion_type"),
+        client_id=form.get("client_id"), scope=form.get("scope"),
+        audience=form.get("audience") or form.get("resource"),
+        dpop_proof=request.headers.get("dpop"), method="POST",
+        url=ctx.issuer.config.token_endpoint)
+    try:
+        issued = await run_in_threadpool(ctx.issuer.issue, req, ctx.clock())
+    except TokenRefused as e:
+        REFUSED.labels(e.check).inc()
+        log.info("token refused", extra={"check": e.check, "detail": e.detail})
+        return _oauth_error(e)
+    ISSUED.labels("exchange" if grant_type == TOKEN_EXCHANGE else "client").inc()
+    return JSONResponse(issued.response(grant_type == TOKEN_EXCHANGE), headers=NO_STORE)
 
-    @router.post("/oauth2/token")
-    async def token(request: Request) -> JSONResponse:
-        try:
-            form = await _form(request)
-            parse_scope(form.get("scope"))  # the caps, before any signature or policy work
-        except TokenRefused as e:
-            REFUSED.labels(e.check).inc()
-            return _oauth_error(e)
-        grant_type = form.get("grant_type") or ""
-        req = TokenRequest(
-            grant_type=grant_type, subject_token=form.get("subject_token"),
-            subject_token_type=form.get("subject_token_type"),
-            requested_token_type=form.get("requested_token_type"),
-            actor_token=form.get("actor_token"), client_assertion=form.get("client_assertion"),
-            client_assertion_type=form.get("client_assertion_type"),
-            client_id=form.get("client_id"), scope=form.get("scope"),
-            audience=form.get("audience") or form.get("resource"),
-            dpop_proof=request.headers.get("dpop"), method="POST", url=config.token_endpoint)
-        try:
-            issued = await run_in_threadpool(issuer.issue, req, clock())
-        except TokenRefused as e:
-            REFUSED.labels(e.check).inc()
-            log.info("token refused", extra={"check": e.check, "detail": e.detail})
-            return _oauth_error(e)
-        ISSUED.labels("exchange" if grant_type == TOKEN_EXCHANGE else "client").inc()
-        return JSONResponse(issued.response(grant_type == TOKEN_EXCHANGE), headers=NO_STORE)
 
-    def _verified_claims(token: str | None) -> dict[str, Any] | None:
-        """The claims of a token this service issued and that is still accepted (no I/O)."""
-        if not token:
-            return None
-        try:
-            return verify_jwt(token, issuer.ring, algorithms=["ES256"], issuer=config.issuer,
-                              audience=list(config.audiences), now=clock().timestamp(),
-                              leeway=ACCEPTANCE_LEEWAY_SECONDS, typ="at+jwt",
-                              required_claims=("exp", "iat", "iss", "jti"))
-        except JwtInvalid:
-            return None
+def _verified_claims(ctx: TokenRoutes, token: str | None) -> dict[str, Any] | None:
+    """The claims of a token this service issued and that is still accepted (no I/O)."""
+    if not token:
+        return None
+    config = ctx.issuer.config
+    try:
+        return verify_jwt(token, ctx.issuer.ring, algorithms=["ES256"], issuer=config.issuer,
+                          audience=list(config.audiences), now=ctx.clock().timestamp(),
+                          leeway=ACCEPTANCE_LEEWAY_SECONDS, typ="at+jwt",
+                          required_claims=("exp", "iat", "iss", "jti"))
+    except JwtInvalid:
+        return None
 
-    def _revoked(claims: dict[str, Any]) -> bool:
-        """One indexed query for the entries that could match this token."""
-        return store.matches(jti=str(claims["jti"]), node=claims.get("node"),
+
+def _revoked(ctx: TokenRoutes, claims: dict[str, Any]) -> bool:
+    """One indexed query for the entries that could match this token."""
+    return ctx.store.matches(jti=str(claims["jti"]), node=claims.get("node"),
                              node_epoch=token_epoch(claims), pod_uid=token_pod_uid(claims),
-                             now=clock())
+                             now=ctx.clock())
 
-    @router.post("/oauth2/introspect")
-    def introspect(token: Text = None,
-                   authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
-        expected = f"Bearer {operator_token}"
-        if not authorization or not hmac.compare_digest(authorization.encode(),
-                                                        expected.encode()):
-            return JSONResponse(
-                {"error": "invalid_client",
-                 "error_description": "introspection needs the resource-server credential"},
-                status_code=401, headers={**NO_STORE, "WWW-Authenticate": 'Bearer realm="umec"'})
-        claims = _verified_claims(token)
-        if claims is None or _revoked(claims):
-            return JSONResponse({"active": False}, headers=NO_STORE)
-        body = {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer",
-                **{k: v for k, v in claims.items() if k != "pod"}}
-        return JSONResponse(body, headers=NO_STORE)
 
-    @router.post("/oauth2/revoke")
-    def revoke(token: Text = None, token_type_hint: Text = None) -> JSONResponse:
-        claims = _verified_claims(token)
-        if claims is None:  # not ours or no longer accepted: nothing to revoke (RFC 7009: 200)
-            return JSONResponse({}, headers=NO_STORE)
-        # Limited before any database work: revoking a revoked token in a loop costs a bucket.
-        wait = limiter.retry_after(str(claims.get("client_id", "")), clock().timestamp())
-        if wait > 0:
-            return _slow_down(wait)
-        if not _revoked(claims):
-            store.revoke_token(str(claims["jti"]), float(claims["exp"]),
-                               "revoked by its holder (RFC 7009)", clock())
+@router.post("/oauth2/introspect")
+def introspect(ctx: Tokens, token: Text = None,
+               authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+    expected = f"Bearer {ctx.operator_token}"
+    if not authorization or not hmac.compare_digest(authorization.encode(),
+                                                    expected.encode()):
+        return JSONResponse(
+            {"error": "invalid_client",
+             "error_description": "introspection needs the resource-server credential"},
+            status_code=401, headers={**NO_STORE, "WWW-Authenticate": 'Bearer realm="umec"'})
+    claims = _verified_claims(ctx, token)
+    if claims is None or _revoked(ctx, claims):
+        return JSONResponse({"active": False}, headers=NO_STORE)
+    body = {"active": True, "token_type": "DPoP" if "cnf" in claims else "Bearer",
+            **{k: v for k, v in claims.items() if k != "pod"}}
+    return JSONResponse(body, headers=NO_STORE)
+
+
+@router.post("/oauth2/revoke")
+def revoke(ctx: Tokens, token: Text = None, token_type_hint: Text = None) -> JSONResponse:
+    claims = _verified_claims(ctx, token)
+    if claims is None:  # not ours or no longer accepted: nothing to revoke (RFC 7009: 200)
         return JSONResponse({}, headers=NO_STORE)
+    # Limited before any database work: revoking a revoked token in a loop costs a bucket.
+    wait = ctx.revoke_limiter.retry_after(str(claims.get("client_id", "")),
+                                          ctx.clock().timestamp())
+    if wait > 0:
+        return _slow_down(wait)
+    if not _revoked(ctx, claims):
+        ctx.store.revoke_token(str(claims["jti"]), float(claims["exp"]),
+                               "revoked by its holder (RFC 7009)", ctx.clock())
+    return JSONResponse({}, headers=NO_STORE)
 
-    @router.get("/oauth2/revocations")
-    async def revocations(base: Annotated[str | None, Query(max_length=64)] = None,
-                          after: Annotated[int, Query(ge=0)] = 0) -> Response:
-        # ``base``: the tag of the answer the follower holds (only what it lacks is sent).
-        # ``after`` is accepted and ignored: followers from before the whole-set feed send it.
-        snapshot = await feed.get()
-        return Response(snapshots.answer(snapshot, base), media_type="application/json",
-                        headers={"Cache-Control": "no-store"})
 
-    @router.get("/.well-known/oauth-authorization-server")
-    def metadata() -> dict[str, Any]:
-        base = config.token_endpoint.rsplit("/oauth2/", 1)[0]
-        return {
-            "issuer": config.issuer,
-            "token_endpoint": config.token_endpoint,
-            "jwks_uri": f"{base}/.well-known/jwks.json",
-            "introspection_endpoint": f"{base}/oauth2/introspect",
-            "revocation_endpoint": f"{base}/oauth2/revoke",
-            "revocation_feed_endpoint": f"{base}/oauth2/revocations",
-            "grant_types_supported": [TOKEN_EXCHANGE, CLIENT_CREDENTIALS],
-            "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
-            "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
-            "introspection_endpoint_auth_methods_supported": ["bearer"],
-            "revocation_endpoint_auth_methods_supported": ["none"],
-            "dpop_signing_alg_values_supported": sorted(DPOP_ALGORITHMS),
-            "scopes_supported": sorted(ALL_SCOPES),
-            "response_types_supported": ["token"],
-        }
+@router.get("/oauth2/revocations")
+async def revocations(ctx: Tokens, base: Annotated[str | None, Query(max_length=64)] = None,
+                      after: Annotated[int, Query(ge=0)] = 0) -> Response:
+    # ``base``: the tag of the answer the follower holds (only what it lacks is sent).
+    # ``after`` is accepted and ignored: followers from before the whole-set feed send it.
+    snapshot = await ctx.feed.get()
+    return Response(ctx.snapshots.answer(snapshot, base), media_type="application/json",
+                    headers={"Cache-Control": "no-store"})
 
-    @router.get("/.well-known/jwks.json")
-    def jwks() -> dict[str, Any]:
-        return issuer.ring.jwks(clock())
 
-    return router
+@router.get("/.well-known/oauth-authorization-server")
+def metadata(ctx: Tokens) -> dict[str, Any]:
+    config = ctx.issuer.config
+    base = config.token_endpoint.rsplit("/oauth2/", 1)[0]
+    return {
+        "issuer": config.issuer,
+        "token_endpoint": config.token_endpoint,
+        "jwks_uri": f"{base}/.well-known/jwks.json",
+        "introspection_endpoint": f"{base}/oauth2/introspect",
+        "revocation_endpoint": f"{base}/oauth2/revoke",
+        "revocation_feed_endpoint": f"{base}/oauth2/revocations",
+        "grant_types_supported": [TOKEN_EXCHANGE, CLIENT_CREDENTIALS],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "none"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS256", "ES256"],
+        "introspection_endpoint_auth_methods_supported": ["bearer"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "dpop_signing_alg_values_supported": sorted(DPOP_ALGORITHMS),
+        "scopes_supported": sorted(ALL_SCOPES),
+        "response_types_supported": ["token"],
+    }
+
+
+@router.get("/.well-known/jwks.json")
+def jwks(ctx: Tokens) -> dict[str, Any]:
+    return ctx.issuer.ring.jwks(ctx.clock())
