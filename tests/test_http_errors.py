@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
+from fastapi.routing import APIRoute, iter_route_contexts
 from starlette.routing import Mount
 
 from admission.service.certs import create_webhook_certs
@@ -73,9 +73,11 @@ def operations(app: Any, prefix: str = "") -> list[tuple[str, str]]:
     if isinstance(app, FastAPI) and app.openapi_url:
         found |= {(m.upper(), prefix + p) for p, ops in app.openapi()["paths"].items()
                   for m in ops if m in ("get", "post", "put", "patch", "delete")}
-    for route in getattr(app, "routes", ()):
+    for context in iter_route_contexts(getattr(app, "routes", ())):  # included routers too
+        route = context.original_route
         if isinstance(route, APIRoute):
-            found |= {(m, prefix + route.path) for m in route.methods or () if m != "HEAD"}
+            found |= {(m, prefix + (context.path or route.path))
+                      for m in context.methods or () if m != "HEAD"}
         elif isinstance(route, Mount):
             found |= set(operations(route.app, prefix + route.path))
     return sorted(found)

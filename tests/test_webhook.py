@@ -16,12 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from admission.core.policy import load_policies
 from admission.service.admit import Admitter
 from admission.service.cache import SingleFlightCache
 from admission.service.rego import RegoEvaluator
-from admission.service.webhook import WebhookDeps, create_webhook_app
+from admission.service.webhook import WebhookDeps, create_webhook_app, router
 from tests.webhook_helpers import (
     D1,
     D2,
@@ -287,3 +289,15 @@ def test_unsupported_kind_is_denied_not_skipped(server: Any, path: str) -> None:
     answer = post(client, path, review(obj))
     assert answer["allowed"] is False
     assert "PodFactory" in answer["status"]["message"]
+
+
+def test_router_without_deps_is_a_wiring_error() -> None:
+    """The routes find their collaborators on ``app.state.webhook``: an app that includes the
+    router without them fails loudly (a 500 without a stack trace), never answers a review."""
+    app = FastAPI()
+    app.include_router(router)
+    with pytest.raises(RuntimeError, match=r"app\.state\.webhook"), TestClient(app) as client:
+        client.get("/healthz")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.post("/validate", json=review(workload("Pod", pod_spec([APP]))))
+    assert r.status_code == 500 and "Traceback" not in r.text

@@ -37,6 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from admission.core.errors import AdmissionError
@@ -126,6 +127,12 @@ class WebhookDeps:
     def deadline(self) -> float:
         return self.deadline_seconds if self.deadline_seconds is not None \
             else max(0.5, self.timeout_seconds - 1.0)
+
+    @cached_property
+    def admitter(self) -> Admitter:
+        """The admission flow over these collaborators, one per deps: its caches live as
+        long as the webhook app that holds the deps (``app.state.webhook``)."""
+        return Admitter(self)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""The admission webhook's HTTP surface: ``create_webhook_app(deps)`` (FastAPI).
+"""The admission webhook's HTTP layer: the module-level :data:`router` and
+:func:`create_webhook_app`, which puts the :class:`WebhookDeps` on ``app.state.webhook`` and
+includes the router. Routes read the deps through :data:`admission.service.deps.Webhook`.
 
 Routes: ``POST /mutate`` and ``POST /validate`` (AdmissionReview v1 in and out, flow in
 :mod:`admission.service.admit`), ``GET /healthz``, ``GET /metrics`` (Prometheus text).
@@ -12,24 +14,107 @@ Request handling fails closed and never leaks a stack trace:
   the API server treats as a webhook failure and, with ``failurePolicy: Fail``, denies;
 - any other exception becomes a denial for the request's uid (HTTP 200, ``allowed: false``).
 
-Serving over TLS is uvicorn's job (``ssl_certfile``/``ssl_keyfile`` from
-:mod:`admission.service.certs`);
-:func:`serve_webhook` is the small wrapper ``umec webhook`` can call.
+Serving is ``umec webhook``'s job (:mod:`umec.webhook_process`): uvicorn over TLS with the
+certificates of :mod:`admission.service.certs`, requiring the API server's client certificate.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from admission.core.errors import AdmissionError
-from admission.core.review import ReviewMalformed, ReviewTooLarge, parse_review, review_response
+from admission.core.review import (
+    ReviewMalformed,
+    ReviewRequest,
+    ReviewTooLarge,
+    parse_review,
+    review_response,
+)
 from admission.service.admit import Admitter, WebhookDeps
+from admission.service.deps import Webhook
 
-__all__ = ["WebhookDeps", "create_webhook_app", "serve_webhook"]
+__all__ = ["WebhookDeps", "create_webhook_app", "router"]
+
+Endpoint = Literal["mutate", "validate"]
+router = APIRouter(tags=["admission"])
+
+
+def create_webhook_app(deps: WebhookDeps) -> FastAPI:
+    """The webhook's app: ``deps`` on ``app.state.webhook``, :data:`router` included (the
+    webhook is a process of its own, so its domain assembles the app; ``umec`` adds limits)."""
+    app = FastAPI(title="µMEC admission webhook", docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    app.state.webhook = deps
+    deps.admitter  # noqa: B018  (its caches exist from the start, not from the first review)
+    app.include_router(router)
+    return app
+
+
+@router.post("/mutate")
+async def mutate(request: Request, webhook: Webhook) -> Response:
+    return await _review(request, webhook, "mutate")
+
+
+@router.post("/validate")
+async def validate(request: Request, webhook: Webhook) -> Response:
+    return await _review(request, webhook, "validate")
+
+
+@router.get("/healthz")
+async def healthz(webhook: Webhook) -> dict[str, Any]:
+    return {"status": "ok", "policy_generation": webhook.policies().generation}
+
+
+@router.get("/metrics")
+async def metrics(webhook: Webhook) -> Response:
+    return Response(webhook.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def _review(request: Request, webhook: WebhookDeps, endpoint: Endpoint) -> Response:
+    """Answer one review and count it: a problem (no uid to answer) is ``rejected``."""
+    started = time.perf_counter()
+    answer = await _answer(request, webhook, endpoint)
+    metrics = webhook.metrics
+    if isinstance(answer, Response):
+        metrics.reviews.labels(endpoint, "rejected").inc()
+        return answer
+    allowed = bool(answer["response"]["allowed"])
+    (metrics.admitted if allowed else metrics.denied).labels(endpoint).inc()
+    metrics.reviews.labels(endpoint, "allowed" if allowed else "denied").inc()
+    metrics.review_latency.labels(endpoint).observe(time.perf_counter() - started)
+    return JSONResponse(answer)
+
+
+async def _answer(request: Request, webhook: WebhookDeps,
+                  endpoint: Endpoint) -> dict[str, Any] | Response:
+    """The AdmissionReview answer, or a problem+json response when there is no uid to answer."""
+    uid = ""
+    try:
+        req = parse_review(await _read_body(request, webhook.max_review_bytes),
+                           webhook.max_review_bytes)
+        uid = req.uid
+        return await _admit(webhook.admitter, endpoint, req)
+    except ReviewTooLarge as e:
+        return _problem(e, 413)
+    except ReviewMalformed as e:
+        return _problem(e)
+    except AdmissionError as e:
+        return review_response(uid, allowed=False, message=f"{e.check}: {e.detail}")
+    except Exception as e:  # fail closed without a stack trace in the answer
+        if not uid:
+            return _unreadable(e)
+        return review_response(uid, allowed=False,
+                               message=f"internal: {type(e).__name__} (denied)")
+
+
+async def _admit(admitter: Admitter, endpoint: Endpoint, req: ReviewRequest) -> dict[str, Any]:
+    if endpoint == "mutate":
+        return await admitter.mutate(req)
+    return await admitter.validate(req)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -45,7 +130,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _error(e: AdmissionError, status: int = 400) -> JSONResponse:
+def _problem(e: AdmissionError, status: int = 400) -> JSONResponse:
     """A review too malformed to answer: RFC 7807 problem+json (the API server only looks at
     the status; operators and ``kubectl`` read the body)."""
     return JSONResponse({"type": f"urn:umec:{e.check}", "title": type(e).__name__,
@@ -53,72 +138,11 @@ def _error(e: AdmissionError, status: int = 400) -> JSONResponse:
                         status_code=status, media_type="application/problem+json")
 
 
-def create_webhook_app(deps: WebhookDeps) -> FastAPI:
-    app = FastAPI(title="µMEC admission webhook", docs_url=None, redoc_url=None,
-                  openapi_url=None)
-    admitter = Admitter(deps)
-    app.state.admitter = admitter
-    metrics = deps.metrics
-
-    async def handle(request: Request, endpoint: str) -> Response:
-        started = time.perf_counter()
-        uid = ""
-        try:
-            body = await _read_body(request, deps.max_review_bytes)
-            req = parse_review(body, deps.max_review_bytes)
-            uid = req.uid
-            if endpoint == "mutate":
-                answer = await admitter.mutate(req)
-            else:
-                answer = await admitter.validate(req)
-        except ReviewTooLarge as e:
-            metrics.reviews.labels(endpoint, "rejected").inc()
-            return _error(e, 413)
-        except ReviewMalformed as e:
-            metrics.reviews.labels(endpoint, "rejected").inc()
-            return _error(e)
-        except AdmissionError as e:
-            answer = review_response(uid, allowed=False, message=f"{e.check}: {e.detail}")
-        except Exception as e:  # fail closed without a stack trace in the answer
-            if not uid:
-                metrics.reviews.labels(endpoint, "rejected").inc()
-                return JSONResponse(
-                    {"type": "urn:umec:review.failed", "title": "ReviewFailed", "status": 400,
-                     "check": "review.failed", "error": type(e).__name__,
-                     "detail": "the review could not be read; nothing was admitted",
-                     "hint": "Send an AdmissionReview v1 JSON body."},
-                    status_code=400, media_type="application/problem+json")
-            answer = review_response(uid, allowed=False,
-                                     message=f"internal: {type(e).__name__} (denied)")
-        allowed = bool(answer["response"]["allowed"])
-        (metrics.admitted if allowed else metrics.denied).labels(endpoint).inc()
-        metrics.reviews.labels(endpoint, "allowed" if allowed else "denied").inc()
-        metrics.review_latency.labels(endpoint).observe(time.perf_counter() - started)
-        return JSONResponse(answer)
-
-    @app.post("/mutate")
-    async def mutate(request: Request) -> Response:
-        return await handle(request, "mutate")
-
-    @app.post("/validate")
-    async def validate(request: Request) -> Response:
-        return await handle(request, "validate")
-
-    @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "policy_generation": deps.policies().generation}
-
-    @app.get("/metrics")
-    async def metrics_route() -> Response:
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
-
-    return app
-
-
-def serve_webhook(deps: WebhookDeps, *, cert_file: str, key_file: str,
-                  host: str = "0.0.0.0", port: int = 8443) -> None:
-    """Run the webhook over HTTPS (blocking): what ``umec webhook`` calls."""
-    import uvicorn
-
-    uvicorn.run(create_webhook_app(deps), host=host, port=port, ssl_certfile=cert_file,
-                ssl_keyfile=key_file, log_level="warning", access_log=False)
+def _unreadable(e: Exception) -> JSONResponse:
+    """An unexpected failure before the review's uid was known: nothing to deny by uid."""
+    return JSONResponse(
+        {"type": "urn:umec:review.failed", "title": "ReviewFailed", "status": 400,
+         "check": "review.failed", "error": type(e).__name__,
+         "detail": "the review could not be read; nothing was admitted",
+         "hint": "Send an AdmissionReview v1 JSON body."},
+        status_code=400, media_type="application/problem+json")
