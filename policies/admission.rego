@@ -1,6 +1,6 @@
 # Admission decision over a pod and the per-image verification results.
 #
-# Input (built by admission/rego.py from the AdmissionReview and admission/core/policy.py):
+# Input (built by admission/core/rego_input.py from the AdmissionReview and the policies' facts):
 #   {"namespace": "tenant-a", "operation": "CREATE", "kind": "Pod",
 #    "containers": [{"path": "spec.containers[0]", "image": "reg/app:1.0",
 #                    "digest": "sha256:…" | null,

@@ -1,5 +1,6 @@
 """ImagePolicy semantics: thresholds, required signers, namespace scoping, modes, noMatch,
-generations and strict parsing."""
+generations and strict parsing. Python computes the policies' facts; whether an image is
+admitted is asked of Rego (``policies/admission.rego``), the one place that decides."""
 
 from __future__ import annotations
 
@@ -11,17 +12,27 @@ import yaml
 from admission.core.policy import (
     AllOf,
     AnyOf,
+    ImageDecision,
     KeyThreshold,
     PolicyInvalid,
     load_policies,
     load_policies_yaml,
 )
+from admission.core.rego_input import container_facts, review_facts
 from admission.service.policy_dir import load_policy_set
+from admission.service.rego import RegoEvaluator
 from keys import public_key_pem
 from tests.webhook_helpers import D1, D2, Sig, authority, key, kid, policy_doc
 
 A1, A2, A3, B1 = key(), key(), key(), key()
 IMG = "registry.example/tenant-a/app"
+REGO = RegoEvaluator()
+
+
+def admitted(decision: ImageDecision, namespace: str = "ns") -> bool:
+    """Rego's decision on a one-container Pod running ``IMG@D1`` with these policy facts."""
+    container = container_facts("spec.containers[0]", f"{IMG}@{D1}", D1, decision=decision)
+    return REGO.decide(review_facts(namespace, "Pod", "CREATE", [container])).allowed
 
 
 def sigs(*keys_: object, digest: str = D1) -> list[Sig]:
@@ -32,22 +43,22 @@ def test_threshold_n_of_m_and_required_signer() -> None:
     ps = load_policies([policy_doc("p", ["registry.example/**"], [authority(
         "ci", {"a1": A1, "a2": A2, "a3": A3}, threshold=2, required=["a3"])])])
     ev = lambda *k: ps.evaluate("ns", IMG, sigs(*k), D1)  # noqa: E731
-    assert ev(A1, A3).allowed and ev(A2, A3).verified
+    assert admitted(ev(A1, A3)) and ev(A2, A3).verified
     one = ev(A3)
-    assert not one.allowed
+    assert not admitted(one)
     assert "1 of the required 2" in one.matched[0].reasons[0]
     no_required = ev(A1, A2)
-    assert not no_required.allowed
+    assert not admitted(no_required)
     assert "required signer(s) a3 did not sign" in no_required.matched[0].reasons[0]
     assert ev(A1, A2, A3).matched[0].signers == ("a1", "a2", "a3")
     # Duplicate signatures by one key count once.
-    assert not ps.evaluate("ns", IMG, sigs(A3, A3), D1).allowed
+    assert not admitted(ps.evaluate("ns", IMG, sigs(A3, A3), D1))
 
 
 def test_signature_over_another_digest_does_not_count() -> None:
     ps = load_policies([policy_doc("p", ["**"], [authority("ci", {"a1": A1})])])
-    assert ps.evaluate("ns", IMG, sigs(A1, digest=D1), D1).allowed
-    assert not ps.evaluate("ns", IMG, sigs(A1, digest=D2), D1).allowed
+    assert admitted(ps.evaluate("ns", IMG, sigs(A1, digest=D1), D1))
+    assert not admitted(ps.evaluate("ns", IMG, sigs(A1, digest=D2), D1))
 
 
 def test_tenant_keys_never_admit_into_another_namespace() -> None:
@@ -56,13 +67,13 @@ def test_tenant_keys_never_admit_into_another_namespace() -> None:
                    namespace="tenant-a"),
         policy_doc("b", ["registry.example/**"], [authority("b", {"b1": B1})],
                    namespace="tenant-b")])
-    assert ps.evaluate("tenant-a", IMG, sigs(A1), D1).allowed
+    assert admitted(ps.evaluate("tenant-a", IMG, sigs(A1), D1), "tenant-a")
     in_b = ps.evaluate("tenant-b", IMG, sigs(A1), D1)
-    assert not in_b.allowed
+    assert not admitted(in_b, "tenant-b")
     assert [o.policy for o in in_b.matched] == ["ImagePolicy/tenant-b/b"]
     # A namespace with no policy of its own falls to noMatch (deny), never to tenant-a's keys.
     other = ps.evaluate("tenant-c", IMG, sigs(A1, B1), D1)
-    assert other.matched == () and other.no_match == "deny" and not other.allowed
+    assert other.matched == () and other.no_match == "deny" and not admitted(other, "tenant-c")
     # The verifier is asked about every key that might matter, across namespaces.
     assert set(ps.keys_for(IMG)) == {kid(A1), kid(B1)}
 
@@ -72,22 +83,22 @@ def test_cluster_and_namespace_policies_must_all_hold() -> None:
         policy_doc("base", ["**"], [authority("plat", {"p": A3})]),
         policy_doc("a", ["registry.example/**"], [authority("a", {"a1": A1})],
                    namespace="tenant-a")])
-    assert not ps.evaluate("tenant-a", IMG, sigs(A1), D1).allowed
-    assert not ps.evaluate("tenant-a", IMG, sigs(A3), D1).allowed
-    assert ps.evaluate("tenant-a", IMG, sigs(A1, A3), D1).allowed
+    assert not admitted(ps.evaluate("tenant-a", IMG, sigs(A1), D1), "tenant-a")
+    assert not admitted(ps.evaluate("tenant-a", IMG, sigs(A3), D1), "tenant-a")
+    assert admitted(ps.evaluate("tenant-a", IMG, sigs(A1, A3), D1), "tenant-a")
 
 
 def test_warn_mode_allows_unverified_and_any_of() -> None:
     ps = load_policies([policy_doc("w", ["**"], [authority("x", {"a1": A1})], mode="warn")])
     d = ps.evaluate("ns", IMG, [], D1)
-    assert d.allowed and not d.verified and not d.matched[0].satisfied
+    assert admitted(d) and not d.verified and not d.matched[0].satisfied
     anyof = load_policies([policy_doc("p", ["**"], [authority("x", {"a1": A1}),
                                                     authority("y", {"b1": B1})], match="any")])
-    assert anyof.evaluate("ns", IMG, sigs(B1), D1).allowed
-    assert not anyof.evaluate("ns", IMG, sigs(A2), D1).allowed
+    assert admitted(anyof.evaluate("ns", IMG, sigs(B1), D1))
+    assert not admitted(anyof.evaluate("ns", IMG, sigs(A2), D1))
     allof = load_policies([policy_doc("p", ["**"], [authority("x", {"a1": A1}),
                                                     authority("y", {"b1": B1})])])
-    assert not allof.evaluate("ns", IMG, sigs(B1), D1).allowed
+    assert not admitted(allof.evaluate("ns", IMG, sigs(B1), D1))
 
 
 def test_combinators_directly() -> None:
@@ -107,7 +118,7 @@ def test_no_match_strictest_wins(rules: list[str], expected: str) -> None:
     ps = load_policies(docs, default_no_match="allow" if rules else "deny")
     d = ps.evaluate("ns", IMG, [], D1)
     assert d.matched == () and d.no_match == expected
-    assert d.allowed == (expected != "deny")
+    assert admitted(d) == (expected != "deny")
 
 
 def test_globs() -> None:

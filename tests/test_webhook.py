@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 from admission.core.policy import load_policies
 from admission.service.admit import Admitter
@@ -296,8 +295,13 @@ def test_router_without_deps_is_a_wiring_error() -> None:
     router without them fails loudly (a 500 without a stack trace), never answers a review."""
     app = FastAPI()
     app.include_router(router)
-    with pytest.raises(RuntimeError, match=r"app\.state\.webhook"), TestClient(app) as client:
-        client.get("/healthz")
-    with TestClient(app, raise_server_exceptions=False) as client:
-        r = client.post("/validate", json=review(workload("Pod", pod_spec([APP]))))
+
+    async def call(raise_app_exceptions: bool) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=raise_app_exceptions)
+        async with httpx.AsyncClient(transport=transport, base_url="http://hook") as client:
+            return await client.post("/validate", json=review(workload("Pod", pod_spec([APP]))))
+
+    with pytest.raises(RuntimeError, match=r"app\.state\.webhook"):
+        asyncio.run(call(True))
+    r = asyncio.run(call(False))
     assert r.status_code == 500 and "Traceback" not in r.text

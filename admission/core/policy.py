@@ -19,17 +19,18 @@ Policies are Kubernetes-style YAML resources (served in a cluster by the CRDs in
             - {name: ci-2024, file: /etc/umec/keys/ci-2024.pub}
     # ClusterImagePolicy only: noMatch: deny | allow | warn (images no policy matches)
 
-Decision steps for one image in one namespace (:meth:`PolicySet.evaluate`):
+Facts for one image in one namespace (:meth:`PolicySet.evaluate`); ``policies/admission.rego``
+turns them into the decision (Python computes facts, Rego decides):
 
 1. Applicable policies are every ClusterImagePolicy plus the ImagePolicies *of the pod's
    namespace only*, so a tenant's keys can never admit an image into another tenant's namespace
    (the neutral-host case); of those, the ones whose ``images`` globs match the image name.
-2. No policy matches: the ``noMatch`` rule decides (the strictest one configured wins; the
+2. No policy matches: the ``noMatch`` rule applies (the strictest one configured wins; the
    default is ``deny``: unknown images fail closed).
 3. Every matching policy must be satisfied (``AllOf``): a cluster-wide baseline cannot be
    bypassed by a namespace policy, and vice versa. A policy is the ``AllOf``/``AnyOf`` of its
    authorities; an authority is ``AllOf(KeyThreshold, RequiredSigners)``.
-4. A failing policy in ``warn`` mode yields a warning; in ``enforce`` mode a denial.
+4. Rego: a failing policy in ``warn`` mode yields a warning; in ``enforce`` mode a denial.
 
 Signers are identified by the RFC 7638 thumbprint of their public key (``key_id``), so two
 documents naming the same key differently still agree, and names never collide across tenants.
@@ -63,18 +64,6 @@ class PolicyInvalid(AdmissionError):
     check = "policy.invalid"
     hint = ("Fix the ImagePolicy/ClusterImagePolicy document named in the message; unknown "
             "keys are rejected so that a typo can never widen what is admitted.")
-
-
-class PolicyNotSatisfied(AdmissionError):
-    check = "policy.unsatisfied"
-    hint = ("Sign the image with the keys the policy requires (umec sign IMAGE --key …) or "
-            "ask the cluster operator which authorities apply to this namespace.")
-
-
-class NoPolicyMatches(AdmissionError):
-    check = "policy.no_match"
-    hint = ("No ImagePolicy in this namespace nor any ClusterImagePolicy covers this image; "
-            "add one or use an image from a covered registry path.")
 
 
 class Signer(Protocol):
@@ -209,30 +198,21 @@ class PolicyOutcome:
     reasons: tuple[str, ...]
     signers: tuple[str, ...]            # names of this policy's keys that signed
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "mode": self.mode, "satisfied": self.satisfied,
-                "reasons": list(self.reasons), "signers": list(self.signers)}
-
 
 @dataclass(frozen=True)
 class ImageDecision:
+    """The policies' verdicts on one image: facts for Rego, which decides admission
+    (:mod:`admission.core.rego_input`)."""
+
     image: str
     matched: tuple[PolicyOutcome, ...]
     no_match: NoMatch | None            # set when no policy matched
 
     @property
-    def allowed(self) -> bool:
-        if not self.matched:
-            return self.no_match != "deny"
-        return all(o.satisfied or o.mode == "warn" for o in self.matched)
-
-    @property
     def verified(self) -> bool:
+        """Every matching policy is satisfied (what the admission record says): a fact, not
+        the admission decision (a warn-mode policy may be unsatisfied and the pod admitted)."""
         return bool(self.matched) and all(o.satisfied for o in self.matched)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"image": self.image, "policies": [o.as_dict() for o in self.matched],
-                "no_match": self.no_match}
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,8 @@
 """The admission flow behind ``/mutate`` and ``/validate`` (HTTP lives in ``webhook.py``).
 
 ``/mutate`` (:meth:`Admitter.mutate`):
-  1. skip untouched: DELETE/CONNECT, the webhook's own namespace, namespaces without the opt-in
-     label (when a label lookup is wired; the webhook configuration's namespaceSelector is the
-     first line), kinds without a pod template;
+  1. skip untouched: DELETE/CONNECT and the webhook's own namespace (which namespaces reach
+     the webhook at all is the webhook configuration's namespaceSelector);
   2. resolve every image given by tag to its digest (single flight, short TTL cache);
   3. answer a JSONPatch that pins each of those images to its digest.
 ``/validate`` (:meth:`Admitter.validate`):
@@ -42,6 +41,7 @@ from typing import Any, Protocol
 
 from admission.core.errors import AdmissionError
 from admission.core.policy import PolicySet, Signer
+from admission.core.rego_input import container_facts, review_facts
 from admission.core.review import (
     ContainerImage,
     PullSecretRefs,
@@ -58,8 +58,6 @@ from admission.service.metrics import WebhookMetrics
 from admission.service.records import AdmittedImage
 from admission.service.rego import RegoDecision, RegoFailed
 from keys import PublicKey
-
-OPT_IN_LABEL = ("umec.io/verify", "enabled")
 
 log = logging.getLogger("umec.admission.webhook")
 
@@ -113,7 +111,6 @@ class WebhookDeps:
     rego: RegoDecider
     records: AdmissionRecords | None = None
     own_namespace: str = "umec-system"
-    namespace_opted_in: Callable[[str], Awaitable[bool]] | None = None
     pull_secrets: PullCredentialSource | None = None
     timeout_seconds: float = 10.0              # the webhook configuration's timeoutSeconds
     forget_deadline_seconds: float = 2.0       # below the pods-DELETE webhook's timeoutSeconds
@@ -157,16 +154,12 @@ class Admitter:
         self.verified: SingleFlightCache[tuple[str, str], tuple[Signer, ...]] = \
             SingleFlightCache(deps.verify_ttl)
 
-    async def _skip(self, req: ReviewRequest) -> bool:
-        if req.operation not in ("CREATE", "UPDATE") or req.object is None:
-            return True
-        if req.namespace == self.deps.own_namespace:
-            return True
+    def _skip(self, req: ReviewRequest) -> bool:
         # An unsupported kind is NOT skipped: images we cannot find are images we did not
         # verify. container_images() raises UnsupportedKind, which denies (fail closed); the
         # webhook configurations in deploy/ only route the supported kinds here anyway.
-        check = self.deps.namespace_opted_in
-        return check is not None and not await check(req.namespace)
+        return (req.operation not in ("CREATE", "UPDATE") or req.object is None
+                or req.namespace == self.deps.own_namespace)
 
     async def _timed(self, step: str, coro: Awaitable[Any]) -> Any:
         t = time.perf_counter()
@@ -268,7 +261,7 @@ class Admitter:
         return None
 
     async def mutate(self, req: ReviewRequest) -> dict[str, Any]:
-        if await self._skip(req):
+        if self._skip(req):
             return review_response(req.uid, allowed=True)
         items = await self._items(req)
         for item in items:
@@ -284,7 +277,7 @@ class Admitter:
         return review_response(req.uid, allowed=True, patch=pin_patch(pins))
 
     async def validate(self, req: ReviewRequest) -> dict[str, Any]:
-        if await self.forget_deleted(req) or await self._skip(req):
+        if await self.forget_deleted(req) or self._skip(req):
             return review_response(req.uid, allowed=True)
         policies = self.deps.policies()
         items = await self._items(req)
@@ -345,26 +338,19 @@ class Admitter:
 
     def _rego_input(self, req: ReviewRequest, items: list[_Image],
                     policies: PolicySet) -> tuple[dict[str, Any], list[bool]]:
+        """Rego's input (facts only: Rego decides) and, per image, whether every matching
+        policy is satisfied (what the admission record says)."""
         containers, verified = [], []
         for item in items:
-            entry: dict[str, Any] = {"path": item.container.path,
-                                     "image": item.container.image, "digest": item.digest,
-                                     "error": None, "policies": [], "no_match": None}
-            if item.error is not None:
-                entry["error"] = {"check": item.error.check, "detail": item.error.detail}
-                verified.append(False)
-            elif item.digest is not None:
-                d = policies.evaluate(req.namespace, item.normalized, item.signers, item.digest)
-                entry["policies"] = [{"policy": o.policy, "mode": o.mode,
-                                      "satisfied": o.satisfied, "reason": "; ".join(o.reasons),
-                                      "signers": list(o.signers)} for o in d.matched]
-                entry["no_match"] = d.no_match
-                verified.append(d.verified)
-            else:
-                verified.append(False)
-            containers.append(entry)
-        return ({"namespace": req.namespace, "kind": req.kind, "operation": req.operation,
-                 "containers": containers}, verified)
+            decision = None
+            if item.error is None and item.digest is not None:
+                decision = policies.evaluate(req.namespace, item.normalized, item.signers,
+                                             item.digest)
+            containers.append(container_facts(item.container.path, item.container.image,
+                                              item.digest, error=item.error,
+                                              decision=decision))
+            verified.append(decision is not None and decision.verified)
+        return review_facts(req.namespace, req.kind, req.operation, containers), verified
 
     async def _record(self, req: ReviewRequest, items: list[_Image], verified: list[bool],
                       policies: PolicySet) -> None:

@@ -1,4 +1,4 @@
-"""Evaluate ``policies/admission.rego``: embedded with regopy, or on an OPA server.
+"""Evaluate ``policies/admission.rego``, embedded with regopy: the one admission decision.
 
 The Python side has already verified signatures and evaluated the ImagePolicies
 (:mod:`admission.core.policy`); Rego takes the final decision over the pod and those results,
@@ -14,11 +14,9 @@ thread-safe: one lock serialises queries. Decisions are memoised by the canonica
 warm path: the same pod template verified against the same policy generation), because one
 query costs a few milliseconds.
 
-:class:`OpaServerEvaluator` POSTs the same input to an OPA server's Data API
-(``/v1/data/umec/admission/decision``) with httpx, the project's one HTTP client;
-``opa-python-client`` is not installed here and no OPA binary is obtainable, so that path is
-exercised against a local HTTP stub only. Any evaluation failure is :class:`RegoFailed`, and the
-webhook denies (fails closed).
+Any evaluation failure is :class:`RegoFailed`, and the webhook denies (fails closed). There is
+no OPA-server path: nothing wired one, and no OPA server can be run here to test it against
+(docs/decisions.md, "Issue 11: the admission domain's shape").
 """
 
 from __future__ import annotations
@@ -32,8 +30,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from admission.core.errors import AdmissionError
 
@@ -140,25 +136,3 @@ class RegoEvaluator:
                     results[name] = False
         return results
 
-
-class OpaServerEvaluator:
-    """The same decision from an OPA server (``POST /v1/data/umec/admission/decision``)."""
-
-    def __init__(self, url: str, client: httpx.AsyncClient | None = None,
-                 timeout: float = 2.0) -> None:
-        self.url = url.rstrip("/") + "/v1/data/umec/admission/decision"
-        self._client = client or httpx.AsyncClient(timeout=timeout)
-
-    async def decide(self, rego_input: dict[str, Any]) -> RegoDecision:
-        try:
-            r = await self._client.post(self.url, json={"input": rego_input})
-            r.raise_for_status()
-            body = r.json()
-        except (httpx.HTTPError, ValueError) as e:
-            raise RegoFailed(f"OPA server {self.url}: {type(e).__name__}: {e}") from None
-        if not isinstance(body, dict) or "result" not in body:
-            raise RegoFailed(f"OPA server {self.url}: decision undefined")
-        return _decision(body["result"])
-
-    async def aclose(self) -> None:
-        await self._client.aclose()

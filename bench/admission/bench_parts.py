@@ -55,7 +55,7 @@ from umec.db import open_database  # noqa: E402
 
 
 def rego_input(digest: str) -> dict[str, Any]:
-    """The shape ``Admitter._rego_input`` builds for a one-container Pod that is verified."""
+    """What ``admission.core.rego_input`` builds for a one-container Pod that is verified."""
     image = f"127.0.0.1:5000/bench/app@{digest}"
     return {"namespace": "tenant-a", "kind": "Pod", "operation": "CREATE", "containers": [{
         "path": "spec.containers[0]", "image": image, "digest": digest, "error": None,
