@@ -1,4 +1,4 @@
-"""HTTP adapter of the token service (mounted in ``umec server``).
+"""HTTP adapter of the token service (included in ``umec server``; reads ``app.state.tokens``).
 
 - ``POST /oauth2/token``: RFC 8693 token exchange / client credentials with an RFC 7523
   assertion; errors as RFC 6749 §5.2 JSON (plus ``check`` and ``hint``), ``Cache-Control:
@@ -8,12 +8,12 @@
   200 whether or not the token was valid, as the RFC asks, so the endpoint tells nothing about
   tokens. A workload revoking more than ``revoke_limiter`` allows gets 429 (each revocation is
   an entry every resource server reads until the token would have expired).
-- ``GET /oauth2/revocations[?base=<tag>]``: the revocation feed resource servers follow: the
-  whole live set, or what a follower holding the answer ``base`` lacks of it
-  (:mod:`mec_api.tokens.feed_snapshots`). Like a CRL it is public: it lists token ids, node
-  names and pod UIDs, nothing that grants access. Concurrent callers share one database read
-  that started after they asked (:class:`kernel.coalesce.CoalescedRead`): calling it in a loop
-  costs the database one read at a time, and only a primary-key read while nothing was revoked.
+- ``GET /oauth2/revocations[?since=<generation>]``: the revocation feed resource servers
+  follow: the whole live set, or the entries numbered after the revocation generation the
+  follower holds (:mod:`mec_api.tokens.feed_mirror`). Like a CRL it is public: it lists token
+  ids, node names and pod UIDs, nothing that grants access. Concurrent callers share one
+  database read that started after they asked (:class:`kernel.coalesce.CoalescedRead`), and a
+  read costs a primary-key read plus the new entries: calling it in a loop costs little.
 - ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
 """
 
@@ -34,6 +34,7 @@ from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.deps import TokenRoutes, Tokens
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
 from mec_api.tokens.errors import InvalidRequest, TokenRefused
+from mec_api.tokens.feed_mirror import answer
 from mec_api.tokens.issuer import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TokenRequest
 from mec_api.tokens.revocations import ACCEPTANCE_LEEWAY_SECONDS, token_epoch, token_pod_uid
 from mec_api.tokens.scope_policy import parse_scope
@@ -186,12 +187,15 @@ def revoke(ctx: Tokens, token: Text = None, token_type_hint: Text = None) -> JSO
 
 
 @router.get("/oauth2/revocations")
-async def revocations(ctx: Tokens, base: Annotated[str | None, Query(max_length=64)] = None,
+async def revocations(ctx: Tokens,
+                      since: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+                      base: Annotated[str | None, Query(max_length=64)] = None,
                       after: Annotated[int, Query(ge=0)] = 0) -> Response:
-    # ``base``: the tag of the answer the follower holds (only what it lacks is sent).
-    # ``after`` is accepted and ignored: followers from before the whole-set feed send it.
-    snapshot = await ctx.feed.get()
-    return Response(ctx.snapshots.answer(snapshot, base), media_type="application/json",
+    # ``since``: the revocation generation the follower holds (only newer entries are sent).
+    # ``base`` and ``after`` are accepted and ignored: older followers send them and get the
+    # whole set.
+    view = await ctx.feed.get()
+    return Response(answer(view, since), media_type="application/json",
                     headers={"Cache-Control": "no-store"})
 
 

@@ -4,8 +4,9 @@
 (from the SQL store only when its generation moved: :class:`StoreSource`),
 or at once when poked (the token service in the same process pokes it after every revocation
 it commits), and merges it into a :class:`RevocationList`. The source is either the SQL store
-(APIs mounted in ``umec server``) or the token service's feed over HTTP (``umec api …`` on a
-node). There is no cursor to step over an entry (see :mod:`mec_api.tokens.revocations`).
+(APIs included in ``umec server``) or the token service's feed over HTTP (``umec api …`` on a
+node). Entries are read by revocation generation, whose numbers commit in order, so none is
+stepped over (see :mod:`mec_api.tokens.revocations`).
 
 ``applied_at`` is the monotonic time the last successful read **started**: every revocation
 committed before that instant is in the list. The guard refuses tokens while it is older than
@@ -47,25 +48,32 @@ class FeedMalformed(ValueError):
 
 
 class StoreSource:
-    """The SQL store as a follower's source. It reads the generation first; when it is the one
-    read before the last whole-set read, nothing was revoked since and it returns no entry (one
-    primary-key read); otherwise it reads the whole live set. A missing generation row (None)
-    never equals anything held: every poll reads the whole set."""
+    """The SQL store as a follower's source, read by revocation generation: the first read, or
+    one after the number went back (a restored database), is the whole live set; after that
+    only the entries numbered since the last read (none, one primary-key read, while nothing
+    was revoked). A missing generation row (None) means a whole read every time."""
 
     def __init__(self, store: RevocationStore, clock: Callable[[], datetime]) -> None:
         self.store, self.clock = store, clock
-        self.held: int | None = None  # the generation read before the last whole-set read
+        self.held: int | None = None  # every entry numbered up to this is in what we returned
         self.whole_reads = 0
+        self.partial_reads = 0
 
     async def __call__(self) -> list[Revocation]:
         return await asyncio.to_thread(self.read)
 
     def read(self) -> list[Revocation]:
         generation = self.store.generation()
-        if generation is not None and generation == self.held:
+        held, self.held = self.held, None  # unknown until this read succeeds
+        if generation is not None and held is not None and held == generation:
+            self.held = held
             return []
-        entries = self.store.current(self.clock())
-        self.whole_reads += 1
+        if generation is None or held is None or generation < held:
+            entries = self.store.current(self.clock())
+            self.whole_reads += 1
+        else:
+            entries = self.store.since(held, generation, self.clock())
+            self.partial_reads += 1
         self.held = generation
         return entries
 
@@ -93,26 +101,29 @@ def parse_feed(body: Any) -> list[Revocation]:
 
 
 class HttpFeed:
-    """The token service's feed over HTTP. After a first whole answer it names the answer it
-    holds (``base``) and gets only the entries it lacks; the follower merges them into what it
-    holds, so it holds the whole live set either way (:mod:`mec_api.tokens.feed_snapshots`)."""
+    """The token service's feed over HTTP. After a first whole answer it names the revocation
+    generation it holds (``since``) and gets only the entries numbered after it; the follower
+    merges them into what it holds, so it holds the whole live set either way
+    (:mod:`mec_api.tokens.feed_mirror`)."""
 
     def __init__(self, feed_url: str, client: httpx.AsyncClient) -> None:
         self.feed_url, self.client = feed_url, client
-        self.tag: str | None = None
+        self.generation: int | None = None
 
     async def __call__(self) -> list[Revocation]:
-        sent = self.tag
-        r = await self.client.get(self.feed_url, params={"base": sent} if sent else None)
+        sent, self.generation = self.generation, None  # unknown until this answer is applied
+        r = await self.client.get(self.feed_url,
+                                  params={"since": sent} if sent is not None else None)
         r.raise_for_status()
         body = r.json()
         entries = parse_feed(body)
-        base = body.get("base")
-        if base is not None and base != sent:
-            raise FeedMalformed(f"the feed answered relative to {str(base)[:64]!r}, not to the "
-                                f"answer this follower holds")
-        tag = body.get("tag")
-        self.tag = tag if isinstance(tag, str) and tag else None
+        since = body.get("since")
+        if since is not None and since != sent:
+            raise FeedMalformed(f"the feed answered entries since {str(since)[:32]}, not since "
+                                f"the generation this follower holds")
+        generation = body.get("generation")
+        if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 0:
+            self.generation = generation
         return entries
 
 
