@@ -359,3 +359,25 @@ def test_fuzz_parsers_raise_only_typed_errors(data: bytes) -> None:
             parse(data)
     with contextlib.suppress(AdmissionError):
         load_signing_key(data, b"")
+
+
+@pytest.mark.parametrize(("layer", "message"), [
+    ({"size": cosign.MAX_PAYLOAD_BYTES + 1}, r"layer 1 size \d+ is not in 0\.\."),
+    ({"size": True}, r"layer 1 size True is not in 0\.\."),
+    ({"size": -1}, r"layer 1 size -1 is not in 0\.\."),
+    ({"digest": "sha256:" + "z" * 64}, "layer 1 lacks a mediaType or a sha256 digest"),
+    ({"annotations": {"k": "v" * (cosign.MAX_ANNOTATION_BYTES + 1)}},
+     "layer 1 annotations are not short strings"),
+    # Checked whatever the media type: a bad layer of another type fails the manifest too.
+    ({"mediaType": "application/octet-stream", "size": -1}, r"layer 1 size -1 is not in"),
+])
+def test_signature_manifest_layer_bounds(layer: dict[str, object], message: str) -> None:
+    good = {"mediaType": cosign.SIMPLESIGNING_MEDIA_TYPE, "digest": "sha256:" + "a" * 64,
+            "size": 10, "annotations": {}}
+    manifest = json.dumps({"layers": [good, {**good, **layer}]}).encode()
+    with pytest.raises(SignatureMalformed, match=message):
+        parse_signature_manifest(manifest)
+    # A well-formed layer of another media type is skipped, not returned.
+    other = {**good, "mediaType": "application/octet-stream", "digest": "sha256:" + "b" * 64}
+    refs = parse_signature_manifest(json.dumps({"layers": [other, good]}).encode())
+    assert [r.digest for r in refs] == [good["digest"]]

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import http.server
 import json
+import socket
+import threading
 import uuid
+from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from admission.core.reference import parse_reference
+from admission.registry.auth import Challenge, fetch_token
 from admission.registry.client import RegistryClient
-from admission.registry.credentials import Credentials
+from admission.registry.credentials import Credentials, RegistryCredential
 from admission.registry.errors import RegistryAuthFailed
 from tests.oci_images import push_image
 from tests.registry_fixture import (
@@ -119,3 +126,74 @@ def test_bearer_refused(token_registry: RunningRegistry, credentials: str) -> No
             with pytest.raises(RegistryAuthFailed, match="token server"):
                 await client.get_manifest(ref)
     asyncio.run(main())
+
+
+def non_loopback_ipv4() -> str | None:
+    """This machine's outgoing IPv4 address (a UDP connect sends nothing), if it has one."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))
+        ip = str(s.getsockname()[0])
+        return None if ip.startswith("127.") or ip == "0.0.0.0" else ip
+    return None
+
+
+@contextlib.contextmanager
+def token_server(host: str) -> Iterator[tuple[str, list[dict[str, str]]]]:
+    """A real HTTP token server on ``host`` that records what each request carried."""
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            seen.append({"method": self.command, "path": self.path,
+                         "authorization": self.headers.get("Authorization", ""),
+                         "body": self.rfile.read(length).decode() if length else ""})
+            body = json.dumps({"token": "issued", "expires_in": 60}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer((host, 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}/token", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("secret", ["password", "identity-token"])
+def test_token_server_over_plain_http_gets_secrets_only_on_loopback(secret: str) -> None:
+    """Credentials go to a token server only over TLS or on loopback: a plain-HTTP realm
+    elsewhere is asked anonymously (the secret would cross the network in clear)."""
+    remote = non_loopback_ipv4()
+    if remote is None:
+        pytest.skip("this machine has no non-loopback IPv4 address")
+    credential = (RegistryCredential("reg.example", username="alice", password="pw-secret")
+                  if secret == "password" else
+                  RegistryCredential("reg.example", identity_token="refresh-secret"))
+
+    async def fetch(realm: str) -> tuple[str, float]:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            return await fetch_token(http, Challenge("bearer", {"realm": realm}),
+                                     ["repository:app:pull"], credential, "test")
+
+    for host, gets_secret in ((remote, False), ("127.0.0.1", True)):
+        with token_server(host) as (realm, seen):
+            assert asyncio.run(fetch(realm)) == ("issued", 60.0)
+        sent = seen[0]
+        carried = sent["authorization"] + sent["body"]
+        if not gets_secret:
+            assert sent["method"] == "GET" and carried == "", (host, sent)
+        elif secret == "password":
+            assert sent["authorization"] == "Basic " + base64.b64encode(b"alice:pw-secret").decode()
+        else:
+            assert sent["method"] == "POST" and "refresh_token=refresh-secret" in sent["body"]

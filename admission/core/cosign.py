@@ -305,6 +305,16 @@ class LayerRef:
 
 def parse_signature_manifest(raw: bytes) -> list[LayerRef]:
     """The simple-signing layers of a ``.sig`` manifest (other media types are skipped)."""
+    refs: list[LayerRef] = []
+    for index, layer in enumerate(_signature_manifest_layers(raw)):
+        ref = _layer_ref(index, layer)
+        if ref.media_type == SIMPLESIGNING_MEDIA_TYPE:
+            refs.append(ref)
+    return refs
+
+
+def _signature_manifest_layers(raw: bytes) -> list[Any]:
+    """The ``layers`` list of a ``.sig`` manifest: bounded size, JSON, a list, bounded count."""
     if len(raw) > MAX_SIGNATURE_MANIFEST_BYTES:
         raise SignatureMalformed(f"signature manifest of {len(raw)} bytes is too large")
     try:
@@ -317,27 +327,27 @@ def parse_signature_manifest(raw: bytes) -> list[LayerRef]:
     if len(layers) > MAX_SIGNATURE_LAYERS:
         raise SignatureMalformed(f"signature manifest has {len(layers)} layers "
                                  f"(limit {MAX_SIGNATURE_LAYERS})")
-    refs: list[LayerRef] = []
-    for index, layer in enumerate(layers):
-        if not isinstance(layer, dict):
-            raise SignatureMalformed(f"layer {index} is not an object")
-        media_type, digest, size = layer.get("mediaType"), layer.get("digest"), layer.get("size")
-        annotations = layer.get("annotations") or {}
-        if not isinstance(media_type, str) or not _is_sha256_digest(digest):
-            raise SignatureMalformed(f"layer {index} lacks a mediaType or a sha256 digest")
-        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= \
-                MAX_PAYLOAD_BYTES:
-            raise SignatureMalformed(f"layer {index} size {size!r} is not in "
-                                     f"0..{MAX_PAYLOAD_BYTES}")
-        if not isinstance(annotations, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_ANNOTATION_BYTES
-                for k, v in annotations.items()):
-            raise SignatureMalformed(f"layer {index} annotations are not short strings")
-        if media_type != SIMPLESIGNING_MEDIA_TYPE:
-            continue
-        assert isinstance(digest, str)
-        refs.append(LayerRef(media_type, digest, size, dict(annotations)))
-    return refs
+    return layers
+
+
+def _layer_ref(index: int, layer: Any) -> LayerRef:
+    """One layer descriptor, checked whatever its media type (a bad one fails the manifest)."""
+    if not isinstance(layer, dict):
+        raise SignatureMalformed(f"layer {index} is not an object")
+    media_type, digest, size = layer.get("mediaType"), layer.get("digest"), layer.get("size")
+    annotations = layer.get("annotations") or {}
+    if not isinstance(media_type, str) or not _is_sha256_digest(digest):
+        raise SignatureMalformed(f"layer {index} lacks a mediaType or a sha256 digest")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= \
+            MAX_PAYLOAD_BYTES:
+        raise SignatureMalformed(f"layer {index} size {size!r} is not in "
+                                 f"0..{MAX_PAYLOAD_BYTES}")
+    if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and len(v) <= MAX_ANNOTATION_BYTES
+            for k, v in annotations.items()):
+        raise SignatureMalformed(f"layer {index} annotations are not short strings")
+    assert isinstance(digest, str)
+    return LayerRef(media_type, digest, size, dict(annotations))
 
 
 def parse_containers_image_signature(data: bytes) -> SignatureLayer:

@@ -142,6 +142,22 @@ def normalise_registry(host: str) -> str:
 
 def parse_reference(text: str) -> ImageReference:
     """Parse and normalise an image reference (see the module docstring for the steps)."""
+    _check_text(text)
+    remainder, digest = _split_digest(text)                    # step 1
+    remainder, tag = _split_tag(remainder, text)               # step 2
+    registry, repository = _split_registry(remainder, text)    # step 3
+    _validate_repository(repository, text[:80])                # step 4
+    if registry == DOCKER_HUB and "/" not in repository:       # step 5
+        repository = f"library/{repository}"
+    if len(f"{registry}/{repository}") > MAX_NAME_LENGTH:
+        raise InvalidReference(f"{text[:80]!r}: name longer than {MAX_NAME_LENGTH} characters")
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return ImageReference(registry=registry, repository=repository, tag=tag, digest=digest)
+
+
+def _check_text(text: str) -> None:
+    """A bounded, printable ASCII string without whitespace."""
     if not isinstance(text, str):
         raise InvalidReference(f"reference must be a string, got {type(text).__name__}")
     if not text or len(text) > MAX_REFERENCE_LENGTH:
@@ -152,15 +168,19 @@ def parse_reference(text: str) -> ImageReference:
     if not text.isascii():
         raise InvalidReference(f"reference {text[:80]!r} contains non-ASCII characters")
 
-    # Step 1: digest.
-    remainder, at, digest_text = text.partition("@")
-    digest: str | None = None
-    if at:
-        if "@" in digest_text:
-            raise InvalidReference(f"{text[:80]!r}: more than one '@'")
-        digest = validate_digest(digest_text)
 
-    # Step 2: tag, only after the last "/" so "host:5000/app" keeps its port.
+def _split_digest(text: str) -> tuple[str, str | None]:
+    """Step 1: ``name[:tag]`` and the digest after the one ``@``, if any."""
+    remainder, at, digest_text = text.partition("@")
+    if not at:
+        return remainder, None
+    if "@" in digest_text:
+        raise InvalidReference(f"{text[:80]!r}: more than one '@'")
+    return remainder, validate_digest(digest_text)
+
+
+def _split_tag(remainder: str, text: str) -> tuple[str, str | None]:
+    """Step 2: the tag, only after the last "/" so "host:5000/app" keeps its port."""
     tag: str | None = None
     slash = remainder.rfind("/")
     colon = remainder.rfind(":")
@@ -168,25 +188,16 @@ def parse_reference(text: str) -> ImageReference:
         remainder, tag = remainder[:colon], validate_tag(remainder[colon + 1:])
     if not remainder:
         raise InvalidReference(f"{text[:80]!r}: no repository name")
+    return remainder, tag
 
-    # Step 3: registry or Docker Hub.
+
+def _split_registry(remainder: str, text: str) -> tuple[str, str]:
+    """Step 3: the registry host (normalised) and the repository, or Docker Hub."""
     first, sep, rest = remainder.partition("/")
     is_host = bool(sep) and (any(c in first for c in ".:") or first == "localhost"
                              or first.lower() != first)
-    if is_host:
-        if _HOST_RE.fullmatch(first) is None:
-            raise InvalidReference(f"{text[:80]!r}: invalid registry host {first[:80]!r}")
-        registry, repository = normalise_registry(first), rest
-    else:
-        registry, repository = DOCKER_HUB, remainder
-
-    # Step 4: repository grammar and length.
-    _validate_repository(repository, text[:80])
-    # Step 5: Docker Hub official images live under library/.
-    if registry == DOCKER_HUB and "/" not in repository:
-        repository = f"library/{repository}"
-    if len(f"{registry}/{repository}") > MAX_NAME_LENGTH:
-        raise InvalidReference(f"{text[:80]!r}: name longer than {MAX_NAME_LENGTH} characters")
-    if tag is None and digest is None:
-        tag = DEFAULT_TAG
-    return ImageReference(registry=registry, repository=repository, tag=tag, digest=digest)
+    if not is_host:
+        return DOCKER_HUB, remainder
+    if _HOST_RE.fullmatch(first) is None:
+        raise InvalidReference(f"{text[:80]!r}: invalid registry host {first[:80]!r}")
+    return normalise_registry(first), rest

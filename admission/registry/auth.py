@@ -86,22 +86,9 @@ async def fetch_token(http: httpx.AsyncClient, challenge: Challenge, scopes: lis
     if url is None or url.scheme not in ("http", "https") or not url.host:
         raise RegistryAuthFailed(
             f"{where}: bearer challenge without a usable realm ({realm[:100]!r})")
-    service = challenge.params.get("service")
-    send_secret = url.scheme == "https" or _is_loopback(url.host)
-    if credential is not None and credential.identity_token and send_secret:
-        form = {"grant_type": "refresh_token", "refresh_token": credential.identity_token,
-                "client_id": "umec", "scope": " ".join(scopes)}
-        if service:
-            form["service"] = service
-        response = await http.post(url, data=form)
-    else:
-        params: dict[str, str | list[str]] = {"scope": scopes}
-        if service:
-            params["service"] = service
-        auth = None
-        if credential is not None and credential.username and send_secret:
-            auth = httpx.BasicAuth(credential.username, credential.password or "")
-        response = await http.get(url, params=params, auth=auth)
+    # Secrets go to the token server only over TLS (or on loopback).
+    secret = credential if url.scheme == "https" or _is_loopback(url.host) else None
+    response = await _ask_token(http, url, challenge.params.get("service"), scopes, secret)
     if response.status_code in (401, 403):
         raise RegistryAuthFailed(f"{where}: token server {url.host} refused "
                                  f"{'our credentials' if credential else 'anonymous access'} "
@@ -109,6 +96,30 @@ async def fetch_token(http: httpx.AsyncClient, challenge: Challenge, scopes: lis
     if response.status_code != 200 or len(response.content) > MAX_TOKEN_RESPONSE:
         raise RegistryAuthFailed(f"{where}: token server {url.host} answered HTTP "
                                  f"{response.status_code}")
+    return _token_answer(response, where)
+
+
+async def _ask_token(http: httpx.AsyncClient, url: httpx.URL, service: str | None,
+                     scopes: list[str], secret: RegistryCredential | None) -> httpx.Response:
+    """An identity token is exchanged (OAuth2 refresh grant, POST); otherwise a GET, with the
+    username and password as Basic auth when there are some, else anonymous."""
+    if secret is not None and secret.identity_token:
+        form = {"grant_type": "refresh_token", "refresh_token": secret.identity_token,
+                "client_id": "umec", "scope": " ".join(scopes)}
+        if service:
+            form["service"] = service
+        return await http.post(url, data=form)
+    params: dict[str, str | list[str]] = {"scope": scopes}
+    if service:
+        params["service"] = service
+    auth = None
+    if secret is not None and secret.username:
+        auth = httpx.BasicAuth(secret.username, secret.password or "")
+    return await http.get(url, params=params, auth=auth)
+
+
+def _token_answer(response: httpx.Response, where: str) -> tuple[str, float]:
+    """The token and its lifetime from the token server's JSON (default lifetime if absent)."""
     try:
         body = response.json()
     except ValueError:

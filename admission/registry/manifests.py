@@ -160,18 +160,46 @@ def parse_manifest(raw: bytes, *, content_type: str | None, expected_digest: str
     """Apply steps 1-4 of the module docstring to bytes received for ``where``."""
     if len(raw) > MAX_MANIFEST_SIZE:
         raise ManifestTooLarge(f"{where}: manifest of {len(raw)} bytes exceeds {MAX_MANIFEST_SIZE}")
+    digest = _checked_digest(raw, expected_digest, announced_digest, where)
+    doc = _json_object(raw, where)
+    media_type = _media_type(doc, content_type, where)
+    if doc.get("schemaVersion") != 2:
+        raise MalformedManifest(f"{where}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
+    manifest = Manifest(media_type=media_type, digest=digest, raw=raw, json=doc)
+    # Validate the descriptors now so consumers never meet a malformed one later.
+    if manifest.is_index:
+        manifest.manifests()
+    else:
+        manifest.config()
+        manifest.layers()
+    manifest.subject()
+    return manifest
+
+
+def _checked_digest(raw: bytes, expected: str | None, announced: str | None, where: str) -> str:
+    """Step 2: the digest we computed, which must be the one asked for and the one announced."""
     digest = sha256_digest(raw)
-    if expected_digest is not None and digest != expected_digest:
-        raise DigestMismatch(f"{where}: asked for {expected_digest}, content hashes to {digest}")
-    if announced_digest and announced_digest != digest:
-        raise DigestMismatch(f"{where}: registry announced {announced_digest[:80]}, "
+    if expected is not None and digest != expected:
+        raise DigestMismatch(f"{where}: asked for {expected}, content hashes to {digest}")
+    if announced and announced != digest:
+        raise DigestMismatch(f"{where}: registry announced {announced[:80]}, "
                              f"content hashes to {digest}")
+    return digest
+
+
+def _json_object(raw: bytes, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise MalformedManifest(f"{where}: manifest is not valid JSON") from None
     if not isinstance(doc, dict):
         raise MalformedManifest(f"{where}: manifest is not a JSON object")
+    return doc
+
+
+def _media_type(doc: dict[str, Any], content_type: str | None, where: str) -> str:
+    """Step 3: the Content-Type, or the body's ``mediaType`` when the header is generic; both
+    present must agree, and the type must be a manifest or an index."""
     header_type = (content_type or "").split(";")[0].strip().lower()
     body_type = doc.get("mediaType")
     if body_type is not None and not isinstance(body_type, str):
@@ -186,17 +214,7 @@ def parse_manifest(raw: bytes, *, content_type: str | None, expected_digest: str
     if media_type not in MANIFEST_MEDIA_TYPES:
         raise UnsupportedMediaType(f"{where}: media type {media_type[:100]!r} is not an OCI or "
                                    "Docker v2 manifest or index")
-    if doc.get("schemaVersion") != 2:
-        raise MalformedManifest(f"{where}: schemaVersion is {doc.get('schemaVersion')!r}, not 2")
-    manifest = Manifest(media_type=media_type, digest=digest, raw=raw, json=doc)
-    # Validate the descriptors now so consumers never meet a malformed one later.
-    if manifest.is_index:
-        manifest.manifests()
-    else:
-        manifest.config()
-        manifest.layers()
-    manifest.subject()
-    return manifest
+    return media_type
 
 
 def empty_index() -> dict[str, Any]:

@@ -30,7 +30,7 @@ import ipaddress
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Literal, Self
 
 import httpx
 
@@ -165,54 +165,65 @@ class RegistryHttp:
         scope = f"repository:{ref.repository}:{'pull,push' if push else 'pull'}"
         attempt, authenticated = 0, False
         while True:
-            request_headers = dict(headers or {})
-            auth = self._auth_header(ref.registry, scope)
-            if auth:
-                request_headers["Authorization"] = auth
-            request = self._http.build_request(method, url, headers=request_headers,
-                                               content=content)
-            self.requests_sent += 1
+            request = self._request(method, ref, url, scope, headers, content)
             try:
                 response = await self._http.send(request, stream=True)
             except httpx.TransportError as exc:
-                if attempt < self.retries:
-                    await asyncio.sleep(self._delay(attempt, None))
-                    attempt += 1
-                    continue
-                kind = RegistryTimeout if isinstance(exc, httpx.TimeoutException) \
-                    else RegistryUnavailable
-                raise kind(f"{where}: {type(exc).__name__} talking to {ref.registry} after "
-                           f"{attempt + 1} attempt(s): {exc}") from None
+                if attempt >= self.retries:
+                    raise _transport_error(exc, f"{where}: {type(exc).__name__} talking to "
+                                                f"{ref.registry} after {attempt + 1} "
+                                                f"attempt(s): {exc}") from None
+                await asyncio.sleep(self._delay(attempt, None))
+                attempt += 1
+                continue
             try:
-                status = response.status_code
-                if status == 401 and not authenticated:
+                again = await self._again(response, ref, scope, where, attempt, authenticated)
+                if again == "authenticated":
                     authenticated = True
-                    await _drain(response)
-                    await self._authenticate(response, ref, scope, where)
-                    continue
-                if status in (401, 403):
-                    raise RegistryAuthFailed(f"{where}: {ref.registry} answered HTTP {status} "
-                                             f"{await _error_text(response)}")
-                if status >= 500 or status == 429:
-                    if attempt < self.retries:
-                        await _drain(response)
-                        await asyncio.sleep(self._delay(attempt, response))
-                        attempt += 1
-                        continue
-                    raise RegistryUnavailable(f"{where}: {ref.registry} answered HTTP {status} "
-                                              f"after {attempt + 1} attempt(s)")
-                if method == "HEAD":
-                    await response.aread()  # no body; reaching its end frees the connection
-                    body = b""
+                elif again == "backed-off":
+                    attempt += 1
                 else:
-                    body = await _read_capped(response, cap, too_large, where)
-                return Answer(status, response.headers, body, response.url)
+                    return await _answer(method, response, cap, too_large, where)
             except httpx.TransportError as exc:  # the body broke off mid-stream
-                kind = RegistryTimeout if isinstance(exc, httpx.TimeoutException) \
-                    else RegistryUnavailable
-                raise kind(f"{where}: {type(exc).__name__} reading from {ref.registry}") from None
+                raise _transport_error(exc, f"{where}: {type(exc).__name__} reading from "
+                                            f"{ref.registry}") from None
             finally:
                 await response.aclose()
+
+    def _request(self, method: str, ref: ImageReference, url: httpx.URL, scope: str,
+                 headers: dict[str, str] | None, content: bytes | None) -> httpx.Request:
+        """One attempt's request, with the credentials known for the registry so far."""
+        request_headers = dict(headers or {})
+        auth = self._auth_header(ref.registry, scope)
+        if auth:
+            request_headers["Authorization"] = auth
+        request = self._http.build_request(method, url, headers=request_headers,
+                                           content=content)
+        self.requests_sent += 1
+        return request
+
+    async def _again(self, response: httpx.Response, ref: ImageReference, scope: str,
+                     where: str, attempt: int, authenticated: bool
+                     ) -> Literal["authenticated", "backed-off"] | None:
+        """Whether to send again: after answering the first 401's challenge, or after the
+        backoff for a 5xx/429 with retries left; None: this is the answer. Raises for a
+        refusal (401 again, 403) and for a 5xx/429 when retries are spent."""
+        status = response.status_code
+        if status == 401 and not authenticated:
+            await _drain(response)
+            await self._authenticate(response, ref, scope, where)
+            return "authenticated"
+        if status in (401, 403):
+            raise RegistryAuthFailed(f"{where}: {ref.registry} answered HTTP {status} "
+                                     f"{await _error_text(response)}")
+        if status >= 500 or status == 429:
+            if attempt < self.retries:
+                await _drain(response)
+                await asyncio.sleep(self._delay(attempt, response))
+                return "backed-off"
+            raise RegistryUnavailable(f"{where}: {ref.registry} answered HTTP {status} "
+                                      f"after {attempt + 1} attempt(s)")
+        return None
 
     @contextlib.asynccontextmanager
     async def deadline(self, where: str) -> AsyncIterator[None]:
@@ -223,6 +234,22 @@ class RegistryHttp:
         except TimeoutError:
             raise RegistryTimeout(f"{where}: no complete answer within {self.timeout:g} s") \
                 from None
+
+
+def _transport_error(exc: httpx.TransportError, message: str) -> RegistryError:
+    """A timeout is :class:`RegistryTimeout`; any other transport failure is unavailability."""
+    kind = RegistryTimeout if isinstance(exc, httpx.TimeoutException) else RegistryUnavailable
+    return kind(message)
+
+
+async def _answer(method: str, response: httpx.Response, cap: int,
+                  too_large: ErrorFactory | None, where: str) -> Answer:
+    if method == "HEAD":
+        await response.aread()  # no body; reaching its end frees the connection
+        body = b""
+    else:
+        body = await _read_capped(response, cap, too_large, where)
+    return Answer(response.status_code, response.headers, body, response.url)
 
 
 async def _drain(response: httpx.Response) -> None:
