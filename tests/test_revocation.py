@@ -21,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from mec_api.tokens.feed import (
     parse_feed,
     store_source,
 )
+from mec_api.tokens.feed_mirror import FeedMirror, FeedView, answer
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationGenerationRow, RevocationRow
 from mec_api.tokens.revocations import (
@@ -52,7 +54,7 @@ from mec_api.tokens.revocations import (
     RevocationGenerationMissing,
     RevocationList,
     RevocationStore,
-    revocation_written,
+    next_generation,
     write_pod_revocations,
 )
 from tests.conftest import k3s_policy
@@ -89,9 +91,8 @@ class Feed:
         now = datetime.now(UTC)
         with self.engine.begin() as conn:
             conn.execute(insert(TABLE).values(
-                reason="test", created_at=now,
+                reason="test", created_at=now, generation=next_generation(conn),
                 expires_at=now + timedelta(seconds=LIFETIME), **values))
-            revocation_written(conn)
 
     def insert_raw(self, **values: Any) -> None:
         """An entry written without moving the generation (only a broken writer does this)."""
@@ -148,7 +149,8 @@ def test_an_entry_committed_during_a_read_is_applied_by_the_next(feed: Feed,
 
 def test_a_follower_reads_the_set_only_when_the_generation_moved(feed: Feed) -> None:
     """While nothing is revoked a poll is one primary-key read; each revocation, whichever
-    writer wrote it, moves the generation and the next poll reads the whole set."""
+    writer wrote it, moves the generation and the next poll reads only the entries numbered
+    since (the whole set only the first time)."""
     source = feed.follower.fetch
     assert isinstance(source, StoreSource)
     feed.step()
@@ -158,7 +160,7 @@ def test_a_follower_reads_the_set_only_when_the_generation_moved(feed: Feed) -> 
     now = datetime.now(UTC)
     feed.store.revoke_token("jti-1", now.timestamp() + 60, "holder", now)
     feed.step()
-    assert source.whole_reads == 2
+    assert (source.whole_reads, source.partial_reads) == (1, 1)
     assert feed.revocations.revoked(jti="jti-1", node=None, node_epoch=1,
                                     now=time.time()) is not None
     with feed.engine.begin() as conn:
@@ -166,7 +168,38 @@ def test_a_follower_reads_the_set_only_when_the_generation_moved(feed: Feed) -> 
                               max_token_lifetime=LIFETIME)
     feed.step()
     feed.step()
-    assert source.whole_reads == 3 and feed.revocations.pod_revoked("uid-gone", time.time())
+    assert (source.whole_reads, source.partial_reads) == (1, 2)
+    assert feed.revocations.pod_revoked("uid-gone", time.time())
+
+
+def test_generations_commit_in_the_order_they_are_taken(feed: Feed) -> None:
+    """The property the follower relies on. A writer that took number N holds the row until
+    it commits: a second writer waits and takes N + 1, and a reader meanwhile sees N - 1 and
+    nothing numbered N, so no entry numbered at or below what a reader saw appears later."""
+    feed.step()
+    first = feed.engine.connect()
+    txn = first.begin()
+    taken = next_generation(first)
+    first.execute(insert(TABLE).values(
+        kind="node", node="node-slow", node_epoch=1, generation=taken, reason="t",
+        created_at=datetime.now(UTC),
+        expires_at=datetime.now(UTC) + timedelta(seconds=LIFETIME)))
+    second: list[int] = []
+    other = threading.Thread(target=lambda: feed.store.revoke_node(
+        "node-fast", "t", datetime.now(UTC), through_epoch=1) or second.append(
+        int(feed.store.generation() or 0)))
+    other.start()
+    time.sleep(0.5)
+    assert other.is_alive() and second == []  # waiting for the first writer's row lock
+    assert feed.store.generation() == taken - 1
+    feed.step()
+    assert not feed.node_revoked("node-slow")
+    txn.commit()
+    first.close()
+    other.join(30)
+    assert second == [taken + 1]
+    feed.step()
+    assert feed.node_revoked("node-slow") and feed.node_revoked("node-fast")
 
 
 def test_without_the_generation_row_writers_fail_and_followers_read_everything(
@@ -598,48 +631,48 @@ def test_the_issuer_mints_nothing_for_a_pod_with_a_live_pod_revocation(site: Sit
 
 # -- the feed over HTTP: whole set, then only what the follower lacks ---------------------------
 
-def test_feed_snapshots_answer_whole_then_what_the_base_lacks() -> None:
-    from mec_api.tokens.feed_snapshots import FeedSnapshots
-    snapshots = FeedSnapshots(keep=2)
-    a = Revocation(1, "node", None, "n1", 1, 2e9)
-    first = snapshots.add([a])
-    assert json.loads(snapshots.answer(first, None))["base"] is None
-    # SQLite reused row number 1 for a new entry: compared by content, it is new.
-    b = Revocation(1, "node", None, "n2", 1, 2e9)
-    second = snapshots.add([b])
-    delta = json.loads(snapshots.answer(second, first.tag))
-    assert delta["base"] == first.tag and [e["node"] for e in delta["entries"]] == ["n2"]
-    assert json.loads(snapshots.answer(second, second.tag))["entries"] == []
-    snapshots.add([])  # keep=2: the first one is forgotten
-    whole = json.loads(snapshots.answer(second, first.tag))
-    assert whole["base"] is None and [e["node"] for e in whole["entries"]] == ["n2"]
-    assert json.loads(snapshots.answer(second, "other-process-7"))["base"] is None
+def test_the_feed_answers_the_whole_set_or_what_is_numbered_after_since() -> None:
+    a = Revocation(1, "node", None, "n1", 1, 2e9, generation=4)
+    b = Revocation(1, "node", None, "n2", 1, 2e9, generation=6)  # row number 1 reused
+    view = FeedView(6, (a, b))
+    whole = json.loads(answer(view, None))
+    assert whole["since"] is None and whole["generation"] == 6 and whole["complete"] is True
+    assert [e["node"] for e in whole["entries"]] == ["n1", "n2"]
+    delta = json.loads(answer(view, 4))
+    assert delta["since"] == 4 and [e["node"] for e in delta["entries"]] == ["n2"]
+    assert json.loads(answer(view, 6))["entries"] == []
+    restored = json.loads(answer(view, 9))  # a generation this database never reached
+    assert restored["since"] is None and len(restored["entries"]) == 2
+    no_row = json.loads(answer(FeedView(None, (a,)), 4))
+    assert no_row["since"] is None and no_row["generation"] is None
 
 
-def test_feed_snapshots_read_the_set_again_only_when_the_generation_moved(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from mec_api.tokens import feed_snapshots
-    snapshots = feed_snapshots.FeedSnapshots()
-    generation, reads = [5], []
+def test_the_feed_mirror_reads_only_what_was_numbered_since(feed: Feed) -> None:
+    mirror = FeedMirror(feed.store, lambda: datetime.now(UTC))
+    feed.store.revoke_node("node-a", "r", datetime.now(UTC), through_epoch=1)
+    first = mirror.refresh()
+    assert [e.node for e in first.entries] == ["node-a"] and mirror.whole_reads == 1
+    statements: list[str] = []
 
-    def current() -> list[Revocation]:
-        reads.append(1)
-        return [Revocation(len(reads), "node", None, f"n{len(reads)}", 1, 2e9)]
-    first = snapshots.read(lambda: generation[0], current)
-    assert snapshots.read(lambda: generation[0], current) is first and len(reads) == 1
-    generation[0] = 6
-    second = snapshots.read(lambda: generation[0], current)
-    assert second.tag != first.tag and len(reads) == 2
-    assert snapshots.read(lambda: None, current) is not second and len(reads) == 3  # no row
-    later = time.monotonic() + feed_snapshots.REREAD_SECONDS + 1
-    third = snapshots.read(lambda: 7, current)
-    monkeypatch.setattr(feed_snapshots.time, "monotonic", lambda: later)
-    assert snapshots.read(lambda: 7, current) is not third and len(reads) == 5  # expiry
+    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        statements.append(statement)
+    event.listen(feed.engine, "before_cursor_execute", count)
+    try:
+        assert mirror.refresh().generation == first.generation
+        assert not [s for s in statements if "FROM token_revocations " in s]
+        feed.store.revoke_node("node-b", "r", datetime.now(UTC), through_epoch=1)
+        second = mirror.refresh()
+    finally:
+        event.remove(feed.engine, "before_cursor_execute", count)
+    assert sorted(str(e.node) for e in second.entries) == ["node-a", "node-b"]
+    assert mirror.whole_reads == 1
+    reads = [s for s in statements if "FROM token_revocations " in s]
+    assert len(reads) == 1 and "generation >" in reads[0]
 
 
 def test_the_feed_answers_a_current_follower_without_reading_the_set(site: Site) -> None:
-    """A follower naming the latest answer costs one primary-key read, and a revocation
-    committed after that is in its next answer."""
+    """A follower naming the generation it holds costs one primary-key read, and a revocation
+    committed after that is in its next answer, alone."""
     first = httpx.get(f"{site.url}/oauth2/revocations", timeout=10).json()
     statements: list[str] = []
 
@@ -647,17 +680,19 @@ def test_the_feed_answers_a_current_follower_without_reading_the_set(site: Site)
         statements.append(statement)
     event.listen(site.engine, "before_cursor_execute", count)
     try:
-        same = httpx.get(f"{site.url}/oauth2/revocations", params={"base": first["tag"]},
-                         timeout=10).json()
+        same = httpx.get(f"{site.url}/oauth2/revocations",
+                         params={"since": first["generation"]}, timeout=10).json()
         set_reads = [s for s in statements if "FROM token_revocations " in s]
-        assert same["tag"] == first["tag"] and same["entries"] == [] and set_reads == []
+        assert same["generation"] == first["generation"] and same["entries"] == []
+        assert set_reads == []
         site.server.tokens.store.revoke_node("node-z", "test", datetime.now(UTC),
                                              through_epoch=3)
-        moved = httpx.get(f"{site.url}/oauth2/revocations", params={"base": first["tag"]},
-                          timeout=10).json()
+        moved = httpx.get(f"{site.url}/oauth2/revocations",
+                          params={"since": first["generation"]}, timeout=10).json()
     finally:
         event.remove(site.engine, "before_cursor_execute", count)
-    assert moved["base"] == first["tag"] and moved["tag"] != first["tag"]
+    assert moved["since"] == first["generation"]
+    assert moved["generation"] == first["generation"] + 1
     assert [(e["node"], e["node_epoch"]) for e in moved["entries"]] == [("node-z", 3)]
 
 
@@ -667,35 +702,37 @@ def test_an_http_follower_gets_the_whole_set_then_only_what_it_lacks(site: Site)
     other = site.token(uid="uid-app-2", name="app-2")
     assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": other}).status_code == 200
 
-    async def main() -> tuple[list[Revocation], list[Revocation], list[Revocation], str | None]:
+    async def main() -> tuple[list[Revocation], list[Revocation], list[Revocation], int | None]:
         async with httpx.AsyncClient(timeout=30) as client:
             source = HttpFeed(f"{site.url}/oauth2/revocations", client)
             first = await source()
             registrar.remove(site.server.attest, "node-a")
             second = await source()
             third = await source()
-            return first, second, third, source.tag
-    first, second, third, tag = asyncio.run(main())
+            return first, second, third, source.generation
+    first, second, third, generation = asyncio.run(main())
     assert [e.kind for e in first] == ["token"]
     assert [(e.kind, e.node) for e in second] == [("node", "node-a")]   # only what it lacked
-    assert third == [] and tag is not None
+    assert third == [] and generation == 2
     followed = RevocationList()
     followed.apply(first + second)
     assert followed.revoked(jti="x", node="node-a", node_epoch=1, now=time.time())
     assert site.refused_within(token, 1.0).status_code == 401
 
 
-def test_a_delta_relative_to_an_answer_the_follower_does_not_hold_is_refused() -> None:
+def test_a_delta_since_a_generation_the_follower_does_not_hold_is_refused() -> None:
     from mec_api.tokens.feed import HttpFeed
 
     def lying(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"complete": True, "tag": "t2", "base": "t1",
+        return httpx.Response(200, json={"complete": True, "generation": 9, "since": 7,
                                          "entries": []})
 
     async def main() -> None:
         async with httpx.AsyncClient(transport=httpx.MockTransport(lying)) as client:
-            with pytest.raises(FeedMalformed, match="not to the answer this follower holds"):
-                await HttpFeed("http://feed/oauth2/revocations", client)()
+            feed = HttpFeed("http://feed/oauth2/revocations", client)
+            with pytest.raises(FeedMalformed, match="not since the generation this follower"):
+                await feed()
+            assert feed.generation is None  # the next read asks for the whole set
     asyncio.run(main())
 
 

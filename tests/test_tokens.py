@@ -343,11 +343,14 @@ def test_revocation_by_the_holder_and_the_feed(svc: Service) -> None:
     assert feed["complete"] is True
     assert [(e["kind"], e["jti"]) for e in feed["entries"]] == [("token", jti)]
     svc.store.revoke_node("node-a", "attestation failed", datetime.now(UTC), through_epoch=3)
-    # The whole live set every time; ``after`` (older followers send it) changes nothing.
-    later = svc.client.get("/oauth2/revocations", params={"after": feed["seq"]}).json()
+    # ``after`` (older followers send it) changes nothing: the whole live set.
+    later = svc.client.get("/oauth2/revocations", params={"after": 1}).json()
     assert [(e["kind"], e["jti"] or e["node"], e["node_epoch"]) for e in later["entries"]] == [
         ("token", jti, None), ("node", "node-a", 3)]
-    assert later["seq"] > feed["seq"]
+    assert later["since"] is None and later["generation"] == feed["generation"] + 1
+    newer = svc.client.get("/oauth2/revocations",
+                           params={"since": feed["generation"]}).json()
+    assert [(e["kind"], e["node"]) for e in newer["entries"]] == [("node", "node-a")]
 
 
 def test_unreachable_cluster_keys_refuse_with_503(svc: Service) -> None:

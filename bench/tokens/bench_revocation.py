@@ -30,7 +30,8 @@ between workers; every answer is attributed to the PID that served it (``revlink
 ``--background`` threads meanwhile exchange tokens for pods on other, always trusted nodes and
 use them on both kinds of resource server (concurrent token use; any refusal there is counted).
 Every 5 s a sampler times the feed's whole answer and, 250 ms later, its answer to a follower
-naming that answer (``?base=<tag>``: only the entries it lacks, what ``umec api`` now reads).
+naming that answer's generation (``?since=<generation>``: only the entries numbered after it,
+what ``umec api`` reads).
 
 Latency resolution: one call per ``--pace-ms`` per kind (plus the call's own time). Duration:
 each configuration runs until ``--revocations`` (default 10,000) are done or ``--max-minutes``
@@ -149,7 +150,7 @@ def outcome(w: Watch, node: str) -> Outcome:
     for a in w.calls:
         if a.status == 503:
             out.n503 += 1
-        elif a.status == 401 and (not w.failing_at or a.sent < w.failing_at):
+        elif a.status == 401 and (not w.failing_at or a.answered < w.failing_at):
             out.early_refusals.append({"pid": a.pid, "sent_ms": rel(a.sent),
                                        "body": a.body[:160].decode(errors="replace")})
         elif a.status == 401:
@@ -320,7 +321,7 @@ def trusted_node(base: str, name: str, tpm: SimulatedTpm) -> SimulatedNode:
 class Sampler(threading.Thread):
     """Every 5 s: the size of the live revocation set and how long the feed took to answer the
     whole set; then, 250 ms later (a follower's poll interval), how long it took to answer a
-    follower naming that answer (``?base=<tag>``: only the entries it lacks) and how many."""
+    follower naming that answer's generation (``?since=``: only newer entries) and how many."""
 
     def __init__(self, base: str) -> None:
         super().__init__(daemon=True)
@@ -330,7 +331,7 @@ class Sampler(threading.Thread):
         self.loads: list[float] = []
         self.delta_times: list[float] = []
         self.delta_sizes: list[int] = []
-        self.delta_whole = 0  # delta requests answered with the whole set (base unknown)
+        self.delta_whole = 0  # delta requests answered with the whole set (since unknown)
 
     def run(self) -> None:
         with httpx.Client(base_url=self.base, timeout=30) as client:
@@ -340,16 +341,16 @@ class Sampler(threading.Thread):
                 self.times.append(time.perf_counter() - t0)
                 self.sizes.append(len(body.get("entries", [])))
                 self.loads.append(os.getloadavg()[0])
-                tag = body.get("tag")
-                if isinstance(tag, str) and tag and not self.stop.wait(0.25):
-                    self.delta(client, tag)
+                generation = body.get("generation")
+                if isinstance(generation, int) and not self.stop.wait(0.25):
+                    self.delta(client, generation)
 
-    def delta(self, client: httpx.Client, tag: str) -> None:
+    def delta(self, client: httpx.Client, generation: int) -> None:
         t0 = time.perf_counter()
-        body = client.get("/oauth2/revocations", params={"base": tag}).json()
+        body = client.get("/oauth2/revocations", params={"since": generation}).json()
         self.delta_times.append(time.perf_counter() - t0)
         self.delta_sizes.append(len(body.get("entries", [])))
-        self.delta_whole += body.get("base") is None
+        self.delta_whole += body.get("since") is None
 
 
 @contextlib.contextmanager
@@ -546,12 +547,12 @@ def print_config(r: dict[str, Any]) -> None:
 
 
 def print_delta(r: dict[str, Any]) -> None:
-    """What a follower naming its last answer (``?base=<tag>``) got: answer time and size."""
+    """What a follower naming its generation (``?since=``) got: answer time and size."""
     times, sizes = sorted(r["delta_times"]), sorted(r["delta_sizes"])
     if not times:
-        print("- feed with ?base=<tag>: no sample (no tag in the answers?)")
+        print("- feed with ?since=<generation>: no sample (no generation in the answers?)")
         return
-    print(f"- feed with ?base=<tag> 250 ms after a whole answer (n={len(times)}): median "
+    print(f"- feed with ?since=<generation> 250 ms after a whole answer (n={len(times)}): median "
           f"{percentile(times, 50) * 1e3:.0f} ms, p99 {percentile(times, 99) * 1e3:.0f} ms, "
           f"max {times[-1] * 1e3:.0f} ms; entries median {sizes[len(sizes) // 2]}, max "
           f"{sizes[-1]}; answered with the whole set {r['delta_whole']} times")

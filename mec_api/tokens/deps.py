@@ -12,7 +12,7 @@ from fastapi import Depends, Request
 from kernel.coalesce import CoalescedRead
 from kernel.ratelimit import RateLimiter
 from mec_api.deps import app_state
-from mec_api.tokens.feed_snapshots import FeedSnapshot, FeedSnapshots
+from mec_api.tokens.feed_mirror import FeedMirror, FeedView
 from mec_api.tokens.issuer import TokenIssuer
 from mec_api.tokens.revocations import RevocationStore
 
@@ -33,7 +33,7 @@ def default_revoke_limiter() -> RateLimiter:
 @dataclass
 class TokenRoutes:
     """The issuer, the revocation store, the resource-server credential that introspection
-    takes, the clock, the RFC 7009 limiter, and the revocation feed's snapshots (concurrent
+    takes, the clock, the RFC 7009 limiter, and the revocation feed's mirror (concurrent
     callers of the feed share one read: :class:`kernel.coalesce.CoalescedRead`)."""
 
     issuer: TokenIssuer
@@ -41,12 +41,12 @@ class TokenRoutes:
     operator_token: str
     clock: Callable[[], datetime] = utc_now
     revoke_limiter: RateLimiter = field(default_factory=default_revoke_limiter)
-    snapshots: FeedSnapshots = field(default_factory=FeedSnapshots)
-    feed: CoalescedRead[FeedSnapshot] = field(init=False)
+    mirror: FeedMirror = field(init=False)
+    feed: CoalescedRead[FeedView] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.feed = CoalescedRead(lambda: self.snapshots.read(
-            self.store.generation, lambda: self.store.current(self.clock())))
+        self.mirror = FeedMirror(self.store, self.clock)
+        self.feed = CoalescedRead(self.mirror.refresh)
 
 
 async def token_routes(request: Request) -> TokenRoutes:

@@ -41,6 +41,8 @@ class RevocationRow(TokensBase):
     node_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # pod: every token of the pod with this UID (its admission record is gone).
     pod_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # The revocation generation its transaction took (migration 0010; NULL before it).
+    generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)

@@ -23,13 +23,15 @@ commits. The set stays small: an entry lives only as long as a token it matches 
 (``expires_at``), and entries are written only when a trust period ends, a pod goes or a holder
 revokes. ``seq`` stays an identifier, never a position.
 
-**The generation.** Every transaction that writes an entry also increments the one row of
-``token_revocation_generation`` (:func:`revocation_written`). Its writers queue on that row's
-lock, so its numbers commit in order, and a reader that sees number N sees every entry written
-with a number up to N. A follower reads the number *before* the set; when a later read returns
-the same number, nothing was committed since, and one primary-key read proved the follower
-current (:meth:`RevocationStore.generation`). A missing row makes writers fail (the change rolls
-back) and readers read the whole set every time: fail closed either way.
+**The generation.** Every transaction that writes entries first takes the next number of the
+one row of ``token_revocation_generation`` and stamps its entries with it
+(:func:`next_generation`). Writers queue on that row's lock from the increment to their commit,
+so the numbers commit in order: a reader that sees number N sees every entry numbered up to N,
+and no entry numbered N or lower can appear later. This is what a ``seq`` cursor lacked (a
+sequence number is taken outside that order), so a follower holding everything up to H reads
+only the entries numbered in (H, N] (:meth:`RevocationStore.since`): one primary-key read when
+nothing was revoked. A missing row makes writers fail (their transaction, and the state change
+with it, rolls back) and readers read the whole set every time: fail closed either way.
 """
 
 from __future__ import annotations
@@ -85,11 +87,12 @@ class Revocation:
     node_epoch: int | None      # node: tokens of this epoch or earlier are revoked
     expires_at: float           # POSIX seconds
     pod_uid: str | None = None  # pod: every token of this pod
+    generation: int = 0         # the revocation generation it was written in (0: before 0010)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "kind": self.kind, "jti": self.jti, "node": self.node,
                 "node_epoch": self.node_epoch, "pod_uid": self.pod_uid,
-                "expires_at": self.expires_at}
+                "expires_at": self.expires_at, "generation": self.generation}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Revocation:
@@ -102,16 +105,19 @@ class Revocation:
         pod_uid = d.get("pod_uid")
         if kind == "pod" and not (isinstance(pod_uid, str) and pod_uid):
             raise ValueError(f"a pod revocation without a pod_uid: {str(d)[:200]}")
+        generation = d.get("generation")
         return cls(seq=d["seq"], kind=kind, jti=d.get("jti"), node=d.get("node"),
                    node_epoch=epoch if kind == "node" else None,
                    expires_at=float(d["expires_at"]),
-                   pod_uid=pod_uid if kind == "pod" else None)
+                   pod_uid=pod_uid if kind == "pod" else None,
+                   generation=generation if isinstance(generation, int)
+                   and not isinstance(generation, bool) else 0)
 
 
 def _row(r: Any) -> Revocation:
     epoch = (r.node_epoch or 0) if r.kind == "node" else None
     return Revocation(r.seq, r.kind, r.jti, r.node, epoch, r.expires_at.timestamp(),
-                      r.pod_uid if r.kind == "pod" else None)
+                      r.pod_uid if r.kind == "pod" else None, r.generation or 0)
 
 
 def _entry_life(now: datetime, max_token_lifetime: float) -> datetime:
@@ -132,27 +138,30 @@ def wake_followers(db: Session | Connection) -> None:
         db.execute(text(f"NOTIFY {WAKEUP_CHANNEL}"))
 
 
-def revocation_written(db: Session | Connection) -> None:
-    """In the transaction that wrote an entry, as its last statement: increment the generation
-    (followers see the change with one read) and wake the followers. Raises
-    :class:`RevocationGenerationMissing`, rolling the transaction back, when there is no row."""
-    bumped = db.execute(update(_GENERATION).where(_GENERATION.c.id == 1)
-                        .values(generation=_GENERATION.c.generation + 1))
-    if getattr(bumped, "rowcount", 0) != 1:
+def next_generation(db: Session | Connection) -> int:
+    """The first statement of a revocation write: take the next revocation generation (the
+    row stays locked until the caller's transaction ends, so numbers commit in order) and wake
+    the followers at commit. Raises :class:`RevocationGenerationMissing`, rolling the
+    transaction back, when there is no row."""
+    value = db.execute(update(_GENERATION).where(_GENERATION.c.id == 1)
+                       .values(generation=_GENERATION.c.generation + 1)
+                       .returning(_GENERATION.c.generation)).scalar()
+    if value is None:
         raise RevocationGenerationMissing(
             "the revocation generation row is missing: run `umec db upgrade`")
     wake_followers(db)
+    return int(value)
 
 
 def write_node_revocation(db: Session | Connection, *, node: str, through_epoch: int,
                           reason: str, now: datetime, max_token_lifetime: float) -> None:
     """Revoke, inside the caller's transaction, every token minted for ``node`` in trust epoch
     ``through_epoch`` or before. The caller is the transaction that ends that epoch."""
+    generation = next_generation(db)
     db.execute(insert(_TABLE).values(
-        kind="node", node=node, node_epoch=through_epoch,
+        kind="node", node=node, node_epoch=through_epoch, generation=generation,
         cutoff=now.timestamp() + CUTOFF_MARGIN_SECONDS, reason=reason[:200], created_at=now,
         expires_at=_entry_life(now, max_token_lifetime)))
-    revocation_written(db)
 
 
 def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], reason: str,
@@ -160,10 +169,11 @@ def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], 
     """Revoke, inside the caller's transaction, every token of each pod in ``pod_uids``. The
     caller is the transaction that deletes those pods' admission records."""
     if pod_uids:
+        generation = next_generation(db)
         db.execute(insert(_TABLE), [
             {"kind": "pod", "pod_uid": uid[:64], "reason": reason[:200], "created_at": now,
-             "expires_at": _entry_life(now, max_token_lifetime)} for uid in pod_uids])
-        revocation_written(db)
+             "generation": generation, "expires_at": _entry_life(now, max_token_lifetime)}
+            for uid in pod_uids])
 
 
 class RevocationStore:
@@ -187,10 +197,8 @@ class RevocationStore:
             # Kept while the token is still accepted: until its exp plus the leeway.
             last_accepted = expires_at + ACCEPTANCE_LEEWAY_SECONDS + CUTOFF_MARGIN_SECONDS
             session.add(RevocationRow(kind="token", jti=jti[:64], reason=reason[:200],
-                                      created_at=now,
+                                      created_at=now, generation=next_generation(session),
                                       expires_at=datetime.fromtimestamp(last_accepted, UTC)))
-            session.flush()
-            revocation_written(session)
         self.poke()
 
     def revoke_node(self, node: str, reason: str, now: datetime, *, through_epoch: int) -> None:
@@ -231,6 +239,16 @@ class RevocationStore:
         with self.sessions.kw["bind"].connect() as conn:
             rows = conn.execute(select(_TABLE).where(_TABLE.c.expires_at > now)
                                 .order_by(_TABLE.c.seq)).all()
+        return [_row(r) for r in rows]
+
+    def since(self, after: int, upto: int, now: datetime) -> list[Revocation]:
+        """The live entries numbered in (``after``, ``upto``]: with ``upto`` a generation read
+        before this call, every one of them has committed, and none can appear later."""
+        g = _TABLE.c.generation
+        with self.sessions.kw["bind"].connect() as conn:
+            rows = conn.execute(select(_TABLE).where(g > after, g <= upto,
+                                                     _TABLE.c.expires_at > now)
+                                .order_by(g)).all()
         return [_row(r) for r in rows]
 
     def prune(self, now: datetime) -> int:

@@ -1,14 +1,15 @@
-"""revocation generation: one number every revocation increments
+"""revocation generation: one number every revocation takes, in commit order
 
 ``token_revocation_generation`` holds one row (``id`` 1). Every transaction that writes a
-revocation increments ``generation`` in that same transaction. Writers of the row queue on its
-lock, so the numbers commit in order: a reader that sees number N sees every revocation of every
-number up to N. A follower that reads the number it read before its last whole-set read knows
-that nothing was revoked since, at the cost of one primary-key read; only when the number moved
-does it read the whole live set again. That makes polling cheap enough to do ten times a second
-in every process, and the feed's answer to a follower that is current costs no set read.
+revocation first increments ``generation`` and stamps its entries with the new value
+(``token_revocations.generation``). Writers queue on that row's lock from the increment to their
+commit, so the numbers commit in order: a reader that sees number N sees every entry numbered up
+to N. A follower holding everything up to H reads the number N, then only the entries numbered
+in (H, N]: one primary-key read when nothing was revoked, a few rows when something was.
 
-Versions before 0010 do not increment it: run them only with followers from before 0010.
+Entries written before the upgrade have no number; followers get them with their first whole
+read. Versions before 0010 neither increment the number nor stamp entries: do not run them
+beside 0010 followers (they would not see those versions' revocations until a whole read).
 
 Revision ID: 0010
 Revises: 0009
@@ -32,7 +33,13 @@ def upgrade() -> None:
         sa.Column('generation', sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint('id'))
     op.bulk_insert(table, [{'id': 1, 'generation': 0}])
+    with op.batch_alter_table('token_revocations') as batch:
+        batch.add_column(sa.Column('generation', sa.BigInteger(), nullable=True))
+    op.create_index('ix_token_revocations_generation', 'token_revocations', ['generation'])
 
 
 def downgrade() -> None:
+    op.drop_index('ix_token_revocations_generation', table_name='token_revocations')
+    with op.batch_alter_table('token_revocations') as batch:
+        batch.drop_column('generation')
     op.drop_table('token_revocation_generation')
