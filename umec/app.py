@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 from cryptography import x509
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import Engine, text
@@ -188,55 +188,64 @@ async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
             log.warning("token key reload / revocation prune failed: %s", e)
 
 
-def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine, sessions = open_database(settings.resolved_database_url())
-    faultpoints.install(engine)  # fault tests only (UMEC_FAULT_KILL_AT); a no-op otherwise
-    ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
-    sinks: list[StateChangeSink] = list(listeners or [])
-    webhook_client = httpx.AsyncClient()
+@dataclass
+class StateSinks:
+    """Where attestation state changes go besides the database: webhooks, Kubernetes labels
+    (with the API client the pod reconciler shares) and the token service's wake-up."""
+
+    sinks: list[StateChangeSink]
+    webhook_client: httpx.AsyncClient
+    kube_sink: Any = None
+    kube_api: Any = None
+
+
+def _state_sinks(settings: Settings, listeners: list[StateChangeSink] | None) -> StateSinks:
+    out = StateSinks(list(listeners or []), httpx.AsyncClient())
     if settings.webhook_urls:
-        sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
-                                 webhook_client))
-    kube_sink, kube_api = None, None
+        out.sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
+                                     out.webhook_client))
     if settings.kubernetes_labels:
         # Imported only when enabled: the kubernetes client costs seconds of start-up.
         from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
-        kube_api = kubernetes_api_from_config(settings.kubeconfig,
-                                              in_cluster=settings.kubeconfig is None)
-        kube_sink = KubernetesNodeSink(kube_api)
-        sinks.append(kube_sink)
-    attest_config = _attest_config(settings)
-    clock = clock_for(engine)  # one clock for every replica: the database's on PostgreSQL
-    tokens = build_token_service(settings, sessions, attest_config.operator_token,
-                                 settings.data_dir / "keys" / "access-tokens", clock)
-    sinks.append(tokens.sink)
-    apis = build_resource_apis(settings, engine, tokens.guard,
-                               public_url=public_base(settings),
-                               token_endpoint=tokens.issuer.config.token_endpoint)
-    ctx = AttestContext(config=attest_config, sessions=sessions,
-                        sign_result=lambda claims: sign_jwt(claims, ring), result_jwks=ring.jwks,
-                        listeners=[CompositeSink(sinks)] if sinks else [], now=clock.now,
-                        change_writers=[tokens.change_writer])
-    if settings.policy_dir is not None:
-        load_policy_dir(sessions, settings.policy_dir)
+        out.kube_api = kubernetes_api_from_config(settings.kubeconfig,
+                                                  in_cluster=settings.kubeconfig is None)
+        out.kube_sink = KubernetesNodeSink(out.kube_api)
+        out.sinks.append(out.kube_sink)
+    return out
+
+
+@dataclass
+class Background:
+    """The server's background work, started and stopped with the app (its lifespan)."""
+
+    settings: Settings
+    engine: Engine
+    ctx: AttestContext
+    tokens: TokenService
+    apis: ResourceApis
+    state: StateSinks
+
+    def tasks(self) -> list[asyncio.Task[None]]:
+        ctx, state, settings = self.ctx, self.state, self.settings
+        tasks = [asyncio.create_task(deadline_loop(ctx, settings.deadline_check_seconds)),
+                 asyncio.create_task(self.tokens.follower.run()),
+                 asyncio.create_task(_reload_loop(self.tokens))]
+        if state.kube_sink is not None:
+            tasks.append(asyncio.create_task(
+                resync_loop(ctx, state.kube_sink, settings.kubernetes_resync_seconds)))
+        if state.kube_api is not None:  # records of pods whose DELETE review the webhook missed
+            tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, state.kube_api)))
+        return tasks
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        ctx.loop = asyncio.get_running_loop()
+    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
+        self.ctx.loop = asyncio.get_running_loop()
         with contextlib.suppress(Exception):  # first revocations before the first request;
-            await tokens.follower.step()      # on failure the guard answers 503 until it works
-        tasks = [asyncio.create_task(deadline_loop(ctx, settings.deadline_check_seconds)),
-                 asyncio.create_task(tokens.follower.run()),
-                 asyncio.create_task(_reload_loop(tokens))]
-        if kube_sink is not None:
-            tasks.append(asyncio.create_task(
-                resync_loop(ctx, kube_sink, settings.kubernetes_resync_seconds)))
-        if kube_api is not None:  # records of pods whose DELETE review the webhook missed
-            tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, kube_api)))
-        wakeups = _revocation_wakeups(engine, tokens)
+            await self.tokens.follower.step()  # on failure the guard answers 503 until it works
+        tasks = self.tasks()
+        wakeups = _revocation_wakeups(self.engine, self.tokens)
         try:
-            async with apis.running():
+            async with self.apis.running():
                 yield
         finally:
             if wakeups is not None:
@@ -245,42 +254,75 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await webhook_client.aclose()
-            engine.dispose()
+            await self.state.webhook_client.aclose()
+            self.engine.dispose()
 
-    app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=lifespan)
-    app.state.attest = ctx
+
+ops_router = APIRouter(include_in_schema=False)
+
+
+@ops_router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@ops_router.get("/readyz")
+def readyz(request: Request) -> Response:
+    engine: Engine = request.app.state.engine
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception as exc:  # not ready is an answer, not a crash
+        return error_response("/readyz", 503, "database.reachable",
+                              f"the database does not answer ({type(exc).__name__})",
+                              "Operators: check the database and the server log.")
+    return JSONResponse({"status": "ready"})
+
+
+@ops_router.get("/metrics")
+def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _server_app(settings: Settings, background: Background) -> FastAPI:
+    app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=background.lifespan)
+    app.state.engine = background.engine
+    app.state.attest = background.ctx
     app.include_router(attest_router)
-    app.state.tokens = tokens.routes
+    app.state.tokens = background.tokens.routes
     app.include_router(token_router)
-
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
     app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
     install_error_handlers(app, validation_status=422)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, database_unavailable)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    def readyz() -> Response:
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # not ready is an answer, not a crash
-            return error_response("/readyz", 503, "database.reachable",
-                                  f"the database does not answer ({type(exc).__name__})",
-                                  "Operators: check the database and the server log.")
-        return JSONResponse({"status": "ready"})
-
-    @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
+    app.include_router(ops_router)
     # Last: the resource APIs (guard, app.state and routers; 400 for malformed requests).
-    apis.install(app)
+    background.apis.install(app)
+    return app
+
+
+def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine, sessions = open_database(settings.resolved_database_url())
+    faultpoints.install(engine)  # fault tests only (UMEC_FAULT_KILL_AT); a no-op otherwise
+    ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
+    state = _state_sinks(settings, listeners)
+    attest_config = _attest_config(settings)
+    clock = clock_for(engine)  # one clock for every replica: the database's on PostgreSQL
+    tokens = build_token_service(settings, sessions, attest_config.operator_token,
+                                 settings.data_dir / "keys" / "access-tokens", clock)
+    state.sinks.append(tokens.sink)
+    apis = build_resource_apis(settings, engine, tokens.guard,
+                               public_url=public_base(settings),
+                               token_endpoint=tokens.issuer.config.token_endpoint)
+    ctx = AttestContext(config=attest_config, sessions=sessions,
+                        sign_result=lambda claims: sign_jwt(claims, ring), result_jwks=ring.jwks,
+                        listeners=[CompositeSink(state.sinks)] if state.sinks else [],
+                        now=clock.now, change_writers=[tokens.change_writer])
+    if settings.policy_dir is not None:
+        load_policy_dir(sessions, settings.policy_dir)
+    app = _server_app(settings, Background(settings, engine, ctx, tokens, apis, state))
     return Server(app=app, attest=ctx, keys=ring, tokens=tokens, apis=apis)
 
 
