@@ -11,22 +11,14 @@ default. Dependencies are ``async def`` so FastAPI does not send them to its thr
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import cast
 
 from fastapi import Request
 
+from kernel.appstate import app_state
 from mec_api.principal import Principal, RouteGuard
 
-T = TypeVar("T")
-
-
-def app_state(request: Request, name: str, kind: type[T]) -> T:
-    """``request.app.state.<name>``, which must be a ``kind``."""
-    value = getattr(request.app.state, name, None)
-    if not isinstance(value, kind):
-        raise RuntimeError(f"app.state.{name} is {type(value).__name__}, not a {kind.__name__}: "
-                           f"set it before serving the routers that read it (umec does)")
-    return value
+__all__ = ["app_state", "requires", "route_guard"]
 
 
 def route_guard(request: Request) -> RouteGuard:

@@ -13,15 +13,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from admission.service.admit import WebhookDeps
+from kernel.appstate import app_state
 
 
 async def webhook_deps(request: Request) -> WebhookDeps:
     """The deps on ``app.state.webhook``; a clear error if the app was not wired."""
-    deps = getattr(request.app.state, "webhook", None)
-    if not isinstance(deps, WebhookDeps):
-        raise RuntimeError("the webhook is not wired: set app.state.webhook to a WebhookDeps "
-                           "before including admission.service.webhook.router")
-    return deps
+    return app_state(request, "webhook", WebhookDeps)
 
 
 Webhook = Annotated[WebhookDeps, Depends(webhook_deps)]

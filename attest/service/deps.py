@@ -15,15 +15,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from attest.service.context import AttestContext
+from kernel.appstate import app_state
 
 
 async def attest_context(request: Request) -> AttestContext:
     """The context ``umec`` put on ``app.state.attest``; a clear error if it did not."""
-    ctx = getattr(request.app.state, "attest", None)
-    if not isinstance(ctx, AttestContext):
-        raise RuntimeError("attest is not wired: set app.state.attest to an AttestContext "
-                           "before including attest.service.api.router")
-    return ctx
+    return app_state(request, "attest", AttestContext)
 
 
 AttestCtx = Annotated[AttestContext, Depends(attest_context)]
