@@ -32,9 +32,11 @@ import httpx
 from keys import KeyRing
 from mec_api.tokens.revocations import (
     WAKEUP_CHANNEL,
+    Generation,
     Revocation,
     RevocationList,
     RevocationStore,
+    continues,
 )
 
 log = logging.getLogger("umec.tokens.feed")
@@ -49,13 +51,15 @@ class FeedMalformed(ValueError):
 
 class StoreSource:
     """The SQL store as a follower's source, read by revocation generation: the first read, or
-    one after the number went back (a restored database), is the whole live set; after that
-    only the entries numbered since the last read (none, one primary-key read, while nothing
-    was revoked). A missing generation row (None) means a whole read every time."""
+    one after the history changed (a restored database: the number went back, or another
+    stamp stands at a number), is the whole live set; after that only the entries numbered
+    since the last read (none, one primary-key read, while nothing was revoked). A missing
+    generation row (None) means a whole read every time."""
 
     def __init__(self, store: RevocationStore, clock: Callable[[], datetime]) -> None:
         self.store, self.clock = store, clock
-        self.held: int | None = None  # every entry numbered up to this is in what we returned
+        # every entry numbered up to this (in its history) is in what we returned
+        self.held: Generation | None = None
         self.whole_reads = 0
         self.partial_reads = 0
 
@@ -63,19 +67,14 @@ class StoreSource:
         return await asyncio.to_thread(self.read)
 
     def read(self) -> list[Revocation]:
-        generation = self.store.generation()
-        held, self.held = self.held, None  # unknown until this read succeeds
-        if generation is not None and held is not None and held == generation:
-            self.held = held
-            return []
-        if generation is None or held is None or generation < held:
-            entries = self.store.current(self.clock())
+        held = self.held
+        reading = self.store.read_after(held, self.clock())
+        if reading.whole:
             self.whole_reads += 1
-        else:
-            entries = self.store.since(held, generation, self.clock())
+        elif reading.position != held:
             self.partial_reads += 1
-        self.held = generation
-        return entries
+        self.held = reading.position
+        return reading.entries
 
 
 def store_source(store: RevocationStore,
@@ -109,9 +108,25 @@ class HttpFeed:
     def __init__(self, feed_url: str, client: httpx.AsyncClient) -> None:
         self.feed_url, self.client = feed_url, client
         self.generation: int | None = None
+        self.stamp: int | None = None  # the stamp of ``generation``
 
     async def __call__(self) -> list[Revocation]:
-        sent, self.generation = self.generation, None  # unknown until this answer is applied
+        held = Generation(self.generation, self.stamp) if self.generation is not None \
+            else None
+        self.generation = self.stamp = None  # unknown until this answer is applied
+        body, entries = await self._get(held)
+        at = _generation_of(body)
+        if held is not None and body.get("since") is not None \
+                and (at is None or not continues(held, at, entries)):
+            # Numbers of another history (a restored database): what we hold says nothing.
+            body, entries = await self._get(None)
+            at = _generation_of(body)
+        if at is not None:
+            self.generation, self.stamp = int(at), at.stamp
+        return entries
+
+    async def _get(self, held: Generation | None) -> tuple[dict[str, Any], list[Revocation]]:
+        sent = int(held) if held is not None else None
         r = await self.client.get(self.feed_url,
                                   params={"since": sent} if sent is not None else None)
         r.raise_for_status()
@@ -121,10 +136,15 @@ class HttpFeed:
         if since is not None and since != sent:
             raise FeedMalformed(f"the feed answered entries since {str(since)[:32]}, not since "
                                 f"the generation this follower holds")
-        generation = body.get("generation")
-        if isinstance(generation, int) and not isinstance(generation, bool) and generation >= 0:
-            self.generation = generation
-        return entries
+        return body, entries
+
+
+def _generation_of(body: dict[str, Any]) -> Generation | None:
+    generation, stamp = body.get("generation"), body.get("stamp")
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        return None
+    return Generation(generation, stamp if isinstance(stamp, int)
+                    and not isinstance(stamp, bool) else None)
 
 
 def http_source(feed_url: str, client: httpx.AsyncClient) -> FetchRevocations:

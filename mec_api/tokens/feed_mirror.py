@@ -10,9 +10,13 @@ or with one this database never reached (a restored backup), it gets the whole s
 whatever it sends, costs one primary-key read plus the entries that are new: the public route
 cannot be made to read the whole set in a loop.
 
-The document: ``{"complete": true, "generation": G, "since": S | null, "entries": [...]}``;
-``since`` null means ``entries`` is the whole live set. ``complete`` says the follower may treat
-the answer as covering every live entry numbered up to ``G`` (with what it held at ``S``).
+The document: ``{"complete": true, "generation": G, "stamp": T, "since": S | null,
+"entries": [...]}``; ``since`` null means ``entries`` is the whole live set. ``stamp`` is number
+G's (each entry carries its predecessor's, ``prev_stamp``): the follower continues from what it
+holds only when the stamps show the same history, else it asks for the whole set (a restored
+database that numbered new entries up to or past what the follower holds). ``complete`` says
+the follower may treat the answer as covering every live entry numbered up to ``G`` (with what
+it held at ``S``).
 ``generation`` null (the store has no generation row) means: always the whole set.
 """
 
@@ -24,13 +28,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mec_api.tokens.revocations import Revocation, RevocationStore
+from mec_api.tokens.revocations import Generation, Revocation, RevocationStore
 
 
 @dataclass(frozen=True)
 class FeedView:
     generation: int | None
     entries: tuple[Revocation, ...]
+    stamp: int | None = None  # the stamp of ``generation``
 
 
 class FeedMirror:
@@ -39,24 +44,25 @@ class FeedMirror:
     def __init__(self, store: RevocationStore, clock: Callable[[], datetime]) -> None:
         self.store, self.clock = store, clock
         self._entries: set[Revocation] = set()
-        self._generation: int | None = None
+        self._held: Generation | None = None
         self._lock = threading.Lock()
         self.whole_reads = 0
 
     def refresh(self) -> FeedView:
         """Read what was committed since the last refresh (in a thread; one at a time)."""
         with self._lock:
-            generation, now = self.store.generation(), self.clock()
-            held, self._generation = self._generation, None
-            if generation is None or held is None or generation < held:
-                self._entries = set(self.store.current(now))
+            now = self.clock()
+            reading = self.store.read_after(self._held, now)
+            if reading.whole:
+                self._entries = set(reading.entries)
                 self.whole_reads += 1
-            elif generation > held:
-                self._entries.update(self.store.since(held, generation, now))
+            else:
+                self._entries.update(reading.entries)
             cutoff = now.timestamp()
             self._entries = {e for e in self._entries if e.expires_at > cutoff}
-            self._generation = generation
-            return FeedView(generation, tuple(self._entries))
+            self._held = at = reading.position
+            return FeedView(int(at) if at is not None else None, tuple(self._entries),
+                            at.stamp if at is not None else None)
 
 
 def answer(view: FeedView, since: int | None) -> bytes:
@@ -65,7 +71,7 @@ def answer(view: FeedView, since: int | None) -> bytes:
     entries: Iterable[Revocation] = (
         [e for e in view.entries if e.generation > since] if delta and since is not None
         else view.entries)
-    return json.dumps({"complete": True, "generation": view.generation,
+    return json.dumps({"complete": True, "generation": view.generation, "stamp": view.stamp,
                        "since": since if delta else None,
                        "entries": [e.as_dict() for e in sorted(entries, key=lambda e: e.seq)]},
                       separators=(",", ":")).encode()

@@ -43,6 +43,9 @@ class RevocationRow(TokensBase):
     pod_uid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     # The revocation generation its transaction took (migration 0010; NULL before it).
     generation: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+    # The stamp number ``generation - 1`` had when this entry's transaction took its number
+    # (migration 0011; NULL before it): a follower continues only a history that names its own.
+    prev_stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     reason: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
@@ -54,9 +57,13 @@ class RevocationGenerationRow(TokensBase):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     generation: Mapped[int] = mapped_column(BigInteger)
+    # Random, new with every number (migration 0011): tells a restored history's number N from
+    # the number N a follower read before the restore.
+    stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 @event.listens_for(RevocationGenerationRow.__table__, "after_create")
 def _first_generation(target: Any, connection: Any, **_: Any) -> None:
     """A table made by ``create_all`` (tests) starts with its row, as the migration does."""
-    connection.execute(insert(target).values(id=1, generation=0))
+    from mec_api.tokens.revocations import new_stamp
+    connection.execute(insert(target).values(id=1, generation=0, stamp=new_stamp()))

@@ -29,13 +29,24 @@ one row of ``token_revocation_generation`` and stamps its entries with it
 so the numbers commit in order: a reader that sees number N sees every entry numbered up to N,
 and no entry numbered N or lower can appear later. This is what a ``seq`` cursor lacked (a
 sequence number is taken outside that order), so a follower holding everything up to H reads
-only the entries numbered in (H, N] (:meth:`RevocationStore.since`): one primary-key read when
+only the entries numbered in (H, N] (:meth:`RevocationStore.read_after`): one primary-key read when
 nothing was revoked. A missing row makes writers fail (their transaction, and the state change
 with it, rolls back) and readers read the whole set every time: fail closed either way.
+
+**The stamp (migration 0011).** A number alone does not say which history it belongs to: after a
+backup is restored at number G < H, new revocations are numbered G + 1, G + 2, … again, and
+once they reach H before a follower reads, "nothing new" (or "only what is after H") steps over
+them. So each writer also gives the row a fresh random ``stamp`` and writes the stamp it
+replaced (that of number N − 1) on its entries as ``prev_stamp``. A follower holds the number
+and the stamp it read (:class:`Generation`) and continues from them only when the row still has
+that stamp (nothing new) or an entry numbered H + 1 names it (:func:`continues`); otherwise it
+reads the whole set. An entry written without a stamp (a writer from before 0011, or
+:func:`next_generation`'s callers) only costs a whole read.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -88,11 +99,13 @@ class Revocation:
     expires_at: float           # POSIX seconds
     pod_uid: str | None = None  # pod: every token of this pod
     generation: int = 0         # the revocation generation it was written in (0: before 0010)
+    prev_stamp: int | None = None  # the stamp of number generation - 1 (None: before 0011)
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "kind": self.kind, "jti": self.jti, "node": self.node,
                 "node_epoch": self.node_epoch, "pod_uid": self.pod_uid,
-                "expires_at": self.expires_at, "generation": self.generation}
+                "expires_at": self.expires_at, "generation": self.generation,
+                "prev_stamp": self.prev_stamp}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Revocation:
@@ -105,19 +118,62 @@ class Revocation:
         pod_uid = d.get("pod_uid")
         if kind == "pod" and not (isinstance(pod_uid, str) and pod_uid):
             raise ValueError(f"a pod revocation without a pod_uid: {str(d)[:200]}")
-        generation = d.get("generation")
+        generation, prev_stamp = d.get("generation"), d.get("prev_stamp")
         return cls(seq=d["seq"], kind=kind, jti=d.get("jti"), node=d.get("node"),
                    node_epoch=epoch if kind == "node" else None,
                    expires_at=float(d["expires_at"]),
                    pod_uid=pod_uid if kind == "pod" else None,
                    generation=generation if isinstance(generation, int)
-                   and not isinstance(generation, bool) else 0)
+                   and not isinstance(generation, bool) else 0,
+                   prev_stamp=prev_stamp if _is_int(prev_stamp) else None)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Generation(int):
+    """A revocation generation as read (the number) with that number's ``stamp``. It compares
+    as its number; whether two belong to one history is :func:`continues`' question."""
+
+    stamp: int | None
+
+    def __new__(cls, generation: int, stamp: int | None) -> Generation:
+        value = super().__new__(cls, generation)
+        value.stamp = stamp
+        return value
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A writer's number and the stamp of the number before it (its entries' ``prev_stamp``)."""
+    generation: int
+    prev_stamp: int | None
+
+
+@dataclass(frozen=True)
+class Reading:
+    position: Generation | None  # None: no generation row (read the whole set every time)
+    entries: list[Revocation]
+    whole: bool                 # the whole live set (else: the entries numbered after held)
+
+
+def continues(held: Generation, now_at: Generation, entries: Iterable[Revocation]) -> bool:
+    """Whether the history at ``now_at`` (with ``entries``, those numbered after ``held``)
+    continues the one a reader held: the row still has its stamp, or the entry numbered next
+    names it. False after a restore that reused the held number, and when it cannot tell."""
+    if held.stamp is None:
+        return False
+    if int(now_at) == int(held):
+        return now_at.stamp == held.stamp
+    return any(e.generation == held + 1 and e.prev_stamp == held.stamp for e in entries)
 
 
 def _row(r: Any) -> Revocation:
     epoch = (r.node_epoch or 0) if r.kind == "node" else None
     return Revocation(r.seq, r.kind, r.jti, r.node, epoch, r.expires_at.timestamp(),
-                      r.pod_uid if r.kind == "pod" else None, r.generation or 0)
+                      r.pod_uid if r.kind == "pod" else None, r.generation or 0,
+                      r.prev_stamp)
 
 
 def _entry_life(now: datetime, max_token_lifetime: float) -> datetime:
@@ -138,28 +194,43 @@ def wake_followers(db: Session | Connection) -> None:
         db.execute(text(f"NOTIFY {WAKEUP_CHANNEL}"))
 
 
-def next_generation(db: Session | Connection) -> int:
+def take_generation(db: Session | Connection) -> Taken:
     """The first statement of a revocation write: take the next revocation generation (the
-    row stays locked until the caller's transaction ends, so numbers commit in order) and wake
-    the followers at commit. Raises :class:`RevocationGenerationMissing`, rolling the
-    transaction back, when there is no row."""
-    value = db.execute(update(_GENERATION).where(_GENERATION.c.id == 1)
-                       .values(generation=_GENERATION.c.generation + 1)
-                       .returning(_GENERATION.c.generation)).scalar()
-    if value is None:
+    row stays locked until the caller's transaction ends, so numbers commit in order), give
+    the row a fresh stamp, and wake the followers at commit. The caller writes the stamp
+    returned on its entries (``prev_stamp``). Raises :class:`RevocationGenerationMissing`,
+    rolling the transaction back, when there is no row."""
+    row = db.execute(update(_GENERATION).where(_GENERATION.c.id == 1)
+                     .values(generation=_GENERATION.c.generation + 1)
+                     .returning(_GENERATION.c.generation, _GENERATION.c.stamp)).first()
+    if row is None:
         raise RevocationGenerationMissing(
             "the revocation generation row is missing: run `umec db upgrade`")
+    db.execute(update(_GENERATION).where(_GENERATION.c.id == 1)
+               .values(stamp=new_stamp()))
     wake_followers(db)
-    return int(value)
+    return Taken(int(row.generation), row.stamp)
+
+
+def new_stamp() -> int:
+    """A random stamp (53 bits: exact in any JSON reader)."""
+    return secrets.randbits(53)
+
+
+def next_generation(db: Session | Connection) -> int:
+    """:func:`take_generation`'s number alone: entries written with it carry no
+    ``prev_stamp``, so a follower reaching them reads the whole set once (fail closed)."""
+    return take_generation(db).generation
 
 
 def write_node_revocation(db: Session | Connection, *, node: str, through_epoch: int,
                           reason: str, now: datetime, max_token_lifetime: float) -> None:
     """Revoke, inside the caller's transaction, every token minted for ``node`` in trust epoch
     ``through_epoch`` or before. The caller is the transaction that ends that epoch."""
-    generation = next_generation(db)
+    taken = take_generation(db)
     db.execute(insert(_TABLE).values(
-        kind="node", node=node, node_epoch=through_epoch, generation=generation,
+        kind="node", node=node, node_epoch=through_epoch, generation=taken.generation,
+        prev_stamp=taken.prev_stamp,
         cutoff=now.timestamp() + CUTOFF_MARGIN_SECONDS, reason=reason[:200], created_at=now,
         expires_at=_entry_life(now, max_token_lifetime)))
 
@@ -169,10 +240,11 @@ def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], 
     """Revoke, inside the caller's transaction, every token of each pod in ``pod_uids``. The
     caller is the transaction that deletes those pods' admission records."""
     if pod_uids:
-        generation = next_generation(db)
+        taken = take_generation(db)
         db.execute(insert(_TABLE), [
             {"kind": "pod", "pod_uid": uid[:64], "reason": reason[:200], "created_at": now,
-             "generation": generation, "expires_at": _entry_life(now, max_token_lifetime)}
+             "generation": taken.generation, "prev_stamp": taken.prev_stamp,
+             "expires_at": _entry_life(now, max_token_lifetime)}
             for uid in pod_uids])
 
 
@@ -196,8 +268,10 @@ class RevocationStore:
         with self.sessions.begin() as session:
             # Kept while the token is still accepted: until its exp plus the leeway.
             last_accepted = expires_at + ACCEPTANCE_LEEWAY_SECONDS + CUTOFF_MARGIN_SECONDS
+            taken = take_generation(session)
             session.add(RevocationRow(kind="token", jti=jti[:64], reason=reason[:200],
-                                      created_at=now, generation=next_generation(session),
+                                      created_at=now, generation=taken.generation,
+                                      prev_stamp=taken.prev_stamp,
                                       expires_at=datetime.fromtimestamp(last_accepted, UTC)))
         self.poke()
 
@@ -227,28 +301,48 @@ class RevocationStore:
                                  .limit(1)).first()
         return found is not None
 
-    def generation(self) -> int | None:
-        """The revocation generation (one primary-key read); None when the row is missing."""
+    def generation(self) -> Generation | None:
+        """The revocation generation and its stamp (one primary-key read); None when the row
+        is missing."""
         with self.sessions.kw["bind"].connect() as conn:
-            value = conn.execute(select(_GENERATION.c.generation)
-                                 .where(_GENERATION.c.id == 1)).scalar()
-        return int(value) if value is not None else None
+            row = conn.execute(select(_GENERATION.c.generation, _GENERATION.c.stamp)
+                               .where(_GENERATION.c.id == 1)).first()
+        return Generation(int(row.generation), row.stamp) if row is not None else None
+
+    def read_after(self, held: Generation | None, now: datetime) -> Reading:
+        """What a reader holding ``held`` lacks: nothing (one primary-key read) or the live
+        entries numbered after it, when the database's history continues ``held``
+        (:func:`continues`); else, or without a row, the whole live set."""
+        position = self.generation()
+        if position is not None and held is not None and position >= held:
+            entries = self._continuing(held, position, now)
+            if entries is not None:
+                return Reading(position, entries, whole=False)
+        return Reading(position, self.current(now), whole=True)
+
+    def _continuing(self, held: Generation, position: Generation,
+                    now: datetime) -> list[Revocation] | None:
+        """The live entries numbered in (held, position], or None when that history does not
+        continue ``held``. The entries numbered next are read even when expired: they carry
+        the stamp that shows it."""
+        entries: list[Revocation] = []
+        if position > held:
+            g = _TABLE.c.generation
+            with self.sessions.kw["bind"].connect() as conn:
+                rows = conn.execute(select(_TABLE).where(
+                    g > int(held), g <= int(position),
+                    (_TABLE.c.expires_at > now) | (g == int(held) + 1))
+                    .order_by(g)).all()
+            entries = [_row(r) for r in rows]
+        if not continues(held, position, entries):
+            return None
+        return [e for e in entries if e.expires_at > now.timestamp()]
 
     def current(self, now: datetime) -> list[Revocation]:
         """Every live entry, in one statement (one consistent snapshot)."""
         with self.sessions.kw["bind"].connect() as conn:
             rows = conn.execute(select(_TABLE).where(_TABLE.c.expires_at > now)
                                 .order_by(_TABLE.c.seq)).all()
-        return [_row(r) for r in rows]
-
-    def since(self, after: int, upto: int, now: datetime) -> list[Revocation]:
-        """The live entries numbered in (``after``, ``upto``]: with ``upto`` a generation read
-        before this call, every one of them has committed, and none can appear later."""
-        g = _TABLE.c.generation
-        with self.sessions.kw["bind"].connect() as conn:
-            rows = conn.execute(select(_TABLE).where(g > after, g <= upto,
-                                                     _TABLE.c.expires_at > now)
-                                .order_by(g)).all()
         return [_row(r) for r in rows]
 
     def prune(self, now: datetime) -> int:
