@@ -7,8 +7,9 @@ and either returns a :class:`~mec_api.principal.Principal` or raises :class:`Gua
 1. a token is present: ``Authorization: Bearer <jwt>`` or ``DPoP <jwt>``; none → 401 without an
    error code (RFC 6750 §3.1);
 2. the revocation list is current. With ``await_current`` (the follower of a guard that reads
-   the token service's own database: every ``umec server`` worker and replica), the request
-   first waits, up to ``current_wait`` (250 ms), for a read that started after it arrived, so
+   the token service's own database: every ``umec server`` worker and replica), a request
+   whose token verifies first waits, up to ``current_wait`` (250 ms), for a read that started
+   after it arrived (others are refused without making the follower read), so
    a token refused by one worker or replica is refused by all from then on. In every case the
    last read must have started within ``max_feed_age`` (1 s: the promise), else 503: a guard
    that cannot hear revocations must not keep honouring tokens;
@@ -109,12 +110,24 @@ class AccessTokenGuard:
 
     async def admit(self, request: Request, scope: str) -> Principal:
         """A request through the guard (what ``mec_api.deps.requires(scope)`` calls)."""
-        if self.await_current is not None:  # step 2: the fallback is the age check
-            await self.await_current(time.monotonic(), self.current_wait)
+        arrived = time.monotonic()
+        authorization = request.headers.get("authorization")
+        # step 2: the fallback is the age check. Only a token that verifies is worth a fresh
+        # read: anyone else is refused whatever the revocations say, without database work.
+        if self.await_current is not None and self._verifies(authorization):
+            await self.await_current(arrived, self.current_wait)
         return self.authenticate(
-            authorization=request.headers.get("authorization"),
-            dpop=request.headers.get("dpop"), method=request.method,
-            url=str(request.url), scope=scope)
+            authorization=authorization, dpop=request.headers.get("dpop"),
+            method=request.method, url=str(request.url), scope=scope)
+
+    def _verifies(self, authorization: str | None) -> bool:
+        """Whether the call carries a token that verifies (it is then cached for step 3)."""
+        try:
+            scheme, token = self._credentials(authorization)
+            self._verify(token, scheme, self.clock())
+        except GuardRefusal:
+            return False
+        return True
 
     def authenticate(self, *, authorization: str | None, dpop: str | None, method: str,
                      url: str, scope: str) -> Principal:

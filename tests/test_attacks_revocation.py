@@ -292,3 +292,32 @@ def test_revoking_a_revoked_token_in_a_loop_costs_bounded_reads(site: Site) -> N
     assert len(reads) < 40 or 429 in codes, (len(reads), codes)
     with site.engine.connect() as conn:
         assert len(conn.execute(select(TABLE.c.seq)).all()) == 1
+
+
+# -- 5. callers without a valid token drive the guard's wait ------------------------------------
+
+def test_callers_without_a_valid_token_make_the_follower_read_nothing(
+        site: Site) -> None:  # noqa: F811
+    """The guard of ``umec server`` waits, per call, for a revocation read that started after
+    the call arrived. A call without a token, or with one that does not verify, is refused
+    whatever the revocations say: it must not wake the follower (else anyone makes every
+    worker read the database back to back). A valid token still gets its fresh read."""
+    follower = site.server.tokens.follower
+    site.server.tokens.guard.max_feed_age = 60.0  # the slow poll below keeps the list current
+    follower.interval = 30.0
+    inner, reads = follower.fetch, []
+
+    async def counted() -> list[Any]:
+        reads.append(time.monotonic())
+        return await inner()
+    follower.fetch = counted
+    token = site.token()
+    forged = token[:-8] + ("AAAAAAAA" if not token.endswith("AAAAAAAA") else "BBBBBBBB")
+    time.sleep(0.3)  # the follower's last 100 ms wait is over: from now on it polls every 30 s
+    reads.clear()
+    for headers in ({}, {"Authorization": "Bearer not-a-jwt"},
+                    {"Authorization": f"Bearer {forged}"}) * 10:
+        r = httpx.get(f"{site.url}/sensor/v1/tags", headers=headers)
+        assert r.status_code == 401, r.text
+    assert reads == []
+    assert site.call(token).status_code == 200 and len(reads) == 1
