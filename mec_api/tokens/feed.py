@@ -103,7 +103,9 @@ class HttpFeed:
     """The token service's feed over HTTP. After a first whole answer it names the revocation
     generation it holds (``since``) and gets only the entries numbered after it; the follower
     merges them into what it holds, so it holds the whole live set either way
-    (:mod:`mec_api.tokens.feed_mirror`)."""
+    (:mod:`mec_api.tokens.feed_mirror`). It takes such an answer only when the stamps show the
+    history it holds continued (:func:`~mec_api.tokens.revocations.continues`); else it asks
+    again for the whole set."""
 
     def __init__(self, feed_url: str, client: httpx.AsyncClient) -> None:
         self.feed_url, self.client = feed_url, client
@@ -111,8 +113,9 @@ class HttpFeed:
         self.stamp: int | None = None  # the stamp of ``generation``
 
     async def __call__(self) -> list[Revocation]:
-        held = Generation(self.generation, self.stamp) if self.generation is not None \
-            else None
+        # Without a stamp (a server from before 0011) nothing shows the history: the whole set.
+        held = Generation(self.generation, self.stamp) \
+            if self.generation is not None and self.stamp is not None else None
         self.generation = self.stamp = None  # unknown until this answer is applied
         body, entries = await self._get(held)
         at = _generation_of(body)
