@@ -7,37 +7,17 @@ under, the pinned digest and the keys that signed it. ``verified`` is false for 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from sqlalchemy import (
     JSON,
     Boolean,
     Column,
-    DateTime,
-    Dialect,
     MetaData,
     String,
     Table,
     UniqueConstraint,
 )
-from sqlalchemy.types import TypeDecorator
 
-
-class _UtcDateTime(TypeDecorator[datetime]):
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("naive datetime stored: use datetime.now(UTC)")
-        # SQLite compares the stored text: every value must be in the same (UTC) offset.
-        return None if value is None else value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value
-
+from kernel.sql_types import UtcDateTime
 
 # Core, not the ORM: the webhook process never imports sqlalchemy.orm (≈6 MiB it would keep
 # resident against its 120 MB budget).
@@ -53,9 +33,9 @@ admission_pods = Table(
     Column("images", JSON, nullable=False),
     Column("verified", Boolean, nullable=False),
     Column("policy_generation", String(64), nullable=False),
-    Column("admitted_at", _UtcDateTime, nullable=False),
+    Column("admitted_at", UtcDateTime, nullable=False),
     # Set when the pod was deleted (or found gone): the row stays as a tombstone, so a review
     # racing the deletion can never record that UID again; pruned after TOMBSTONE_SECONDS.
-    Column("forgotten_at", _UtcDateTime, nullable=True, index=True),
+    Column("forgotten_at", UtcDateTime, nullable=True, index=True),
     UniqueConstraint("uid", name="uq_admission_pods_uid"),
 )

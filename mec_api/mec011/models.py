@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from sqlalchemy import JSON, Integer, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mec_api.sql_types import UtcDateTime
+from kernel.sql_types import UtcDateTime
 
 # The tenant boundary of services every tenant may discover (the platform's own APIs).
 PLATFORM_NAMESPACE = "*"

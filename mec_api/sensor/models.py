@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from sqlalchemy import Float, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mec_api.sql_types import UtcDateTime
+from kernel.sql_types import UtcDateTime
 
 
 class SensorBase(DeclarativeBase):

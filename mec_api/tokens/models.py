@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from sqlalchemy import BigInteger, Float, Integer, String, event, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from mec_api.sql_types import UtcDateTime
+from kernel.sql_types import UtcDateTime
 
 
 class TokensBase(DeclarativeBase):

@@ -1,4 +1,5 @@
-"""Column types shared by the mec_api tables (sensor, MEC 011, tokens)."""
+"""Column types every domain's tables share: :class:`UtcDateTime` (one definition for attest,
+admission and mec_api; SQLAlchemy Core only, so the webhook process need not import the ORM)."""
 
 from __future__ import annotations
 
