@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import logging
 from collections.abc import Callable
 from typing import Annotated, Any, Final, ParamSpec, TypeVar
@@ -39,6 +38,7 @@ from attest.service.context import AttestContext
 from attest.service.deps import AttestCtx
 from attest.service.fleet import find_summary, fleet_summaries, node_summary
 from attest.service.limits import Limits, RateLimited, bucket_of
+from kernel.bearer import bearer_matches
 
 __all__ = ["MAX_B64", "REFUSALS", "Limits", "RateLimited", "bucket_of", "node_summary",
            "problem", "router", "source_of"]
@@ -209,10 +209,7 @@ def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCt
 
 def _operator_refusal(ctx: AttestContext, authorization: str | None) -> JSONResponse | None:
     """The fleet view is for operators: ``Authorization: Bearer <UMEC_OPERATOR_TOKEN>``."""
-    expected = ctx.config.operator_token
-    scheme, _, token = (authorization or "").partition(" ")
-    if expected and scheme.lower() == "bearer" and hmac.compare_digest(
-            token.encode(), expected.encode()):
+    if bearer_matches(authorization, ctx.config.operator_token):
         return None
     return JSONResponse(
         status_code=401, media_type="application/problem+json",

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
@@ -29,6 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
+from kernel.bearer import bearer_matches
 from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.deps import TokenRoutes, Tokens
@@ -155,9 +155,7 @@ def _revoked(ctx: TokenRoutes, claims: dict[str, Any]) -> bool:
 @router.post("/oauth2/introspect")
 def introspect(ctx: Tokens, token: Text = None,
                authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
-    expected = f"Bearer {ctx.operator_token}"
-    if not authorization or not hmac.compare_digest(authorization.encode(),
-                                                    expected.encode()):
+    if not bearer_matches(authorization, ctx.operator_token):
         return JSONResponse(
             {"error": "invalid_client",
              "error_description": "introspection needs the resource-server credential"},
