@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from attest.service.models import NodeRow
-from attest.service.notify_event import NodeStateChanged
+from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import remove, rename
 from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
 from attest.simagent import SimulatedNode

@@ -21,7 +21,6 @@ import yaml
 from conftest_swtpm_tools import Swtpm, running_swtpm
 from cryptography.hazmat.primitives import hashes
 
-from attest.core import eventlog_parse
 from attest.core.errors import AttestationError, MalformedStructure
 from attest.core.eventlog import (
     EV_NO_ACTION,
@@ -51,7 +50,8 @@ from attest.core.eventlog import (
     replay_event_log,
     startup_locality,
 )
-from attest.core.eventlog_model import new_event
+from attest.core.eventlog import parse as eventlog_parse
+from attest.core.eventlog.model import new_event
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
 TPM2_TOOLS = FIXTURES / "tpm2-tools"

@@ -16,7 +16,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attest.core import eventlog_parse
 from attest.core.eventlog import (
     Event,
     EventLog,
@@ -28,6 +27,7 @@ from attest.core.eventlog import (
     parse_event_log,
     replay_event_log,
 )
+from attest.core.eventlog import parse as eventlog_parse
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
 AGILE = FIXTURES / "tpm2-tools" / "event-sd-boot-fedora37.bin"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from mec_api.mec011.schemas import ServiceInfo
+from mec_api.mec011.schemas.service_mgmt import ServiceInfo
 from tests.test_mec011_harness import TOKEN_ENDPOINT, Harness, auth, build, service_body
 
 MGMT = "/mec_service_mgmt/v1"

@@ -15,9 +15,9 @@ from sqlalchemy import Engine
 from mec_api.mec011 import Mec011Store
 from mec_api.mec011.core import if_match_satisfied
 from mec_api.mec011.models import Mec011Base
-from mec_api.mec011.schemas import ServiceInfo, ServiceState
-from mec_api.mec011.schemas_support import OperationAction
-from mec_api.mec011.store import Conflict, PreconditionFailed
+from mec_api.mec011.schemas.app_support import OperationAction
+from mec_api.mec011.schemas.service_mgmt import ServiceInfo, ServiceState
+from mec_api.mec011.store.service_mgmt import Conflict, PreconditionFailed
 from tests.test_mec011_harness import service_body
 from umec.db import open_database
 

@@ -13,7 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mec_api.mec011 import NotifierConfig, notify_termination
-from mec_api.mec011.schemas_support import OperationAction
+from mec_api.mec011.schemas.app_support import OperationAction
 from tests.test_mec011_harness import (
     CallbackReceiver,
     Harness,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from mec_api.mec011.schemas_support import DnsRule, TrafficRule
+from mec_api.mec011.schemas.app_support import DnsRule, TrafficRule
 from tests.test_mec011_harness import Harness, auth, build
 
 SUPPORT = "/mec_app_support/v1"

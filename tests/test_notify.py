@@ -50,7 +50,7 @@ from attest.service.notify import (
     sign_webhook,
     verify_webhook_signature,
 )
-from attest.service.notify_event import backoff_delay
+from attest.service.notify.event import backoff_delay
 
 SECRET = b"0123456789abcdef-webhook-secret"
 FOREIGN = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule",

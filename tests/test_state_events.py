@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from attest.service.notify_kube import KubernetesNodeSink
-from attest.service.notify_webhook import verify_webhook_signature
+from attest.service.notify.kube import KubernetesNodeSink
+from attest.service.notify.webhook import verify_webhook_signature
 from attest.simagent import SimulatedNode
 from tests.conftest import k3s_policy
 from tests.fake_kube import FakeKube

@@ -90,7 +90,7 @@ def kube_pull_secrets(settings: Settings) -> PullCredentialSource | None:
         return None
     # Heavy (the kubernetes client): imported only when pull secrets are on.
     from admission.registry.pull_secrets import KubePullSecrets
-    from attest.service.notify_kube import kubernetes_api_from_config
+    from attest.service.notify.kube import kubernetes_api_from_config
 
     return KubePullSecrets(kubernetes_api_from_config(
         settings.kubeconfig, in_cluster=settings.kubeconfig is None))

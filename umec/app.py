@@ -26,8 +26,8 @@ from attest.service.api import router as attest_router
 from attest.service.background import deadline_loop, resync_loop
 from attest.service.context import AttestConfig, AttestContext
 from attest.service.notify import CompositeSink
-from attest.service.notify_event import StateChangeSink
-from attest.service.notify_webhook import WebhookSink
+from attest.service.notify.event import StateChangeSink
+from attest.service.notify.webhook import WebhookSink
 from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
 from attest.service.verifier import Lease
@@ -206,7 +206,7 @@ def _state_sinks(settings: Settings, listeners: list[StateChangeSink] | None) ->
                                      out.webhook_client))
     if settings.kubernetes_labels:
         # Imported only when enabled: the kubernetes client costs seconds of start-up.
-        from attest.service.notify_kube import KubernetesNodeSink, kubernetes_api_from_config
+        from attest.service.notify.kube import KubernetesNodeSink, kubernetes_api_from_config
         out.kube_api = kubernetes_api_from_config(settings.kubeconfig,
                                                   in_cluster=settings.kubeconfig is None)
         out.kube_sink = KubernetesNodeSink(out.kube_api)

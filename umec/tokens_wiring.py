@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from admission.service.records import SqlAdmissionRecords
 from attest.service.fleet import node_trust_record
-from attest.service.notify_event import NodeStateChanged
+from attest.service.notify.event import NodeStateChanged
 from kernel.clock import Clock, SystemClock
 from kernel.ratelimit import RateLimiter
 from keys import KeyRing

@@ -21,7 +21,7 @@ from attest.service.registrar import prune_enrollments
 from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
 
 if TYPE_CHECKING:  # the kubernetes client costs seconds of start-up: imported when enabled
-    from attest.service.notify_kube import KubernetesNodeSink
+    from attest.service.notify.kube import KubernetesNodeSink
 
 log = logging.getLogger("umec.server")
 

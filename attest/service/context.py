@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from attest.core.policy import DEFAULT_POLICY, AppraisalPolicy
 from attest.service.limits import Limits
 from attest.service.models import PolicyRow, StateEventRow
-from attest.service.notify_event import NodeStateChanged, StateChangeSink
+from attest.service.notify.event import NodeStateChanged, StateChangeSink
 
 log = logging.getLogger("umec.attest")
 

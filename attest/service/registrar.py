@@ -54,7 +54,7 @@ from attest.core.tpm_structs import parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
 from attest.service.models import EnrollmentRow, NodeRow, NonceRow, StateEventRow
-from attest.service.notify_event import NodeStateChanged
+from attest.service.notify.event import NodeStateChanged
 
 
 class UnknownNodeClass(AttestationError):

@@ -17,8 +17,8 @@ from sqlalchemy import select
 
 from attest.service.context import AttestContext
 from attest.service.models import NodeRow
-from attest.service.notify_event import NODE_STATES, NodeStateChanged
-from attest.service.notify_kube import KubernetesNodeSink
+from attest.service.notify.event import NODE_STATES, NodeStateChanged
+from attest.service.notify.kube import KubernetesNodeSink
 
 log = logging.getLogger("umec.attest.resync")
 

@@ -43,7 +43,7 @@ from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
 from attest.service.models import LeaseRow, NodeRow, NonceRow
-from attest.service.notify_event import NodeStateChanged
+from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
 
 MAX_CLOCK = 2**63 - 1

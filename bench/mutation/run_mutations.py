@@ -54,9 +54,9 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 DEFAULT_MODULES = [
     "attest/core/identity.py", "attest/core/ek.py", "attest/core/ek_template.py",
     "attest/core/quote.py", "attest/core/freshness.py", "attest/core/appraisal.py",
-    "attest/core/policy.py", "attest/core/credential.py", "attest/core/eventlog.py",
-    "attest/core/eventlog_parse.py", "attest/core/eventlog_replay.py",
-    "attest/core/eventlog_appraise.py", "attest/core/eventlog_model.py",
+    "attest/core/policy.py", "attest/core/credential.py", "attest/core/eventlog/__init__.py",
+    "attest/core/eventlog/parse.py", "attest/core/eventlog/replay.py",
+    "attest/core/eventlog/appraise.py", "attest/core/eventlog/model.py",
     "attest/service/registrar.py", "attest/service/verifier.py",
 ]
 # Fast, pure tests first: with -x the first failure ends the run.
@@ -80,11 +80,11 @@ TESTS: dict[str, list[str]] = {
     "attest/core/policy.py": ["tests/test_policy.py", "tests/test_attacks_service.py",
                               "tests/test_node_ack.py"],
     "attest/core/credential.py": ["tests/test_credential.py", "tests/test_attacks_service.py"],
-    "attest/core/eventlog.py": _EVENTLOG,
-    "attest/core/eventlog_parse.py": _EVENTLOG,
-    "attest/core/eventlog_replay.py": _EVENTLOG,
-    "attest/core/eventlog_appraise.py": _EVENTLOG,
-    "attest/core/eventlog_model.py": _EVENTLOG,
+    "attest/core/eventlog/__init__.py": _EVENTLOG,
+    "attest/core/eventlog/parse.py": _EVENTLOG,
+    "attest/core/eventlog/replay.py": _EVENTLOG,
+    "attest/core/eventlog/appraise.py": _EVENTLOG,
+    "attest/core/eventlog/model.py": _EVENTLOG,
     "attest/service/registrar.py": ["tests/test_ak_attributes.py", *_SERVICE],
     "attest/service/verifier.py": _SERVICE,
 }

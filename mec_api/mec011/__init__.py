@@ -14,15 +14,16 @@ from fastapi import APIRouter
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from mec_api.mec011 import routes_mgmt, routes_support
 from mec_api.mec011.deps import Mec011Context, TimingConfig
 from mec_api.mec011.http import Clock, utc_now
 from mec_api.mec011.liveness import liveness_loop, sweep_liveness
 from mec_api.mec011.models import Mec011Base
 from mec_api.mec011.notifier import CallbackNotifier, NotifierConfig
-from mec_api.mec011.routes_mgmt import announce_change
-from mec_api.mec011.routes_support import notify_termination
-from mec_api.mec011.schemas import (
+from mec_api.mec011.routes import app_support as routes_support
+from mec_api.mec011.routes import service_mgmt as routes_mgmt
+from mec_api.mec011.routes.app_support import notify_termination
+from mec_api.mec011.routes.service_mgmt import announce_change
+from mec_api.mec011.schemas.service_mgmt import (
     EndPointInfo,
     GrantType,
     OAuth2Info,
@@ -30,8 +31,8 @@ from mec_api.mec011.schemas import (
     TransportInfo,
     TransportType,
 )
-from mec_api.mec011.store import SqlServiceRegistry
-from mec_api.mec011.store_support import SqlAppSupport
+from mec_api.mec011.store.app_support import SqlAppSupport
+from mec_api.mec011.store.service_mgmt import SqlServiceRegistry
 
 __all__ = [
     "ROUTERS",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from mec_api.mec011.schemas import (
+from mec_api.mec011.schemas.service_mgmt import (
     ChangeType,
     FilteringCriteria,
     LocalityType,

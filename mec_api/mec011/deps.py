@@ -11,10 +11,10 @@ from mec_api import scopes
 from mec_api.deps import app_state, requires
 from mec_api.mec011.http import Clock, own_app, utc_now
 from mec_api.mec011.notifier import CallbackNotifier
-from mec_api.mec011.schemas import TransportInfo
-from mec_api.mec011.schemas_support import NtpServer, TimeSourceStatus
-from mec_api.mec011.store import SqlServiceRegistry
-from mec_api.mec011.store_support import SqlAppSupport
+from mec_api.mec011.schemas.app_support import NtpServer, TimeSourceStatus
+from mec_api.mec011.schemas.service_mgmt import TransportInfo
+from mec_api.mec011.store.app_support import SqlAppSupport
+from mec_api.mec011.store.service_mgmt import SqlServiceRegistry
 from mec_api.principal import Principal
 
 

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from mec_api.deps import requires
 from mec_api.mec011.core import Mec011RuleError
-from mec_api.mec011.store import StoreError
+from mec_api.mec011.store.service_mgmt import StoreError
 from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 

@@ -11,7 +11,7 @@ import asyncio
 import logging
 
 from mec_api.mec011.deps import Mec011Context
-from mec_api.mec011.routes_mgmt import announce_change
+from mec_api.mec011.routes.service_mgmt import announce_change
 
 log = logging.getLogger("umec.apis")
 

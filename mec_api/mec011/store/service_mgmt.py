@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mec_api.mec011.core import compute_etag, liveness_expired
 from mec_api.mec011.models import PLATFORM_NAMESPACE, ServiceRow, SubscriptionRow
-from mec_api.mec011.schemas import ServiceInfo, ServiceState
+from mec_api.mec011.schemas.service_mgmt import ServiceInfo, ServiceState
 
 
 class StoreError(Exception):

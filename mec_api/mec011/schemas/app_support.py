@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, StrictInt
 
-from mec_api.mec011.schemas import LinkType, Model, Self, TimeStamp, _opt, _req
+from mec_api.mec011.schemas.service_mgmt import LinkType, Model, Self, TimeStamp, _opt, _req
 
 
 class RuleState(StrEnum):

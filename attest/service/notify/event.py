@@ -3,7 +3,7 @@
 When the verifier moves a node between ``enrolled``, ``trusted``, ``untrusted`` and ``stale``
 (DESIGN.md, "Attestation protocol" step 5) it builds one :class:`NodeStateChanged` and hands it to
 a :class:`StateChangeSink` (step 6). Sinks are adapters: a signed webhook and the Kubernetes Node
-label/taint live in ``notify_webhook`` and ``notify_kube``; ``notify`` is the public facade.
+label/taint live in ``notify.webhook`` and ``notify.kube``; ``notify`` is the public facade.
 
 Contract every sink follows:
 

@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from attest.core.errors import AttestationError
-from attest.core.eventlog_errors import (
+from attest.core.eventlog.errors import (
     EventDigestNotAllowed,
     EventLogMalformed,
     EventLogPcrNotQuoted,
@@ -38,8 +38,8 @@ from attest.core.eventlog_errors import (
     EventLogReplayMismatch,
     RequiredEventMissing,
 )
-from attest.core.eventlog_model import DIGEST_SIZES, EV_NO_ACTION, PCR_COUNT, EventLog
-from attest.core.eventlog_replay import initial_pcr_value, replay_with_locality
+from attest.core.eventlog.model import DIGEST_SIZES, EV_NO_ACTION, PCR_COUNT, EventLog
+from attest.core.eventlog.replay import initial_pcr_value, replay_with_locality
 
 
 @dataclass(frozen=True, slots=True)

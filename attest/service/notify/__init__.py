@@ -3,10 +3,10 @@
 The verifier depends only on :class:`StateChangeSink`; ``umec/`` builds the concrete sinks from
 settings and wraps them in one :class:`CompositeSink`:
 
-* :class:`WebhookSink` — HMAC-SHA256 signed POSTs (wire format in ``notify_webhook``); receivers
+* :class:`WebhookSink` — HMAC-SHA256 signed POSTs (wire format in ``notify.webhook``); receivers
   use :func:`verify_webhook_signature`.
 * :class:`KubernetesNodeSink` — label ``umec.io/attested`` and taint ``umec.io/untrusted`` on the
-  Node (details in ``notify_kube``); :func:`kubernetes_api_from_config` builds its client.
+  Node (details in ``notify.kube``); :func:`kubernetes_api_from_config` builds its client.
 
 Failure isolation: each sink already swallows and counts its own delivery failures. The composite
 additionally guards against a sink that raises anyway (a bug, or a third-party sink), so one broken
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from attest.service.notify_event import (
+from attest.service.notify.event import (
     EVENT_TYPE,
     NODE_STATES,
     NOTIFY_FAILURES,
@@ -32,7 +32,7 @@ from attest.service.notify_event import (
     StateChangeSink,
     sink_name,
 )
-from attest.service.notify_webhook import (
+from attest.service.notify.webhook import (
     WebhookSecretTooShort,
     WebhookSignatureMalformed,
     WebhookSignatureMismatch,
@@ -52,7 +52,7 @@ _KUBE_NAMES = frozenset({"LABEL_KEY", "TAINT_EFFECT", "TAINT_KEY", "KubeConfigUn
 
 def __getattr__(name: str) -> Any:
     if name in _KUBE_NAMES:
-        from attest.service import notify_kube
+        from attest.service.notify import kube as notify_kube
         return getattr(notify_kube, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

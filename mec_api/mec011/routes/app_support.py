@@ -22,8 +22,7 @@ from mec_api.mec011.http import (
     optional_body_doc,
 )
 from mec_api.mec011.notifier import CallbackNotifier
-from mec_api.mec011.schemas import LinkType, TimeStamp
-from mec_api.mec011.schemas_support import (
+from mec_api.mec011.schemas.app_support import (
     AppReadyConfirmation,
     AppTerminationConfirmation,
     AppTerminationNotification,
@@ -35,8 +34,9 @@ from mec_api.mec011.schemas_support import (
     TimingCaps,
     TrafficRule,
 )
-from mec_api.mec011.store import SqlServiceRegistry
-from mec_api.mec011.store_support import DNS, TRAFFIC, SqlAppSupport
+from mec_api.mec011.schemas.service_mgmt import LinkType, TimeStamp
+from mec_api.mec011.store.app_support import DNS, TRAFFIC, SqlAppSupport
+from mec_api.mec011.store.service_mgmt import SqlServiceRegistry
 from mec_api.problems import ProblemRoute
 
 PREFIX = "/mec_app_support/v1"

@@ -53,7 +53,7 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
-from attest.service.notify_event import (
+from attest.service.notify.event import (
     NOTIFY_FAILURES,
     NodeStateChanged,
     NotifyError,

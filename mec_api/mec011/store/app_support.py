@@ -21,8 +21,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mec_api.mec011.core import compute_etag
 from mec_api.mec011.models import AppStateRow, RuleRow
-from mec_api.mec011.schemas_support import DnsRule, OperationAction, TrafficRule
-from mec_api.mec011.store import Conflict, NotFound, PreconditionFailed
+from mec_api.mec011.schemas.app_support import DnsRule, OperationAction, TrafficRule
+from mec_api.mec011.store.service_mgmt import Conflict, NotFound, PreconditionFailed
 
 TRAFFIC, DNS = "traffic", "dns"
 

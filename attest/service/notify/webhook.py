@@ -42,7 +42,7 @@ from typing import Final
 
 import httpx
 
-from attest.service.notify_event import (
+from attest.service.notify.event import (
     EVENT_TYPE,
     NOTIFY_FAILURES,
     NodeStateChanged,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import struct
 
-from attest.core.eventlog_errors import (
+from attest.core.eventlog.errors import (
     EventLogEmpty,
     EventLogMalformed,
     EventLogPcrIndexInvalid,
@@ -38,7 +38,7 @@ from attest.core.eventlog_errors import (
     EventLogTruncated,
     EventLogUnknownAlgorithm,
 )
-from attest.core.eventlog_model import (
+from attest.core.eventlog.model import (
     EV_NO_ACTION,
     HASH_ALGORITHMS,
     PCR_COUNT,

@@ -32,11 +32,11 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives import hashes
 
-from attest.core.eventlog_errors import (
+from attest.core.eventlog.errors import (
     EventLogStartupLocalityInvalid,
     EventLogUnknownAlgorithm,
 )
-from attest.core.eventlog_model import DIGEST_SIZES, EV_NO_ACTION, EventLog
+from attest.core.eventlog.model import DIGEST_SIZES, EV_NO_ACTION, EventLog
 
 STARTUP_LOCALITY_SIGNATURE = b"StartupLocality\x00"
 VALID_LOCALITIES = frozenset({0, 3, 4})

@@ -23,7 +23,7 @@ from mec_api.mec011.http import (
 )
 from mec_api.mec011.models import PLATFORM_NAMESPACE
 from mec_api.mec011.notifier import CallbackNotifier
-from mec_api.mec011.schemas import (
+from mec_api.mec011.schemas.service_mgmt import (
     ChangeType,
     LivenessInfo,
     LivenessUpdate,
@@ -31,7 +31,7 @@ from mec_api.mec011.schemas import (
     ServiceInfoRequest,
     TimeStamp,
 )
-from mec_api.mec011.store import (
+from mec_api.mec011.store.service_mgmt import (
     ServiceChange,
     SqlServiceRegistry,
     StoredService,
