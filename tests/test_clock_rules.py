@@ -23,9 +23,10 @@ from sqlalchemy import create_engine
 from attest.service.models import NodeRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import remove, rename
-from attest.service.verifier import Lease, mark_stale_nodes, prune_nonces
+from attest.service.verifier import mark_stale_nodes, prune_nonces
 from attest.simagent import SimulatedNode
 from kernel.clock import DatabaseClock, SystemClock, clock_for
+from kernel.lease import SqlLease
 from kernel.ratelimit import RateLimiter
 from mec_api.tokens.revocations import Revocation, RevocationList, token_epoch
 from tests.conftest import k3s_policy
@@ -151,10 +152,11 @@ def test_an_enrolment_from_before_a_backward_step_is_void(env: Env) -> None:
 
 
 def test_a_lease_from_before_a_backward_step_is_void(env: Env) -> None:
-    first = Lease(env.server.attest, name="t", ttl=5, holder="a")
+    ctx = env.server.attest
+    first = SqlLease(ctx.sessions, "t", ttl=5, now=ctx.now, holder="a")
     assert first.acquire()
     env.clock.offset = timedelta(minutes=-10)
-    assert Lease(env.server.attest, name="t", ttl=5, holder="b").acquire()
+    assert SqlLease(ctx.sessions, "t", ttl=5, now=ctx.now, holder="b").acquire()
 
 
 class Recorder:

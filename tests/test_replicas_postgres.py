@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import select
 
 from attest.service.models import StateEventRow
-from attest.service.verifier import Lease
 from attest.simagent import SimulatedNode
+from kernel.lease import SqlLease
 from tests.conftest import k3s_policy
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
@@ -85,8 +85,10 @@ def test_nonce_consumed_exactly_once_across_replicas(replicas) -> None:  # type:
 def test_one_leader_for_deadline_checks(replicas) -> None:  # type: ignore[no-untyped-def]
     a, b = replicas(2)
     # The servers' own loops hold the "deadlines" lease; race for a fresh one here.
-    lease_a = Lease(a.attest, name="test", ttl=2.0, holder="replica-a")
-    lease_b = Lease(b.attest, name="test", ttl=2.0, holder="replica-b")
+    lease_a = SqlLease(a.attest.sessions, "test", ttl=2.0, now=lambda: a.attest.now(),
+                       holder="replica-a")
+    lease_b = SqlLease(b.attest.sessions, "test", ttl=2.0, now=lambda: b.attest.now(),
+                       holder="replica-b")
     assert lease_a.acquire() is True
     assert lease_b.acquire() is False
     assert lease_a.acquire() is True  # renewal by the holder

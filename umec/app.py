@@ -23,15 +23,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from attest.service import faultpoints
 from attest.service.api import MAX_B64
 from attest.service.api import router as attest_router
-from attest.service.background import deadline_loop, resync_loop
+from attest.service.background import deadline_task, resync_task
 from attest.service.context import AttestConfig, AttestContext
 from attest.service.notify import CompositeSink
 from attest.service.notify.event import StateChangeSink
 from attest.service.notify.webhook import WebhookSink
 from attest.service.policies import load_policy_dir
 from attest.service.registrar import load_pem_bundle
-from attest.service.verifier import Lease
 from kernel.clock import clock_for
+from kernel.lease import SqlLease
 from keys import KeyRing, atomic_write, sign_jwt
 from mec_api.tokens.api import MAX_FORM_BYTES
 from mec_api.tokens.api import router as token_router
@@ -161,10 +161,10 @@ async def _pod_reconcile(ctx: AttestContext, settings: Settings, kube_api: Any) 
     from umec.admission_wiring import admission_records
     from umec.pod_reconcile import RECONCILE_EVERY_SECONDS, live_pod_uids, pod_reconcile_loop
     every = min(RECONCILE_EVERY_SECONDS, settings.kubernetes_resync_seconds)
+    lease = SqlLease(ctx.sessions, "pod-reconcile", ttl=max(3 * every, 3.0), now=ctx.now)
     await pod_reconcile_loop(admission_records(settings, ctx.sessions),
                              lambda: live_pod_uids(kube_api), now=ctx.now, every=every,
-                             acquire=Lease(ctx, name="pod-reconcile",
-                                           ttl=max(3 * every, 3.0)).acquire)
+                             acquire=lease.acquire)
 
 
 def _revocation_wakeups(engine: Engine, tokens: TokenService) -> PostgresWakeups | None:
@@ -227,12 +227,12 @@ class Background:
 
     def tasks(self) -> list[asyncio.Task[None]]:
         ctx, state, settings = self.ctx, self.state, self.settings
-        tasks = [asyncio.create_task(deadline_loop(ctx, settings.deadline_check_seconds)),
+        tasks = [asyncio.create_task(deadline_task(ctx, settings.deadline_check_seconds).run()),
                  asyncio.create_task(self.tokens.follower.run()),
                  asyncio.create_task(_reload_loop(self.tokens))]
         if state.kube_sink is not None:
             tasks.append(asyncio.create_task(
-                resync_loop(ctx, state.kube_sink, settings.kubernetes_resync_seconds)))
+                resync_task(ctx, state.kube_sink, settings.kubernetes_resync_seconds).run()))
         if state.kube_api is not None:  # records of pods whose DELETE review the webhook missed
             tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, state.kube_api)))
         return tasks

@@ -9,7 +9,6 @@ Why the columns look the way they do:
   ever creates one of these; it binds nothing, locks nothing but itself and expires.
 - ``nonces`` are consumed with a conditional UPDATE so that, with several replicas on PostgreSQL,
   exactly one request can use a nonce.
-- ``leases`` elect the single replica that runs periodic deadline checks.
 """
 
 from __future__ import annotations
@@ -121,10 +120,3 @@ class PolicyRow(AttestBase):
     generation: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime]
 
-
-class LeaseRow(AttestBase):
-    __tablename__ = "attest_leases"
-
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
-    holder: Mapped[str] = mapped_column(String(128))
-    expires_at: Mapped[datetime]

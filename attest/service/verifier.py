@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,7 +41,7 @@ from attest.core.policy import AppraisalPolicy
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
-from attest.service.models import LeaseRow, NodeRow, NonceRow
+from attest.service.models import NodeRow, NonceRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
 
@@ -355,36 +354,3 @@ def prune_nonces(ctx: AttestContext) -> int:
             (NonceRow.expires_at <= now) | (NonceRow.expires_at > _latest_expiry(ctx, now))))
     return int(done.rowcount)
 
-
-class Lease:
-    """A database lease so that exactly one replica runs the periodic deadline checks."""
-
-    def __init__(self, ctx: AttestContext, name: str = "deadlines", ttl: float = 5.0,
-                 holder: str | None = None) -> None:
-        self.ctx, self.name, self.ttl = ctx, name, ttl
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-
-    def acquire(self) -> bool:
-        now = self.ctx.now()
-        expires = now + timedelta(seconds=self.ttl)
-        with self.ctx.sessions.begin() as session:
-            # A lease expiring more than a TTL further ahead than it can was taken before a
-            # clock step back: it is void, or a dead holder would keep it until time caught up.
-            # (One TTL of slack: a holder's renewal may be a TTL ahead of ours on skewed clocks.)
-            taken = session.execute(
-                update(LeaseRow)
-                .where(LeaseRow.name == self.name,
-                       (LeaseRow.holder == self.holder) | (LeaseRow.expires_at < now)
-                       | (LeaseRow.expires_at > expires + timedelta(seconds=self.ttl)
-                          + FUTURE_TOLERANCE))
-                .values(holder=self.holder, expires_at=expires))
-            if taken.rowcount == 1:  # type: ignore[attr-defined]
-                return True
-            if session.get(LeaseRow, self.name) is not None:
-                return False
-        try:
-            with self.ctx.sessions.begin() as session:
-                session.add(LeaseRow(name=self.name, holder=self.holder, expires_at=expires))
-            return True
-        except IntegrityError:  # another replica inserted it first
-            return False

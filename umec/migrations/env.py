@@ -7,11 +7,12 @@ from sqlalchemy import text
 
 from admission.service.models import admission_metadata
 from attest.service.models import AttestBase
+from kernel.lease import kernel_metadata
 from mec_api.mec011.models import Mec011Base
 from mec_api.sensor.models import SensorBase
 from mec_api.tokens.models import TokensBase
 
-target_metadata = [AttestBase.metadata, admission_metadata, SensorBase.metadata,
+target_metadata = [kernel_metadata, AttestBase.metadata, admission_metadata, SensorBase.metadata,
                    Mec011Base.metadata, TokensBase.metadata]
 
 engine = context.config.attributes["engine"]
