@@ -24,7 +24,13 @@ Key ring (:mod:`keys.ring`)
 
 JWT (:mod:`keys.tokens`)
     ``sign_jwt(claims, ring, headers=None)`` and ``verify_jwt(token, jwks_or_ring, algorithms=,
-    issuer=, audience=, now=None, leeway=30, required_claims=("exp", "iat", "iss"), typ=None)``.
+    issuer=, audience=, now=None, leeway=30, required_claims=("exp", "iat", "iss"), typ=None)``
+    -> ``VerifiedJwt`` (``.header``, ``.claims``, ``.kid``); ``check_jwt_times(claims, now,
+    leeway)``.
+
+JWT carrying its own key (:mod:`keys.embedded`, e.g. DPoP proofs)
+    ``verify_embedded_key_jwt(token, algorithms=, typ=, max_bytes=)`` -> ``EmbeddedKeyJwt``
+    (``.header``, ``.claims``, ``.thumbprint`` of the ``jwk`` header's key, RFC 7638).
 
 Errors (:mod:`keys.errors`), all :class:`KeysError` with ``check``/``detail``/``hint``:
     ``KeyFileError`` (``KeyFileMissing``, ``KeyFileInaccessible``, ``KeyFileMalformed``,
@@ -32,12 +38,16 @@ Errors (:mod:`keys.errors`), all :class:`KeysError` with ``check``/``detail``/``
     ``KeyFileInsecure``, ``UnsupportedKeyType``), ``KeyRingError``, ``JwkInvalid`` and
     ``JwtInvalid`` (``JwtMalformed``, ``JwtAlgorithmNotAllowed``, ``JwtUnknownKid``,
     ``JwtBadSignature``, ``JwtExpired``, ``JwtNotYetValid``, ``JwtWrongAudience``,
-    ``JwtWrongIssuer``, ``JwtWrongType``, ``JwtMissingClaim``).
+    ``JwtWrongIssuer``, ``JwtWrongType``, ``JwtMissingClaim``, ``JwtEmbeddedKeyInvalid`` and
+    its ``JwtEmbeddedKeyPrivate``).
 """
 
+from keys.embedded import EmbeddedKeyJwt, verify_embedded_key_jwt
 from keys.errors import (
     JwtAlgorithmNotAllowed,
     JwtBadSignature,
+    JwtEmbeddedKeyInvalid,
+    JwtEmbeddedKeyPrivate,
     JwtExpired,
     JwtInvalid,
     JwtMalformed,
@@ -80,13 +90,16 @@ from keys.storage import (
     public_key_pem,
     save_private_key,
 )
-from keys.tokens import check_jwt_times, sign_jwt, verify_jwt
+from keys.tokens import VerifiedJwt, check_jwt_times, sign_jwt, verify_jwt
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
+    "EmbeddedKeyJwt",
     "JwkInvalid",
     "JwtAlgorithmNotAllowed",
     "JwtBadSignature",
+    "JwtEmbeddedKeyInvalid",
+    "JwtEmbeddedKeyPrivate",
     "JwtExpired",
     "JwtInvalid",
     "JwtMalformed",
@@ -112,6 +125,7 @@ __all__ = [
     "PublicKey",
     "RingKey",
     "UnsupportedKeyType",
+    "VerifiedJwt",
     "allowed_algorithms",
     "atomic_write",
     "check_jwt_times",
@@ -129,5 +143,6 @@ __all__ = [
     "public_key_pem",
     "save_private_key",
     "sign_jwt",
+    "verify_embedded_key_jwt",
     "verify_jwt",
 ]

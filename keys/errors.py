@@ -157,3 +157,17 @@ class JwtWrongType(JwtInvalid):
 class JwtMissingClaim(JwtInvalid):
     check = "jwt.claim_missing"
     hint = "The token lacks a required claim; obtain a token from the configured issuer."
+
+
+class JwtEmbeddedKeyInvalid(JwtInvalid):
+    """The ``jwk`` header of a token that carries its own key (e.g. a DPoP proof) is unusable."""
+
+    check = "jwt.jwk"
+    hint = ("Put the signing key's public JWK in the jwk header: an ECDSA P-256, RSA "
+            "(>= 2048 bits) or Ed25519 key, with only its public members.")
+
+
+class JwtEmbeddedKeyPrivate(JwtEmbeddedKeyInvalid):
+    check = "jwt.jwk.private"
+    hint = ("The jwk header carries private or symmetric key material (d, p, q, ..., k), so "
+            "that key is exposed: generate a new key pair and send only its public members.")

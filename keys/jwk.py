@@ -42,7 +42,8 @@ _REQUIRED_MEMBERS: dict[str, tuple[str, ...]] = {
     "RSA": ("e", "kty", "n"),
     "OKP": ("crv", "kty", "x"),
 }
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+# Private (RSA, EC, OKP) and symmetric (oct "k") members: never in a public JWK.
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
@@ -99,7 +100,7 @@ def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
     """Strictly parse a public JWK into a ``cryptography`` public key."""
     if not isinstance(jwk, Mapping):
         raise JwkInvalid(f"a JWK must be a JSON object, got {type(jwk).__name__}")
-    leaked = _PRIVATE_MEMBERS.intersection(jwk)
+    leaked = PRIVATE_MEMBERS.intersection(jwk)
     if leaked:
         raise JwkInvalid(f"JWK kid={jwk.get('kid')!r} carries private members "
                          f"{sorted(leaked)}: it must never be published")

@@ -8,8 +8,9 @@ typed error (all :class:`JwtInvalid`):
 
 1. the *caller* pins ``algorithms`` (a subset of ES256, RS256, PS256, EdDSA; "none" and HS* are
    refused as a programming error). Nothing is derived from the token;
-2. read the unverified header (:class:`JwtMalformed`); refuse ``crit``/``b64`` (no extension is
-   understood here) and, when ``typ`` is requested, a different ``typ`` (:class:`JwtWrongType`);
+2. read the unverified header (:class:`JwtMalformed`): one compact JWS of at most
+   ``MAX_TOKEN_BYTES``; refuse ``crit``/``b64`` (no extension is understood here) and, when
+   ``typ`` is requested, a different ``typ`` (:class:`JwtWrongType`);
 3. the header ``alg`` must be pinned (:class:`JwtAlgorithmNotAllowed`) -- this stops ``alg:none``
    and the HS256-with-the-public-key confusion before any key is touched;
 4. select the key by ``kid`` only, among the JWKS entries for signatures (``use`` absent or
@@ -22,6 +23,12 @@ typed error (all :class:`JwtInvalid`):
 6. the times, against the injected ``now`` with ``leeway``: ``exp`` (:class:`JwtExpired`), ``nbf``
    and ``iat`` in the future (:class:`JwtNotYetValid`). pyjwt's own time checks are off because
    they read the wall clock.
+
+The result is a :class:`VerifiedJwt`: the header and the claims of that one verified parse, so a
+caller never reads the token again (the ``kid`` that verified it is ``.kid``).
+
+Steps 2 and 5 are shared with :mod:`keys.embedded` (tokens that carry their own key, e.g. DPoP
+proofs): :func:`read_jose_header` and :func:`decode_verified`.
 """
 
 from __future__ import annotations
@@ -29,7 +36,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -65,6 +74,19 @@ _ALGS_FOR_KEY_TYPE: dict[tuple[Any, Any], frozenset[str]] = {
 _RSA_ALGS = frozenset({"RS256", "PS256"})
 
 
+@dataclass(frozen=True)
+class VerifiedJwt:
+    """A JWT that passed :func:`verify_jwt`: its JOSE header and claims, both read-only."""
+
+    header: Mapping[str, Any]
+    claims: Mapping[str, Any]
+
+    @property
+    def kid(self) -> str:
+        """The ``kid`` of the key that verified the signature (always present and a string)."""
+        return str(self.header["kid"])
+
+
 def sign_jwt(claims: Mapping[str, Any], ring: KeyRing, *,
              headers: Mapping[str, Any] | None = None) -> str:
     """Sign ``claims`` with the ring's active key (compact JWS)."""
@@ -77,7 +99,8 @@ def sign_jwt(claims: Mapping[str, Any], ring: KeyRing, *,
     return jwt.encode(dict(claims), active.private_key, algorithm=active.alg, headers=header)
 
 
-def _pinned(algorithms: Sequence[str]) -> frozenset[str]:
+def pinned_algorithms(algorithms: Sequence[str]) -> frozenset[str]:
+    """The caller's algorithm allowlist, checked: a non-empty subset of SUPPORTED_ALGORITHMS."""
     if isinstance(algorithms, str | bytes):
         raise ValueError("algorithms must be a sequence of names, e.g. ['ES256'], not a string")
     pinned = frozenset(algorithms)
@@ -131,12 +154,19 @@ def _select_key(entries: list[Any], kid: str, alg: str) -> PublicKey:
     return key
 
 
-def _read_header(token: str | bytes, pinned: frozenset[str], typ: str | None
-                 ) -> tuple[str, str]:
+def read_jose_header(token: str | bytes, pinned: frozenset[str], *,
+                     max_bytes: int = MAX_TOKEN_BYTES) -> dict[str, Any]:
+    """The unverified header of one compact JWS whose ``alg`` is ``pinned`` (no crit/b64).
+
+    Only what decides *how* to verify is checked here; nothing in it is trusted yet.
+    """
     if not isinstance(token, str | bytes):
         raise JwtMalformed(f"token must be a string, got {type(token).__name__}")
-    if len(token) > MAX_TOKEN_BYTES:
-        raise JwtMalformed(f"token of {len(token)} bytes exceeds {MAX_TOKEN_BYTES}")
+    if len(token) > max_bytes:
+        raise JwtMalformed(f"token of {len(token)} bytes exceeds {max_bytes}")
+    dots = token.count(".") if isinstance(token, str) else token.count(b".")
+    if dots != 2:
+        raise JwtMalformed(f"not one compact JWS: {dots + 1} segments, expected 3")
     try:
         header = jwt.get_unverified_header(token)
     except jwt_errors.PyJWTError as e:
@@ -149,12 +179,18 @@ def _read_header(token: str | bytes, pinned: frozenset[str], typ: str | None
     if not isinstance(alg, str) or alg not in pinned:
         raise JwtAlgorithmNotAllowed(f"alg {alg!r} is not one of the pinned "
                                      f"{sorted(pinned)}")
+    return header
+
+
+def _read_header(token: str | bytes, pinned: frozenset[str], typ: str | None
+                 ) -> tuple[str, str]:
+    header = read_jose_header(token, pinned)
     if typ is not None and _media_type(header.get("typ")) != _media_type(typ):
         raise JwtWrongType(f"typ {header.get('typ')!r}, expected {typ!r}")
     kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise JwtMalformed("token header has no kid; keys are selected by kid only")
-    return alg, kid
+    return str(header["alg"]), kid
 
 
 def _media_type(value: object) -> str | None:
@@ -187,6 +223,26 @@ def map_pyjwt_error(error: Exception) -> JwtInvalid:
     return JwtMalformed(f"{type(error).__name__}: {error}")
 
 
+def decode_verified(token: str | bytes, key: PublicKey, alg: str, options: Options,
+                    **expected: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Header and claims of ``token`` once its signature verifies with ``key`` and ``alg``.
+
+    One pyjwt parse; ``expected`` (issuer, audience) goes to pyjwt's claim checks. Every
+    failure is a :class:`JwtInvalid` (pyjwt's exceptions never leave ``keys``).
+    """
+    try:
+        decoded = jwt.decode_complete(token, key, algorithms=[alg], options=options, **expected)
+    except jwt_errors.PyJWTError as e:
+        raise map_pyjwt_error(e) from e
+    except (ValueError, TypeError, RecursionError, OverflowError) as e:
+        # pyjwt does not wrap every failure on hostile payloads; none may leak untyped.
+        raise JwtMalformed(f"{type(e).__name__}: {e}") from e
+    header, payload = decoded["header"], decoded["payload"]
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise JwtMalformed("the header and the payload must be JSON objects")
+    return header, payload
+
+
 def _numeric_date(payload: Mapping[str, Any], name: str) -> int | float | None:
     if name not in payload:
         return None
@@ -215,8 +271,8 @@ def verify_jwt(token: str | bytes, jwks: Mapping[str, Any] | KeyRing, *,
                algorithms: Sequence[str], issuer: str, audience: str | Sequence[str] | None,
                now: float | None = None, leeway: float | timedelta = DEFAULT_LEEWAY,
                required_claims: Sequence[str] = ("exp", "iat", "iss"),
-               typ: str | None = None) -> dict[str, Any]:
-    """Verify ``token`` against ``jwks`` and return its claims (see the module docstring).
+               typ: str | None = None) -> VerifiedJwt:
+    """Verify ``token`` against ``jwks``: its header and claims (see the module docstring).
 
     ``audience=None`` means the token must carry no ``aud``; a sequence accepts any of its
     members. ``now`` is a POSIX timestamp;
@@ -224,7 +280,7 @@ def verify_jwt(token: str | bytes, jwks: Mapping[str, Any] | KeyRing, *,
     bad token, :class:`ValueError` for a bad call, :class:`JwkInvalid` for a JWKS that is not
     a JWKS at all.
     """
-    pinned = _pinned(algorithms)
+    pinned = pinned_algorithms(algorithms)
     if not issuer:
         raise ValueError("issuer must be a non-empty string")
     when = time.time() if now is None else float(now)
@@ -238,13 +294,7 @@ def verify_jwt(token: str | bytes, jwks: Mapping[str, Any] | KeyRing, *,
         "verify_iss": True, "verify_aud": True, "verify_sub": True, "verify_jti": True,
         "enforce_minimum_key_length": True,
     }
-    try:
-        payload: dict[str, Any] = jwt.decode(token, key, algorithms=[alg], options=options,
-                                             issuer=issuer, audience=audience)
-    except jwt_errors.PyJWTError as e:
-        raise map_pyjwt_error(e) from e
-    except (ValueError, TypeError, RecursionError, OverflowError) as e:
-        # pyjwt does not wrap every failure on hostile payloads; none may leak untyped.
-        raise JwtMalformed(f"{type(e).__name__}: {e}") from e
+    header, payload = decode_verified(token, key, alg, options, issuer=issuer,
+                                      audience=audience)
     check_jwt_times(payload, when, skew)
-    return payload
+    return VerifiedJwt(MappingProxyType(header), MappingProxyType(payload))

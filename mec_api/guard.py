@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from fastapi import Request
 
 from kernel.ratelimit import RateLimiter
-from keys import JwtInvalid, JwtUnknownKid, check_jwt_times, verify_jwt
+from keys import JwtInvalid, JwtUnknownKid, VerifiedJwt, check_jwt_times, verify_jwt
 from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
@@ -105,7 +105,7 @@ class AccessTokenGuard:
     def __post_init__(self) -> None:
         self.replay = self.replay or DpopReplayCache()
         self._last_refresh = float("-inf")
-        self.verified: VerifiedCache[dict[str, Any]] = VerifiedCache()
+        self.verified: VerifiedCache[Mapping[str, Any]] = VerifiedCache()
         self._kids = KidSet()
 
     async def admit(self, request: Request, scope: str) -> Principal:
@@ -172,8 +172,8 @@ class AccessTokenGuard:
                                 error="invalid_request")
         return canonical, token
 
-    def _verify(self, token: str, scheme: str, now: float) -> dict[str, Any]:
-        def verify(jwks: Mapping[str, Any]) -> dict[str, Any]:
+    def _verify(self, token: str, scheme: str, now: float) -> Mapping[str, Any]:
+        def verify(jwks: Mapping[str, Any]) -> VerifiedJwt:
             return verify_jwt(token, jwks, algorithms=ACCESS_TOKEN_ALGORITHMS,
                               issuer=self.issuer, audience=self.audience, now=now,
                               leeway=self.leeway, typ="at+jwt",
@@ -186,16 +186,16 @@ class AccessTokenGuard:
                 check_jwt_times(cached, now, self.leeway)
                 return cached
             try:
-                claims = verify(jwks)
+                verified = verify(jwks)
             except JwtUnknownKid:
                 if time.monotonic() - self._last_refresh < self.jwks_refresh_seconds:
                     raise
                 self._last_refresh = time.monotonic()
-                claims = verify(self.jwks_source.jwks(refresh=True))
+                verified = verify(self.jwks_source.jwks(refresh=True))
         except JwtInvalid as e:
             raise _unauthorized(f"{e.check}: {e.detail}", scheme=scheme) from None
-        self.verified.put(token, _kid_of(token), claims)
-        return claims
+        self.verified.put(token, verified.kid, verified.claims)
+        return verified.claims
 
     def _sender_constraint(self, claims: Mapping[str, Any], scheme: str, token: str,
                            dpop: str | None, method: str, url: str, now: float) -> None:
@@ -218,11 +218,6 @@ class AccessTokenGuard:
             self.replay.check_and_remember(proof, now)
         except DpopProofInvalid as e:
             raise _unauthorized(e.detail, scheme="DPoP", error="invalid_dpop_proof") from None
-
-
-def _kid_of(token: str) -> str:
-    import jwt  # already verified: this header parse cannot fail
-    return str(jwt.get_unverified_header(token).get("kid"))
 
 
 def _principal(claims: Mapping[str, Any]) -> Principal:

@@ -286,14 +286,16 @@ def test_attestation_result_is_a_verifiable_jwt(env: Env) -> None:
     from keys import verify_jwt
     node = trusted(env)
     verdict = node.attest()
-    claims = verify_jwt(verdict["attestation_result"], env.server.keys, algorithms=["ES256"],
-                        issuer=env.server.attest.config.issuer, audience="umec")
+    verified = verify_jwt(verdict["attestation_result"], env.server.keys, algorithms=["ES256"],
+                          issuer=env.server.attest.config.issuer, audience="umec")
+    assert verified.kid == env.server.keys.active.kid and verified.header["alg"] == "ES256"
+    claims = verified.claims
     assert claims["sub"] == "node-a" and claims["state"] == "trusted"
     assert claims["trusted"] is True and claims["failed_checks"] == []
     node.tpm.extend(14, b"tampered")
     claims = verify_jwt(node.attest()["attestation_result"], env.server.keys,
                         algorithms=["ES256"], issuer=env.server.attest.config.issuer,
-                        audience="umec")
+                        audience="umec").claims
     assert claims["state"] == "untrusted" and claims["trusted"] is False
     assert claims["failed_checks"] == ["policy.pcr_value"]
 

@@ -1,13 +1,15 @@
-"""keys.tokens: JWT signing and strict verification, including the classic JWT attacks."""
+"""keys.tokens and keys.embedded: JWT signing and strict verification, including the classic JWT
+attacks, and the verification of JWTs that carry their own key (the generic part of DPoP)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
@@ -19,12 +21,15 @@ from cryptography.hazmat.primitives.hashes import SHA256
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwt import exceptions as jwt_errors
+from jwt.algorithms import get_default_algorithms
 
 import keys
 from keys import (
     JwkInvalid,
     JwtAlgorithmNotAllowed,
     JwtBadSignature,
+    JwtEmbeddedKeyInvalid,
+    JwtEmbeddedKeyPrivate,
     JwtExpired,
     JwtInvalid,
     JwtMalformed,
@@ -62,11 +67,11 @@ def claims(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in base.items() if v is not None}
 
 
-def verify(token: Any, jwks: Any, **kw: Any) -> dict[str, Any]:
+def verify(token: Any, jwks: Any, **kw: Any) -> Mapping[str, Any]:
     args: dict[str, Any] = {"algorithms": ["ES256", "RS256", "PS256", "EdDSA"], "issuer": ISS,
                             "audience": AUD, "now": NOW}
     args.update(kw)
-    return keys.verify_jwt(token, jwks, **args)
+    return keys.verify_jwt(token, jwks, **args).claims
 
 
 def b64(data: bytes) -> str:
@@ -113,6 +118,32 @@ def test_valid_tokens_of_every_kind(all_keys: dict[KeyKind, PrivateKey], kind: K
     for source in (ring, jwks, no_alg):
         assert verify(token, source, algorithms=[alg], typ="at+jwt") == claims()
     assert verify(token.encode(), ring, algorithms=[alg]) == claims()
+
+
+def test_verified_jwt_is_the_header_and_claims_of_one_parse(
+        all_keys: dict[KeyKind, PrivateKey]) -> None:
+    ring = KeyRing(all_keys[KeyKind.EC_P256])
+    token = keys.sign_jwt(claims(), ring, headers={"typ": "at+jwt", "x-trace": "t1"})
+    verified = keys.verify_jwt(token, ring, algorithms=["ES256"], issuer=ISS, audience=AUD,
+                               now=NOW, typ="at+jwt")
+    assert isinstance(verified, keys.VerifiedJwt)
+    assert verified.header == {"alg": "ES256", "kid": ring.active.kid, "typ": "at+jwt",
+                               "x-trace": "t1"} == pyjwt.get_unverified_header(token)
+    assert verified.claims == claims() and verified.kid == ring.active.kid
+    # Read-only: a cached verification cannot be altered by one of its readers.
+    with pytest.raises(TypeError):
+        verified.claims["scope"] = "mec011.admin"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        verified.header["kid"] = "other"  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        verified.claims = {}  # type: ignore[misc]
+    # After a rotation, .kid names the key that verified, old or new.
+    old = keys.sign_jwt(claims(), ring)
+    ring.rotate(all_keys[KeyKind.ED25519], T_NOW, timedelta(minutes=10))
+    new = keys.sign_jwt(claims(), ring)
+    kids = [keys.verify_jwt(t, ring, algorithms=["ES256", "EdDSA"], issuer=ISS, audience=AUD,
+                            now=NOW).kid for t in (old, new)]
+    assert kids == [ring.retiring[0].kid, ring.active.kid] and kids[0] != kids[1]
 
 
 def test_default_typ_and_expectations(ring: KeyRing) -> None:
@@ -382,8 +413,10 @@ def test_every_pyjwt_error_is_mapped() -> None:
         assert type(map_pyjwt_error(pyjwt_type("x"))) is ours
     assert type(map_pyjwt_error(jwt_errors.MissingRequiredClaimError("exp"))) is JwtMissingClaim
     # Every error class has its own check id and a hint.
-    classes: list[type[JwtInvalid]] = [JwtInvalid, *JwtInvalid.__subclasses__()]
-    assert len({c.check for c in classes}) == len(classes) == 11
+    classes: list[type[JwtInvalid]] = [JwtInvalid]
+    for c in classes:
+        classes.extend(c.__subclasses__())
+    assert len({c.check for c in classes}) == len(classes) == 13
     assert all(c.hint for c in classes)
 
 
@@ -435,3 +468,217 @@ def test_fuzz_single_character_mutations(position: int, char: str) -> None:
         return
     # base64url tolerates changes in unused trailing bits: then the bytes, hence claims, are equal.
     assert result == claims()
+
+
+# --- JWTs carrying their own key (keys.embedded; DPoP's generic part) --------------------------
+
+TYP = "dpop+jwt"
+EMBEDDED_ALGS = ["ES256", "RS256", "PS256", "EdDSA"]
+KIND_OF = {"ES256": KeyKind.EC_P256, "RS256": KeyKind.RSA_2048, "PS256": KeyKind.RSA_2048,
+           "EdDSA": KeyKind.ED25519}
+
+
+def signer(alg: str, key: Any) -> Callable[[bytes], bytes]:
+    algorithm = get_default_algorithms()[alg]
+    return lambda message: algorithm.sign(message, key)
+
+
+def embedded_token(key: Any, alg: str, payload: Any = None, **header: Any) -> str:
+    """A JWS signed by ``key`` with ``alg``, its public JWK in the header (unless overridden)."""
+    full = {"typ": TYP, "alg": alg, "jwk": keys.public_jwk(key), **header}
+    full = {k: v for k, v in full.items() if v is not None}
+    return forge(full, {"jti": "j1", "n": 1} if payload is None else payload, signer(alg, key))
+
+
+def verify_embedded(token: Any, **kw: Any) -> keys.EmbeddedKeyJwt:
+    args: dict[str, Any] = {"algorithms": EMBEDDED_ALGS, "typ": TYP}
+    args.update(kw)
+    return keys.verify_embedded_key_jwt(token, **args)
+
+
+@pytest.mark.parametrize("alg", EMBEDDED_ALGS)
+def test_embedded_key_jwt_of_every_kind(all_keys: dict[KeyKind, PrivateKey], alg: str) -> None:
+    key = all_keys[KIND_OF[alg]]
+    token = embedded_token(key, alg, {"htm": "POST", "jti": "a"})
+    verified = verify_embedded(token)
+    assert verified.claims == {"htm": "POST", "jti": "a"}
+    assert verified.header == {"typ": TYP, "alg": alg, "jwk": keys.public_jwk(key)}
+    assert verified.thumbprint == keys.key_thumbprint(key)
+    # typ is compared case-insensitively; optional JWK members do not change the thumbprint.
+    token = embedded_token(key, alg, typ="DPoP+JWT", jwk={**keys.public_jwk(key), "kid": "k"})
+    assert verify_embedded(token).thumbprint == keys.key_thumbprint(key)
+
+
+def test_embedded_typ_must_be_the_expected_one(all_keys: dict[KeyKind, PrivateKey]) -> None:
+    key = all_keys[KeyKind.EC_P256]
+    for typ in (None, "JWT", "at+jwt", "application/dpop+jwt", "dpop+jwt ", ["dpop+jwt"], 1):
+        err = raises(JwtWrongType, partial(verify_embedded, embedded_token(key, "ES256",
+                                                                           typ=typ)))
+        assert err.check == "jwt.typ"
+    with pytest.raises(ValueError, match="typ"):
+        verify_embedded(embedded_token(key, "ES256"), typ="")
+
+
+def test_embedded_alg_must_be_pinned_and_fit_the_key(all_keys: dict[KeyKind, PrivateKey]) -> None:
+    ec_key, rsa_key = all_keys[KeyKind.EC_P256], all_keys[KeyKind.RSA_2048]
+    jwk = keys.public_jwk(ec_key)
+    unsigned = [forge({"typ": TYP, "alg": alg, "jwk": jwk}, {"jti": "x"})
+                for alg in ("none", "None", "NONE")]
+    secrets = (keys.public_key_pem(ec_key), json.dumps(jwk).encode(), b"")
+    hmac_signed = [forge({"typ": TYP, "alg": alg, "jwk": jwk}, {"jti": "x"},
+                         partial(_hmac, secret, digest))
+                   for alg, digest in (("HS256", hashlib.sha256), ("HS512", hashlib.sha512))
+                   for secret in secrets]
+    for token in (*unsigned, *hmac_signed):
+        raises(JwtAlgorithmNotAllowed, partial(verify_embedded, token))
+    # Supported but not pinned by this caller: refused, although it would verify.
+    rs = embedded_token(rsa_key, "RS256")
+    raises(JwtAlgorithmNotAllowed, partial(verify_embedded, rs, algorithms=["ES256", "EdDSA"]))
+    assert verify_embedded(rs, algorithms=["RS256"]).thumbprint == keys.key_thumbprint(rsa_key)
+    # The alg must fit the embedded key's type: ES256 header, RSA key (signature irrelevant).
+    mismatch = forge({"typ": TYP, "alg": "ES256", "jwk": keys.public_jwk(rsa_key)},
+                     {"jti": "x"}, signer("RS256", rsa_key))
+    raises(JwtAlgorithmNotAllowed, partial(verify_embedded, mismatch))
+    for algorithms in ("ES256", [], ["none"], ["HS256"]):
+        with pytest.raises(ValueError):
+            verify_embedded(rs, algorithms=algorithms)
+
+
+def test_embedded_jwk_must_be_a_public_key(all_keys: dict[KeyKind, PrivateKey]) -> None:
+    key = all_keys[KeyKind.EC_P256]
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    d = b64(key.private_numbers().private_value.to_bytes(32, "big"))
+    public = keys.public_jwk(key)
+    for leaky in ({**public, "d": d}, {**public, "d": ""}, {**public, "k": "c2VjcmV0"},
+                  {"kty": "oct", "k": "c2VjcmV0"}, {**public, "p": "AQ", "q": "AQ"}):
+        err = raises(JwtEmbeddedKeyPrivate, partial(verify_embedded,
+                                                    embedded_token(key, "ES256", jwk=leaky)))
+        assert err.check == "jwt.jwk.private" and isinstance(err, JwtEmbeddedKeyInvalid)
+    small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    for bad in ("jwk", [public], {"kty": "oct"}, {**public, "crv": "P-384"},
+                {**public, "x": public["y"]}, {k: v for k, v in public.items() if k != "y"},
+                keys.public_jwk(ed25519.Ed25519PrivateKey.generate()) | {"kty": "EC"}):
+        raises(JwtEmbeddedKeyInvalid, partial(verify_embedded,
+                                              embedded_token(key, "ES256", jwk=bad)))
+    raises(JwtEmbeddedKeyInvalid, partial(verify_embedded, forge(
+        {"typ": TYP, "alg": "ES256"}, {"jti": "x"}, signer("ES256", key))))
+    small_jwk = {"kty": "RSA", "n": b64(small.public_key().public_numbers().n.to_bytes(128, "big")),
+                 "e": "AQAB"}
+    raises(JwtEmbeddedKeyInvalid, partial(verify_embedded, forge(
+        {"typ": TYP, "alg": "RS256", "jwk": small_jwk}, {"jti": "x"}, signer("RS256", small))))
+
+
+def test_embedded_signature_must_be_by_the_embedded_key(
+        all_keys: dict[KeyKind, PrivateKey]) -> None:
+    for alg in EMBEDDED_ALGS:
+        key = all_keys[KIND_OF[alg]]
+        other = keys.generate_private_key(KIND_OF[alg])
+        # Signed by another key than the one it names: possession of the named key unproven.
+        impostor = forge({"typ": TYP, "alg": alg, "jwk": keys.public_jwk(key)}, {"jti": "x"},
+                         signer(alg, other))
+        raises(JwtBadSignature, partial(verify_embedded, impostor))
+        token = embedded_token(key, alg, {"jti": "x", "htm": "GET"})
+        head, _, sig = token.split(".")
+        raises(JwtBadSignature, partial(verify_embedded,
+                                        f"{head}.{segment({'jti': 'x', 'htm': 'POST'})}.{sig}"))
+        raises(JwtBadSignature, partial(verify_embedded, f"{head}.{token.split('.')[1]}."))
+
+
+def test_embedded_malformed_tokens(all_keys: dict[KeyKind, PrivateKey]) -> None:
+    key = all_keys[KeyKind.ED25519]
+    good = embedded_token(key, "EdDSA")
+    head, body, sig = good.split(".")
+    for token in ("", "a.b", f"{good}.x", f"{head}.{body}", f"!!.{body}.{sig}", 12345,
+                  embedded_token(key, "EdDSA", [1]), embedded_token(key, "EdDSA", "text"),
+                  embedded_token(key, "EdDSA", crit=["exp"]),
+                  embedded_token(key, "EdDSA", b64=True)):
+        raises(JwtMalformed, partial(verify_embedded, token))
+    raises(JwtMalformed, partial(verify_embedded, good, max_bytes=len(good) - 1))
+    assert verify_embedded(good, max_bytes=len(good)).claims == {"jti": "j1", "n": 1}
+
+
+_EMBEDDED_KEY = ed25519.Ed25519PrivateKey.generate()
+_EMBEDDED_JWK = keys.public_jwk(_EMBEDDED_KEY)
+_HEADER_PATHS = [("typ",), ("alg",), ("jwk",), ("kid",), ("crit",), ("b64",), ("x5u",),
+                 ("jwk", "kty"), ("jwk", "crv"), ("jwk", "x"), ("jwk", "d"), ("jwk", "k")]
+_PLAUSIBLE = ["dpop+jwt", "DPOP+JWT", "application/dpop+jwt", "JWT", "EdDSA", "ES256", "RS256",
+              "HS256", "none", "OKP", "EC", "RSA", "oct", "Ed25519", "P-256", _EMBEDDED_JWK["x"],
+              keys.public_jwk(ed25519.Ed25519PrivateKey.generate())["x"], dict(_EMBEDDED_JWK)]
+_DROP = object()
+
+
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(json.dumps(doc))
+    parent = out
+    for part in path[:-1]:
+        if not isinstance(parent.get(part), dict):
+            parent[part] = {}
+        parent = parent[part]
+    if value is _DROP:
+        parent.pop(path[-1], None)
+    else:
+        parent[path[-1]] = value
+    return out
+
+
+_json_object = st.dictionaries(st.text(max_size=5).filter(lambda k: k not in ("sub", "jti")),
+                               st.recursive(st.none() | st.booleans() | st.integers()
+                                            | st.floats(allow_nan=False) | st.text(max_size=10),
+                                            lambda c: st.lists(c, max_size=3)
+                                            | st.dictionaries(st.text(max_size=5), c,
+                                                              max_size=3),
+                                            max_leaves=6),
+                               max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=_json_object,
+       extra=st.dictionaries(st.sampled_from(["x-a", "cty", "nonce", "zip_"]),
+                             st.text(max_size=8), max_size=2))
+def test_fuzz_valid_embedded_tokens_verify(payload: dict[str, Any], extra: dict[str, Any]
+                                           ) -> None:
+    """Any JSON object, any unrelated header member: a correctly made token verifies."""
+    token = forge({"typ": TYP, "alg": "EdDSA", "jwk": _EMBEDDED_JWK, **extra}, payload,
+                  _EMBEDDED_KEY.sign)
+    verified = verify_embedded(token)
+    assert verified.claims == payload and verified.header["jwk"] == _EMBEDDED_JWK
+    assert verified.thumbprint == keys.key_thumbprint(_EMBEDDED_KEY)
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st.lists(st.tuples(st.sampled_from(_HEADER_PATHS),
+                                st.one_of(st.just(_DROP), _json, st.sampled_from(_PLAUSIBLE))),
+                      min_size=1, max_size=3),
+       payload=_json | _json_object)
+def test_fuzz_mutated_embedded_tokens(edits: list[tuple[tuple[str, ...], Any]],
+                                      payload: Any) -> None:
+    """Header members of any type, any payload, correctly signed by the real key: refused
+    (typed), or accepted only if typ, alg and the public key are still the genuine ones."""
+    header: dict[str, Any] = {"typ": TYP, "alg": "EdDSA", "jwk": dict(_EMBEDDED_JWK)}
+    for path, value in edits:
+        header = _set(header, path, value)
+    try:
+        verified = verify_embedded(forge(header, payload, _EMBEDDED_KEY.sign))
+    except JwtInvalid as e:
+        assert e.hint and e.check.startswith("jwt")
+        return
+    assert str(header.get("typ")).lower() == TYP and header["alg"] == "EdDSA"
+    jwk = header["jwk"]
+    assert not {"d", "k"} & set(jwk) and {k: jwk[k] for k in ("kty", "crv", "x")} == _EMBEDDED_JWK
+    assert verified.thumbprint == keys.key_thumbprint(_EMBEDDED_KEY)
+    assert verified.claims == payload and "crit" not in header and "b64" not in header
+
+
+@settings(max_examples=300, deadline=None)
+@given(position=st.integers(min_value=0), char=st.sampled_from("AQgw_-.x"))
+def test_fuzz_embedded_single_character_mutations(position: int, char: str) -> None:
+    token = forge({"typ": TYP, "alg": "EdDSA", "jwk": _EMBEDDED_JWK}, claims(),
+                  _EMBEDDED_KEY.sign)
+    i = position % len(token)
+    try:
+        verified = verify_embedded(token[:i] + char + token[i + 1:])
+    except JwtInvalid:
+        return
+    # Only changes in unused trailing base64url bits survive: the bytes, hence all, are equal.
+    assert verified.claims == claims() and verified.thumbprint == keys.key_thumbprint(
+        _EMBEDDED_KEY)

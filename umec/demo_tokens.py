@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 from rich.console import Console
 
-from keys import KeyKind, KeyRing, generate_private_key
+from keys import KeyKind, KeyRing, generate_private_key, sign_jwt
 
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # DESIGN.md's RAWv2 vector: 24.3 °C, 53.49 %RH, 100044 Pa, MAC CB:B8:33:4C:88:4F.
@@ -56,8 +55,7 @@ class DemoCluster:
                                     "node": {"name": node, "uid": f"uid-{node}"},
                                     "pod": {"name": pod, "uid": uid},
                                     "serviceaccount": {"name": account, "uid": f"sa-{account}"}}}
-        return jwt.encode(claims, self.ring.active.private_key, algorithm="RS256",
-                          headers={"kid": self.ring.active.kid})
+        return sign_jwt(claims, self.ring)  # RS256 (the ring's alg), kid, typ JWT
 
 
 def demo_video(path: Path) -> Path:

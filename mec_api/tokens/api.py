@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -131,7 +132,7 @@ async def token(request: Request, ctx: Tokens) -> JSONResponse:
     return JSONResponse(issued.response(grant_type == TOKEN_EXCHANGE), headers=NO_STORE)
 
 
-def _verified_claims(ctx: TokenRoutes, token: str | None) -> dict[str, Any] | None:
+def _verified_claims(ctx: TokenRoutes, token: str | None) -> Mapping[str, Any] | None:
     """The claims of a token this service issued and that is still accepted (no I/O)."""
     if not token:
         return None
@@ -140,12 +141,12 @@ def _verified_claims(ctx: TokenRoutes, token: str | None) -> dict[str, Any] | No
         return verify_jwt(token, ctx.issuer.ring, algorithms=["ES256"], issuer=config.issuer,
                           audience=list(config.audiences), now=ctx.clock().timestamp(),
                           leeway=ACCEPTANCE_LEEWAY_SECONDS, typ="at+jwt",
-                          required_claims=("exp", "iat", "iss", "jti"))
+                          required_claims=("exp", "iat", "iss", "jti")).claims
     except JwtInvalid:
         return None
 
 
-def _revoked(ctx: TokenRoutes, claims: dict[str, Any]) -> bool:
+def _revoked(ctx: TokenRoutes, claims: Mapping[str, Any]) -> bool:
     """One indexed query for the entries that could match this token."""
     return ctx.store.matches(jti=str(claims["jti"]), node=claims.get("node"),
                              node_epoch=token_epoch(claims), pod_uid=token_pod_uid(claims),

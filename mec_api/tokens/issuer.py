@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import jwt
-
 from keys import KeyRing, sign_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.dpop import DpopReplayCache, verify_dpop_proof
@@ -73,10 +71,6 @@ MAX_LIFETIME_SECONDS = MAX_TOKEN_LIFETIME_SECONDS
 SA_TOKEN_LEEWAY = 5.0
 # A node's last passing evidence may lie this far after now (rounding) before it is a clock step.
 FUTURE_TOLERANCE = timedelta(seconds=2)
-
-
-def _kid(token: str) -> str:
-    return str(jwt.get_unverified_header(token).get("kid"))  # verified just before
 
 
 class InvalidTarget(TokenRefused):
@@ -212,7 +206,7 @@ class TokenIssuer:
             identity = verify_service_account_token(
                 token, jwks, issuer=self.config.sa_issuer, audiences=audiences,
                 now=now.timestamp(), leeway=SA_TOKEN_LEEWAY, error=error)
-            self.verified_subjects.put(f"{error.check}:{token}", _kid(token), identity)
+            self.verified_subjects.put(f"{error.check}:{token}", identity.key_id, identity)
             return identity
         try:
             return verify(False)

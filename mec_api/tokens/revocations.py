@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -76,13 +76,13 @@ class RevocationGenerationMissing(RuntimeError):
     """The revocation generation row is missing: run ``umec db upgrade`` (migration 0010)."""
 
 
-def token_epoch(claims: dict[str, Any]) -> int:
+def token_epoch(claims: Mapping[str, Any]) -> int:
     """The trust epoch a token was minted in; 0 when absent or malformed (fail closed)."""
     value = claims.get("node_epoch")
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def token_pod_uid(claims: dict[str, Any]) -> str | None:
+def token_pod_uid(claims: Mapping[str, Any]) -> str | None:
     """The UID of the pod a token was minted for (claim ``pod.uid``), or None."""
     pod = claims.get("pod")
     uid = pod.get("uid") if isinstance(pod, dict) else None

@@ -43,6 +43,7 @@ class WorkloadIdentity:
     pod_uid: str
     node_name: str
     expires_at: float
+    key_id: str             # kid of the cluster key that verified the token
 
     @property
     def client_id(self) -> str:
@@ -78,14 +79,15 @@ def verify_service_account_token(
         error: type[SubjectTokenInvalid] = SubjectTokenInvalid) -> WorkloadIdentity:
     """The workload a projected service-account token names (steps in the module doc)."""
     try:
-        claims = verify_jwt(token, jwks, algorithms=SA_TOKEN_ALGORITHMS, issuer=issuer,
-                            audience=list(audiences), now=now, leeway=leeway,
-                            required_claims=("exp", "iat", "iss", "sub", "aud"))
+        verified = verify_jwt(token, jwks, algorithms=SA_TOKEN_ALGORITHMS, issuer=issuer,
+                              audience=list(audiences), now=now, leeway=leeway,
+                              required_claims=("exp", "iat", "iss", "sub", "aud"))
     except JwtUnknownKid as e:
         # The cluster may have rotated its signing key: the caller refreshes the JWKS once.
         raise SubjectTokenUnknownKey(f"{e.check}: {e.detail}") from None
     except JwtInvalid as e:
         raise error(f"{e.check}: {e.detail}") from None
+    claims = verified.claims
     k8s = claims.get("kubernetes.io")
     if not isinstance(k8s, Mapping):
         raise SubjectIdentityIncomplete("no kubernetes.io claim: not a projected token")
@@ -95,7 +97,7 @@ def verify_service_account_token(
         subject=f"system:serviceaccount:{namespace}:{account}", namespace=namespace,
         service_account=account, pod_name=_text(k8s, "pod", "name"),
         pod_uid=_text(k8s, "pod", "uid"), node_name=_text(k8s, "node", "name"),
-        expires_at=_expiry(claims["exp"], error))
+        expires_at=_expiry(claims["exp"], error), key_id=verified.kid)
     if claims.get("sub") != identity.subject:
         raise SubjectIdentityIncomplete(
             f"sub {claims.get('sub')!r} does not match kubernetes.io ({identity.subject})")
