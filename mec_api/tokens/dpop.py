@@ -5,7 +5,13 @@ naming the step:
 
 1. one compact JWT, header ``typ`` = ``dpop+jwt``, ``alg`` an asymmetric algorithm we pin
    (never ``none``, never HMAC), ``jwk`` a public key (no private members);
-2. the signature verifies with that ``jwk``;
+2. the signature verifies with that ``jwk``.
+
+   Steps 1 and 2 are the generic check of a JWT carrying its own key,
+   :func:`keys.verify_embedded_key_jwt`; its typed refusal becomes a :class:`DpopProofInvalid`
+   whose detail starts with the keys check id (``jwt.typ``, ``jwt.alg``, ``jwt.jwk.private``,
+   ``jwt.signature``, ...). The steps below are DPoP's own:
+
 3. ``jti``, ``htm``, ``htu`` and ``iat`` are present; ``htm`` is this request's method and ``htu``
    its URL without query and fragment (scheme and host compared case-insensitively, default
    ports dropped);
@@ -24,20 +30,18 @@ import hashlib
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-import jwt
-from jwt import exceptions as jwt_errors
-
-from keys import JwkInvalid, jwk_thumbprint, public_key_from_jwk
+from keys import EmbeddedKeyJwt, JwtInvalid, verify_embedded_key_jwt
 from keys.jwk import b64url_encode
 from mec_api.tokens.errors import DpopProofInvalid
 
 DPOP_ALGORITHMS = frozenset({"ES256", "RS256", "PS256", "EdDSA"})
+DPOP_TYP = "dpop+jwt"
 MAX_PROOF_BYTES = 8 * 1024
-_PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 @dataclass(frozen=True)
@@ -63,43 +67,23 @@ def access_token_hash(access_token: str) -> str:
     return b64url_encode(hashlib.sha256(access_token.encode("ascii")).digest())
 
 
-def _header(proof: str) -> tuple[str, dict[str, Any]]:
-    if not isinstance(proof, str) or len(proof) > MAX_PROOF_BYTES or proof.count(".") != 2:
+def _signed(proof: str) -> EmbeddedKeyJwt:
+    """Steps 1 and 2: a ``dpop+jwt`` signed by the key in its own ``jwk`` header."""
+    if not isinstance(proof, str):
         raise DpopProofInvalid("the DPoP header is not one compact JWT")
     try:
-        header = jwt.get_unverified_header(proof)
-    except (jwt_errors.PyJWTError, ValueError, TypeError, RecursionError):
-        raise DpopProofInvalid("unreadable JOSE header") from None
-    if str(header.get("typ", "")).lower() != "dpop+jwt":
-        raise DpopProofInvalid(f"typ {header.get('typ')!r}, expected 'dpop+jwt'")
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in DPOP_ALGORITHMS:  # a list is unhashable
-        raise DpopProofInvalid(f"alg {alg!r} is not one of {sorted(DPOP_ALGORITHMS)}")
-    jwk = header.get("jwk")
-    if not isinstance(jwk, dict):
-        raise DpopProofInvalid("no jwk header: the proof must carry its public key")
-    if _PRIVATE_JWK_MEMBERS.intersection(jwk):
-        raise DpopProofInvalid("the jwk header holds private or symmetric key material")
-    return str(alg), jwk
+        return verify_embedded_key_jwt(proof, algorithms=sorted(DPOP_ALGORITHMS), typ=DPOP_TYP,
+                                       max_bytes=MAX_PROOF_BYTES)
+    except JwtInvalid as e:
+        raise DpopProofInvalid(f"{e.check}: {e.detail}") from None
 
 
 def verify_dpop_proof(proof: str, *, method: str, url: str, now: float,
                       max_age: float = 60.0, leeway: float = 5.0,
                       access_token: str | None = None) -> DpopProof:
     """Check one DPoP proof for this request (steps in the module doc, except replay)."""
-    alg, jwk = _header(proof)
-    try:
-        key = public_key_from_jwk(jwk)
-        jkt = jwk_thumbprint(jwk)
-    except JwkInvalid as e:
-        raise DpopProofInvalid(f"jwk: {e.detail}") from None
-    try:
-        claims: dict[str, Any] = jwt.decode(
-            proof, key, algorithms=[alg],
-            options={"verify_signature": True, "verify_exp": False, "verify_nbf": False,
-                     "verify_iat": False, "verify_aud": False, "verify_iss": False})
-    except (jwt_errors.PyJWTError, ValueError, TypeError, RecursionError) as e:
-        raise DpopProofInvalid(f"signature or payload: {type(e).__name__}") from None
+    signed = _signed(proof)
+    claims: Mapping[str, Any] = signed.claims
     for name in ("jti", "htm", "htu"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             raise DpopProofInvalid(f"claim {name!r} is missing")
@@ -114,7 +98,7 @@ def verify_dpop_proof(proof: str, *, method: str, url: str, now: float,
     iat = _recent_iat(claims.get("iat"), now, max_age, leeway)
     if access_token is not None and claims.get("ath") != access_token_hash(access_token):
         raise DpopProofInvalid("ath does not match the access token")
-    return DpopProof(jkt=jkt, jti=claims["jti"], iat=iat)
+    return DpopProof(jkt=signed.thumbprint, jti=claims["jti"], iat=iat)
 
 
 def _recent_iat(iat: object, now: float, max_age: float, leeway: float) -> float:
