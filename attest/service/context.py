@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -57,6 +58,14 @@ class AttestConfig:
     policy_ttl_seconds: float = 2.0
     # Bearer token for the operator's read routes (fleet listing); nodes never need it.
     operator_token: str = ""
+    # The service's background work and notifications (attest.service.build): how often the
+    # lease holder checks deadlines and re-syncs Kubernetes labels, where signed webhooks go,
+    # and the appraisal policies loaded into the database at start.
+    deadline_check_seconds: float = 1.0
+    kubernetes_resync_seconds: float = 300.0
+    webhook_urls: Sequence[str] = ()
+    webhook_secret: bytes = b""
+    policy_dir: Path | None = None
 
 
 def utcnow() -> datetime:
