@@ -1,0 +1,136 @@
+"""The admission service as ``umec`` serves it: :func:`build_service`.
+
+Two roles, chosen by :class:`AdmissionConfig`:
+
+- ``webhook`` (``umec webhook``): the AdmissionReview routes (:mod:`admission.service.webhook`,
+  reading ``app.state.webhook``) over the registry client, the policy directory, the Rego
+  decision and, with a Kubernetes API, the pods' pull secrets;
+- ``upkeep`` (``umec server``): tombstones of forgotten records pruned, and, with a Kubernetes
+  API, the pod reconciler (:mod:`admission.service.pod_reconcile`) under a lease.
+
+``bridges`` is what comes from outside admission: the database, the one clock of all replicas,
+what else a forgotten record must take with it in its transaction (``umec`` wires the pod's
+token revocation there) and the Kubernetes API client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
+
+from admission.registry.client import RegistryClient
+from admission.registry.credentials import Credentials
+from admission.service.admit import WebhookDeps
+from admission.service.images import CosignVerifier, RegistryClients, RegistryResolver
+from admission.service.pod_reconcile import (
+    RECONCILE_EVERY_SECONDS,
+    live_pod_uids,
+    reconcile_task,
+)
+from admission.service.policy_dir import load_policy_set
+from admission.service.records import ForgetWriter, SqlAdmissionRecords
+from admission.service.rego import RegoEvaluator
+from admission.service.webhook import router
+from kernel.periodic import PeriodicTask
+from kernel.service import Service
+
+TOMBSTONE_PRUNE_SECONDS = 2.0
+
+
+@dataclass
+class RegistryConfig:
+    docker_config: Path | None = None      # docker config.json (auths); read when it exists
+    ca: Path | None = None                 # the registries' CA bundle; None: system roots
+    timeout_seconds: float = 5.0
+
+
+@dataclass
+class AdmissionConfig:
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    policy_dir: Path | None = None         # ImagePolicy YAMLs
+    own_namespace: str = "umec-system"
+    timeout_seconds: float = 10.0          # the webhook configuration's timeoutSeconds
+    webhook: bool = True                   # serve the AdmissionReview routes
+    upkeep: bool = False                   # prune tombstones; reconcile pods (with Kubernetes)
+    reconcile_every_seconds: float = RECONCILE_EVERY_SECONDS
+
+
+@dataclass
+class AdmissionBridges:
+    engine: Engine                          # the webhook uses Core only (no ORM: memory)
+    now: Callable[[], datetime]             # the one clock of all replicas (kernel.clock)
+    # In the transaction that forgets records (the pods' token revocations).
+    forget_writers: Sequence[ForgetWriter] = ()
+    # A kubernetes CoreV1Api: the pods' pull secrets (webhook), the pod listing (upkeep).
+    kube_api: Any = None
+
+
+@dataclass
+class AdmissionParts:
+    records: SqlAdmissionRecords
+    webhook: WebhookDeps | None = None
+
+
+def registry_client(config: RegistryConfig) -> RegistryClient:
+    credentials = Credentials()
+    if config.docker_config is not None and config.docker_config.exists():
+        credentials = Credentials.from_docker_config(config.docker_config.read_bytes())
+    return RegistryClient(credentials=credentials, timeout=config.timeout_seconds,
+                          verify=str(config.ca) if config.ca else True)
+
+
+def build_service(config: AdmissionConfig,
+                  bridges: AdmissionBridges) -> Service[AdmissionParts]:
+    """The admission service; ``parts`` holds its records and, serving, the webhook's deps."""
+    records = SqlAdmissionRecords(bridges.engine, now=bridges.now,
+                                  forget_writers=bridges.forget_writers)
+    service = Service("admission", AdmissionParts(records))
+    if config.webhook:
+        deps = webhook_deps(config, bridges, records)
+        deps.admitter  # noqa: B018  (its caches exist from the start, not from the first review)
+        service.parts.webhook = deps
+        service.state["webhook"] = deps
+        service.routers.append(router)
+    if config.upkeep:
+        service.background.extend(task.run for task in upkeep_tasks(config, bridges, records))
+    return service
+
+
+def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
+                 records: SqlAdmissionRecords) -> WebhookDeps:
+    clients = RegistryClients(registry_client(config.registry))
+    policies = load_policy_set(config.policy_dir)
+    pull_secrets = None
+    if bridges.kube_api is not None:
+        # Heavy (the kubernetes client): imported only when pull secrets are on.
+        from admission.registry.pull_secrets import KubePullSecrets
+        pull_secrets = KubePullSecrets(bridges.kube_api)
+    return WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(clients),
+                       verifier=CosignVerifier(clients), rego=RegoEvaluator(),
+                       pull_secrets=pull_secrets, records=records,
+                       own_namespace=config.own_namespace,
+                       timeout_seconds=config.timeout_seconds)
+
+
+def upkeep_tasks(config: AdmissionConfig, bridges: AdmissionBridges,
+                 records: SqlAdmissionRecords) -> list[PeriodicTask]:
+    """Tombstones pruned every 2 s; with a Kubernetes API, the records of pods gone from the
+    cluster forgotten (and their tokens revoked) by the lease holder."""
+    tasks = [PeriodicTask("admission tombstone prune", TOMBSTONE_PRUNE_SECONDS,
+                          lambda: records.prune_forgotten(bridges.now()), delay_first=True)]
+    if bridges.kube_api is not None:
+        from sqlalchemy.orm import sessionmaker  # the ORM: the server's, never the webhook's
+
+        from kernel.lease import SqlLease
+        every = config.reconcile_every_seconds
+        lease = SqlLease(sessionmaker(bridges.engine), "pod-reconcile",
+                         ttl=max(3 * every, 3.0), now=bridges.now)
+        kube_api = bridges.kube_api
+        tasks.append(reconcile_task(records, lambda: live_pod_uids(kube_api), now=bridges.now,
+                                    lease=lease, every=every))
+    return tasks
