@@ -46,10 +46,9 @@ from tests.webhook_helpers import (
     policy_doc,
     webhook_test_certs,
 )
-from umec.admission_wiring import build_webhook
 from umec.localserver import ServerThread
 from umec.settings import Settings
-from umec.webhook_process import check_client_auth, tls_options
+from umec.webhook_process import build_webhook, check_client_auth, tls_options
 
 TABLE = RevocationRow.__table__
 GUARD_LEEWAY = 5.0  # AccessTokenGuard.leeway

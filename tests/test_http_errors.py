@@ -37,11 +37,11 @@ from keys import sign_jwt
 from mec_api.camera.config import CameraConfig
 from mec_api.inference.export import ensure_onnx_model
 from mec_api.scopes import ALL_SCOPES
-from umec.admission_wiring import build_webhook
 from umec.api_process import build_api_process
 from umec.app import build_server
 from umec.localserver import ServerThread, free_port
 from umec.settings import Settings
+from umec.webhook_process import build_webhook
 
 BODY_SECONDS = 1.0
 APP_ID = "app-1"

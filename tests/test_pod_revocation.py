@@ -2,7 +2,7 @@
 
 Over HTTP: a real ``umec server`` on loopback (the ``site`` fixture of
 ``tests/test_revocation.py``: swtpm-less simulated node, trusted) and the admission webhook as
-``umec webhook`` wires it (:func:`umec.admission_wiring.build_webhook`, same database), with one
+``umec webhook`` wires it (:func:`umec.webhook_process.build_webhook`, same database), with one
 stand-in: signatures come from the in-process ``FakeVerifier`` (a real registry and cosign are
 ``tests/test_admission_e2e.py``'s). A pod is admitted through ``/validate``, exchanges its
 service-account token, calls the sensor API; then:
@@ -10,8 +10,8 @@ service-account token, calls the sensor API; then:
 * its DELETE review forgets the record and revokes its tokens in one transaction: the token is
   refused within 1 s, naming the pod, and the leftover service-account token mints nothing;
 * a failing revocation write rolls the forget back; the DELETE is still allowed (never block a
-  deletion), counted, and the pod reconciler (:mod:`umec.pod_reconcile`, against the HTTP fake
-  Kubernetes API in ``tests/fake_kube.py``) revokes once the pod is gone;
+  deletion), counted, and the pod reconciler (:mod:`admission.service.pod_reconcile`, against
+  the HTTP fake Kubernetes API in ``tests/fake_kube.py``) revokes once the pod is gone;
 * a terminating pod's UPDATE (``deletionTimestamp`` set) forgets the record, never re-creates it.
 """
 
@@ -33,20 +33,28 @@ from sqlalchemy.exc import OperationalError
 
 from admission.service.admit import WebhookDeps
 from admission.service.models import admission_pods
+from admission.service.pod_reconcile import forget_gone_pods, live_pod_uids
 from admission.service.records import SqlAdmissionRecords
+from kernel.clock import clock_for
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationRow
 from tests.fake_kube import FakeKube
 from tests.test_revocation import Site, site  # noqa: F401  (the fixture, on both databases)
 from tests.webhook_helpers import FakeVerifier, authority, key, policy_doc
-from umec.admission_wiring import admission_records, build_webhook
+from umec.bridges import pod_revocation_writer
 from umec.localserver import ServerThread
-from umec.pod_reconcile import forget_gone_pods, live_pod_uids
 from umec.settings import Settings
+from umec.webhook_process import build_webhook
 
 D1 = "sha256:" + "1" * 64
 IMAGE = f"reg.local/app@{D1}"
 REVOCATIONS = RevocationRow.__table__
+
+
+def admission_records(settings: Settings, engine: Engine) -> SqlAdmissionRecords:
+    """The records as ``umec`` wires them: forgetting one revokes the pod's tokens."""
+    return SqlAdmissionRecords(engine, now=clock_for(engine).now, forget_writers=[
+        pod_revocation_writer(settings.token_lifetime_seconds)])
 
 
 @dataclass

@@ -208,8 +208,8 @@ def test_unreadable_pull_secrets_deny_the_pod(kube: FakeKube) -> None:
 @requires_registry
 def test_private_registry_admits_only_with_the_pods_pull_secret(
         basic_registry: RunningRegistry, tmp_path: Path) -> None:
-    from umec.admission_wiring import build_webhook
     from umec.settings import Settings
+    from umec.webhook_process import build_webhook
 
     host = basic_registry.host
     image = f"{host}/private-{uuid.uuid4().hex[:8]}/app:1"

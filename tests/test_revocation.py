@@ -804,8 +804,9 @@ def test_a_token_refused_on_one_replica_is_refused_on_every_replica_from_then_on
     """A guard on the token service's database waits for a read that started after the call
     arrived: a replica that was neither poked nor woken, and whose own poll would come in 30 s,
     refuses the token on the first call after the verdict, not within its poll."""
-    import umec.app
-    monkeypatch.setattr(umec.app, "_revocation_wakeups", lambda *_: None)  # no NOTIFY
+    import mec_api.service.tokens
+    monkeypatch.setattr(mec_api.service.tokens, "revocation_wakeups",
+                        lambda *_: None)  # no NOTIFY
     url = (f"sqlite:///{tmp_path / 'umec.db'}" if database == "sqlite"
            else str(request.getfixturevalue("pg_database")))
     cluster = ClusterIssuer()

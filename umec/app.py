@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-from cryptography import x509
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
@@ -20,23 +17,35 @@ from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from admission.service.build import AdmissionBridges
+from admission.service.build import build_service as build_admission
 from attest.service import faultpoints
 from attest.service.api import MAX_B64
-from attest.service.api import router as attest_router
-from attest.service.background import deadline_task, resync_task
-from attest.service.context import AttestConfig, AttestContext
-from attest.service.notify import CompositeSink
+from attest.service.build import AttestBridges
+from attest.service.build import build_service as build_attest
+from attest.service.context import AttestContext
 from attest.service.notify.event import StateChangeSink
-from attest.service.notify.webhook import WebhookSink
-from attest.service.policies import load_policy_dir
-from attest.service.registrar import load_pem_bundle
 from kernel.clock import clock_for
-from kernel.lease import SqlLease
-from keys import KeyRing, atomic_write, sign_jwt
+from kernel.service import Service, running
+from keys import KeyRing
+from mec_api.service.build import MecApiBridges, TokenService
+from mec_api.service.build import build_service as build_mec_api
 from mec_api.tokens.api import MAX_FORM_BYTES
-from mec_api.tokens.api import router as token_router
-from mec_api.tokens.feed import PostgresWakeups
-from umec.api_wiring import ResourceApis, build_resource_apis, resource_body_rules
+from umec.bridges import (
+    AdmissionRecordLookup,
+    AttestNodeTrust,
+    RevokeInTransaction,
+    WakeFollowers,
+    kubernetes_api,
+    pod_revocation_writer,
+)
+from umec.configs import (
+    admission_config,
+    attest_config,
+    operator_token,
+    resource_body_rules,
+    server_mec_api_config,
+)
 from umec.db import open_database
 from umec.http_limits import (
     BodyLimits,
@@ -46,9 +55,10 @@ from umec.http_limits import (
     install_error_handlers,
 )
 from umec.settings import Settings
-from umec.tokens_wiring import TokenService, build_token_service, public_base
 
 log = logging.getLogger("umec.server")
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
 
 REQUESTS = Counter("umec_http_requests_total", "HTTP requests", ["route", "status"])
 LATENCY = Histogram("umec_http_request_seconds", "HTTP request latency", ["route"])
@@ -115,147 +125,29 @@ async def database_unavailable(request: Request, exc: Exception) -> Response:
 
 @dataclass
 class Server:
+    """``umec server``'s app and what tests and the CLI reach inside it."""
+
     app: FastAPI
     attest: AttestContext
-    keys: KeyRing
+    keys: KeyRing                    # signs attestation results
     tokens: TokenService
-    apis: ResourceApis
+    services: list[Service[Any]]
 
     @property
     def operator_token(self) -> str:
         return self.attest.config.operator_token
 
 
-def _operator_token(settings: Settings) -> str:
-    """The configured token, else one generated once and kept (0600) in the data directory."""
-    if settings.operator_token:
-        return settings.operator_token
-    path = settings.data_dir / "operator-token"
-    with contextlib.suppress(FileExistsError):  # another process made it first: use that one
-        atomic_write(path, secrets.token_urlsafe(32).encode(), overwrite=False)
-    return path.read_text().strip()
-
-
-def _attest_config(settings: Settings) -> AttestConfig:
-    anchors: list[x509.Certificate] = []
-    intermediates: list[x509.Certificate] = []
-    if settings.ek_ca_bundle is not None:
-        anchors, intermediates = load_pem_bundle(settings.ek_ca_bundle.read_bytes())
-    return AttestConfig(
-        ek_trust_anchors=anchors, ek_intermediates=intermediates,
-        ek_allowlist=frozenset(h.lower() for h in settings.ek_allowlist),
-        default_node_class=settings.default_node_class,
-        nonce_ttl_seconds=settings.nonce_ttl_seconds,
-        interval_seconds=settings.attestation_interval_seconds,
-        stale_grace_seconds=settings.stale_grace_seconds,
-        result_ttl_seconds=settings.result_ttl_seconds,
-        rate_per_source=settings.attest_rate_per_source,
-        burst_per_source=settings.attest_burst_per_source,
-        operator_token=_operator_token(settings),
-        issuer=settings.public_url or f"http://{settings.listen_host}:{settings.listen_port}")
-
-
-async def _pod_reconcile(ctx: AttestContext, settings: Settings, kube_api: Any) -> None:
-    """The lease holder forgets the records of pods gone from the cluster (and revokes their
-    tokens), every minute or every Kubernetes re-sync, whichever is more often."""
-    from umec.admission_wiring import admission_records
-    from umec.pod_reconcile import RECONCILE_EVERY_SECONDS, live_pod_uids, pod_reconcile_loop
-    every = min(RECONCILE_EVERY_SECONDS, settings.kubernetes_resync_seconds)
-    lease = SqlLease(ctx.sessions, "pod-reconcile", ttl=max(3 * every, 3.0), now=ctx.now)
-    await pod_reconcile_loop(admission_records(settings, ctx.sessions),
-                             lambda: live_pod_uids(kube_api), now=ctx.now, every=every,
-                             acquire=lease.acquire)
-
-
-def _revocation_wakeups(engine: Engine, tokens: TokenService) -> PostgresWakeups | None:
-    """On PostgreSQL, every worker and replica is woken by each committed revocation."""
-    if engine.dialect.name != "postgresql":
-        return None
-    dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    wakeups = PostgresWakeups(dsn, tokens.follower.poke)
-    wakeups.start()
-    return wakeups
-
-
-async def _reload_loop(tokens: TokenService, every: float = 2.0) -> None:
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await asyncio.to_thread(tokens.reloader.check)
-            await asyncio.to_thread(tokens.store.prune, tokens.clock.now())
-            await asyncio.to_thread(tokens.admissions.prune_forgotten, tokens.clock.now())
-        except Exception as e:  # keep serving with the current ring; say why
-            log.warning("token key reload / revocation prune failed: %s", e)
-
-
-@dataclass
-class StateSinks:
-    """Where attestation state changes go besides the database: webhooks, Kubernetes labels
-    (with the API client the pod reconciler shares) and the token service's wake-up."""
-
-    sinks: list[StateChangeSink]
-    webhook_client: httpx.AsyncClient
-    kube_sink: Any = None
-    kube_api: Any = None
-
-
-def _state_sinks(settings: Settings, listeners: list[StateChangeSink] | None) -> StateSinks:
-    out = StateSinks(list(listeners or []), httpx.AsyncClient())
-    if settings.webhook_urls:
-        out.sinks.append(WebhookSink(settings.webhook_urls, settings.webhook_secret.encode(),
-                                     out.webhook_client))
-    if settings.kubernetes_labels:
-        # Imported only when enabled: the kubernetes client costs seconds of start-up.
-        from attest.service.notify.kube import KubernetesNodeSink, kubernetes_api_from_config
-        out.kube_api = kubernetes_api_from_config(settings.kubeconfig,
-                                                  in_cluster=settings.kubeconfig is None)
-        out.kube_sink = KubernetesNodeSink(out.kube_api)
-        out.sinks.append(out.kube_sink)
-    return out
-
-
-@dataclass
-class Background:
-    """The server's background work, started and stopped with the app (its lifespan)."""
-
-    settings: Settings
-    engine: Engine
-    ctx: AttestContext
-    tokens: TokenService
-    apis: ResourceApis
-    state: StateSinks
-
-    def tasks(self) -> list[asyncio.Task[None]]:
-        ctx, state, settings = self.ctx, self.state, self.settings
-        tasks = [asyncio.create_task(deadline_task(ctx, settings.deadline_check_seconds).run()),
-                 asyncio.create_task(self.tokens.follower.run()),
-                 asyncio.create_task(_reload_loop(self.tokens))]
-        if state.kube_sink is not None:
-            tasks.append(asyncio.create_task(
-                resync_task(ctx, state.kube_sink, settings.kubernetes_resync_seconds).run()))
-        if state.kube_api is not None:  # records of pods whose DELETE review the webhook missed
-            tasks.append(asyncio.create_task(_pod_reconcile(ctx, settings, state.kube_api)))
-        return tasks
-
+def _lifespan(engine: Engine, services: list[Service[Any]]) -> Lifespan:
+    """The services' start, background work and close, then the database's pool."""
     @contextlib.asynccontextmanager
-    async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
-        self.ctx.loop = asyncio.get_running_loop()
-        with contextlib.suppress(Exception):  # first revocations before the first request;
-            await self.tokens.follower.step()  # on failure the guard answers 503 until it works
-        tasks = self.tasks()
-        wakeups = _revocation_wakeups(self.engine, self.tokens)
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
-            async with self.apis.running():
+            async with running(services):
                 yield
         finally:
-            if wakeups is not None:
-                await asyncio.to_thread(wakeups.stop)
-            for task in tasks:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            await self.state.webhook_client.aclose()
-            self.engine.dispose()
+            engine.dispose()
+    return lifespan
 
 
 ops_router = APIRouter(include_in_schema=False)
@@ -284,46 +176,45 @@ def metrics() -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
-def _server_app(settings: Settings, background: Background) -> FastAPI:
-    app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=background.lifespan)
-    app.state.engine = background.engine
-    app.state.attest = background.ctx
-    app.include_router(attest_router)
-    app.state.tokens = background.tokens.routes
-    app.include_router(token_router)
+def _server_app(settings: Settings, engine: Engine, services: list[Service[Any]]) -> FastAPI:
+    app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=_lifespan(engine, services))
+    app.state.engine = engine
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
     app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
     install_error_handlers(app, validation_status=422)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, database_unavailable)
+    for service in services:  # attest, then tokens and the resource APIs
+        service.install(app)
     app.include_router(ops_router)
-    # Last: the resource APIs (guard, app.state and routers; 400 for malformed requests).
-    background.apis.install(app)
     return app
 
 
 def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
+    """Settings → configs; the bridges between the domains → three services → one app."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine, sessions = open_database(settings.resolved_database_url())
     faultpoints.install(engine)  # fault tests only (UMEC_FAULT_KILL_AT); a no-op otherwise
-    ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
-    state = _state_sinks(settings, listeners)
-    attest_config = _attest_config(settings)
     clock = clock_for(engine)  # one clock for every replica: the database's on PostgreSQL
-    tokens = build_token_service(settings, sessions, attest_config.operator_token,
-                                 settings.data_dir / "keys" / "access-tokens", clock)
-    state.sinks.append(tokens.sink)
-    apis = build_resource_apis(settings, engine, tokens.guard,
-                               public_url=public_base(settings),
-                               token_endpoint=tokens.issuer.config.token_endpoint)
-    ctx = AttestContext(config=attest_config, sessions=sessions,
-                        sign_result=lambda claims: sign_jwt(claims, ring), result_jwks=ring.jwks,
-                        listeners=[CompositeSink(state.sinks)] if state.sinks else [],
-                        now=clock.now, change_writers=[tokens.change_writer])
-    if settings.policy_dir is not None:
-        load_policy_dir(sessions, settings.policy_dir)
-    app = _server_app(settings, Background(settings, engine, ctx, tokens, apis, state))
-    return Server(app=app, attest=ctx, keys=ring, tokens=tokens, apis=apis)
+    kube_api = kubernetes_api(settings.kubeconfig) if settings.kubernetes_labels else None
+    admission = build_admission(admission_config(settings, webhook=False), AdmissionBridges(
+        engine, clock.now, forget_writers=[pod_revocation_writer(settings.token_lifetime_seconds)],
+        kube_api=kube_api))
+    attest_cfg = attest_config(settings)
+    mec_api = build_mec_api(
+        server_mec_api_config(settings, attest_cfg.operator_token),
+        MecApiBridges(engine, sessions, clock, nodes=AttestNodeTrust(sessions),
+                      admissions=AdmissionRecordLookup(admission.parts.records)))
+    tokens = mec_api.parts.tokens
+    assert tokens is not None  # the server config runs the token service
+    ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
+    attest = build_attest(attest_cfg, AttestBridges(
+        sessions, ring, clock.now, listeners=[*(listeners or []), WakeFollowers(tokens.store)],
+        change_writers=[RevokeInTransaction(settings.token_lifetime_seconds)],
+        kube_api=kube_api))
+    services: list[Service[Any]] = [attest, admission, mec_api]
+    app = _server_app(settings, engine, services)
+    return Server(app=app, attest=attest.parts, keys=ring, tokens=tokens, services=services)
 
 
 def prepare_server(settings: Settings) -> None:
@@ -334,7 +225,7 @@ def prepare_server(settings: Settings) -> None:
     engine.dispose()
     KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
     KeyRing.load_or_create(settings.data_dir / "keys" / "access-tokens")
-    _operator_token(settings)
+    operator_token(settings)
     if settings.inference_enabled:
         from mec_api.inference.export import ensure_onnx_model
         ensure_onnx_model(settings.model_cache_dir or settings.data_dir / "models")

@@ -139,7 +139,7 @@ def _registrar_step(step: Callable[[Any], Any]) -> Any:
     UmecGroup to one line on stderr, exit 1."""
     from attest.service.context import AttestConfig, AttestContext
     from kernel.clock import clock_for
-    from umec.tokens_wiring import RevokeInTransaction
+    from umec.bridges import RevokeInTransaction
     settings = _settings()
     sessions = _sessions(settings)
     # The same in-transaction writer as the server's: a removal or rename commits its node
@@ -261,8 +261,8 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
     """Run resource APIs as their own process (tokens checked against UMEC_TOKEN_SERVICE_URL)."""
     import uvicorn
 
+    from mec_api.service.apis import API_NAMES
     from umec.api_process import MissingTokenService, build_api_process
-    from umec.api_wiring import API_NAMES
     from umec.http_limits import uvicorn_options
     unknown = sorted(set(names) - set(API_NAMES))
     if unknown:

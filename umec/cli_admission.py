@@ -52,14 +52,15 @@ def sign(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
          bundle: Annotated[bool, typer.Option(help="Also attach a Sigstore bundle")] = False,
          ) -> None:
     """Sign an image in cosign's format (COSIGN_PASSWORD for encrypted keys)."""
+    from admission.service.build import registry_client
     from admission.signing.sign import sign_image
-    from umec.admission_wiring import registry_client
+    from umec.configs import registry_config
     settings = load_settings()
     private_key = _signing_key(key)
     ref = _reference(image)
 
     async def run() -> list[str]:
-        async with registry_client(settings) as client:
+        async with registry_client(registry_config(settings)) as client:
             return await sign_image(client, ref, private_key, recursive=recursive,
                                     bundle=bundle)
     for digest in asyncio.run(run()):
@@ -124,8 +125,9 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
            threshold: Annotated[int, typer.Option(help="Distinct keys required (1 to the "
                                                   "number of distinct --key)")] = 1) -> None:
     """Print which keys signed which digest; exit 1 unless THRESHOLD distinct keys signed it."""
+    from admission.service.build import registry_client
     from admission.signing.verify import verify_image_signatures
-    from umec.admission_wiring import registry_client
+    from umec.configs import registry_config
     check_threshold(threshold, len(key))  # before reading any file
     settings = load_settings()
     keys = distinct_keys(key)
@@ -134,7 +136,7 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
 
     async def run() -> tuple[str, list[VerifiedSignature], list[AdmissionError]]:
         pinned = ref
-        async with registry_client(settings) as client:
+        async with registry_client(registry_config(settings)) as client:
             if pinned.digest is None:
                 pinned = pinned.with_digest((await client.resolve(pinned)).digest)
             signers, failures = await verify_image_signatures(client, pinned, keys)

@@ -341,10 +341,9 @@ def _start_webhook(console: Console, stack: contextlib.ExitStack, work: Path, ex
     import ssl
 
     from admission.service.certs import create_webhook_certs
-    from umec.admission_wiring import build_webhook
     from umec.localserver import ServerThread
     from umec.settings import Settings
-    from umec.webhook_process import check_client_auth, tls_options
+    from umec.webhook_process import build_webhook, check_client_auth, tls_options
     certs = create_webhook_certs(work / "webhook-certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
     settings = Settings(data_dir=work / "webhook", admission_policy_dir=policies,

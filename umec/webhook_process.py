@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from admission.service.admit import WebhookDeps
     from umec.settings import Settings
 
 HANDOVER = "UMEC_WEBHOOK_HANDOVER"
@@ -106,6 +109,41 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
+    """The webhook's app: admission's service (the review routes; records in the shared
+    database, whose forgetting revokes the pod's tokens in the same transaction), bounded
+    bodies and umec's error handlers."""
+    from fastapi import FastAPI
+
+    from admission.service.build import AdmissionBridges, build_service
+    from kernel.clock import clock_for
+    from kernel.service import running
+    from umec.bridges import kubernetes_api, pod_revocation_writer
+    from umec.configs import admission_config
+    from umec.db import open_engine
+    from umec.http_limits import BodyLimits, BodyPolicy, install_error_handlers
+    engine = open_engine(settings.resolved_database_url())
+    service = build_service(admission_config(settings, webhook=True), AdmissionBridges(
+        engine, clock_for(engine).now,
+        forget_writers=[pod_revocation_writer(settings.token_lifetime_seconds)],
+        # Pods' imagePullSecrets through the Kubernetes API (in-cluster service account, or
+        # UMEC_KUBECONFIG); otherwise only the docker config.
+        kube_api=kubernetes_api(settings.kubeconfig) if settings.webhook_pull_secrets
+        else None))
+    deps = service.parts.webhook
+    assert deps is not None  # a webhook config serves the webhook
+    app = FastAPI(title="µMEC admission webhook", docs_url=None, redoc_url=None,
+                  openapi_url=None, lifespan=lambda _app: running([service]))
+    service.install(app)
+    # The webhook's own review limit answers first (its check names the review); this bounds
+    # every route and the time to send a body. 16 MiB of bodies in flight fits its memory budget.
+    app.add_middleware(BodyLimits, policy=BodyPolicy(
+        default_bytes=deps.max_review_bytes + 64 * 1024, budget_bytes=16 << 20,
+        seconds=settings.request_body_timeout_seconds))
+    install_error_handlers(app)
+    return app, deps
+
+
 def handover(host: str, port: int) -> None:
     """Replace the current process with the webhook process (does not return)."""
     env = dict(os.environ)
@@ -123,7 +161,6 @@ def main() -> int:
     sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     import uvicorn
 
-    from umec.admission_wiring import build_webhook
     from umec.http_limits import uvicorn_options
     from umec.logs import configure_logging
     from umec.settings import Settings

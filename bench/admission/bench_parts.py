@@ -211,10 +211,10 @@ STEPS = [
      "import admission.service.webhook, admission.registry.client, admission.signing.verify"),
     ("+ regopy module", "import regopy"),
     ("+ alembic (umec.db imports it at module level)", "import alembic.context, alembic.command"),
-    ("+ umec.admission_wiring, umec.settings, umec.db",
-     "import umec.admission_wiring, umec.settings, umec.db"),
+    ("+ umec.webhook_process, admission.service.build, umec.settings, umec.db",
+     "import umec.webhook_process, admission.service.build, umec.settings, umec.db"),
     ("+ build_webhook(Settings) (Rego interpreter, DB engine, policies)",
-     "from umec.admission_wiring import build_webhook\nfrom umec.settings import Settings\n"
+     "from umec.webhook_process import build_webhook\nfrom umec.settings import Settings\n"
      "import tempfile, pathlib\nd = pathlib.Path(tempfile.mkdtemp())\n"
      "app, deps = build_webhook(Settings(data_dir=d))"),
 ]

@@ -43,9 +43,9 @@ from sqlalchemy.orm import Session, sessionmaker
 import admission.service.admit as webhook_admit
 from admission.service.models import admission_pods
 from admission.service.records import AdmittedImage
-from umec.admission_wiring import build_webhook
 from umec.db import open_database
 from umec.settings import Settings
+from umec.webhook_process import build_webhook
 
 
 @dataclass

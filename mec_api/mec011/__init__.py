@@ -1,7 +1,7 @@
 """ETSI MEC 011 v2.1.1: ``mec_service_mgmt/v1`` and ``mec_app_support/v1``.
 
 ``umec`` builds the store on its database, sets ``app.state.mec011`` to
-``mec011_state(...)`` and includes ``ROUTERS``; ``liveness_loop`` is its background
+``mec011_state(...)`` and includes ``ROUTERS``; ``sweep_liveness`` is its background
 work. Every route takes its caller from the resource-server guard on ``app.state.guard``; an app
 acts only on its own ``/applications/{appInstanceId}``.
 """
@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from mec_api.mec011.deps import Mec011Context, TimingConfig
 from mec_api.mec011.http import Clock, utc_now
-from mec_api.mec011.liveness import liveness_loop, sweep_liveness
+from mec_api.mec011.liveness import sweep_liveness
 from mec_api.mec011.models import Mec011Base
 from mec_api.mec011.notifier import CallbackNotifier, NotifierConfig
 from mec_api.mec011.routes import app_support as routes_support
@@ -44,7 +44,6 @@ __all__ = [
     "NotifierConfig",
     "TimingConfig",
     "announce_change",
-    "liveness_loop",
     "mec011_state",
     "notify_termination",
     "platform_transport",

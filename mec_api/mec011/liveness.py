@@ -1,4 +1,5 @@
-"""The MEC 011 liveness sweep (background work of the service side).
+"""The MEC 011 liveness sweep (background work of the service side: ``mec_api.service.apis``
+runs :func:`sweep_liveness` as a ``kernel.periodic.PeriodicTask``).
 
 A service registered with ``livenessInterval`` that sends no heartbeat for two intervals goes
 INACTIVE, and its subscribers hear of it. The UPDATE is conditional, so when several replicas
@@ -8,12 +9,9 @@ sweep the same database only the one that made a change announces it: no lease i
 from __future__ import annotations
 
 import asyncio
-import logging
 
 from mec_api.mec011.deps import Mec011Context
 from mec_api.mec011.routes.service_mgmt import announce_change
-
-log = logging.getLogger("umec.apis")
 
 
 async def sweep_liveness(ctx: Mec011Context, public_base: str) -> int:
@@ -24,12 +22,3 @@ async def sweep_liveness(ctx: Mec011Context, public_base: str) -> int:
         await announce_change(ctx.registry, ctx.notifier, public_base, change)
     return len(changes)
 
-
-async def liveness_loop(ctx: Mec011Context, public_base: str, every: float) -> None:
-    """Sweep every ``every`` seconds until cancelled; a failed round is logged and retried."""
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await sweep_liveness(ctx, public_base)
-        except Exception as e:  # the next sweep retries
-            log.warning("MEC 011 liveness sweep failed: %s", type(e).__name__)
