@@ -10,10 +10,12 @@ Three pieces, each defined once and used by all three processes:
   middleware itself with ``Connection: close``; the application then sees a client disconnect
   and whatever it answers is dropped. Any answer sent before the body was fully read closes
   the connection too, so an unread body can never keep a connection open.
-- :func:`install_error_handlers`: 404, 405, validation errors, malformed bodies and 500 become
-  typed errors: RFC 7807 problem+json (``type``, ``title``, ``status``, ``check``, ``detail``,
-  ``hint``), or RFC 6749 §5.2 JSON (``error``, ``error_description``) under ``/oauth2``.
-  No default ``{"detail": …}`` body and no stack trace reaches a client.
+- :func:`install_error_handlers` (defined in :mod:`kernel.problems`, the one error contract, and
+  importable from here with :func:`error_response`): checked errors, 404, 405, validation
+  errors, malformed bodies and 500 become typed errors: RFC 9457 problem+json (``type``,
+  ``title``, ``status``, ``check``, ``detail``, ``hint``), or RFC 6749 §5.2 JSON (``error``,
+  ``error_description``) under ``/oauth2``. No default ``{"detail": …}`` body and no stack
+  trace reaches a client. The refusals below are rendered by the same code.
 - :class:`BoundedHttpTools` and :func:`uvicorn_options`: what uvicorn itself does not bound.
   uvicorn's keep-alive timeout only runs between requests; a connection that sends its request
   head slowly (or nothing at all) was never timed out, and httptools buffers a request head of
@@ -31,22 +33,28 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from kernel.errors import CheckedError, reason_phrase
+from kernel.problems import (
+    OAUTH_PREFIX,
+    PROBLEM_JSON,
+    error_body,
+    install_error_handlers,
+    is_oauth,
+)
+from kernel.problems import problem_response as error_response
+
+__all__ = ["OAUTH_PREFIX", "PROBLEM_JSON", "BodyLimits", "BodyPolicy", "BodyRule",
+           "BoundedHttpTools", "Refused", "error_body", "error_response",
+           "install_error_handlers", "is_oauth", "raw_error", "uvicorn_options"]
+
 log = logging.getLogger("umec.http")
 
-PROBLEM_JSON = "application/problem+json"
-OAUTH_PREFIX = "/oauth2"
 DEFAULT_MAX_BODY = 1 << 20
 DEFAULT_BODY_SECONDS = 10.0
 IDLE_SECONDS = 5.0
@@ -54,53 +62,16 @@ DEFAULT_BUDGET = 64 << 20
 HEADER_TIMEOUT_SECONDS = 10.0
 MAX_HEADER_BYTES = 64 * 1024
 MAX_CONNECTIONS = 1000
-_OAUTH_CODES = {401: "invalid_client", 500: "server_error", 503: "temporarily_unavailable"}
-_NO_STORE = {"cache-control": "no-store", "pragma": "no-cache"}
 
 
 # --------------------------------------------------------------------------- error bodies
-
-def _title(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
-
-
-def is_oauth(path: str) -> bool:
-    return path == OAUTH_PREFIX or path.startswith(OAUTH_PREFIX + "/")
-
-
-def error_body(path: str, status: int, check: str, detail: str, hint: str,
-               extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
-    """The typed body for ``path`` and the headers its type needs (media type included)."""
-    if is_oauth(path):
-        body = {"error": _OAUTH_CODES.get(status, "invalid_request"),
-                "error_description": detail, "check": check, "hint": hint}
-        return body, {"content-type": "application/json", **_NO_STORE}
-    problem: dict[str, Any] = {"type": f"urn:umec:{check}", "title": _title(status),
-                               "status": status, "check": check, "detail": detail,
-                               "hint": hint, **(extra or {})}
-    if path:
-        problem["instance"] = path
-    return problem, {"content-type": PROBLEM_JSON}
-
-
-def error_response(path: str, status: int, check: str, detail: str, hint: str, *,
-                   headers: dict[str, str] | None = None,
-                   extra: dict[str, Any] | None = None) -> JSONResponse:
-    body, typed = error_body(path, status, check, detail, hint, extra)
-    media = typed.pop("content-type")
-    return JSONResponse(body, status_code=status, media_type=media,
-                        headers={**(headers or {}), **typed})
-
 
 def raw_error(path: str, status: int, check: str, detail: str, hint: str,
               headers: dict[str, str] | None = None) -> bytes:
     """A complete HTTP/1.1 response with ``Connection: close`` (for the protocol level)."""
     body, typed = error_body(path, status, check, detail, hint)
     payload = json.dumps(body).encode()
-    lines = [f"HTTP/1.1 {status} {_title(status)}", "connection: close",
+    lines = [f"HTTP/1.1 {status} {reason_phrase(status)}", "connection: close",
              f"content-length: {len(payload)}",
              *(f"{k}: {v}" for k, v in {**(headers or {}), **typed}.items())]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload
@@ -137,12 +108,20 @@ class BodyPolicy:
         return best.max_bytes, best.seconds or self.seconds
 
 
-class Refused(Exception):
+class Refused(CheckedError):
+    """A request refused before its route ran (its status is decided per refusal)."""
+
     def __init__(self, status: int, check: str, detail: str, hint: str,
                  headers: dict[str, str] | None = None) -> None:
-        super().__init__(f"{status} {check}: {detail}")
-        self.status, self.check, self.detail, self.hint = status, check, detail, hint
+        self.status = status
         self.headers = headers or {}
+        super().__init__(detail, check=check, hint=hint)
+
+    def message(self) -> str:
+        return f"{self.status} {self.check}: {self.detail}"
+
+    def problem_headers(self) -> dict[str, str]:
+        return self.headers
 
 
 def too_large(limit: int, seen: int | str) -> Refused:
@@ -280,66 +259,6 @@ class BodyLimits:
         await send({"type": "http.response.start", "status": r.status,
                     "headers": [(k.encode(), v.encode()) for k, v in headers.items()]})
         await send({"type": "http.response.body", "body": payload})
-
-
-# --------------------------------------------------------------------------- exception handlers
-
-def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    status, path = exc.status_code, request.url.path
-    default = str(exc.detail) == _title(status)
-    if status == 404 and default:
-        check, detail, hint = "route.unknown", f"no resource at {path}", \
-            "Check the path against the API description (/docs)."
-    elif status == 405:
-        check, detail = "route.method", f"{request.method} is not allowed on {path}"
-        hint = "Use one of the methods in the Allow header."
-    elif status == 400:
-        check, detail = "request.malformed", str(exc.detail)
-        hint = "Send a well-formed body of the documented media type (see /docs)."
-    else:
-        check, detail, hint = f"http.{status}", str(exc.detail), "See /docs for the API."
-    return error_response(path, status, check, detail, hint, headers=dict(exc.headers or {}))
-
-
-def _field(error: Any) -> str:
-    return ".".join(str(p) for p in error.get("loc", ())) or "body"
-
-
-def install_error_handlers(app: FastAPI, *, validation_status: int = 422) -> None:
-    """Typed errors for everything FastAPI and Starlette would answer with their own bodies.
-
-    ``validation_status``: 422 for the attestation protocol, 400 where an API (MEC 011)
-    specifies it for malformed requests."""
-
-    async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        return _http_error(request, exc)
-
-    async def invalid(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-                  for e in exc.errors()]
-        named = "; ".join(f"{_field(e)}: {e.get('msg', '')}" for e in exc.errors()[:5])
-        return error_response(
-            request.url.path, validation_status, "request.schema",
-            f"the request does not match the API: {named}",
-            "Fix the named fields; see /docs for the schema.", extra={"errors": errors})
-
-    async def internal(request: Request, exc: Exception) -> JSONResponse:
-        if isinstance(exc, ClientDisconnect):  # gone, or refused by BodyLimits: nobody reads it
-            return error_response(request.url.path, 400, "request.incomplete",
-                                  "the client went away before the request body was complete",
-                                  "Send the whole body.")
-        # Fail closed and tell the client nothing internal; the trace goes to our log only.
-        log.error("unhandled error", exc_info=exc)
-        return error_response(
-            request.url.path, 500, "internal",
-            "the server could not complete the request; nothing was accepted",
-            "Retry later; operators: see the server log.")
-
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(Exception, internal)
 
 
 # --------------------------------------------------------------------------- uvicorn
