@@ -1,8 +1,10 @@
 """Typed failures of key handling and JWT checks.
 
-Same shape as :mod:`attest.core.errors` (``check`` is a stable dotted id, ``detail`` names the
-offending value, ``hint`` says what to do next) but rooted in :class:`KeysError`: ``keys`` is shared
-by ``attest``, ``admission`` and ``mec_api`` and must not import any of them.
+Each is a :class:`kernel.errors.CheckedError` (``check`` is a stable dotted id, ``detail`` names
+the offending value, ``hint`` says what to do next) rooted in :class:`KeysError`: ``keys`` is
+shared by ``attest``, ``admission`` and ``mec_api`` and must not import any of them. Key file and
+key ring errors are about the server's own files (``public = False``: a route that lets one
+escape answers the generic 500); a rejected JWT is a 401.
 
 Three families:
 
@@ -15,22 +17,15 @@ Three families:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from kernel.errors import CheckedError
 
 
-class KeysError(Exception):
+class KeysError(CheckedError):
     """Base of every error raised by the ``keys`` package."""
 
-    check: ClassVar[str] = "keys"
-    hint: ClassVar[str] = "Check the key configuration of this service."
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{self.check}: {detail}")
-        self.detail = detail
-
-    def as_dict(self) -> dict[str, str]:
-        return {"check": self.check, "error": type(self).__name__, "detail": self.detail,
-                "hint": self.hint}
+    check = "keys"
+    hint = "Check the key configuration of this service."
+    public = False
 
 
 # --- key files -------------------------------------------------------------------------------
@@ -104,6 +99,8 @@ class JwtInvalid(KeysError):
     """A JWT was rejected."""
 
     check = "jwt"
+    status = 401
+    public = True
     hint = "Obtain a new token from the issuer."
 
 

@@ -2,8 +2,10 @@
 code, never a traceback.
 
 Every failure a command meets ends in :func:`as_cli_error`, called by :class:`UmecGroup` (the
-``umec`` app's click group) around every subcommand; click's own usage errors (a missing
-option, a file that does not exist) are cut to one line by the same group. The line is::
+``umec`` app's click group) around every subcommand: a :class:`kernel.errors.CheckedError` of any
+domain (:class:`CliError` is one too) already names its check and what to do. click's own usage
+errors (a missing option, a file that does not exist) are cut to one line by the same group.
+The line is::
 
     error: <check>: <detail> — what to do: <hint>
 
@@ -24,6 +26,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import typer
 from typer.core import TyperGroup
 
+from kernel.errors import CheckedError
+
 if TYPE_CHECKING:
     from umec.settings import Settings
 
@@ -32,22 +36,22 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
+class CliError(CheckedError):
     """A command failed; ``check`` names what failed, ``hint`` what to do about it."""
 
-    check: ClassVar[str] = "failed"
-    hint: ClassVar[str] = "see the detail"
+    check = "failed"
+    hint = "see the detail"
     exit_code: ClassVar[int] = EXIT_FAILED
 
     def __init__(self, detail: str, hint: str | None = None, check: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.what_to_do = hint or self.hint
-        self.check_id = check or self.check
+        super().__init__(detail, check=check or None, hint=hint or None)
+
+    def message(self) -> str:
+        return self.detail
 
     def line(self) -> str:
         """The one line printed on stderr."""
-        text = f"error: {self.check_id}: {self.detail} — what to do: {self.what_to_do}"
+        text = f"error: {self.check}: {self.detail} — what to do: {self.hint}"
         return re.sub(r"\s*\n\s*", " ", text)
 
 
@@ -184,10 +188,8 @@ def as_cli_error(exc: Exception) -> CliError:
     mapped = _from_library(exc)
     if mapped is not None:
         return mapped
-    check, detail = getattr(exc, "check", None), getattr(exc, "detail", None)
-    if isinstance(check, str) and isinstance(detail, str):  # attest/admission/keys/mec_api errors
-        hint = getattr(exc, "hint", "") or "see the detail"
-        return CliError(detail, hint=str(hint), check=check)
+    if isinstance(exc, CheckedError):  # attest, admission, keys, mec_api: check and hint named
+        return CliError(exc.detail, hint=exc.hint, check=exc.check)
     return InternalError(f"{type(exc).__name__}: {exc}")
 
 

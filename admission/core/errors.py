@@ -1,28 +1,24 @@
 """Typed failures of image admission: signing, verification, policy and registry steps.
 
-Same shape as ``attest.core.errors`` (the packages never import each other): ``check`` is a
-stable dotted id used in admission messages, metrics and logs, ``detail`` names the image, key or
-container path, ``hint`` tells the user what to do next.
+A :class:`kernel.errors.CheckedError` like every µMEC error: ``check`` is a stable dotted id
+used in admission messages, metrics and logs, ``detail`` names the image, key or container path,
+``hint`` tells the user what to do next. The webhook answers an admission error as a denial
+(HTTP 200, ``allowed: false``); ``status`` matters only for a review it cannot answer at all
+(400, 413 for an oversized one), which it answers as problem+json titled by the class name.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from kernel.errors import CheckedError
 
 
-class AdmissionError(Exception):
+class AdmissionError(CheckedError):
     """A named admission check failed."""
 
-    check: ClassVar[str] = "admission"
-    hint: ClassVar[str] = "Inspect the image and its signatures; see `umec verify IMAGE`."
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{self.check}: {detail}")
-        self.detail = detail
-
-    def as_dict(self) -> dict[str, str]:
-        return {"check": self.check, "error": type(self).__name__, "detail": self.detail,
-                "hint": self.hint}
+    check = "admission"
+    hint = "Inspect the image and its signatures; see `umec verify IMAGE`."
+    status = 400
+    class_named = True
 
 
 class MalformedInput(AdmissionError):

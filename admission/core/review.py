@@ -61,6 +61,7 @@ class ReviewMalformed(MalformedInput):
 
 class ReviewTooLarge(ReviewMalformed):
     check = "review.too_large"
+    status = 413
     hint = "AdmissionReviews are limited to 3 MiB; a pod spec this large is refused."
 
 

@@ -10,9 +10,14 @@ Request handling fails closed and never leaks a stack trace:
   API server's own limit), before any JSON decoding; a declared Content-Length over the limit
   is refused without reading;
 - a malformed or oversized review has no trustworthy uid to answer, so it gets HTTP 400 (413
-  when oversized) with an RFC 7807 problem+json body (``check``, ``detail``, ``hint``), which
-  the API server treats as a webhook failure and, with ``failurePolicy: Fail``, denies;
+  when oversized: the error's ``status``) with an RFC 9457 problem+json body (``check``,
+  ``detail``, ``hint``, rendered by :mod:`kernel.problems`), which the API server treats as a
+  webhook failure and, with ``failurePolicy: Fail``, denies;
 - any other exception becomes a denial for the request's uid (HTTP 200, ``allowed: false``).
+
+The routes catch admission errors themselves rather than leave them to the app's error handler:
+a denial is an answer (HTTP 200), not an error, and every review, answered or refused, is
+counted by outcome.
 
 Serving is ``umec webhook``'s job (:mod:`umec.webhook_process`): uvicorn over TLS with the
 certificates of :mod:`admission.service.certs`, requiring the API server's client certificate.
@@ -36,6 +41,7 @@ from admission.core.review import (
 )
 from admission.service.admit import Admitter, WebhookDeps
 from admission.service.deps import Webhook
+from kernel.problems import checked_response, problem_response
 
 __all__ = ["WebhookDeps", "create_webhook_app", "router"]
 
@@ -98,15 +104,13 @@ async def _answer(request: Request, webhook: WebhookDeps,
                            webhook.max_review_bytes)
         uid = req.uid
         return await _admit(webhook.admitter, endpoint, req)
-    except ReviewTooLarge as e:
-        return _problem(e, 413)
-    except ReviewMalformed as e:
-        return _problem(e)
-    except AdmissionError as e:
+    except ReviewMalformed as e:  # no uid to deny: a problem with the error's status
+        return checked_response(e, request.url.path)
+    except AdmissionError as e:  # a denial is an answer (HTTP 200), not an error response
         return review_response(uid, allowed=False, message=f"{e.check}: {e.detail}")
     except Exception as e:  # fail closed without a stack trace in the answer
         if not uid:
-            return _unreadable(e)
+            return _unreadable(request.url.path, e)
         return review_response(uid, allowed=False,
                                message=f"internal: {type(e).__name__} (denied)")
 
@@ -130,19 +134,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _problem(e: AdmissionError, status: int = 400) -> JSONResponse:
-    """A review too malformed to answer: RFC 7807 problem+json (the API server only looks at
-    the status; operators and ``kubectl`` read the body)."""
-    return JSONResponse({"type": f"urn:umec:{e.check}", "title": type(e).__name__,
-                         "status": status, **e.as_dict()},
-                        status_code=status, media_type="application/problem+json")
-
-
-def _unreadable(e: Exception) -> JSONResponse:
-    """An unexpected failure before the review's uid was known: nothing to deny by uid."""
-    return JSONResponse(
-        {"type": "urn:umec:review.failed", "title": "ReviewFailed", "status": 400,
-         "check": "review.failed", "error": type(e).__name__,
-         "detail": "the review could not be read; nothing was admitted",
-         "hint": "Send an AdmissionReview v1 JSON body."},
-        status_code=400, media_type="application/problem+json")
+def _unreadable(path: str, e: Exception) -> JSONResponse:
+    """An unexpected failure before the review's uid was known: nothing to deny by uid (the
+    API server only looks at the status; operators and ``kubectl`` read the body)."""
+    return problem_response(path, 400, "review.failed",
+                            "the review could not be read; nothing was admitted",
+                            "Send an AdmissionReview v1 JSON body.", title="ReviewFailed",
+                            extra={"error": type(e).__name__})

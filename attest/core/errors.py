@@ -1,33 +1,32 @@
 """Typed failures of attestation checks.
 
-Every verification step raises a subclass of :class:`AttestationError`. The class name says which
-check failed, ``check`` is a stable dotted identifier used in verdicts, logs and the API, ``detail``
-names the offending value and ``hint`` tells the operator what to do next. Nothing here carries a
-stack trace to a client: adapters turn these into ``{"check", "detail", "hint"}`` objects.
+Every verification step raises a subclass of :class:`AttestationError`, a
+:class:`kernel.errors.CheckedError`. The class name says which check failed, ``check`` is a
+stable dotted identifier used in verdicts, logs and the API, ``detail`` names the offending value,
+``hint`` tells the operator what to do next and ``status`` is the HTTP status the protocol routes
+answer with (403 unless a class says otherwise). Nothing here carries a stack trace to a client:
+the one handler (:mod:`kernel.problems`) renders problem+json with ``check``, ``detail``,
+``hint`` and ``error`` (the class name, also the ``title``), typed ``urn:umec:attest:<check>``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from kernel.errors import CheckedError
 
 
-class AttestationError(Exception):
+class AttestationError(CheckedError):
     """A named attestation check failed."""
 
-    check: ClassVar[str] = "attestation"
-    hint: ClassVar[str] = "Inspect the node and its evidence; re-run the agent once fixed."
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{self.check}: {detail}")
-        self.detail = detail
-
-    def as_dict(self) -> dict[str, str]:
-        return {"check": self.check, "error": type(self).__name__, "detail": self.detail,
-                "hint": self.hint}
+    check = "attestation"
+    hint = "Inspect the node and its evidence; re-run the agent once fixed."
+    status = 403
+    problem_namespace = "urn:umec:attest:"
+    class_named = True
 
 
 class MalformedStructure(AttestationError):
     """A TPM structure or event log could not be parsed (truncated, oversized, wrong tag)."""
 
     check = "structure.parse"
+    status = 400
     hint = "The agent sent bytes that are not a valid TPM structure; check agent and TPM versions."

@@ -24,18 +24,21 @@ class AkAttributesInvalid(AttestationError):
 
 class EkMismatch(AttestationError):
     check = "enroll.ek_mismatch"
+    status = 409
     hint = ("This node name is bound to another TPM. If the node's TPM was really replaced, an "
             "operator must remove the node (umec nodes remove NAME) before it enrols again.")
 
 
 class AkMismatch(AttestationError):
     check = "enroll.ak_mismatch"
+    status = 409
     hint = ("This node already activated another AK; the EK↔AK binding is immutable. Restore the "
             "agent's AK state directory, or have an operator remove the node.")
 
 
 class ActivationFailed(AttestationError):
     check = "activate.proof"
+    status = 403
     hint = "The credential was not activated by the enrolled TPM; enrol again from the node itself."
 
 

@@ -1,7 +1,9 @@
 """HTTP adapter: the attestation protocol under ``/attest/v1`` (FastAPI).
 
-Binary TPM structures travel base64-encoded in JSON. Every refusal is RFC 7807 problem+json with
-the failed ``check``, the offending value in ``detail`` and a ``hint``; a failed appraisal of
+Binary TPM structures travel base64-encoded in JSON. Every refusal is an
+:class:`~attest.core.errors.AttestationError` carrying its HTTP ``status``, answered by the one
+handler (:mod:`kernel.problems`) as RFC 9457 problem+json with the failed ``check``, the
+offending value in ``detail`` and a ``hint``; a failed appraisal of
 evidence the node's AK signed is not an HTTP error but a verdict (200, ``trusted: false``, every
 failed check listed). Evidence the AK did not sign over the node's challenge is refused (4xx) and
 changes nothing.
@@ -26,22 +28,21 @@ from collections.abc import Callable
 from typing import Annotated, Any, Final, ParamSpec, TypeVar
 
 from fastapi import APIRouter, Header, Path, Request
-from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
 
 from attest.core.appraisal import Evidence
 from attest.core.errors import AttestationError, MalformedStructure
-from attest.core.identity import ActivationFailed, AkMismatch, EkMismatch
 from attest.service import registrar, verifier
 from attest.service.context import AttestContext
 from attest.service.deps import AttestCtx
 from attest.service.fleet import find_summary, fleet_summaries, node_summary
 from attest.service.limits import Limits, RateLimited, bucket_of
 from kernel.bearer import bearer_matches
+from kernel.errors import CheckedError
 
-__all__ = ["MAX_B64", "REFUSALS", "Limits", "RateLimited", "bucket_of", "node_summary",
-           "problem", "router", "source_of"]
+__all__ = ["MAX_B64", "REFUSALS", "Limits", "OperatorUnauthorized", "RateLimited", "bucket_of",
+           "node_summary", "router", "source_of"]
 
 log = logging.getLogger("umec.attest")
 
@@ -95,34 +96,15 @@ class EvidenceBody(BaseModel):
     event_log: B64 | None = None
 
 
-_STATUS: dict[type[AttestationError], int] = {
-    MalformedStructure: 400, registrar.NodeNotFound: 404, EkMismatch: 409, AkMismatch: 409,
-    ActivationFailed: 403, registrar.NoPendingActivation: 409,
-    registrar.TooManyActivationFailures: 423, registrar.UnknownNodeClass: 422,
-    verifier.PolicyMissing: 422, verifier.NothingToAcknowledge: 409,
-    registrar.EkAlreadyBound: 409, registrar.NodeNameTaken: 409, verifier.EvidenceRaced: 409,
-}
-
-
-def problem(exc: AttestationError) -> JSONResponse:
-    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 403)
-    headers = None
-    if isinstance(exc, RateLimited):
-        status, headers = 429, {"Retry-After": str(max(1, round(exc.retry_after)))}
-    return JSONResponse(
-        status_code=status, media_type="application/problem+json", headers=headers,
-        content={"type": f"urn:umec:attest:{exc.check}", "title": type(exc).__name__,
-                 "status": status, **exc.as_dict()})
-
-
 def source_of(request: Request) -> str:
     """The peer address (no proxy header is trusted: a client could forge it)."""
     return request.client.host if request.client else "unknown"
 
 
 def _guarded(route: str, request: Request, fn: Callable[P, T], *args: P.args,
-             **kwargs: P.kwargs) -> T | JSONResponse:
-    """Run a protocol step; a refusal is counted, logged with its source and answered typed."""
+             **kwargs: P.kwargs) -> T:
+    """Run a protocol step; a refusal is counted and logged with its source, then raised on to
+    the app's handler, which answers it with its own status."""
     try:
         return fn(*args, **kwargs)
     except AttestationError as exc:
@@ -130,7 +112,7 @@ def _guarded(route: str, request: Request, fn: Callable[P, T], *args: P.args,
         log.warning("attestation request refused", extra={
             "route": route, "node": request.path_params.get("node"), "check": exc.check,
             "source": source_of(request), "detail": exc.detail})
-        return problem(exc)
+        raise
 
 
 def _pcr_values(raw: dict[str, dict[int, str]]) -> dict[str, dict[int, bytes]]:
@@ -207,26 +189,32 @@ def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCt
     return _guarded("evidence", request, _evidence, ctx, source_of(request), node, body)
 
 
-def _operator_refusal(ctx: AttestContext, authorization: str | None) -> JSONResponse | None:
+class OperatorUnauthorized(CheckedError):
+    """An operator route without the operator's bearer token (not a protocol refusal: it is
+    neither counted nor titled by class)."""
+
+    check = "operator.token"
+    status = 401
+    hint = ("Send Authorization: Bearer <token> (UMEC_OPERATOR_TOKEN, or the operator-token "
+            "file in the server's data directory).")
+
+    def problem_type(self) -> str:
+        return "urn:umec:attest:operator.unauthorized"
+
+    def problem_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="umec-operator"'}
+
+
+def _require_operator(ctx: AttestContext, authorization: str | None) -> None:
     """The fleet view is for operators: ``Authorization: Bearer <UMEC_OPERATOR_TOKEN>``."""
-    if bearer_matches(authorization, ctx.config.operator_token):
-        return None
-    return JSONResponse(
-        status_code=401, media_type="application/problem+json",
-        headers={"WWW-Authenticate": 'Bearer realm="umec-operator"'},
-        content={"type": "urn:umec:attest:operator.unauthorized", "title": "Unauthorized",
-                 "status": 401, "check": "operator.token",
-                 "detail": "missing or wrong operator bearer token",
-                 "hint": "Send Authorization: Bearer <token> (UMEC_OPERATOR_TOKEN, or the "
-                         "operator-token file in the server's data directory)."})
+    if not bearer_matches(authorization, ctx.config.operator_token):
+        raise OperatorUnauthorized("missing or wrong operator bearer token")
 
 
 @router.get("/nodes")
 def list_nodes(ctx: AttestCtx, authorization: Annotated[str | None, Header()] = None) -> Any:
     """The fleet (operators only)."""
-    refusal = _operator_refusal(ctx, authorization)
-    if refusal is not None:
-        return refusal
+    _require_operator(ctx, authorization)
     return fleet_summaries(ctx.sessions)
 
 
@@ -234,12 +222,10 @@ def list_nodes(ctx: AttestCtx, authorization: Annotated[str | None, Header()] = 
 def get_node(node: NodeName, ctx: AttestCtx,
              authorization: Annotated[str | None, Header()] = None) -> Any:
     """One node (operators only)."""
-    refusal = _operator_refusal(ctx, authorization)
-    if refusal is not None:
-        return refusal
+    _require_operator(ctx, authorization)
     summary = find_summary(ctx.sessions, node)
     if summary is None:
-        return problem(registrar.NodeNotFound(f"no node named {node!r}"))
+        raise registrar.NodeNotFound(f"no node named {node!r}")
     return summary
 
 
@@ -251,9 +237,7 @@ def _acknowledge(ctx: AttestContext, node: str) -> dict[str, Any]:
 def ack_node(request: Request, node: NodeName, ctx: AttestCtx,
              authorization: Annotated[str | None, Header()] = None) -> Any:
     """Operator acknowledgement (policies with ``require_ack``)."""
-    refusal = _operator_refusal(ctx, authorization)
-    if refusal is not None:
-        return refusal
+    _require_operator(ctx, authorization)
     return _guarded("ack", request, _acknowledge, ctx, node)
 
 

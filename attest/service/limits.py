@@ -20,12 +20,16 @@ if TYPE_CHECKING:  # context.py builds the Limits of each context: no import cyc
 
 class RateLimited(AttestationError):
     check = "rate.limited"
+    status = 429
     hint = ("Too many protocol requests from this source or for this node; retry after the "
             "Retry-After seconds. An agent needs one challenge per attestation interval.")
 
     def __init__(self, detail: str, retry_after: float) -> None:
         super().__init__(detail)
         self.retry_after = retry_after
+
+    def problem_headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, round(self.retry_after)))}
 
 
 def bucket_of(source: str) -> str:

@@ -59,33 +59,39 @@ from attest.service.notify.event import NodeStateChanged
 
 class UnknownNodeClass(AttestationError):
     check = "enroll.node_class"
+    status = 422
     hint = "Create the appraisal policy first: umec policy set CLASS FILE.yaml"
 
 
 class NodeNotFound(AttestationError):
     check = "node.unknown"
+    status = 404
     hint = "Enrol the node first (POST /attest/v1/nodes); `umec agent` does this on start."
 
 
 class NoPendingActivation(AttestationError):
     check = "activate.no_challenge"
+    status = 409
     hint = "Enrol again to get a fresh credential challenge, then activate it promptly."
 
 
 class TooManyActivationFailures(AttestationError):
     check = "activate.locked"
+    status = 423
     hint = ("Too many wrong proofs for this enrolment; it is void. Enrol again from the node "
             "itself (umec agent does this); other enrolments of the name are not affected.")
 
 
 class EkAlreadyBound(AttestationError):
     check = "enroll.ek_in_use"
+    status = 409
     hint = ("One TPM is one machine with one name. To give it a new name run "
             "`umec nodes rename OLD NEW`; if the old node is gone, `umec nodes remove OLD`.")
 
 
 class NodeNameTaken(AttestationError):
     check = "node.name_taken"
+    status = 409
     hint = "Choose another name, or remove the node that has it first (umec nodes remove NAME)."
 
 

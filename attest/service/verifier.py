@@ -56,17 +56,20 @@ def _parsed_ak(ak_public: bytes) -> TpmPublic:
 
 class NothingToAcknowledge(AttestationError):
     check = "node.ack_not_needed"
+    status = 409
     hint = "Only untrusted or stale nodes are acknowledged; this one needs nothing."
 
 
 class EvidenceRaced(AttestationError):
     check = "evidence.concurrent"
+    status = 409
     hint = ("The node's state changed while this evidence was appraised (the deadline sweep or "
             "an operator); nothing was recorded and the nonce is unspent: send it again.")
 
 
 class PolicyMissing(AttestationError):
     check = "policy.missing"
+    status = 422
     hint = "The node's class has no appraisal policy any more; restore it with umec policy set."
 
 

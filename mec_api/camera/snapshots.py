@@ -2,40 +2,56 @@
 
 The inference API classifies a camera frame server-side through ``SnapshotSource`` and these
 errors alone, so it never depends on how cameras are opened (and never imports OpenCV capture).
+Each error is a :class:`kernel.errors.CheckedError` with its ``check`` (``camera_configured``,
+``camera_readable``), ``hint`` and HTTP ``status`` (404 unknown, 503 down or busy, with
+``Retry-After``); a route lets it leave and the app's one handler answers it.
+``str(error)`` reads ``check <check> failed: <detail>; <hint>``, like the inference errors.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from kernel.errors import CheckedError
 
-class SnapshotError(Exception):
+
+class SnapshotError(CheckedError):
     """A snapshot could not be taken; ``camera_id`` says which camera."""
 
-    def __init__(self, camera_id: str, message: str) -> None:
-        super().__init__(message)
+    check = "camera_readable"
+    hint = "retry later, and tell the node operator if it persists"
+    status = 503
+    problem_namespace = "urn:umec:camera:"
+
+    def __init__(self, camera_id: str, detail: str) -> None:
         self.camera_id = camera_id
+        super().__init__(detail)
+
+    def message(self) -> str:
+        return f"check {self.check} failed: {self.detail}; {self.hint}"
+
+    def problem_detail(self) -> str:
+        return str(self)
 
 
 class UnknownCamera(SnapshotError):
+    check = "camera_configured"
+    hint = "list the cameras with GET /camera/v1/cameras"
+    status = 404
+
     def __init__(self, camera_id: str) -> None:
-        super().__init__(
-            camera_id,
-            f"check camera_configured failed: no camera {camera_id!r} on this node; "
-            "list the cameras with GET /camera/v1/cameras",
-        )
+        super().__init__(camera_id, f"no camera {camera_id!r} on this node")
 
 
 class CameraUnavailable(SnapshotError):
     """The camera is configured but gave no frame (device missing, stream down, read failed)."""
 
     def __init__(self, camera_id: str, reason: str) -> None:
-        super().__init__(
-            camera_id,
-            f"check camera_readable failed: camera {camera_id!r} {reason}; "
-            "retry later, and tell the node operator if it persists",
-        )
+        super().__init__(camera_id, f"camera {camera_id!r} {reason}")
         self.reason = reason
+
+    def problem_headers(self) -> dict[str, str]:
+        return {"Retry-After": "5"}
 
 
 class CameraBusy(CameraUnavailable):
@@ -57,14 +73,8 @@ class SnapshotSource(Protocol):
 
 
 async def snapshot_or_problem(source: SnapshotSource, camera_id: str) -> bytes:
-    """One frame off the event loop; an unknown camera is 404, a failing one 503 (problem+json)."""
+    """One frame off the event loop; an unknown camera (404) or a failing one (503) leaves as
+    its :class:`SnapshotError`, which the app's handler answers as problem+json."""
     import anyio
 
-    from mec_api.problems import ProblemError
-    try:
-        return await anyio.to_thread.run_sync(source.snapshot, camera_id)
-    except UnknownCamera as exc:
-        raise ProblemError(404, "Not Found", str(exc)) from None
-    except CameraUnavailable as exc:
-        raise ProblemError(503, "Service Unavailable", str(exc),
-                           headers={"Retry-After": "5"}) from None
+    return await anyio.to_thread.run_sync(source.snapshot, camera_id)

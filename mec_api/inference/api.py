@@ -12,7 +12,9 @@
 Inference runs off the event loop in worker threads, at most ``max_concurrency`` at once; when
 ``max_waiting`` more are already queued the API answers 503 with ``Retry-After`` instead of
 queueing without bound. Errors are problem+json: unsupported type 415, too many bytes 413,
-unreadable or oversized image 422, unknown model or camera 404, camera down or busy 503.
+unreadable or oversized image 422, unknown model or camera 404, camera down or busy 503. Each is
+a checked error carrying its status (:mod:`mec_api.inference.errors`,
+:mod:`mec_api.camera.snapshots`), raised out of the route to the app's one handler.
 """
 
 from __future__ import annotations
@@ -36,8 +38,6 @@ TopK = Annotated[int, Query(ge=1, le=MAX_TOP_K, description="how many classes to
 ModelName = Annotated[str, Path(max_length=64)]
 CameraId = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 router = APIRouter(prefix="/inference/v1", tags=["inference"], route_class=ProblemRoute)
-_TITLES = {413: "Payload Too Large", 415: "Unsupported Media Type",
-           422: "Unprocessable Entity"}
 IMAGE_BODY = {"requestBody": {"required": True, "content": {
     media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES}}}
 
@@ -67,23 +67,17 @@ class Classification(BaseModel):
     camera_id: str | None = None
 
 
-def _image_problem(exc: ImageRejected) -> ProblemError:
-    return ProblemError(exc.status, _TITLES.get(exc.status, "Unprocessable Entity"), str(exc),
-                        type_=f"urn:umec:inference:{exc.check}",
-                        extra={"check": exc.check, "hint": exc.hint})
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _image_problem(ImageTooManyBytes(int(declared), limit))
+        raise ImageTooManyBytes(int(declared), limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise _image_problem(ImageTooManyBytes(size, limit))
+            raise ImageTooManyBytes(size, limit)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -102,9 +96,7 @@ async def _classify(
 ) -> Classification:
     try:
         predictions = await ctx.slots.run(ctx.classifier, image, top, declared)
-    except ImageRejected as exc:
-        raise _image_problem(exc) from None
-    except ProblemError:
+    except (ImageRejected, ProblemError):  # the image's fault, or busy: their own status
         raise
     except Exception:  # a runtime failure inside ONNX Runtime or OpenCV: no trace to clients
         log.exception("inference failed")
@@ -145,7 +137,7 @@ async def classify_upload(
     _check_model(ctx, model)
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media_type not in MEDIA_TYPES:
-        raise _image_problem(ContentTypeNotAccepted(media_type, tuple(MEDIA_TYPES)))
+        raise ContentTypeNotAccepted(media_type, tuple(MEDIA_TYPES))
     image = await _read_body(request, ctx.classifier.limits.max_bytes)
     return await _classify(ctx, image, top_k, media_type, None)
 

@@ -1,32 +1,40 @@
 """Typed errors of the inference API: each names the check that failed and what to do next.
 
-Like the other µMEC errors, each class carries ``check`` (the stable id of the failed step),
-``detail`` (what was wrong, with the offending value) and ``hint`` (what to do next); image
-errors also carry the HTTP ``status`` the adapter answers with (``api.py``). The core never
-knows about HTTP. ``str(error)`` reads ``check <check> failed: <detail>; <hint>``.
+Each class is a :class:`kernel.errors.CheckedError`: ``check`` (the stable id of the failed
+step), ``detail`` (what was wrong, with the offending value), ``hint`` (what to do next) and the
+HTTP ``status`` a route answers with when the error leaves it (the one handler of
+:mod:`kernel.problems` renders it: type ``urn:umec:inference:<check>``, and the whole sentence as
+``detail``). The core never knows about HTTP. ``str(error)`` reads
+``check <check> failed: <detail>; <hint>``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from kernel.errors import CheckedError
 
 
-class InferenceError(Exception):
+class InferenceError(CheckedError):
     """Base of every error the inference package raises on purpose."""
 
-    check: str = "inference"  # the class's check; an instance may name a more precise one
+    check = "inference"  # the class's check; an instance may name a more precise one
+    hint = ""
+    problem_namespace = "urn:umec:inference:"
 
     def __init__(self, detail: str, hint: str = "", *, check: str | None = None) -> None:
-        self.check = check or type(self).check
-        self.detail = detail
-        self.hint = hint
-        super().__init__(f"check {self.check} failed: {detail}" + (f"; {hint}" if hint else ""))
+        super().__init__(detail, check=check, hint=hint)
+
+    def message(self) -> str:
+        advice = f"; {self.hint}" if self.hint else ""
+        return f"check {self.check} failed: {self.detail}{advice}"
+
+    def problem_detail(self) -> str:
+        return str(self)
 
 
 class ImageRejected(InferenceError):
     """The submitted bytes are not an image this service classifies."""
 
-    status: ClassVar[int] = 422
+    status = 422
 
 
 class EmptyImage(ImageRejected):
@@ -115,3 +123,4 @@ class ModelUnavailable(InferenceError):
     onnx_matches_torch, model_available)."""
 
     check = "model_available"
+    public = False  # its detail names the server's files: a client gets the generic 500

@@ -1,8 +1,9 @@
 """Pure MEC 011 rules: query and subscription filters, ETags, body rules pydantic cannot say.
 
 No I/O, no clock: callers pass ``now``. Every failed rule raises a ``Mec011RuleError`` that
-names the rule (``check``) and says what to send instead; the adapters turn it into a 400/403/412
-ProblemDetails.
+names the rule (``check``) and says what to send instead, with the HTTP ``status`` (400, 403) a
+route answers with: it is a :class:`kernel.errors.CheckedError`, rendered as ProblemDetails by
+the app's one handler.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from kernel.errors import CheckedError
 from mec_api.mec011.schemas.service_mgmt import (
     ChangeType,
     FilteringCriteria,
@@ -35,14 +37,13 @@ SER_AVAILABILITY_NOTIFICATION_TYPE = "SerAvailabilityNotificationSubscription"
 DEFAULT_LOCALITY = LocalityType.MEC_HOST
 
 
-class Mec011RuleError(ValueError):
-    """A request broke a MEC 011 rule. ``status`` is the HTTP status the adapter answers with."""
+class Mec011RuleError(CheckedError, ValueError):
+    """A request broke a MEC 011 rule (``check`` names it, ``detail`` says what to send)."""
 
     status = 400
 
     def __init__(self, check: str, detail: str) -> None:
-        super().__init__(f"{check}: {detail}")
-        self.check, self.detail = check, detail
+        super().__init__(detail, check=check)
 
 
 class InvalidQuery(Mec011RuleError):

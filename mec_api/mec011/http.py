@@ -1,4 +1,8 @@
-"""Helpers shared by the MEC 011 routers: the app-ownership guard, responses, error mapping."""
+"""Helpers shared by the MEC 011 routers: the app-ownership guard, responses, store calls.
+
+Errors need no mapping here: the store's and the core's errors are checked errors carrying their
+HTTP status (``StoreError``, ``Mec011RuleError``), answered by the app's one handler
+(:mod:`kernel.problems`)."""
 
 from __future__ import annotations
 
@@ -13,8 +17,6 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from mec_api.deps import requires
-from mec_api.mec011.core import Mec011RuleError
-from mec_api.mec011.store.service_mgmt import StoreError
 from mec_api.principal import Principal
 from mec_api.problems import ProblemError
 
@@ -43,28 +45,15 @@ def own_app(scope: str) -> Callable[..., Awaitable[Principal]]:
 
 
 async def call(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a blocking store call off the event loop and turn its typed errors into problems."""
-    try:
-        return await run_in_threadpool(func, *args, **kwargs)
-    except (StoreError, Mec011RuleError) as exc:
-        raise problem(exc) from None
+    """Run a blocking store call off the event loop (its ``StoreError`` leaves with its
+    status)."""
+    return await run_in_threadpool(func, *args, **kwargs)
 
 
 def check(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run a pure core check and turn its typed error into a problem."""
-    try:
-        return func(*args, **kwargs)
-    except Mec011RuleError as exc:
-        raise problem(exc) from None
-
-
-_TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict",
-           412: "Precondition Failed"}
-
-
-def problem(exc: StoreError | Mec011RuleError) -> ProblemError:
-    return ProblemError(exc.status, _TITLES.get(exc.status, "Error"), exc.detail,
-                        extra={"check": exc.check})
+    """Run a pure core check (its ``Mec011RuleError`` leaves with its status): a plain call,
+    which marks in a route where a MEC 011 rule is checked."""
+    return func(*args, **kwargs)
 
 
 def json_response(body: Any, status: int = 200, *, etag: str | None = None,

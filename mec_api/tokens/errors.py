@@ -1,26 +1,26 @@
 """Typed refusals of the token service, each mapped to an OAuth 2.0 error code (RFC 6749 §5.2,
 RFC 8693 §2.2.2, RFC 9449 §5) plus our own ``check`` naming the failed step and a ``hint``.
 
-The HTTP adapter answers ``{"error", "error_description", "check", "hint"}`` with the status the
-RFCs give (400, or 401 for ``invalid_client``); never a stack trace.
+Each is a :class:`kernel.errors.CheckedError`, but the token endpoint catches it and answers RFC
+6749 JSON ``{"error", "error_description", "check", "hint"}`` (:meth:`TokenRefused.as_dict`), not
+problem+json: an OAuth client reads nothing else. The status is the one the RFCs give (400, or
+401 for ``invalid_client``); never a stack trace.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from kernel.errors import CheckedError
 
-class TokenRefused(Exception):
+
+class TokenRefused(CheckedError):
     """The token endpoint refuses to issue; ``error`` is the OAuth error code."""
 
     error: ClassVar[str] = "invalid_request"
-    status: ClassVar[int] = 400
-    check: ClassVar[str] = "token"
-    hint: ClassVar[str] = "Fix the token request and try again."
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"{self.check}: {detail}")
-        self.detail = detail
+    status = 400
+    check = "token"
+    hint = "Fix the token request and try again."
 
     def as_dict(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.detail, "check": self.check,

@@ -16,18 +16,20 @@ from typing import Any
 from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from kernel.errors import CheckedError
 from mec_api.mec011.core import compute_etag, liveness_expired
 from mec_api.mec011.models import PLATFORM_NAMESPACE, ServiceRow, SubscriptionRow
 from mec_api.mec011.schemas.service_mgmt import ServiceInfo, ServiceState
 
 
-class StoreError(Exception):
+class StoreError(CheckedError):
+    """A store call refused; ``status`` is what a route answers (the app's one handler)."""
+
     status = 500
     check = "store"
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+    def message(self) -> str:
+        return self.detail
 
 
 class NotFound(StoreError):
