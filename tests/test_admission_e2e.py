@@ -23,14 +23,13 @@ from admission.registry.client import RegistryClient
 from admission.service.images import CosignVerifier, RegistryClients
 from admission.service.records import SqlAdmissionRecords
 from keys import generate_private_key, public_key_pem, save_private_key
-from tests.oci_images import push_image
-from tests.registry_fixture import RunningRegistry, registry, requires_registry
-from tests.webhook_helpers import pod_spec, policy_doc, review, serve_tls, workload
+from tests.support.oci_images import push_image
+from tests.support.registry import RunningRegistry, requires_registry
+from tests.support.webhook import pod_spec, policy_doc, review, serve_tls, workload
 from umec.db import open_database
 from umec.settings import Settings
 from umec.webhook_process import build_webhook
 
-__all__ = ["registry"]
 pytestmark = requires_registry
 UMEC = [sys.executable, "-m", "umec"]
 

@@ -22,7 +22,7 @@ from admission.core.rego_input import container_facts, review_facts
 from admission.service.policy_dir import load_policy_set
 from admission.service.rego import RegoEvaluator
 from keys import public_key_pem
-from tests.webhook_helpers import D1, D2, Sig, authority, key, kid, policy_doc
+from tests.support.webhook import D1, D2, Sig, authority, key, kid, policy_doc
 
 A1, A2, A3, B1 = key(), key(), key(), key()
 IMG = "registry.example/tenant-a/app"

@@ -22,7 +22,7 @@ from admission.core.review import (
     review_response,
     split_image,
 )
-from tests.webhook_helpers import D1, pod_spec, review, workload
+from tests.support.webhook import D1, pod_spec, review, workload
 
 KINDS = {"Pod": "spec", "Deployment": "spec.template.spec", "ReplicaSet": "spec.template.spec",
          "StatefulSet": "spec.template.spec", "DaemonSet": "spec.template.spec",

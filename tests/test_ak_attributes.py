@@ -33,16 +33,14 @@ from attest.core.tpm_public import (
     parse_tpm2b_public,
     public_from_key,
 )
-from attest.simagent import SimulatedNode
-from attest.simtpm import SimulatedTpm
 from attest.tpm.swtpm import Swtpm
-from tests.conftest import k3s_policy
-from tests.fixtures_swtpm import needs_swtpm, project_ca, swtpm_node
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
+from tests.support.simtpm import SimulatedTpm
+from tests.support.swtpm import needs_swtpm
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings
-
-__all__ = ["project_ca", "swtpm_node"]
 
 REQUIRED: dict[str, ObjectAttributes] = {
     "fixedTPM": ObjectAttributes.FIXED_TPM,

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from attest.simagent import SimulatedNode, b64
-from attest.simtpm import SimulatedTpm
-from tests.attack_env import Env, env, trusted
+from tests.support.attack_env import Env, env, trusted
+from tests.support.simagent import SimulatedNode, b64
+from tests.support.simtpm import SimulatedTpm
 
 __all__ = ["env"]
 

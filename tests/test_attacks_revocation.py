@@ -35,9 +35,7 @@ from sqlalchemy import event, select
 
 from admission.service.certs import WebhookCerts
 from mec_api.tokens.models import RevocationRow
-from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
-from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)
-from tests.webhook_helpers import (
+from tests.support.webhook import (
     HANDSHAKE_REFUSED,
     FakeVerifier,
     authority,
@@ -46,6 +44,8 @@ from tests.webhook_helpers import (
     policy_doc,
     webhook_test_certs,
 )
+from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
+from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)
 from umec.localserver import ServerThread
 from umec.settings import Settings
 from umec.webhook_process import build_webhook, check_client_auth, tls_options

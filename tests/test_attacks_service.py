@@ -13,9 +13,9 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from attest.simagent import SimulatedNode, b64
-from attest.simtpm import SimulatedTpm
-from tests.attack_env import Env, checks, env, trusted
+from tests.support.attack_env import Env, checks, env, trusted
+from tests.support.simagent import SimulatedNode, b64
+from tests.support.simtpm import SimulatedTpm
 
 __all__ = ["env"]
 

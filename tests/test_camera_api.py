@@ -25,7 +25,7 @@ from mec_api import scopes
 from mec_api.camera.api import router
 from mec_api.camera.snapshots import CameraBusy, CameraTimeout, CameraUnavailable, UnknownCamera
 from mec_api.camera.sources import CameraConfig, Cameras
-from tests.mec_guard_double import StaticTokenGuard, api_app, principal
+from tests.support.guard_double import StaticTokenGuard, api_app, principal
 
 # BGR colours of the frames in the test video, in order.
 FRAME_COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]

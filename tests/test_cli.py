@@ -17,7 +17,7 @@ import pytest
 
 from attest.tpm.device import Tpm
 from attest.tpm.swtpm import Swtpm, SwtpmCa
-from tests.conftest import k3s_policy, pcr_after
+from tests.support.pcr_policy import k3s_policy, pcr_after
 from umec.localserver import free_port
 
 UMEC = [sys.executable, "-m", "umec"]

@@ -23,14 +23,13 @@ from admission.core.reference import parse_reference
 from admission.registry.client import RegistryClient
 from admission.signing.sign import sign_image
 from keys import generate_private_key, public_key_pem, save_private_key
-from tests.conftest import k3s_policy
-from tests.oci_images import push_image
-from tests.registry_fixture import RunningRegistry, registry, requires_registry
+from tests.support.oci_images import push_image
+from tests.support.pcr_policy import k3s_policy
+from tests.support.registry import RunningRegistry, requires_registry
 from umec.cli import app
 from umec.cli_errors import EXIT_FAILED, EXIT_USAGE, as_cli_error
 from umec.localserver import free_port
 
-__all__ = ["registry"]
 WHAT_TO_DO = " — what to do: "
 
 

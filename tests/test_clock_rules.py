@@ -24,12 +24,12 @@ from attest.service.models import NodeRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import remove, rename
 from attest.service.verifier import mark_stale_nodes, prune_nonces
-from attest.simagent import SimulatedNode
 from kernel.clock import DatabaseClock, SystemClock, clock_for
 from kernel.lease import SqlLease
 from kernel.ratelimit import RateLimiter
 from mec_api.tokens.revocations import Revocation, RevocationList, token_epoch
-from tests.conftest import k3s_policy
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

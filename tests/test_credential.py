@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
-from conftest_swtpm_tools import Swtpm, running_swtpm
 
 from attest.core.credential import (
     CredentialInputInvalid,
@@ -24,7 +23,8 @@ from attest.core.credential import (
 )
 from attest.core.tpm_marshal import TpmAlg
 from attest.core.tpm_structs import ObjectAttributes, SymDef, ek_public_from_key, parse_tpm2b_public
-from attest.simtpm import CredentialActivationFailed, SimulatedTpm
+from tests.support.simtpm import CredentialActivationFailed, SimulatedTpm
+from tests.support.swtpm import OracleSwtpm, running_oracle_swtpm
 
 SECRET = b"0123456789abcdef0123456789abcdef"
 # tpm2-tools credential file: magic, version, then TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET.
@@ -114,12 +114,12 @@ def test_kdf_properties() -> None:
 # -- swtpm oracle --------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    with running_swtpm(tmp_path_factory.mktemp("swtpm-cred")) as tpm:
+def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleSwtpm]:
+    with running_oracle_swtpm(tmp_path_factory.mktemp("swtpm-cred")) as tpm:
         yield tpm
 
 
-def _activate(tpm: Swtpm, kind: str, blob: bytes, enc: bytes) -> tuple[int, bytes, str]:
+def _activate(tpm: OracleSwtpm, kind: str, blob: bytes, enc: bytes) -> tuple[int, bytes, str]:
     tpm.write(f"{kind}.cred", CRED_HEADER + blob + enc)
     out = tpm.workdir / f"{kind}.out"
     out.unlink(missing_ok=True)
@@ -137,7 +137,7 @@ def _activate(tpm: Swtpm, kind: str, blob: bytes, enc: bytes) -> tuple[int, byte
 
 @pytest.mark.swtpm
 @pytest.mark.parametrize("kind", ["rsa", "ecc"])
-def test_swtpm_activates_our_credential(swtpm: Swtpm, kind: str) -> None:
+def test_swtpm_activates_our_credential(swtpm: OracleSwtpm, kind: str) -> None:
     swtpm.run("tpm2_createek", "-c", f"{kind}-ek.ctx", "-G", kind, "-u", f"{kind}-ek.pub")
     swtpm.run("tpm2_flushcontext", "-t")
     swtpm.run("tpm2_createak", "-C", f"{kind}-ek.ctx", "-c", f"{kind}-ak.ctx", "-G", "ecc",

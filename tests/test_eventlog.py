@@ -18,7 +18,6 @@ from unittest import mock
 
 import pytest
 import yaml
-from conftest_swtpm_tools import Swtpm, running_swtpm
 from cryptography.hazmat.primitives import hashes
 
 from attest.core.errors import AttestationError, MalformedStructure
@@ -52,6 +51,7 @@ from attest.core.eventlog import (
 )
 from attest.core.eventlog import parse as eventlog_parse
 from attest.core.eventlog.model import new_event
+from tests.support.swtpm import OracleSwtpm, running_oracle_swtpm
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
 TPM2_TOOLS = FIXTURES / "tpm2-tools"
@@ -568,12 +568,12 @@ def test_digests_in_any_order_or_subset_parse_like_the_usual_layout() -> None:
 
 # ---------------------------------------------------------------- a real TPM as the oracle
 @pytest.fixture
-def fresh_swtpm(tmp_path: Path) -> Iterator[Swtpm]:
-    with running_swtpm(tmp_path) as tpm:
+def fresh_swtpm(tmp_path: Path) -> Iterator[OracleSwtpm]:
+    with running_oracle_swtpm(tmp_path) as tpm:
         yield tpm
 
 
-def _pcrread(tpm: Swtpm, selection: dict[str, list[int]]) -> dict[str, dict[int, bytes]]:
+def _pcrread(tpm: OracleSwtpm, selection: dict[str, list[int]]) -> dict[str, dict[int, bytes]]:
     arg = "+".join(f"{bank}:{','.join(map(str, pcrs))}" for bank, pcrs in selection.items())
     doc = yaml.load(tpm.run("tpm2_pcrread", arg).stdout, Loader=YAML_LOADER)
     return {bank: {int(p): bytes.fromhex(v.removeprefix("0x")) for p, v in pcrs.items()}
@@ -583,7 +583,8 @@ def _pcrread(tpm: Swtpm, selection: dict[str, list[int]]) -> dict[str, dict[int,
 @needs_fixtures
 @pytest.mark.swtpm
 @pytest.mark.parametrize("name", ["event-gce-ubuntu-2104-log.bin", "event-uefi-sha1-log.bin"])
-def test_replay_equals_a_real_tpm_extended_with_the_log(fresh_swtpm: Swtpm, name: str) -> None:
+def test_replay_equals_a_real_tpm_extended_with_the_log(fresh_swtpm: OracleSwtpm,
+                                                        name: str) -> None:
     """Extend swtpm (started at locality 0) with every measured event, read the PCRs back."""
     log = parse_event_log((TPM2_TOOLS / name).read_bytes())
     extends = [f"{e.pcr}:" + ",".join(f"{bank}={d.hex()}" for bank, d in e.digests.items())

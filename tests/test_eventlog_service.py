@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from attest.core.eventlog import parse_event_log
-from attest.simagent import SimulatedNode
-from attest.simtpm import SimulatedTpm
+from tests.support.simagent import SimulatedNode
+from tests.support.simtpm import SimulatedTpm
 from umec.app import build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

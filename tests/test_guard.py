@@ -31,8 +31,8 @@ from mec_api.tokens.api import router as token_router
 from mec_api.tokens.deps import TokenRoutes
 from mec_api.tokens.feed import RevocationFollower, RingJwks, store_source
 from mec_api.tokens.revocations import RevocationList
+from tests.support.tokens import DpopKey
 from tests.test_tokens import ISSUER, TOKEN_URL, Service, build_service, exchange
-from tests.token_helpers import DpopKey
 
 PROBE = "http://testserver/probe"
 

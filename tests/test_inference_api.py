@@ -36,7 +36,7 @@ from mec_api.inference.export import ensure_onnx_model
 from mec_api.inference.image import ImageLimits
 from mec_api.inference.model import OnnxImageClassifier
 from mec_api.inference.scoring import Prediction
-from tests.mec_guard_double import StaticTokenGuard, api_app, principal
+from tests.support.guard_double import StaticTokenGuard, api_app, principal
 from tests.test_camera_api import write_video
 from tests.test_inference_core import png_declaring
 

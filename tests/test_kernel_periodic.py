@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kernel.lease import SqlLease, kernel_metadata
 from kernel.periodic import PeriodicTask
-from tests.migration_helpers import BACKENDS, engine_at
+from tests.support.migrations import BACKENDS, engine_at
 from umec.db import alembic_config, open_database
 
 

@@ -1,6 +1,6 @@
 """Keyless (Fulcio/Rekor) bundle verification against a self-built Sigstore instance.
 
-:mod:`tests.sigstore_minitrust` plays Fulcio, the CT log and Rekor with keys it owns, so
+:mod:`tests.support.mini_sigstore` plays Fulcio, the CT log and Rekor with keys it owns, so
 ``verify_bundle_keyless`` gets a positive test offline and each negative differs from the
 accepted bundle in exactly one part. Every rejection is asserted on the check that caught it
 (the sigstore-python message carried in the typed error), so a bundle rejected for a reason
@@ -28,7 +28,7 @@ from admission.core.verify import (
     VerifiedSignature,
     verify_bundle_keyless,
 )
-from tests.sigstore_minitrust import (
+from tests.support.mini_sigstore import (
     EPOCH,
     CertificateAuthority,
     CTLog,

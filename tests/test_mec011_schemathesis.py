@@ -40,7 +40,7 @@ from mec_api.mec011 import CallbackNotifier
 from mec_api.mec011.core import CALLBACK_URI_PATTERN
 from mec_api.mec011.schemas.app_support import DnsRule, TrafficRule
 from mec_api.mec011.schemas.service_mgmt import ServiceInfo
-from tests.test_mec011_harness import build, service_body
+from tests.support.mec011_harness import build, service_body
 from tests.test_mec011_support import DNS_RULE, TRAFFIC_RULE
 
 SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "etsi-mec011"

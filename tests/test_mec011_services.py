@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mec_api.mec011.schemas.service_mgmt import ServiceInfo
-from tests.test_mec011_harness import TOKEN_ENDPOINT, Harness, auth, build, service_body
+from tests.support.mec011_harness import TOKEN_ENDPOINT, Harness, auth, build, service_body
 
 MGMT = "/mec_service_mgmt/v1"
 APP_A = f"{MGMT}/applications/app-a/services"

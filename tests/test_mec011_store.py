@@ -18,7 +18,7 @@ from mec_api.mec011.models import Mec011Base
 from mec_api.mec011.schemas.app_support import OperationAction
 from mec_api.mec011.schemas.service_mgmt import ServiceInfo, ServiceState
 from mec_api.mec011.store.service_mgmt import Conflict, PreconditionFailed
-from tests.test_mec011_harness import service_body
+from tests.support.mec011_harness import service_body
 from umec.db import open_database
 
 NOW = datetime(2025, 1, 1, tzinfo=UTC)

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 
 from mec_api.mec011 import NotifierConfig, notify_termination
 from mec_api.mec011.schemas.app_support import OperationAction
-from tests.test_mec011_harness import (
+from tests.support.mec011_harness import (
     CallbackReceiver,
     Harness,
     auth,

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mec_api.mec011.schemas.app_support import DnsRule, TrafficRule
-from tests.test_mec011_harness import Harness, auth, build
+from tests.support.mec011_harness import Harness, auth, build
 
 SUPPORT = "/mec_app_support/v1"
 APP_A = f"{SUPPORT}/applications/app-a"

@@ -11,7 +11,7 @@ import pytest
 from alembic import command
 from sqlalchemy import Engine, text
 
-from tests.migration_helpers import BACKENDS, engine_at
+from tests.support.migrations import BACKENDS, engine_at
 from umec.db import alembic_config
 
 NOW = datetime(2026, 12, 1, tzinfo=UTC)

@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 from attest.service.models import AttestBase
 from mec_api.tokens.models import TokensBase
 from mec_api.tokens.revocations import RevocationStore
-from tests.migration_helpers import BACKENDS, engine_at
+from tests.support.migrations import BACKENDS, engine_at
 from umec.db import alembic_config
 
 

@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from attest.core.policy import AppraisalPolicy, PolicyInvalid
-from attest.simagent import SimulatedNode
-from tests.conftest import k3s_policy
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
 from umec.app import Server, build_server
 from umec.cli import app as cli
 from umec.localserver import ServerThread

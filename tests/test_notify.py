@@ -22,7 +22,6 @@ from typing import Any
 
 import httpx
 import pytest
-from fake_kube import FakeKube, QuietHTTPServer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -51,6 +50,7 @@ from attest.service.notify import (
     verify_webhook_signature,
 )
 from attest.service.notify.event import backoff_delay
+from tests.support.fake_kube import FakeKube, QuietHTTPServer
 
 SECRET = b"0123456789abcdef-webhook-secret"
 FOREIGN = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule",

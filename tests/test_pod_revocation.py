@@ -11,7 +11,7 @@ service-account token, calls the sensor API; then:
   refused within 1 s, naming the pod, and the leftover service-account token mints nothing;
 * a failing revocation write rolls the forget back; the DELETE is still allowed (never block a
   deletion), counted, and the pod reconciler (:mod:`admission.service.pod_reconcile`, against
-  the HTTP fake Kubernetes API in ``tests/fake_kube.py``) revokes once the pod is gone;
+  the HTTP fake Kubernetes API in ``tests/support/fake_kube.py``) revokes once the pod is gone;
 * a terminating pod's UPDATE (``deletionTimestamp`` set) forgets the record, never re-creates it.
 """
 
@@ -38,9 +38,9 @@ from admission.service.records import SqlAdmissionRecords
 from kernel.clock import clock_for
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationRow
-from tests.fake_kube import FakeKube
+from tests.support.fake_kube import FakeKube
+from tests.support.webhook import FakeVerifier, authority, key, policy_doc
 from tests.test_revocation import Site, site  # noqa: F401  (the fixture, on both databases)
-from tests.webhook_helpers import FakeVerifier, authority, key, policy_doc
 from umec.bridges import pod_revocation_writer
 from umec.localserver import ServerThread
 from umec.settings import Settings

@@ -14,7 +14,7 @@ import pytest
 from attest.agent import Agent, AgentConfig, AgentError
 from attest.tpm.device import Tpm
 from attest.tpm.swtpm import Swtpm, SwtpmCa
-from tests.conftest import k3s_policy, pcr_after
+from tests.support.pcr_policy import k3s_policy, pcr_after
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

@@ -29,10 +29,10 @@ from admission.service.rego import RegoEvaluator
 from admission.service.webhook import WebhookDeps, create_webhook_app
 from admission.signing.sign import sign_image
 from keys import generate_private_key, public_key_pem
-from tests.fake_kube import FakeKube
-from tests.oci_images import push_image
-from tests.registry_fixture import USERS, RunningRegistry, basic_registry, requires_registry
-from tests.webhook_helpers import (
+from tests.support.fake_kube import FakeKube
+from tests.support.oci_images import push_image
+from tests.support.registry import USERS, RunningRegistry, requires_registry
+from tests.support.webhook import (
     D1,
     FakeRecords,
     FakeResolver,
@@ -46,7 +46,6 @@ from tests.webhook_helpers import (
     workload,
 )
 
-__all__ = ["basic_registry"]
 DOCKERCONFIG = "kubernetes.io/dockerconfigjson"
 REG = "registry.example.com:5000"
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest_swtpm_tools import Swtpm, running_swtpm
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,7 +36,8 @@ from attest.core.tpm_structs import (
     parse_tpm2b_public,
     parse_tpms_attest,
 )
-from attest.simtpm import SimulatedTpm
+from tests.support.simtpm import SimulatedTpm
+from tests.support.swtpm import OracleSwtpm, running_oracle_swtpm
 
 SEL = {"sha256": frozenset({0, 7, 10}), "sha1": frozenset({10})}
 NONCE = bytes(range(32))
@@ -195,7 +195,7 @@ class RealQuote:
     nonce: bytes
 
 
-def _pcrread(tpm: Swtpm, spec: str) -> dict[str, dict[int, bytes]]:
+def _pcrread(tpm: OracleSwtpm, spec: str) -> dict[str, dict[int, bytes]]:
     out: dict[str, dict[int, bytes]] = {}
     bank = ""
     for line in tpm.run("tpm2_pcrread", spec).stdout.splitlines():
@@ -213,7 +213,7 @@ AK_KINDS = {"ecc-ecdsa": ("ecc", "ecdsa"), "rsa-rsassa": ("rsa", "rsassa"),
 
 @pytest.fixture(scope="module")
 def swtpm_quotes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, RealQuote]]:
-    with running_swtpm(tmp_path_factory.mktemp("swtpm-quote")) as tpm:
+    with running_oracle_swtpm(tmp_path_factory.mktemp("swtpm-quote")) as tpm:
         tpm.run("tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub")
         tpm.run("tpm2_flushcontext", "-t")
         tpm.run("tpm2_pcrextend", "16:sha256=" + "ab" * 32 + ",sha1=" + "cd" * 20)

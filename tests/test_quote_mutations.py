@@ -30,7 +30,7 @@ from attest.core.quote import (
     check_type,
 )
 from attest.core.tpm_structs import ClockInfo, QuoteInfo, TpmAlg, parse_tpms_attest
-from attest.simtpm import SimulatedTpm
+from tests.support.simtpm import SimulatedTpm
 
 SEL = {"sha256": frozenset({0, 7, 10}), "sha1": frozenset({10})}
 ONE_BANK = {"sha256": frozenset({0, 7, 10})}

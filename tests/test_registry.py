@@ -28,11 +28,10 @@ from admission.registry.manifests import (
     canonical_json,
     sha256_digest,
 )
-from tests.oci_images import PLATFORMS, build_image, push_image, push_index
-from tests.registry_fixture import RunningRegistry, registry, requires_registry
+from tests.support.oci_images import PLATFORMS, build_image, push_image, push_index
+from tests.support.registry import RunningRegistry, requires_registry
 
 pytestmark = requires_registry
-__all__ = ["registry"]  # the fixture, imported for pytest
 T = TypeVar("T")
 
 

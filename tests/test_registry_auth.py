@@ -20,17 +20,10 @@ from admission.registry.auth import Challenge, fetch_token
 from admission.registry.client import RegistryClient
 from admission.registry.credentials import Credentials, RegistryCredential
 from admission.registry.errors import RegistryAuthFailed
-from tests.oci_images import push_image
-from tests.registry_fixture import (
-    USERS,
-    RunningRegistry,
-    basic_registry,
-    requires_registry,
-    token_registry,
-)
+from tests.support.oci_images import push_image
+from tests.support.registry import USERS, RunningRegistry, requires_registry
 
 pytestmark = requires_registry
-__all__ = ["basic_registry", "token_registry"]
 
 
 def creds(host: str, user: str = "alice", password: str | None = None) -> Credentials:

@@ -23,8 +23,8 @@ from admission.registry.errors import (
     UnsupportedMediaType,
 )
 from admission.registry.manifests import MAX_MANIFEST_SIZE, OCI_MANIFEST, Manifest, sha256_digest
-from tests.oci_images import build_image
-from tests.registry_fixture import HANG, Reply, free_port, loopback_tls, scripted
+from tests.support.oci_images import build_image
+from tests.support.registry import HANG, Reply, free_port, loopback_tls, scripted
 
 IMAGE = build_image(salt="scripted")
 DIGEST = IMAGE.digest

@@ -12,7 +12,7 @@ import pytest
 from admission.core.reference import parse_reference
 from admission.registry.client import RegistryClient
 from admission.registry.manifests import OCI_MANIFEST, sha256_digest
-from tests.oci_images import (
+from tests.support.oci_images import (
     PLATFORMS,
     push_image,
     push_index,
@@ -20,11 +20,10 @@ from tests.oci_images import (
     tools_available,
     umoci_image_to_registry,
 )
-from tests.registry_fixture import RunningRegistry, registry, requires_registry
+from tests.support.registry import RunningRegistry, requires_registry
 
 pytestmark = [requires_registry,
               pytest.mark.skipif(not tools_available(), reason="skopeo/umoci not installed")]
-__all__ = ["registry"]
 
 
 def test_skopeo_reads_our_image_and_index(registry: RunningRegistry) -> None:

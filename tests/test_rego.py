@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from admission.service.rego import POLICY_DIR, RegoEvaluator, RegoFailed
-from tests.webhook_helpers import D1
+from tests.support.webhook import D1
 
 
 @pytest.fixture(scope="module")

@@ -15,9 +15,9 @@ import pytest
 from sqlalchemy import select
 
 from attest.service.models import StateEventRow
-from attest.simagent import SimulatedNode
 from kernel.lease import SqlLease
-from tests.conftest import k3s_policy
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

@@ -38,7 +38,6 @@ from sqlalchemy.orm import Session, sessionmaker
 from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.service import registrar
 from attest.service.models import NodeRow, StateEventRow
-from attest.simagent import SimulatedNode
 from mec_api.tokens.feed import (
     FeedMalformed,
     RevocationFollower,
@@ -57,8 +56,9 @@ from mec_api.tokens.revocations import (
     next_generation,
     write_pod_revocations,
 )
-from tests.conftest import k3s_policy
-from tests.token_helpers import D1, ClusterIssuer
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
+from tests.support.tokens import D1, ClusterIssuer
 from umec.app import Server, build_server
 from umec.db import open_database
 from umec.localserver import ServerThread, free_port

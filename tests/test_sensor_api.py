@@ -18,7 +18,7 @@ from mec_api.sensor.api import router
 from mec_api.sensor.deps import SensorContext
 from mec_api.sensor.metrics import SensorMetrics
 from mec_api.sensor.store import SqlSensorStore
-from tests.mec_guard_double import StaticTokenGuard, api_app, principal
+from tests.support.guard_double import StaticTokenGuard, api_app, principal
 from umec.db import make_engine, open_database
 
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)

@@ -15,10 +15,10 @@ import yaml
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.testclient import TestClient
 
-from attest.simagent import SimulatedNode
 from kernel.service import Service, running
-from tests.conftest import k3s_policy
-from tests.fake_kube import FakeKube
+from tests.support.fake_kube import FakeKube
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
 from umec.app import build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

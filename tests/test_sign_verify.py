@@ -36,10 +36,9 @@ from admission.registry.client import RegistryClient
 from admission.signing.sign import load_signing_key_from, sign_image
 from admission.signing.verify import ReferenceNotPinned, verify_image_signatures
 from keys import KeyKind, PrivateKey, PublicKey, generate_private_key
-from tests.oci_images import push_image, push_index
-from tests.registry_fixture import RunningRegistry, registry, requires_registry
+from tests.support.oci_images import push_image, push_index
+from tests.support.registry import RunningRegistry, requires_registry
 
-__all__ = ["registry"]  # the fixture, imported for pytest
 pytestmark = requires_registry
 T = TypeVar("T")
 JS = Path(__file__).parent / "js"

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest_swtpm_tools import Swtpm, running_swtpm
 from cryptography.hazmat.primitives import hashes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -33,12 +32,13 @@ from attest.core.tpm_structs import (
     parse_tpms_attest,
     parse_tpmt_signature,
 )
-from attest.simtpm import (
+from tests.support.simtpm import (
     TPM_RH_ENDORSEMENT,
     CredentialActivationFailed,
     SimulatedTpm,
     qualified_name,
 )
+from tests.support.swtpm import OracleSwtpm, running_oracle_swtpm
 
 needs_tools = pytest.mark.skipif(shutil.which("tpm2_checkquote") is None,
                                  reason="tpm2-tools not installed")
@@ -174,13 +174,13 @@ def test_tpm2_makecredential_blobs_activate(tpm: SimulatedTpm, tmp_path: Path,
 
 
 @pytest.fixture(scope="module")
-def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swtpm]:
-    with running_swtpm(tmp_path_factory.mktemp("swtpm-sim")) as t:
+def swtpm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OracleSwtpm]:
+    with running_oracle_swtpm(tmp_path_factory.mktemp("swtpm-sim")) as t:
         yield t
 
 
 @pytest.mark.swtpm
-def test_qualified_signer_matches_real_tpm(swtpm: Swtpm) -> None:
+def test_qualified_signer_matches_real_tpm(swtpm: OracleSwtpm) -> None:
     swtpm.run("tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub")
     swtpm.run("tpm2_flushcontext", "-t")
     swtpm.run("tpm2_createak", "-C", "ek.ctx", "-c", "ak.ctx", "-G", "ecc", "-u", "ak.pub")

@@ -20,9 +20,9 @@ import pytest
 
 from attest.service.notify.kube import KubernetesNodeSink
 from attest.service.notify.webhook import verify_webhook_signature
-from attest.simagent import SimulatedNode
-from tests.conftest import k3s_policy
-from tests.fake_kube import FakeKube
+from tests.support.fake_kube import FakeKube
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
 from umec.app import build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

@@ -23,10 +23,9 @@ from attest.core.ek import (
 )
 from attest.tpm.device import Tpm
 from attest.tpm.swtpm import Swtpm, SwtpmCa, SwtpmError
-from tests.fixtures_swtpm import foreign_swtpm, needs_swtpm, project_ca, split_chain, swtpm_node
+from tests.support.swtpm import needs_swtpm, split_chain
 
 pytestmark = needs_swtpm
-__all__ = ["foreign_swtpm", "project_ca", "swtpm_node"]  # fixtures used by name below
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 

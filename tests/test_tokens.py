@@ -32,7 +32,7 @@ from mec_api.tokens.issuer import (
 from mec_api.tokens.models import TokensBase
 from mec_api.tokens.revocations import RevocationList, RevocationStore
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
-from tests.token_helpers import D1, D2, Admissions, ClusterIssuer, DpopKey, Nodes
+from tests.support.tokens import D1, D2, Admissions, ClusterIssuer, DpopKey, Nodes
 
 BASE = "http://testserver"
 TOKEN_URL = f"{BASE}/oauth2/token"
@@ -92,7 +92,7 @@ def followed(store: RevocationStore, revocations: RevocationList,
 
 
 def cluster_issuer() -> str:
-    from tests.token_helpers import SA_ISSUER
+    from tests.support.tokens import SA_ISSUER
     return SA_ISSUER
 
 

@@ -17,10 +17,10 @@ import httpx
 import pytest
 
 from admission.service.records import AdmittedImage, SqlAdmissionRecords
-from attest.simagent import SimulatedNode
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.conftest import k3s_policy
-from tests.token_helpers import D1, ClusterIssuer, DpopKey
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
+from tests.support.tokens import D1, ClusterIssuer, DpopKey
 from umec.app import Server, build_server
 from umec.db import open_database
 from umec.localserver import ServerThread, free_port

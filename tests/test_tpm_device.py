@@ -31,11 +31,16 @@ from attest.tpm.device import (
 )
 from attest.tpm.swtpm import Swtpm
 from attest.tpm.templates import ak_template, check_kind
-from tests.da_helpers import create_key, da_state, fail_auth, legacy_ak_template, write_legacy_ak
-from tests.fixtures_swtpm import needs_swtpm, needs_tpm2_tools, project_ca, swtpm_node
+from tests.support.dictionary_attack import (
+    create_key,
+    da_state,
+    fail_auth,
+    legacy_ak_template,
+    write_legacy_ak,
+)
+from tests.support.swtpm import needs_swtpm, needs_tpm2_tools
 
 pytestmark = needs_swtpm
-__all__ = ["project_ca", "swtpm_node"]
 # tpm2_checkquote 5.4 mis-reads a PCR "values" file of more than 7 digests ("Something wrong,
 # trying to print but nothing more"), so the oracle gets 7; larger selections are checked below.
 SEL = {"sha256": [0, 1, 7, 14, 16], "sha1": [0, 16]}

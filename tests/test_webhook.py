@@ -23,7 +23,7 @@ from admission.service.admit import Admitter
 from admission.service.cache import SingleFlightCache
 from admission.service.rego import RegoEvaluator
 from admission.service.webhook import WebhookDeps, create_webhook_app, router
-from tests.webhook_helpers import (
+from tests.support.webhook import (
     D1,
     D2,
     D3,
@@ -51,7 +51,7 @@ def tls(ca: Path) -> ssl.SSLContext:
 
 
 def make_deps(**kw: Any) -> tuple[WebhookDeps, FakeResolver, FakeVerifier, FakeRecords]:
-    from tests.webhook_helpers import policy_doc
+    from tests.support.webhook import policy_doc
     policies = load_policies([
         policy_doc("a", [f"{REG}/**"], [authority("a", {"a": A_KEY})], namespace="tenant-a"),
         policy_doc("b", [f"{REG}/**"], [authority("b", {"b": B_KEY})], namespace="tenant-b"),
@@ -248,7 +248,7 @@ def test_single_flight_and_cache() -> None:
     assert verifier.calls == 1 and resolver.calls == 1
     assert admitter.verified.joined == 19 and admitter.verified.hits == 1
     # A new policy generation is a new cache key: verified again.
-    from tests.webhook_helpers import policy_doc
+    from tests.support.webhook import policy_doc
     gen2 = load_policies([policy_doc("c", ["**"], [authority("a", {"a": A_KEY})])])
     deps.policies = lambda: gen2
     assert asyncio.run(admitter.validate(req(f"{APP}@{D1}", "gen2")))["response"]["allowed"]

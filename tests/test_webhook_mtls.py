@@ -36,8 +36,7 @@ from admission.service.certs import WebhookCerts
 from admission.service.rego import RegoEvaluator
 from admission.service.webhook import WebhookDeps, create_webhook_app
 from keys import load_private_key, save_private_key
-from tests.test_cli_errors import assert_error, env, umec_process  # noqa: F401  (the fixture)
-from tests.webhook_helpers import (
+from tests.support.webhook import (
     D1,
     HANDSHAKE_REFUSED,
     FakeRecords,
@@ -53,6 +52,7 @@ from tests.webhook_helpers import (
     webhook_test_certs,
     workload,
 )
+from tests.test_cli_errors import assert_error, env, umec_process  # noqa: F401  (the fixture)
 from umec.cli_errors import EXIT_USAGE
 from umec.localserver import free_port
 from umec.settings import Settings

@@ -78,7 +78,7 @@ from setup_env import (  # noqa: E402
     write_key_and_policy,
 )
 
-from tests.webhook_helpers import pod_spec, review, workload  # noqa: E402
+from tests.support.webhook import pod_spec, review, workload  # noqa: E402
 
 UID = "00000000-bench-uid-placeholder"
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # the test helpers live in tests/ (a namespace package)
+if str(ROOT) not in sys.path:  # the test helpers live in tests/support/
     sys.path.insert(0, str(ROOT))
 
 from admission.core.reference import parse_reference  # noqa: E402
@@ -39,9 +39,9 @@ from admission.registry.client import RegistryClient  # noqa: E402
 from admission.service.certs import create_webhook_certs  # noqa: E402
 from admission.signing.sign import sign_image  # noqa: E402
 from keys import PrivateKey, generate_private_key, public_key_pem, save_private_key  # noqa: E402
-from tests.oci_images import push_image  # noqa: E402
-from tests.registry_fixture import RunningRegistry, free_port, run_registry  # noqa: E402
-from tests.webhook_helpers import policy_doc  # noqa: E402
+from tests.support.oci_images import push_image  # noqa: E402
+from tests.support.registry import RunningRegistry, free_port, run_registry  # noqa: E402
+from tests.support.webhook import policy_doc  # noqa: E402
 
 
 @dataclass(frozen=True)

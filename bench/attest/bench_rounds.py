@@ -58,11 +58,14 @@ import httpx
 import yaml
 from benchlib import percentile, print_machine, vm_status
 
-from attest.simagent import SimulatedNode
-from attest.simtpm import SimulatedTpm
-from umec.localserver import free_port
-
 REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # the simulated TPM and node are test support (tests/support/)
+    sys.path.insert(0, str(REPO))
+
+from tests.support.simagent import SimulatedNode  # noqa: E402
+from tests.support.simtpm import SimulatedTpm  # noqa: E402
+from umec.localserver import free_port  # noqa: E402
+
 POLICY: dict[str, object] = {"name": "pi-k3s", "selection": {"sha256": [0, 1, 2, 3, 7, 14]},
           "pcrs": {"sha256": {14: ["00" * 32]}}}
 ENV_LIMIT = 100_000  # one environment string may hold at most 128 KiB (MAX_ARG_STRLEN)

@@ -73,8 +73,8 @@ from benchlib import percentile, print_machine  # noqa: E402
 from revlinks import Answer, Links  # noqa: E402
 
 from admission.service.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
-from attest.simagent import SimulatedNode  # noqa: E402
-from attest.simtpm import SimulatedTpm  # noqa: E402
+from tests.support.simagent import SimulatedNode  # noqa: E402
+from tests.support.simtpm import SimulatedTpm  # noqa: E402
 from umec.db import open_database  # noqa: E402
 from umec.demo_tokens import DemoCluster  # noqa: E402
 from umec.localserver import free_port  # noqa: E402

@@ -55,8 +55,8 @@ from bench_rounds import cpu_seconds, server_process, wait_healthy  # noqa: E402
 from benchlib import percentile, print_machine, vm_status  # noqa: E402
 
 from admission.service.records import AdmittedImage, SqlAdmissionRecords  # noqa: E402
-from attest.simagent import SimulatedNode  # noqa: E402
-from attest.simtpm import SimulatedTpm  # noqa: E402
+from tests.support.simagent import SimulatedNode  # noqa: E402
+from tests.support.simtpm import SimulatedTpm  # noqa: E402
 from umec.db import open_database  # noqa: E402
 from umec.demo_tokens import DemoCluster  # noqa: E402
 from umec.localserver import free_port  # noqa: E402

@@ -39,11 +39,11 @@ from sqlalchemy import select
 
 from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.service.models import StateEventRow
-from attest.simagent import SimulatedNode
 from attest.tpm.swtpm import Swtpm, SwtpmCa
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.conftest import k3s_policy, pcr_after
-from tests.token_helpers import D1, ClusterIssuer
+from tests.support.pcr_policy import k3s_policy, pcr_after
+from tests.support.simagent import SimulatedNode
+from tests.support.tokens import D1, ClusterIssuer
 from umec.db import open_database
 from umec.localserver import free_port
 

@@ -23,13 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
-from attest.simagent import SimulatedNode
 from attest.tpm.swtpm import Swtpm, SwtpmCa, swtpm_available
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.faults.fleet import Driver, admit, ek_allowlist, events, untyped, write_policy
-from tests.faults.private_pg import PrivatePostgres, private_postgres_or_skip
-from tests.faults.umec_server import UmecServer
-from tests.token_helpers import ClusterIssuer
+from tests.support.fleet import Driver, admit, ek_allowlist, events, untyped, write_policy
+from tests.support.private_postgres import PrivatePostgres, private_postgres_or_skip
+from tests.support.simagent import SimulatedNode
+from tests.support.tokens import ClusterIssuer
+from tests.support.umec_server import UmecServer
 
 pytestmark = pytest.mark.faults
 

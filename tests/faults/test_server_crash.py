@@ -28,12 +28,12 @@ import psycopg
 import pytest
 
 from attest.service.faultpoints import CODE_POINTS, COMMIT_POINTS
-from attest.simagent import SimulatedNode, b64
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from tests.faults.fleet import PROBLEM_JSON, admit, ek_allowlist, events, query, write_policy
-from tests.faults.private_pg import PrivatePostgres, private_postgres_or_skip
-from tests.faults.umec_server import UmecServer
-from tests.token_helpers import ClusterIssuer
+from tests.support.fleet import PROBLEM_JSON, admit, ek_allowlist, events, query, write_policy
+from tests.support.private_postgres import PrivatePostgres, private_postgres_or_skip
+from tests.support.simagent import SimulatedNode, b64
+from tests.support.tokens import ClusterIssuer
+from tests.support.umec_server import UmecServer
 
 pytestmark = pytest.mark.faults
 

@@ -34,8 +34,8 @@ import pytest
 from attest.agent import Agent, AgentConfig
 from attest.tpm.device import Tpm, TpmCommandFailed, TpmLockedOut
 from attest.tpm.swtpm import Swtpm, SwtpmCa
-from tests.conftest import k3s_policy, pcr_after
-from tests.da_helpers import da_state, power_cut, power_cycle, write_legacy_ak
+from tests.support.dictionary_attack import da_state, power_cut, power_cycle, write_legacy_ak
+from tests.support.pcr_policy import k3s_policy, pcr_after
 from umec.app import build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

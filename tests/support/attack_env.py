@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import func, select
 
 from attest.service.models import NodeRow, NonceRow, StateEventRow
-from attest.simagent import SimulatedNode
-from attest.simtpm import SimulatedTpm
-from tests.conftest import k3s_policy
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
+from tests.support.simtpm import SimulatedTpm
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings

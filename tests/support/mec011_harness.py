@@ -27,7 +27,7 @@ from mec_api.mec011 import (
     NotifierConfig,
     mec011_state,
 )
-from tests.mec_guard_double import StaticTokenGuard, api_app, principal
+from tests.support.guard_double import StaticTokenGuard, api_app, principal
 
 TOKEN_ENDPOINT = "https://umec.example/oauth2/token"
 ALL_MEC011 = {scopes.MEC011_SERVICES_READ, scopes.MEC011_SERVICES_WRITE,

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from attest.simtpm import SimulatedTpm
+from tests.support.simtpm import SimulatedTpm
 
 
 def b64(data: bytes) -> str:

@@ -15,6 +15,9 @@ Auth variants:
 
 :class:`ScriptedServer` is the opposite of the real thing: an HTTP server whose answers a test
 scripts (lying digests, 503 then success, hanging, oversized bodies).
+
+The fixtures ``registry``, ``basic_registry`` and ``token_registry`` start one registry per test
+module that uses them (tests/conftest.py loads this module as a plugin).
 """
 
 from __future__ import annotations
@@ -204,20 +207,20 @@ def run_registry(workdir: Path, *, auth: str = "none") -> Iterator[RunningRegist
             token_server.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
-    """An anonymous registry shared by the session; tests use their own repository names."""
+    """An anonymous registry shared by the test module; tests use their own repository names."""
     with run_registry(tmp_path_factory.mktemp("registry")) as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
     with run_registry(tmp_path_factory.mktemp("registry-basic"), auth="htpasswd") as running:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningRegistry]:
     with run_registry(tmp_path_factory.mktemp("registry-token"), auth="token") as running:
         yield running

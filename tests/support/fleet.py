@@ -15,9 +15,9 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from admission.service.records import AdmittedImage, SqlAdmissionRecords
-from attest.simagent import SimulatedNode
-from tests.conftest import k3s_policy
-from tests.token_helpers import D1
+from tests.support.pcr_policy import k3s_policy
+from tests.support.simagent import SimulatedNode
+from tests.support.tokens import D1
 from umec.db import open_database
 
 PROBLEM_JSON = "application/problem+json"
