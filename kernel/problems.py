@@ -65,6 +65,12 @@ def error_body(path: str, status: int, check: str, detail: str, hint: str,
     return problem, {"content-type": PROBLEM_JSON}
 
 
+def header_safe(value: str) -> str:
+    """A header value that can always be sent: printable ASCII (anything else, including CR and
+    LF, becomes ``?``), at most 1 KiB. Header values may carry a requester's text."""
+    return "".join(c if " " <= c <= "~" else "?" for c in value[:1024])
+
+
 def problem_response(path: str, status: int, check: str, detail: str, hint: str, *,
                      headers: dict[str, str] | None = None,
                      extra: dict[str, Any] | None = None, type_: str | None = None,
@@ -72,6 +78,7 @@ def problem_response(path: str, status: int, check: str, detail: str, hint: str,
     """The answer to a request to ``path`` that failed ``check`` (see :func:`error_body`)."""
     body, typed = error_body(path, status, check, detail, hint, extra, type_=type_, title=title)
     media = typed.pop("content-type")
+    headers = {k: header_safe(v) for k, v in (headers or {}).items()}
     return JSONResponse(body, status_code=status, media_type=media,
                         headers={**(headers or {}), **typed})
 
@@ -110,12 +117,27 @@ class RequestSchemaInvalid(CheckedError):
         return {"errors": self.errors}
 
 
+# A bad request's answer stays small whatever it sent: at most this many errors, each location
+# part and message cut (locations include keys the requester chose).
+MAX_SCHEMA_ERRORS = 20
+MAX_SCHEMA_TEXT = 64
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_SCHEMA_TEXT else text[:MAX_SCHEMA_TEXT] + "…"
+
+
 def schema_error(exc: RequestValidationError, status: int = 422) -> RequestSchemaInvalid:
-    """The typed error for a request that did not validate, naming its first five fields."""
-    errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", ""))}
-              for e in exc.errors()]
+    """The typed error for a request that did not validate, naming its first five fields and
+    listing at most :data:`MAX_SCHEMA_ERRORS` (the detail says how many there were)."""
+    found = exc.errors()
+    errors = [{"loc": [_short(p) for p in e.get("loc", ())], "msg": _short(e.get("msg", ""))}
+              for e in found[:MAX_SCHEMA_ERRORS]]
     named = "; ".join(f"{'.'.join(e['loc']) or 'body'}: {e['msg']}" for e in errors[:5])
-    return RequestSchemaInvalid(f"the request does not match the API: {named}", errors, status)
+    more = f" (and {len(found) - 5} more)" if len(found) > 5 else ""
+    return RequestSchemaInvalid(f"the request does not match the API: {named}{more}", errors,
+                                status)
 
 
 def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -83,8 +83,11 @@ async def running(services: Sequence[Service[Any]]) -> AsyncIterator[None]:
     finally:
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # A job that had already failed must not keep the services below from closing.
+        for task, outcome in zip(tasks, await asyncio.gather(*tasks, return_exceptions=True),
+                                 strict=True):
+            if isinstance(outcome, Exception):
+                log.warning("background job %s had failed: %s: %s", task.get_name(),
+                            type(outcome).__name__, outcome)
         for service in reversed(started):
             await service.close()

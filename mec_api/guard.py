@@ -62,7 +62,10 @@ class GuardRefusal(ProblemError):
 
 
 def _quote(text: str) -> str:
-    return text.replace("\\", "/").replace('"', "'")[:200]
+    """Safe inside a quoted header parameter: printable ASCII without quotes or backslashes
+    (a token's ``kid`` is attacker text, and a header that cannot be encoded would be a 500)."""
+    return "".join(c if " " <= c <= "~" else "?" for c in
+                   text.replace("\\", "/").replace('"', "'"))[:200]
 
 
 def _challenge(scheme: str, error: str | None = None, description: str = "",

@@ -126,7 +126,8 @@ async def token(request: Request, ctx: Tokens) -> JSONResponse:
         issued = await run_in_threadpool(ctx.issuer.issue, req, ctx.clock())
     except TokenRefused as e:
         REFUSED.labels(e.check).inc()
-        log.info("token refused", extra={"check": e.check, "detail": e.detail})
+        log.log(logging.INFO if e.public else logging.WARNING, "token refused",
+                extra={"check": e.check, "detail": e.detail})
         return _oauth_error(e)
     ISSUED.labels("exchange" if grant_type == TOKEN_EXCHANGE else "client").inc()
     return JSONResponse(issued.response(grant_type == TOKEN_EXCHANGE), headers=NO_STORE)

@@ -23,7 +23,10 @@ class TokenRefused(CheckedError):
     hint = "Fix the token request and try again."
 
     def as_dict(self) -> dict[str, str]:
-        return {"error": self.error, "error_description": self.detail, "check": self.check,
+        """RFC 6749's error body; a non-public error's detail (the server's own setup) is
+        replaced by a generic sentence: the log has it."""
+        detail = self.detail if self.public else "the server could not decide; nothing was issued"
+        return {"error": self.error, "error_description": detail, "check": self.check,
                 "hint": self.hint}
 
 
@@ -101,6 +104,7 @@ class DpopProofInvalid(TokenRefused):
 class ClusterKeysUnavailable(TokenRefused):
     error = "temporarily_unavailable"
     status = 503
+    public = False  # its detail names the server's files and URLs: logged, not answered
     check = "subject.cluster_keys"
     hint = ("The cluster's service-account keys (OIDC discovery / JWKS) could not be read; "
             "nothing was issued. Retry shortly; operators: check UMEC_TOKEN_SA_* settings.")
@@ -109,6 +113,7 @@ class ClusterKeysUnavailable(TokenRefused):
 class PolicyFailed(TokenRefused):
     error = "server_error"
     status = 500
+    public = False  # its detail is Rego output and policy paths: logged, not answered
     check = "policy.evaluation"
     hint = ("The token policy could not be evaluated; nothing was issued. "
             "Check policies/tokens.rego.")
