@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -41,9 +42,10 @@ leases = Table(
 )
 
 
-def default_holder(owner: object) -> str:
-    """Host, process and object: unique per lease object across replicas and workers."""
-    return f"{socket.gethostname()}:{os.getpid()}:{id(owner):x}"
+def default_holder() -> str:
+    """Host and process for the logs, and a random part: unique per lease object even where
+    pods share a host network and a PID namespace hides that they are different processes."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
 
 
 class SqlLease:
@@ -52,7 +54,7 @@ class SqlLease:
     def __init__(self, sessions: sessionmaker[Session], name: str, ttl: float,
                  now: Callable[[], datetime], holder: str | None = None) -> None:
         self.sessions, self.name, self.ttl, self.now = sessions, name, ttl, now
-        self.holder = holder or default_holder(self)
+        self.holder = holder or default_holder()
 
     def acquire(self) -> bool:
         now = self.now()
