@@ -1,4 +1,5 @@
-"""A real `umec server` on loopback for the HTTP-level attack suites, on SQLite and PostgreSQL.
+"""A real `umec server` on loopback for the HTTP-level attack suites, on SQLite and PostgreSQL
+(the ``env`` fixture of tests/attest/conftest.py).
 
 Nodes are simulated TPMs (byte-exact formats, software keys) so that attacks needing a key the
 attacker controls — forging, another TPM's AK, a replayed old state — can be built precisely.
@@ -8,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from attest.service.models import NodeRow, NonceRow, StateEventRow
@@ -77,10 +78,11 @@ def _settings(tmp_path: Path, database_url: str) -> Settings:
                     default_node_class="pi-k3s", nonce_ttl_seconds=30)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    url = "" if request.param == "sqlite" else request.getfixturevalue("pg_database")
-    server = build_server(_settings(tmp_path, url))
+@contextmanager
+def running_env(tmp_path: Path, database_url: str) -> Iterator[Env]:
+    """The server on ``database_url`` ("" for SQLite in ``tmp_path``) and an operator client
+    (the ``env`` fixture of tests/attest/conftest.py)."""
+    server = build_server(_settings(tmp_path, database_url))
     with ServerThread(server.app) as http, httpx.Client(
             base_url=http.url, timeout=30,
             headers={"Authorization": f"Bearer {server.operator_token}"}) as c:

@@ -15,11 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.attack_env import Env, env, trusted
+from tests.support.attack_env import Env, trusted
 from tests.support.simagent import SimulatedNode, b64
 from tests.support.simtpm import SimulatedTpm
-
-__all__ = ["env"]
 
 
 def _impersonate(victim: SimulatedTpm) -> SimulatedTpm:

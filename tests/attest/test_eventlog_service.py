@@ -17,7 +17,7 @@ from umec.app import build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "eventlogs"
 BOOT_LOG = FIXTURES / "tpm2-tools" / "event-bootorder.bin"
 OTHER_LOG = FIXTURES / "tpm2-tools" / "event-postcode.bin"
 pytestmark = pytest.mark.skipif(not BOOT_LOG.exists(), reason=f"fixtures absent: {FIXTURES}")

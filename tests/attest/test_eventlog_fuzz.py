@@ -29,7 +29,7 @@ from attest.core.eventlog import (
 )
 from attest.core.eventlog import parse as eventlog_parse
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "eventlogs"
 AGILE = FIXTURES / "tpm2-tools" / "event-sd-boot-fedora37.bin"
 LEGACY = FIXTURES / "tpm2-tools" / "event-uefi-sha1-log.bin"
 MULTI = FIXTURES / "tpm2-tools" / "event-arch-linux.bin"

@@ -13,11 +13,9 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from tests.support.attack_env import Env, checks, env, trusted
+from tests.support.attack_env import Env, checks, trusted
 from tests.support.simagent import SimulatedNode, b64
 from tests.support.simtpm import SimulatedTpm
-
-__all__ = ["env"]
 
 
 def _unchanged_and_nonce_still_usable(env: Env, node: SimulatedNode, before: dict[str, object],

@@ -53,7 +53,7 @@ from attest.core.eventlog import parse as eventlog_parse
 from attest.core.eventlog.model import new_event
 from tests.support.swtpm import OracleSwtpm, running_oracle_swtpm
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "eventlogs"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "eventlogs"
 TPM2_TOOLS = FIXTURES / "tpm2-tools"
 KEYLIME = FIXTURES / "keylime"
 needs_fixtures = pytest.mark.skipif(

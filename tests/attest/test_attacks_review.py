@@ -28,11 +28,9 @@ from attest.service import api, verifier
 from attest.service.context import AttestConfig
 from attest.service.models import EnrollmentRow, NodeRow
 from attest.service.policies import set_policy
-from tests.support.attack_env import Env, checks, env, trusted
+from tests.support.attack_env import Env, checks, trusted
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode, b64
-
-__all__ = ["env"]
 
 
 @pytest.fixture
