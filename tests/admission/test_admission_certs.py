@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from admission.service.certs import create_webhook_certs
 from umec.cli import app
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 def test_certs_names_chain_and_permissions(tmp_path: Path) -> None:

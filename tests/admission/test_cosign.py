@@ -57,7 +57,7 @@ from admission.core.verify import (
 from admission.signing.sign import sign_bytes
 from keys import KeyKind, generate_private_key
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cosign"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "cosign"
 if not FIXTURES.is_dir():
     FIXTURES = Path("/work/shared/fixtures/cosign")
 

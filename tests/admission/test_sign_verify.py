@@ -41,7 +41,7 @@ from tests.support.registry import RunningRegistry, requires_registry
 
 pytestmark = requires_registry
 T = TypeVar("T")
-JS = Path(__file__).parent / "js"
+JS = Path(__file__).resolve().parents[1] / "js"
 
 KEY_A = generate_private_key()
 KEY_B = generate_private_key()

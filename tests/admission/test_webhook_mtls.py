@@ -36,6 +36,7 @@ from admission.service.certs import WebhookCerts
 from admission.service.rego import RegoEvaluator
 from admission.service.webhook import WebhookDeps, create_webhook_app
 from keys import load_private_key, save_private_key
+from tests.support.cli import assert_error, clean_env, umec_process
 from tests.support.webhook import (
     D1,
     HANDSHAKE_REFUSED,
@@ -52,7 +53,6 @@ from tests.support.webhook import (
     webhook_test_certs,
     workload,
 )
-from tests.test_cli_errors import assert_error, env, umec_process  # noqa: F401  (the fixture)
 from umec.cli_errors import EXIT_USAGE
 from umec.localserver import free_port
 from umec.settings import Settings
@@ -246,7 +246,13 @@ def test_the_client_ca_file_must_hold_ca_certificates(tmp_path: Path, content: b
 
 # --- umec webhook -------------------------------------------------------------------------------
 
-def webhook_env(env: dict[str, str | None], certs: WebhookCerts,  # noqa: F811
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str | None]:
+    """No UMEC_* from the caller's environment; state in tmp_path (as in test_cli_errors.py)."""
+    return clean_env(tmp_path)
+
+
+def webhook_env(env: dict[str, str | None], certs: WebhookCerts,
                 **extra: str) -> dict[str, str | None]:
     return {**env, "UMEC_WEBHOOK_TLS_CERT": str(certs.cert),
             "UMEC_WEBHOOK_TLS_KEY": str(certs.key), "UMEC_WEBHOOK_PORT": str(free_port()),
@@ -254,7 +260,7 @@ def webhook_env(env: dict[str, str | None], certs: WebhookCerts,  # noqa: F811
 
 
 def test_umec_webhook_refuses_to_start_without_client_authentication(
-        tmp_path: Path, env: dict[str, str | None]) -> None:  # noqa: F811
+        tmp_path: Path, env: dict[str, str | None]) -> None:
     """A process each: were a check gone, `umec webhook` would start serving (and the test
     would fail on its timeout)."""
     certs = webhook_test_certs(tmp_path / "certs")
@@ -274,11 +280,11 @@ def test_umec_webhook_refuses_to_start_without_client_authentication(
         "error: file: UMEC_WEBHOOK_CLIENT_CA", "missing.pem", "No such file")
 
 
-def test_the_cli_refuses_before_the_handover(tmp_path: Path, env: dict[str, str | None],  # noqa: F811
+def test_the_cli_refuses_before_the_handover(tmp_path: Path, env: dict[str, str | None],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI itself checks, before it replaces itself with the webhook process (replaced
     here by a recorder, so a missing check cannot exec over the test run)."""
-    from tests.test_cli_errors import umec as run_umec
+    from tests.support.cli import umec as run_umec
     from umec import webhook_process
     handed: list[tuple[str, int]] = []
     monkeypatch.setattr(webhook_process, "handover",
@@ -299,7 +305,7 @@ def test_the_cli_refuses_before_the_handover(tmp_path: Path, env: dict[str, str 
 
 
 def test_the_webhook_process_refuses_too_when_started_directly(
-        tmp_path: Path, env: dict[str, str | None]) -> None:  # noqa: F811
+        tmp_path: Path, env: dict[str, str | None]) -> None:
     certs = webhook_test_certs(tmp_path / "certs")
     full = {k: v for k, v in os.environ.items() if not k.startswith("UMEC_")}
     full.update({k: v for k, v in webhook_env(env, certs).items() if v is not None})
@@ -311,7 +317,7 @@ def test_the_webhook_process_refuses_too_when_started_directly(
 
 
 def test_the_opt_out_starts_the_webhook_with_a_warning_naming_the_risk(
-        tmp_path: Path, env: dict[str, str | None]) -> None:  # noqa: F811
+        tmp_path: Path, env: dict[str, str | None]) -> None:
     certs = webhook_test_certs(tmp_path / "certs")
     run_env = webhook_env(env, certs, UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED="true")
     full = {k: v for k, v in os.environ.items() if not k.startswith("UMEC_")}
