@@ -21,7 +21,7 @@ from starlette.routing import Mount
 
 from mec_api.camera.config import CameraConfig
 from mec_api.inference.export import ensure_onnx_model
-from tests.test_sensor_api import NOW, TAG, gateway_body
+from tests.support.ruuvi_gateway import NOW, TAG, gateway_body
 from umec.api_process import build_api_process
 from umec.app import build_server
 from umec.settings import Settings

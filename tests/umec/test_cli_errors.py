@@ -8,75 +8,34 @@ does (``UmecGroup``: one central mapping), and a few cases run ``python -m umec`
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from admission.core.reference import parse_reference
 from admission.registry.client import RegistryClient
 from admission.signing.sign import sign_image
 from keys import generate_private_key, public_key_pem, save_private_key
+from tests.support.cli import (
+    WHAT_TO_DO,
+    assert_error,
+    clean_env,
+    one_error_line,
+    umec,
+    umec_process,
+)
 from tests.support.oci_images import push_image
 from tests.support.pcr_policy import k3s_policy
 from tests.support.registry import RunningRegistry, requires_registry
-from umec.cli import app
 from umec.cli_errors import EXIT_FAILED, EXIT_USAGE, as_cli_error
 from umec.localserver import free_port
 
-WHAT_TO_DO = " — what to do: "
-
 
 @pytest.fixture
-def env(tmp_path: Path) -> Iterator[dict[str, str | None]]:
+def env(tmp_path: Path) -> dict[str, str | None]:
     """No UMEC_* from the caller's environment; state in tmp_path."""
-    clean: dict[str, str | None] = {k: None for k in os.environ if k.startswith("UMEC_")}
-    clean.update({"UMEC_DATA_DIR": str(tmp_path / "data"), "COLUMNS": "200"})
-    yield clean
-
-
-def umec(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        result = CliRunner().invoke(app, args, env=env, prog_name="umec")
-    finally:  # `umec api` configures logging onto CliRunner's stderr, closed after the call
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return result.exit_code, result.stdout, result.stderr
-
-
-def umec_process(args: list[str], env: dict[str, str | None]) -> tuple[int, str, str]:
-    """``python -m umec ARGS`` as its own process (the console script's path)."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("UMEC_")}
-    full.update({k: v for k, v in env.items() if v is not None})
-    done = subprocess.run([sys.executable, "-m", "umec", *args], capture_output=True, text=True,
-                          timeout=120, env=full, check=False)
-    return done.returncode, done.stdout, done.stderr
-
-
-def one_error_line(stderr: str, stdout: str = "") -> str:
-    """The single stderr line; no traceback anywhere."""
-    assert "Traceback" not in stderr + stdout
-    lines = stderr.splitlines()
-    assert len(lines) == 1, stderr
-    assert lines[0].startswith("error: ") and WHAT_TO_DO in lines[0], lines[0]
-    return lines[0]
-
-
-def assert_error(result: tuple[int, str, str], code: int, *needles: str) -> str:
-    exit_code, stdout, stderr = result
-    assert exit_code == code, (exit_code, stdout, stderr)
-    line = one_error_line(stderr, stdout)
-    for needle in needles:
-        assert needle in line, (needle, line)
-    return line
+    return clean_env(tmp_path)
 
 
 # --- umec verify: threshold and duplicate keys -------------------------------------------------

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 MANIFESTS = sorted([p for p in DEPLOY.glob("*.yaml") if p.name != "kustomization.yaml"]
                    + list(DEPLOY.glob("examples/*.yaml")))
 
