@@ -158,3 +158,14 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+# A traffic rule and a DNS rule as MEC 011 writes them (app support tests seed them).
+TRAFFIC_RULE = {
+    "trafficRuleId": "tr-1", "filterType": "FLOW", "priority": 1,
+    "trafficFilter": [{"srcAddress": ["192.168.2.0/24"], "dstPort": ["80"], "qCI": 5}],
+    "action": "FORWARD_DECAPSULATED",
+    "dstInterface": {"interfaceType": "IP", "dstIpAddress": "20.1.1.1"}, "state": "ACTIVE",
+}
+DNS_RULE = {"dnsRuleId": "dns-1", "domainName": "sensor.umec.local", "ipAddressType": "IP_V4",
+            "ipAddress": "10.0.0.7", "ttl": 60, "state": "ACTIVE"}

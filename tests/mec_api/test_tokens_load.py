@@ -26,8 +26,8 @@ from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.errors import ScopeInvalid
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT, TokenRequest
 from mec_api.tokens.scope_policy import MAX_SCOPE_CHARS, MAX_SCOPES, ScopePolicy, load_grants
+from tests.support.token_service import GRANTS, TOKEN_URL, Service, build_service, exchange, refused
 from tests.support.tokens import DpopKey
-from tests.test_tokens import GRANTS, TOKEN_URL, Service, build_service, exchange, refused
 
 GRANTED = ("camera.snapshot", "inference.classify", "sensor.read")  # tenant-a:app in GRANTS
 

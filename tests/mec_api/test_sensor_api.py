@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +19,12 @@ from mec_api.sensor.deps import SensorContext
 from mec_api.sensor.metrics import SensorMetrics
 from mec_api.sensor.store import SqlSensorStore
 from tests.support.guard_double import StaticTokenGuard, api_app, principal
+from tests.support.ruuvi_gateway import GW, NOW, TAG, adv, gateway_body
 from umec.db import make_engine, open_database
 
-NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-TAG = "CB:B8:33:4C:88:4F"
-GW = "C8:25:2D:8E:9C:2C"
 READ = {"Authorization": "Bearer reader"}
 INGEST = {"Authorization": "Bearer gateway"}
 NO_SCOPE = {"Authorization": "Bearer camera-app"}
-
-
-def adv(sequence: int, mac: str = "CBB8334C884F") -> str:
-    return f"0201061BFF99040512FC5394C37C0004FFFC040CAC3642{sequence:04X}{mac}"
-
-
-def gateway_body(*tags: tuple[str, int, datetime]) -> dict[str, Any]:
-    return {"data": {"coordinates": "", "timestamp": str(int(NOW.timestamp())), "gw_mac": GW,
-                     "tags": {mac: {"rssi": -65, "timestamp": str(int(at.timestamp())),
-                                    "data": adv(seq, mac.replace(":", ""))}
-                              for mac, seq, at in tags}}}
 
 
 class Api:

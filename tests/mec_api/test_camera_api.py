@@ -26,21 +26,11 @@ from mec_api.camera.api import router
 from mec_api.camera.snapshots import CameraBusy, CameraTimeout, CameraUnavailable, UnknownCamera
 from mec_api.camera.sources import CameraConfig, Cameras
 from tests.support.guard_double import StaticTokenGuard, api_app, principal
+from tests.support.media import write_video
 
 # BGR colours of the frames in the test video, in order.
 FRAME_COLOURS = [(0, 0, 255), (0, 255, 0), (255, 0, 0)]
 AUTH = {"Authorization": "Bearer cam"}
-
-
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 5.0) -> Path:
-    """An MJPG .avi with the given BGR frames (all of one size)."""
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
-    assert writer.isOpened()
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    return path
 
 
 def solid(colour: tuple[int, int, int], width: int = 160, height: int = 120) -> np.ndarray:

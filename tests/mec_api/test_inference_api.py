@@ -37,8 +37,7 @@ from mec_api.inference.image import ImageLimits
 from mec_api.inference.model import OnnxImageClassifier
 from mec_api.inference.scoring import Prediction
 from tests.support.guard_double import StaticTokenGuard, api_app, principal
-from tests.test_camera_api import write_video
-from tests.test_inference_core import png_declaring
+from tests.support.media import png_declaring, write_video
 
 COFFEE = {"espresso", "cup", "coffee mug"}
 CAT = {"tabby", "tiger cat", "Egyptian cat"}

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import cv2
 import numpy as np
 import pytest
@@ -27,6 +24,7 @@ from mec_api.inference.image import (
     to_input_tensor,
 )
 from mec_api.inference.scoring import load_imagenet_labels, softmax, top_k
+from tests.support.media import png_declaring
 
 LIMITS = ImageLimits()
 
@@ -35,22 +33,6 @@ def encode(rgb: np.ndarray, ext: str) -> bytes:
     ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     assert ok
     return buf.tobytes()
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header declares width x height (a decompression-bomb header)."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 16)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", idat)
-        + png_chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize("ext,fmt", [(".jpg", "jpeg"), (".png", "png")])

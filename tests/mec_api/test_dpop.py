@@ -22,10 +22,10 @@ from jwt.algorithms import get_default_algorithms
 from keys import KeyKind, generate_private_key, public_jwk
 from mec_api.tokens.dpop import access_token_hash, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
-from tests.test_guard import PROBE, Guarded, build, call
-from tests.test_guard import refused as guard_refused
-from tests.test_tokens import TOKEN_URL, Service, build_service, exchange
-from tests.test_tokens import refused as token_refused
+from tests.support.guarded_app import PROBE, Guarded, build, call
+from tests.support.guarded_app import refused as guard_refused
+from tests.support.token_service import TOKEN_URL, Service, build_service, exchange
+from tests.support.token_service import refused as token_refused
 
 KEY = generate_private_key(KeyKind.EC_P256)
 assert isinstance(KEY, ec.EllipticCurvePrivateKey)

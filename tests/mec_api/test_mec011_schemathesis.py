@@ -40,10 +40,9 @@ from mec_api.mec011 import CallbackNotifier
 from mec_api.mec011.core import CALLBACK_URI_PATTERN
 from mec_api.mec011.schemas.app_support import DnsRule, TrafficRule
 from mec_api.mec011.schemas.service_mgmt import ServiceInfo
-from tests.support.mec011_harness import build, service_body
-from tests.test_mec011_support import DNS_RULE, TRAFFIC_RULE
+from tests.support.mec011_harness import DNS_RULE, TRAFFIC_RULE, build, service_body
 
-SPEC_DIR = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "etsi-mec011"
+SPEC_DIR = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "etsi-mec011"
 if not SPEC_DIR.is_dir():
     SPEC_DIR = Path("/work/shared/fixtures/etsi-mec011")
 # Deeper runs: UMEC_SCHEMATHESIS_EXAMPLES=200 pytest tests/test_mec011_schemathesis.py

@@ -11,19 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mec_api.mec011.schemas.app_support import DnsRule, TrafficRule
-from tests.support.mec011_harness import Harness, auth, build
+from tests.support.mec011_harness import DNS_RULE, TRAFFIC_RULE, Harness, auth, build
 
 SUPPORT = "/mec_app_support/v1"
 APP_A = f"{SUPPORT}/applications/app-a"
-
-TRAFFIC_RULE = {
-    "trafficRuleId": "tr-1", "filterType": "FLOW", "priority": 1,
-    "trafficFilter": [{"srcAddress": ["192.168.2.0/24"], "dstPort": ["80"], "qCI": 5}],
-    "action": "FORWARD_DECAPSULATED",
-    "dstInterface": {"interfaceType": "IP", "dstIpAddress": "20.1.1.1"}, "state": "ACTIVE",
-}
-DNS_RULE = {"dnsRuleId": "dns-1", "domainName": "sensor.umec.local", "ipAddressType": "IP_V4",
-            "ipAddress": "10.0.0.7", "ttl": 60, "state": "ACTIVE"}
 
 
 @pytest.fixture
