@@ -18,121 +18,31 @@ service-account token, calls the sensor API; then:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import httpx
 import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import OperationalError
 
-from admission.service.admit import WebhookDeps
 from admission.service.models import admission_pods
 from admission.service.pod_reconcile import forget_gone_pods, live_pod_uids
 from admission.service.records import SqlAdmissionRecords
 from kernel.clock import clock_for
-from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
-from mec_api.tokens.models import RevocationRow
 from tests.support.fake_kube import FakeKube
-from tests.support.webhook import FakeVerifier, authority, key, policy_doc
-from tests.test_revocation import Site, site  # noqa: F401  (the fixture, on both databases)
+from tests.support.revocation_site import REVOCATIONS, Hook
 from umec.bridges import pod_revocation_writer
 from umec.localserver import ServerThread
 from umec.settings import Settings
-from umec.webhook_process import build_webhook
-
-D1 = "sha256:" + "1" * 64
-IMAGE = f"reg.local/app@{D1}"
-REVOCATIONS = RevocationRow.__table__
 
 
 def admission_records(settings: Settings, engine: Engine) -> SqlAdmissionRecords:
     """The records as ``umec`` wires them: forgetting one revokes the pod's tokens."""
     return SqlAdmissionRecords(engine, now=clock_for(engine).now, forget_writers=[
         pod_revocation_writer(settings.token_lifetime_seconds)])
-
-
-@dataclass
-class Hook:
-    """The webhook of ``site``, served on loopback, and what the tests look at."""
-
-    url: str
-    deps: WebhookDeps
-    site: Site
-    settings: Settings
-
-    @property
-    def records(self) -> SqlAdmissionRecords:
-        return cast(SqlAdmissionRecords, self.deps.records)
-
-    def review(self, operation: str, uid: str, name: str = "app-1", *,
-               deleting: bool = False, dry_run: bool = False) -> dict[str, Any]:
-        meta: dict[str, Any] = {"name": name, "namespace": "tenant-a", "uid": uid}
-        if deleting:
-            meta["deletionTimestamp"] = "2026-12-07T10:00:00Z"
-        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-               "spec": {"containers": [{"name": "app", "image": IMAGE}]}}
-        request: dict[str, Any] = {
-            "uid": f"req-{operation}-{uid}-{time.monotonic_ns()}",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "tenant-a", "name": name, "operation": operation,
-            "userInfo": {"username": "tester"}, "dryRun": dry_run,
-            "object": None if operation == "DELETE" else pod,
-            "oldObject": pod if operation != "CREATE" else None}
-        r = httpx.post(f"{self.url}/validate", timeout=30, json={
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": request})
-        assert r.status_code == 200, r.text
-        answer: dict[str, Any] = r.json()["response"]
-        return answer
-
-    def admit(self, uid: str, name: str = "app-1") -> str:
-        """Admit the pod through /validate and exchange its SA token: its access token."""
-        assert self.review("CREATE", uid, name)["allowed"] is True
-        assert self.records.lookup(uid) is not None
-        return self.exchange(uid, name).json()["access_token"]  # type: ignore[no-any-return]
-
-    def exchange(self, uid: str, name: str = "app-1") -> httpx.Response:
-        return httpx.post(f"{self.site.url}/oauth2/token", data={
-            "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
-            "subject_token": self.site.cluster.token(pod=name, pod_uid=uid),
-            "scope": "sensor.read"})
-
-    def pod_revocations(self) -> list[str]:
-        with self.site.engine.connect() as conn:
-            return list(conn.scalars(select(REVOCATIONS.c.pod_uid)
-                                     .where(REVOCATIONS.c.kind == "pod")))
-
-    def forget_failures(self) -> float:
-        text = httpx.get(f"{self.url}/metrics").text
-        line = next((line for line in text.splitlines() if line.startswith(
-            'umec_admission_forget_failures_total{operation="DELETE"}')), None)
-        return float(line.split()[-1]) if line else 0.0
-
-
-@pytest.fixture
-def hook(site: Site, tmp_path: Path) -> Iterator[Hook]:  # noqa: F811
-    signer = key()
-    policies = tmp_path / "admission-policies"
-    policies.mkdir()
-    (policies / "ci.yaml").write_text(yaml.safe_dump(
-        policy_doc("ci-signed", ["**"], [authority("ci", {"ci": signer})])))
-    settings = Settings(data_dir=tmp_path / "webhook",
-                        database_url=site.engine.url.render_as_string(hide_password=False),
-                        admission_policy_dir=policies)
-    app, deps = build_webhook(settings)
-    verifier = FakeVerifier()
-    verifier.sign(IMAGE, signer)
-    deps.verifier = verifier   # the one stand-in: see the module docstring
-    with ServerThread(app) as http:
-        yield Hook(http.url, deps, site, settings)
-    deps.records.engine.dispose()  # type: ignore[union-attr]
 
 
 def _fail_revocation_inserts(engine: Engine) -> Any:

@@ -15,8 +15,6 @@ Two levels:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import json
 import os
 import subprocess
@@ -35,9 +33,8 @@ from sqlalchemy import Engine, event, func, insert, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.service import registrar
-from attest.service.models import NodeRow, StateEventRow
+from attest.service.models import NodeRow
 from mec_api.tokens.feed import (
     FeedMalformed,
     RevocationFollower,
@@ -56,15 +53,13 @@ from mec_api.tokens.revocations import (
     next_generation,
     write_pod_revocations,
 )
-from tests.support.pcr_policy import k3s_policy
-from tests.support.simagent import SimulatedNode
-from tests.support.tokens import D1, ClusterIssuer
-from umec.app import Server, build_server
+from tests.support.revocation_site import DATABASES, Site, site_settings, trusted_node
+from tests.support.tokens import ClusterIssuer
+from umec.app import build_server
 from umec.db import open_database
 from umec.localserver import ServerThread, free_port
 from umec.settings import Settings
 
-DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 LIFETIME = 300.0
 TABLE = RevocationRow.__table__
 GENERATION = RevocationGenerationRow.__table__
@@ -342,101 +337,6 @@ def test_the_feed_answer_is_all_or_nothing() -> None:
 
 
 # -- a real server: the change of trust and its revocation commit together ----------------------
-
-GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read]}]\n"
-
-
-@dataclass
-class Site:
-    server: Server
-    url: str
-    engine: Engine
-    cluster: ClusterIssuer
-    node: SimulatedNode
-
-    def token_response(self, uid: str = "uid-app-1", name: str = "app-1",
-                       sa_lifetime: int = 3600) -> dict[str, Any]:
-        """Record the pod's admission and exchange its SA token: the token response."""
-        SqlAdmissionRecords(self.engine).record(
-            namespace="tenant-a", name=name, uid=uid,
-            images=[AdmittedImage("spec.containers[0]", f"reg/app@{D1}", D1, ("ci",))],
-            verified=True, policy_generation="g1")
-        r = httpx.post(f"{self.url}/oauth2/token", data={
-            "grant_type": TOKEN_EXCHANGE, "subject_token_type": TOKEN_TYPE_JWT,
-            "subject_token": self.cluster.token(pod=name, pod_uid=uid, lifetime=sa_lifetime),
-            "scope": "sensor.read"})
-        assert r.status_code == 200, r.text
-        body: dict[str, Any] = r.json()
-        return body
-
-    def token(self, uid: str = "uid-app-1", name: str = "app-1") -> str:
-        return str(self.token_response(uid, name)["access_token"])
-
-    def call(self, token: str) -> httpx.Response:
-        return httpx.get(f"{self.url}/sensor/v1/tags",
-                         headers={"Authorization": f"Bearer {token}"})
-
-    def refused_within(self, token: str, seconds: float) -> httpx.Response:
-        deadline = time.monotonic() + seconds
-        while (r := self.call(token)).status_code == 200:
-            assert time.monotonic() < deadline, f"token still accepted after {seconds} s"
-            time.sleep(0.02)
-        return r
-
-    def state(self, name: str = "node-a") -> tuple[str, int, int]:
-        with self.engine.connect() as conn:
-            row = conn.execute(select(NodeRow.state, NodeRow.trust_epoch)
-                               .where(NodeRow.name == name)).one()
-            events = conn.scalar(select(func.count()).select_from(StateEventRow)
-                                 .where(StateEventRow.node == name))
-        return row.state, row.trust_epoch, int(events or 0)
-
-
-def site_settings(tmp_path: Path, url: str, port: int, cluster: ClusterIssuer,
-                  **extra: Any) -> Settings:
-    """A server's settings with the cluster's JWKS, a k3s policy and tenant grants on disk."""
-    jwks = tmp_path / "cluster-jwks.json"
-    jwks.write_text(json.dumps(cluster.jwks()))
-    policies = tmp_path / "policies"
-    policies.mkdir(exist_ok=True)
-    (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
-    (tmp_path / "grants.yaml").write_text(GRANTS)
-    return Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
-                    default_node_class="pi-k3s", listen_port=port,
-                    public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
-                    token_grants=tmp_path / "grants.yaml", **extra)
-
-
-def trusted_node(servers: list[Server], client: httpx.Client) -> SimulatedNode:
-    node = SimulatedNode("node-a", client)
-    for server in servers:
-        server.attest.config.ek_allowlist = frozenset(
-            {hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()})
-    node.enroll_and_activate()
-    assert node.attest()["state"] == "trusted"
-    return node
-
-
-@contextlib.contextmanager
-def running_site(tmp_path: Path, url: str, **extra: Any) -> Iterator[Site]:
-    """A real ``umec server`` on loopback with ``node-a`` trusted."""
-    cluster, port = ClusterIssuer(), free_port()
-    settings = site_settings(tmp_path, url, port, cluster, **extra)
-    server = build_server(settings)
-    engine, _ = open_database(settings.resolved_database_url())
-    with ServerThread(server.app, port=port) as http, httpx.Client(
-            base_url=http.url, timeout=30,
-            headers={"Authorization": f"Bearer {server.operator_token}"}) as client:
-        yield Site(server, http.url, engine, cluster, trusted_node([server], client))
-    engine.dispose()
-
-
-@pytest.fixture(params=DATABASES)
-def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
-    url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
-    with running_site(tmp_path, url) as running:
-        yield running
-
 
 def test_a_failed_revocation_write_rolls_the_verdict_back(site: Site) -> None:
     """The node's change of trust and its revocation commit together or not at all: with the

@@ -35,6 +35,7 @@ from sqlalchemy import event, select
 
 from admission.service.certs import WebhookCerts
 from mec_api.tokens.models import RevocationRow
+from tests.support.revocation_site import DATABASES, IMAGE, Hook, Site, running_site
 from tests.support.webhook import (
     HANDSHAKE_REFUSED,
     FakeVerifier,
@@ -44,8 +45,6 @@ from tests.support.webhook import (
     policy_doc,
     webhook_test_certs,
 )
-from tests.test_pod_revocation import IMAGE, Hook, hook  # noqa: F401  (the fixture)
-from tests.test_revocation import DATABASES, GRANTS, Site, running_site, site  # noqa: F401  (the fixture)
 from umec.localserver import ServerThread
 from umec.settings import Settings
 from umec.webhook_process import build_webhook, check_client_auth, tls_options
@@ -72,7 +71,7 @@ def _sleep_until(posix: float) -> None:
 
 # -- 1. a revoked token comes back inside the guard's leeway -------------------------------------
 
-def test_a_revoked_token_stays_refused_past_its_exp(site: Site) -> None:  # noqa: F811
+def test_a_revoked_token_stays_refused_past_its_exp(site: Site) -> None:
     token = _exchange(site, sa_lifetime=4)["access_token"]  # exp = min(iat + 300, SA exp)
     assert site.call(token).status_code == 200
     assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": token}).status_code == 200
@@ -150,7 +149,7 @@ class ApiServerHook(Hook):
 
 
 @pytest.fixture
-def mtls_hook(site: Site, tmp_path: Path) -> Iterator[ApiServerHook]:  # noqa: F811
+def mtls_hook(site: Site, tmp_path: Path) -> Iterator[ApiServerHook]:
     signer = key()
     policies = tmp_path / "admission-policies"
     policies.mkdir()
@@ -237,7 +236,7 @@ def _post_review(hk: Hook, operation: str, uid: str, image: str,
     out.append(r.json()["response"])
 
 
-def test_an_update_racing_the_delete_does_not_readmit_the_pod(hook: Hook) -> None:  # noqa: F811
+def test_an_update_racing_the_delete_does_not_readmit_the_pod(hook: Hook) -> None:
     """A forgotten UID is a tombstone the upsert never overwrites, and the issuer refuses a
     pod with a live pod revocation even if a record of it came back."""
     token = hook.admit("uid-app-1")
@@ -265,7 +264,7 @@ def test_an_update_racing_the_delete_does_not_readmit_the_pod(hook: Hook) -> Non
 
 # -- 4. the revocation endpoint is an uncoalesced whole-set read --------------------------------
 
-def test_revoking_a_revoked_token_in_a_loop_costs_bounded_reads(site: Site) -> None:  # noqa: F811
+def test_revoking_a_revoked_token_in_a_loop_costs_bounded_reads(site: Site) -> None:
     token = site.token()
     assert httpx.post(f"{site.url}/oauth2/revoke", data={"token": token}).status_code == 200
     site.refused_within(token, 1.0)
@@ -296,7 +295,7 @@ def test_revoking_a_revoked_token_in_a_loop_costs_bounded_reads(site: Site) -> N
 # -- 5. callers without a valid token drive the guard's wait ------------------------------------
 
 def test_callers_without_a_valid_token_make_the_follower_read_nothing(
-        site: Site) -> None:  # noqa: F811
+        site: Site) -> None:
     """The guard of ``umec server`` waits, per call, for a revocation read that started after
     the call arrived. A call without a token, or with one that does not verify, is refused
     whatever the revocations say: it must not wake the follower (else anyone makes every
