@@ -36,6 +36,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,23 @@ class SignatureMalformed(AdmissionError):
     check = "signature.malformed"
     hint = ("The signature, its payload or the signature manifest is not in cosign's format; "
             "re-sign the image with `umec sign` or cosign.")
+
+
+# Go's base64.StdEncoding after '\r' and '\n' are dropped: whole quanta of the standard
+# alphabet, the last one padded with '=' (padding required, nothing after it).
+_GO_STD_B64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+
+def go_b64decode(text: str) -> bytes:
+    """Decode ``text`` exactly as Go's ``base64.StdEncoding.DecodeString`` does (cosign reads
+    the signature annotation, the Rekor bundle's ``[]byte`` fields and hashedrekord contents
+    with it): carriage returns and line feeds anywhere are ignored, padding is required, any
+    other character (space and tab included) is an error, and the unused bits of the last
+    quantum are not checked (StdEncoding is not ``Strict()``). Raises ``ValueError``."""
+    stripped = text.replace("\r", "").replace("\n", "")
+    if not stripped.isascii() or _GO_STD_B64.fullmatch(stripped) is None:
+        raise ValueError("not standard padded base64")
+    return base64.b64decode(stripped)
 
 
 def _sha256(data: bytes) -> str:
@@ -224,9 +242,11 @@ class SignatureLayer:
 
     @property
     def signature(self) -> bytes:
+        """The annotation decoded as cosign decodes it (:func:`go_b64decode`: line breaks
+        inside are fine, other whitespace is not)."""
         try:
-            return base64.b64decode(self.signature_b64, validate=True)
-        except (binascii.Error, ValueError):
+            return go_b64decode(self.signature_b64)
+        except ValueError:
             raise SignatureMalformed(f"layer {self.digest}: signature is not base64") from None
 
     def descriptor(self) -> dict[str, Any]:

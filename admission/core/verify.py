@@ -20,6 +20,10 @@ Legacy ``.sig`` layer against one key (:func:`verify_legacy`), fatal at the firs
 
 Rekor material in layer annotations (``dev.sigstore.cosign/bundle``) is not required for
 key-based verification and is ignored, as ``cosign verify --insecure-ignore-tlog`` does.
+Keyless legacy layers (a Fulcio certificate and a Rekor SET in the annotations) are verified by
+:mod:`admission.core.keyless`. Step 5 is what ``repository`` asks for; the webhook passes None
+and lets each policy's ``signedIdentity`` judge :attr:`VerifiedSignature.reference` instead
+(:mod:`admission.core.identity`).
 
 Bundle v0.3 (:func:`parse_bundle`, :func:`verify_bundle_with_key`):
 
@@ -66,9 +70,9 @@ from keys import PublicKey
 __all__ = [
     "IdentityMismatch", "KeylessIdentity", "KeylessVerificationFailed", "NoSignatures",
     "ParsedBundle", "PayloadDigestMismatch", "PayloadTypeInvalid", "SignatureInvalid",
-    "SignatureMalformed", "VerifiedSignature", "parse_bundle", "repository_of",
+    "SignatureMalformed", "VerifiedSignature", "check_payload", "parse_bundle", "repository_of",
     "verify_bundle_keyless", "verify_bundle_with_key", "verify_bundle_with_keys",
-    "verify_legacy", "verify_legacy_with_keys",
+    "verify_legacy", "verify_legacy_with_keys", "verify_raw",
 ]
 
 BUNDLE_MEDIA_TYPES = frozenset({BUNDLE_V03_MEDIA_TYPE,
@@ -118,6 +122,9 @@ class VerifiedSignature:
     key_id: str
     kind: Literal["legacy", "bundle"]
     identity: str | None = None  # docker-reference (legacy) or certificate SAN (keyless)
+    # The docker-reference a legacy payload names (the policy's signedIdentity judges it);
+    # None for bundles, which sign the manifest digest and name no image.
+    reference: str | None = None
 
 
 def repository_of(reference: str) -> str:
@@ -133,7 +140,7 @@ def repository_of(reference: str) -> str:
     return name.lower() if "/" not in name else head.lower() + "/" + rest
 
 
-def _verify_raw(key: PublicKey, signature: bytes, data: bytes, prehashed: bool = False) -> bool:
+def verify_raw(key: object, signature: bytes, data: bytes, prehashed: bool = False) -> bool:
     """cosign's algorithm for the key type; ``prehashed`` means ``data`` is a SHA-256 digest."""
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
@@ -151,17 +158,23 @@ def _verify_raw(key: PublicKey, signature: bytes, data: bytes, prehashed: bool =
     return True
 
 
-def verify_legacy(layer: SignatureLayer, key: PublicKey, *, image_digest: str,
-                  repository: str | None) -> SimpleSigning:
-    """Steps 1-5 of the module doc for one layer and one key; returns the payload."""
-    if not _verify_raw(key, layer.signature, layer.payload):
-        raise SignatureInvalid(f"signature layer {layer.digest} does not verify")
-    payload = parse_simple_signing(layer.payload)
+def check_payload(raw: bytes, image_digest: str) -> SimpleSigning:
+    """Steps 2-4 for a payload whose signature verified: simple-signing, type, digest."""
+    payload = parse_simple_signing(raw)
     if payload.type != PAYLOAD_TYPE:
         raise PayloadTypeInvalid(f"payload type is {payload.type!r}")
     if not compare_digest(payload.manifest_digest.encode(), image_digest.encode()):
         raise PayloadDigestMismatch(f"signature is for {payload.manifest_digest}, "
                                     f"the image is {image_digest}")
+    return payload
+
+
+def verify_legacy(layer: SignatureLayer, key: PublicKey, *, image_digest: str,
+                  repository: str | None) -> SimpleSigning:
+    """Steps 1-5 of the module doc for one layer and one key; returns the payload."""
+    if not verify_raw(key, layer.signature, layer.payload):
+        raise SignatureInvalid(f"signature layer {layer.digest} does not verify")
+    payload = check_payload(layer.payload, image_digest)
     if repository is not None and repository_of(payload.docker_reference) != \
             repository_of(repository):
         raise IdentityMismatch(f"signature names {payload.docker_reference!r}, "
@@ -191,7 +204,7 @@ def verify_legacy_with_keys(layer: SignatureLayer, keys: Mapping[str, PublicKey]
             errors.append(type(exc)(f"key {key_id}: {exc.detail}"))
             continue
         results.append(VerifiedSignature(image_digest, key_id, "legacy",
-                                         payload.docker_reference))
+                                         payload.docker_reference, payload.docker_reference))
     if not results and not errors:
         errors.append(SignatureInvalid(f"signature layer {layer.digest} verifies with none of "
                                        f"the trusted keys ({', '.join(sorted(keys)) or 'none'})"))
@@ -264,9 +277,9 @@ def verify_bundle_with_key(bundle: ParsedBundle, key: PublicKey, *, image_digest
     if isinstance(key, ed25519.Ed25519PublicKey):
         if manifest is None or hashlib.sha256(manifest).digest() != bundle.message_digest:
             raise SignatureInvalid("Ed25519 bundle check needs the manifest bytes of the digest")
-        ok = _verify_raw(key, bundle.signature, manifest)
+        ok = verify_raw(key, bundle.signature, manifest)
     else:
-        ok = _verify_raw(key, bundle.signature, bundle.message_digest, prehashed=True)
+        ok = verify_raw(key, bundle.signature, bundle.message_digest, prehashed=True)
     if not ok:
         raise SignatureInvalid(f"bundle signature does not verify (hint {bundle.key_hint})")
 
@@ -297,6 +310,19 @@ class KeylessIdentity:
 
     identity: str
     issuer: str
+
+    def __post_init__(self) -> None:
+        # The issuer is a URL: no whitespace, so the key id below splits back unambiguously.
+        if not self.identity or not self.issuer or any(
+                c.isspace() or not c.isprintable() for c in self.issuer):
+            raise ValueError(f"keyless identity needs a subject and an issuer URL without "
+                             f"whitespace, got {self.identity!r} / {self.issuer!r}")
+
+    @property
+    def key_id(self) -> str:
+        """The signer id policies count: the issuer is part of it, so one subject name from
+        two issuers is two signers."""
+        return f"keyless:{self.issuer} {self.identity}"
 
 
 def _integrated_time(bundle_raw: bytes) -> datetime:
@@ -364,6 +390,5 @@ def verify_bundle_keyless(bundle_raw: bytes, manifest: bytes, *, image_digest: s
             # them is simply not a code-signing certificate.
             failures.append(f"{wanted.identity} ({wanted.issuer}): {exc}")
             continue
-        return VerifiedSignature(image_digest, f"keyless:{wanted.identity}", "bundle",
-                                 wanted.identity)
+        return VerifiedSignature(image_digest, wanted.key_id, "bundle", wanted.identity)
     raise KeylessVerificationFailed("; ".join(failures) or "no keyless identities configured")
