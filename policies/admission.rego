@@ -6,8 +6,19 @@
 #                    "digest": "sha256:…" | null,
 #                    "error": {"check": "registry.timeout", "detail": "…"} | null,
 #                    "policies": [{"policy": "ImagePolicy/ns/name", "mode": "enforce" | "warn",
-#                                  "satisfied": bool, "reason": "…", "signers": ["…"]}],
+#                                  "satisfied": bool, "reason": "…", "signers": ["…"],
+#                                  "attestations": [REQUIREMENT]}],
 #                    "no_match": null | "deny" | "allow" | "warn"}]}
+# REQUIREMENT (admission/core/attestation_policy.py; one per spec.attestations entry):
+#   {"name": "provenance", "predicate_type": "slsaprovenance1",
+#    "predicate_types": ["https://slsa.dev/provenance/v1"], "keys": ["ci"],
+#    "conditions": {"builder_id": "…", "source_repository": "…", "build_type": "…"},
+#    "attestations": [{"signers": ["ci"], "predicate_type": "…", "builder_id": "…" | null,
+#                      "build_type": "…" | null, "source_repositories": ["…"], "commits": ["…"],
+#                      "sbom": null | {"format": "spdx", "version": "…", "packages": 12}}],
+#    "failures": [{"check": "attestation.subject", "detail": "…"}]}   # most telling first
+# "attestations" holds the envelopes whose DSSE signature verified under one of the
+# requirement's keys and whose subject is this digest; "failures" why the others do not count.
 #
 # Query `data.umec.admission.decision`: it always has a value {allowed, deny, warnings}, unlike
 # a bare rule left at its default, which an embedded evaluator may report as undefined.
@@ -16,7 +27,8 @@
 # Every message names the container path, the image and the step (check id) that failed.
 # Steps, in order: the request had containers; no image hit an error while resolving or
 # verifying (registry down, deadline, bad signature data); each image is pinned by digest;
-# each image is covered by a policy or noMatch allows it; every enforce-mode policy is satisfied.
+# each image is covered by a policy or noMatch allows it; every enforce-mode policy is satisfied,
+# its required attestations included (attestation.* check ids, see attestation_failure below).
 package umec.admission
 
 decision := decide(input)
@@ -45,9 +57,9 @@ unmatched(c) if {
 	count(object.get(c, "policies", [])) == 0
 }
 
-denials(inp) := ((((empty_pod(inp) | errors(inp)) | unpinned(inp)) | no_match_denied(inp)) | policy_denied(inp))
+denials(inp) := (((((empty_pod(inp) | errors(inp)) | unpinned(inp)) | no_match_denied(inp)) | policy_denied(inp)) | attestation_denied(inp))
 
-warnings(inp) := policy_warned(inp) | no_match_warned(inp)
+warnings(inp) := (policy_warned(inp) | no_match_warned(inp)) | attestation_warned(inp)
 
 empty_pod(inp) := {"pod: containers: no containers in the request" | count(containers(inp)) == 0}
 
@@ -94,4 +106,71 @@ policy_warned(inp) := {msg |
 	p.mode == "warn"
 	p.satisfied != true
 	msg := sprintf("%s: image %s: policy.unsatisfied (warn mode, admitted): %s: %s", [c.path, c.image, p.policy, p.reason])
+}
+
+# --- required attestations ------------------------------------------------------------------
+# A requirement is met by one verified attestation (signed by one of its keys, about this
+# digest) of an accepted predicate type whose facts meet every condition.
+
+condition_holds("builder_id", want, a) if a.builder_id == want
+
+condition_holds("build_type", want, a) if a.build_type == want
+
+condition_holds("source_repository", want, a) if want in a.source_repositories
+
+typed_attestations(r) := [a | some a in r.attestations; a.predicate_type in r.predicate_types]
+
+attestation_met(r) if {
+	some a in typed_attestations(r)
+	every k, want in r.conditions {
+		condition_holds(k, want, a)
+	}
+}
+
+found_value(k, a) := concat(",", a.source_repositories) if {
+	k == "source_repository"
+	count(a.source_repositories) > 0
+} else := a[k] if {
+	is_string(a[k])
+} else := "none"
+
+unmet_conditions(r, a) := [concat("", [k, " is ", found_value(k, a), ", want ", want]) |
+	want := r.conditions[k]
+	not condition_holds(k, want, a)
+]
+
+# Messages are built with concat, not sprintf: regopy 1.5's sprintf quotes strings that a
+# builtin computed (concat's result), which corrupts its JSON output.
+attestation_reason(r) := {"check": "attestation.predicate", "detail": concat("", ["no ", r.predicate_type, " attestation signed by ", concat(", ", r.keys), " meets the conditions: ", concat("; ", unmet_conditions(r, typed_attestations(r)[0]))])} if {
+	count(typed_attestations(r)) > 0
+} else := {"check": "attestation.predicate", "detail": concat("", ["the attestations signed by ", concat(", ", r.keys), " are of type ", concat(", ", sort({a.predicate_type | some a in r.attestations})), ", not ", r.predicate_type])} if {
+	count(r.attestations) > 0
+} else := r.failures[0] if {
+	count(r.failures) > 0
+} else := {"check": "attestation.missing", "detail": concat("", ["no ", r.predicate_type, " attestation signed by ", concat(", ", r.keys), " for this digest"])}
+
+# The failure of an unmet requirement (undefined when it is met).
+attestation_failure(r) := f if {
+	not attestation_met(r)
+	f := attestation_reason(r)
+}
+
+attestation_denied(inp) := {msg |
+	some c in containers(inp)
+	pinned(c)
+	some p in c.policies
+	p.mode != "warn"
+	some r in object.get(p, "attestations", [])
+	f := attestation_failure(r)
+	msg := concat("", [c.path, ": image ", c.image, ": ", f.check, ": ", p.policy, ": attestation ", r.name, ": ", f.detail])
+}
+
+attestation_warned(inp) := {msg |
+	some c in containers(inp)
+	pinned(c)
+	some p in c.policies
+	p.mode == "warn"
+	some r in object.get(p, "attestations", [])
+	f := attestation_failure(r)
+	msg := concat("", [c.path, ": image ", c.image, ": ", f.check, " (warn mode, admitted): ", p.policy, ": attestation ", r.name, ": ", f.detail])
 }

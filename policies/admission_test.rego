@@ -88,3 +88,63 @@ test_error_denied_even_if_policies_satisfied if {
 test_bad_digest_string_denied if {
 	not admission.decide({"namespace": "a", "containers": [c("spec.containers[0]", "r/app", "md5:00", [ok_policy], null)]}).allowed
 }
+
+# --- required attestations (facts from admission/core/attestation_policy.py) ----------------
+
+slsa1 := "https://slsa.dev/provenance/v1"
+
+prov_att(builder, repos) := {"signers": ["ci"], "predicate_type": slsa1, "builder_id": builder, "build_type": null, "source_repositories": repos, "commits": [], "sbom": null}
+
+prov_req(atts, failures) := {"name": "provenance", "predicate_type": "slsaprovenance1", "predicate_types": [slsa1], "keys": ["ci"], "conditions": {"builder_id": "https://ci.example/builder", "source_repository": "https://git.example/acme/app"}, "attestations": atts, "failures": failures}
+
+att_policy(mode, req) := {"policy": "ImagePolicy/a/p", "mode": mode, "satisfied": true, "reason": "", "signers": ["ci"], "attestations": [req]}
+
+att_pod(mode, req) := {"namespace": "a", "containers": [c("spec.containers[0]", "r/app", digest, [att_policy(mode, req)], null)]}
+
+test_attestation_meeting_conditions_admitted if {
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://ci.example/builder", ["https://git.example/acme/app"])], [])))
+	d.allowed
+	count(d.warnings) == 0
+}
+
+test_attestation_from_another_builder_denied_as_predicate if {
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", ["https://git.example/acme/app"])], [])))
+	not d.allowed
+	contains(d.deny[0], "attestation.predicate")
+	contains(d.deny[0], "builder_id is https://evil.example/builder")
+	contains(d.deny[0], "attestation provenance")
+}
+
+test_attestation_of_another_type_denied_as_predicate if {
+	sbom := object.union(prov_att(null, []), {"predicate_type": "https://spdx.dev/Document"})
+	d := admission.decide(att_pod("enforce", prov_req([sbom], [])))
+	not d.allowed
+	contains(d.deny[0], "attestation.predicate")
+	contains(d.deny[0], "https://spdx.dev/Document")
+}
+
+test_attestation_first_failure_names_the_check if {
+	f := [{"check": "attestation.subject", "detail": "about another digest"}, {"check": "attestation.signature", "detail": "x"}]
+	d := admission.decide(att_pod("enforce", prov_req([], f)))
+	not d.allowed
+	count(d.deny) == 1
+	contains(d.deny[0], "attestation.subject")
+}
+
+test_attestation_missing_denied if {
+	d := admission.decide(att_pod("enforce", prov_req([], [])))
+	not d.allowed
+	contains(d.deny[0], "attestation.missing")
+}
+
+test_attestation_warn_mode_admits_with_warning if {
+	d := admission.decide(att_pod("warn", prov_req([], [])))
+	d.allowed
+	count(d.warnings) == 1
+	contains(d.warnings[0], "attestation.missing")
+}
+
+test_attestation_one_good_of_several_is_enough if {
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", []), prov_att("https://ci.example/builder", ["https://git.example/acme/app", "https://git.example/other"])], [{"check": "attestation.signature", "detail": "x"}])))
+	d.allowed
+}

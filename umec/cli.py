@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from umec import cli_admission
+from umec import cli_admission, cli_attest
 from umec.cli_errors import (
     CliError,
     FileUnusable,
@@ -37,6 +37,11 @@ app.add_typer(nodes_app, name="nodes")
 app.command()(cli_admission.sign)
 app.command()(cli_admission.verify)
 app.add_typer(cli_admission.webhook_app, name="webhook")
+app.add_typer(cli_attest.keys_app, name="keys")
+app.command()(cli_attest.attest)
+app.command("verify-attestation")(cli_attest.verify_attestation)
+app.command()(cli_attest.sbom)
+app.command()(cli_attest.provenance)
 console = Console()
 
 

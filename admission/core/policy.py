@@ -17,6 +17,11 @@ Policies are Kubernetes-style YAML resources (served in a cluster by the CRDs in
           keys:
             - {name: release, pem: "-----BEGIN PUBLIC KEY-----…"}
             - {name: ci-2024, file: /etc/umec/keys/ci-2024.pub}
+      attestations:                              # optional: in-toto attestations required
+        - name: provenance                       # (admission/core/attestation_policy.py)
+          predicateType: slsaprovenance1
+          keys: [{name: ci, pem: "-----BEGIN PUBLIC KEY-----…"}]
+          conditions: {builderId: "https://…", sourceRepository: "https://…"}
     # ClusterImagePolicy only: noMatch: deny | allow | warn (images no policy matches)
 
 Facts for one image in one namespace (:meth:`PolicySet.evaluate`); ``policies/admission.rego``
@@ -50,6 +55,12 @@ from typing import Any, Literal, Protocol
 
 import yaml
 
+from admission.core.attestation_policy import (
+    AttestationRequirement,
+    parse_requirements,
+    requirement_facts,
+)
+from admission.core.attestations import EnvelopeVerdict
 from admission.core.errors import AdmissionError
 from keys import KeysError, PublicKey, key_thumbprint, load_public_key, public_key_pem
 
@@ -164,6 +175,7 @@ class ImagePolicy:
     mode: Mode = "enforce"
     match: Literal["all", "any"] = "all"
     no_match: NoMatch | None = None
+    attestations: tuple[AttestationRequirement, ...] = ()   # spec.attestations
     _check: Check = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -187,6 +199,9 @@ class ImagePolicy:
     def key_names(self) -> dict[str, str]:
         return {a.key_ids[n]: n for a in self.authorities for n in a.keys}
 
+    def attestation_keys(self) -> dict[str, PublicKey]:
+        return {kid: k for r in self.attestations for kid, k in r.trusted().items()}
+
 
 @dataclass(frozen=True)
 class PolicyOutcome:
@@ -197,6 +212,8 @@ class PolicyOutcome:
     satisfied: bool
     reasons: tuple[str, ...]
     signers: tuple[str, ...]            # names of this policy's keys that signed
+    # Per attestation requirement, the facts Rego decides it on (attestation_policy.py).
+    attestations: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -239,8 +256,19 @@ class PolicySet:
                 out.update(p.keys())
         return out
 
+    def attestation_keys_for(self, image_name: str) -> dict[str, PublicKey]:
+        """Every key any policy's attestation requirement trusts for this image."""
+        out: dict[str, PublicKey] = {}
+        for p in self.policies:
+            if p.matches(image_name):
+                out.update(p.attestation_keys())
+        return out
+
     def evaluate(self, namespace: str, image_name: str,
-                 signers: Iterable[Signer], digest: str) -> ImageDecision:
+                 signers: Iterable[Signer], digest: str,
+                 attestations: Sequence[EnvelopeVerdict] = ()) -> ImageDecision:
+        """``attestations``: the image's envelopes verified for exactly ``digest`` against
+        :meth:`attestation_keys_for` (the subject check is part of that verification)."""
         # Only signatures over exactly this digest count (a signature copied from another image
         # names another digest and must not be counted even if the verifier returned it).
         kids = frozenset(s.key_id for s in signers if s.digest == digest)
@@ -249,7 +277,9 @@ class PolicySet:
             res = p.verify(kids)
             names = p.key_names()
             outcomes.append(PolicyOutcome(p.ref, p.mode, res.ok, res.reasons,
-                                          tuple(sorted({names[k] for k in kids if k in names}))))
+                                          tuple(sorted({names[k] for k in kids if k in names})),
+                                          tuple(requirement_facts(r, attestations)
+                                                for r in p.attestations)))
         return ImageDecision(image_name, tuple(outcomes), None if outcomes else self.no_match)
 
 
@@ -277,7 +307,7 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 FileLoader = Callable[[str], bytes]
 _DOC_KEYS = {"apiVersion", "kind", "metadata", "spec", "status"}
-_SPEC_KEYS = {"images", "authorities", "mode", "match", "noMatch"}
+_SPEC_KEYS = {"images", "authorities", "mode", "match", "noMatch", "attestations"}
 _AUTH_KEYS = {"name", "keys", "threshold", "required"}
 _KEY_KEYS = {"name", "pem", "file"}
 
@@ -375,7 +405,11 @@ def parse_policy(doc: Any, load_file: FileLoader | None = None) -> ImagePolicy:
           "only a ClusterImagePolicy may say what happens to images no policy matches")
     _need(no_match in (None, "deny", "allow", "warn"), f"{where}.spec.noMatch",
           f"deny, allow or warn, got {no_match!r}")
-    return ImagePolicy(str(kind), name, namespace, images, tuple(auths), mode, match, no_match)
+    attestations = parse_requirements(
+        f"{where}.spec.attestations", spec.get("attestations"), need=_need,
+        parse_key=lambda at, k: _key(at, k, load_file))
+    return ImagePolicy(str(kind), name, namespace, images, tuple(auths), mode, match, no_match,
+                       attestations)
 
 
 def _canonical(p: ImagePolicy) -> dict[str, Any]:
@@ -384,7 +418,8 @@ def _canonical(p: ImagePolicy) -> dict[str, Any]:
             "authorities": [{"name": a.name, "threshold": a.threshold,
                              "required": list(a.required),
                              "keys": {n: public_key_pem(k).decode() for n, k in a.keys.items()}}
-                            for a in p.authorities]}
+                            for a in p.authorities],
+            "attestations": [r.canonical() for r in p.attestations]}
 
 
 def load_policies(docs: Sequence[Any], *, default_no_match: NoMatch = "deny",

@@ -1,8 +1,11 @@
 """The facts Python hands Rego: the input of ``policies/admission.rego``.
 
 Python computes facts (which digest, which step failed, which policies matched and whether each
-is satisfied, what ``noMatch`` says); Rego decides (``data.umec.admission.decision``), and owns
-the check ids of its denials (``digest.required``, ``policy.no_match``, ``policy.unsatisfied``).
+is satisfied, what ``noMatch`` says, per required attestation what was verified and why the rest
+does not count: :mod:`admission.core.attestation_policy`); Rego decides
+(``data.umec.admission.decision``), and owns the check ids of its denials (``digest.required``,
+``policy.no_match``, ``policy.unsatisfied``,
+``attestation.missing`` / ``.predicate`` / ``.subject`` / ``.signature`` / ``.malformed``).
 The shape is documented at the top of ``policies/admission.rego``.
 """
 
@@ -26,7 +29,8 @@ def container_facts(path: str, image: str, digest: str | None, *,
         entry["error"] = {"check": error.check, "detail": error.detail}
     elif digest is not None and decision is not None:
         entry["policies"] = [{"policy": o.policy, "mode": o.mode, "satisfied": o.satisfied,
-                              "reason": "; ".join(o.reasons), "signers": list(o.signers)}
+                              "reason": "; ".join(o.reasons), "signers": list(o.signers),
+                              "attestations": list(o.attestations)}
                              for o in decision.matched]
         entry["no_match"] = decision.no_match
     return entry
