@@ -11,8 +11,7 @@ import hmac
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,9 +21,9 @@ from jwt.algorithms import get_default_algorithms
 from keys import KeyKind, generate_private_key, public_jwk
 from mec_api.tokens.dpop import access_token_hash, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
-from tests.support.guarded_app import PROBE, Guarded, build, call
+from tests.support.guarded_app import PROBE, Guarded, call
 from tests.support.guarded_app import refused as guard_refused
-from tests.support.token_service import TOKEN_URL, Service, build_service, exchange
+from tests.support.token_service import TOKEN_URL, Service, exchange
 from tests.support.token_service import refused as token_refused
 
 KEY = generate_private_key(KeyKind.EC_P256)
@@ -111,13 +110,6 @@ def test_verify_dpop_proof_refuses(name: str) -> None:
     assert info.value.detail.startswith(f"{check}: "), info.value.detail
 
 
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[Service]:
-    service = build_service(tmp_path)
-    with service.client:
-        yield service
-
-
 @pytest.mark.parametrize("name", sorted(ATTACKS))
 def test_token_endpoint_refuses(svc: Service, name: str) -> None:
     r = exchange(svc, svc.cluster.token(),
@@ -125,13 +117,6 @@ def test_token_endpoint_refuses(svc: Service, name: str) -> None:
     assert r.status_code == 400
     token_refused(r, "invalid_dpop_proof", "dpop.proof")
     assert r.json()["error_description"].startswith(f"{ATTACKS[name][1]}: ")
-
-
-@pytest.fixture
-def g(tmp_path: Path) -> Iterator[Guarded]:
-    guarded = build(tmp_path)
-    with guarded.client:
-        yield guarded
 
 
 @pytest.mark.parametrize("name", ["alg-none", "hs256-with-the-public-jwk", "typ-jwt",

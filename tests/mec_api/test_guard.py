@@ -8,7 +8,6 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,6 @@ from keys import KeyRing, generate_private_key, sign_jwt
 from tests.support.guarded_app import PROBE, Guarded, build, call, refused
 from tests.support.token_service import ISSUER, TOKEN_URL, exchange
 from tests.support.tokens import DpopKey
-
-
-@pytest.fixture
-def g(tmp_path: Path) -> Iterator[Guarded]:
-    guarded = build(tmp_path)
-    with guarded.client:
-        yield guarded
 
 
 def token_for(g: Guarded, scope: str = "sensor.read", **kw: Any) -> str:

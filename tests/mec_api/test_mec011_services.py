@@ -4,22 +4,16 @@ liveness, and who may do what (401/403, another tenant's appInstanceId, another 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from mec_api.mec011.schemas.service_mgmt import ServiceInfo
-from tests.support.mec011_harness import TOKEN_ENDPOINT, Harness, auth, build, service_body
+from tests.support.mec011_harness import TOKEN_ENDPOINT, Harness, auth, service_body
 
 MGMT = "/mec_service_mgmt/v1"
 APP_A = f"{MGMT}/applications/app-a/services"
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Harness:
-    return build(tmp_path / "mec011.db")
 
 
 @pytest.fixture

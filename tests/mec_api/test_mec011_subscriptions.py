@@ -35,11 +35,6 @@ def receiver() -> Iterator[CallbackReceiver]:
 
 
 @pytest.fixture
-def harness(tmp_path: Path) -> Harness:
-    return build(tmp_path / "mec011.db")
-
-
-@pytest.fixture
 def client(harness: Harness) -> Iterator[TestClient]:
     with TestClient(harness.app) as c:
         yield c

@@ -4,9 +4,7 @@ workloads, and each way of asking for a token it must refuse."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import jwt
@@ -25,18 +23,10 @@ from tests.support.token_service import (
     OPERATOR,
     TOKEN_URL,
     Service,
-    build_service,
     exchange,
     refused,
 )
 from tests.support.tokens import D1, D2, DpopKey
-
-
-@pytest.fixture
-def svc(tmp_path: Path) -> Iterator[Service]:
-    service = build_service(tmp_path)
-    with service.client:
-        yield service
 
 
 def claims_of(svc: Service, token: str) -> dict[str, Any]:
