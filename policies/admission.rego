@@ -16,7 +16,8 @@
 #    "attestations": [{"signers": ["ci"], "predicate_type": "…", "builder_id": "…" | null,
 #                      "build_type": "…" | null, "source_repositories": ["…"], "commits": ["…"],
 #                      "sbom": null | {"format": "spdx", "version": "…", "packages": 12}}],
-#    "failures": [{"check": "attestation.subject", "detail": "…"}]}   # most telling first
+#    "failures": [{"check": "attestation.subject", "detail": "…",       # most telling first
+#                  "predicate_type": "…"}]}    # the type the payload claims (unverified)
 # "attestations" holds the envelopes whose DSSE signature verified under one of the
 # requirement's keys and whose subject is this digest; "failures" why the others do not count.
 #
@@ -120,6 +121,10 @@ condition_holds("source_repository", want, a) if want in a.source_repositories
 
 typed_attestations(r) := [a | some a in r.attestations; a.predicate_type in r.predicate_types]
 
+# Failures of envelopes whose payload claims an accepted type (a claim, unverified: it only
+# picks the most telling reason, e.g. "the provenance is signed by another key").
+relevant_failures(r) := [f | some f in r.failures; object.get(f, "predicate_type", "") in r.predicate_types]
+
 attestation_met(r) if {
 	some a in typed_attestations(r)
 	every k, want in r.conditions {
@@ -143,6 +148,8 @@ unmet_conditions(r, a) := [concat("", [k, " is ", found_value(k, a), ", want ", 
 # builtin computed (concat's result), which corrupts its JSON output.
 attestation_reason(r) := {"check": "attestation.predicate", "detail": concat("", ["no ", r.predicate_type, " attestation signed by ", concat(", ", r.keys), " meets the conditions: ", concat("; ", unmet_conditions(r, typed_attestations(r)[0]))])} if {
 	count(typed_attestations(r)) > 0
+} else := relevant_failures(r)[0] if {
+	count(relevant_failures(r)) > 0
 } else := {"check": "attestation.predicate", "detail": concat("", ["the attestations signed by ", concat(", ", r.keys), " are of type ", concat(", ", sort({a.predicate_type | some a in r.attestations})), ", not ", r.predicate_type])} if {
 	count(r.attestations) > 0
 } else := r.failures[0] if {

@@ -148,3 +148,12 @@ test_attestation_one_good_of_several_is_enough if {
 	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", []), prov_att("https://ci.example/builder", ["https://git.example/acme/app", "https://git.example/other"])], [{"check": "attestation.signature", "detail": "x"}])))
 	d.allowed
 }
+
+test_attestation_failure_of_the_required_type_beats_other_types if {
+	sbom := object.union(prov_att(null, []), {"predicate_type": "https://spdx.dev/Document"})
+	f := [{"check": "attestation.signature", "detail": "signed by another key", "predicate_type": slsa1}]
+	d := admission.decide(att_pod("enforce", prov_req([sbom], f)))
+	not d.allowed
+	contains(d.deny[0], "attestation.signature")
+	contains(d.deny[0], "signed by another key")
+}

@@ -20,11 +20,13 @@ Python verifies (:func:`admission.core.attestations.verify_envelope`: DSSE signa
 subject digest) against every key any requirement trusts; :func:`requirement_facts` then says,
 per requirement, which verified attestations its own keys signed (with their predicate type and
 :func:`admission.core.attestations.statement_facts`) and why the other envelopes do not count
-for it, most telling first (subject, malformed, signature). ``policies/admission.rego`` decides:
-a requirement is met by one attestation of an accepted type whose facts meet every condition;
-else the denial is ``attestation.predicate`` (signed attestations of another type, or failing a
-condition), the first failure's check (``attestation.subject`` / ``.malformed`` /
-``.signature``), or ``attestation.missing``.
+for it, most telling first (subject, malformed, signature), each with the predicate type its
+payload claims. ``policies/admission.rego`` decides: a requirement is met by one attestation of
+an accepted type whose facts meet every condition; else the denial names, in this order, the
+first of: ``attestation.predicate`` (an accepted type failing a condition), the first failure
+*claiming* an accepted type (``attestation.subject`` / ``.malformed`` / ``.signature``: e.g. the
+provenance signed by another key), ``attestation.predicate`` (only other types verified), the
+first failure, ``attestation.missing``.
 """
 
 from __future__ import annotations
@@ -141,18 +143,20 @@ def parse_requirements(where: str, value: Any, *, need: Need,
 
 def _failure(verdict: EnvelopeVerdict, mine: Sequence[str],
              req: AttestationRequirement) -> dict[str, str] | None:
-    """Why ``verdict`` does not count for ``req`` (None: it counts)."""
+    """Why ``verdict`` does not count for ``req`` (None: it counts), with the predicate type
+    its payload claims (unverified: it only tells Rego which failure is relevant)."""
+    claimed = {"predicate_type": verdict.claimed_type or ""}
     if verdict.error is not None and (mine or not verdict.signers):
-        return {"check": verdict.error.check, "detail": verdict.error.detail[:300]}
+        return {"check": verdict.error.check, "detail": verdict.error.detail[:300]} | claimed
     if not mine:
         return {"check": "attestation.signature",
                 "detail": f"attestation {verdict.layer} is signed by none of the keys of "
-                          f"{req.name!r} ({', '.join(sorted(req.keys))})"}
+                          f"{req.name!r} ({', '.join(sorted(req.keys))})"} | claimed
     return None
 
 
 def _ordered(failures: list[dict[str, str]]) -> list[dict[str, str]]:
-    unique = list({(f["check"], f["detail"]): f for f in failures}.values())
+    unique = list({tuple(f.values()): f for f in failures}.values())
     unique.sort(key=lambda f: _FAILURE_ORDER.index(f["check"])
                 if f["check"] in _FAILURE_ORDER else len(_FAILURE_ORDER))
     return unique[:MAX_FAILURES]

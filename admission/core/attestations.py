@@ -229,15 +229,18 @@ def _predicate(type_name: str, uri: str, raw: bytes, timestamp: str) -> Any:
 
 
 def build_statement(type_name: str, predicate: bytes, *, repository: str, digest: str,
-                    timestamp: str) -> bytes:
+                    timestamp: str, statement_type: str = STATEMENT_V1) -> bytes:
     """The Statement bytes ``cosign attest --type type_name`` signs (see the module doc).
-    ``timestamp`` (RFC 3339, UTC) is used by the ``custom`` type only."""
+    ``timestamp`` (RFC 3339, UTC) is used by the ``custom`` type only; with
+    ``statement_type=STATEMENT_V01`` the bytes are exactly cosign's."""
     uri = predicate_type_uri(type_name)
     # Struct order (in-toto-golang StatementHeader, Subject), then the predicate (a Go map for
     # decoded JSON; the custom predicate's struct fields Data, Timestamp happen to sort so).
     subject = ('[{"name":' + go_json_string(repository) + ',"digest":{"sha256":' +
                go_json_string(_hex(digest, "digest")) + "}}]")
-    return ('{"_type":' + go_json_string(STATEMENT_V1) + ',"predicateType":' +
+    if statement_type not in STATEMENT_TYPES:
+        raise AttestationMalformed(f"unknown statement type {statement_type!r}")
+    return ('{"_type":' + go_json_string(statement_type) + ',"predicateType":' +
             go_json_string(uri) + ',"subject":' + subject + ',"predicate":' +
             go_value_json(_predicate(type_name, uri, predicate, timestamp)) + "}").encode()
 
@@ -372,12 +375,24 @@ class EnvelopeVerdict:
 
     ``signers``: key ids whose signature verifies. ``statement`` is set only when every step
     passed; otherwise ``error`` names the step that failed (signature, payload, subject).
+    ``claimed_type`` is the predicate type the payload *claims*, read whether or not anything
+    verified: it only says which requirement a failure is most relevant to, never admits.
     """
 
     layer: str                            # the layer (blob) digest in the .att manifest
     signers: tuple[str, ...]
     statement: Statement | None
     error: AttestationError | None
+    claimed_type: str | None = None
+
+
+def _claimed_type(payload: bytes) -> str | None:
+    try:
+        doc = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    kind = doc.get("predicateType") if isinstance(doc, dict) else None
+    return kind[:200] if isinstance(kind, str) else None
 
 
 def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: str,
@@ -389,10 +404,11 @@ def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: 
     except AttestationError as exc:
         return EnvelopeVerdict(layer, (), None, exc)
     signers = envelope_signers(envelope, keys)
+    claimed = _claimed_type(envelope.payload)
     if not signers:
         return EnvelopeVerdict(layer, (), None, AttestationSignatureInvalid(
             f"attestation {layer} verifies with none of the trusted keys "
-            f"({', '.join(sorted(keys)) or 'none'})"))
+            f"({', '.join(sorted(keys)) or 'none'})"), claimed)
     try:
         if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
             raise AttestationMalformed(f"payloadType is {envelope.payload_type[:80]!r}, not "
@@ -403,8 +419,8 @@ def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: 
             raise AttestationSubjectMismatch(f"attestation {layer} is about {named[:300]}, "
                                              f"the image is {image_digest}")
     except AttestationError as exc:
-        return EnvelopeVerdict(layer, signers, None, exc)
-    return EnvelopeVerdict(layer, signers, statement, None)
+        return EnvelopeVerdict(layer, signers, None, exc, claimed)
+    return EnvelopeVerdict(layer, signers, statement, None, claimed)
 
 
 # --- the .att image -------------------------------------------------------------------------

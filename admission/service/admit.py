@@ -10,7 +10,9 @@
   2. every image must carry a digest (an image by tag is denied: mutation may have been
      bypassed or the tag may move);
   3. verify signatures once per (policy generation, image@digest) against every key any policy
-     trusts for the image, single flight, cached;
+     trusts for the image, single flight, cached; likewise, when a policy requires attestations,
+     the image's ``.att`` envelopes against every key an attestation requirement trusts
+     (:mod:`admission.service.attestations`), concurrently with the signatures;
   4. evaluate the ImagePolicies of the pod's namespace plus the ClusterImagePolicies;
   5. Rego takes the final decision (deny messages name container path, image and step);
   6. record the admitted Pod (namespace, name, uid → digests and signer key ids).
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
+from admission.core.attestations import EnvelopeVerdict
 from admission.core.errors import AdmissionError
 from admission.core.policy import PolicySet, Signer
 from admission.core.rego_input import container_facts, review_facts
@@ -71,6 +74,12 @@ class SignatureVerifier(Protocol):
     async def verify(self, image: str, keys: Mapping[str, PublicKey],
                      credentials: Credentials | None = None) -> Sequence[Signer]:
         """Signatures of ``image`` (``name@digest``) valid under ``keys`` (key id → key)."""
+
+
+class AttestationSource(Protocol):
+    async def verify(self, image: str, keys: Mapping[str, PublicKey],
+                     credentials: Credentials | None = None) -> Sequence[EnvelopeVerdict]:
+        """Every stored attestation of ``image`` (``name@digest``) checked against ``keys``."""
 
 
 class PullCredentialSource(Protocol):
@@ -112,6 +121,8 @@ class WebhookDeps:
     records: AdmissionRecords | None = None
     own_namespace: str = "umec-system"
     pull_secrets: PullCredentialSource | None = None
+    # The images' attestations; None: a policy requiring one finds none (denied, fail closed).
+    attestations: AttestationSource | None = None
     timeout_seconds: float = 10.0              # the webhook configuration's timeoutSeconds
     forget_deadline_seconds: float = 2.0       # below the pods-DELETE webhook's timeoutSeconds
     deadline_seconds: float | None = None      # default: timeout - 1 s
@@ -140,6 +151,7 @@ class _Image:
     digest: str | None = None
     normalized: str = ""
     signers: tuple[Signer, ...] = ()
+    attestations: tuple[EnvelopeVerdict, ...] = ()
     error: AdmissionError | None = None
     done: bool = False
 
@@ -152,6 +164,8 @@ class Admitter:
         self.resolved: SingleFlightCache[tuple[str, str], str] = \
             SingleFlightCache(deps.resolve_ttl)
         self.verified: SingleFlightCache[tuple[str, str], tuple[Signer, ...]] = \
+            SingleFlightCache(deps.verify_ttl)
+        self.attested: SingleFlightCache[tuple[str, str], tuple[EnvelopeVerdict, ...]] = \
             SingleFlightCache(deps.verify_ttl)
 
     def _skip(self, req: ReviewRequest) -> bool:
@@ -179,18 +193,36 @@ class Admitter:
 
     async def _verify(self, item: _Image, policies: PolicySet) -> None:
         item.step = "verify"
-        name = split_image(item.container.image).name
+        ref = f"{split_image(item.container.image).name}@{item.digest}"
         key = (policies.generation, f"{item.normalized}@{item.digest}")
+        await asyncio.gather(self._signatures(item, policies, ref, key),
+                             self._attestations(item, policies, ref, key))
+
+    async def _signatures(self, item: _Image, policies: PolicySet, ref: str,
+                          key: tuple[str, str]) -> None:
         keys = policies.keys_for(item.normalized)
         if not keys:        # no policy anywhere covers it: nothing to verify, noMatch decides
             return
-        ref = f"{name}@{item.digest}"
         # Signature validity is a property of the digest, so the cache is shared across pods;
         # pulling the image still needs the pod's own credentials at the kubelet.
         signers, hit = await self.verified.get(
             key, lambda: self._verify_now(ref, keys, item.credentials))
         self._count("verify", hit)
         item.signers = signers
+
+    async def _attestations(self, item: _Image, policies: PolicySet, ref: str,
+                            key: tuple[str, str]) -> None:
+        keys = policies.attestation_keys_for(item.normalized)
+        source = self.deps.attestations
+        if not keys or source is None:  # without a source the facts say none: Rego denies
+            return
+
+        async def fetch() -> tuple[EnvelopeVerdict, ...]:
+            return tuple(await self._timed("attestations",
+                                           source.verify(ref, keys, item.credentials)))
+        verdicts, hit = await self.attested.get(key, fetch)
+        self._count("attestations", hit)
+        item.attestations = verdicts
 
     async def _verify_now(self, ref: str, keys: Mapping[str, PublicKey],
                           credentials: Credentials | None) -> tuple[Signer, ...]:
@@ -345,7 +377,7 @@ class Admitter:
             decision = None
             if item.error is None and item.digest is not None:
                 decision = policies.evaluate(req.namespace, item.normalized, item.signers,
-                                             item.digest)
+                                             item.digest, item.attestations)
             containers.append(container_facts(item.container.path, item.container.image,
                                               item.digest, error=item.error,
                                               decision=decision))
