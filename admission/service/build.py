@@ -26,6 +26,7 @@ from sqlalchemy import Engine
 from admission.registry.client import RegistryClient
 from admission.registry.credentials import Credentials
 from admission.service.admit import WebhookDeps
+from admission.service.attestations import RegistryAttestations
 from admission.service.images import CosignVerifier, RegistryClients, RegistryResolver
 from admission.service.pod_reconcile import (
     RECONCILE_EVERY_SECONDS,
@@ -112,6 +113,7 @@ def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
         pull_secrets = KubePullSecrets(bridges.kube_api)
     return WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(clients),
                        verifier=CosignVerifier(clients), rego=RegoEvaluator(),
+                       attestations=RegistryAttestations(clients),
                        pull_secrets=pull_secrets, records=records,
                        own_namespace=config.own_namespace,
                        timeout_seconds=config.timeout_seconds)
