@@ -16,7 +16,9 @@ from scripts.imagebuild.errors import LockInvalid
 
 # Needed to install or configure packages, never to run the image.
 NOT_AT_RUNTIME = frozenset({"dpkg", "tar", "debconf", "perl-base", "openssl", "debianutils",
-                            "install-info", "ucf", "sensible-utils"})
+                            "install-info", "ucf", "sensible-utils",
+                            # tpm2-tss's device permissions are the host's udev rules
+                            "tpm-udev", "udev", "adduser", "passwd"})
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 _RELATION = re.compile(r"^(?P<name>[^\s(:\[<]+)(?::[a-z0-9-]+)?\s*(?:\((?P<version>[^)]*)\))?"

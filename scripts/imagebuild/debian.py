@@ -161,6 +161,9 @@ def slim(rootfs: Path) -> None:
     """Remove documentation, manuals and translations; keep each package's copyright."""
     for rel in SLIM:
         shutil.rmtree(rootfs / rel, ignore_errors=True)
+    # glibc's iconv modules: nothing in the images calls iconv() (Python has its own codecs).
+    for gconv in rootfs.glob("usr/lib/*/gconv"):
+        shutil.rmtree(gconv)
     doc = rootfs / "usr/share/doc"
     if doc.is_dir():
         for path in sorted(doc.rglob("*"), reverse=True):

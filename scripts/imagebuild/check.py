@@ -1,0 +1,256 @@
+"""Check built images: ``python -m scripts.imagebuild.check --out DIR [--run] [--push]``.
+
+* static (every architecture): the config's platform, user 10001 and entrypoint ``umec``;
+  every ELF file in every layer is code for the image's architecture (e_machine), and every
+  installed wheel's ``WHEEL`` tags fit it.
+* ``--run`` (amd64, as root): ``umoci unpack`` the image and run its entrypoint in a chroot
+  inside new mount and PID namespaces (``unshare``) as user 10001: ``umec --help``; for
+  umec-trust ``umec server`` answers ``/healthz`` with SQLite in a fresh data dir; the native
+  modules import (cv2, onnxruntime, psycopg, …; tpm2_pytss in the agent).
+* ``--compare OTHER``: the same image indexes (digests) as another build's output.
+* ``--push``: a local docker-registry, ``skopeo copy --all`` of each index, ``umec sign
+  --recursive`` and ``umec verify`` of the index and of each platform's manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scripts.imagebuild.elf import matches_arch, read_elf_header
+from scripts.imagebuild.errors import StepFailed, WrongArchitecture
+from scripts.imagebuild.oci import PLATFORMS, REF_NAME
+from scripts.imagebuild.wheeltags import parse_wheel_file, tag_problems
+
+IMPORTS = {"umec-trust": "import cv2, numpy, onnxruntime, psycopg, sqlalchemy, sigstore, "
+                         "kubernetes, regopy, nacl, fastapi, uvicorn, umec.app",
+           "umec-agent": "import tpm2_pytss, cryptography, httpx; from tpm2_pytss import ESAPI; "
+                         "import umec.agent_process, attest.agent"}
+ABSENT_FROM_AGENT = ("onnxruntime", "cv2", "sigstore", "fastapi", "sqlalchemy", "kubernetes",
+                     "numpy", "uvicorn")
+
+
+@dataclass
+class StaticReport:
+    arch: str
+    files: int = 0
+    elf: int = 0
+    wheels: int = 0
+
+    def line(self) -> str:
+        return (f"{self.arch}: {self.files} files, {self.elf} ELF all {self.arch}, "
+                f"{self.wheels} wheels all tagged for it")
+
+
+def read_json(layout: Path, digest: str) -> Any:
+    return json.loads((layout / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes())
+
+
+def find(layout: Path, ref: str) -> dict[str, Any]:
+    for entry in json.loads((layout / "index.json").read_text())["manifests"]:
+        if entry.get("annotations", {}).get(REF_NAME) == ref:
+            return dict(entry)
+    raise StepFailed(f"{layout}: no reference {ref}")
+
+
+def layer_members(layout: Path, digest: str) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
+    """Each regular file of a layer with its first 20 bytes (and whole WHEEL files)."""
+    blob = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    with gzip.open(blob, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        for member in tar:
+            if not member.isreg():
+                continue
+            body = tar.extractfile(member)
+            assert body is not None
+            whole = member.name.endswith(".dist-info/WHEEL")
+            yield member, body.read() if whole else body.read(20)
+
+
+def check_config(config: dict[str, Any], arch: str) -> None:
+    platform = PLATFORMS[arch]
+    if config.get("architecture") != platform["architecture"] or config.get("os") != "linux":
+        raise WrongArchitecture(f"config is {config.get('os')}/{config.get('architecture')}, "
+                                f"expected linux/{platform['architecture']}")
+    run = config["config"]
+    if run.get("User") != "10001:10001" or run.get("Entrypoint") != ["/usr/local/bin/umec"]:
+        raise StepFailed(f"config runs {run.get('Entrypoint')} as {run.get('User')}; expected "
+                         "/usr/local/bin/umec as 10001:10001")
+
+
+def static_check(layout: Path, version: str, arch: str) -> StaticReport:
+    """Every ELF file is ``arch`` code and every wheel's tags fit ``arch`` (else raise)."""
+    manifest = read_json(layout, find(layout, f"{version}-{arch}")["digest"])
+    check_config(read_json(layout, manifest["config"]["digest"]), arch)
+    report, problems = StaticReport(arch), []
+    for layer in manifest["layers"]:
+        for member, head in layer_members(layout, layer["digest"]):
+            report.files += 1
+            if member.name.endswith(".dist-info/WHEEL"):
+                report.wheels += 1
+                problems += [f"{member.name}: {p}"
+                             for p in tag_problems(parse_wheel_file(head.decode()), arch)]
+                continue
+            header = read_elf_header(head)
+            if header is None:
+                continue
+            report.elf += 1
+            if not matches_arch(header, arch):
+                problems.append(f"{member.name}: ELF {header.bits}-bit {header.machine_name}")
+    if problems:
+        raise WrongArchitecture(f"{layout.name} {arch}: {len(problems)} problems: "
+                                + "; ".join(problems[:10]))
+    return report
+
+
+def unpack(layout: Path, version: str, arch: str, bundle: Path) -> Path:
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{version}-{arch}", str(bundle)],
+                   check=True, capture_output=True)
+    rootfs = bundle / "rootfs"
+    for mount_point in ("proc", "dev"):
+        (rootfs / mount_point).mkdir(exist_ok=True)
+    return rootfs
+
+
+def image_env(layout: Path, version: str, arch: str) -> dict[str, str]:
+    manifest = read_json(layout, find(layout, f"{version}-{arch}")["digest"])
+    config = read_json(layout, manifest["config"]["digest"])
+    return dict(item.split("=", 1) for item in config["config"]["Env"])
+
+
+def in_image(rootfs: Path, argv: list[str]) -> list[str]:
+    """``argv`` run in ``rootfs`` as 10001, in new mount and PID namespaces with /proc."""
+    return ["/usr/bin/unshare", "--mount", "--pid", "--fork", f"--mount-proc={rootfs}/proc",
+            "/usr/sbin/chroot", "--userspec=10001:10001", str(rootfs), *argv]
+
+
+def run_in(rootfs: Path, env: dict[str, str], argv: list[str], timeout: float = 120) -> str:
+    proc = subprocess.run(in_image(rootfs, argv), env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if proc.returncode != 0:
+        raise StepFailed(f"{' '.join(argv)} in the image exited {proc.returncode}: "
+                         f"{(proc.stdout + proc.stderr)[-800:]}")
+    return proc.stdout
+
+
+def serve_healthz(rootfs: Path, env: dict[str, str], port: int) -> dict[str, Any]:
+    """``umec server`` in the image answers /healthz; returns the answer and the time to it."""
+    data = rootfs / "tmp" / "umec-data"
+    data.mkdir(mode=0o700)
+    os.chown(data, 10001, 10001)
+    env = {**env, "UMEC_DATA_DIR": "/tmp/umec-data"}
+    started = time.monotonic()
+    proc = subprocess.Popen(in_image(rootfs, ["/usr/local/bin/umec", "server", "--host",
+                                              "127.0.0.1", "--port", str(port)]),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        while time.monotonic() - started < 90:
+            if proc.poll() is not None:
+                raise StepFailed(f"umec server exited {proc.returncode}: "
+                                 f"{proc.stderr.read().decode()[-800:] if proc.stderr else ''}")
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.5)
+                continue
+            return {"status": answer.status_code, "body": answer.json(),
+                    "seconds": round(time.monotonic() - started, 1)}
+        raise StepFailed("umec server in the image did not answer /healthz within 90 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_check(layout: Path, version: str) -> dict[str, Any]:
+    """Unpack the amd64 image and run its entrypoint (see the module doc)."""
+    with tempfile.TemporaryDirectory(prefix="umec-image-") as tmp:
+        rootfs = unpack(layout, version, "amd64", Path(tmp) / "bundle")
+        env = image_env(layout, version, "amd64")
+        result: dict[str, Any] = {}
+        out = run_in(rootfs, env, ["/usr/local/bin/umec", "--help"])
+        if "server" not in out or "agent" not in out:
+            raise StepFailed(f"umec --help in the image does not list its commands: {out[:300]}")
+        result["help"] = "ok"
+        run_in(rootfs, env, ["/usr/bin/python3.11", "-c", IMPORTS[layout.name]])
+        result["imports"] = IMPORTS[layout.name]
+        if layout.name == "umec-agent":
+            run_in(rootfs, env, ["/usr/local/bin/umec", "agent", "--help"])
+            absent = run_in(rootfs, env, ["/usr/bin/python3.11", "-c",
+                                          "import importlib.util as u; print([m for m in "
+                                          f"{list(ABSENT_FROM_AGENT)} if u.find_spec(m)])"])
+            if absent.strip() != "[]":
+                raise StepFailed(f"the agent image has server modules: {absent.strip()}")
+            result["absent"] = list(ABSENT_FROM_AGENT)
+        else:
+            result["healthz"] = serve_healthz(rootfs, env, free_port())
+        return result
+
+
+def compare(out: Path, other: Path) -> dict[str, str]:
+    """Each image's index digest in both outputs; raise if any differs."""
+    digests = {}
+    for layout in sorted((out / "oci").iterdir()):
+        mine = find(layout, "0.1.0")["digest"]
+        theirs = find(other / "oci" / layout.name, "0.1.0")["digest"]
+        if mine != theirs:
+            raise StepFailed(f"{layout.name}: {mine} here, {theirs} in {other}")
+        digests[layout.name] = mine
+    return digests
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="check-images", description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--version", default="0.1.0")
+    parser.add_argument("--run", action="store_true", help="run the amd64 images (root)")
+    parser.add_argument("--compare", type=Path, help="another build's output dir")
+    parser.add_argument("--push", action="store_true", help="push and sign (local registry)")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {}
+    from kernel.errors import CheckedError
+    try:
+        for layout in sorted((args.out / "oci").iterdir()):
+            for entry in json.loads((layout / "index.json").read_text())["manifests"]:
+                ref = entry["annotations"][REF_NAME]
+                if ref.startswith(f"{args.version}-"):
+                    arch = ref.removeprefix(f"{args.version}-")
+                    report = static_check(layout, args.version, arch)
+                    print(f"{layout.name} {report.line()}")
+            if args.run:
+                results[layout.name] = run_check(layout, args.version)
+                print(f"{layout.name} amd64 run: {json.dumps(results[layout.name])}")
+        if args.compare:
+            print(f"reproducible: {json.dumps(compare(args.out, args.compare))}")
+        if args.push:
+            from scripts.imagebuild.push import push_and_sign
+            results["push"] = push_and_sign(args.out, args.version)
+    except CheckedError as exc:
+        print(f"check-images: {exc}\n  what to do: {exc.hint}", file=sys.stderr)
+        return 1
+    (args.out / "check.json").write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
