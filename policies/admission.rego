@@ -7,7 +7,11 @@
 #                    "error": {"check": "registry.timeout", "detail": "…"} | null,
 #                    "policies": [{"policy": "ImagePolicy/ns/name", "mode": "enforce" | "warn",
 #                                  "satisfied": bool, "reason": "…", "signers": ["…"],
-#                                  "attestations": [REQUIREMENT]}],
+#                                  "attestations": [REQUIREMENT],
+#                                  "identity": "matchRepository" | "matchExact" |
+#                                              "exactRepository" | "ignore"}],
+# "identity" is the policy's signedIdentity (admission/core/identity.py): "ignore" admits
+# signatures naming any image (a mirror's opt-out), which every admission it vouches for warns.
 #                    "no_match": null | "deny" | "allow" | "warn"}]}
 # REQUIREMENT (admission/core/attestation_policy.py; one per spec.attestations entry):
 #   {"name": "provenance", "predicate_type": "slsaprovenance1",
@@ -60,7 +64,7 @@ unmatched(c) if {
 
 denials(inp) := (((((empty_pod(inp) | errors(inp)) | unpinned(inp)) | no_match_denied(inp)) | policy_denied(inp)) | attestation_denied(inp))
 
-warnings(inp) := (policy_warned(inp) | no_match_warned(inp)) | attestation_warned(inp)
+warnings(inp) := ((policy_warned(inp) | no_match_warned(inp)) | attestation_warned(inp)) | identity_unchecked(inp)
 
 empty_pod(inp) := {"pod: containers: no containers in the request" | count(containers(inp)) == 0}
 
@@ -107,6 +111,15 @@ policy_warned(inp) := {msg |
 	p.mode == "warn"
 	p.satisfied != true
 	msg := sprintf("%s: image %s: policy.unsatisfied (warn mode, admitted): %s: %s", [c.path, c.image, p.policy, p.reason])
+}
+
+identity_unchecked(inp) := {msg |
+	some c in containers(inp)
+	pinned(c)
+	some p in c.policies
+	object.get(p, "identity", "matchRepository") == "ignore"
+	p.satisfied == true
+	msg := sprintf("%s: image %s: signature.identity.ignored: %s accepts signatures naming any image (signedIdentity: ignore)", [c.path, c.image, p.policy])
 }
 
 # --- required attestations ------------------------------------------------------------------

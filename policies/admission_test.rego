@@ -149,6 +149,30 @@ test_attestation_one_good_of_several_is_enough if {
 	d.allowed
 }
 
+# signedIdentity: ignore (a mirror's opt-out) admits with a warning each time it vouches.
+ignore_policy := {"policy": "ClusterImagePolicy/mirror", "mode": "enforce", "satisfied": true, "reason": "", "signers": ["ci"], "identity": "ignore"}
+
+test_identity_ignore_admits_with_a_warning if {
+	d := admission.decide({"namespace": "a", "containers": [c("spec.containers[0]", "mirror.local/app", digest, [ignore_policy], null)]})
+	d.allowed
+	count(d.warnings) == 1
+	contains(d.warnings[0], "signature.identity.ignored")
+}
+
+test_identity_checked_policies_do_not_warn if {
+	checked := object.union(ok_policy, {"identity": "matchExact"})
+	d := admission.decide({"namespace": "a", "containers": [c("spec.containers[0]", "r/app", digest, [checked], null)]})
+	d.allowed
+	count(d.warnings) == 0
+}
+
+test_identity_ignore_unsatisfied_denies_without_the_warning if {
+	failing := object.union(ignore_policy, {"satisfied": false, "reason": "0 of 1"})
+	d := admission.decide({"namespace": "a", "containers": [c("spec.containers[0]", "mirror.local/app", digest, [failing], null)]})
+	not d.allowed
+	count(d.warnings) == 0
+}
+
 test_attestation_failure_of_the_required_type_beats_other_types if {
 	sbom := object.union(prov_att(null, []), {"predicate_type": "https://spdx.dev/Document"})
 	f := [{"check": "attestation.signature", "detail": "signed by another key", "predicate_type": slsa1}]

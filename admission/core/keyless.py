@@ -174,7 +174,7 @@ class RekorKey:
     valid: Window
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class KeylessTrustRoot:
     cas: tuple[FulcioCA, ...]
     logs: Mapping[str, RekorKey]                  # by hex log id
@@ -182,7 +182,7 @@ class KeylessTrustRoot:
     digest: str                                   # sha256 of ``raw``, for policy generations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class KeylessAuthority:
     """What a policy's keyless authority hands the verifier: a root and the accepted signers."""
 

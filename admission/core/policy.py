@@ -62,6 +62,9 @@ from admission.core.attestation_policy import (
 )
 from admission.core.attestations import EnvelopeVerdict
 from admission.core.errors import AdmissionError
+from admission.core.identity import SignedIdentity, parse_signed_identity
+from admission.core.keyless import KeylessAuthority, TrustRootInvalid, parse_trusted_root
+from admission.core.verify import KeylessIdentity
 from keys import KeysError, PublicKey, key_thumbprint, load_public_key, public_key_pem
 
 API_VERSION = "umec.io/v1alpha1"
@@ -84,6 +87,9 @@ class Signer(Protocol):
     def digest(self) -> str: ...
     @property
     def key_id(self) -> str: ...
+    @property
+    def reference(self) -> str | None:
+        """The docker-reference a legacy signature names (None: a bundle names none)."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +165,8 @@ class Authority:
     key_ids: Mapping[str, str]          # key name → RFC 7638 thumbprint
     threshold: int
     required: tuple[str, ...]
+    # A keyless authority: its key_ids are its identities' signer ids, ``keys`` is empty.
+    keyless: KeylessAuthority | None = None
 
     def check(self) -> Check:
         return AllOf((KeyThreshold(self.name, self.key_ids, self.threshold),
@@ -176,6 +184,7 @@ class ImagePolicy:
     match: Literal["all", "any"] = "all"
     no_match: NoMatch | None = None
     attestations: tuple[AttestationRequirement, ...] = ()   # spec.attestations
+    signed_identity: SignedIdentity = field(default_factory=SignedIdentity)  # signedIdentity
     _check: Check = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -197,7 +206,22 @@ class ImagePolicy:
         return {a.key_ids[n]: k for a in self.authorities for n, k in a.keys.items()}
 
     def key_names(self) -> dict[str, str]:
-        return {a.key_ids[n]: n for a in self.authorities for n in a.keys}
+        return {kid: n for a in self.authorities for n, kid in a.key_ids.items()}
+
+    def keyless(self) -> tuple[KeylessAuthority, ...]:
+        return tuple(a.keyless for a in self.authorities if a.keyless is not None)
+
+    def accepted(self, signers: Sequence[Signer], image: str) -> tuple[frozenset[str], str]:
+        """The signer ids whose signature names an image ``signedIdentity`` accepts for
+        ``image``, and a reason naming the ones it refused (empty if none)."""
+        ok = frozenset(s.key_id for s in signers
+                       if self.signed_identity.accepts(image, s.reference))
+        names = self.key_names()
+        refused = sorted({f"{names[s.key_id]} signed {s.reference or 'no reference'}"
+                          for s in signers if s.key_id not in ok and s.key_id in names})
+        why = (f"signedIdentity {self.signed_identity.describe()} refuses the signature(s) "
+               f"for {image}: {'; '.join(refused)}") if refused else ""
+        return ok, why
 
     def attestation_keys(self) -> dict[str, PublicKey]:
         return {kid: k for r in self.attestations for kid, k in r.trusted().items()}
@@ -214,6 +238,7 @@ class PolicyOutcome:
     signers: tuple[str, ...]            # names of this policy's keys that signed
     # Per attestation requirement, the facts Rego decides it on (attestation_policy.py).
     attestations: tuple[dict[str, Any], ...] = ()
+    identity: str = "matchRepository"   # the policy's signedIdentity type (Rego warns: ignore)
 
 
 @dataclass(frozen=True)
@@ -264,22 +289,33 @@ class PolicySet:
                 out.update(p.attestation_keys())
         return out
 
+    def keyless_for(self, image_name: str) -> tuple[KeylessAuthority, ...]:
+        """Every keyless authority any policy (any namespace) has for this image."""
+        return tuple(dict.fromkeys(a for p in self.policies if p.matches(image_name)
+                                   for a in p.keyless()))
+
     def evaluate(self, namespace: str, image_name: str,
                  signers: Iterable[Signer], digest: str,
-                 attestations: Sequence[EnvelopeVerdict] = ()) -> ImageDecision:
+                 attestations: Sequence[EnvelopeVerdict] = (), *,
+                 image: str | None = None) -> ImageDecision:
         """``attestations``: the image's envelopes verified for exactly ``digest`` against
-        :meth:`attestation_keys_for` (the subject check is part of that verification)."""
+        :meth:`attestation_keys_for` (the subject check is part of that verification).
+        ``image``: the reference as the pod names it (tag kept), which each policy's
+        ``signedIdentity`` holds the signatures' docker-reference to (default name@digest)."""
         # Only signatures over exactly this digest count (a signature copied from another image
         # names another digest and must not be counted even if the verifier returned it).
-        kids = frozenset(s.key_id for s in signers if s.digest == digest)
+        valid = [s for s in signers if s.digest == digest]
         outcomes = []
         for p in self.applicable(namespace, image_name):
+            kids, why = p.accepted(valid, image or f"{image_name}@{digest}")
             res = p.verify(kids)
             names = p.key_names()
-            outcomes.append(PolicyOutcome(p.ref, p.mode, res.ok, res.reasons,
+            reasons = res.reasons + ((why,) if why and not res.ok else ())
+            outcomes.append(PolicyOutcome(p.ref, p.mode, res.ok, reasons,
                                           tuple(sorted({names[k] for k in kids if k in names})),
                                           tuple(requirement_facts(r, attestations)
-                                                for r in p.attestations)))
+                                                for r in p.attestations),
+                                          p.signed_identity.type))
         return ImageDecision(image_name, tuple(outcomes), None if outcomes else self.no_match)
 
 
@@ -307,8 +343,10 @@ def _glob(pattern: str) -> re.Pattern[str]:
 
 FileLoader = Callable[[str], bytes]
 _DOC_KEYS = {"apiVersion", "kind", "metadata", "spec", "status"}
-_SPEC_KEYS = {"images", "authorities", "mode", "match", "noMatch", "attestations"}
-_AUTH_KEYS = {"name", "keys", "threshold", "required"}
+_SPEC_KEYS = {"images", "authorities", "mode", "match", "noMatch", "attestations",
+              "signedIdentity"}
+_AUTH_KEYS = {"name", "keys", "threshold", "required", "keyless"}
+_KEYLESS_KEYS = {"trustedRoot", "identities"}
 _KEY_KEYS = {"name", "pem", "file"}
 
 
@@ -350,10 +388,65 @@ def _key(where: str, doc: Any, load_file: FileLoader | None) -> tuple[str, Publi
         raise PolicyInvalid(f"{where}: {e}") from None
 
 
+def _threshold(where: str, doc: Mapping[str, Any], signers: int) -> int:
+    threshold = doc.get("threshold", 1)
+    _need(type(threshold) is int and 1 <= threshold <= signers, f"{where}.threshold",
+          f"must be an integer in 1..{signers}, got {threshold!r}")
+    return int(threshold)
+
+
+def _trusted_root(where: str, doc: Any, load_file: FileLoader | None) -> bytes:
+    _need(isinstance(doc, dict) and len(doc) == 1 and ("json" in doc or "file" in doc), where,
+          "give exactly one of json (the trusted_root.json text), file")
+    if "json" in doc:
+        return _str(f"{where}.json", doc["json"]).encode()
+    _need(load_file is not None, where, "file references are not allowed here")
+    assert load_file is not None
+    try:
+        return load_file(_str(f"{where}.file", doc["file"]))
+    except OSError as e:
+        raise PolicyInvalid(f"{where}: {e}") from None
+
+
+def _keyless_identity(where: str, doc: Any) -> KeylessIdentity:
+    _need(isinstance(doc, dict), where, "an identity is a mapping {issuer, subject}")
+    _unknown(where, doc, {"issuer", "subject"})
+    try:
+        return KeylessIdentity(_str(f"{where}.subject", doc.get("subject")),
+                               _str(f"{where}.issuer", doc.get("issuer")))
+    except ValueError as e:
+        raise PolicyInvalid(f"{where}: {e}") from None
+
+
+def _keyless_authority(where: str, name: str, doc: Mapping[str, Any],
+                       load_file: FileLoader | None) -> Authority:
+    """``keyless: {trustedRoot: {json|file}, identities: [{issuer, subject}]}`` (the field
+    names of policy-controller's ClusterImagePolicy, with a root instead of a TrustRoot CR)."""
+    _need("keys" not in doc and "required" not in doc, where,
+          "a keyless authority names identities, not keys or required signers")
+    spec = doc["keyless"]
+    _need(isinstance(spec, dict), f"{where}.keyless", "must be a mapping")
+    _unknown(f"{where}.keyless", spec, _KEYLESS_KEYS)
+    raw = _trusted_root(f"{where}.keyless.trustedRoot", spec.get("trustedRoot"), load_file)
+    try:
+        root = parse_trusted_root(raw)
+    except TrustRootInvalid as e:
+        raise PolicyInvalid(f"{where}.keyless.trustedRoot: {e.detail}") from None
+    identities = tuple(_keyless_identity(f"{where}.keyless.identities[{i}]", d) for i, d in
+                       enumerate(_list(f"{where}.keyless.identities", spec.get("identities"))))
+    ids = {f"{i.identity} ({i.issuer})": i.key_id for i in identities}
+    _need(len(ids) == len(identities), f"{where}.keyless.identities", "an identity is listed "
+          "twice (a threshold would count it once)")
+    return Authority(name, {}, ids, _threshold(where, doc, len(ids)), (),
+                     KeylessAuthority(root, identities))
+
+
 def _authority(where: str, doc: Any, load_file: FileLoader | None) -> Authority:
     _need(isinstance(doc, dict), where, "an authority must be a mapping")
     _unknown(where, doc, _AUTH_KEYS)
     name = _str(f"{where}.name", doc.get("name"))
+    if "keyless" in doc:
+        return _keyless_authority(where, name, doc, load_file)
     keys: dict[str, PublicKey] = {}
     for i, k in enumerate(_list(f"{where}.keys", doc.get("keys"))):
         kname, key = _key(f"{where}.keys[{i}]", k, load_file)
@@ -362,9 +455,7 @@ def _authority(where: str, doc: Any, load_file: FileLoader | None) -> Authority:
     kids = {n: key_thumbprint(k) for n, k in keys.items()}
     _need(len(set(kids.values())) == len(kids), f"{where}.keys",
           "the same key is listed twice (a threshold would count it once)")
-    threshold = doc.get("threshold", 1)
-    _need(type(threshold) is int and 1 <= threshold <= len(keys), f"{where}.threshold",
-          f"must be an integer in 1..{len(keys)}, got {threshold!r}")
+    threshold = _threshold(where, doc, len(keys))
     required = doc.get("required", [])
     _need(isinstance(required, list) and all(r in keys for r in required),
           f"{where}.required", f"must list key names of this authority, got {required!r}")
@@ -408,8 +499,13 @@ def parse_policy(doc: Any, load_file: FileLoader | None = None) -> ImagePolicy:
     attestations = parse_requirements(
         f"{where}.spec.attestations", spec.get("attestations"), need=_need,
         parse_key=lambda at, k: _key(at, k, load_file))
+    try:
+        identity = parse_signed_identity(spec.get("signedIdentity"),
+                                         f"{where}.spec.signedIdentity")
+    except ValueError as e:
+        raise PolicyInvalid(str(e)) from None
     return ImagePolicy(str(kind), name, namespace, images, tuple(auths), mode, match, no_match,
-                       attestations)
+                       attestations, signed_identity=identity)
 
 
 def _canonical(p: ImagePolicy) -> dict[str, Any]:
@@ -417,8 +513,12 @@ def _canonical(p: ImagePolicy) -> dict[str, Any]:
             "mode": p.mode, "match": p.match, "noMatch": p.no_match,
             "authorities": [{"name": a.name, "threshold": a.threshold,
                              "required": list(a.required),
-                             "keys": {n: public_key_pem(k).decode() for n, k in a.keys.items()}}
+                             "keys": {n: public_key_pem(k).decode() for n, k in a.keys.items()},
+                             "keyless": None if a.keyless is None else {
+                                 "root": a.keyless.root.digest,
+                                 "identities": sorted(a.key_ids.values())}}
                             for a in p.authorities],
+            "signedIdentity": [p.signed_identity.type, p.signed_identity.docker_repository],
             "attestations": [r.canonical() for r in p.attestations]}
 
 

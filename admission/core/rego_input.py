@@ -30,7 +30,7 @@ def container_facts(path: str, image: str, digest: str | None, *,
     elif digest is not None and decision is not None:
         entry["policies"] = [{"policy": o.policy, "mode": o.mode, "satisfied": o.satisfied,
                               "reason": "; ".join(o.reasons), "signers": list(o.signers),
-                              "attestations": list(o.attestations)}
+                              "attestations": list(o.attestations), "identity": o.identity}
                              for o in decision.matched]
         entry["no_match"] = decision.no_match
     return entry

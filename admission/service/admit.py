@@ -43,7 +43,8 @@ from typing import Any, Protocol
 
 from admission.core.attestations import EnvelopeVerdict
 from admission.core.errors import AdmissionError
-from admission.core.policy import PolicySet, Signer
+from admission.core.keyless import KeylessAuthority
+from admission.core.policy import ImageDecision, PolicySet, Signer
 from admission.core.rego_input import container_facts, review_facts
 from admission.core.review import (
     ContainerImage,
@@ -72,8 +73,11 @@ class ImageResolver(Protocol):
 
 class SignatureVerifier(Protocol):
     async def verify(self, image: str, keys: Mapping[str, PublicKey],
-                     credentials: Credentials | None = None) -> Sequence[Signer]:
-        """Signatures of ``image`` (``name@digest``) valid under ``keys`` (key id → key)."""
+                     credentials: Credentials | None = None,
+                     keyless: Sequence[KeylessAuthority] = ()) -> Sequence[Signer]:
+        """Signatures of ``image`` (``name@digest``) valid under ``keys`` (key id → key) or
+        made keyless by one of ``keyless``'s identities, whatever docker-reference they name
+        (each policy's signedIdentity judges that)."""
 
 
 class AttestationSource(Protocol):
@@ -201,12 +205,13 @@ class Admitter:
     async def _signatures(self, item: _Image, policies: PolicySet, ref: str,
                           key: tuple[str, str]) -> None:
         keys = policies.keys_for(item.normalized)
-        if not keys:        # no policy anywhere covers it: nothing to verify, noMatch decides
+        keyless = policies.keyless_for(item.normalized)
+        if not keys and not keyless:  # no policy covers it: nothing to verify, noMatch decides
             return
         # Signature validity is a property of the digest, so the cache is shared across pods;
         # pulling the image still needs the pod's own credentials at the kubelet.
         signers, hit = await self.verified.get(
-            key, lambda: self._verify_now(ref, keys, item.credentials))
+            key, lambda: self._verify_now(ref, keys, item.credentials, keyless))
         self._count("verify", hit)
         item.signers = signers
 
@@ -225,9 +230,10 @@ class Admitter:
         item.attestations = verdicts
 
     async def _verify_now(self, ref: str, keys: Mapping[str, PublicKey],
-                          credentials: Credentials | None) -> tuple[Signer, ...]:
+                          credentials: Credentials | None,
+                          keyless: Sequence[KeylessAuthority]) -> tuple[Signer, ...]:
         return tuple(await self._timed(
-            "verify", self.deps.verifier.verify(ref, keys, credentials)))
+            "verify", self.deps.verifier.verify(ref, keys, credentials, keyless)))
 
     def _count(self, cache: str, hit: bool) -> None:
         m = self.deps.metrics
@@ -377,7 +383,9 @@ class Admitter:
             decision = None
             if item.error is None and item.digest is not None:
                 decision = policies.evaluate(req.namespace, item.normalized, item.signers,
-                                             item.digest, item.attestations)
+                                             item.digest, item.attestations,
+                                             image=item.container.image)
+                _warn_unchecked_identity(req, item.container.image, decision)
             containers.append(container_facts(item.container.path, item.container.image,
                                               item.digest, error=item.error,
                                               decision=decision))
@@ -405,6 +413,17 @@ class Admitter:
         else:
             await asyncio.to_thread(self.deps.records.record, **record)
 
+
+
+def _warn_unchecked_identity(req: ReviewRequest, image: str, decision: ImageDecision) -> None:
+    """A WARNING per admission that a ``signedIdentity: ignore`` policy vouched for: the
+    signatures' docker-reference was not compared with the image (a mirror's opt-out)."""
+    for outcome in decision.matched:
+        if outcome.identity == "ignore" and outcome.satisfied:
+            log.warning("image admitted without checking which image its signatures name "
+                        "(signedIdentity: ignore)",
+                        extra={"check": "signature.identity.ignored", "policy": outcome.policy,
+                               "image": image, "namespace": req.namespace, "pod": req.name})
 
 
 def terminating(req: ReviewRequest) -> bool:

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
+from admission.core.keyless import KeylessAuthority
 from admission.core.reference import parse_reference
-from admission.core.verify import VerifiedSignature
+from admission.core.verify import VerifiedSignature, repository_of
 from admission.registry.client import RegistryClient
 from admission.registry.credentials import Credentials
 from admission.signing.verify import verify_image_signatures
@@ -56,21 +57,29 @@ class CosignVerifier:
     """``SignatureVerifier``: cosign legacy signatures and bundles valid for exactly the digest.
 
     Registry failures propagate (the webhook denies: fail closed); signature failures just mean
-    fewer signers, and the policy decides whether that is enough.
+    fewer signers, and the policy decides whether that is enough. Every signed docker-reference
+    comes back (``check_identity=False``): each policy's ``signedIdentity`` judges it.
     """
 
     def __init__(self, clients: RegistryClients) -> None:
         self.clients = clients
 
     async def verify(self, image: str, keys: Mapping[str, PublicKey],
-                     credentials: Credentials | None = None) -> Sequence[VerifiedSignature]:
+                     credentials: Credentials | None = None,
+                     keyless: Sequence[KeylessAuthority] = ()) -> Sequence[VerifiedSignature]:
         client = self.clients.for_pod(credentials)
         ref = parse_reference(image)
         # Legacy `.sig` first: when every policy key already signed there, the bundle lookup
         # (two more registry requests on registries without the referrers API) can only
         # repeat what we know. Otherwise look at both formats.
-        signers, _ = await verify_image_signatures(client, ref, keys, bundles=False)
-        if {s.key_id for s in signers} >= set(keys):
-            return signers
-        signers, _ = await verify_image_signatures(client, ref, keys)
+        if not keyless:
+            signers, _ = await verify_image_signatures(client, ref, keys, bundles=False,
+                                                       check_identity=False)
+            # Counted only where they name this repository: a bundle by the same key may
+            # still be what a policy accepts.
+            if {s.key_id for s in signers if s.reference is not None and repository_of(
+                    s.reference) == repository_of(ref.name)} >= set(keys):
+                return signers
+        signers, _ = await verify_image_signatures(client, ref, keys, authorities=keyless,
+                                                   check_identity=False)
         return signers

@@ -5,11 +5,14 @@
 1. Legacy: the ``sha256-<hex>.sig`` manifest of the digest in the image's repository, its
    simple-signing layers (at most :data:`admission.core.cosign.MAX_SIGNATURE_LAYERS`, each blob
    fetched with its descriptor size as the cap and checked against its digest), each verified
-   against every trusted key (:func:`admission.core.verify.verify_legacy_with_keys`).
+   against every trusted key (:func:`admission.core.verify.verify_legacy_with_keys`) and, when
+   it carries a Fulcio certificate, against every keyless authority
+   (:func:`admission.core.keyless.verify_legacy_keyless`: offline, the authority's trust root).
 2. Bundles: the digest's referrers of artifact type bundle v0.3 (OCI 1.1 API or tag-schema
-   fallback), each bundle verified key-based, and keyless when a trust root and identities
-   are configured.
-3. Results are de-duplicated per (digest, key, kind); failures explain the rest. No signature
+   fallback), each bundle verified key-based, and keyless against each keyless authority's
+   trust root and identities.
+3. Results are de-duplicated per (digest, key, kind, signed reference); failures explain the
+   rest. No signature
    of either kind is :class:`admission.core.verify.NoSignatures`.
 
 Registry failures (unreachable, auth, timeouts) are *raised*, not returned: they say nothing
@@ -21,8 +24,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-from admission.core.cosign import BUNDLE_V03_MEDIA_TYPE, SignatureMalformed
+from admission.core.cosign import (
+    BUNDLE_V03_MEDIA_TYPE,
+    CERTIFICATE_ANNOTATION,
+    SignatureLayer,
+    SignatureMalformed,
+)
 from admission.core.errors import AdmissionError
+from admission.core.keyless import KeylessAuthority, parse_trusted_root, verify_legacy_keyless
 from admission.core.reference import ImageReference
 from admission.core.verify import (
     KeylessIdentity,
@@ -44,8 +53,22 @@ class ReferenceNotPinned(AdmissionError):
     hint = "Verify by digest (IMAGE@sha256:...): a tag can move between check and use."
 
 
+def _keyless_layer(layer: SignatureLayer, authorities: Sequence[KeylessAuthority], digest: str
+                   ) -> tuple[list[VerifiedSignature], list[AdmissionError]]:
+    """A layer with a Fulcio certificate, against every keyless authority."""
+    results: list[VerifiedSignature] = []
+    errors: list[AdmissionError] = []
+    for authority in authorities:
+        try:
+            results.append(verify_legacy_keyless(layer, authority, image_digest=digest))
+        except AdmissionError as exc:
+            errors.append(exc)
+    return results, ([] if results else errors)
+
+
 async def _legacy(client: RegistryClient, ref: ImageReference, digest: str,
-                  keys: Mapping[str, PublicKey], repository: str | None
+                  keys: Mapping[str, PublicKey], repository: str | None,
+                  keyless: Sequence[KeylessAuthority] = ()
                   ) -> tuple[bool, list[VerifiedSignature], list[AdmissionError]]:
     try:
         layers = await read_signature_layers(client, ref, digest)
@@ -54,16 +77,38 @@ async def _legacy(client: RegistryClient, ref: ImageReference, digest: str,
     results: list[VerifiedSignature] = []
     errors: list[AdmissionError] = []
     for layer in layers:
-        ok, bad = verify_legacy_with_keys(layer, keys, image_digest=digest,
-                                          repository=repository)
+        ok: list[VerifiedSignature] = []
+        bad: list[AdmissionError] = []
+        if keyless and CERTIFICATE_ANNOTATION in layer.annotations:
+            ok, bad = _keyless_layer(layer, keyless, digest)
+        if not ok and (keys or not bad):  # a key too (`cosign sign --key --certificate`)
+            ok, more = verify_legacy_with_keys(layer, keys, image_digest=digest,
+                                               repository=repository)
+            bad = [] if ok else [*bad, *more]
         results += ok
         errors += bad
     return bool(layers), results, errors
 
 
+def _bundle_keyless(raw: bytes, manifest: bytes, digest: str,
+                    keyless: Sequence[KeylessAuthority]) -> VerifiedSignature:
+    """A keyless bundle against each authority's root and identities: the first that accepts."""
+    if not keyless:
+        raise SignatureMalformed("keyless bundle but no trust root configured")
+    failure: AdmissionError | None = None
+    for authority in keyless:
+        try:
+            return verify_bundle_keyless(raw, manifest, image_digest=digest,
+                                         trusted_root=authority.root.raw,
+                                         identities=authority.identities)
+        except AdmissionError as exc:
+            failure = exc
+    assert failure is not None
+    raise failure
+
+
 async def _bundles(client: RegistryClient, ref: ImageReference, digest: str,
-                   keys: Mapping[str, PublicKey], trusted_root: bytes | None,
-                   keyless: Sequence[KeylessIdentity]
+                   keys: Mapping[str, PublicKey], keyless: Sequence[KeylessAuthority]
                    ) -> tuple[bool, list[VerifiedSignature], list[AdmissionError]]:
     subject = ref.with_digest(digest)
     referrers = await client.referrers(subject, artifact_type=BUNDLE_V03_MEDIA_TYPE)
@@ -77,13 +122,7 @@ async def _bundles(client: RegistryClient, ref: ImageReference, digest: str,
             raw = await read_bundle(client, subject, descriptor.digest)
             bundle = parse_bundle(raw)
             if bundle.certificate is not None:
-                if trusted_root is None or not keyless:
-                    errors.append(SignatureMalformed(
-                        f"keyless bundle {descriptor.digest} but no trust root configured"))
-                    continue
-                results.append(verify_bundle_keyless(raw, manifest, image_digest=digest,
-                                                     trusted_root=trusted_root,
-                                                     identities=keyless))
+                results.append(_bundle_keyless(raw, manifest, digest, keyless))
                 continue
         except AdmissionError as exc:
             if isinstance(exc, RegistryError):
@@ -100,30 +139,39 @@ async def verify_image_signatures(client: RegistryClient, ref: ImageReference,
                                   keys: Mapping[str, PublicKey], *,
                                   trusted_root: bytes | None = None,
                                   keyless: Sequence[KeylessIdentity] = (),
+                                  authorities: Sequence[KeylessAuthority] = (),
                                   check_identity: bool = True, bundles: bool = True
                                   ) -> tuple[list[VerifiedSignature], list[AdmissionError]]:
     """Every key that produced a valid signature for exactly ``ref.digest``, and the failures.
 
-    ``check_identity`` requires the legacy payload's docker-reference to name ``ref``'s
-    repository; ``bundles=False`` skips the referrers lookup (one request fewer).
+    Keyless signers: each of ``authorities`` (a trust root and its identities), plus
+    ``trusted_root`` with ``keyless`` when given. ``check_identity`` requires the legacy
+    payload's docker-reference to name ``ref``'s repository (the webhook passes False: each
+    policy's signedIdentity judges the references); ``bundles=False`` skips the referrers
+    lookup (one request fewer).
     """
     if ref.digest is None:
         return [], [ReferenceNotPinned(f"{ref} has no digest")]
     digest = ref.digest
     repository = ref.name if check_identity else None
-    tasks = [_legacy(client, ref, digest, keys, repository)]
+    if trusted_root is not None and keyless:
+        authorities = [*authorities, KeylessAuthority(parse_trusted_root(trusted_root),
+                                                      tuple(keyless))]
+    tasks = [_legacy(client, ref, digest, keys, repository, authorities)]
     if bundles:
-        tasks.append(_bundles(client, ref, digest, keys, trusted_root, keyless))
+        tasks.append(_bundles(client, ref, digest, keys, authorities))
     outcomes = await asyncio.gather(*tasks)
     results: list[VerifiedSignature] = []
     errors: list[AdmissionError] = []
-    seen: set[tuple[str, str, str]] = set()
+    seen: set[tuple[str, str, str, str | None]] = set()
     found_any = False
     for found, ok, bad in outcomes:
         found_any = found_any or found
         for item in ok:
-            if (item.digest, item.key_id, item.kind) not in seen:
-                seen.add((item.digest, item.key_id, item.kind))
+            # The signed reference is part of it: one key may sign the upstream and the
+            # mirror name, and a policy's signedIdentity may accept only one of them.
+            if (item.digest, item.key_id, item.kind, item.reference) not in seen:
+                seen.add((item.digest, item.key_id, item.kind, item.reference))
                 results.append(item)
         errors += bad
     if not found_any:

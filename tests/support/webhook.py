@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from admission.core.keyless import KeylessAuthority
 from admission.registry.credentials import Credentials
 from admission.service.certs import WebhookCerts, create_webhook_certs
 from admission.service.records import AdmittedImage
@@ -34,6 +35,7 @@ class Sig:
     key_id: str
     kind: str = "legacy"
     identity: str | None = None
+    reference: str | None = None    # the signed docker-reference (None: as a bundle)
 
 
 def key() -> PrivateKey:
@@ -98,7 +100,8 @@ class FakeVerifier:
         self.signed.setdefault(ref, []).append((digest or ref.split("@")[1], k))
 
     async def verify(self, image: str, keys: Mapping[str, PublicKey],
-                     credentials: Credentials | None = None) -> list[Sig]:
+                     credentials: Credentials | None = None,
+                     keyless: Sequence[KeylessAuthority] = ()) -> list[Sig]:
         self.calls += 1
         if self.hang:
             await asyncio.Event().wait()
