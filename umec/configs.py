@@ -84,6 +84,8 @@ def admission_config(settings: Settings, *, webhook: bool) -> AdmissionConfig:
     from admission.service.pod_reconcile import RECONCILE_EVERY_SECONDS
     return AdmissionConfig(
         registry=registry_config(settings), policy_dir=settings.admission_policy_dir,
+        watch_policies=webhook and settings.admission_policy_crds,
+        pull_secrets=settings.webhook_pull_secrets,
         own_namespace=settings.webhook_namespace,
         timeout_seconds=settings.webhook_timeout_seconds, webhook=webhook, upkeep=not webhook,
         reconcile_every_seconds=min(RECONCILE_EVERY_SECONDS,

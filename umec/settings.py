@@ -81,6 +81,11 @@ class Settings(BaseSettings):
 
     # admission webhook and registry access
     admission_policy_dir: Path | None = Field(default=None, description="ImagePolicy YAMLs.")
+    admission_policy_crds: bool = Field(
+        default=False, description="`umec webhook` follows the cluster's ImagePolicy and "
+        "ClusterImagePolicy objects live (list + watch through the Kubernetes API: in-cluster, "
+        "or UMEC_KUBECONFIG), on top of UMEC_ADMISSION_POLICY_DIR; deploy/webhook.yaml turns "
+        "this on.")
     webhook_port: int = 8444
     webhook_tls_cert: Path | None = None
     webhook_tls_key: Path | None = None

@@ -126,10 +126,10 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     service = build_service(admission_config(settings, webhook=True), AdmissionBridges(
         engine, clock_for(engine).now,
         forget_writers=[pod_revocation_writer(settings.token_lifetime_seconds)],
-        # Pods' imagePullSecrets through the Kubernetes API (in-cluster service account, or
-        # UMEC_KUBECONFIG); otherwise only the docker config.
-        kube_api=kubernetes_api(settings.kubeconfig) if settings.webhook_pull_secrets
-        else None))
+        # Pods' imagePullSecrets and the policy objects through the Kubernetes API (in-cluster
+        # service account, or UMEC_KUBECONFIG); otherwise only the docker config and files.
+        kube_api=kubernetes_api(settings.kubeconfig)
+        if settings.webhook_pull_secrets or settings.admission_policy_crds else None))
     deps = service.parts.webhook
     assert deps is not None  # a webhook config serves the webhook
     app = FastAPI(title="µMEC admission webhook", docs_url=None, redoc_url=None,

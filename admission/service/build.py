@@ -4,7 +4,9 @@ Two roles, chosen by :class:`AdmissionConfig`:
 
 - ``webhook`` (``umec webhook``): the AdmissionReview routes (:mod:`admission.service.webhook`,
   reading ``app.state.webhook``) over the registry client, the policy directory, the Rego
-  decision and, with a Kubernetes API, the pods' pull secrets;
+  decision and, with a Kubernetes API, the pods' pull secrets and (``watch_policies``) the
+  ImagePolicy/ClusterImagePolicy objects followed live (:mod:`admission.service.policy_watch`,
+  a background job);
 - ``upkeep`` (``umec server``): tombstones of forgotten records pruned, and, with a Kubernetes
   API, the pod reconciler (:mod:`admission.service.pod_reconcile`) under a lease.
 
@@ -23,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import Engine
 
+from admission.core.policy import PolicySet
 from admission.registry.client import RegistryClient
 from admission.registry.credentials import Credentials
 from admission.service.admit import WebhookDeps
@@ -33,7 +36,8 @@ from admission.service.pod_reconcile import (
     live_pod_uids,
     reconcile_task,
 )
-from admission.service.policy_dir import load_policy_set
+from admission.service.policy_dir import policy_documents
+from admission.service.policy_watch import PolicySourceFailed, PolicyState, PolicyWatch
 from admission.service.records import ForgetWriter, SqlAdmissionRecords
 from admission.service.rego import RegoEvaluator
 from admission.service.webhook import router
@@ -54,6 +58,8 @@ class RegistryConfig:
 class AdmissionConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     policy_dir: Path | None = None         # ImagePolicy YAMLs
+    watch_policies: bool = False           # follow the policy CRs (needs a Kubernetes API)
+    pull_secrets: bool = True              # with a Kubernetes API: the pods' pull secrets
     own_namespace: str = "umec-system"
     timeout_seconds: float = 10.0          # the webhook configuration's timeoutSeconds
     webhook: bool = True                   # serve the AdmissionReview routes
@@ -75,6 +81,7 @@ class AdmissionBridges:
 class AdmissionParts:
     records: SqlAdmissionRecords
     webhook: WebhookDeps | None = None
+    policy_watch: PolicyWatch | None = None
 
 
 def registry_client(config: RegistryConfig) -> RegistryClient:
@@ -92,9 +99,13 @@ def build_service(config: AdmissionConfig,
                                   forget_writers=bridges.forget_writers)
     service = Service("admission", AdmissionParts(records))
     if config.webhook:
-        deps = webhook_deps(config, bridges, records)
+        watch = policy_watch(config, bridges)
+        deps = webhook_deps(config, bridges, records, watch)
         deps.admitter  # noqa: B018  (its caches exist from the start, not from the first review)
         service.parts.webhook = deps
+        if watch is not None:
+            service.parts.policy_watch = watch
+            service.background.append(watch.run)
         service.state["webhook"] = deps
         service.routers.append(router)
     if config.upkeep:
@@ -102,16 +113,38 @@ def build_service(config: AdmissionConfig,
     return service
 
 
+def policy_watch(config: AdmissionConfig, bridges: AdmissionBridges) -> PolicyWatch | None:
+    """With ``watch_policies``: the directory's documents plus the cluster's policy objects,
+    followed live; fail closed when there is no Kubernetes API to follow them on."""
+    if not config.watch_policies:
+        return None
+    if bridges.kube_api is None:
+        raise PolicySourceFailed("watching ImagePolicy objects needs a Kubernetes API "
+                                 "(in-cluster service account or UMEC_KUBECONFIG)")
+    import kubernetes.client  # heavy: only when the policies come from the cluster
+    docs, load_file = policy_documents(config.policy_dir)
+    return PolicyWatch(kubernetes.client.CustomObjectsApi(bridges.kube_api.api_client),
+                       PolicyState(docs, load_file))
+
+
 def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
-                 records: SqlAdmissionRecords) -> WebhookDeps:
+                 records: SqlAdmissionRecords, watch: PolicyWatch | None = None
+                 ) -> WebhookDeps:
     clients = RegistryClients(registry_client(config.registry))
-    policies = load_policy_set(config.policy_dir)
+    if watch is None:
+        policy_set = PolicyState(*policy_documents(config.policy_dir)).current
+
+        def fixed() -> PolicySet:
+            return policy_set
+        policies: Callable[[], PolicySet] = fixed
+    else:
+        policies = watch.current
     pull_secrets = None
-    if bridges.kube_api is not None:
+    if bridges.kube_api is not None and config.pull_secrets:
         # Heavy (the kubernetes client): imported only when pull secrets are on.
         from admission.registry.pull_secrets import KubePullSecrets
         pull_secrets = KubePullSecrets(bridges.kube_api)
-    return WebhookDeps(policies=lambda: policies, resolver=RegistryResolver(clients),
+    return WebhookDeps(policies=policies, resolver=RegistryResolver(clients),
                        verifier=CosignVerifier(clients), rego=RegoEvaluator(),
                        attestations=RegistryAttestations(clients),
                        pull_secrets=pull_secrets, records=records,
