@@ -333,3 +333,23 @@ def test_keyless_policy_yaml_round_trip(mini: MiniSigstore) -> None:
     other_root = MiniSigstore()
     assert load_policies([_keyless_policy(other_root, (ISSUER, WORKFLOW))]).generation != \
         load_policies([_keyless_policy(mini, (ISSUER, WORKFLOW))]).generation
+
+
+def test_the_crds_accept_keyless_authorities_and_signed_identity(mini: MiniSigstore) -> None:
+    """What the parser accepts, the CRDs' schemas accept too (kubectl would otherwise refuse
+    or prune it), and a keyless authority with keys too is refused by both."""
+    from pathlib import Path
+
+    import jsonschema
+    crds = list(yaml.safe_load_all((Path(__file__).resolve().parents[2] / "deploy" /
+                                    "crd-imagepolicy.yaml").read_text()))
+    doc = _keyless_policy(mini, (ISSUER, WORKFLOW), identity={
+        "type": "exactRepository", "dockerRepository": UP})
+    load_policies([doc])
+    for crd in crds:
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        jsonschema.validate({"spec": doc["spec"]}, schema)
+        both = json.loads(json.dumps(doc["spec"]))
+        both["authorities"][0]["keys"] = [{"name": "k", "pem": "x"}]
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"spec": both}, schema)
