@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev
-      docker-registry skopeo umoci faketime)
+      docker-registry skopeo umoci faketime mosquitto)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
