@@ -138,12 +138,12 @@ def attest(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
                                                    "attaching it")] = False) -> None:
     """Attach a signed in-toto attestation to an image, as `cosign attest --key` does (a DSSE
     envelope under the sha256-<hex>.att tag; COSIGN_PASSWORD for encrypted keys)."""
-    from admission.core.errors import AdmissionError
     from admission.service.build import registry_client
     from admission.signing.attest import attest_image
     from umec.configs import registry_config
     uri = _predicate_uri(predicate_type)
     body = _read(predicate, "--predicate")
+    _check_predicate(predicate, predicate_type, body)
     private_key = _signing_key(key)
     ref = _reference(image)
     settings = load_settings()
@@ -155,18 +155,23 @@ def attest(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
                 return await _envelope_only(pinned, private_key, predicate_type, body)
             return await attest_image(client, ref, private_key, type_name=predicate_type,
                                       predicate=body, replace=replace)
-    try:
-        digest, envelope, appended = asyncio.run(run())
-    except AdmissionError as exc:
-        if exc.check.startswith("attestation.") and "predicate" in exc.detail:
-            raise UsageError(f"--predicate {predicate}: {exc.detail}", hint=exc.hint,
-                             check=exc.check) from None
-        raise
+    digest, envelope, appended = asyncio.run(run())
     if no_upload:
         sys.stdout.write(envelope.decode() + "\n")
         return
     state = "attested" if appended else "already attested (same statement, same key)"
     console.print(f"{state} {digest} ({uri})", markup=False, soft_wrap=True)
+
+
+def _check_predicate(path: Path, type_name: str, body: bytes) -> None:
+    """The predicate file fits --type (JSON, cosign's required fields) before any request."""
+    from admission.core.attestations import AttestationMalformed, build_statement
+    try:
+        build_statement(type_name, body, repository="check", digest="sha256:" + "0" * 64,
+                        timestamp="")
+    except AttestationMalformed as exc:
+        raise UsageError(f"--predicate {path}: {exc.detail}", hint=exc.hint,
+                         check=exc.check) from None
 
 
 async def _envelope_only(ref: Any, key: PrivateKey, type_name: str, body: bytes
@@ -219,6 +224,20 @@ def _not_verified(pinned: str, uri: str, verdicts: list[EnvelopeVerdict]) -> Cli
                          "--predicate FILE IMAGE`), or check --key and --type")
 
 
+def _summary(facts: dict[str, Any]) -> str:
+    """One line a person reads: the builder and sources, or the SBOM's size."""
+    parts = []
+    if facts.get("builder_id"):
+        parts.append(f"builder {facts['builder_id']}")
+    if facts.get("source_repositories"):
+        parts.append(f"source {', '.join(facts['source_repositories'])}")
+    sbom = facts.get("sbom")
+    if sbom:
+        parts.append(f"{sbom['format']} {sbom.get('version') or ''} with {sbom['packages']} "
+                     f"packages".replace("  ", " "))
+    return "; ".join(parts) or "-"
+
+
 def _print_verified(pinned: str, rows: list[dict[str, Any]], output: Output) -> None:
     if output is Output.json:
         json.dump({"image": pinned, "attestations": rows}, sys.stdout, indent=2)
@@ -231,8 +250,7 @@ def _print_verified(pinned: str, rows: list[dict[str, Any]], output: Output) -> 
         return
     table = Table("predicate type", "key", "facts")
     for row in rows:
-        facts = ", ".join(f"{k}={v}" for k, v in row["facts"].items() if k != "predicate_type")
-        table.add_row(row["predicateType"], ", ".join(row["keys"]), facts or "-")
+        table.add_row(row["predicateType"], ", ".join(row["keys"]), _summary(row["facts"]))
     console.print(f"image {pinned}", markup=False, soft_wrap=True)
     console.print(table)
 
@@ -310,8 +328,11 @@ def sbom(source: Annotated[Path, typer.Argument(help="A root filesystem director
                                                           "stdout")] = None) -> None:
     """Write an SBOM of what is installed (dpkg status, Python *.dist-info) in a root
     filesystem or an OCI image layout, for `umec attest --type spdxjson|cyclonedx`."""
-    from admission.signing.sbom import FORMATS, read_inventory, sbom_json
-    inv = read_inventory(source, platform)
+    from admission.signing.sbom import FORMATS, SbomSourceInvalid, read_inventory, sbom_json
+    try:
+        inv = read_inventory(source, platform)
+    except SbomSourceInvalid as exc:
+        raise UsageError(exc.detail, hint=exc.hint, check=exc.check) from None
     document = FORMATS[sbom_format.value](name or source.resolve().name, inv, _created(created))
     _write_out(sbom_json(document), output_file)
     debs = sum(1 for p in inv.packages if p.ecosystem == "deb")
@@ -337,6 +358,7 @@ def provenance(
     override what --from-env reads."""
     from admission.signing.provenance import (
         DEFAULT_BUILD_TYPE,
+        ProvenanceIncomplete,
         ci_values,
         merged,
         slsa_v1_predicate,
@@ -344,6 +366,9 @@ def provenance(
     values = merged(ci_values(from_env.value, os.environ), builder_id=builder_id,
                     source_repository=source_repo, commit=commit, ref=ref,
                     invocation_id=invocation_id)
-    predicate = slsa_v1_predicate(values, build_type=build_type or DEFAULT_BUILD_TYPE,
-                                  finished=_created(None))
+    try:
+        predicate = slsa_v1_predicate(values, build_type=build_type or DEFAULT_BUILD_TYPE,
+                                      finished=_created(None))
+    except ProvenanceIncomplete as exc:
+        raise UsageError(exc.detail, hint=exc.hint, check=exc.check) from None
     _write_out(json.dumps(predicate, indent=2).encode() + b"\n", output_file)
