@@ -384,3 +384,25 @@ def test_rsa_pss_is_not_accepted_as_pkcs1() -> None:
         m, padding.PSS(padding.MGF1(hashes.SHA256()), 32), hashes.SHA256()))
     assert isinstance(verify_envelope(raw, {"r": key.public_key()}, image_digest=D1).error,
                       AttestationSignatureInvalid)
+
+
+def test_the_crds_accept_what_the_parser_accepts() -> None:
+    """spec.attestations is in both CRD schemas (kubectl would otherwise prune it) and a
+    misspelt condition is refused by the schema as by the parser."""
+    from pathlib import Path
+
+    import jsonschema
+    import yaml
+    crds = list(yaml.safe_load_all((Path(__file__).resolve().parents[2] / "deploy" /
+                                    "crd-imagepolicy.yaml").read_text()))
+    doc = policy([requirement(conditions={"builderId": "https://b", "sourceRepository": "s",
+                                          "buildType": "t"}),
+                  requirement(name="sbom", predicateType="sbom")])
+    load_policies([doc])
+    for crd in crds:
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        jsonschema.validate({"spec": doc["spec"]}, schema)
+        typo = json.loads(json.dumps(doc["spec"]))
+        typo["attestations"][0]["conditions"] = {"builderID": "x"}
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"spec": typo}, schema)
