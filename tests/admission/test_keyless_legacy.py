@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import rfc8785
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from hypothesis import given, settings
@@ -56,7 +56,13 @@ from admission.core.verify import (
     VerifiedSignature,
 )
 from tests.support.cosign_keyless import KeylessSignature, pem, sign_keyless, sign_set
-from tests.support.mini_sigstore import EPOCH, CertificateAuthority, MiniSigstore, TransparencyLog
+from tests.support.mini_sigstore import (
+    EPOCH,
+    CertificateAuthority,
+    MiniSigstore,
+    TransparencyLog,
+    hashedrekord_body,
+)
 
 REF = "registry.example/tenant-a/app"
 MANIFEST = b'{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json"}'
@@ -322,6 +328,21 @@ def test_entry_logging_a_key_instead_of_the_certificate_is_refused(
     tampered = KeylessSignature(**{**signed.__dict__, "body": raw, "set_signature": sign_set(
         mini.tlog.key, raw, signed.integrated_time, signed.log_id, signed.log_index)})
     _refused(tampered.layer(), root, "signature.keyless.tlog_entry", "not a certificate")
+
+
+def test_signature_the_leaf_did_not_make_is_refused_even_if_logged(
+        mini: MiniSigstore, signed: KeylessSignature, root: KeylessTrustRoot) -> None:
+    """The log vouches for what it was given, not that the signature verifies: an entry
+    logging another key's signature with our certificate (and its SET) is still refused."""
+    other = ec.generate_private_key(ec.SECP256R1()).sign(signed.payload,
+                                                          ec.ECDSA(hashes.SHA256()))
+    body = hashedrekord_body(signed.leaf, other, hashlib.sha256(signed.payload).digest())
+    index = mini.tlog.append(body)
+    forged = KeylessSignature(**{**signed.__dict__, "signature": other, "body": body,
+                                 "log_index": index, "set_signature": sign_set(
+                                     mini.tlog.key, body, signed.integrated_time,
+                                     signed.log_id, index)})
+    _refused(forged.layer(), root, "signature.invalid", "does not verify")
 
 
 @pytest.mark.parametrize(("annotation", "value", "because"), [

@@ -82,6 +82,8 @@ def _decide(decision: ImageDecision, image: str) -> Any:
     (SignedIdentity("matchExact"), f"{UP}@{D1}", f"{UP}:1.25", False),          # tag not named
     (SignedIdentity("matchExact"), f"{UP}:1.25@{D1}", f"{UP}@sha256:{'b' * 64}", False),
     (SignedIdentity("matchExact"), f"{UP}:1.25@{D1}", UP, False),    # cosign's repo-only
+    (SignedIdentity("matchExact"), f"{UP}:latest@{D1}", UP, False),  # no implied :latest
+    (SignedIdentity("matchExact"), f"{UP}:latest@{D1}", f"{UP}:latest", True),
     (SignedIdentity("matchExact"), f"{UP}:1.25@{D1}", None, False),
     (SignedIdentity("matchExact"), f"{MIRROR}:1.25@{D1}", f"{UP}:1.25", False),
     (SignedIdentity("exactRepository", UP), f"{MIRROR}:1.25@{D1}", "index.docker.io/nginx",
