@@ -406,3 +406,44 @@ def test_the_crds_accept_what_the_parser_accepts() -> None:
         typo["attestations"][0]["conditions"] = {"builderID": "x"}
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate({"spec": typo}, schema)
+
+
+def test_bounds_before_any_work() -> None:
+    """Oversized envelopes, too many signatures, and .att manifests declaring more bytes than
+    the cap are refused before anything is verified or fetched."""
+    import asyncio
+    from dataclasses import dataclass
+
+    from admission.core.attestations import MAX_ENVELOPE_BYTES, MAX_SIGNATURES
+    from admission.core.reference import parse_reference
+    from admission.signing.attest import MAX_ATTESTATION_BYTES, verify_image_attestations
+
+    with pytest.raises(AttestationMalformed, match="exceeds"):
+        parse_envelope(b" " * (MAX_ENVELOPE_BYTES + 1))
+    doc = json.loads(envelope(statement()))
+    doc["signatures"] = doc["signatures"] * (MAX_SIGNATURES + 1)
+    many = verify_envelope(json.dumps(doc).encode(), {"ci": KEY.public_key()}, image_digest=D1)
+    assert isinstance(many.error, AttestationMalformed) and "signatures" in many.error.detail
+
+    @dataclass
+    class Declared:
+        json: dict[str, Any]
+
+    class Registry:
+        fetched = 0
+
+        async def get_manifest(self, ref: Any) -> Declared:
+            layer = {"mediaType": DSSE_MEDIA_TYPE, "digest": D2, "size": MAX_ENVELOPE_BYTES}
+            count = MAX_ATTESTATION_BYTES // MAX_ENVELOPE_BYTES + 1
+            return Declared({"layers": [layer] * count})
+
+        async def get_blob(self, *args: Any, **kw: Any) -> bytes:
+            self.fetched += 1
+            raise AssertionError("nothing may be fetched")
+
+    registry = Registry()
+    [verdict] = asyncio.run(verify_image_attestations(
+        registry, parse_reference(f"reg.example/app@{D1}"),  # type: ignore[arg-type]
+        {"ci": KEY.public_key()}))
+    assert isinstance(verdict.error, AttestationMalformed) and "limit" in verdict.error.detail
+    assert registry.fetched == 0
