@@ -93,12 +93,14 @@ def test_keys_generate_writes_cosigns_format(tmp_path: Path) -> None:
     # A P-256 PKCS#8 key with its public point is 138 bytes under Go too (+16 MAC).
     assert len(base64.b64decode(ours["ciphertext"])) == \
         len(base64.b64decode(real["ciphertext"])) == 138 + 16
-    # Parameters go-securesystemslib's Decrypt accepts (it refuses every other set).
+    # Parameters go-securesystemslib's Decrypt accepts (encrypted.go CheckParams: Legacy 2^15,
+    # Standard 2^16, OWASP 2^17, r=8, p=1; every other set is "unsupported scrypt parameters").
+    accepted = {(32768, 8, 1), (65536, 8, 1), (131072, 8, 1)}
+    assert set(COSIGN_SCRYPT_LEVELS.values()) == accepted
     params = ours["kdf"]["params"]
-    assert (params["N"], params["r"], params["p"]) == COSIGN_SCRYPT_LEVELS["legacy"]
+    assert (params["N"], params["r"], params["p"]) == (32768, 8, 1)  # what every cosign reads
     real_params = real["kdf"]["params"]
-    assert (real_params["N"], real_params["r"], real_params["p"]) in \
-        COSIGN_SCRYPT_LEVELS.values()
+    assert (real_params["N"], real_params["r"], real_params["p"]) in accepted
     # And the real cosign key decrypts with our reader (empty password, as written).
     assert decrypt_cosign_key(REAL_COSIGN_KEY, b"")
 
