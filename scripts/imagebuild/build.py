@@ -27,6 +27,7 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from scripts.imagebuild import debian, pywheels, tpm2
+from scripts.imagebuild.errors import LockInvalid
 from scripts.imagebuild.lockfile import ArchPins, Lock, dump_lock, parse_lock, with_arch
 from scripts.imagebuild.oci import Descriptor, Layout, RunConfig, rfc3339
 from scripts.imagebuild.reprotar import LayerFile, write_layer
@@ -57,7 +58,9 @@ class ImageSpec:
 
 
 IMAGES = {
-    "umec-trust": ImageSpec("umec-trust", (*COMMON_DEBS, "libstdc++6"), None,
+    # libstdc++6: onnxruntime and opencv link the system's (manylinux allows it); libatomic1:
+    # regopy's librego dlopen()s it.
+    "umec-trust": ImageSpec("umec-trust", (*COMMON_DEBS, "libstdc++6", "libatomic1"), None,
                             "µMEC Trust control plane: umec server, webhook and APIs",
                             policies=True),
     "umec-agent": ImageSpec("umec-agent", (*COMMON_DEBS, *tpm2.RUNTIME_DEBS), "agent",
@@ -181,6 +184,10 @@ def image_inputs(inputs: Inputs, spec: ImageSpec, arch: str) -> tuple[list[Path]
             shutil.copy(resolved / pin.filename, wheel_cache / pin.filename)
         pins = ArchPins(tuple(debs), tuple(wheels))
         inputs.lock = with_arch(inputs.lock, spec.name, arch, pins)
+    stale = set(spec.debs) - {pin.name for pin in pins.debs}
+    if stale:
+        raise LockInvalid(f"the lock of {spec.name} ({arch}) lacks {sorted(stale)}; "
+                          "run with --update-lock")
     return (debian.fetch_pinned(apt, pins.debs, deb_cache),
             pywheels.fetch_pinned(pins.wheels, arch, wheel_cache))
 
