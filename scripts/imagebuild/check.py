@@ -31,7 +31,7 @@ from typing import Any
 
 import httpx
 
-from scripts.imagebuild.elf import matches_arch, read_elf_header
+from scripts.imagebuild.elf import matches_arch, needed_libraries, read_elf_header
 from scripts.imagebuild.errors import StepFailed, WrongArchitecture
 from scripts.imagebuild.oci import PLATFORMS, REF_NAME
 from scripts.imagebuild.wheeltags import parse_wheel_file, tag_problems
@@ -50,9 +50,11 @@ class StaticReport:
     files: int = 0
     elf: int = 0
     wheels: int = 0
+    libraries: int = 0
 
     def line(self) -> str:
-        return (f"{self.arch}: {self.files} files, {self.elf} ELF all {self.arch}, "
+        return (f"{self.arch}: {self.files} files, {self.elf} ELF all {self.arch} "
+                f"({self.libraries} sonames they need, all in the image), "
                 f"{self.wheels} wheels all tagged for it")
 
 
@@ -68,16 +70,20 @@ def find(layout: Path, ref: str) -> dict[str, Any]:
 
 
 def layer_members(layout: Path, digest: str) -> Iterator[tuple[tarfile.TarInfo, bytes]]:
-    """Each regular file of a layer with its first 20 bytes (and whole WHEEL files)."""
+    """Each file and symlink of a layer with its first 20 bytes (ELF and WHEEL files whole)."""
     blob = layout / "blobs" / "sha256" / digest.removeprefix("sha256:")
     with gzip.open(blob, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
         for member in tar:
+            if member.issym():
+                yield member, b""
             if not member.isreg():
                 continue
             body = tar.extractfile(member)
             assert body is not None
-            whole = member.name.endswith(".dist-info/WHEEL")
-            yield member, body.read() if whole else body.read(20)
+            head = body.read(20)
+            if head.startswith(b"\x7fELF") or member.name.endswith(".dist-info/WHEEL"):
+                head += body.read()
+            yield member, head
 
 
 def check_config(config: dict[str, Any], arch: str) -> None:
@@ -91,25 +97,40 @@ def check_config(config: dict[str, Any], arch: str) -> None:
                          "/usr/local/bin/umec as 10001:10001")
 
 
+def _member_problems(member: tarfile.TarInfo, body: bytes, arch: str, report: StaticReport,
+                     needed: dict[str, str]) -> list[str]:
+    if member.name.endswith(".dist-info/WHEEL"):
+        report.wheels += 1
+        return [f"{member.name}: {p}" for p in tag_problems(parse_wheel_file(body.decode()),
+                                                            arch)]
+    header = read_elf_header(body)
+    if header is None:
+        return []
+    report.elf += 1
+    for soname in needed_libraries(body):
+        needed.setdefault(soname, member.name)
+    if not matches_arch(header, arch):
+        return [f"{member.name}: ELF {header.bits}-bit {header.machine_name}"]
+    return []
+
+
 def static_check(layout: Path, version: str, arch: str) -> StaticReport:
-    """Every ELF file is ``arch`` code and every wheel's tags fit ``arch`` (else raise)."""
+    """Every ELF file is ``arch`` code whose DT_NEEDED libraries are in the image, and every
+    wheel's tags fit ``arch`` (else raise WrongArchitecture)."""
     manifest = read_json(layout, find(layout, f"{version}-{arch}")["digest"])
     check_config(read_json(layout, manifest["config"]["digest"]), arch)
     report, problems = StaticReport(arch), []
+    names: set[str] = set()
+    needed: dict[str, str] = {}  # soname -> first file that needs it
     for layer in manifest["layers"]:
-        for member, head in layer_members(layout, layer["digest"]):
-            report.files += 1
-            if member.name.endswith(".dist-info/WHEEL"):
-                report.wheels += 1
-                problems += [f"{member.name}: {p}"
-                             for p in tag_problems(parse_wheel_file(head.decode()), arch)]
-                continue
-            header = read_elf_header(head)
-            if header is None:
-                continue
-            report.elf += 1
-            if not matches_arch(header, arch):
-                problems.append(f"{member.name}: ELF {header.bits}-bit {header.machine_name}")
+        for member, body in layer_members(layout, layer["digest"]):
+            names.add(member.name.rsplit("/", 1)[-1])
+            if member.isreg():
+                report.files += 1
+                problems += _member_problems(member, body, arch, report, needed)
+    problems += [f"{user} needs {soname}, which is not in the image"
+                 for soname, user in sorted(needed.items()) if soname not in names]
+    report.libraries = len(needed)
     if problems:
         raise WrongArchitecture(f"{layout.name} {arch}: {len(problems)} problems: "
                                 + "; ".join(problems[:10]))
