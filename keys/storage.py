@@ -12,9 +12,23 @@ Writing a private key (:func:`save_private_key`):
    using the same key.
 
 Reading a private key (:func:`load_private_key`): open, ``fstat`` the *open* file (no
-check-then-open race), refuse it if group or others have any permission
-(:class:`KeyFileInsecure`), decide from the PEM armour whether it is encrypted, then decrypt. Every
+check-then-open race), refuse it when its mode lets others in (:func:`private_mode_problem`,
+:class:`KeyFileInsecure`), decide from the PEM armour whether it is encrypted, then decrypt. Every
 failure is a :class:`KeyFileError` subclass naming the path.
+
+Which modes a private key file may have (PostgreSQL's rule for its server key, and the one a
+Kubernetes Secret volume can meet):
+
+* **owned by this process's user** (the file it wrote itself): nothing for group or others, so
+  ``0600`` or ``0400``;
+* **owned by root while this process is not root**: the group may also *read* it (``0640``,
+  ``0440``); no group write or execute and nothing for others. Only root can make a file
+  root-owned and give it a group, so the group is root's choice. This is what the kubelet
+  writes for a Secret volume when the pod sets ``fsGroup``: a ``root:<fsGroup>`` file with
+  ``defaultMode | 0440`` (the kubelet adds group read to a read-only volume), reached through a
+  ``..data`` symlink. Without ``fsGroup`` the file is ``root:root`` with ``defaultMode`` and a
+  non-root container can read it only if others may (refused);
+* **owned by any other user**: as for our own, nothing for group or others.
 
 Public keys (:func:`load_public_key`) are accepted as SubjectPublicKeyInfo PEM/DER or PKCS#1
 ``RSA PUBLIC KEY`` PEM.
@@ -139,6 +153,22 @@ def save_public_key(path: Path | str, key: PrivateKey | PublicKey) -> None:
         raise KeyFileInaccessible(f"{path}: cannot write key file ({e.strerror})") from e
 
 
+def private_mode_problem(mode: int, owner: int, euid: int) -> str | None:
+    """Why a private key file of this mode and owner is unsafe for user ``euid`` to trust, or
+    None (the rule is in the module doc)."""
+    perms = stat.S_IMODE(mode)
+    if owner == 0 and euid != 0:
+        if perms & 0o037:
+            return (f"private key has mode {perms:04o} and is owned by root: group write or "
+                    "others' access (expected 0640/0440 at most, e.g. a Secret volume with "
+                    "fsGroup and defaultMode 0400)")
+        return None
+    if perms & 0o077:
+        return (f"private key has mode {perms:04o}, group/others have access (expected 0600; "
+                "a Kubernetes Secret: defaultMode 0400 with the pod's fsGroup)")
+    return None
+
+
 def _read_key_file(path: Path, *, private: bool) -> bytes:
     try:
         # Symlinks are followed on purpose: Kubernetes mounts Secrets as links into ..data/.
@@ -152,10 +182,9 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise KeyFileMalformed(f"{path}: not a regular file")
-        perms = stat.S_IMODE(st.st_mode)
-        if private and perms & 0o077:
-            raise KeyFileInsecure(f"{path}: private key has mode {perms:04o}, group/others "
-                                  "have access (expected 0600)")
+        problem = private_mode_problem(st.st_mode, st.st_uid, os.geteuid()) if private else None
+        if problem:
+            raise KeyFileInsecure(f"{path}: {problem}")
         if st.st_size > MAX_KEY_FILE_BYTES:
             raise KeyFileMalformed(f"{path}: {st.st_size} bytes is too large for a key file")
         with os.fdopen(os.dup(fd), "rb") as f:
@@ -271,6 +300,7 @@ __all__ = [
     "load_public_key_file",
     "parse_private_key",
     "private_key_pem",
+    "private_mode_problem",
     "public_key_pem",
     "save_private_key",
     "save_public_key",

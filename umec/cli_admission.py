@@ -209,16 +209,67 @@ def webhook(ctx: typer.Context,
     handover(host, port or settings.webhook_port)
 
 
+def _rotate_webhook_certs(service: str, namespace: str, days: int, renew_before_days: int,
+                          output: str) -> None:
+    """``--rotate``: the serving certificate in the cluster (admission.service.certs)."""
+    import json as json_
+
+    import yaml
+
+    from admission.service.certs import KubeObjects, RotationConfig, rotate_webhook_certs
+    from umec.bridges import kubernetes_api
+    if output not in ("table", "json", "yaml"):
+        raise UsageError(f"--output {output}: not one of table, json, yaml")
+    if not 0 < renew_before_days < days:
+        raise UsageError(f"--renew-before-days {renew_before_days} must be between 0 and "
+                         f"--days {days}")
+    settings = load_settings()
+    api = KubeObjects(kubernetes_api(settings.kubeconfig).api_client)
+    result = rotate_webhook_certs(api, RotationConfig(
+        namespace=namespace, service=service, days=days, renew_before_days=renew_before_days))
+    doc = result.as_dict()
+    if output == "json":
+        print(json_.dumps(doc))
+    elif output == "yaml":
+        print(yaml.safe_dump(doc, sort_keys=False), end="")
+    else:
+        say = functools.partial(console.print, markup=False, soft_wrap=True)
+        say(("issued" if result.issued else "kept") + f" serving certificate {result.serial} "
+            f"({result.reason}), valid until {result.not_after.isoformat()}")
+        say("caBundle patched: " + (", ".join(result.ca_bundle_patched) or "none needed"))
+        say("webhook pods rolled" if result.restarted else "webhook pods already serve it")
+
+
 @webhook_app.command("certs")
-def webhook_certs(directory: Annotated[Path, typer.Option("--dir", help="Output directory")],
+def webhook_certs(directory: Annotated[Path | None, typer.Option(
+                      "--dir", help="Output directory (not with --rotate)")] = None,
                   service: str = "umec-webhook", namespace: str = "umec-system",
                   apiserver_dir: Annotated[Path | None, typer.Option(
                       help="Absolute directory the API server's files will be installed in "
-                           "on the k3s server (default: --dir)")] = None) -> None:
+                           "on the k3s server (default: --dir)")] = None,
+                  rotate: Annotated[bool, typer.Option(
+                      help="In the cluster (UMEC_KUBECONFIG or in-cluster): re-issue the "
+                           "serving certificate in Secret umec-webhook-tls from the CA in "
+                           "umec-webhook-ca when due, patch every caBundle, roll the webhook "
+                           "pods (deploy/webhook-certs.yaml runs this daily)")] = False,
+                  days: Annotated[int, typer.Option(help="--rotate: validity of a new "
+                                                    "certificate")] = 90,
+                  renew_before_days: Annotated[int, typer.Option(
+                      help="--rotate: re-issue when it expires within this")] = 30,
+                  output: Annotated[str, typer.Option(help="--rotate: table, json or yaml"
+                                                      )] = "table") -> None:
     """Create the serving certificate (and its CA) for the Service, and the API server's
     client certificate (and its dedicated client CA) with the kube-apiserver's admission
-    configuration; print where they are, then the caBundle."""
+    configuration; print where they are, then the caBundle. With --rotate, keep the serving
+    certificate in the cluster current instead."""
     from admission.service.certs import create_webhook_certs
+    if rotate:
+        if directory is not None:
+            raise UsageError("--dir and --rotate exclude each other")
+        _rotate_webhook_certs(service, namespace, days, renew_before_days, output)
+        return
+    if directory is None:
+        raise UsageError("--dir is required (or --rotate)")
     try:
         certs = create_webhook_certs(directory, service, namespace, apiserver_dir=apiserver_dir)
     except ValueError as exc:

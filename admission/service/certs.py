@@ -24,19 +24,23 @@ nor the client CA the webhook trusts. Times come from the caller for testability
 from __future__ import annotations
 
 import base64
+import hashlib
 import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from keys import KeyKind, atomic_write, load_or_create_private_key, save_private_key
+from admission.core.errors import AdmissionError
+from keys import KeyKind, KeysError, atomic_write, load_or_create_private_key, save_private_key
+from keys.storage import parse_private_key, private_key_pem
 
 SERVING_CA_NAME = "umec admission webhook CA"
 CLIENT_CA_NAME = "umec admission webhook client CA"
@@ -195,3 +199,276 @@ def create_webhook_certs(directory: Path | str, service: str, namespace: str, *,
     return WebhookCerts(d / "ca.crt", d / "ca.key", cert_path, key_path, bundle,
                         d / "client-ca.crt", d / "client-ca.key", client_cert, client_key,
                         admission, kubeconfig, there)
+
+
+# --- rotation in the cluster: `umec webhook certs --rotate` (deploy/webhook-certs.yaml) --------
+#
+# A CronJob runs `umec webhook certs --rotate` every day with its own ServiceAccount (RBAC only
+# on the objects named below). Each run converges, and does nothing when nothing is due:
+#
+# 1. the serving CA from Secret ``umec-webhook-ca`` (``tls.crt``/``tls.key``); it must be valid
+#    for longer than the renewal window (a CA is replaced by hand: :class:`CertRotationFailed`);
+# 2. the serving certificate in Secret ``umec-webhook-tls`` is re-issued (new key, ``days``
+#    valid) when it is missing or unparsable, not issued by that CA, lacks a Service name, or
+#    expires within ``renew_before_days``; the Secret is updated with its resourceVersion, so
+#    two runs at once cannot both write (the loser re-reads and finds nothing due);
+# 3. every webhook of the Mutating/ValidatingWebhookConfigurations that calls the Service gets
+#    ``caBundle`` = the CA, by a JSON patch that first tests the webhook's name;
+# 4. the webhook Deployment's pod template is annotated with the certificate's SHA-256, so a
+#    new certificate rolls the pods (maxUnavailable 0): uvicorn reads its certificate at start.
+
+CERT_ANNOTATION = "umec.io/serving-cert-sha256"
+JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class CertRotationFailed(AdmissionError):
+    """The webhook's serving certificate could not be checked or rotated."""
+
+    check = "certs.rotation"
+    hint = ("Check the Secrets umec-webhook-ca and umec-webhook-tls in the webhook's namespace "
+            "(deploy/README.md, 'Webhook certificates') and the job's RBAC; the current "
+            "certificate keeps serving until it expires.")
+    status = 500
+    public = False
+
+
+@dataclass(frozen=True)
+class RotationConfig:
+    namespace: str = "umec-system"
+    service: str = "umec-webhook"
+    tls_secret: str = "umec-webhook-tls"
+    ca_secret: str = "umec-webhook-ca"
+    deployment: str | None = "umec-webhook"
+    mutating: tuple[str, ...] = ("umec-image-pinning",)
+    validating: tuple[str, ...] = ("umec-image-verification",)
+    days: int = 90
+    renew_before_days: int = 30
+
+
+@dataclass(frozen=True)
+class RotationResult:
+    issued: bool
+    reason: str                         # why a certificate was issued, or until when it is good
+    serial: str
+    not_after: datetime
+    ca_bundle_patched: tuple[str, ...]  # "Kind/name/webhook" entries whose caBundle changed
+    restarted: bool                     # the Deployment's pods roll to the new certificate
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"issued": self.issued, "reason": self.reason, "serial": self.serial,
+                "not_after": self.not_after.isoformat(),
+                "ca_bundle_patched": list(self.ca_bundle_patched),
+                "restarted": self.restarted}
+
+
+def renewal_reason(cert: x509.Certificate, ca_cert: x509.Certificate, names: list[str],
+                   now: datetime, renew_before: timedelta) -> str | None:
+    """Why ``cert`` must be replaced (None: it is good). Pure."""
+    try:
+        cert.verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return "not issued by the serving CA"
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return "no subjectAltName"
+    missing = sorted(set(names) - set(sans.get_values_for_type(x509.DNSName)))
+    if missing:
+        return f"names missing: {', '.join(missing)}"
+    if cert.not_valid_before_utc > now:
+        return "not valid yet"
+    if cert.not_valid_after_utc - now <= renew_before:
+        return f"expires {cert.not_valid_after_utc.isoformat()}"
+    return None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(where: str, data: Any) -> bytes:
+    try:
+        return base64.b64decode(str(data), validate=True)
+    except (ValueError, TypeError):
+        raise CertRotationFailed(f"{where}: not base64") from None
+
+
+class KubeObjects:
+    """The few Kubernetes reads and patches rotation needs, as JSON objects, over the official
+    client (``CustomObjectsApi`` for API groups, ``CoreV1Api`` for Secrets). Content types are
+    always given: newer clients default every PATCH to JSON patch."""
+
+    def __init__(self, api_client: Any) -> None:
+        import kubernetes.client
+        self.core = kubernetes.client.CoreV1Api(api_client)
+        self.custom = kubernetes.client.CustomObjectsApi(api_client)
+
+    def secret(self, namespace: str, name: str) -> dict[str, Any]:
+        secret = self.core.read_namespaced_secret(name, namespace)
+        return cast(dict[str, Any], self.core.api_client.sanitize_for_serialization(secret))
+
+    def update_secret(self, namespace: str, name: str, resource_version: str,
+                      data: dict[str, str]) -> None:
+        body = {"metadata": {"resourceVersion": resource_version}, "data": data}
+        self.core.patch_namespaced_secret(name, namespace, body, _content_type=MERGE_PATCH,
+                                          _preload_content=False)
+
+    def webhook_configuration(self, plural: str, name: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.custom.get_cluster_custom_object(
+            "admissionregistration.k8s.io", "v1", plural, name))
+
+    def patch_webhook_configuration(self, plural: str, name: str,
+                                    ops: list[dict[str, Any]]) -> None:
+        self.custom.patch_cluster_custom_object("admissionregistration.k8s.io", "v1", plural,
+                                                name, ops, _content_type=JSON_PATCH)
+
+    def deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
+            "apps", "v1", namespace, "deployments", name))
+
+    def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object("apps", "v1", namespace, "deployments", name,
+                                                   patch, _content_type=MERGE_PATCH)
+
+
+def _ca_from_secret(secret: dict[str, Any], where: str, now: datetime,
+                    renew_before: timedelta) -> tuple[ec.EllipticCurvePrivateKey,
+                                                      x509.Certificate]:
+    data = secret.get("data") or {}
+    try:
+        ca_cert = x509.load_pem_x509_certificate(_unb64(f"{where} tls.crt", data.get("tls.crt")))
+        ca_key = parse_private_key(_unb64(f"{where} tls.key", data.get("tls.key")),
+                                   where=f"{where} tls.key")
+    except (ValueError, KeysError) as exc:
+        raise CertRotationFailed(f"{where}: {exc}") from None
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or \
+            ca_key.public_key() != ca_cert.public_key():
+        raise CertRotationFailed(f"{where}: tls.key is not the key of tls.crt")
+    if ca_cert.not_valid_after_utc - now <= renew_before:
+        raise CertRotationFailed(
+            f"{where}: the CA expires {ca_cert.not_valid_after_utc.isoformat()}, within the "
+            "renewal window", hint="Replace the CA by hand: `umec webhook certs --dir NEW` "
+            "and update Secret umec-webhook-ca; the next run re-issues and patches caBundle.")
+    return ca_key, ca_cert
+
+
+def _current_leaf(secret: dict[str, Any], ca_cert: x509.Certificate, names: list[str],
+                  now: datetime, renew_before: timedelta
+                  ) -> tuple[x509.Certificate | None, str | None]:
+    """The Secret's certificate and why it must be replaced (None: keep it)."""
+    raw = (secret.get("data") or {}).get("tls.crt")
+    try:
+        cert = x509.load_pem_x509_certificate(base64.b64decode(str(raw), validate=True))
+    except (ValueError, TypeError):
+        return None, "no parsable tls.crt"
+    return cert, renewal_reason(cert, ca_cert, names, now, renew_before)
+
+
+def _api_failed(step: str, exc: Exception) -> CertRotationFailed:
+    status = getattr(exc, "status", None)
+    return CertRotationFailed(f"{step}: {type(exc).__name__}"
+                              + (f" {status}" if status else "") + f": {str(exc)[:200]}")
+
+
+def _ensure_leaf(api: KubeObjects, config: RotationConfig, ca_key: ec.EllipticCurvePrivateKey,
+                 ca_cert: x509.Certificate, now: datetime
+                 ) -> tuple[x509.Certificate, bool, str]:
+    """Step 2: (the certificate in force, whether it was issued now, why)."""
+    names = service_dns_names(config.service, config.namespace)
+    renew_before = timedelta(days=config.renew_before_days)
+    for attempt in range(2):
+        secret = api.secret(config.namespace, config.tls_secret)
+        cert, reason = _current_leaf(secret, ca_cert, names, now, renew_before)
+        if reason is None and cert is not None:
+            return cert, False, f"valid until {cert.not_valid_after_utc.isoformat()}"
+        key, new = _leaf(names[2], ca_key, ca_cert, now, config.days,
+                         ExtendedKeyUsageOID.SERVER_AUTH, _general_names(names))
+        data = {"tls.crt": _b64(new.public_bytes(serialization.Encoding.PEM)),
+                "tls.key": _b64(private_key_pem(key)),
+                "ca.crt": _b64(ca_cert.public_bytes(serialization.Encoding.PEM))}
+        try:
+            api.update_secret(config.namespace, config.tls_secret,
+                              str(secret["metadata"]["resourceVersion"]), data)
+        except Exception as exc:
+            if getattr(exc, "status", None) == 409 and attempt == 0:
+                continue  # another run wrote it meanwhile: look again
+            raise
+        return new, True, str(reason)
+    raise CertRotationFailed(f"Secret {config.tls_secret}: changed under every attempt")
+
+
+def _bundle_ops(config_obj: dict[str, Any], service: str, namespace: str,
+                bundle: str) -> tuple[list[dict[str, Any]], list[str]]:
+    ops: list[dict[str, Any]] = []
+    names: list[str] = []
+    for i, hook in enumerate(config_obj.get("webhooks") or []):
+        client = hook.get("clientConfig") or {}
+        svc = client.get("service") or {}
+        if (svc.get("name"), svc.get("namespace")) != (service, namespace):
+            continue
+        if client.get("caBundle") != bundle:
+            ops += [{"op": "test", "path": f"/webhooks/{i}/name", "value": hook.get("name")},
+                    {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle",
+                     "value": bundle}]
+            names.append(str(hook.get("name")))
+    return ops, names
+
+
+def _ensure_ca_bundles(api: KubeObjects, config: RotationConfig,
+                       ca_cert: x509.Certificate) -> list[str]:
+    """Step 3: the webhooks whose caBundle was patched."""
+    bundle = _b64(ca_cert.public_bytes(serialization.Encoding.PEM))
+    patched: list[str] = []
+    targets = [("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", n)
+               for n in config.mutating]
+    targets += [("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", n)
+                for n in config.validating]
+    for plural, kind, name in targets:
+        ops, hooks = _bundle_ops(api.webhook_configuration(plural, name), config.service,
+                                 config.namespace, bundle)
+        if ops:
+            api.patch_webhook_configuration(plural, name, ops)
+            patched += [f"{kind}/{name}/{hook}" for hook in hooks]
+    return patched
+
+
+def _ensure_rollout(api: KubeObjects, config: RotationConfig, cert: x509.Certificate) -> bool:
+    """Step 4: whether the Deployment's pods were told to roll."""
+    if config.deployment is None:
+        return False
+    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.PEM)).hexdigest()
+    deployment = api.deployment(config.namespace, config.deployment)
+    template = (deployment.get("spec") or {}).get("template") or {}
+    annotations = (template.get("metadata") or {}).get("annotations") or {}
+    if annotations.get(CERT_ANNOTATION) == digest:
+        return False
+    api.patch_deployment(config.namespace, config.deployment, {
+        "spec": {"template": {"metadata": {"annotations": {CERT_ANNOTATION: digest}}}}})
+    return True
+
+
+def rotate_webhook_certs(api: KubeObjects, config: RotationConfig,
+                         now: datetime | None = None) -> RotationResult:
+    """Steps 1-4 above; :class:`CertRotationFailed` names the step that failed."""
+    now = now or datetime.now(UTC)
+    where = f"Secret {config.namespace}/{config.ca_secret}"
+    try:
+        ca_secret = api.secret(config.namespace, config.ca_secret)
+    except Exception as exc:
+        raise _api_failed(f"reading {where}", exc) from None
+    ca_key, ca_cert = _ca_from_secret(ca_secret, where, now,
+                                      timedelta(days=config.renew_before_days))
+    try:
+        cert, issued, reason = _ensure_leaf(api, config, ca_key, ca_cert, now)
+    except CertRotationFailed:
+        raise
+    except Exception as exc:
+        raise _api_failed(f"Secret {config.namespace}/{config.tls_secret}", exc) from None
+    try:
+        patched = _ensure_ca_bundles(api, config, ca_cert)
+        restarted = _ensure_rollout(api, config, cert)
+    except Exception as exc:
+        raise _api_failed("caBundle and rollout", exc) from None
+    return RotationResult(issued, reason, format(cert.serial_number, "x"),
+                          cert.not_valid_after_utc, tuple(patched), restarted)
