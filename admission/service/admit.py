@@ -4,7 +4,9 @@
   1. skip untouched: DELETE/CONNECT and the webhook's own namespace (which namespaces reach
      the webhook at all is the webhook configuration's namespaceSelector);
   2. resolve every image given by tag to its digest (single flight, short TTL cache);
-  3. answer a JSONPatch that pins each of those images to its digest.
+  3. answer a JSONPatch that pins each of those images to its digest, and for a Pod CREATE
+     annotated ``umec.io/token: inject`` mounts the token service's projected token
+     (:mod:`admission.core.token_volume`: OpenFaaS functions, whose pod spec faas-netes writes).
 ``/validate`` (:meth:`Admitter.validate`):
   1. the same skips;
   2. every image must carry a digest (an image by tag is denied: mutation may have been
@@ -56,6 +58,7 @@ from admission.core.review import (
     review_response,
     split_image,
 )
+from admission.core.token_volume import token_volume_patch
 from admission.registry.credentials import Credentials
 from admission.service.cache import SingleFlightCache
 from admission.service.metrics import WebhookMetrics
@@ -312,7 +315,10 @@ class Admitter:
             return review_response(req.uid, allowed=False, message=msg)
         pins = [(i.container, i.digest) for i in items
                 if i.digest and "@" not in i.container.image]
-        return review_response(req.uid, allowed=True, patch=pin_patch(pins))
+        patch = pin_patch(pins)
+        if req.kind == "Pod" and req.operation == "CREATE" and req.object is not None:
+            patch += token_volume_patch(req.object)  # umec.io/token: inject (OpenFaaS)
+        return review_response(req.uid, allowed=True, patch=patch)
 
     async def validate(self, req: ReviewRequest) -> dict[str, Any]:
         if await self.forget_deleted(req) or self._skip(req):
