@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from umec import cli_admission, cli_attest
+from umec import cli_admission, cli_attest, cli_deploy
 from umec.cli_errors import (
     CliError,
     FileUnusable,
@@ -38,6 +38,7 @@ app.command()(cli_admission.sign)
 app.command()(cli_admission.verify)
 app.add_typer(cli_admission.webhook_app, name="webhook")
 app.add_typer(cli_attest.keys_app, name="keys")
+app.add_typer(cli_deploy.deploy_app, name="deploy")
 app.command()(cli_attest.attest)
 app.command("verify-attestation")(cli_attest.verify_attestation)
 app.command()(cli_attest.sbom)

@@ -227,7 +227,7 @@ class CertRotationFailed(AdmissionError):
 
     check = "certs.rotation"
     hint = ("Check the Secrets umec-webhook-ca and umec-webhook-tls in the webhook's namespace "
-            "(deploy/README.md, 'Webhook certificates') and the job's RBAC; the current "
+            "(deploy/README.md) and the job's RBAC (deploy/webhook-certs.yaml); the current "
             "certificate keeps serving until it expires.")
     status = 500
     public = False
