@@ -446,12 +446,20 @@ def test_install_wheel_places_data_scripts_and_entry_points(tmp_path: Path) -> N
         "typing-extensions", "4.16.0")
 
 
-@pytest.mark.parametrize("member", ["../../etc/passwd", "/etc/passwd", "a/../../x"])
+# Every escape lands inside tmp_path should the guard ever break (a mutant of it once wrote
+# the host's /etc/passwd when these members named it): the rootfs sits two levels down, and the
+# absolute member names a file in tmp_path.
+@pytest.mark.parametrize("member", ["../../escaped", "{abs}", "a/../../../escaped"])
 def test_install_wheel_refuses_paths_outside(tmp_path: Path, member: str) -> None:
+    target = tmp_path / "abs-escaped"
+    member = member.format(abs=target)
     wheel = make_wheel(tmp_path / "evil-1.0-py3-none-any.whl", {member: "x"})
+    rootfs = tmp_path / "one" / "two" / "rootfs"
     with pytest.raises(StepFailed, match="escapes"):
-        install_wheel(wheel, tmp_path / "rootfs")
-    assert not (tmp_path / "etc").exists()
+        install_wheel(wheel, rootfs)
+    assert not target.exists()
+    assert not (tmp_path / "one" / "escaped").exists()
+    assert not (tmp_path / "one" / "two" / "escaped").exists()
 
 
 # -- the slim agent: what `umec agent` imports is in the agent extra's closure ---------------
