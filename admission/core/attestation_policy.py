@@ -38,7 +38,7 @@ from typing import Any
 from admission.core.attestations import (
     PROVENANCE_TYPES,
     SBOM_TYPES,
-    AttestationError,
+    ImageAttestationError,
     EnvelopeVerdict,
     predicate_type_uri,
     statement_facts,
@@ -86,7 +86,7 @@ def _predicate_types(where: str, value: Any, need: Need) -> tuple[str, ...]:
         return tuple(sorted(SBOM_TYPES))
     try:
         return (predicate_type_uri(str(value)),)
-    except AttestationError as exc:
+    except ImageAttestationError as exc:
         need(False, where, exc.detail)
         raise AssertionError from exc   # need() raised
 

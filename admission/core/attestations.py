@@ -102,42 +102,42 @@ MAX_SUBJECTS = 1024
 _URL_TO_STD = str.maketrans("-_", "+/")
 
 
-class AttestationError(AdmissionError):
+class ImageAttestationError(AdmissionError):
     check = "attestation"
     hint = "Inspect the image's attestations with `umec verify-attestation IMAGE --key KEY`."
 
 
-class AttestationMalformed(AttestationError):
+class AttestationMalformed(ImageAttestationError):
     check = "attestation.malformed"
     hint = ("The attestation is not a DSSE envelope of an in-toto Statement; re-attest the "
             "image with `umec attest` or cosign.")
 
 
-class AttestationMissing(AttestationError):
+class AttestationMissing(ImageAttestationError):
     check = "attestation.missing"
     hint = ("The image has no attestation of the required type: attach one in CI with "
             "`umec attest --key KEY --type TYPE --predicate FILE IMAGE@DIGEST`.")
 
 
-class AttestationSignatureInvalid(AttestationError):
+class AttestationSignatureInvalid(ImageAttestationError):
     check = "attestation.signature"
     hint = ("No key the policy trusts signed this attestation: attest with the policy's key, "
             "or add the signer's public key to the policy's attestation requirement.")
 
 
-class AttestationSubjectMismatch(AttestationError):
+class AttestationSubjectMismatch(ImageAttestationError):
     check = "attestation.subject"
     hint = ("The attestation is about another image digest (copied from another image, or "
             "made before a rebuild): attest this exact digest.")
 
 
-class AttestationPredicateMismatch(AttestationError):
+class AttestationPredicateMismatch(ImageAttestationError):
     check = "attestation.predicate"
     hint = ("The signed attestations do not have the predicate type or the predicate values "
             "the policy requires: check the type (--type) and the predicate CI attached.")
 
 
-class PredicateTypeInvalid(AttestationError):
+class PredicateTypeInvalid(ImageAttestationError):
     check = "attestation.type"
     hint = ("Name a predicate type as cosign does (slsaprovenance1, spdxjson, cyclonedx, custom, "
             "...) or give its URI.")
@@ -382,7 +382,7 @@ class EnvelopeVerdict:
     layer: str                            # the layer (blob) digest in the .att manifest
     signers: tuple[str, ...]
     statement: Statement | None
-    error: AttestationError | None
+    error: ImageAttestationError | None
     claimed_type: str | None = None
 
 
@@ -397,11 +397,11 @@ def _claimed_type(payload: bytes) -> str | None:
 
 def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: str,
                     layer: str = "") -> EnvelopeVerdict:
-    """Steps 1-4 of the module doc for one envelope; never raises an AttestationError."""
+    """Steps 1-4 of the module doc for one envelope; never raises an ImageAttestationError."""
     layer = layer or "sha256:" + hashlib.sha256(raw).hexdigest()
     try:
         envelope = parse_envelope(raw)
-    except AttestationError as exc:
+    except ImageAttestationError as exc:
         return EnvelopeVerdict(layer, (), None, exc)
     signers = envelope_signers(envelope, keys)
     claimed = _claimed_type(envelope.payload)
@@ -418,7 +418,7 @@ def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: 
             named = ", ".join(f"sha256:{d.get('sha256', '?')}" for _, d in statement.subjects)
             raise AttestationSubjectMismatch(f"attestation {layer} is about {named[:300]}, "
                                              f"the image is {image_digest}")
-    except AttestationError as exc:
+    except ImageAttestationError as exc:
         return EnvelopeVerdict(layer, signers, None, exc, claimed)
     return EnvelopeVerdict(layer, signers, statement, None, claimed)
 

@@ -24,7 +24,7 @@ from admission.core.attestations import (
     SLSA_V1,
     SPDX,
     STATEMENT_V01,
-    AttestationError,
+    ImageAttestationError,
     AttestationMalformed,
     AttestationSignatureInvalid,
     AttestationSubjectMismatch,
@@ -347,7 +347,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
                      lambda v: json.dumps(v).encode())))
 def test_hostile_envelopes_never_escape_as_anything_but_a_verdict(raw: bytes) -> None:
     verdict = verify_envelope(raw, {"ci": KEY.public_key()}, image_digest=D1)
-    assert verdict.statement is None and isinstance(verdict.error, AttestationError)
+    assert verdict.statement is None and isinstance(verdict.error, ImageAttestationError)
 
 
 @settings(max_examples=300, deadline=None)
