@@ -38,8 +38,8 @@ from typing import Any
 from admission.core.attestations import (
     PROVENANCE_TYPES,
     SBOM_TYPES,
-    ImageAttestationError,
     EnvelopeVerdict,
+    ImageAttestationError,
     predicate_type_uri,
     statement_facts,
 )
