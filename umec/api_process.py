@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kernel.clock import clock_for
+from kernel.metrics_access import metrics_refusal
 from kernel.service import running
 from mec_api.service.build import MecApiBridges, build_service
 from umec.configs import api_process_mec_api_config, resource_body_rules
@@ -58,7 +59,10 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/metrics", include_in_schema=False)
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        refusal = metrics_refusal(request, settings.metrics_token)
+        if refusal is not None:
+            return refusal
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     service.install(app)

@@ -25,7 +25,9 @@ from attest.service.build import AttestBridges
 from attest.service.build import build_service as build_attest
 from attest.service.context import AttestContext
 from attest.service.notify.event import StateChangeSink
+from kernel.appstate import app_state
 from kernel.clock import clock_for
+from kernel.metrics_access import metrics_refusal
 from kernel.service import Service, running
 from keys import KeyRing
 from mec_api.service.build import MecApiBridges, TokenService
@@ -172,13 +174,17 @@ def readyz(request: Request) -> Response:
 
 
 @ops_router.get("/metrics")
-def metrics() -> Response:
+def metrics(request: Request) -> Response:
+    refusal = metrics_refusal(request, app_state(request, "metrics_token", str))
+    if refusal is not None:
+        return refusal
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 def _server_app(settings: Settings, engine: Engine, services: list[Service[Any]]) -> FastAPI:
     app = FastAPI(title="µMEC Trust", version="0.1.0", lifespan=_lifespan(engine, services))
     app.state.engine = engine
+    app.state.metrics_token = settings.metrics_token  # GET /metrics (kernel.metrics_access)
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
     app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
     install_error_handlers(app, validation_status=422)

@@ -89,7 +89,8 @@ def admission_config(settings: Settings, *, webhook: bool) -> AdmissionConfig:
         own_namespace=settings.webhook_namespace,
         timeout_seconds=settings.webhook_timeout_seconds, webhook=webhook, upkeep=not webhook,
         reconcile_every_seconds=min(RECONCILE_EVERY_SECONDS,
-                                    settings.kubernetes_resync_seconds))
+                                    settings.kubernetes_resync_seconds),
+        metrics_token=settings.metrics_token)
 
 
 def apis_config(settings: Settings, which: Sequence[str], *, public_url: str,

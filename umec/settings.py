@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mec_api.camera.config import CameraConfig
@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     tls_key: Path | None = None
     operator_token: str = Field(default="", description="Bearer token for the fleet view; "
                                 "generated into data_dir/operator-token when empty.")
+    metrics_token: str = Field(
+        default="", description="Bearer token `GET /metrics` requires on every HTTP process "
+        "(umec server, umec api, umec webhook); Prometheus sends it with "
+        "authorization.credentials_file. Empty: /metrics answers loopback clients only. "
+        "Surrounding whitespace (a Secret file's newline) is ignored.")
     request_body_timeout_seconds: float = Field(default=10.0, gt=0, description="Every HTTP "
                                                 "process: a request body not received within "
                                                 "this time is refused (408).")
@@ -166,6 +171,11 @@ class Settings(BaseSettings):
     event_log_path: Path = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
     measure_files: list[Path] = Field(default_factory=list)
     application_pcr: int = 14
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _strip_token(cls, value: str) -> str:
+        return value.strip()
 
     @classmethod
     def settings_customise_sources(

@@ -137,6 +137,9 @@ class WebhookDeps:
     verify_ttl: float = 300.0
     max_review_bytes: int = 3 * 1024 * 1024
     metrics: WebhookMetrics = field(default_factory=WebhookMetrics)
+    # GET /metrics needs ``Authorization: Bearer <it>``; "": loopback clients only
+    # (kernel.metrics_access).
+    metrics_token: str = field(default="", repr=False)
 
     @property
     def deadline(self) -> float:

@@ -65,6 +65,7 @@ class AdmissionConfig:
     webhook: bool = True                   # serve the AdmissionReview routes
     upkeep: bool = False                   # prune tombstones; reconcile pods (with Kubernetes)
     reconcile_every_seconds: float = RECONCILE_EVERY_SECONDS
+    metrics_token: str = ""                # GET /metrics needs it; "": loopback clients only
 
 
 @dataclass
@@ -149,7 +150,8 @@ def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
                        attestations=RegistryAttestations(clients),
                        pull_secrets=pull_secrets, records=records,
                        own_namespace=config.own_namespace,
-                       timeout_seconds=config.timeout_seconds)
+                       timeout_seconds=config.timeout_seconds,
+                       metrics_token=config.metrics_token)
 
 
 def upkeep_tasks(config: AdmissionConfig, bridges: AdmissionBridges,

@@ -3,7 +3,8 @@
 includes the router. Routes read the deps through :data:`admission.service.deps.Webhook`.
 
 Routes: ``POST /mutate`` and ``POST /validate`` (AdmissionReview v1 in and out, flow in
-:mod:`admission.service.admit`), ``GET /healthz``, ``GET /metrics`` (Prometheus text).
+:mod:`admission.service.admit`), ``GET /healthz``, ``GET /metrics`` (Prometheus text, for the
+metrics token, or a loopback peer when none is set: :mod:`kernel.metrics_access`).
 
 Request handling fails closed and never leaks a stack trace:
 - the body is read in chunks and refused once it passes the size limit (3 MiB by default, the
@@ -41,6 +42,7 @@ from admission.core.review import (
 )
 from admission.service.admit import Admitter, WebhookDeps
 from admission.service.deps import Webhook
+from kernel.metrics_access import metrics_refusal
 from kernel.problems import checked_response, problem_response
 
 __all__ = ["WebhookDeps", "create_webhook_app", "router"]
@@ -76,7 +78,10 @@ async def healthz(webhook: Webhook) -> dict[str, Any]:
 
 
 @router.get("/metrics")
-async def metrics(webhook: Webhook) -> Response:
+async def metrics(request: Request, webhook: Webhook) -> Response:
+    refusal = metrics_refusal(request, webhook.metrics_token)
+    if refusal is not None:
+        return refusal
     return Response(webhook.metrics.render(), media_type="text/plain; version=0.0.4")
 
 

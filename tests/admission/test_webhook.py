@@ -23,6 +23,7 @@ from admission.service.admit import Admitter
 from admission.service.cache import SingleFlightCache
 from admission.service.rego import RegoEvaluator
 from admission.service.webhook import WebhookDeps, create_webhook_app, router
+from tests.support.metrics import METRICS_TOKEN, metrics_auth
 from tests.support.webhook import (
     D1,
     D2,
@@ -68,7 +69,8 @@ def make_deps(**kw: Any) -> tuple[WebhookDeps, FakeResolver, FakeVerifier, FakeR
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Any]]:
-    deps, resolver, verifier, records = make_deps(timeout_seconds=2.0)
+    deps, resolver, verifier, records = make_deps(timeout_seconds=2.0,
+                                                  metrics_token=METRICS_TOKEN)
     with serve_tls(create_webhook_app(deps), tmp_path_factory.mktemp("certs")) as (url, ca), \
             httpx.Client(base_url=url, verify=tls(ca), timeout=10) as client:
         yield client, (deps, resolver, verifier, records)
@@ -193,7 +195,9 @@ def test_oversized_review_rejected(server: Any) -> None:
 def test_health_and_metrics(server: Any) -> None:
     client, (deps, *_rest) = server
     assert client.get("/healthz").json()["policy_generation"] == deps.policies().generation
-    text = client.get("/metrics").text
+    refused = client.get("/metrics")   # the metrics token (tests/umec/test_metrics_access.py)
+    assert refused.status_code == 401 and refused.json()["check"] == "metrics.unauthorized"
+    text = client.get("/metrics", headers=metrics_auth()).text
     for name in ("umec_admission_admitted_total", "umec_admission_denied_total",
                  "umec_admission_cache_hits_total", "umec_admission_registry_seconds_bucket"):
         assert name in text

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.metrics import METRICS_TOKEN
 from tests.support.revocation_site import DATABASES, IMAGE, Hook, Site, running_site
 from tests.support.webhook import FakeVerifier, authority, key, policy_doc
 from umec.localserver import ServerThread
@@ -33,7 +34,7 @@ def hook(site: Site, tmp_path: Path) -> Iterator[Hook]:
         policy_doc("ci-signed", ["**"], [authority("ci", {"ci": signer})])))
     settings = Settings(data_dir=tmp_path / "webhook",
                         database_url=site.engine.url.render_as_string(hide_password=False),
-                        admission_policy_dir=policies)
+                        admission_policy_dir=policies, metrics_token=METRICS_TOKEN)
     app, deps = build_webhook(settings)
     verifier = FakeVerifier()
     verifier.sign(IMAGE, signer)

@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy import func, select
 
 from attest.service.models import NodeRow, NonceRow, StateEventRow
+from tests.support.metrics import METRICS_TOKEN, metrics_auth
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode
 from tests.support.simtpm import SimulatedTpm
@@ -64,7 +65,7 @@ class Env:
 
     def refusals(self, route: str, check: str) -> float:
         """The server's refusal counter for (route, check), read from /metrics."""
-        text = self.client.get("/metrics").text
+        text = self.client.get("/metrics", headers=metrics_auth()).text
         needle = f'umec_attest_refusals_total{{check="{check}",route="{route}"}} '
         return next((float(line[len(needle):]) for line in text.splitlines()
                      if line.startswith(needle)), 0.0)
@@ -75,7 +76,8 @@ def _settings(tmp_path: Path, database_url: str) -> Settings:
     policies.mkdir()
     (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
     return Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=database_url,
-                    default_node_class="pi-k3s", nonce_ttl_seconds=30)
+                    default_node_class="pi-k3s", nonce_ttl_seconds=30,
+                    metrics_token=METRICS_TOKEN)
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from admission.service.records import AdmittedImage, SqlAdmissionRecords
 from attest.service.models import NodeRow, StateEventRow
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationRow
+from tests.support.metrics import METRICS_TOKEN, metrics_auth
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode
 from tests.support.tokens import D1, ClusterIssuer
@@ -91,6 +92,7 @@ def site_settings(tmp_path: Path, url: str, port: int, cluster: ClusterIssuer,
     policies.mkdir(exist_ok=True)
     (policies / "pi-k3s.yaml").write_text(k3s_policy("00" * 32))
     (tmp_path / "grants.yaml").write_text(GRANTS)
+    extra.setdefault("metrics_token", METRICS_TOKEN)
     return Settings(data_dir=tmp_path / "srv", policy_dir=policies, database_url=url,
                     default_node_class="pi-k3s", listen_port=port,
                     public_url=f"http://127.0.0.1:{port}", token_sa_jwks_file=jwks,
@@ -180,7 +182,7 @@ class Hook:
                                      .where(REVOCATIONS.c.kind == "pod")))
 
     def forget_failures(self) -> float:
-        text = httpx.get(f"{self.url}/metrics").text
+        text = httpx.get(f"{self.url}/metrics", headers=metrics_auth()).text
         line = next((line for line in text.splitlines() if line.startswith(
             'umec_admission_forget_failures_total{operation="DELETE"}')), None)
         return float(line.split()[-1]) if line else 0.0

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import inspect
 
+from tests.support.metrics import METRICS_TOKEN, metrics_auth
 from umec.app import build_server
 from umec.db import open_database
 from umec.localserver import ServerThread
@@ -64,12 +65,12 @@ def test_json_log_lines() -> None:
 
 
 def test_health_ready_metrics_and_problem_errors(tmp_path: Path) -> None:
-    server = build_server(Settings(data_dir=tmp_path / "srv"))
+    server = build_server(Settings(data_dir=tmp_path / "srv", metrics_token=METRICS_TOKEN))
     with ServerThread(server.app) as http, httpx.Client(base_url=http.url) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         assert client.get("/readyz").json() == {"status": "ready"}
         client.post("/attest/v1/nodes/nobody/challenge")
-        metrics = client.get("/metrics").text
+        metrics = client.get("/metrics", headers=metrics_auth()).text
         assert 'umec_http_requests_total{route="/attest/v1/nodes/{node}/challenge",status="404"}' \
             in metrics
         bad = client.post("/attest/v1/nodes", json={"name": "UPPER case!"})
