@@ -30,8 +30,8 @@ def render(directory: Annotated[Path, typer.Option("--dir", help="Output directo
                help="Where the API server's webhook files will lie on each k3s server"
            )] = "/var/lib/rancher/k3s/server/umec-webhook",
            output: Annotated[str, typer.Option(help="table or json")] = "table") -> None:
-    """Write certificates, key rings, the operator token and secrets.yaml (every Secret and
-    ConfigMap of deploy/README.md, for `kubectl apply -f`)."""
+    """Write certificates, key rings, the operator and metrics tokens and secrets.yaml (every
+    Secret and ConfigMap of deploy/README.md, for `kubectl apply -f`)."""
     from umec.deploy_render import RenderConfig, render
     if output not in ("table", "json"):
         raise UsageError(f"--output {output}: not one of table, json")

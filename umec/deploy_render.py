@@ -8,6 +8,8 @@ render changes no secret a running cluster uses, only re-issues the leaf certifi
 * ``server/``: the server's serving certificate for ``umec-server.<ns>.svc`` and its CA;
 * ``keys/attestation-results/``, ``keys/access-tokens/``: the two signing key rings;
 * ``operator-token``: the fleet view's bearer token;
+* ``metrics-token``: the bearer token ``GET /metrics`` requires (Secret ``umec-metrics``; give
+  Prometheus the same file as ``authorization.credentials_file``);
 * ``secrets.yaml`` (0600): every Secret and ConfigMap of deploy/README.md's table, ready for
   ``kubectl apply -f`` — the agent's ``umec-server-ca`` in the agent's namespace.
 
@@ -73,7 +75,8 @@ def _ring(directory: Path) -> dict[str, bytes]:
             if p.is_file() and not p.name.startswith(".")}
 
 
-def _operator_token(path: Path) -> bytes:
+def _token(path: Path) -> bytes:
+    """The token kept in ``path`` (one made there first, 0600, when there is none)."""
     if not path.exists():
         atomic_write(path, secrets.token_urlsafe(32).encode(), overwrite=False)
     return path.read_bytes().strip()
@@ -90,7 +93,8 @@ def render(config: RenderConfig) -> Rendered:
                                   apiserver_dir=config.apiserver_dir)
     tls = "kubernetes.io/tls"
     docs = [
-        _secret("umec-operator", ns, {"token": _operator_token(d / "operator-token")}),
+        _secret("umec-operator", ns, {"token": _token(d / "operator-token")}),
+        _secret("umec-metrics", ns, {"token": _token(d / "metrics-token")}),
         _secret("umec-db", ns, {"url": config.database_url.encode()}),
         _secret("umec-server-tls", ns, {"tls.crt": server.cert.read_bytes(),
                                         "tls.key": server.key.read_bytes()}, tls),

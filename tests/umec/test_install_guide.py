@@ -265,8 +265,8 @@ def test_render_again_keeps_every_ca_key_and_token(tmp_path: Path) -> None:
     docs = {d["metadata"]["name"]: d for d in yaml.safe_load_all(first.secrets_file.read_text())}
     again = render(config)
     docs2 = {d["metadata"]["name"]: d for d in yaml.safe_load_all(again.secrets_file.read_text())}
-    for name in ("umec-operator", "umec-result-keys", "umec-token-keys", "umec-webhook-ca",
-                 "umec-webhook-client-ca", "umec-server-ca"):
+    for name in ("umec-operator", "umec-metrics", "umec-result-keys", "umec-token-keys",
+                 "umec-webhook-ca", "umec-webhook-client-ca", "umec-server-ca"):
         assert docs[name] == docs2[name], name
     assert first.ca_bundle == again.ca_bundle
     assert (tmp_path / "out" / "secrets.yaml").stat().st_mode & 0o077 == 0

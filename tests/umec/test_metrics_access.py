@@ -12,6 +12,7 @@ The webhook's port still requires the API server's client certificate first.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import socket
 import ssl
@@ -22,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.support.metrics import METRICS_TOKEN, metrics_auth
 from tests.support.webhook import HANDSHAKE_REFUSED, client_tls, webhook_test_certs
@@ -180,3 +182,50 @@ def test_the_token_comes_from_the_environment_without_a_secret_files_newline(
     assert Settings(data_dir=tmp_path).metrics_token == ""   # blank is unset: loopback only
     monkeypatch.delenv("UMEC_METRICS_TOKEN")
     assert Settings(data_dir=tmp_path).metrics_token == ""
+
+
+# --- the deployment ----------------------------------------------------------------------------
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _containers(file: str, name: str) -> list[dict[str, Any]]:
+    doc = next(d for d in yaml.safe_load_all((DEPLOY / file).read_text())
+               if d and d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+    containers: list[dict[str, Any]] = doc["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+@pytest.mark.parametrize(("file", "name"), [("server.yaml", "umec-server"),
+                                            ("webhook.yaml", "umec-webhook")])
+def test_the_manifests_set_the_token_from_its_secret(file: str, name: str) -> None:
+    for container in _containers(file, name):
+        env = {e["name"]: e for e in container["env"]}
+        assert env["UMEC_METRICS_TOKEN"]["valueFrom"] == {"secretKeyRef": {
+            "name": "umec-metrics", "key": "token", "optional": False}}
+
+
+def test_render_writes_the_metrics_secret_and_keeps_its_token(tmp_path: Path) -> None:
+    from umec.deploy_render import RenderConfig, render
+    config = RenderConfig(tmp_path / "out", "postgresql://u:p@db/umec")
+
+    def token() -> bytes:
+        docs = {d["metadata"]["name"]: d
+                for d in yaml.safe_load_all(render(config).secrets_file.read_text())}
+        secret = docs["umec-metrics"]
+        assert secret["metadata"]["namespace"] == "umec-system" and secret["type"] == "Opaque"
+        return base64.b64decode(secret["data"]["token"])
+    first = token()
+    assert len(first) >= 32 and first == (tmp_path / "out" / "metrics-token").read_bytes()
+    assert (tmp_path / "out" / "metrics-token").stat().st_mode & 0o077 == 0
+    assert token() == first                       # a second render keeps it
+    assert first != (tmp_path / "out" / "operator-token").read_bytes()
+
+
+def test_the_prometheus_example_sends_the_token_and_checks_the_servers_name() -> None:
+    doc = yaml.safe_load((DEPLOY / "examples" / "prometheus-scrape.yaml").read_text())
+    job, = yaml.safe_load(doc["data"]["umec-scrape.yaml"])["scrape_configs"]
+    assert job["scheme"] == "https" and job["metrics_path"] == "/metrics"
+    assert job["authorization"] == {"type": "Bearer",
+                                    "credentials_file": "/etc/prometheus/umec/token"}
+    assert job["tls_config"]["server_name"] == "umec-server.umec-system.svc"
