@@ -13,6 +13,7 @@ A policy is a small YAML document, one per node class, managed with ``umec polic
     require_event_log: false
     interval_seconds: 30
     require_ack: false          # true: leaving untrusted/stale also needs `umec nodes ack`
+    version: 3                  # optional; required in a signed policy, only ever increases
 
 Parsing is strict: unknown keys, bad hex and wrong digest lengths are rejected with
 :class:`PolicyInvalid` naming the key, so a typo can never silently widen what is accepted.
@@ -33,7 +34,7 @@ from attest.core.eventlog import EventLogReference
 
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _KEYS = {"name", "description", "selection", "pcrs", "eventlog", "require_event_log",
-         "interval_seconds", "require_ack"}
+         "interval_seconds", "require_ack", "version"}
 
 
 class PolicyInvalid(ValueError):
@@ -149,6 +150,15 @@ def _eventlog(doc: Mapping[str, Any]) -> EventLogReference | None:
         raise PolicyInvalid(str(getattr(exc, "detail", exc))) from None
 
 
+def _version(doc: Mapping[str, Any]) -> int | None:
+    """``version``: a positive integer (a signed policy's rollback counter), or absent."""
+    version = doc.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or version < 1):
+        raise PolicyInvalid("version: a positive integer")
+    return version
+
+
 def _interval(doc: Mapping[str, Any]) -> float | None:
     interval = doc.get("interval_seconds")
     if interval is not None and (not isinstance(interval, int | float) or interval <= 0):
@@ -166,6 +176,8 @@ class AppraisalPolicy:
     interval_seconds: float | None = None
     # Leaving untrusted/stale needs an operator's `umec nodes ack` as well as a passing quote.
     require_ack: bool = False
+    # Signed policies (attest/core/policy_envelope.py): applied only above the stored version.
+    version: int | None = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
@@ -178,7 +190,8 @@ class AppraisalPolicy:
         interval = _interval(doc)
         return cls(name=name, selection=selection, pcrs=pcrs, eventlog=eventlog,
                    require_event_log=bool(doc.get("require_event_log", False)),
-                   interval_seconds=interval, require_ack=_flag(doc, "require_ack"))
+                   interval_seconds=interval, require_ack=_flag(doc, "require_ack"),
+                   version=_version(doc))
 
     @classmethod
     def from_yaml(cls, text: str) -> AppraisalPolicy:
