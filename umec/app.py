@@ -24,6 +24,7 @@ from attest.service.api import MAX_B64
 from attest.service.build import AttestBridges
 from attest.service.build import build_service as build_attest
 from attest.service.context import AttestContext
+from attest.service.join import JoinBridge
 from attest.service.notify.event import StateChangeSink
 from kernel.appstate import app_state
 from kernel.clock import clock_for
@@ -196,6 +197,15 @@ def _server_app(settings: Settings, engine: Engine, services: list[Service[Any]]
     return app
 
 
+def join_bridge(settings: Settings, kube_api: Any) -> JoinBridge | None:
+    """The k3s join (issue 13), on when UMEC_K3S_SERVER_CA is set."""
+    if settings.k3s_server_ca is None:
+        return None
+    return JoinBridge(api=kube_api or kubernetes_api(settings.kubeconfig),
+                      ca_pem=settings.k3s_server_ca.read_bytes(),
+                      ttl_seconds=settings.join_token_ttl_seconds)
+
+
 def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
     """Settings → configs; the bridges between the domains → three services → one app."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -217,7 +227,7 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     attest = build_attest(attest_cfg, AttestBridges(
         sessions, ring, clock.now, listeners=[*(listeners or []), WakeFollowers(tokens.store)],
         change_writers=[RevokeInTransaction(settings.token_lifetime_seconds)],
-        kube_api=kube_api))
+        kube_api=kube_api, join=join_bridge(settings, kube_api)))
     services: list[Service[Any]] = [attest, admission, mec_api]
     app = _server_app(settings, engine, services)
     return Server(app=app, attest=attest.parts, keys=ring, tokens=tokens, services=services)

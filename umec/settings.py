@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     kubernetes_labels: bool = False
     kubernetes_resync_seconds: float = 300.0
     kubeconfig: Path | None = None
+    k3s_server_ca: Path | None = Field(
+        default=None, description="The k3s server's CA certificate (PEM, "
+        "/var/lib/rancher/k3s/server/tls/server-ca.crt). Set: umec server hands trusted nodes "
+        "a sealed k3s bootstrap token (POST /attest/v1/nodes/NODE/join) in the secure format "
+        "K10<sha256 of this file>::<id>.<secret>, created as a Secret in kube-system through "
+        "UMEC_KUBECONFIG or the pod's service account.")
+    join_token_ttl_seconds: float = Field(default=600.0, gt=0, le=86400, description="How "
+                                          "long a node's k3s bootstrap token is valid.")
 
     # admission webhook and registry access
     admission_policy_dir: Path | None = Field(default=None, description="ImagePolicy YAMLs.")

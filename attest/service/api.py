@@ -37,6 +37,7 @@ from attest.service import registrar, verifier
 from attest.service.context import AttestContext
 from attest.service.deps import AttestCtx
 from attest.service.fleet import find_summary, fleet_summaries, node_summary
+from attest.service.join import JoinDisabled
 from attest.service.limits import Limits, RateLimited, bucket_of
 from kernel.bearer import bearer_matches
 from kernel.errors import CheckedError
@@ -187,6 +188,26 @@ def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) ->
 def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCtx) -> Any:
     """Protocol step 4: a quote over the challenge; answers the verdict."""
     return _guarded("evidence", request, _evidence, ctx, source_of(request), node, body)
+
+
+class JoinBody(BaseModel):
+    nonce: B64 = Field(description="the nonce of the node's latest passing quote")
+
+
+def _join(request: Request, ctx: AttestContext, source: str, node: str,
+          body: JoinBody) -> dict[str, Any]:
+    ctx.limits.admit(source)
+    service = getattr(request.app.state, "attest_join", None)
+    if service is None:
+        raise JoinDisabled("this server is not configured to hand out k3s join tokens")
+    return {"node": node, **service.issue(node, body.nonce).as_dict()}
+
+
+@router.post("/nodes/{node}/join")
+def join(request: Request, node: NodeName, body: JoinBody, ctx: AttestCtx) -> Any:
+    """Protocol step 7: a trusted node's k3s bootstrap token, sealed to its TPM
+    (attest.service.join)."""
+    return _guarded("join", request, _join, request, ctx, source_of(request), node, body)
 
 
 class OperatorUnauthorized(CheckedError):

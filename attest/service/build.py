@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from attest.service.api import router
 from attest.service.background import deadline_task, resync_task
 from attest.service.context import AttestConfig, AttestContext, StateChangeWriter
+from attest.service.join import JoinBridge, JoinRevocationSink, JoinService
 from attest.service.notify import CompositeSink
 from attest.service.notify.event import StateChangeSink
 from attest.service.notify.webhook import WebhookSink
@@ -46,6 +47,9 @@ class AttestBridges:
     change_writers: Sequence[StateChangeWriter] = ()
     # A kubernetes CoreV1Api when node labels are on: the label sink and its periodic re-sync.
     kube_api: Any = None
+    # The k3s join (POST /nodes/{node}/join, attest.service.join): its kubernetes API, the
+    # cluster CA and the token lifetime; None: no join tokens.
+    join: JoinBridge | None = None
 
 
 def build_service(config: AttestConfig, bridges: AttestBridges) -> Service[AttestContext]:
@@ -59,7 +63,12 @@ def build_service(config: AttestConfig, bridges: AttestBridges) -> Service[Attes
                         now=bridges.now, change_writers=list(bridges.change_writers))
     if config.policy_dir is not None:
         load_policy_dir(bridges.sessions, config.policy_dir)
-    service = Service("attest", ctx, routers=[router], state={"attest": ctx},
+    state: dict[str, object] = {"attest": ctx}
+    if bridges.join is not None:
+        join = JoinService(ctx, bridges.join)
+        state["attest_join"] = join
+        ctx.listeners.append(JoinRevocationSink(join))  # never raises (it logs and counts)
+    service = Service("attest", ctx, routers=[router], state=state,
                       background=[deadline_task(ctx, config.deadline_check_seconds).run],
                       on_start=[_remember_loop(ctx)], on_close=sinks.closers)
     if sinks.kube is not None:
