@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 
+from attest import join_agent
 from attest.tpm.device import AkHandle, Tpm, TpmLockedOut
 
 log = logging.getLogger("umec.agent")
@@ -71,6 +72,9 @@ class AgentConfig:
     event_log_path: Path | None = None
     measure_files: list[Path] = field(default_factory=list)
     application_pcr: int = 14
+    # k3s join (issue 13, attest.join_agent): after a trusted verdict, fetch the join token and
+    # write it here (*.conf: systemd drop-in with K3S_TOKEN; *.yaml: k3s config `token:`).
+    join_token_path: Path | None = None
 
 
 def _b64(data: bytes) -> str:
@@ -98,6 +102,8 @@ class Agent:
         self.base = f"/attest/v1/nodes/{config.node_name}"
         self.marker = config.state_dir / "enrolled.json"
         self._warned_da = False
+        self.last_nonce: bytes | None = None  # of the latest evidence sent (the join needs it)
+        self.joined = False
 
     # -- enrolment -------------------------------------------------------------------------
 
@@ -178,7 +184,34 @@ class Agent:
                 "pcrs": {b: {str(i): v.hex() for i, v in vals.items()}
                          for b, vals in quote.pcr_values.items()},
                 "event_log": _b64(event_log) if event_log else None}
+        self.last_nonce = nonce
         return _raise_for_problem(self.client.post(f"{self.base}/evidence", json=body), "evidence")
+
+    # -- k3s join ---------------------------------------------------------------------------
+
+    def join_once(self, verdict: dict[str, Any]) -> bool:
+        """After a verdict: if trusted, fetch the k3s token, open it with the TPM and write it
+        (True); if not, log every failed check with its hint and write nothing (False)."""
+        path, node = self.config.join_token_path, self.config.node_name
+        if path is None or self.last_nonce is None:
+            return False
+        if not verdict.get("trusted"):
+            for failure in verdict.get("failed_checks") or []:
+                log.error("no k3s join token: a boot measurement check failed", extra={
+                    "node": node, **({"check": failure} if isinstance(failure, str)
+                                     else dict(failure))})
+            return False
+        grant = _raise_for_problem(self.client.post(
+            f"{self.base}/join", json={"nonce": _b64(self.last_nonce)}), "join")
+        with self.open_tpm() as tpm:
+            self.load_ak(tpm)
+            token = join_agent.open_grant(tpm, node, grant)
+        join_agent.write_token(path, token)
+        self.joined = True
+        log.info("k3s join token written", extra={"node": node, "path": str(path),
+                                                  "token_id": grant.get("token_id"),
+                                                  "expires_at": grant.get("expires_at")})
+        return True
 
     def run(self, stop: threading.Event, rounds: int | None = None) -> None:
         failures, done = 0, 0
@@ -186,6 +219,8 @@ class Agent:
             try:
                 verdict = self.attest_once()
                 failures = 0
+                if not self.joined:
+                    self.join_once(verdict)
                 log.info("attested", extra={"node": self.config.node_name,
                                             "state": verdict.get("state"),
                                             "reason": verdict.get("reason")})

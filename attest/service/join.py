@@ -144,9 +144,10 @@ class JoinService:
                 raise NodeNotFound(f"no node named {name!r}")
             interval = self._interval(session, node.node_class)
         if node.state != NodeState.TRUSTED:
-            failed = (node.last_verdict or {}).get("failed_checks") or []
+            failed = [str(f.get("check") if isinstance(f, dict) else f)
+                      for f in (node.last_verdict or {}).get("failed_checks") or []]
             raise JoinUntrusted(f"node {name!r} is {node.state}; failed checks: "
-                                f"{', '.join(map(str, failed)) or 'none recorded'}")
+                                f"{', '.join(failed) or 'none recorded'}")
         last = node.last_pass_at
         if last is None or last < now - timedelta(seconds=interval) \
                 or last > now + FUTURE_TOLERANCE:

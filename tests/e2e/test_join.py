@@ -1,0 +1,223 @@
+"""k3s joins only a trusted node (issue 13 section 2), end to end.
+
+A swtpm node and the real agent, a real ``umec server`` over HTTP (ServerThread) and the fake
+Kubernetes API at the HTTP level: a trusted node gets a ``bootstrap.kubernetes.io/token`` Secret
+in ``kube-system`` and a K10 token that only its TPM opens; another TPM cannot open it; a node
+with a tampered PCR gets no token (``join.untrusted``); a replayed request gets nothing new
+(``join.replayed``), an older verdict's nothing (``join.verdict_not_latest``); a node that turns
+untrusted loses its unused Secret.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from attest import join_agent
+from attest.agent import Agent, AgentConfig
+from attest.core.join_token import K3S_NODE_GROUP, parse_k3s_token
+from attest.tpm.device import Tpm, TpmCommandFailed
+from attest.tpm.swtpm import Swtpm, SwtpmCa
+from tests.support.fake_kube_api import SECRETS, FakeKubeApi
+from tests.support.pcr_policy import k3s_policy, pcr_after
+from umec.app import build_server
+from umec.localserver import ServerThread
+from umec.settings import Settings
+
+pytestmark = [pytest.mark.swtpm]
+K3S = b"k3s v1.31 arm64 binary"
+NODE = "pi-join-1"
+
+
+def k3s_ca_pem() -> bytes:
+    """A self-signed cluster CA like k3s's server-ca.crt."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "k3s-server-ca@1700000000")])
+    now = datetime.now(UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class JoinSite:
+    client: httpx.Client
+    kube: FakeKubeApi
+    ca_pem: bytes
+    tmp: Path
+    tpm: Swtpm
+    swtpms: Callable[[str], Swtpm]
+
+    def agent(self, tpm: Swtpm, name: str = NODE, measure: bytes = K3S,
+              state: str = "agent") -> Agent:
+        k3s = self.tmp / f"{state}-k3s"
+        k3s.write_bytes(measure)
+        config = AgentConfig(node_name=name, tcti=tpm.tcti, state_dir=self.tmp / state,
+                             measure_files=[k3s],
+                             join_token_path=self.tmp / state / "k3s-agent.service.d" /
+                             "umec-token.conf")
+        return Agent(config, self.client)
+
+    def secrets(self) -> dict[str, dict[str, Any]]:
+        with self.kube._cond:
+            return {name: obj for (ns, name), obj in self.kube.objects[SECRETS].items()
+                    if ns == "kube-system"}
+
+    def join(self, agent: Agent, nonce: bytes | None = None) -> httpx.Response:
+        raw = nonce if nonce is not None else agent.last_nonce
+        assert raw is not None
+        return self.client.post(f"/attest/v1/nodes/{agent.config.node_name}/join",
+                                json={"nonce": base64.b64encode(raw).decode()})
+
+
+@pytest.fixture
+def site(tmp_path: Path, manufacturer_ca: SwtpmCa,
+         swtpm_factory: Callable[[str], Swtpm]) -> Iterator[JoinSite]:
+    tpm = swtpm_factory("join-node")  # provisions the CA's chain on first use
+    bundle = tmp_path / "ek-ca.pem"
+    bundle.write_bytes(manufacturer_ca.certificate_chain_pem())
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "pi-k3s.yaml").write_text(k3s_policy(pcr_after(K3S)))
+    ca_pem = k3s_ca_pem()
+    (tmp_path / "server-ca.crt").write_bytes(ca_pem)
+    with FakeKubeApi() as kube:
+        server = build_server(Settings(
+            data_dir=tmp_path / "server", ek_ca_bundle=bundle, policy_dir=policies,
+            default_node_class="pi-k3s", kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig"),
+            k3s_server_ca=tmp_path / "server-ca.crt", join_token_ttl_seconds=900))
+        http = ServerThread(server.app).start()
+        client = httpx.Client(base_url=http.url, timeout=30)
+        try:
+            yield JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory)
+        finally:
+            client.close()
+            http.stop()
+
+
+def decoded(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.05)
+
+
+def test_trusted_node_gets_a_secret_and_a_token_only_its_tpm_opens(site: JoinSite) -> None:
+    tpm = site.tpm
+    agent = site.agent(tpm)
+    verdict = agent.attest_once()
+    assert verdict["trusted"] is True, verdict
+    resp = site.join(agent)
+    assert resp.status_code == 200, resp.text
+    grant = resp.json()
+    # The Secret k3s reads: one, in kube-system, of the bootstrap-token type and shape.
+    secrets = site.secrets()
+    assert list(secrets) == [f"bootstrap-token-{grant['token_id']}"]
+    secret = secrets[f"bootstrap-token-{grant['token_id']}"]
+    assert secret["type"] == "bootstrap.kubernetes.io/token"
+    data = decoded(secret)
+    assert data["token-id"] == grant["token_id"] and len(data["token-secret"]) == 16
+    assert data["usage-bootstrap-authentication"] == "true"
+    assert data["usage-bootstrap-signing"] == "true"
+    assert data["auth-extra-groups"] == K3S_NODE_GROUP
+    expires = datetime.strptime(data["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert timedelta(minutes=14) < expires - datetime.now(UTC) <= timedelta(minutes=15)
+    # Opened by the node's TPM: k3s's secure format with the cluster CA's hash.
+    with Tpm(tpm.tcti, ek_kind=agent.config.ek_kind) as own:
+        agent.load_ak(own)
+        token = join_agent.open_grant(own, NODE, grant)
+    ca, token_id, token_secret = parse_k3s_token(token)
+    assert ca == hashlib.sha256(site.ca_pem).hexdigest()
+    assert (token_id, token_secret) == (data["token-id"], data["token-secret"])
+    # Another TPM (its own EK), with its own AK loaded under the same node name, cannot.
+    other = site.swtpms("join-impostor")
+    with Tpm(other.tcti, ek_kind="rsa") as foreign:
+        foreign.load_or_create_ak(site.tmp / "impostor", "ecc")
+        with pytest.raises(TpmCommandFailed):
+            join_agent.open_grant(foreign, NODE, grant)
+    # The same request again (a replay) gets nothing new.
+    replay = site.join(agent)
+    assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"
+    assert list(site.secrets()) == [f"bootstrap-token-{grant['token_id']}"]
+
+
+def test_agent_writes_the_token_and_rotation_keeps_one_secret(site: JoinSite) -> None:
+    tpm = site.tpm
+    agent = site.agent(tpm)
+    first = agent.attest_once()
+    assert site.join(agent).status_code == 200
+    older = agent.last_nonce
+    # The next verdict's request rotates: the earlier Secret is gone, one remains.
+    assert agent.join_once(agent.attest_once()) is True and first["trusted"]
+    assert len(site.secrets()) == 1
+    path = agent.config.join_token_path
+    assert path is not None and stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    token = text.split('K3S_TOKEN=')[1].split('"')[0]
+    assert "[Service]" in text
+    assert f"bootstrap-token-{parse_k3s_token(token)[1]}" in site.secrets()
+    # A request with an older verdict's nonce gets nothing.
+    stale = site.join(agent, older)
+    assert stale.status_code == 409 and stale.json()["check"] == "join.verdict_not_latest"
+
+
+def test_turning_untrusted_deletes_the_unused_secret(site: JoinSite,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    tpm = site.tpm
+    agent = site.agent(tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    assert len(site.secrets()) == 1
+    with Tpm(tpm.tcti) as raw:  # something changes the measured boot state after the join
+        raw.pcr_extend(14, {"sha256": hashlib.sha256(b"tampered").digest()})
+    verdict = agent.attest_once()
+    assert verdict["trusted"] is False
+    wait_for(lambda: not site.secrets())
+    deletes = [r for r in site.kube.calls("DELETE") if "/secrets/bootstrap-token-" in r.path]
+    assert len(deletes) == 1
+    refused = site.join(agent)
+    assert refused.status_code == 403 and refused.json()["check"] == "join.untrusted"
+    assert "pcr" in refused.json()["detail"]
+    with caplog.at_level(logging.ERROR, logger="umec.agent"):
+        assert agent.join_once(verdict) is False
+    failed = [(getattr(r, "check", ""), getattr(r, "hint", "")) for r in caplog.records
+              if r.name == "umec.agent"]
+    assert failed and all(check and hint for check, hint in failed), failed
+    assert [c for c, _ in failed] == [f["check"] for f in verdict["failed_checks"]]
+
+
+def test_tampered_boot_pcr_never_gets_a_token(site: JoinSite) -> None:
+    tpm = site.tpm
+    agent = site.agent(tpm, measure=b"a k3s binary someone patched")
+    verdict = agent.attest_once()
+    assert verdict["trusted"] is False
+    refused = site.join(agent)
+    assert refused.status_code == 403, refused.text
+    body = refused.json()
+    assert body["check"] == "join.untrusted" and body["hint"]
+    assert agent.join_once(verdict) is False
+    assert site.secrets() == {}
+    assert agent.config.join_token_path is not None
+    assert not agent.config.join_token_path.exists()
+    assert not [r for r in site.kube.calls("POST") if "/secrets" in r.path]
