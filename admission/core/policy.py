@@ -39,6 +39,15 @@ turns them into the decision (Python computes facts, Rego decides):
 
 Signers are identified by the RFC 7638 thumbprint of their public key (``key_id``), so two
 documents naming the same key differently still agree, and names never collide across tenants.
+A keyless signer's id is its issuer and subject *under the digest of the trust root* that
+verified its certificate (:meth:`KeylessIdentity.signer_id`): a tenant's policy with its own
+root cannot mint the id another policy's authority counts.
+
+What to verify an image with is the applicable policies' keys, keyless authorities and
+attestation keys only (:meth:`PolicySet.scope`), never another namespace's: a tenant's glob
+cannot add its keys or roots to the verification of other tenants' pods; the scope's digest
+(a hash of exactly those policies) keys the verification cache, so editing one tenant's policy
+does not flush another's cached verdicts.
 Modelled on sigstore-python's ``verify/policy.py``: small objects, one ``verify()`` each,
 composed. Pure: file references are read through a callable the adapter passes in.
 """
@@ -50,7 +59,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any, Literal, Protocol
 
 import yaml
@@ -226,6 +235,28 @@ class ImagePolicy:
     def attestation_keys(self) -> dict[str, PublicKey]:
         return {kid: k for r in self.attestations for kid, k in r.trusted().items()}
 
+    @cached_property
+    def digest(self) -> str:
+        """SHA-256 of the policy's canonical form (keys, roots and identities included)."""
+        return hashlib.sha256(json.dumps(_canonical(self), sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VerificationScope:
+    """What verifying one image for one namespace takes: the keys, keyless authorities and
+    attestation keys of the policies that apply there (:meth:`PolicySet.scope`), and a digest
+    of exactly those policies, which keys cached verdicts."""
+
+    policies: tuple[ImagePolicy, ...]
+    keys: Mapping[str, PublicKey]
+    keyless: tuple[KeylessAuthority, ...]
+    attestation_keys: Mapping[str, PublicKey]
+
+    @cached_property
+    def digest(self) -> str:
+        return hashlib.sha256(" ".join(sorted(p.digest for p in self.policies)).encode()
+                              ).hexdigest()
+
 
 @dataclass(frozen=True)
 class PolicyOutcome:
@@ -272,27 +303,30 @@ class PolicySet:
         return [p for p in self.policies
                 if (p.namespace is None or p.namespace == namespace) and p.matches(image_name)]
 
-    def keys_for(self, image_name: str) -> dict[str, PublicKey]:
-        """Every key any policy (any namespace) trusts for this image: one verification per
-        digest serves every namespace, and the namespace filter is applied in ``evaluate``."""
-        out: dict[str, PublicKey] = {}
-        for p in self.policies:
-            if p.matches(image_name):
-                out.update(p.keys())
-        return out
+    def scope(self, namespace: str, image_name: str) -> VerificationScope:
+        """The keys, keyless authorities and attestation keys of the policies that apply to
+        ``image_name`` in ``namespace`` (:meth:`applicable`), and nothing of any other
+        namespace's policies."""
+        applicable = tuple(self.applicable(namespace, image_name))
+        keys: dict[str, PublicKey] = {}
+        attestation_keys: dict[str, PublicKey] = {}
+        for p in applicable:
+            keys.update(p.keys())
+            attestation_keys.update(p.attestation_keys())
+        keyless = tuple(dict.fromkeys(a for p in applicable for a in p.keyless()))
+        return VerificationScope(applicable, keys, keyless, attestation_keys)
 
-    def attestation_keys_for(self, image_name: str) -> dict[str, PublicKey]:
-        """Every key any policy's attestation requirement trusts for this image."""
-        out: dict[str, PublicKey] = {}
-        for p in self.policies:
-            if p.matches(image_name):
-                out.update(p.attestation_keys())
-        return out
+    def keys_for(self, namespace: str, image_name: str) -> dict[str, PublicKey]:
+        """Every key a policy applicable in ``namespace`` trusts for this image."""
+        return dict(self.scope(namespace, image_name).keys)
 
-    def keyless_for(self, image_name: str) -> tuple[KeylessAuthority, ...]:
-        """Every keyless authority any policy (any namespace) has for this image."""
-        return tuple(dict.fromkeys(a for p in self.policies if p.matches(image_name)
-                                   for a in p.keyless()))
+    def attestation_keys_for(self, namespace: str, image_name: str) -> dict[str, PublicKey]:
+        """Every key an applicable policy's attestation requirement trusts for this image."""
+        return dict(self.scope(namespace, image_name).attestation_keys)
+
+    def keyless_for(self, namespace: str, image_name: str) -> tuple[KeylessAuthority, ...]:
+        """Every keyless authority a policy applicable in ``namespace`` has for this image."""
+        return self.scope(namespace, image_name).keyless
 
     def evaluate(self, namespace: str, image_name: str,
                  signers: Iterable[Signer], digest: str,
@@ -434,7 +468,7 @@ def _keyless_authority(where: str, name: str, doc: Mapping[str, Any],
         raise PolicyInvalid(f"{where}.keyless.trustedRoot: {e.detail}") from None
     identities = tuple(_keyless_identity(f"{where}.keyless.identities[{i}]", d) for i, d in
                        enumerate(_list(f"{where}.keyless.identities", spec.get("identities"))))
-    ids = {f"{i.identity} ({i.issuer})": i.key_id for i in identities}
+    ids = {f"{i.identity} ({i.issuer})": i.signer_id(root.digest) for i in identities}
     _need(len(ids) == len(identities), f"{where}.keyless.identities", "an identity is listed "
           "twice (a threshold would count it once)")
     return Authority(name, {}, ids, _threshold(where, doc, len(ids)), (),

@@ -320,9 +320,19 @@ class KeylessIdentity:
 
     @property
     def key_id(self) -> str:
-        """The signer id policies count: the issuer is part of it, so one subject name from
-        two issuers is two signers."""
+        """Subject and issuer (the issuer is part of it, so one subject name from two issuers
+        is two signers): what a message names. Not what a policy counts: see
+        :meth:`signer_id`."""
         return f"keyless:{self.issuer} {self.identity}"
+
+    def signer_id(self, root_digest: str) -> str:
+        """The signer id a policy counts: ``keyless:<root digest> <issuer> <subject>``.
+
+        Scoped to the trust root that verified the certificate: a tenant's policy with its own
+        root (its own CA) and another policy's issuer and subject mints another id, which that
+        other policy never counts. The digest and the issuer hold no whitespace, so the id
+        splits back unambiguously."""
+        return f"keyless:{root_digest} {self.issuer} {self.identity}"
 
 
 def _integrated_time(bundle_raw: bytes) -> datetime:

@@ -11,10 +11,12 @@
   1. the same skips;
   2. every image must carry a digest (an image by tag is denied: mutation may have been
      bypassed or the tag may move);
-  3. verify signatures once per (policy generation, image@digest) against every key any policy
-     trusts for the image, single flight, cached; likewise, when a policy requires attestations,
-     the image's ``.att`` envelopes against every key an attestation requirement trusts
-     (:mod:`admission.service.attestations`), concurrently with the signatures;
+  3. verify signatures with the keys and keyless authorities of the policies that apply to the
+     image *in the pod's namespace* (``PolicySet.scope``: the namespace's ImagePolicies and the
+     ClusterImagePolicies, never another tenant's), single flight, cached per (hash of those
+     policies, image@digest), so editing one tenant's policy keeps the others' verdicts;
+     likewise, when a policy requires attestations, the image's ``.att`` envelopes against the
+     applicable attestation keys (:mod:`admission.service.attestations`), concurrently;
   4. evaluate the ImagePolicies of the pod's namespace plus the ClusterImagePolicies;
   5. Rego takes the final decision (deny messages name container path, image and step);
   6. record the admitted Pod (namespace, name, uid → digests and signer key ids).
@@ -46,7 +48,7 @@ from typing import Any, Protocol
 from admission.core.attestations import EnvelopeVerdict
 from admission.core.errors import AdmissionError
 from admission.core.keyless import KeylessAuthority
-from admission.core.policy import ImageDecision, PolicySet, Signer
+from admission.core.policy import ImageDecision, PolicySet, Signer, VerificationScope
 from admission.core.rego_input import container_facts, review_facts
 from admission.core.review import (
     ContainerImage,
@@ -201,17 +203,17 @@ class Admitter:
         self._count("resolve", hit)
         item.digest = digest
 
-    async def _verify(self, item: _Image, policies: PolicySet) -> None:
+    async def _verify(self, item: _Image, policies: PolicySet, namespace: str) -> None:
         item.step = "verify"
         ref = f"{split_image(item.container.image).name}@{item.digest}"
-        key = (policies.generation, f"{item.normalized}@{item.digest}")
-        await asyncio.gather(self._signatures(item, policies, ref, key),
-                             self._attestations(item, policies, ref, key))
+        scope = policies.scope(namespace, item.normalized)
+        key = (scope.digest, f"{item.normalized}@{item.digest}")
+        await asyncio.gather(self._signatures(item, scope, ref, key),
+                             self._attestations(item, scope, ref, key))
 
-    async def _signatures(self, item: _Image, policies: PolicySet, ref: str,
+    async def _signatures(self, item: _Image, scope: VerificationScope, ref: str,
                           key: tuple[str, str]) -> None:
-        keys = policies.keys_for(item.normalized)
-        keyless = policies.keyless_for(item.normalized)
+        keys, keyless = scope.keys, scope.keyless
         if not keys and not keyless:  # no policy covers it: nothing to verify, noMatch decides
             return
         # Signature validity is a property of the digest, so the cache is shared across pods;
@@ -221,9 +223,9 @@ class Admitter:
         self._count("verify", hit)
         item.signers = signers
 
-    async def _attestations(self, item: _Image, policies: PolicySet, ref: str,
+    async def _attestations(self, item: _Image, scope: VerificationScope, ref: str,
                             key: tuple[str, str]) -> None:
-        keys = policies.attestation_keys_for(item.normalized)
+        keys = scope.attestation_keys
         source = self.deps.attestations
         if not keys or source is None:  # without a source the facts say none: Rego denies
             return
@@ -331,7 +333,7 @@ class Admitter:
         for item in items:
             item.step = "verify"
         await self._run_all([i for i in items if i.digest is not None],
-                            lambda i: self._verify(i, policies))
+                            lambda i: self._verify(i, policies, req.namespace))
         rego_input, decisions = self._rego_input(req, items, policies)
         try:
             verdict = self.deps.rego.decide(rego_input)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from admission.core.cosign import (
     BUNDLE_V03_MEDIA_TYPE,
@@ -35,6 +36,7 @@ from admission.core.keyless import KeylessAuthority, parse_trusted_root, verify_
 from admission.core.reference import ImageReference
 from admission.core.verify import (
     KeylessIdentity,
+    KeylessVerificationFailed,
     NoSignatures,
     VerifiedSignature,
     parse_bundle,
@@ -53,6 +55,19 @@ class ReferenceNotPinned(AdmissionError):
     hint = "Verify by digest (IMAGE@sha256:...): a tag can move between check and use."
 
 
+def scoped(signature: VerifiedSignature, authority: KeylessAuthority) -> VerifiedSignature:
+    """``signature`` (made keyless, verified under ``authority``) with the signer id a policy
+    counts: the identity's id under the authority's trust root
+    (:meth:`admission.core.verify.KeylessIdentity.signer_id`). Two policies naming one issuer
+    and subject under different roots are two signers: a tenant's own CA cannot sign for the
+    cluster's identity."""
+    for wanted in authority.identities:
+        if wanted.key_id == signature.key_id:
+            return replace(signature, key_id=wanted.signer_id(authority.root.digest))
+    raise KeylessVerificationFailed(f"{signature.key_id} is not an identity of the authority "
+                                    f"that verified it")  # fail closed: never unscoped
+
+
 def _keyless_layer(layer: SignatureLayer, authorities: Sequence[KeylessAuthority], digest: str
                    ) -> tuple[list[VerifiedSignature], list[AdmissionError]]:
     """A layer with a Fulcio certificate, against every keyless authority."""
@@ -60,7 +75,8 @@ def _keyless_layer(layer: SignatureLayer, authorities: Sequence[KeylessAuthority
     errors: list[AdmissionError] = []
     for authority in authorities:
         try:
-            results.append(verify_legacy_keyless(layer, authority, image_digest=digest))
+            results.append(scoped(verify_legacy_keyless(layer, authority, image_digest=digest),
+                                  authority))
         except AdmissionError as exc:
             errors.append(exc)
     return results, ([] if results else errors)
@@ -98,9 +114,9 @@ def _bundle_keyless(raw: bytes, manifest: bytes, digest: str,
     failure: AdmissionError | None = None
     for authority in keyless:
         try:
-            return verify_bundle_keyless(raw, manifest, image_digest=digest,
-                                         trusted_root=authority.root.raw,
-                                         identities=authority.identities)
+            return scoped(verify_bundle_keyless(raw, manifest, image_digest=digest,
+                                                trusted_root=authority.root.raw,
+                                                identities=authority.identities), authority)
         except AdmissionError as exc:
             failure = exc
     assert failure is not None

@@ -74,8 +74,11 @@ def test_tenant_keys_never_admit_into_another_namespace() -> None:
     # A namespace with no policy of its own falls to noMatch (deny), never to tenant-a's keys.
     other = ps.evaluate("tenant-c", IMG, sigs(A1, B1), D1)
     assert other.matched == () and other.no_match == "deny" and not admitted(other, "tenant-c")
-    # The verifier is asked about every key that might matter, across namespaces.
-    assert set(ps.keys_for(IMG)) == {kid(A1), kid(B1)}
+    # The verifier is asked about the applicable policies' keys only (issue 12, F3): a
+    # tenant's keys are never tried for another namespace's pod.
+    assert set(ps.keys_for("tenant-a", IMG)) == {kid(A1)}
+    assert set(ps.keys_for("tenant-b", IMG)) == {kid(B1)}
+    assert ps.keys_for("tenant-c", IMG) == {}
 
 
 def test_cluster_and_namespace_policies_must_all_hold() -> None:
@@ -199,7 +202,7 @@ def test_policy_dir_reads_key_files_inside_it_only(tmp_path: Path) -> None:
         (policies / "p.yaml").write_text(yaml.safe_dump(doc))
 
     write("ci.pub")
-    assert set(load_policy_set(policies).keys_for(IMG)) == {kid(A1)}
+    assert set(load_policy_set(policies).keys_for("ns", IMG)) == {kid(A1)}
     for escape in ("../outside.pub", str(tmp_path / "outside.pub"), "link.pub"):
         write(escape)
         with pytest.raises(ValueError, match="is outside the policy directory"):

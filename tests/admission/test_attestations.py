@@ -295,8 +295,9 @@ def test_policy_attestations_parse_and_change_the_generation() -> None:
     reqs = required.policies[0].attestations
     assert reqs[0].conditions == {"builder_id": "https://ci.example/builder"}
     assert reqs[1].predicate_types == ("https://cyclonedx.org/bom", SPDX)
-    assert set(required.attestation_keys_for("reg.example/a/b")) == {key_thumbprint(KEY)}
-    assert required.attestation_keys_for("other.example/a") == {}
+    assert set(required.attestation_keys_for("ns", "reg.example/a/b")) == \
+        {key_thumbprint(KEY)}
+    assert required.attestation_keys_for("ns", "other.example/a") == {}
 
 
 @pytest.mark.parametrize(("bad", "message"), [

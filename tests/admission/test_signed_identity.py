@@ -204,13 +204,15 @@ def _keyless_policy(mini: MiniSigstore, *identities: tuple[str, str], threshold:
 def test_keyless_authority_parses_and_counts_identities(mini: MiniSigstore) -> None:
     ps = load_policies([_keyless_policy(mini, (ISSUER, WORKFLOW), (ISSUER, "ci@example.org"),
                                         threshold=2)])
-    (authority_,) = ps.keyless_for("registry.example/app")
+    (authority_,) = ps.keyless_for("ns", "registry.example/app")
     assert [i.identity for i in authority_.identities] == [WORKFLOW, "ci@example.org"]
-    assert ps.keys_for("registry.example/app") == {}
-    one = [Sig(D1, f"keyless:{ISSUER} {WORKFLOW}", reference="registry.example/app")]
+    assert ps.keys_for("ns", "registry.example/app") == {}
+    # Signer ids are scoped to the trust root (issue 12, F1).
+    root = authority_.root.digest
+    one = [Sig(D1, f"keyless:{root} {ISSUER} {WORKFLOW}", reference="registry.example/app")]
     decision = ps.evaluate("ns", "registry.example/app", one, D1)
     assert not decision.verified and "1 of the required 2" in decision.matched[0].reasons[0]
-    both = [*one, Sig(D1, f"keyless:{ISSUER} ci@example.org",
+    both = [*one, Sig(D1, f"keyless:{root} {ISSUER} ci@example.org",
                       reference="registry.example/app")]
     assert ps.evaluate("ns", "registry.example/app", both, D1).verified
 
