@@ -13,6 +13,10 @@ Steps, in order (each named by the error class it raises):
 3. Boot event log, when sent (or required by policy): it must parse, replay to the quoted PCRs
    and satisfy the policy's reference digests. Only (PCR, digest) pairs are authenticated by the
    quote, so nothing else in the log is used for a decision.
+4. IMA list, when the policy has a runtime policy (:mod:`attest.core.ima.appraise`): the
+   entries from ``ima_offset`` replay to the quoted PCR 10 from the node's stored running value,
+   and each accepted entry satisfies the runtime policy. An offset the verifier cannot continue
+   from raises ``ImaOffsetMismatch`` (the agent re-sends from the offset it names).
 
 The verdict lists every failed check; ``trusted`` is true only when that list is empty. Only
 step 1 raises (``AttestationError``); steps 2 and 3 are collected.
@@ -26,6 +30,7 @@ from typing import Any
 
 from attest.core.errors import AttestationError
 from attest.core.eventlog import appraise_event_log, parse_event_log
+from attest.core.ima.appraise import ImaState, appraise_ima
 from attest.core.policy import AppraisalPolicy, EventLogRequired, check_pcr_values
 from attest.core.quote import appraise_quote
 from attest.core.tpm_structs import ClockInfo, TpmPublic
@@ -37,6 +42,8 @@ class Evidence:
     signature: bytes
     pcr_values: Mapping[str, Mapping[int, bytes]]
     event_log: bytes | None = None
+    ima_log: bytes | None = None
+    ima_offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,8 @@ class Verdict:
     clock: ClockInfo | None = None
     rebooted: bool = False
     quoted: Mapping[str, frozenset[int]] = field(default_factory=dict)
+    # The IMA state to keep if this verdict is trusted (None: no runtime policy or no replay).
+    ima: ImaState | None = None
 
     @property
     def reason(self) -> str:
@@ -71,6 +80,7 @@ def appraise_evidence(
     policy: AppraisalPolicy,
     requested: Mapping[str, frozenset[int]],
     previous_clock: ClockInfo | None,
+    previous_ima: ImaState | None = None,
 ) -> Verdict:
     # Step 1: raises for evidence that is not authenticated by the AK over this nonce.
     quote = appraise_quote(ak, evidence.attest, evidence.signature,
@@ -92,6 +102,12 @@ def appraise_evidence(
         failures.append(EventLogRequired("no event log was sent with the quote"))
 
     clock = quote.attest.clock_info
+    ima = None
+    if policy.runtime_policy is not None:
+        outcome = appraise_ima(policy.runtime_policy, evidence.ima_log, evidence.ima_offset,
+                               evidence.pcr_values, clock, previous_ima)
+        failures.extend(outcome.failures)
+        ima = outcome.state
     return Verdict(trusted=not failures, failures=tuple(failures), clock=clock,
                    rebooted=quote.rebooted,
-                   quoted=quote.attest.quote.pcr_select if quote.attest.quote else {})
+                   quoted=quote.attest.quote.pcr_select if quote.attest.quote else {}, ima=ima)

@@ -14,6 +14,8 @@ A policy is a small YAML document, one per node class, managed with ``umec polic
     interval_seconds: 30
     require_ack: false          # true: leaving untrusted/stale also needs `umec nodes ack`
     version: 3                  # optional; required in a signed policy, only ever increases
+    runtime_policy: {…}         # optional IMA runtime policy: Keylime's runtime-policy JSON
+                                # (inline mapping or JSON string); needs PCR 10 in selection
 
 Parsing is strict: unknown keys, bad hex and wrong digest lengths are rejected with
 :class:`PolicyInvalid` naming the key, so a typo can never silently widen what is accepted.
@@ -31,10 +33,11 @@ import yaml
 
 from attest.core.errors import AttestationError
 from attest.core.eventlog import EventLogReference
+from attest.core.ima.policy import RuntimePolicy
 
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _KEYS = {"name", "description", "selection", "pcrs", "eventlog", "require_event_log",
-         "interval_seconds", "require_ack", "version"}
+         "interval_seconds", "require_ack", "version", "runtime_policy"}
 
 
 class PolicyInvalid(ValueError):
@@ -150,6 +153,21 @@ def _eventlog(doc: Mapping[str, Any]) -> EventLogReference | None:
         raise PolicyInvalid(str(getattr(exc, "detail", exc))) from None
 
 
+def _runtime_policy(doc: Mapping[str, Any],
+                    selection: Mapping[str, frozenset[int]]) -> RuntimePolicy | None:
+    raw = doc.get("runtime_policy")
+    if raw is None:
+        return None
+    if not any(10 in pcrs for pcrs in selection.values()):
+        raise PolicyInvalid("runtime_policy: needs PCR 10 in selection (IMA extends PCR 10)")
+    try:
+        if isinstance(raw, str):
+            return RuntimePolicy.from_json(raw)
+        return RuntimePolicy.from_dict(raw)
+    except ValueError as exc:
+        raise PolicyInvalid(f"runtime_policy.{getattr(exc, 'detail', exc)}") from None
+
+
 def _version(doc: Mapping[str, Any]) -> int | None:
     """``version``: a positive integer (a signed policy's rollback counter), or absent."""
     version = doc.get("version")
@@ -178,6 +196,8 @@ class AppraisalPolicy:
     require_ack: bool = False
     # Signed policies (attest/core/policy_envelope.py): applied only above the stored version.
     version: int | None = None
+    # IMA runtime policy (Keylime's format): the node must send its IMA list with each quote.
+    runtime_policy: RuntimePolicy | None = None
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> AppraisalPolicy:
@@ -191,7 +211,7 @@ class AppraisalPolicy:
         return cls(name=name, selection=selection, pcrs=pcrs, eventlog=eventlog,
                    require_event_log=bool(doc.get("require_event_log", False)),
                    interval_seconds=interval, require_ack=_flag(doc, "require_ack"),
-                   version=_version(doc))
+                   version=_version(doc), runtime_policy=_runtime_policy(doc, selection))
 
     @classmethod
     def from_yaml(cls, text: str) -> AppraisalPolicy:

@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from attest.core.errors import AttestationError, MalformedStructure
 
 _FIX_AGENT = ("Have the agent send /sys/kernel/security/ima/binary_runtime_measurements (or the "
@@ -77,8 +79,8 @@ class ImaOffsetMismatch(AttestationError):
         super().__init__(detail)
         self.expected = expected
 
-    def as_dict(self) -> dict[str, str]:
-        return {**super().as_dict(), "ima_offset": str(self.expected)}
+    def problem_extra(self) -> dict[str, Any]:
+        return {**super().problem_extra(), "ima_offset": self.expected}
 
 
 class ImaLogRequired(AttestationError):
