@@ -22,7 +22,7 @@ HOST = Path(__file__).resolve().parents[2] / "deploy" / "host"
 AGENT = HOST / "umec-agent.service"
 JOIN = HOST / "umec-agent-join.service"
 DROPIN = HOST / "k3s-agent.service.d" / "10-umec.conf"
-TOKEN_FILE = "/run/umec/k3s-token.env"
+TOKEN_FILE = "/etc/rancher/k3s/config.yaml.d/90-umec-token.yaml"
 # Keys systemd 252 (bookworm) does not know: it warns and ignores them, so they must not be
 # relied on in the shipped unit (RestartSteps/RestartMaxDelaySec came in 254).
 NEWER_THAN_252 = {"RestartSteps", "RestartMaxDelaySec"}
@@ -101,15 +101,14 @@ def test_agent_unit_is_hardened(agent: Unit) -> None:
     expected = {"DevicePolicy": "closed", "DeviceAllow": "/dev/tpmrm0 rw",
                 "ProtectSystem": "strict", "ProtectHome": "yes", "NoNewPrivileges": "yes",
                 "PrivateTmp": "yes", "StateDirectory": "umec", "StateDirectoryMode": "0700",
-                "RuntimeDirectory": "umec", "RuntimeDirectoryMode": "0700",
                 "CapabilityBoundingSet": "", "UMask": "0077", "Restart": "on-failure",
                 "ExecStart": "/opt/umec-agent/bin/umec agent"}
     for key, value in expected.items():
         assert one(agent, "Service", key) == value, key
     # The TPM must stay visible: PrivateDevices=yes would hide /dev/tpmrm0.
     assert values(agent, "Service", "PrivateDevices") in ([], ["no"])
-    # No writable path besides the state and runtime directories.
-    assert values(agent, "Service", "ReadWritePaths") == []
+    # No writable path besides the state directory and where the join token goes.
+    assert values(agent, "Service", "ReadWritePaths") == [str(Path(TOKEN_FILE).parent)]
 
 
 def test_agent_unit_restarts_with_backoff_systemd_252_understands(agent: Unit) -> None:
@@ -127,7 +126,9 @@ def test_agent_runs_as_the_host_agent_before_k3s(agent: Unit) -> None:
     assert variables["UMEC_AGENT_ROLE"] == "host"
     assert variables["UMEC_AGENT_STATE_DIR"] == "/var/lib/umec"
     assert variables["UMEC_HOST_AGENT_MARKER"].startswith("/var/lib/umec/")
-    assert variables["UMEC_K3S_TOKEN_FILE"] == TOKEN_FILE
+    assert variables["UMEC_JOIN_TOKEN_PATH"] == TOKEN_FILE
+    # An earlier boot's token is gone before the agent (and the gate after it) starts.
+    assert one(agent, "Service", "ExecStartPre") == f"/bin/rm -f {TOKEN_FILE}"
     assert one(agent, "Service", "EnvironmentFile") == "/etc/umec/agent.env"
     assert one(agent, "Install", "WantedBy") == "multi-user.target"
 
@@ -135,8 +136,8 @@ def test_agent_runs_as_the_host_agent_before_k3s(agent: Unit) -> None:
 def test_k3s_agent_starts_only_after_the_join_gate(dropin: Unit, join: Unit) -> None:
     assert "umec-agent-join.service" in one(dropin, "Unit", "Requires").split()
     assert "umec-agent-join.service" in one(dropin, "Unit", "After").split()
-    # Required (no "-"): without this boot's token k3s-agent does not start.
-    assert one(dropin, "Service", "EnvironmentFile") == TOKEN_FILE
+    # k3s reads the token from config.yaml.d itself: the drop-in only orders and requires.
+    assert "Service" not in dropin
     assert one(join, "Service", "Type") == "oneshot"
     assert one(join, "Service", "RemainAfterExit") == "yes"
     assert one(join, "Service", "TimeoutStartSec") == "infinity"
@@ -152,7 +153,7 @@ def _gate_command(join: Unit, token: Path) -> list[str]:
 
 
 def test_join_gate_waits_for_a_non_empty_token_file(join: Unit, tmp_path: Path) -> None:
-    token = tmp_path / "k3s-token.env"
+    token = tmp_path / "90-umec-token.yaml"
     gate = subprocess.Popen(_gate_command(join, token))
     try:
         time.sleep(1.5)
@@ -160,7 +161,7 @@ def test_join_gate_waits_for_a_non_empty_token_file(join: Unit, tmp_path: Path) 
         token.touch()  # an empty file is not a token
         time.sleep(1.5)
         assert gate.poll() is None, "the gate finished on an empty token file"
-        token.write_text("K3S_TOKEN=K10abc::abcdef.0123456789abcdef\n")
+        token.write_text("token: K10abc::abcdef.0123456789abcdef\n")
         assert gate.wait(timeout=5) == 0
     finally:
         if gate.poll() is None:
@@ -181,7 +182,7 @@ def _root(tmp_path: Path) -> Path:
         shutil.copy(unit, root / "usr/lib/systemd/system" / unit.name)
     shutil.copy(DROPIN, root / "etc/systemd/system/k3s-agent.service.d" / DROPIN.name)
     (root / "etc/systemd/system/k3s-agent.service").write_text(K3S_AGENT_UNIT)
-    for exe in ("opt/umec-agent/bin/umec", "usr/local/bin/k3s", "usr/bin/sh"):
+    for exe in ("opt/umec-agent/bin/umec", "usr/local/bin/k3s", "usr/bin/sh", "usr/bin/rm"):
         (root / exe).write_text("#!/bin/sh\n")
         (root / exe).chmod(0o755)
     return root
