@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from umec import cli_admission, cli_attest, cli_deploy
+from umec import cli_admission, cli_attest, cli_deploy, cli_policy
 from umec.cli_errors import (
     CliError,
     FileUnusable,
@@ -114,6 +114,8 @@ def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if t
               "measure_files": [str(p) for p in settings.measure_files],
               "application_pcr": settings.application_pcr, "server_url": settings.server_url,
               "server_ca": str(settings.server_ca) if settings.server_ca else None,
+              "agent_role": settings.agent_role,
+              "host_agent_marker": str(settings.host_agent_marker),
               "log_level": checked_log_level(settings)}, once=once)
 
 
@@ -183,24 +185,11 @@ def nodes_ack(name: str) -> None:
                   f"quote")
 
 
-@policy_app.command("set")
-def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True,
-                                                    dir_okay=False)]) -> None:
-    """Create or replace the appraisal policy in FILE (YAML; its `name` is the node class)."""
-    from attest.core.policy import PolicyInvalid
-    from attest.service.policies import set_policy
-    try:
-        document = file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise FileUnusable(f"{file}: not UTF-8 text ({exc.reason})",
-                           hint="pass the policy as a YAML text file") from None
-    try:
-        policy, generation = set_policy(_sessions(_settings()), document)
-    except PolicyInvalid as exc:
-        raise CliError(f"{file}: {exc}", check="policy.rejected",
-                       hint="fix the named key of the policy (attest/core/policy.py describes "
-                            "the format) and run `umec policy set` again") from None
-    console.print(f"policy {policy.name!r} stored (generation {generation})")
+policy_app.command("set")(cli_policy.policy_set)
+policy_app.command("sign")(cli_policy.sign)
+policy_app.command("verify")(cli_policy.verify)
+policy_app.command("history")(cli_policy.history)
+policy_app.command("rollback")(cli_policy.rollback)
 
 
 @policy_app.command("list")

@@ -20,6 +20,7 @@ from umec.settings import Settings
 if TYPE_CHECKING:
     from admission.service.build import AdmissionConfig, RegistryConfig
     from attest.service.context import AttestConfig
+    from keys import PublicKey
     from mec_api.service.build import ApisConfig, MecApiConfig
 
 INFERENCE_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # mec_api.inference.image.ImageLimits.max_bytes
@@ -67,7 +68,23 @@ def attest_config(settings: Settings) -> AttestConfig:
         kubernetes_resync_seconds=settings.kubernetes_resync_seconds,
         webhook_urls=tuple(settings.webhook_urls),
         webhook_secret=settings.webhook_secret.encode(),
-        policy_dir=settings.policy_dir)
+        policy_dir=settings.policy_dir, policy_signers=policy_signers(settings),
+        policy_threshold=settings.policy_threshold)
+
+
+def policy_signers(settings: Settings) -> dict[str, PublicKey]:
+    """UMEC_POLICY_SIGNERS loaded (one key given twice is one signer); a threshold no set of
+    distinct signers could meet is a settings error, not a policy that is never applied."""
+    from attest.core.policy_envelope import trusted_keys
+    from keys import load_public_key_file
+    from umec.cli_errors import SettingsInvalid
+    signers = trusted_keys([load_public_key_file(p) for p in settings.policy_signers])
+    if signers and settings.policy_threshold > len(signers):
+        raise SettingsInvalid(
+            f"UMEC_POLICY_THRESHOLD={settings.policy_threshold} but UMEC_POLICY_SIGNERS names "
+            f"{len(signers)} distinct key(s)",
+            hint="list more distinct signer keys or lower UMEC_POLICY_THRESHOLD")
+    return signers
 
 
 def registry_config(settings: Settings) -> RegistryConfig:

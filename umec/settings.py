@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator
@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     ek_ca_bundle: Path | None = Field(default=None, description="PEM: manufacturer EK CAs.")
     ek_allowlist: list[str] = Field(default_factory=list, description="Approved EK sha256 hashes.")
     policy_dir: Path | None = Field(default=None, description="Appraisal policies (*.yaml).")
+    policy_signers: list[Path] = Field(
+        default_factory=list, description="Public key files (PEM/DER, e.g. cosign.pub) of "
+        "who may sign appraisal policies (a JSON list in the environment). Set: only signed "
+        "policies (DSSE, `umec policy sign`) are applied, only above the applied version.")
+    policy_threshold: int = Field(default=1, ge=1, description="How many distinct "
+                                  "UMEC_POLICY_SIGNERS must sign a policy (N of M).")
     default_node_class: str = "default"
     nonce_ttl_seconds: float = 60.0
     attestation_interval_seconds: float = 30.0
@@ -179,6 +185,12 @@ class Settings(BaseSettings):
     event_log_path: Path = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
     measure_files: list[Path] = Field(default_factory=list)
     application_pcr: int = 14
+    agent_role: Literal["", "host", "daemonset"] = Field(
+        default="", description="host: the systemd host agent (writes UMEC_HOST_AGENT_MARKER "
+        "before it enrols); daemonset: refuses to start where that marker exists (issue 13).")
+    host_agent_marker: Path = Field(default=Path("/var/lib/umec/host-agent.json"),
+                                    description="The host agent's marker file, as this agent "
+                                    "sees it (the DaemonSet mounts the host's /var/lib/umec).")
 
     @field_validator("metrics_token")
     @classmethod

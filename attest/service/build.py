@@ -28,7 +28,7 @@ from attest.service.join import JoinBridge, JoinRevocationSink, JoinService
 from attest.service.notify import CompositeSink
 from attest.service.notify.event import StateChangeSink
 from attest.service.notify.webhook import WebhookSink
-from attest.service.policies import load_policy_dir
+from attest.service.policies import PolicyTrust, load_policy_dir
 from kernel.service import Hook, Service
 from keys import KeyRing, sign_jwt
 
@@ -62,7 +62,8 @@ def build_service(config: AttestConfig, bridges: AttestBridges) -> Service[Attes
                         listeners=[CompositeSink(sinks.all)] if sinks.all else [],
                         now=bridges.now, change_writers=list(bridges.change_writers))
     if config.policy_dir is not None:
-        load_policy_dir(bridges.sessions, config.policy_dir)
+        load_policy_dir(bridges.sessions, config.policy_dir,
+                        PolicyTrust(config.policy_signers, config.policy_threshold))
     state: dict[str, object] = {"attest": ctx}
     if bridges.join is not None:
         join = JoinService(ctx, bridges.join)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,6 +66,10 @@ class AttestConfig:
     webhook_urls: Sequence[str] = ()
     webhook_secret: bytes = b""
     policy_dir: Path | None = None
+    # Who signs appraisal policies (key id -> public key) and how many must; empty: unsigned
+    # policies are applied (attest.service.policies.PolicyTrust).
+    policy_signers: Mapping[str, Any] = field(default_factory=dict)
+    policy_threshold: int = 1
 
 
 def utcnow() -> datetime:

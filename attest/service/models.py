@@ -119,4 +119,28 @@ class PolicyRow(AttestBase):
     document: Mapped[str] = mapped_column(Text)
     generation: Mapped[int] = mapped_column(Integer, default=1)
     updated_at: Mapped[datetime]
+    # Signed policies (attest/core/policy_envelope.py): the applied version, the envelope it
+    # came in, the key ids that signed it and the payload's digest; all empty when unsigned.
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    envelope: Mapped[str | None] = mapped_column(Text, nullable=True)
+    signers: Mapped[list[Any] | None] = mapped_column(nullable=True)
+    digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
 
+
+class PolicyEventRow(AttestBase):
+    """Every policy applied or refused, never updated or deleted: `umec policy history`, and
+    the source `umec policy rollback` copies an old version's content from."""
+
+    __tablename__ = "attest_policy_events"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    policy: Mapped[str] = mapped_column(String(128), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    outcome: Mapped[str] = mapped_column(String(16))       # applied | refused
+    version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    check: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    detail: Mapped[str] = mapped_column(Text)
+    signers: Mapped[list[Any]]
+    digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
+    document: Mapped[str | None] = mapped_column(Text, nullable=True)
+    envelope: Mapped[str | None] = mapped_column(Text, nullable=True)
