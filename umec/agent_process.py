@@ -41,7 +41,17 @@ def _agent_config(raw: dict[str, Any]) -> Any:
         interval_seconds=raw["interval_seconds"],
         event_log_path=Path(raw["event_log_path"]) if raw["event_log_path"] else None,
         measure_files=[Path(p) for p in raw["measure_files"]],
-        application_pcr=raw["application_pcr"])
+        application_pcr=raw["application_pcr"],
+        join_token_path=Path(raw["join_token_path"]) if raw.get("join_token_path") else None)
+
+
+def _attest_and_join(agent: Any) -> dict[str, Any]:
+    """One round; with a join token path, a trusted node's k3s token is written before the
+    verdict is reported (a failed join raises like a failed round)."""
+    verdict: dict[str, Any] = agent.attest_once()
+    if agent.config.join_token_path is not None and verdict.get("trusted"):
+        agent.join_once(verdict)
+    return verdict
 
 
 def main() -> int:
@@ -67,7 +77,7 @@ def main() -> int:
             agent.run(threading.Event())
             return 0
         try:
-            verdict = agent.attest_once()
+            verdict = _attest_and_join(agent)
         except TpmLockedOut as exc:
             print(f"{cfg.node_name}: {exc}", file=sys.stderr)
             return EXIT_TPM_LOCKED_OUT

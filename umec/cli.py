@@ -96,7 +96,11 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
 
 @app.command()
 def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if trusted")] = False,
-          ) -> None:
+          join: Annotated[Path | None, typer.Option(
+              "--join", metavar="PATH", help="After a trusted verdict, fetch this node's k3s "
+              "join token (sealed to its TPM) and write it to PATH: a systemd drop-in (*.conf, "
+              "K3S_TOKEN) or k3s's config.yaml (token:); default UMEC_AGENT_JOIN_TOKEN_PATH")
+          ] = None) -> None:
     """Run the node agent: enrol, activate, then attest every interval."""
     from umec.agent_process import handover
     settings = _settings()
@@ -116,6 +120,7 @@ def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if t
               "server_ca": str(settings.server_ca) if settings.server_ca else None,
               "agent_role": settings.agent_role,
               "host_agent_marker": str(settings.host_agent_marker),
+              "join_token_path": str(join or settings.agent_join_token_path or "") or None,
               "log_level": checked_log_level(settings)}, once=once)
 
 

@@ -182,6 +182,11 @@ class Settings(BaseSettings):
     ek_kind: str = "rsa"
     node_class: str = ""
     agent_state_dir: Path = Path(".umec/agent")
+    agent_join_token_path: Path | None = Field(
+        default=None, description="umec agent (host mode): after a trusted verdict, write the "
+        "node's k3s join token here, mode 0600: /etc/systemd/system/k3s-agent.service.d/"
+        "umec-token.conf (Environment=K3S_TOKEN) or /etc/rancher/k3s/config.yaml (token:). "
+        "Unset: no join token is fetched. `umec agent --join PATH` overrides it.")
     event_log_path: Path = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
     measure_files: list[Path] = Field(default_factory=list)
     application_pcr: int = 14

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,6 +69,7 @@ class JoinSite:
     tmp: Path
     tpm: Swtpm
     swtpms: Callable[[str], Swtpm]
+    url: str
 
     def agent(self, tpm: Swtpm, name: str = NODE, measure: bytes = K3S,
               state: str = "agent") -> Agent:
@@ -107,7 +112,7 @@ def site(tmp_path: Path, manufacturer_ca: SwtpmCa,
         http = ServerThread(server.app).start()
         client = httpx.Client(base_url=http.url, timeout=30)
         try:
-            yield JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory)
+            yield JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory, http.url)
         finally:
             client.close()
             http.stop()
@@ -221,3 +226,28 @@ def test_tampered_boot_pcr_never_gets_a_token(site: JoinSite) -> None:
     assert agent.config.join_token_path is not None
     assert not agent.config.join_token_path.exists()
     assert not [r for r in site.kube.calls("POST") if "/secrets" in r.path]
+
+
+def test_umec_agent_once_join_writes_k3s_config(site: JoinSite) -> None:
+    """`umec agent --once --join PATH` (the host mode): trusted, token in k3s's config.yaml."""
+    k3s = site.tmp / "k3s-binary"
+    k3s.write_bytes(K3S)
+    config = site.tmp / "etc-rancher-k3s" / "config.yaml"
+    config.parent.mkdir()
+    config.write_text("server: https://k3s.example:6443\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("UMEC_")}
+    env.update({"UMEC_DATA_DIR": str(site.tmp / "cli"), "UMEC_LOG_LEVEL": "WARNING",
+                "UMEC_SERVER_URL": site.url, "UMEC_NODE_NAME": NODE,
+                "UMEC_TCTI": site.tpm.tcti, "UMEC_AGENT_STATE_DIR": str(site.tmp / "cli-agent"),
+                "UMEC_MEASURE_FILES": json.dumps([str(k3s)]),
+                "UMEC_EVENT_LOG_PATH": str(site.tmp / "no-event-log")})
+    done = subprocess.run([sys.executable, "-m", "umec", "agent", "--once", "--join",
+                           str(config)], env=env, capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = config.read_text()
+    assert "server: https://k3s.example:6443" in written
+    token = written.split("token: ")[1].strip()
+    assert parse_k3s_token(token)[0] == hashlib.sha256(site.ca_pem).hexdigest()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert len(site.secrets()) == 1
