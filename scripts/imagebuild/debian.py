@@ -2,21 +2,29 @@
 
 A private apt root per architecture (its own sources, lists, cache and an empty dpkg status)
 resolves and downloads ``.deb`` files over the signed archive (apt checks them against the
-Release file, keyring ``/usr/share/keyrings/debian-archive-keyring.gpg``). ``dpkg-deb -x``
-extracts them: no maintainer script runs, so no emulator is needed for a foreign
-architecture. The lock then pins each file's SHA-256.
+Release file, keyring ``/usr/share/keyrings/debian-archive-keyring.gpg``). They are extracted
+by :func:`confine.extract_deb` (``dpkg-deb --fsys-tarfile`` read by a tar reader that never
+follows a symlink out of the rootfs): no maintainer script runs, so no emulator is needed for
+a foreign architecture. The lock then pins each file's SHA-256.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from scripts.imagebuild.confine import (
+    extract_deb,
+    make_dirs,
+    read_file,
+    remove_tree,
+    resolve_in,
+    write_file,
+)
 from scripts.imagebuild.debdeps import DebInfo, closure, parse_control
 from scripts.imagebuild.errors import InputHashMismatch, StepFailed
 from scripts.imagebuild.lockfile import Pin
@@ -151,7 +159,7 @@ def extract(debs: Sequence[Path], rootfs: Path) -> str:
     rootfs.mkdir(parents=True, exist_ok=True)
     paragraphs = []
     for deb in sorted(debs, key=lambda p: p.name):
-        run(["dpkg-deb", "-x", str(deb), str(rootfs)], what=f"dpkg-deb -x {deb.name}")
+        extract_deb(deb, rootfs)
         fields = control(deb).strip().splitlines()
         paragraphs.append("\n".join([fields[0], "Status: install ok installed", *fields[1:]]))
     return "\n\n".join(paragraphs) + "\n"
@@ -160,11 +168,13 @@ def extract(debs: Sequence[Path], rootfs: Path) -> str:
 def slim(rootfs: Path) -> None:
     """Remove documentation, manuals and translations; keep each package's copyright."""
     for rel in SLIM:
-        shutil.rmtree(rootfs / rel, ignore_errors=True)
+        remove_tree(rootfs, rel)
     # glibc's iconv modules: nothing in the images calls iconv() (Python has its own codecs).
-    for gconv in rootfs.glob("usr/lib/*/gconv"):
-        shutil.rmtree(gconv)
-    doc = rootfs / "usr/share/doc"
+    lib = resolve_in(rootfs, "usr/lib")
+    for triplet in sorted(lib.iterdir()) if lib.is_dir() else []:
+        if triplet.is_dir() and not triplet.is_symlink():
+            remove_tree(rootfs, f"{triplet.relative_to(rootfs)}/gconv")
+    doc = resolve_in(rootfs, "usr/share/doc")
     if doc.is_dir():
         for path in sorted(doc.rglob("*"), reverse=True):
             if path.is_dir() and not path.is_symlink():
@@ -176,9 +186,11 @@ def slim(rootfs: Path) -> None:
 
 def ca_bundle(rootfs: Path) -> None:
     """What update-ca-certificates would write: Mozilla's roots, sorted, in one PEM file."""
-    certs = sorted((rootfs / "usr/share/ca-certificates/mozilla").glob("*.crt"))
+    mozilla = resolve_in(rootfs, "usr/share/ca-certificates/mozilla")
+    certs = sorted(mozilla.glob("*.crt"))
     if not certs:
         return
-    target = rootfs / "etc/ssl/certs/ca-certificates.crt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(b"".join(c.read_bytes().rstrip(b"\n") + b"\n" for c in certs))
+    body = b"".join(read_file(rootfs, c.relative_to(rootfs).as_posix()).rstrip(b"\n") + b"\n"
+                    for c in certs)
+    make_dirs(rootfs, "etc/ssl/certs")
+    write_file(rootfs, "etc/ssl/certs/ca-certificates.crt", body)

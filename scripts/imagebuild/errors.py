@@ -36,3 +36,15 @@ class WrongArchitecture(ImageBuildError):
 
 class StepFailed(ImageBuildError):
     check = "image.step"
+
+
+class PathEscapes(ImageBuildError):
+    check = "image.path.escape"
+    hint = ("A package member or symlink points outside the image's root file system (or is a "
+            "kind of file images do not hold); look at the package before building with it.")
+
+
+class LockChanged(ImageBuildError):
+    check = "image.lock.changed"
+    hint = ("The build resolved inputs the lock does not pin; review them, then rerun with "
+            "--update-lock to pin them.")

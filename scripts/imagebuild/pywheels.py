@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from scripts.imagebuild.confine import write_file
 from scripts.imagebuild.debian import run, sha256_file
 from scripts.imagebuild.errors import InputHashMismatch, StepFailed
 from scripts.imagebuild.lockfile import Pin
@@ -112,15 +113,15 @@ def install_wheel(wheel: Path, rootfs: Path) -> list[str]:
             target = _target(info.filename, data_dir, rootfs)
             if target is None:
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
             body = archive.read(info)
             if target.parent.name == "bin" and body.startswith(b"#!python"):
                 body = b"#!" + TARGET_PYTHON.encode() + body[len(b"#!python"):]
-            target.write_bytes(body)
             executable = (info.external_attr >> 16) & 0o111 or target.parent.name == "bin"
-            target.chmod(0o755 if executable else 0o644)
+            # confined: a symlink in the layer is never written through (issue 12, F4)
+            write_file(rootfs, target.relative_to(rootfs).as_posix(), body,
+                       0o755 if executable else 0o644)
         dist_info = f"{name}-{version}.dist-info"
-        (rootfs / SITE / dist_info / "INSTALLER").write_text("umec-build-images\n")
+        write_file(rootfs, f"{SITE}/{dist_info}/INSTALLER", "umec-build-images\n")
         try:
             entry_points = archive.read(f"{dist_info}/entry_points.txt").decode()
         except KeyError:
@@ -136,12 +137,9 @@ def write_console_script(rootfs: Path, spec: str) -> Path:
     """``umec=umec.cli:app`` -> an executable ``/usr/local/bin/umec``."""
     name, _, target = spec.partition("=")
     module, _, attr = target.strip().partition(":")
-    path = rootfs / "usr/local/bin" / name.strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"#!{TARGET_PYTHON}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
-                    f"if __name__ == '__main__':\n    sys.exit({attr}())\n")
-    path.chmod(0o755)
-    return path
+    return write_file(rootfs, f"usr/local/bin/{name.strip()}",
+                      f"#!{TARGET_PYTHON}\nimport sys\nfrom {module} import {attr.split('.')[0]}\n"
+                      f"if __name__ == '__main__':\n    sys.exit({attr}())\n", 0o755)
 
 
 def freeze_constraints(dest: Path) -> Path:

@@ -580,3 +580,191 @@ def test_static_check_finds_foreign_code_and_missing_libraries(tmp_path: Path) -
     shutil.copy(os.path.realpath(sys.executable), tree / "lib/python")
     with pytest.raises(WrongArchitecture, match="lib/python: ELF 64-bit x86_64"):
         static_check(one_arch_layout(tmp_path / "l3", tree), "0.1.0", "arm64")
+
+
+# -- F4: nothing is written, read or compiled through a symlink out of the rootfs -------------
+# Every "host" path below is inside tmp_path (a broken guard writes there, never onto the
+# machine): an absolute symlink names tmp_path/host/..., which the rootfs resolves as
+# rootfs/<tmp_path>/host/....
+
+def make_deb(path: Path, tree: Path, name: str) -> Path:
+    """A real .deb of ``tree`` (dpkg-deb --build, members in dpkg's order)."""
+    (tree / "DEBIAN").mkdir(parents=True, exist_ok=True)
+    (tree / "DEBIAN/control").write_text(
+        f"Package: {name}\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@t>\n"
+        "Description: test\n")
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Znone", "--build", str(tree), str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def in_rootfs(rootfs: Path, host_path: Path) -> Path:
+    return rootfs / str(host_path).lstrip("/")
+
+
+def test_extraction_never_writes_through_an_earlier_packages_symlink(tmp_path: Path) -> None:
+    from scripts.imagebuild.debian import extract
+    host = tmp_path / "host"
+    (host / "certs").mkdir(parents=True)
+    (host / "motd").write_text("host's\n")
+    one = tmp_path / "one"  # like openssl: usr/lib/ssl/certs -> /etc/ssl/certs
+    (one / "usr/lib/ssl").mkdir(parents=True)
+    (one / "usr/lib/ssl/certs").symlink_to(host / "certs")
+    (one / "etc").mkdir()
+    (one / "etc/motd").symlink_to(host / "motd")
+    two = tmp_path / "two"  # a later package with files below and at those symlinks
+    (two / "usr/lib/ssl/certs").mkdir(parents=True)
+    (two / "usr/lib/ssl/certs/evil.pem").write_text("evil\n")
+    (two / "etc").mkdir()
+    (two / "etc/motd").write_text("image's\n")
+    debs = [make_deb(tmp_path / "a_1.0_all.deb", one, "a"),
+            make_deb(tmp_path / "b_1.0_all.deb", two, "b")]
+    rootfs = tmp_path / "rootfs"
+    extract(debs, rootfs)
+    assert list((host / "certs").iterdir()) == []
+    assert (host / "motd").read_text() == "host's\n"
+    assert in_rootfs(rootfs, host / "certs/evil.pem").read_text() == "evil\n"
+    motd = rootfs / "etc/motd"
+    assert not motd.is_symlink() and motd.read_text() == "image's\n"
+
+
+def tar_of(entries: list[tuple[str, str | None, str | None]]) -> bytes:
+    """(name, symlink target or None, body or None for a directory) as an uncompressed tar."""
+    import io
+    import tarfile
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        for name, link, body in entries:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                archive.addfile(info)
+            elif body is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+            else:
+                info.size = len(body.encode())
+                archive.addfile(info, io.BytesIO(body.encode()))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("entries", [
+    [("./a", None, None), ("./a/up", "../../../../../../../../..{host}", None),
+     ("./a/up/evil", None, "x")],  # a relative symlink above the root
+    [("./x/../../{rel}/evil", None, "x")],  # '..' in a member name
+    [("./loop", "loop2", None), ("./loop2", "loop", None), ("./loop/evil", None, "x")],
+])
+def test_extraction_refuses_what_leaves_the_rootfs(tmp_path: Path,
+                                                   entries: list[tuple[str, str | None,
+                                                                       str | None]]) -> None:
+    from scripts.imagebuild.confine import extract_tar
+    from scripts.imagebuild.errors import PathEscapes
+    host = tmp_path / "one" / "host"
+    host.mkdir(parents=True)
+    rootfs = tmp_path / "one" / "two" / "rootfs"
+    filled = [(n.format(host=host, rel="host"), t and t.format(host=host), b)
+              for n, t, b in entries]
+    with pytest.raises(PathEscapes):
+        extract_tar(tar_of(filled), rootfs)
+    assert list(host.iterdir()) == []
+
+
+def test_system_files_slim_and_ca_bundle_stay_inside(tmp_path: Path) -> None:
+    from scripts.imagebuild.debian import ca_bundle, slim
+    from scripts.imagebuild.rootfs import write_system_files
+    host = tmp_path / "host"
+    (host / "etc").mkdir(parents=True)
+    (host / "etc/passwd").write_text("host\n")
+    (host / "home").mkdir(mode=0o700)
+    (host / "man/man1").mkdir(parents=True)
+    (host / "man/man1/ls.1").write_text("host's manual\n")
+    (host / "secret.crt").write_text("host's secret\n")
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc/passwd").symlink_to(host / "etc/passwd")
+    (rootfs / "home").symlink_to(host / "home")
+    (rootfs / "usr/share/ca-certificates/mozilla").mkdir(parents=True)
+    (rootfs / "usr/share/man").symlink_to(host / "man")
+    (rootfs / "usr/share/ca-certificates/mozilla/a.crt").symlink_to(host / "secret.crt")
+    in_rootfs(rootfs, host / "secret.crt").parent.mkdir(parents=True)
+    in_rootfs(rootfs, host / "secret.crt").write_text("image's cert\n")
+    (rootfs / "etc/ssl").mkdir()
+    (rootfs / "etc/ssl/certs").symlink_to(host)
+    write_system_files(rootfs)
+    slim(rootfs)
+    ca_bundle(rootfs)
+    assert (host / "etc/passwd").read_text() == "host\n"
+    assert list((host / "home").iterdir()) == []
+    assert (host / "man/man1/ls.1").exists()
+    assert not (host / "ca-certificates.crt").exists()
+    assert "umec:x:10001" in (rootfs / "etc/passwd").read_text()
+    assert in_rootfs(rootfs, host / "home/umec").stat().st_mode & 0o7777 == 0o750
+    bundle = in_rootfs(rootfs, host / "ca-certificates.crt").read_text()
+    assert bundle == "image's cert\n"
+
+
+def pyc_names(pyc: Path) -> set[str]:
+    import marshal
+    return set(marshal.loads(pyc.read_bytes()[16:]).co_names)
+
+
+def test_a_symlinked_py_compiles_from_the_rootfs_not_the_host(tmp_path: Path) -> None:
+    """sitecustomize.py -> /etc/python3.11/sitecustomize.py: the image's file, not the host's
+    (the reviewer's PoC found the host's code in a built layer)."""
+    from scripts.imagebuild.errors import PathEscapes
+    from scripts.imagebuild.rootfs import compile_bytecode
+    host = tmp_path / "host"
+    host.mkdir()
+    (host / "sitecustomize.py").write_text("HOST_CODE = 1\n")
+    (host / "only_host.py").write_text("ONLY_HOST = 1\n")
+    rootfs = tmp_path / "rootfs"
+    lib = rootfs / "usr/lib/python3.11"
+    lib.mkdir(parents=True)
+    (lib / "sitecustomize.py").symlink_to(host / "sitecustomize.py")
+    (lib / "dangling.py").symlink_to(host / "only_host.py")
+    (lib / "plain.py").write_text("PLAIN = 1\n")
+    in_rootfs(rootfs, host).mkdir(parents=True)
+    in_rootfs(rootfs, host / "sitecustomize.py").write_text("IMAGE_CODE = 1\n")
+    compile_bytecode(rootfs, ["usr/lib/python3.11"])
+    cache = lib / "__pycache__"
+    assert pyc_names(cache / "sitecustomize.cpython-311.pyc") == {"IMAGE_CODE"}
+    assert pyc_names(cache / "plain.cpython-311.pyc") == {"PLAIN"}
+    assert not (cache / "dangling.cpython-311.pyc").exists()
+    assert sorted(p.name for p in host.iterdir()) == ["only_host.py", "sitecustomize.py"]
+    # a __pycache__ that is a symlink out of the rootfs is refused, nothing written there
+    site = rootfs / "usr/local/lib/python3.11/dist-packages"
+    site.mkdir(parents=True)
+    (site / "mod.py").write_text("M = 1\n")
+    (site / "__pycache__").symlink_to(host)
+    with pytest.raises(PathEscapes):
+        compile_bytecode(rootfs, ["usr/local/lib/python3.11/dist-packages"])
+    assert sorted(p.name for p in host.iterdir()) == ["only_host.py", "sitecustomize.py"]
+
+
+_link_names = st.sampled_from(["a", "b", "c", "d"])
+_targets = st.lists(st.sampled_from(["a", "b", "..", ".", "/", "c", "/a", "d"]),
+                    min_size=1, max_size=5).map("/".join)
+
+
+@given(st.dictionaries(_link_names, _targets, max_size=4),
+       st.lists(st.sampled_from(["a", "b", "c", "d", "..", "e"]), max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_resolve_in_stays_inside_or_refuses(links: dict[str, str], path: list[str]) -> None:
+    """Any symlinks (absolute, relative, '..', loops) and any path: the result lies in the root
+    and has no symlink but the last component, or PathEscapes."""
+    import tempfile
+
+    from scripts.imagebuild.confine import resolve_in
+    from scripts.imagebuild.errors import PathEscapes
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        for name, target in links.items():
+            (root / name).symlink_to(target)
+        try:
+            found = resolve_in(root, "/".join(path))
+        except PathEscapes:
+            return
+        assert found == root or root in found.parents
+        for parent in list(found.relative_to(root).parents)[:-1]:
+            assert not (root / parent).is_symlink()
