@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 from attest import join_agent
+from attest.core.ima.parse import entry_offsets
 from attest.tpm.device import AkHandle, Tpm, TpmLockedOut
 
 log = logging.getLogger("umec.agent")
@@ -70,6 +71,9 @@ class AgentConfig:
     interval_seconds: float = 30.0
     max_backoff_seconds: float = 300.0
     event_log_path: Path | None = None
+    # IMA (issue 13): /sys/kernel/security/ima/binary_runtime_measurements (or the ASCII list);
+    # sent incrementally from the offset the verifier accepted.
+    ima_log_path: Path | None = None
     measure_files: list[Path] = field(default_factory=list)
     application_pcr: int = 14
     # k3s join (issue 13, attest.join_agent): after a trusted verdict, fetch the join token and
@@ -79,6 +83,14 @@ class AgentConfig:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def _problem(resp: httpx.Response) -> dict[str, Any]:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _raise_for_problem(resp: httpx.Response, step: str) -> dict[str, Any]:
@@ -103,6 +115,7 @@ class Agent:
         self.marker = config.state_dir / "enrolled.json"
         self._warned_da = False
         self.last_nonce: bytes | None = None  # of the latest evidence sent (the join needs it)
+        self.ima_offset = 0  # IMA entries the verifier accepted: sent from here next round
         self.joined = False
 
     # -- enrolment -------------------------------------------------------------------------
@@ -185,7 +198,35 @@ class Agent:
                          for b, vals in quote.pcr_values.items()},
                 "event_log": _b64(event_log) if event_log else None}
         self.last_nonce = nonce
-        return _raise_for_problem(self.client.post(f"{self.base}/evidence", json=body), "evidence")
+        return self._send_evidence(body)
+
+    def _ima_chunk(self) -> dict[str, Any]:
+        """The IMA entries from ``ima_offset`` (read after the quote, so never fewer than it
+        covers); the full list when the offset is past what the file holds (a reboot)."""
+        if self.config.ima_log_path is None:
+            return {}
+        raw = self.config.ima_log_path.read_bytes()
+        offsets = entry_offsets(raw)
+        if self.ima_offset >= len(offsets):
+            self.ima_offset = 0
+        return {"ima_log": _b64(raw[offsets[self.ima_offset]:offsets[-1]]),
+                "ima_offset": self.ima_offset}
+
+    def _send_evidence(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Post the evidence with the IMA increment; when the verifier asks for another offset
+        (``ima.offset``: a reboot or a mismatch), send again from it once (the nonce is unspent
+        after that refusal)."""
+        for attempt in range(2):
+            resp = self.client.post(f"{self.base}/evidence", json={**body, **self._ima_chunk()})
+            if attempt == 0 and resp.status_code == 409 and _problem(resp).get("check") == \
+                    "ima.offset":
+                self.ima_offset = int(_problem(resp).get("ima_offset", 0))
+                continue
+            break
+        verdict = _raise_for_problem(resp, "evidence")
+        if isinstance(verdict.get("ima_offset"), int):
+            self.ima_offset = verdict["ima_offset"]
+        return verdict
 
     # -- k3s join ---------------------------------------------------------------------------
 

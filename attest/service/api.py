@@ -73,6 +73,17 @@ def _b64(value: Any) -> bytes:
 
 B64 = Annotated[bytes, BeforeValidator(_b64),
                 PlainSerializer(lambda b: base64.b64encode(b).decode(), return_type=str)]
+# An IMA list: sent in full once per boot (then only new entries); 10,000 entries are ~1.5 MB.
+MAX_IMA_B64 = 64 << 20
+
+
+def _b64_ima(value: Any) -> bytes:
+    if not isinstance(value, str) or len(value) > MAX_IMA_B64:
+        raise ValueError("expected a base64 string of at most 64 MiB")
+    return _b64(value) if len(value) <= MAX_B64 else base64.b64decode(value, validate=True)
+
+
+ImaB64 = Annotated[bytes, BeforeValidator(_b64_ima)]
 NodeName = Annotated[str, Path(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
 
 
@@ -95,6 +106,8 @@ class EvidenceBody(BaseModel):
     signature: B64
     pcrs: dict[str, dict[int, str]] = Field(description="bank -> pcr -> hex value")
     event_log: B64 | None = None
+    ima_log: ImaB64 | None = Field(default=None, description="IMA list from ima_offset")
+    ima_offset: int = Field(default=0, ge=0, le=1 << 31)
 
 
 def source_of(request: Request) -> str:
@@ -173,10 +186,12 @@ def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) ->
     ctx.limits.admit(source)
     res = verifier.submit_evidence(ctx, node, body.nonce, Evidence(
         attest=body.quote, signature=body.signature, pcr_values=_pcr_values(body.pcrs),
-        event_log=body.event_log))
+        event_log=body.event_log, ima_log=body.ima_log, ima_offset=body.ima_offset))
     ctx.limits.answered(source, node)
     answer = {"node": node, "state": res.state, **res.verdict.as_dict(),
               "reason": res.verdict.reason, "attestation_result": res.result_token}
+    if res.ima_offset is not None:
+        answer["ima_offset"] = res.ima_offset
     if res.awaiting_ack:
         answer.update(trusted=False, awaiting_ack=True, reason=(
             f"all checks passed, but the {res.state} node stays {res.state} until an "

@@ -68,6 +68,10 @@ class NodeRow(AttestBase):
     # row starts above every epoch its name ever had: one more than the name's event count
     # (events are never deleted, and each increment comes with an event).
     trust_epoch: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    # IMA (issue 13): entries accepted so far and the running PCR 10 per bank after them, with
+    # the resetCount/restartCount of that boot (attest.core.ima.appraise.ImaState); written
+    # only with a trusted verdict, so the next round replays only the entries after it.
+    ima_state: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
 
 
 class EnrollmentRow(AttestBase):

@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session
 from attest.core.appraisal import Evidence, Verdict, appraise_evidence
 from attest.core.errors import AttestationError
 from attest.core.freshness import FUTURE_TOLERANCE, NonceRecord, NonceReplayed, check_nonce
+from attest.core.ima.appraise import ImaState
 from attest.core.policy import AppraisalPolicy
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
@@ -87,6 +88,8 @@ class EvidenceResult:
     verdict: Verdict
     result_token: str
     awaiting_ack: bool = False
+    # The IMA offset the agent sends from next round (None: the class has no runtime policy).
+    ima_offset: int | None = None
 
 
 # The hot paths below are prebuilt Core statements on a plain connection: a round is a handful
@@ -101,7 +104,7 @@ _INSERT_NONCE = insert(NonceRow)
 _SELECT_NODE_AND_NONCE = (
     select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count, NodeRow.restart_count,
            NodeRow.clock, NodeRow.safe, NodeRow.state, NodeRow.state_changed_at,
-           NodeRow.acked_at, NonceRow.node.label("nonce_node"),
+           NodeRow.acked_at, NodeRow.ima_state, NonceRow.node.label("nonce_node"),
            NonceRow.expires_at.label("nonce_expires_at"),
            NonceRow.consumed_at.label("nonce_consumed_at"), NonceRow.selection)
     .select_from(NodeRow)
@@ -196,7 +199,34 @@ def _record_values(verdict: Verdict, now: datetime) -> dict[str, Any]:
         values.update(reset_count=verdict.clock.reset_count,
                       restart_count=verdict.clock.restart_count, clock=verdict.clock.clock,
                       safe=int(verdict.clock.safe), last_pass_at=now)
+        if verdict.ima is not None:
+            values["ima_state"] = verdict.ima.as_json()
     return values
+
+
+def _stored_ima(raw: dict[str, Any] | None) -> ImaState | None:
+    """The node's IMA state; unreadable counts as none (the agent re-sends the full list)."""
+    try:
+        return ImaState.from_json(raw) if raw else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _next_ima_offset(policy: AppraisalPolicy, verdict: Verdict,
+                     previous: ImaState | None) -> int | None:
+    """Where the agent continues: after the newly accepted entries when the verdict is
+    trusted, else from what was accepted before in this boot (failing entries are sent and
+    appraised again), else from 0."""
+    if policy.runtime_policy is None:
+        return None
+    if verdict.trusted and verdict.ima is not None:
+        return verdict.ima.accepted
+    clock = verdict.clock
+    if previous is not None and clock is not None and (
+            previous.reset_count, previous.restart_count) == (clock.reset_count,
+                                                              clock.restart_count):
+        return previous.accepted
+    return 0
 
 
 def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
@@ -212,9 +242,11 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                              restart_count=node.restart_count, safe=bool(node.safe))
     # Step 2: the pure appraisal, outside any transaction. It raises for a quote that the
     # node's AK did not sign over this nonce: such a request is refused and changes nothing.
+    previous_ima = _stored_ima(node.ima_state)
     verdict = appraise_evidence(
         _parsed_ak(node.ak_public), evidence, expected_nonce=nonce, policy=policy,
-        requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous)
+        requested={b: frozenset(v) for b, v in selection.items()}, previous_clock=previous,
+        previous_ima=previous_ima)
     faultpoints.reached("evidence.appraised")
     new_state = NodeState.TRUSTED if verdict.trusted else NodeState.UNTRUSTED
     awaiting_ack = verdict.trusted and needs_ack(policy, node.state, node.state_changed_at,
@@ -255,7 +287,8 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
         "failed_checks": [f.check for f in verdict.failures],
     })
     return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token,
-                          awaiting_ack=awaiting_ack)
+                          awaiting_ack=awaiting_ack,
+                          ima_offset=_next_ima_offset(policy, verdict, previous_ima))
 
 
 def needs_ack(policy: AppraisalPolicy, state: str, state_changed_at: datetime,

@@ -249,3 +249,26 @@ def parse_list(raw: bytes, *, first_index: int = 0) -> list[ImaEntry]:
     if raw[:1].isdigit():
         return parse_ascii(raw, first_index=first_index)
     return parse_binary(raw, first_index=first_index)
+
+
+def entry_offsets(raw: bytes) -> list[int]:
+    """Where each complete entry of a list starts, plus where the last complete one ends (for
+    the agent, which sends the entries after an offset; nothing is checked here, the verifier
+    does that). ASCII lists are framed by newlines; a trailing partial entry is left out."""
+    if raw[:1].isdigit():
+        ends = [i + 1 for i in range(len(raw)) if raw[i] == 0x0A]
+        return [0, *ends]
+    offsets, pos = [0], 0
+    while pos + _HEAD.size <= len(raw):
+        name_len = _HEAD.unpack_from(raw, pos)[2]
+        head = pos + _HEAD.size + name_len
+        if raw[pos + _HEAD.size:head] == b"ima":
+            size = 20 + 4 + (_U32.unpack_from(raw, head + 20)[0] if head + 24 <= len(raw)
+                             else len(raw))
+        else:
+            size = 4 + (_U32.unpack_from(raw, head)[0] if head + 4 <= len(raw) else len(raw))
+        if head + size > len(raw):
+            break
+        pos = head + size
+        offsets.append(pos)
+    return offsets
