@@ -28,7 +28,12 @@ Kubernetes Secret volume can meet):
   ``defaultMode | 0440`` (the kubelet adds group read to a read-only volume), reached through a
   ``..data`` symlink. Without ``fsGroup`` the file is ``root:root`` with ``defaultMode`` and a
   non-root container can read it only if others may (refused);
-* **owned by any other user**: as for our own, nothing for group or others.
+* **owned by any other user**: refused whatever the mode (PostgreSQL's rule: the owner is this
+  process's user or root). That user could replace or rewrite the key under us; a root process
+  would otherwise sign with a key a non-root user chose.
+
+The file is opened with ``O_NONBLOCK``: a FIFO (or a device) in the key's place is refused as
+"not a regular file" at once instead of blocking the open until some writer appears.
 
 Public keys (:func:`load_public_key`) are accepted as SubjectPublicKeyInfo PEM/DER or PKCS#1
 ``RSA PUBLIC KEY`` PEM.
@@ -157,6 +162,9 @@ def private_mode_problem(mode: int, owner: int, euid: int) -> str | None:
     """Why a private key file of this mode and owner is unsafe for user ``euid`` to trust, or
     None (the rule is in the module doc)."""
     perms = stat.S_IMODE(mode)
+    if owner not in (euid, 0):
+        return (f"private key is owned by uid {owner}, neither this process's user ({euid}) "
+                "nor root: that user could replace it")
     if owner == 0 and euid != 0:
         if perms & 0o037:
             return (f"private key has mode {perms:04o} and is owned by root: group write or "
@@ -169,10 +177,18 @@ def private_mode_problem(mode: int, owner: int, euid: int) -> str | None:
     return None
 
 
+def _insecure_hint(owner: int) -> str | None:
+    if owner in (os.geteuid(), 0):
+        return None  # the mode: KeyFileInsecure's own hint (chmod)
+    return (f"`chown {os.geteuid()}` the key file (or `chown root`) after checking it is the "
+            "key you expect, and consider it compromised if that user could write it.")
+
+
 def _read_key_file(path: Path, *, private: bool) -> bytes:
     try:
         # Symlinks are followed on purpose: Kubernetes mounts Secrets as links into ..data/.
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO would otherwise block the open until a writer appears.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError as e:
         raise KeyFileMissing(f"{path}: no such key file") from e
     except OSError as e:
@@ -184,7 +200,7 @@ def _read_key_file(path: Path, *, private: bool) -> bytes:
             raise KeyFileMalformed(f"{path}: not a regular file")
         problem = private_mode_problem(st.st_mode, st.st_uid, os.geteuid()) if private else None
         if problem:
-            raise KeyFileInsecure(f"{path}: {problem}")
+            raise KeyFileInsecure(f"{path}: {problem}", hint=_insecure_hint(st.st_uid))
         if st.st_size > MAX_KEY_FILE_BYTES:
             raise KeyFileMalformed(f"{path}: {st.st_size} bytes is too large for a key file")
         with os.fdopen(os.dup(fd), "rb") as f:

@@ -23,7 +23,9 @@ def test_the_rule(mode: int, owner: int, euid: int) -> None:
         assert problem, "the group may never write or execute"
     if mode & 0o040 and not (owner == 0 and euid != 0):
         assert problem, "group read only for a root-owned file read by a non-root process"
-    if not mode & 0o077:
+    if owner not in (euid, 0):
+        assert problem, "only the reader's own or root's file (PostgreSQL's rule)"
+    elif not mode & 0o077:
         assert problem is None
     if problem is None:
         assert mode & 0o037 == 0
@@ -41,3 +43,12 @@ def test_kubernetes_secret_volume_modes() -> None:
     assert private_mode_problem(0o100444, 0, 10001)
     assert private_mode_problem(0o100460, 0, 10001)
     assert private_mode_problem(0o100640, 10001, 10001)
+
+
+def test_another_users_file_is_refused_whatever_its_mode() -> None:
+    """A 0600 key owned by another non-root user: that user could replace it (PostgreSQL
+    refuses its server key unless owned by the database user or root)."""
+    assert private_mode_problem(0o100600, 1000, 0)
+    assert private_mode_problem(0o100400, 20000, 10001)
+    assert private_mode_problem(0o100600, 10001, 10001) is None
+    assert private_mode_problem(0o100600, 0, 0) is None
