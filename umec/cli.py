@@ -195,6 +195,7 @@ policy_app.command("sign")(cli_policy.sign)
 policy_app.command("verify")(cli_policy.verify)
 policy_app.command("history")(cli_policy.history)
 policy_app.command("rollback")(cli_policy.rollback)
+policy_app.command("create")(cli_policy.create)
 
 
 @policy_app.command("list")

@@ -207,3 +207,20 @@ def rollback(name: Annotated[str, typer.Argument(help="Node class")],
                           " && umec policy set FILE.dsse.json", markup=False)
     else:
         _apply(document, name)
+
+
+def create(from_node: Annotated[str, typer.Option("--from-node", help="A trusted node")],
+           node_class: Annotated[str | None, typer.Option(
+               "--class", help="Node class of the policy (default: the node's)")] = None,
+           output_file: Annotated[Path | None, typer.Option(
+               "-o", "--output-file", help="Write the YAML here (default: stdout)")] = None,
+           ) -> None:
+    """Make a policy from a known-good node's last trusted quote (every quoted PCR pinned),
+    for a human to review and sign; nothing is applied."""
+    from attest.core.policy import PolicyInvalid
+    from attest.service.policies import node_policy
+    try:
+        document = node_policy(_sessions(), from_node, node_class)
+    except PolicyInvalid as exc:
+        raise _rejected(from_node, exc) from None
+    _write(document.encode(), output_file)

@@ -239,3 +239,32 @@ def remove_policy(sessions: sessionmaker[Session], name: str) -> bool:
             return False
         session.delete(row)
         return True
+
+
+class NodeNotKnownGood(PolicyEnvelopeError):
+    check = "policy.from_node"
+    status = 409
+    hint = ("Make a policy from a node that is trusted now and has attested since the "
+            "upgrade (its trusted verdicts keep the quoted PCRs): `umec nodes` shows states.")
+
+
+def node_policy(sessions: sessionmaker[Session], node: str, node_class: str | None) -> str:
+    """A draft policy (YAML, to review and sign) from ``node``'s last trusted evidence, for
+    ``node_class`` (default: the node's class), one version above that class's applied one."""
+    from attest.core.policy_create import policy_from_pcrs
+    with sessions() as session:
+        row = session.get(NodeRow, node)
+        if row is None:
+            raise NodeNotKnownGood(f"no node named {node!r}")
+        if row.state != "trusted":
+            raise NodeNotKnownGood(f"node {node!r} is {row.state}, not trusted")
+        stored = (row.last_verdict or {}).get("pcrs")
+        if not stored:
+            raise NodeNotKnownGood(f"node {node!r} has no quoted PCR values stored")
+        name = node_class or row.node_class
+        policy = session.get(PolicyRow, name)
+        at = row.last_pass_at.isoformat()[:19] if row.last_pass_at else "?"
+    version = (policy.version or 0) + 1 if policy is not None else 1
+    return policy_from_pcrs(name, stored, version=version,
+                            description=f"made from node {node} (trusted evidence of {at}Z); "
+                                        "review, then sign with umec policy sign")

@@ -39,6 +39,7 @@ from attest.core.errors import AttestationError
 from attest.core.freshness import FUTURE_TOLERANCE, NonceRecord, NonceReplayed, check_nonce
 from attest.core.ima.appraise import ImaState
 from attest.core.policy import AppraisalPolicy
+from attest.core.policy_create import quoted_pcrs
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
@@ -254,6 +255,8 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     if awaiting_ack:  # the quote passed, but the policy wants an operator to say so too
         new_state = node.state
     values = _record_values(verdict, now)
+    if verdict.trusted:  # the known-good values `umec policy create --from-node` starts from
+        values["last_verdict"]["pcrs"] = quoted_pcrs(evidence.pcr_values, verdict.quoted)
     events: list[NodeStateChanged] = []
     # Step 3, one transaction: record the verdict and any state change (locking the node row
     # first), and spend the nonce; if it was spent meanwhile, all of it rolls back.
