@@ -27,10 +27,17 @@ What ``cosign attest --key K --type T --predicate FILE IMAGE`` writes (sigstore/
 
 Verification of one envelope against keys (:func:`verify_envelope`), in this order:
 
-1. The envelope parses within bounds (:class:`AttestationMalformed`).
-2. The signature over the PAE under one of the keys (:class:`AttestationSignatureInvalid`).
-   Until one verifies, nothing in the payload is evidence of anything.
-3. ``payloadType`` is in-toto and the payload is a Statement (:class:`AttestationMalformed`).
+1. The envelope parses within bounds (:class:`AttestationMalformed`): at most
+   :data:`MAX_ENVELOPE_BYTES`, at most :data:`MAX_ENVELOPE_SKELETON` bytes outside its JSON
+   strings (checked before ``json.loads``: an envelope is a handful of keys around two or three
+   long strings, so padding such as ``[],[],…`` is refused before it becomes millions of
+   objects), the payload and signatures base64 of bounded length.
+2. The signature over ``PAE(payloadType, payload bytes)`` under one of the keys
+   (:class:`AttestationSignatureInvalid`). Until one verifies, nothing in the payload is
+   evidence of anything, and the payload is not even parsed.
+3. ``payloadType`` is in-toto and the payload is a Statement (:class:`AttestationMalformed`),
+   parsed only after a pre-scan bounds its values (:data:`MAX_JSON_VALUES`) and nesting
+   (:data:`MAX_JSON_DEPTH`): ``json.loads`` itself has no limits.
 4. A subject's ``sha256`` digest is the image's (:class:`AttestationSubjectMismatch`): this is
    what stops an envelope copied from another image's ``.att`` (a replay) or made for another
    digest. The subject *name* is not compared, as cosign does not: the digest is the content.
@@ -46,6 +53,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -94,9 +102,15 @@ _REQUIRED_FIELDS: Mapping[str, tuple[str, ...]] = {
     "slsaprovenance1": ("buildDefinition", "runDetails"),
     "link": ("_type", "name", "materials", "products", "byproducts", "command", "environment")}
 
-# An .att manifest holds one layer per attestation run; an SBOM envelope may be megabytes.
+# An .att manifest holds one layer per attestation run. One envelope is fetched, verified and
+# dropped at a time; its cost is a few times its size (raw, payload, PAE), its statement's
+# parse bounded by value count. 1 MiB holds our SBOMs (packages, no file lists) many times.
 MAX_ATTESTATION_LAYERS = 64
-MAX_ENVELOPE_BYTES = 16 << 20
+MAX_ENVELOPE_BYTES = 1 << 20
+MAX_ENVELOPE_SKELETON = 4096        # envelope bytes outside its JSON strings
+MAX_SIGNATURE_CHARS = 4096          # one base64 signature (RSA-4096: 684)
+MAX_JSON_VALUES = 100_000           # a statement's arrays, objects and elements (pre-scan)
+MAX_JSON_DEPTH = 64                 # a statement's nesting of arrays and objects
 MAX_SIGNATURES = 16
 MAX_SUBJECTS = 1024
 _URL_TO_STD = str.maketrans("-_", "+/")
@@ -209,6 +223,41 @@ def _loads(data: bytes | str, what: str) -> Any:
         raise AttestationMalformed(f"{what} is not JSON: {str(exc)[:120]}") from None
 
 
+# A JSON string, or from an unterminated one to the end: it always matches at a quote, so
+# scanning is linear (a pattern that can fail would rescan from every later quote).
+_STRING = re.compile(rb'"[^"\\]*(?:\\(?:.|\Z)[^"\\]*)*"?', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_skeleton(data: bytes) -> bytes:
+    """``data`` without its JSON strings: the structure, numbers and literals."""
+    return _STRING.sub(b"", data)
+
+
+def _nesting(skeleton: bytes) -> int:
+    depth = deepest = 0
+    for byte in skeleton.translate(None, _NOT_BRACKETS):
+        depth += 1 if byte in b"[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def bounded_loads(data: bytes, what: str, *, max_values: int = MAX_JSON_VALUES,
+                  max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """``json.loads`` after a pre-scan that bounds what it may build: at most ``max_values``
+    arrays, objects and elements (counted as ``[``, ``{`` and ``,`` outside strings) and
+    ``max_depth`` levels of nesting."""
+    skeleton = json_skeleton(data)
+    values = skeleton.count(b",") + skeleton.count(b"[") + skeleton.count(b"{")
+    if values > max_values:
+        raise AttestationMalformed(f"{what} has {values} JSON values or more (limit "
+                                   f"{max_values})")
+    depth = _nesting(skeleton)
+    if depth > max_depth:
+        raise AttestationMalformed(f"{what} nests {depth} levels deep (limit {max_depth})")
+    return _loads(data, what)
+
+
 # --- statements ---------------------------------------------------------------------------
 
 def _predicate(type_name: str, uri: str, raw: bytes, timestamp: str) -> Any:
@@ -272,8 +321,12 @@ def _subject(index: int, item: Any) -> tuple[str, Mapping[str, str]]:
 
 
 def parse_statement(payload: bytes) -> Statement:
-    """An in-toto Statement (v1 or v0.1); missing or mistyped fields are malformed."""
-    doc = _loads(payload, "the DSSE payload")
+    """An in-toto Statement (v1 or v0.1); missing or mistyped fields are malformed. Parsed
+    within bounds (:func:`bounded_loads`)."""
+    if len(payload) > MAX_ENVELOPE_BYTES:
+        raise AttestationMalformed(f"the DSSE payload of {len(payload)} bytes exceeds "
+                                   f"{MAX_ENVELOPE_BYTES}")
+    doc = bounded_loads(payload, "the DSSE payload")
     if not isinstance(doc, dict) or doc.get("_type") not in STATEMENT_TYPES:
         kind = doc.get("_type") if isinstance(doc, dict) else None
         raise AttestationMalformed(f"the payload is not an in-toto Statement (_type "
@@ -318,11 +371,14 @@ class Envelope:
     signatures: tuple[bytes, ...]
 
 
-def _b64(value: Any, what: str) -> bytes:
+def _b64(value: Any, what: str, limit: int) -> bytes:
     """DSSE allows standard or URL-safe base64 (go-securesystemslib tries one, then the
-    other); each alphabet alone, padded, nothing else."""
+    other); each alphabet alone, padded, nothing else; at most ``limit`` characters."""
     if not isinstance(value, str):
         raise AttestationMalformed(f"envelope {what} is not a string")
+    if len(value) > limit:
+        raise AttestationMalformed(f"envelope {what} has {len(value)} characters (limit "
+                                   f"{limit})")
     text = value if ("+" in value or "/" in value) else value.translate(_URL_TO_STD)
     try:
         return base64.b64decode(text, validate=True)
@@ -331,9 +387,14 @@ def _b64(value: Any, what: str) -> bytes:
 
 
 def parse_envelope(raw: bytes) -> Envelope:
-    """A DSSE envelope within bounds; the signatures are not checked here."""
+    """A DSSE envelope within bounds (module doc, step 1); the signatures are not checked
+    and the payload is not parsed here."""
     if len(raw) > MAX_ENVELOPE_BYTES:
         raise AttestationMalformed(f"envelope of {len(raw)} bytes exceeds {MAX_ENVELOPE_BYTES}")
+    outside = len(json_skeleton(raw))
+    if outside > MAX_ENVELOPE_SKELETON:
+        raise AttestationMalformed(f"the envelope has {outside} bytes outside its strings "
+                                   f"(limit {MAX_ENVELOPE_SKELETON}): not a DSSE envelope")
     doc = _loads(raw, "the envelope")
     if not isinstance(doc, dict):
         raise AttestationMalformed("the envelope is not a JSON object")
@@ -342,9 +403,11 @@ def parse_envelope(raw: bytes) -> Envelope:
         raise AttestationMalformed("the envelope has no payloadType")
     if not isinstance(signatures, list) or not 1 <= len(signatures) <= MAX_SIGNATURES:
         raise AttestationMalformed(f"the envelope needs 1..{MAX_SIGNATURES} signatures")
-    sigs = tuple(_b64(s.get("sig") if isinstance(s, dict) else None, f"signature {i}")
-                 for i, s in enumerate(signatures))
-    return Envelope(payload_type, _b64(doc.get("payload"), "payload"), sigs)
+    if len(payload_type) > 256:
+        raise AttestationMalformed("the envelope's payloadType is longer than 256 characters")
+    sigs = tuple(_b64(s.get("sig") if isinstance(s, dict) else None, f"signature {i}",
+                      MAX_SIGNATURE_CHARS) for i, s in enumerate(signatures))
+    return Envelope(payload_type, _b64(doc.get("payload"), "payload", MAX_ENVELOPE_BYTES), sigs)
 
 
 def _verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
@@ -375,8 +438,10 @@ class EnvelopeVerdict:
 
     ``signers``: key ids whose signature verifies. ``statement`` is set only when every step
     passed; otherwise ``error`` names the step that failed (signature, payload, subject).
-    ``claimed_type`` is the predicate type the payload *claims*, read whether or not anything
-    verified: it only says which requirement a failure is most relevant to, never admits.
+    ``claimed_type`` is the predicate type the envelope *claims*: the statement's when a
+    trusted key signed it, else the layer's (unsigned) ``predicateType`` annotation, as the
+    caller passes it; an unsigned payload is never parsed. It only says which requirement a
+    failure is most relevant to, never admits.
     """
 
     layer: str                            # the layer (blob) digest in the .att manifest
@@ -386,25 +451,17 @@ class EnvelopeVerdict:
     claimed_type: str | None = None
 
 
-def _claimed_type(payload: bytes) -> str | None:
-    try:
-        doc = json.loads(payload)
-    except (ValueError, RecursionError):
-        return None
-    kind = doc.get("predicateType") if isinstance(doc, dict) else None
-    return kind[:200] if isinstance(kind, str) else None
-
-
 def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: str,
-                    layer: str = "") -> EnvelopeVerdict:
-    """Steps 1-4 of the module doc for one envelope; never raises an ImageAttestationError."""
+                    layer: str = "", claimed_type: str | None = None) -> EnvelopeVerdict:
+    """Steps 1-4 of the module doc for one envelope; never raises an ImageAttestationError.
+    ``claimed_type``: the layer's predicateType annotation (a hint for failures)."""
     layer = layer or "sha256:" + hashlib.sha256(raw).hexdigest()
+    claimed = claimed_type[:200] if claimed_type else None
     try:
         envelope = parse_envelope(raw)
     except ImageAttestationError as exc:
-        return EnvelopeVerdict(layer, (), None, exc)
+        return EnvelopeVerdict(layer, (), None, exc, claimed)
     signers = envelope_signers(envelope, keys)
-    claimed = _claimed_type(envelope.payload)
     if not signers:
         return EnvelopeVerdict(layer, (), None, AttestationSignatureInvalid(
             f"attestation {layer} verifies with none of the trusted keys "
@@ -414,6 +471,7 @@ def verify_envelope(raw: bytes, keys: Mapping[str, PublicKey], *, image_digest: 
             raise AttestationMalformed(f"payloadType is {envelope.payload_type[:80]!r}, not "
                                        f"{INTOTO_PAYLOAD_TYPE}")
         statement = parse_statement(envelope.payload)
+        claimed = statement.predicate_type[:200]
         if not statement.names_digest(image_digest):
             named = ", ".join(f"sha256:{d.get('sha256', '?')}" for _, d in statement.subjects)
             raise AttestationSubjectMismatch(f"attestation {layer} is about {named[:300]}, "
@@ -468,9 +526,9 @@ def _layer_ref(index: int, layer: Any) -> AttestationLayerRef | None:
     digest, size = layer.get("digest"), layer.get("size")
     annotations = layer.get("annotations") or {}
     _hex(digest, f".att layer {index} digest")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_ENVELOPE_BYTES:
-        raise AttestationMalformed(f".att layer {index} size {size!r} is not in "
-                                   f"1..{MAX_ENVELOPE_BYTES}")
+    if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+        raise AttestationMalformed(f".att layer {index} size {size!r} is not a positive "
+                                   f"integer")
     if not isinstance(annotations, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()):
         raise AttestationMalformed(f".att layer {index} annotations are not strings")

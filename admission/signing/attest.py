@@ -14,19 +14,23 @@ stores them (formats in :mod:`admission.core.attestations`).
 4. Envelope blob(s), config blob, then the manifest under the ``.att`` tag.
 
 :func:`read_attestations` fetches the envelopes of a digest (at most
-:data:`MAX_ATTESTATION_BYTES` in all) and :func:`verify_image_attestations` checks each against
-the keys (:func:`admission.core.attestations.verify_envelope`). Registry failures are raised, not
-returned: they say nothing about the attestations, and a caller must fail closed on them.
+:data:`MAX_ATTESTATION_BYTES` declared in all) for ``umec attest``, which rewrites the ``.att``
+image. :func:`verify_image_attestations` (the webhook, ``umec verify-attestation``) fetches,
+verifies and drops one envelope at a time (:func:`admission.core.attestations.verify_envelope`),
+so at most one envelope (:data:`~admission.core.attestations.MAX_ENVELOPE_BYTES`) is in memory
+per image; a layer declared larger is a malformed verdict and is not fetched. Registry failures
+are raised, not returned: they say nothing about the attestations, and a caller must fail
+closed on them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from admission.core.attestations import (
     DSSE_MEDIA_TYPE,
+    MAX_ENVELOPE_BYTES,
     AttestationLayerRef,
     AttestationMalformed,
     EnvelopeVerdict,
@@ -37,6 +41,7 @@ from admission.core.attestations import (
     build_statement,
     envelope_signers,
     parse_envelope,
+    parse_statement,
     predicate_type_uri,
     sign_envelope,
     verify_envelope,
@@ -49,7 +54,7 @@ from admission.registry.errors import ManifestNotFound
 from admission.signing.sign import sign_bytes
 from keys import PrivateKey, PublicKey
 
-MAX_ATTESTATION_BYTES = 64 << 20     # every envelope of one digest together
+MAX_ATTESTATION_BYTES = 16 << 20     # every envelope of one digest together (declared)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -57,10 +62,10 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def read_attestations(client: RegistryClient, ref: ImageReference,
-                            digest: str) -> list[tuple[AttestationLayerRef, bytes]]:
-    """The DSSE layers of the ``.att`` manifest of ``digest`` with their blobs (empty when
-    there is none); sizes capped per layer and in all."""
+async def attestation_refs(client: RegistryClient, ref: ImageReference,
+                           digest: str) -> list[AttestationLayerRef]:
+    """The DSSE layers of the ``.att`` manifest of ``digest`` (empty when there is none);
+    at most :data:`MAX_ATTESTATION_BYTES` declared in all."""
     try:
         manifest = await client.get_manifest(ref.with_tag(attestation_tag(digest)))
     except ManifestNotFound:
@@ -70,7 +75,26 @@ async def read_attestations(client: RegistryClient, ref: ImageReference,
     if total > MAX_ATTESTATION_BYTES:
         raise AttestationMalformed(f"the .att manifest of {digest} declares {total} bytes of "
                                    f"envelopes (limit {MAX_ATTESTATION_BYTES})")
-    return [(r, await client.get_blob(ref, r.digest, max_size=r.size)) for r in refs]
+    return refs
+
+
+async def read_attestations(client: RegistryClient, ref: ImageReference,
+                            digest: str) -> list[tuple[AttestationLayerRef, bytes]]:
+    """:func:`attestation_refs` with their blobs, each fetched at its declared size."""
+    return [(r, await client.get_blob(ref, r.digest, max_size=r.size))
+            for r in await attestation_refs(client, ref, digest)]
+
+
+async def _verify_layer(client: RegistryClient, ref: ImageReference, digest: str,
+                        layer: AttestationLayerRef,
+                        keys: Mapping[str, PublicKey]) -> EnvelopeVerdict:
+    if layer.size > MAX_ENVELOPE_BYTES:
+        return EnvelopeVerdict(layer.digest, (), None, AttestationMalformed(
+            f"attestation {layer.digest} declares {layer.size} bytes (limit "
+            f"{MAX_ENVELOPE_BYTES}); not fetched"), layer.predicate_type)
+    blob = await client.get_blob(ref, layer.digest, max_size=layer.size)
+    return verify_envelope(blob, keys, image_digest=digest, layer=layer.digest,
+                           claimed_type=layer.predicate_type)
 
 
 async def verify_image_attestations(client: RegistryClient, ref: ImageReference,
@@ -80,20 +104,18 @@ async def verify_image_attestations(client: RegistryClient, ref: ImageReference,
     if ref.digest is None:
         raise AttestationMalformed(f"{ref} has no digest: attestations are verified by digest")
     try:
-        stored = await read_attestations(client, ref, ref.digest)
+        layers = await attestation_refs(client, ref, ref.digest)
     except AttestationMalformed as exc:
         return [EnvelopeVerdict(attestation_tag(ref.digest), (), None, exc)]
-    return [verify_envelope(blob, keys, image_digest=ref.digest, layer=layer.digest)
-            for layer, blob in stored]
+    # One at a time: only the verdict (never the blob) outlives its iteration.
+    return [await _verify_layer(client, ref, ref.digest, layer, keys) for layer in layers]
 
 
 def _statement_type(envelope: bytes) -> str | None:
     try:
-        doc = json.loads(parse_envelope(envelope).payload)
-    except (AdmissionError, ValueError, RecursionError):
+        return parse_statement(parse_envelope(envelope).payload).predicate_type
+    except AdmissionError:
         return None
-    kind = doc.get("predicateType") if isinstance(doc, dict) else None
-    return kind if isinstance(kind, str) else None
 
 
 def _is_duplicate(blob: bytes, statement: bytes, key: PrivateKey) -> bool:

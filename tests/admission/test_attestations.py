@@ -5,6 +5,7 @@ policy reads, ImagePolicy ``spec.attestations`` parsing, and property tests of t
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from typing import Any
 
@@ -448,3 +449,82 @@ def test_bounds_before_any_work() -> None:
         {"ci": KEY.public_key()}))
     assert isinstance(verdict.error, AttestationMalformed) and "limit" in verdict.error.detail
     assert registry.fetched == 0
+
+
+# --- bounds before json.loads (review F2) ----------------------------------------------------
+
+def test_padding_is_refused_before_json_builds_it() -> None:
+    """The reviewer's envelope (``[],[],…`` inside the cap) is refused by the pre-scan; a
+    payload so padded is never parsed unsigned; signed, the statement parser's bounds refuse
+    it; nesting past the depth limit likewise."""
+    from admission.core.attestations import (
+        MAX_ENVELOPE_BYTES,
+        MAX_JSON_DEPTH,
+        MAX_JSON_VALUES,
+        bounded_loads,
+    )
+    head = b'{"payloadType":"x","signatures":[{"sig":"AA=="}],"payload":"","pad":['
+    padded = head + b"[]," * ((MAX_ENVELOPE_BYTES - len(head) - 4) // 3) + b"[]]}"
+    with pytest.raises(AttestationMalformed, match="outside its strings"):
+        parse_envelope(padded)
+    body = b'{"_type":"https://in-toto.io/Statement/v1","pad":[' + b"[]," * MAX_JSON_VALUES + b"1]}"
+    unsigned = envelope_json(INTOTO_PAYLOAD_TYPE, body, [b"\x00" * 64])
+    verdict = verify_envelope(unsigned, {"ci": KEY.public_key()}, image_digest=D1,
+                              claimed_type=SLSA_V1)
+    assert isinstance(verdict.error, AttestationSignatureInvalid)
+    assert verdict.claimed_type == SLSA_V1              # the annotation, not the payload
+    signed = verify_envelope(envelope(body), {"ci": KEY.public_key()}, image_digest=D1)
+    assert isinstance(signed.error, AttestationMalformed) and "JSON values" in signed.error.detail
+    deep = b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1)
+    with pytest.raises(AttestationMalformed, match="levels deep"):
+        bounded_loads(deep, "x")
+    assert bounded_loads(deep[1:-1], "x") is not None
+    with pytest.raises(AttestationMalformed, match="exceeds"):
+        parse_statement(b" " * (MAX_ENVELOPE_BYTES + 1))
+    sig = json.loads(envelope(statement()))
+    sig["signatures"][0]["sig"] = "A" * 4100
+    assert "characters" in str(verify_envelope(json.dumps(sig).encode(), {}, image_digest=D1)
+                               .error)
+
+
+def test_the_string_scan_is_linear_on_unterminated_strings() -> None:
+    """A pattern that could fail would rescan from every later quote (quadratic)."""
+    import time
+
+    from admission.core.attestations import json_skeleton
+    started = time.monotonic()
+    assert b'"' not in json_skeleton(b'x"\\"' * 250_000)
+    assert json_skeleton(b'"a\\' + b'"\\' * 250_000) == b""
+    assert time.monotonic() - started < 2
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_bounded_loads_is_json_loads_within_bounds(value: Any) -> None:
+    from admission.core.attestations import bounded_loads, json_skeleton
+    for raw in (json.dumps(value), json.dumps(value, indent=1, ensure_ascii=False)):
+        data = raw.encode()
+        assert bounded_loads(data, "x") == json.loads(data)
+        assert b'"' not in json_skeleton(data)
+    text = json.dumps(value).encode()
+    values = sum(text.count(c) for c in b"[{,") - sum(
+        s.count(b",") + s.count(b"[") + s.count(b"{") for s in _strings(value))
+    assert values == sum(json_skeleton(text).count(c) for c in b"[{,")
+
+
+def _strings(value: Any) -> list[bytes]:
+    if isinstance(value, str):
+        return [json.dumps(value).encode()]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in _strings(k) + _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_bounded_loads_raises_only_malformed(data: bytes) -> None:
+    from admission.core.attestations import bounded_loads
+    with contextlib.suppress(AttestationMalformed):
+        bounded_loads(data, "x", max_values=8, max_depth=3)
