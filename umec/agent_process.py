@@ -6,7 +6,9 @@ variable. The process that keeps running on every Raspberry Pi therefore carries
 framework nor the settings library: about 15 MiB of its 60 MB budget.
 
 Exit codes of ``umec agent --once``: 0 the node is trusted; 1 it is not, or the round failed (the
-failed checks or the error are printed); 2 the agent is misconfigured (settings, no handover);
+failed checks or the error are printed); 2 the agent is misconfigured (settings, no handover)
+or must not run here (a DaemonSet agent on a node the host agent owns: one line on stderr,
+``agent.host_owned``; also without ``--once``, so it never enrols);
 3 the TPM is in dictionary-attack lockout (TPM_RC_LOCKOUT): one line on stderr says so, when it
 recovers and how to clear it; attesting again before then cannot succeed.
 """
@@ -60,6 +62,8 @@ def main() -> int:
     import httpx
 
     from attest.agent import Agent, AgentError
+    from attest.core.errors import HostAgentOwnsNode
+    from attest.host_owner import check_ownership
     from attest.tpm.device import TpmLockedOut
     from umec.logs import configure_logging
 
@@ -70,6 +74,12 @@ def main() -> int:
         return 2
     configure_logging(raw["log_level"])
     cfg = _agent_config(raw)
+    try:  # one agent per node (attest.host_owner): before the TPM or the server is touched
+        check_ownership(raw.get("agent_role", ""), Path(raw.get("host_agent_marker", "")),
+                        cfg.node_name)
+    except HostAgentOwnsNode as exc:
+        print(f"umec agent: {exc}; what to do: {exc.hint}", file=sys.stderr)
+        return 2
     verify: bool | str = raw["server_ca"] or True
     with httpx.Client(base_url=raw["server_url"], timeout=15.0, verify=verify) as client:
         agent = Agent(cfg, client)

@@ -30,3 +30,13 @@ class MalformedStructure(AttestationError):
     check = "structure.parse"
     status = 400
     hint = "The agent sent bytes that are not a valid TPM structure; check agent and TPM versions."
+
+
+class HostAgentOwnsNode(AttestationError):
+    """A DaemonSet agent found the host agent's marker: this node is the host agent's to enrol
+    (issue 13, attest/host_owner.py). Also raised when the marker cannot be looked for."""
+
+    check = "agent.host_owned"
+    status = 409
+    hint = ("This node runs the host agent (umec-agent.service): keep the DaemonSet off it "
+            "(kubectl label node NODE umec.io/agent=host) and let the host agent attest it.")
