@@ -203,7 +203,8 @@ def join_bridge(settings: Settings, kube_api: Any) -> JoinBridge | None:
         return None
     return JoinBridge(api=kube_api or kubernetes_api(settings.kubeconfig),
                       ca_pem=settings.k3s_server_ca.read_bytes(),
-                      ttl_seconds=settings.join_token_ttl_seconds)
+                      ttl_seconds=settings.join_token_ttl_seconds,
+                      sweep_seconds=settings.join_sweep_seconds)
 
 
 def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:

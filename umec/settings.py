@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         "UMEC_KUBECONFIG or the pod's service account.")
     join_token_ttl_seconds: float = Field(default=600.0, gt=0, le=86400, description="How "
                                           "long a node's k3s bootstrap token is valid.")
+    join_sweep_seconds: float = Field(default=10.0, gt=0, description="How often umec server "
+                                      "deletes join tokens whose node has joined (its Node "
+                                      "object exists).")
 
     # admission webhook and registry access
     admission_policy_dir: Path | None = Field(default=None, description="ImagePolicy YAMLs.")

@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from attest.service.api import router
 from attest.service.background import deadline_task, resync_task
 from attest.service.context import AttestConfig, AttestContext, StateChangeWriter
-from attest.service.join import JoinBridge, JoinRevocationSink, JoinService
+from attest.service.join import JoinBridge, JoinRevocationSink, JoinService, join_sweep_task
 from attest.service.notify import CompositeSink
 from attest.service.notify.event import StateChangeSink
 from attest.service.notify.webhook import WebhookSink
@@ -65,12 +65,14 @@ def build_service(config: AttestConfig, bridges: AttestBridges) -> Service[Attes
         load_policy_dir(bridges.sessions, config.policy_dir,
                         PolicyTrust(config.policy_signers, config.policy_threshold))
     state: dict[str, object] = {"attest": ctx}
+    background = [deadline_task(ctx, config.deadline_check_seconds).run]
     if bridges.join is not None:
         join = JoinService(ctx, bridges.join)
         state["attest_join"] = join
         ctx.listeners.append(JoinRevocationSink(join))  # never raises (it logs and counts)
+        background.append(join_sweep_task(ctx, join).run)
     service = Service("attest", ctx, routers=[router], state=state,
-                      background=[deadline_task(ctx, config.deadline_check_seconds).run],
+                      background=background,
                       on_start=[_remember_loop(ctx)], on_close=sinks.closers)
     if sinks.kube is not None:
         service.background.append(

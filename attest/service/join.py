@@ -56,6 +56,8 @@ from attest.service.context import AttestContext, NodeState
 from attest.service.models import NodeRow, NonceRow
 from attest.service.notify.event import NOTIFY_FAILURES, NodeStateChanged
 from attest.service.registrar import NodeNotFound
+from kernel.lease import SqlLease
+from kernel.periodic import PeriodicTask
 
 log = logging.getLogger("umec.attest.join")
 
@@ -105,6 +107,7 @@ class JoinBridge:
     api: Any
     ca_pem: bytes
     ttl_seconds: float = 600.0
+    sweep_seconds: float = 10.0  # how often used tokens (their Node exists) are deleted
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,28 @@ class JoinService:
             deleted.append(secret)
         return deleted
 
+    def sweep_used(self) -> list[str]:
+        """Delete every umec bootstrap Secret whose node has joined (its Node object exists):
+        a used token has done its work, and left in place it could join another machine."""
+        response = cast(urllib3.BaseHTTPResponse, self.bridge.api.list_namespaced_secret(
+            NAMESPACE, label_selector=NODE_LABEL, _preload_content=False))
+        deleted = []
+        for item in json.loads(response.data).get("items") or []:
+            meta = item.get("metadata") or {}
+            node = (meta.get("labels") or {}).get(NODE_LABEL)
+            if not node:
+                continue
+            try:
+                self.bridge.api.read_node(node, _preload_content=False)
+            except Exception as err:
+                if _api_error(err) == 404:
+                    continue  # not joined yet: the token stays until used, untrust or expiry
+                raise
+            deleted += self.delete_secrets(node)
+        if deleted:
+            log.info("used join tokens deleted", extra={"secrets": deleted})
+        return deleted
+
     def _create_secret(self, name: str, nonce: bytes, now: datetime) -> tuple[str, datetime]:
         token = new_bootstrap_token(verdict_token_id(name, nonce), now,
                                     self.bridge.ttl_seconds)
@@ -239,6 +264,14 @@ class JoinService:
         return JoinGrant(token_id, expires, blob, encrypted, seal_token(secret, name, token))
 
 
+def join_sweep_task(ctx: AttestContext, join: JoinService) -> PeriodicTask:
+    """The lease holder deletes used join tokens every ``sweep_seconds``."""
+    every = join.bridge.sweep_seconds
+    lease = SqlLease(ctx.sessions, "k3s-join-sweep", ttl=max(3 * every, 3.0),
+                     now=lambda: ctx.now())
+    return PeriodicTask("k3s join token sweep", every, join.sweep_used, lease=lease)
+
+
 class JoinRevocationSink:
     """Deletes the bootstrap Secrets of a node that leaves ``trusted`` (a state-change sink)."""
 
@@ -265,4 +298,4 @@ class JoinRevocationSink:
 
 __all__ = ["NODE_LABEL", "VERDICT_ANNOTATION", "JoinBridge", "JoinDisabled", "JoinGrant",
            "JoinKubernetesFailed", "JoinReplayed", "JoinRevocationSink", "JoinService",
-           "JoinUntrusted", "JoinVerdictNotLatest"]
+           "JoinUntrusted", "JoinVerdictNotLatest", "join_sweep_task"]

@@ -108,7 +108,8 @@ def site(tmp_path: Path, manufacturer_ca: SwtpmCa,
         server = build_server(Settings(
             data_dir=tmp_path / "server", ek_ca_bundle=bundle, policy_dir=policies,
             default_node_class="pi-k3s", kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig"),
-            k3s_server_ca=tmp_path / "server-ca.crt", join_token_ttl_seconds=900))
+            k3s_server_ca=tmp_path / "server-ca.crt", join_token_ttl_seconds=900,
+            join_sweep_seconds=0.2))
         http = ServerThread(server.app).start()
         client = httpx.Client(base_url=http.url, timeout=30)
         try:
@@ -251,3 +252,28 @@ def test_umec_agent_once_join_writes_k3s_config(site: JoinSite) -> None:
     assert parse_k3s_token(token)[0] == hashlib.sha256(site.ca_pem).hexdigest()
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
     assert len(site.secrets()) == 1
+
+
+def test_joined_node_token_is_used_then_deleted(site: JoinSite) -> None:
+    """The Done-when story: the node opens its token, k3s authenticates it against the Secret
+    (the fake API serves that read), the kubelet registers the Node, and the used Secret goes."""
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    path = agent.config.join_token_path
+    assert path is not None
+    token = path.read_text().split("K3S_TOKEN=")[1].split('"')[0]
+    _, token_id, token_secret = parse_k3s_token(token)
+    time.sleep(0.6)  # sweeps run meanwhile: not joined yet, so the token stays
+    assert list(site.secrets()) == [f"bootstrap-token-{token_id}"]
+    # k3s's bootstrap authenticator: the Secret named by the token id holds its secret.
+    seen = site.kube.core_v1().read_namespaced_secret(f"bootstrap-token-{token_id}",
+                                                     "kube-system")
+    assert base64.b64decode(seen.data["token-secret"]).decode() == token_secret
+    site.kube.add_node(NODE)  # joined: the kubelet registered its Node
+    wait_for(lambda: not site.secrets())
+    gets = [r for r in site.kube.calls("GET")
+            if r.path.endswith(f"/secrets/bootstrap-token-{token_id}")]
+    deletes = [r for r in site.kube.calls("DELETE")
+               if r.path.endswith(f"/secrets/bootstrap-token-{token_id}")]
+    assert gets and len(deletes) == 1
+    assert site.kube.requests.index(gets[0]) < site.kube.requests.index(deletes[0])
