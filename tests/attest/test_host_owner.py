@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from hypothesis import given
@@ -97,7 +98,7 @@ def test_parse_marker_returns_fields_or_a_typed_error(data: bytes) -> None:
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):
-    seen: list[str] = []
+    seen: ClassVar[list[str]] = []
 
     def _any(self) -> None:
         self.seen.append(f"{self.command} {self.path}")
@@ -106,7 +107,7 @@ class _Counting(http.server.BaseHTTPRequestHandler):
 
     do_GET = do_POST = _any
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         return
 
 
