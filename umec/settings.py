@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     webhook_port: int = 8444
     webhook_tls_cert: Path | None = None
     webhook_tls_key: Path | None = None
+    webhook_tls_reload_seconds: float = Field(
+        default=10.0, gt=0, description="How often `umec webhook` re-reads its serving "
+        "certificate and key files; a changed, matching pair is served to new connections "
+        "without a restart (the kubelet updates a mounted Secret within about a minute).")
     webhook_client_ca: Path | None = Field(
         default=None, description="PEM CA bundle: the webhook requires, in every TLS handshake, "
         "a client certificate issued by it (the kube-apiserver's, from `umec webhook certs`: "

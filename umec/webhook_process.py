@@ -7,10 +7,18 @@ The webhook takes AdmissionReviews only from the kube-apiserver: with ``UMEC_WEB
 every TLS handshake requires a client certificate issued by that (dedicated) CA, so a peer
 without one never reaches the app (:func:`tls_options`). Without it the webhook does not start
 unless ``UMEC_WEBHOOK_ALLOW_UNAUTHENTICATED`` is true, which is logged as a warning naming the
-risk (docs/decisions.md, "The webhook trusts only the API server (mTLS)")."""
+risk (docs/decisions.md, "The webhook trusts only the API server (mTLS)").
+
+The serving certificate is reloaded in-process (:class:`ServingCertReloader`): every
+``UMEC_WEBHOOK_TLS_RELOAD_SECONDS`` the certificate and key files are read again and a changed,
+matching pair is loaded into uvicorn's live ``SSLContext``, so new handshakes serve it while
+open connections finish with the old one. The kubelet updates a mounted Secret in place, so the
+rotation job (deploy/webhook-certs.yaml) never restarts the pods and needs no right on the
+Deployment."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -109,6 +117,83 @@ def tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+class ServingCertReloadFailed(ValueError):
+    """The certificate/key files changed but cannot be served (unreadable, not PEM, the key
+    is not the certificate's): the pair in force keeps serving."""
+
+
+def _serving_pair(cert_pem: bytes, key_pem: bytes) -> None:
+    """:class:`ServingCertReloadFailed` unless ``key_pem`` is the private key of the first
+    certificate in ``cert_pem`` (the kubelet swaps both files at once; a half-written pair is
+    never served)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    try:
+        leaf = x509.load_pem_x509_certificates(cert_pem)[0]
+        key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise ServingCertReloadFailed(f"not a PEM certificate and key: {exc}") from None
+    if key.public_key() != leaf.public_key():
+        raise ServingCertReloadFailed("the key is not the certificate's key")
+
+
+class ServingCertReloader:
+    """Keeps uvicorn's live ``SSLContext`` serving what the certificate and key files hold.
+
+    :meth:`check` runs on the event loop's thread, where asyncio creates every connection's
+    ``SSLObject``: no handshake starts between loading the certificate and its key. The pair
+    is checked first, then loaded into a scratch context, and only then into the live one,
+    from one in-memory file (``memfd``: the key never touches a disk) holding both."""
+
+    def __init__(self, context: ssl.SSLContext, cert: Path, key: Path, interval: float) -> None:
+        self.context, self.cert, self.key, self.interval = context, cert, key, interval
+        self.loaded: tuple[bytes, bytes] | None = None
+        self.reloads = 0
+
+    def _read(self) -> tuple[bytes, bytes]:
+        try:
+            return self.cert.read_bytes(), self.key.read_bytes()
+        except OSError as exc:
+            raise ServingCertReloadFailed(f"{exc.filename}: {exc.strerror}") from None
+
+    def _load(self, context: ssl.SSLContext, pem: bytes) -> None:
+        fd = os.memfd_create("umec-webhook-tls", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, pem)
+            context.load_cert_chain(f"/proc/self/fd/{fd}")
+        except ssl.SSLError as exc:
+            raise ServingCertReloadFailed(f"OpenSSL refused the pair: {exc}") from None
+        finally:
+            os.close(fd)
+
+    def check(self) -> bool:
+        """Load the files' pair into the live context if it changed; whether it did."""
+        pair = self._read()
+        if pair == self.loaded:
+            return False
+        _serving_pair(*pair)
+        pem = pair[0].rstrip(b"\n") + b"\n" + pair[1]
+        self._load(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), pem)
+        self._load(self.context, pem)
+        first, self.loaded = self.loaded is None, pair
+        if not first:
+            self.reloads += 1
+            log.info("serving certificate reloaded from %s", self.cert,
+                     extra={"check": "webhook.tls_reloaded"})
+        return not first
+
+    async def run(self) -> None:
+        """Check every ``interval`` seconds until cancelled; a failure is logged (the pair in
+        force keeps serving) and tried again."""
+        while True:
+            try:
+                self.check()
+            except ServingCertReloadFailed as exc:
+                log.warning("serving certificate not reloaded: %s", exc,
+                            extra={"check": "webhook.tls_reload_failed"})
+            await asyncio.sleep(self.interval)
+
+
 def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     """The webhook's app: admission's service (the review routes; records in the shared
     database, whose forgetting revokes the pod's tokens in the same transaction), bounded
@@ -177,10 +262,25 @@ def main() -> int:
               f"what to do: make it a readable file", file=sys.stderr)
         return 2
     app, _ = build_webhook(settings)
-    uvicorn.run(app, host=raw.get("host", "0.0.0.0"),
-                port=int(raw.get("port") or settings.webhook_port), log_config=None,
-                **tls, **uvicorn_options())
-    return 0
+    config = uvicorn.Config(app, host=raw.get("host", "0.0.0.0"),
+                            port=int(raw.get("port") or settings.webhook_port),
+                            log_config=None, **tls, **uvicorn_options())
+    config.load()
+    assert config.ssl is not None and settings.webhook_tls_cert and settings.webhook_tls_key
+    reloader = ServingCertReloader(config.ssl, settings.webhook_tls_cert,
+                                   settings.webhook_tls_key, settings.webhook_tls_reload_seconds)
+    server = uvicorn.Server(config)
+    with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:
+        runner.run(_serve(server, reloader))
+    return 0 if server.started else 3   # uvicorn's STARTUP_FAILURE
+
+
+async def _serve(server: Any, reloader: ServingCertReloader) -> None:
+    task = asyncio.create_task(reloader.run())
+    try:
+        await server.serve()
+    finally:
+        task.cancel()
 
 
 if __name__ == "__main__":
