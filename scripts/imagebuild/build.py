@@ -1,11 +1,13 @@
 """Build the µMEC Trust images: ``python -m scripts.imagebuild.build --out DIR``.
 
 For each image (``umec-trust``: server, webhook and APIs; ``umec-agent``: the TPM agent only)
-and architecture: Debian packages of that architecture (private apt root, ``dpkg-deb -x``),
+and architecture: Debian packages of that architecture (private apt root, extracted by
+``confine.extract_deb``, which keeps every path inside the rootfs),
 wheels for that platform, the project's wheel built from a git commit (``git archive``), three
 reproducible layers (Debian, third-party Python, µMEC Trust), one OCI image index per image.
-Inputs are pinned in a lock (``--lock``), written on ``--update-lock`` or when missing and
-otherwise followed exactly. See docs/decisions.md, "Images without a Docker engine".
+Inputs are pinned in a lock (``--lock``), written only on ``--update-lock`` and otherwise
+followed exactly (a missing pin or a differing input is an error, never a new lock). See
+docs/decisions.md, "Images without a Docker engine".
 """
 
 from __future__ import annotations
@@ -27,8 +29,16 @@ from typing import Any
 from packaging.requirements import Requirement
 
 from scripts.imagebuild import debian, pywheels, tpm2
-from scripts.imagebuild.errors import LockInvalid
-from scripts.imagebuild.lockfile import ArchPins, Lock, dump_lock, parse_lock, with_arch
+from scripts.imagebuild.confine import write_file
+from scripts.imagebuild.errors import LockChanged, LockInvalid
+from scripts.imagebuild.lockfile import (
+    ArchPins,
+    Lock,
+    dump_lock,
+    lock_changes,
+    parse_lock,
+    with_arch,
+)
 from scripts.imagebuild.oci import Descriptor, Layout, RunConfig, rfc3339
 from scripts.imagebuild.reprotar import LayerFile, write_layer
 from scripts.imagebuild.rootfs import (
@@ -130,20 +140,49 @@ def requirements(wheel: Path) -> dict[str | None, list[str]]:
 
 
 def _pins(inputs: Inputs, image: str, arch: str) -> ArchPins | None:
-    return None if inputs.update else inputs.lock.pins(image, arch)
+    """The lock's pins (None: resolve anew, only with --update-lock; issue 12, F5)."""
+    if inputs.update:
+        return None
+    pins = inputs.lock.pins(image, arch)
+    if pins is None:
+        raise LockInvalid(f"the lock pins nothing for {image} ({arch}); run with --update-lock")
+    return pins
+
+
+def check_lock_complete(lock: Lock) -> None:
+    """Without --update-lock the lock must pin the tpm2-pytss sdist and its build tools."""
+    missing = [what for what, pins in (("sources", lock.sources),
+                                       ("build_tools", lock.build_tools)) if not pins]
+    if missing:
+        raise LockInvalid(f"the lock pins no {' and no '.join(missing)}; run with --update-lock")
+
+
+def finish_lock(path: Path, lock: Lock, update: bool) -> None:
+    """Write the lock only with --update-lock; otherwise what the build used must be exactly
+    what the lock pinned, or LockChanged names the inputs that differ (issue 12, F5)."""
+    text = dump_lock(lock)
+    if update:
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        return
+    changed = lock_changes(parse_lock(path.read_text()), lock)
+    if changed:
+        raise LockChanged(f"the build used inputs the lock does not pin: {'; '.join(changed)}")
 
 
 def prepare_tpm2(inputs: Inputs, arches: Sequence[str]) -> None:
     """Build tools, the tpm2-pytss sdist, each architecture's sysroot and wheel."""
     cache = inputs.out / "cache"
     tools_dir = cache / "build-tools"
-    if inputs.update or not inputs.lock.build_tools:
+    if not inputs.update:
+        check_lock_complete(inputs.lock)
+    if inputs.update:
         tools = pywheels.resolve(list(tpm2.BUILD_TOOLS), inputs.constraints, "amd64",
                                  tools_dir)
     else:
         tools = list(inputs.lock.build_tools)
     tool_files = pywheels.fetch_pinned(tools, "amd64", tools_dir)
-    sdist_pin = None if inputs.update or not inputs.lock.sources else inputs.lock.sources[0]
+    sdist_pin = None if inputs.update else inputs.lock.sources[0]
     sdist = tpm2.fetch_sdist(cache / "sources", sdist_pin)
     inputs.lock = Lock(inputs.lock.suite, inputs.lock.images, (sdist,), tuple(tools))
     python = tpm2.build_env(cache / "buildenv", tool_files)
@@ -224,8 +263,7 @@ def base_layer(debs: Sequence[Path], stage: Path) -> None:
     status = debian.extract(debs, stage)
     debian.slim(stage)
     debian.ca_bundle(stage)
-    (stage / "var/lib/dpkg").mkdir(parents=True, exist_ok=True)
-    (stage / "var/lib/dpkg/status").write_text(status)
+    write_file(stage, "var/lib/dpkg/status", status)
     write_system_files(stage)
     compile_bytecode(stage, ["usr/lib/python3.11", "usr/lib/python3/dist-packages"])
 
@@ -306,8 +344,10 @@ def setup(args: argparse.Namespace) -> Inputs:
     out: Path = args.out.resolve()
     commit = git("rev-parse", args.commit)
     epoch = int(git("log", "-1", "--format=%ct", commit))
+    if not args.update_lock and not args.lock.exists():
+        raise LockInvalid(f"no lock at {args.lock}; create it with --update-lock")
     lock = parse_lock(args.lock.read_text()) if args.lock.exists() else Lock(debian.SUITE, {})
-    update = args.update_lock or not args.lock.exists()
+    update = bool(args.update_lock)
     wheel = app_wheel(commit, out / "work", epoch)
     constraints = pywheels.freeze_constraints(out / "work" / "constraints.txt")
     inputs = Inputs(out, commit, epoch, wheel.name.split("-")[1], wheel, requirements(wheel),
@@ -337,9 +377,7 @@ def build(args: argparse.Namespace) -> dict[str, Any]:
             "org.opencontainers.image.version": inputs.version,
             "org.opencontainers.image.created": rfc3339(inputs.epoch)})
         inputs.report["images"][spec.name]["index"] = index.digest
-    text = dump_lock(inputs.lock)
-    if not args.lock.exists() or args.lock.read_text() != text:
-        args.lock.write_text(text)
+    finish_lock(args.lock, inputs.lock, inputs.update)
     inputs.report["seconds_total"] = round(time.monotonic() - started, 1)
     (inputs.out / "report.json").write_text(json.dumps(inputs.report, indent=1) + "\n")
     return inputs.report

@@ -140,3 +140,26 @@ def with_arch(lock: Lock, image: str, arch: str, pins: ArchPins) -> Lock:
     images.setdefault(image, {})[arch] = ArchPins(tuple(sorted(pins.debs)),
                                                   tuple(sorted(pins.wheels)))
     return Lock(lock.suite, images, lock.sources, lock.build_tools)
+
+
+def _flat(lock: Lock) -> dict[str, Pin]:
+    found = {f"sources {p.filename}": p for p in lock.sources}
+    found.update({f"build_tools {p.filename}": p for p in lock.build_tools})
+    for image, arches in lock.images.items():
+        for arch, pins in arches.items():
+            for kind, group in (("debs", pins.debs), ("wheels", pins.wheels)):
+                found.update({f"{image}.{arch}.{kind} {p.filename}": p for p in group})
+    return found
+
+
+def lock_changes(old: Lock, new: Lock) -> list[str]:
+    """Each input pinned differently in ``new`` than in ``old`` (added, removed or another
+    SHA-256), as ``"<where> <filename>: <what>"``; empty when the locks pin the same."""
+    before, after = _flat(old), _flat(new)
+    changes = [f"{key}: not in the lock" for key in sorted(set(after) - set(before))]
+    changes += [f"{key}: pinned but not used" for key in sorted(set(before) - set(after))]
+    changes += [f"{key}: sha256 {after[key].sha256}, the lock pins {before[key].sha256}"
+                for key in sorted(set(before) & set(after)) if before[key] != after[key]]
+    if old.suite != new.suite:
+        changes.append(f"suite {new.suite}, the lock has {old.suite}")
+    return changes

@@ -2,7 +2,7 @@
 
 PyPI has no binary wheel of tpm2-pytss for any platform (it binds the system's tpm2-tss with
 cffi), so it is compiled here: against Debian's tpm2-tss of the image's architecture (a sysroot
-of ``dpkg-deb -x``'d -dev packages), with Debian's cross compiler for arm64
+of extracted -dev packages), with Debian's cross compiler for arm64
 (``gcc-aarch64-linux-gnu``) and the target interpreter's sysconfig. FAPI is left out (its
 ``.pc`` file is hidden): the agent uses ESAPI only, and FAPI would pull libcurl, LDAP, Kerberos
 and GnuTLS into the slim image.
@@ -17,7 +17,17 @@ import tarfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from scripts.imagebuild.debian import TRIPLET, Apt, extract, fetch_pinned, pins_for, run
+from scripts.imagebuild.confine import read_file, remove_tree
+from scripts.imagebuild.debian import (
+    TRIPLET,
+    Apt,
+    check_pins,
+    extract,
+    fetch_pinned,
+    pins_for,
+    run,
+    sha256_file,
+)
 from scripts.imagebuild.errors import StepFailed
 from scripts.imagebuild.lockfile import Pin
 from scripts.imagebuild.wheeltags import WHEEL_MACHINE
@@ -33,6 +43,7 @@ SYSROOT_DEBS = ("libtss2-dev", "libtss2-esys-3.0.2-0", "libtss2-mu0", "libtss2-r
 RUNTIME_DEBS = ("libtss2-esys-3.0.2-0", "libtss2-mu0", "libtss2-rc0", "libtss2-sys1",
                 "libtss2-tctildr0", "libtss2-tcti-device0", "libtss2-tcti-swtpm0",
                 "libtss2-tcti-mssim0")
+VENV_PYTHON = "/usr/bin/python3.11"
 HIDDEN_PC = ("tss2-fapi.pc", "tss2-policy.pc", "tss2-tcti-spi-helper.pc")
 
 
@@ -43,7 +54,8 @@ def resolve_sysroot(apt: Apt, cache: Path) -> list[Pin]:
 
 
 def fetch_sdist(cache: Path, pin: Pin | None) -> Pin:
-    """The sdist (pinned by the lock when it has one)."""
+    """The sdist, pinned by the lock when it has one: a cached or downloaded file whose SHA-256
+    is not the pin's raises InputHashMismatch (issue 12, F5)."""
     cache.mkdir(parents=True, exist_ok=True)
     spec = f"{NAME}=={VERSION}" if pin is None else \
         f"{NAME}=={pin.version} --hash=sha256:{pin.sha256}"
@@ -53,21 +65,36 @@ def fetch_sdist(cache: Path, pin: Pin | None) -> Pin:
         run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", NAME,
              *(["--require-hashes"] if pin else []), "-r", str(reqs), "-d", str(cache)],
             what=f"pip download {NAME} sdist")
-    found = sorted(cache.glob(f"{NAME.replace('-', '_')}-*.tar.gz"))
+    if pin is not None:
+        check_pins([cache / pin.filename], [pin])
+        return pin
+    found = sorted(cache.glob(f"{NAME.replace('-', '_')}-{VERSION}.tar.gz"))
     if not found:
         raise StepFailed(f"no {NAME} sdist in {cache}")
-    from scripts.imagebuild.debian import sha256_file
-    path = found[-1] if pin is None else cache / pin.filename
-    return Pin(NAME, VERSION if pin is None else pin.version, path.name, sha256_file(path))
+    return Pin(NAME, VERSION, found[-1].name, sha256_file(found[-1]))
+
+
+def tools_key(tools: Sequence[Path]) -> str:
+    """What a build venv is made of: its interpreter's and each tool wheel's SHA-256."""
+    lines = [f"python {sha256_file(Path(VENV_PYTHON).resolve())}",
+             *sorted(f"{path.name} {sha256_file(path)}" for path in tools)]
+    return "\n".join(lines) + "\n"
 
 
 def build_env(buildenv: Path, tools: Sequence[Path]) -> Path:
-    """A host virtualenv with the pinned build tools (installed offline from ``tools``)."""
-    python = buildenv / "bin" / "python"
-    if not python.exists():
-        run(["/usr/bin/python3.11", "-m", "venv", str(buildenv)], what="build venv")
-        run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-             *map(str, tools)], what="install build tools")
+    """A host virtualenv with the pinned build tools (installed offline from ``tools``).
+
+    A cached venv is reused only when its ``inputs`` file names exactly these tools (by
+    SHA-256); otherwise it is deleted and built anew (issue 12, F5)."""
+    python, stamp = buildenv / "bin" / "python", buildenv / "umec-build-inputs"
+    key = tools_key(tools)
+    if python.exists() and stamp.is_file() and stamp.read_text() == key:
+        return python
+    shutil.rmtree(buildenv, ignore_errors=True)
+    run([VENV_PYTHON, "-m", "venv", str(buildenv)], what="build venv")
+    run([str(python), "-m", "pip", "install", "-q", "--no-index", "--no-deps",
+         *map(str, tools)], what="install build tools")
+    stamp.write_text(key)
     return python
 
 
@@ -95,10 +122,10 @@ def build_wheel(python: Path, sdist: Path, sysroot_debs: Sequence[Path], arch: s
     sysroot, out, sysconfig_dir = work / "sysroot", work / "dist", work / "sysconfig"
     extract(sysroot_debs, sysroot)
     for name in HIDDEN_PC:
-        (sysroot / "usr/lib" / TRIPLET[arch] / "pkgconfig" / name).unlink(missing_ok=True)
+        remove_tree(sysroot, f"usr/lib/{TRIPLET[arch]}/pkgconfig/{name}")
     sysconfig_dir.mkdir(parents=True)
     data = f"_sysconfigdata__{TRIPLET[arch]}.py"
-    shutil.copy(sysroot / "usr/lib/python3.11" / data, sysconfig_dir / data)
+    (sysconfig_dir / data).write_bytes(read_file(sysroot, f"usr/lib/python3.11/{data}"))
     with tarfile.open(sdist) as archive:
         archive.extractall(work, filter="data")
     src = work / sdist.name.removesuffix(".tar.gz")

@@ -768,3 +768,79 @@ def test_resolve_in_stays_inside_or_refuses(links: dict[str, str], path: list[st
         assert found == root or root in found.parents
         for parent in list(found.relative_to(root).parents)[:-1]:
             assert not (root / parent).is_symlink()
+
+
+# -- F5: cached inputs are held to the lock; the lock changes only with --update-lock ---------
+
+def test_a_cached_sdist_is_compared_with_its_pin(tmp_path: Path) -> None:
+    """The reviewer's PoC: a cached tpm2-pytss sdist of other bytes passed a pin of 0...0."""
+    from scripts.imagebuild import tpm2
+    cache = tmp_path / "sources"
+    cache.mkdir()
+    sdist = cache / "tpm2_pytss-3.0.0.tar.gz"
+    sdist.write_bytes(b"tampered")
+    zero = Pin("tpm2-pytss", "3.0.0", sdist.name, "0" * 64)
+    with pytest.raises(InputHashMismatch, match=r"tpm2_pytss-3\.0\.0\.tar\.gz"):
+        tpm2.fetch_sdist(cache, zero)
+    good = Pin("tpm2-pytss", "3.0.0", sdist.name, hashlib.sha256(b"tampered").hexdigest())
+    assert tpm2.fetch_sdist(cache, good) == good
+
+
+def tool_wheel(path: Path) -> Path:
+    return make_wheel(path, {
+        "demotool/__init__.py": "X = 1\n",
+        "demotool-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: demotool\nVersion: 1.0\n",
+        "demotool-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: t\n"
+                                        "Root-Is-Purelib: true\nTag: py3-none-any\n",
+        "demotool-1.0.dist-info/RECORD": "",
+    })
+
+
+def test_a_cached_build_venv_is_reused_only_for_the_same_tools(tmp_path: Path) -> None:
+    """A venv left by another build (other or tampered tools, or no record) is rebuilt."""
+    from scripts.imagebuild import tpm2
+    tools = [tool_wheel(tmp_path / "demotool-1.0-py3-none-any.whl")]
+    buildenv = tmp_path / "buildenv"
+    (buildenv / "bin").mkdir(parents=True)
+    (buildenv / "bin/python").write_text("#!/bin/sh\necho planted\n")
+    (buildenv / "umec-build-inputs").write_text("python x\nother-1.0-py3-none-any.whl 00\n")
+    python = tpm2.build_env(buildenv, tools)
+    assert "planted" not in python.read_bytes().decode(errors="replace")
+    subprocess.run([str(python), "-c", "import demotool"], check=True)
+    marker = buildenv / "kept"
+    marker.write_text("")
+    assert tpm2.build_env(buildenv, tools) == python and marker.exists()  # same tools: reused
+
+
+def test_without_update_lock_the_lock_is_never_written(tmp_path: Path) -> None:
+    from scripts.imagebuild.build import finish_lock
+    from scripts.imagebuild.errors import LockChanged
+    pin = Pin("libc6", "2.36-9", "libc6_2.36-9_arm64.deb", "a" * 64)
+    lock = Lock("bookworm", {"umec-agent": {"arm64": ArchPins((pin,), ())}})
+    path = tmp_path / "images.lock.json"
+    path.write_text(dump_lock(lock))
+    finish_lock(path, lock, update=False)  # the same inputs: fine
+    other = with_arch(lock, "umec-agent", "arm64",
+                      ArchPins((Pin("libc6", "2.36-9", pin.filename, "b" * 64),), ()))
+    with pytest.raises(LockChanged, match=r"umec-agent\.arm64\.debs libc6_2\.36-9_arm64\.deb"):
+        finish_lock(path, other, update=False)
+    assert parse_lock(path.read_text()) == lock
+    finish_lock(path, other, update=True)
+    assert parse_lock(path.read_text()) == other
+
+
+def test_without_update_lock_missing_pins_or_lock_are_errors(tmp_path: Path) -> None:
+    import argparse
+
+    from scripts.imagebuild import build
+    inputs = build.Inputs(tmp_path, "c" * 40, 0, "0.1.0", tmp_path / "w.whl", {None: []},
+                          tmp_path / "c.txt", Lock("bookworm", {}), update=False)
+    with pytest.raises(LockInvalid, match=r"umec-agent \(arm64\)"):
+        build._pins(inputs, "umec-agent", "arm64")
+    with pytest.raises(LockInvalid, match="sources and no build_tools"):
+        build.check_lock_complete(inputs.lock)
+    args = argparse.Namespace(out=tmp_path / "out", commit="HEAD", lock=tmp_path / "no.json",
+                              update_lock=False, arch=["amd64"], images=["umec-agent"])
+    with pytest.raises(LockInvalid, match="--update-lock"):
+        build.setup(args)
+    assert not args.lock.exists()
