@@ -60,19 +60,32 @@ def test_changed_file_fails_naming_its_path() -> None:
     assert "#6" in failure.detail and ("01" * 32) in failure.detail
 
 
-@pytest.mark.parametrize(("offset", "previous", "clock", "expected"), [
-    (3, None, BOOT, 0),                                          # nothing accepted yet
-    (2, ImaState(3, {}, 3, 0), BOOT, 3),                         # wrong offset
-    (3, ImaState(3, {}, 2, 0), BOOT, 0),                         # rebooted (resetCount)
-    (3, ImaState(3, {}, 3, 1), BOOT, 0),                         # restartCount changed
-])
-def test_offsets_the_verifier_cannot_continue_from_are_refused(offset, previous, clock,
+def _after(count: int, reset: int, restart: int) -> ImaState:
+    """A genuine state: the running PCR 10 after ``count`` entries, in a given boot."""
+    values = _pcr(_entries()[:count])
+    return ImaState(count, {b: v[10] for b, v in values.items()}, reset, restart)
+
+
+@pytest.mark.parametrize(("offset", "previous", "expected"), [
+    (3, None, 0),                                    # nothing accepted yet
+    (2, _after(3, 3, 0), 3),                         # wrong offset
+    (3, _after(3, 2, 0), 0),                         # rebooted (resetCount changed)
+    (3, _after(3, 3, 1), 0),                         # restartCount changed
+], ids=["nothing-accepted", "wrong-offset", "reset", "restart"])
+def test_offsets_the_verifier_cannot_continue_from_are_refused(offset, previous,
                                                                expected) -> None:
     entries = _entries()
     with pytest.raises(ImaOffsetMismatch) as err:
-        appraise_ima(POLICY, _raw(entries[offset:]), offset, _pcr(entries), clock, previous)
+        appraise_ima(POLICY, _raw(entries[offset:]), offset, _pcr(entries), BOOT, previous)
     assert err.value.expected == expected
     assert err.value.problem_extra()["ima_offset"] == expected and err.value.status == 409
+
+
+def test_the_same_boot_continues() -> None:
+    entries = _entries()
+    outcome = appraise_ima(POLICY, _raw(entries[3:]), 3, _pcr(entries), BOOT, _after(3, 3, 0))
+    assert outcome.failures == [] and outcome.state is not None
+    assert outcome.state.accepted == 6
 
 
 def test_incremental_mismatch_asks_for_a_full_resend() -> None:
