@@ -18,7 +18,8 @@
 #    "predicate_types": ["https://slsa.dev/provenance/v1"], "keys": ["ci"],
 #    "conditions": {"builder_id": "…", "source_repository": "…", "build_type": "…"},
 #    "attestations": [{"signers": ["ci"], "predicate_type": "…", "builder_id": "…" | null,
-#                      "build_type": "…" | null, "source_repositories": ["…"], "commits": ["…"],
+#                      "build_type": "…" | null, "source_repository": "…" | null,
+#                      "source_repositories": ["…"], "commits": ["…"],
 #                      "sbom": null | {"format": "spdx", "version": "…", "packages": 12}}],
 #    "failures": [{"check": "attestation.subject", "detail": "…",       # most telling first
 #                  "predicate_type": "…"}]}    # the type the payload claims (unverified)
@@ -130,7 +131,9 @@ condition_holds("builder_id", want, a) if a.builder_id == want
 
 condition_holds("build_type", want, a) if a.build_type == want
 
-condition_holds("source_repository", want, a) if want in a.source_repositories
+# The source the builder defines (attestations.py: _source_repository), never a dependency:
+# source_repositories also lists resolvedDependencies/materials, for display only.
+condition_holds("source_repository", want, a) if a.source_repository == want
 
 typed_attestations(r) := [a | some a in r.attestations; a.predicate_type in r.predicate_types]
 
@@ -145,10 +148,7 @@ attestation_met(r) if {
 	}
 }
 
-found_value(k, a) := concat(",", a.source_repositories) if {
-	k == "source_repository"
-	count(a.source_repositories) > 0
-} else := a[k] if {
+found_value(k, a) := a[k] if {
 	is_string(a[k])
 } else := "none"
 

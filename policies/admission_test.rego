@@ -93,7 +93,7 @@ test_bad_digest_string_denied if {
 
 slsa1 := "https://slsa.dev/provenance/v1"
 
-prov_att(builder, repos) := {"signers": ["ci"], "predicate_type": slsa1, "builder_id": builder, "build_type": null, "source_repositories": repos, "commits": [], "sbom": null}
+prov_att(builder, source, repos) := {"signers": ["ci"], "predicate_type": slsa1, "builder_id": builder, "build_type": null, "source_repository": source, "source_repositories": repos, "commits": [], "sbom": null}
 
 prov_req(atts, failures) := {"name": "provenance", "predicate_type": "slsaprovenance1", "predicate_types": [slsa1], "keys": ["ci"], "conditions": {"builder_id": "https://ci.example/builder", "source_repository": "https://git.example/acme/app"}, "attestations": atts, "failures": failures}
 
@@ -102,21 +102,35 @@ att_policy(mode, req) := {"policy": "ImagePolicy/a/p", "mode": mode, "satisfied"
 att_pod(mode, req) := {"namespace": "a", "containers": [c("spec.containers[0]", "r/app", digest, [att_policy(mode, req)], null)]}
 
 test_attestation_meeting_conditions_admitted if {
-	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://ci.example/builder", ["https://git.example/acme/app"])], [])))
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://ci.example/builder", "https://git.example/acme/app", ["https://git.example/acme/app"])], [])))
 	d.allowed
 	count(d.warnings) == 0
 }
 
 test_attestation_from_another_builder_denied_as_predicate if {
-	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", ["https://git.example/acme/app"])], [])))
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", "https://git.example/acme/app", ["https://git.example/acme/app"])], [])))
 	not d.allowed
 	contains(d.deny[0], "attestation.predicate")
 	contains(d.deny[0], "builder_id is https://evil.example/builder")
 	contains(d.deny[0], "attestation provenance")
 }
 
+# Provenance for another repository that lists the wanted one as a dependency (review F8).
+test_attestation_naming_the_repository_only_as_a_dependency_denied if {
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://ci.example/builder", "https://git.example/evil/app", ["https://git.example/acme/app", "https://git.example/evil/app"])], [])))
+	not d.allowed
+	contains(d.deny[0], "attestation.predicate")
+	contains(d.deny[0], "source_repository is https://git.example/evil/app, want https://git.example/acme/app")
+}
+
+test_attestation_without_a_source_denied if {
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://ci.example/builder", null, ["https://git.example/acme/app"])], [])))
+	not d.allowed
+	contains(d.deny[0], "source_repository is none")
+}
+
 test_attestation_of_another_type_denied_as_predicate if {
-	sbom := object.union(prov_att(null, []), {"predicate_type": "https://spdx.dev/Document"})
+	sbom := object.union(prov_att(null, null, []), {"predicate_type": "https://spdx.dev/Document"})
 	d := admission.decide(att_pod("enforce", prov_req([sbom], [])))
 	not d.allowed
 	contains(d.deny[0], "attestation.predicate")
@@ -145,7 +159,7 @@ test_attestation_warn_mode_admits_with_warning if {
 }
 
 test_attestation_one_good_of_several_is_enough if {
-	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", []), prov_att("https://ci.example/builder", ["https://git.example/acme/app", "https://git.example/other"])], [{"check": "attestation.signature", "detail": "x"}])))
+	d := admission.decide(att_pod("enforce", prov_req([prov_att("https://evil.example/builder", null, []), prov_att("https://ci.example/builder", "https://git.example/acme/app", ["https://git.example/acme/app", "https://git.example/other"])], [{"check": "attestation.signature", "detail": "x"}])))
 	d.allowed
 }
 
@@ -174,7 +188,7 @@ test_identity_ignore_unsatisfied_denies_without_the_warning if {
 }
 
 test_attestation_failure_of_the_required_type_beats_other_types if {
-	sbom := object.union(prov_att(null, []), {"predicate_type": "https://spdx.dev/Document"})
+	sbom := object.union(prov_att(null, null, []), {"predicate_type": "https://spdx.dev/Document"})
 	f := [{"check": "attestation.signature", "detail": "signed by another key", "predicate_type": slsa1}]
 	d := admission.decide(att_pod("enforce", prov_req([sbom], f)))
 	not d.allowed

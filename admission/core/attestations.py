@@ -554,7 +554,30 @@ def _repository(uri: Any) -> str | None:
     return (f"{scheme}://{rest}" if sep else rest).removesuffix(".git")
 
 
+# SLSA v1 build types whose source is externalParameters.workflow.repository: GitHub Actions
+# workflows as slsa-github-generator and GitHub's artifact attestations describe them.
+GITHUB_WORKFLOW_BUILD_TYPES = frozenset({
+    "https://slsa-framework.github.io/github-actions-buildtypes/workflow/v1",
+    "https://actions.github.io/buildtypes/workflow/v1"})
+
+
+def _source_repository(predicate_type: str, predicate: Any) -> str | None:
+    """The repository the build *was of*, as its build type defines it (never a dependency:
+    resolvedDependencies / materials list whatever the build fetched). SLSA v1: GitHub
+    workflow build types, ``externalParameters.workflow.repository``; any other build type,
+    ``externalParameters.source.repository`` (what ``umec provenance`` writes). v0.2:
+    ``invocation.configSource.uri`` (slsa-github-generator, slsa-verifier)."""
+    if predicate_type == SLSA_V1:
+        params = _get(predicate, "buildDefinition", "externalParameters")
+        build_type = _get(predicate, "buildDefinition", "buildType")
+        field = "workflow" if build_type in GITHUB_WORKFLOW_BUILD_TYPES else "source"
+        return _repository(_get(params, field, "repository"))
+    return _repository(_get(predicate, "invocation", "configSource", "uri"))
+
+
 def _provenance_facts(predicate_type: str, predicate: Any) -> dict[str, Any]:
+    """``source_repository`` is what a policy's ``sourceRepository`` compares;
+    ``source_repositories`` every repository named (source and dependencies), for display."""
     if predicate_type == SLSA_V1:
         deps = _get(predicate, "buildDefinition", "resolvedDependencies")
         deps = deps if isinstance(deps, list) else []
@@ -577,6 +600,7 @@ def _provenance_facts(predicate_type: str, predicate: Any) -> dict[str, Any]:
     repos = sorted({r for r in map(_repository, sources) if r})
     return {"builder_id": builder if isinstance(builder, str) else None,
             "build_type": build_type if isinstance(build_type, str) else None,
+            "source_repository": _source_repository(predicate_type, predicate),
             "source_repositories": repos,
             "commits": sorted({c for c in commits if isinstance(c, str) and c})}
 
@@ -597,7 +621,8 @@ def statement_facts(statement: Statement) -> dict[str, Any]:
     """What a policy may compare: the predicate type, and per kind the provenance or SBOM
     facts (None where the predicate lacks them)."""
     facts: dict[str, Any] = {"predicate_type": statement.predicate_type, "builder_id": None,
-                             "build_type": None, "source_repositories": [], "commits": [],
+                             "build_type": None, "source_repository": None,
+                             "source_repositories": [], "commits": [],
                              "sbom": None}
     if statement.predicate_type in PROVENANCE_TYPES:
         facts.update(_provenance_facts(statement.predicate_type, statement.predicate))

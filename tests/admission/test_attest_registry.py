@@ -65,14 +65,23 @@ def run(body: Callable[[RegistryClient], Awaitable[T]]) -> T:
     return asyncio.run(main())
 
 
-def provenance(builder: str = BUILDER, source: str = SOURCE) -> bytes:
+GHA = "https://slsa-framework.github.io/github-actions-buildtypes/workflow/v1"
+
+
+def provenance(builder: str = BUILDER, source: str = SOURCE, deps: tuple[str, ...] = (),
+               github: bool = False) -> bytes:
+    """umec provenance's form, or (``github``) a GitHub workflow build type's; ``deps`` are
+    further resolved dependencies (another repository the build fetched)."""
+    where = {"workflow": {"repository": source, "ref": "refs/heads/main",
+                          "path": ".github/workflows/build.yml"}} if github else \
+        {"source": {"repository": source, "ref": "refs/heads/main"}}
+    resolved = [{"uri": f"git+{uri}@refs/heads/main", "digest": {"gitCommit": "c0" * 20}}
+                for uri in (source, *deps)]
     return json.dumps({
-        "buildDefinition": {"buildType": "https://umec.io/buildtypes/oci-image/v1",
-                            "externalParameters": {"source": {"repository": source,
-                                                              "ref": "refs/heads/main"}},
-                            "internalParameters": {},
-                            "resolvedDependencies": [{"uri": f"git+{source}@refs/heads/main",
-                                                      "digest": {"gitCommit": "c0" * 20}}]},
+        "buildDefinition": {"buildType": GHA if github else
+                            "https://umec.io/buildtypes/oci-image/v1",
+                            "externalParameters": where, "internalParameters": {},
+                            "resolvedDependencies": resolved},
         "runDetails": {"builder": {"id": builder}, "metadata": {}}}).encode()
 
 
@@ -153,7 +162,8 @@ async def _scenarios(client: RegistryClient, name: str) -> dict[str, str]:
     ref = parse_reference(f"{name}:x")
     repo = name
     cases = ["good", "other_key", "for_other_digest", "wrong_type", "evil_builder",
-             "other_source", "tampered", "replayed", "missing"]
+             "other_source", "tampered", "replayed", "missing", "source_as_dependency",
+             "github_source_as_dependency", "good_github"]
     digests = {c: await push_image(client, f"{name}:{c}", salt=c) for c in cases}
     for c in cases:
         await sign_image(client, ref.with_digest(digests[c]), KEY)
@@ -175,6 +185,14 @@ async def _scenarios(client: RegistryClient, name: str) -> dict[str, str]:
         prov("evil_builder", builder="https://evil.example/builder"), sbom["evil_builder"]])
     await _attach(client, ref, digests["other_source"], [
         prov("other_source", source="https://git.example/evil/fork"), sbom["other_source"]])
+    # Provenance of evil/fork that fetched SOURCE: a dependency is not the source (review F8).
+    for case, github in (("source_as_dependency", False), ("github_source_as_dependency", True)):
+        await _attach(client, ref, digests[case], [prov(
+            case, source="https://git.example/evil/fork", deps=(SOURCE,), github=github),
+            sbom[case]])
+    await _attach(client, ref, digests["good_github"], [
+        prov("good_github", github=True, deps=("https://git.example/acme/lib",)),
+        sbom["good_github"]])
     honest, _ = prov("tampered")
     doc = json.loads(honest)
     statement = json.loads(build_statement("slsaprovenance1", provenance(
@@ -231,6 +249,8 @@ EXPECTED = {
     "wrong_type": "attestation.predicate",
     "evil_builder": "attestation.predicate",
     "other_source": "attestation.predicate",
+    "source_as_dependency": "attestation.predicate",
+    "github_source_as_dependency": "attestation.predicate",
     "tampered": "attestation.signature",
     "replayed": "attestation.subject",
     "missing": "attestation.missing",
@@ -240,8 +260,9 @@ EXPECTED = {
 def test_webhook_admits_the_attested_image_and_denies_each_attack(
         webhook: tuple[httpx.Client, str, dict[str, str]]) -> None:
     client, name, digests = webhook
-    good = validate(client, f"{name}@{digests['good']}", "good")
-    assert good["allowed"] is True, good
+    for case in ("good", "good_github"):
+        good = validate(client, f"{name}@{digests[case]}", case)
+        assert good["allowed"] is True, good
     for case, check in EXPECTED.items():
         answer = validate(client, f"{name}@{digests[case]}", case)
         assert answer["allowed"] is False, (case, answer)
@@ -255,6 +276,9 @@ def test_webhook_admits_the_attested_image_and_denies_each_attack(
         assert "policy.unsatisfied" not in message, (case, message)
     evil = validate(client, f"{name}@{digests['evil_builder']}", "evil2")["status"]["message"]
     assert "builder_id is https://evil.example/builder, want " + BUILDER in evil
+    for case in ("source_as_dependency", "github_source_as_dependency"):
+        fork = validate(client, f"{name}@{digests[case]}", case + "2")["status"]["message"]
+        assert "source_repository is https://git.example/evil/fork, want " + SOURCE in fork
     missing = validate(client, f"{name}@{digests['missing']}", "m2")["status"]["message"]
     assert "attestation sbom" in missing      # both requirements are named
 

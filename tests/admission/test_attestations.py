@@ -194,6 +194,7 @@ def test_round_trip_every_key_kind(kind: KeyKind) -> None:
     assert statement_facts(verdict.statement) == {  # type: ignore[arg-type]
         "predicate_type": SLSA_V1, "builder_id": "https://ci.example/builder",
         "build_type": "https://umec.io/buildtypes/oci-image/v1",
+        "source_repository": "https://git.example/acme/app",
         "source_repositories": ["https://git.example/acme/app"], "commits": ["ab" * 20],
         "sbom": None}
 
@@ -261,6 +262,7 @@ def test_facts_of_slsa_v02_and_sboms() -> None:
         "invocation": {"configSource": {"uri": "git+https://git.example/o/r.git@refs/tags/v1",
                                         "digest": {"sha1": "c0ffee"}}}}).encode()))
     assert statement_facts(v02)["source_repositories"] == ["https://git.example/o/r"]
+    assert statement_facts(v02)["source_repository"] == "https://git.example/o/r"
     assert statement_facts(v02)["builder_id"] == "https://b"
     spdx = parse_statement(statement("spdxjson", b'{"spdxVersion":"SPDX-2.3","packages":[{},{}]}'))
     assert statement_facts(spdx)["sbom"] == {"format": "spdx", "version": "SPDX-2.3",
@@ -528,3 +530,62 @@ def test_bounded_loads_raises_only_malformed(data: bytes) -> None:
     from admission.core.attestations import bounded_loads
     with contextlib.suppress(AttestationMalformed):
         bounded_loads(data, "x", max_values=8, max_depth=3)
+
+
+# --- sourceRepository is the source, not a dependency (review F8) ---------------------------
+
+GHA = "https://slsa-framework.github.io/github-actions-buildtypes/workflow/v1"
+
+
+@pytest.mark.parametrize(("predicate_type", "predicate", "source"), [
+    # umec provenance (any build type but GitHub's): externalParameters.source.repository
+    ("slsaprovenance1", {"buildDefinition": {
+        "buildType": "https://umec.io/buildtypes/oci-image/v1",
+        "externalParameters": {"source": {"repository": "https://git.example/evil/app"},
+                               "workflow": {"repository": "https://git.example/acme/app"}},
+        "resolvedDependencies": [{"uri": "git+https://git.example/acme/app@refs/heads/main"}]},
+        "runDetails": {"builder": {"id": "b"}}}, "https://git.example/evil/app"),
+    # GitHub workflow build types: externalParameters.workflow.repository
+    *(("slsaprovenance1", {"buildDefinition": {
+        "buildType": build_type,
+        "externalParameters": {"workflow": {"repository": "https://github.com/evil/app",
+                                            "ref": "refs/heads/main", "path": "x.yml"},
+                               "source": {"repository": "https://github.com/acme/app"},
+                               "inputs": {"repository": "https://github.com/acme/app"}},
+        "resolvedDependencies": [{"uri": "git+https://github.com/acme/app@refs/heads/main"}]},
+        "runDetails": {"builder": {"id": "b"}}}, "https://github.com/evil/app")
+      for build_type in (GHA, "https://actions.github.io/buildtypes/workflow/v1")),
+    # v0.2: invocation.configSource.uri, never materials
+    ("slsaprovenance02", {"builder": {"id": "b"}, "buildType": "t", "invocation": {
+        "configSource": {"uri": "git+https://git.example/evil/app@refs/heads/main"}},
+        "materials": [{"uri": "git+https://git.example/acme/app@refs/heads/main"}]},
+     "https://git.example/evil/app"),
+    ("slsaprovenance02", {"builder": {"id": "b"}, "buildType": "t",
+                          "materials": [{"uri": "git+https://git.example/acme/app"}]}, None),
+])
+def test_the_source_repository_is_the_builds_source_only(predicate_type: str,
+                                                         predicate: dict[str, Any],
+                                                         source: str | None) -> None:
+    facts = statement_facts(parse_statement(statement(predicate_type,
+                                                      json.dumps(predicate).encode())))
+    assert facts["source_repository"] == source
+    assert "https://git.example/acme/app" in facts["source_repositories"] or \
+        "https://github.com/acme/app" in facts["source_repositories"]
+
+
+def test_a_dependency_does_not_satisfy_source_repository() -> None:
+    """Provenance for evil/app listing acme/app as a resolved dependency, signed by the
+    trusted key: the fact Rego compares ``sourceRepository`` with is evil/app (the webhook's
+    denial: tests/admission/test_attest_registry.py)."""
+    body = json.dumps({"buildDefinition": {
+        "buildType": "https://umec.io/buildtypes/oci-image/v1",
+        "externalParameters": {"source": {"repository": "https://git.example/evil/app"}},
+        "resolvedDependencies": [{"uri": "git+https://git.example/acme/app@refs/heads/main"},
+                                 {"uri": "git+https://git.example/evil/app@refs/heads/main"}]},
+        "runDetails": {"builder": {"id": "https://ci.example/builder"}}}).encode()
+    doc = policy([requirement(conditions={"sourceRepository": "https://git.example/acme/app"})])
+    req = load_policies([doc]).policies[0].attestations[0]
+    verdict = verify_envelope(envelope(statement(body=body)),
+                              {key_thumbprint(KEY): KEY.public_key()}, image_digest=D1)
+    facts = requirement_facts(req, [verdict])
+    assert facts["attestations"][0]["source_repository"] == "https://git.example/evil/app"
