@@ -42,7 +42,9 @@ Errors (:mod:`keys.errors`), all :class:`KeysError` with ``check``/``detail``/``
     its ``JwtEmbeddedKeyPrivate``).
 """
 
-from keys.embedded import EmbeddedKeyJwt, verify_embedded_key_jwt
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from keys.errors import (
     JwtAlgorithmNotAllowed,
     JwtBadSignature,
@@ -90,7 +92,29 @@ from keys.storage import (
     public_key_pem,
     save_private_key,
 )
-from keys.tokens import VerifiedJwt, check_jwt_times, sign_jwt, verify_jwt
+
+if TYPE_CHECKING:
+    from keys.embedded import EmbeddedKeyJwt, verify_embedded_key_jwt
+    from keys.tokens import VerifiedJwt, check_jwt_times, sign_jwt, verify_jwt
+
+# The JWT modules need pyjwt, which the slim agent does not install (the agent extra in
+# pyproject.toml): they load on first use, so `from keys import atomic_write` works there.
+_JWT_NAMES = {
+    "EmbeddedKeyJwt": "keys.embedded",
+    "verify_embedded_key_jwt": "keys.embedded",
+    "VerifiedJwt": "keys.tokens",
+    "check_jwt_times": "keys.tokens",
+    "sign_jwt": "keys.tokens",
+    "verify_jwt": "keys.tokens",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _JWT_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'keys' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
 
 __all__ = [
     "SUPPORTED_ALGORITHMS",
