@@ -237,7 +237,11 @@ def _rotate_webhook_certs(service: str, namespace: str, days: int, renew_before_
         say(("issued" if result.issued else "kept") + f" serving certificate {result.serial} "
             f"({result.reason}), valid until {result.not_after.isoformat()}")
         say("caBundle patched: " + (", ".join(result.ca_bundle_patched) or "none needed"))
-        say("webhook pods rolled" if result.restarted else "webhook pods already serve it")
+        if result.old_cas_kept:
+            say(f"old CA kept in caBundle ({result.old_cas_kept}): {result.replicas}; the "
+                "next run drops it once every replica serves the new certificate")
+        elif result.replicas:
+            say(f"old CA dropped: {result.replicas}")
 
 
 @webhook_app.command("certs")

@@ -24,8 +24,9 @@ nor the client CA the webhook trusts. Times come from the caller for testability
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
+import socket
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -213,11 +214,14 @@ def create_webhook_certs(directory: Path | str, service: str, namespace: str, *,
 #    expires within ``renew_before_days``; the Secret is updated with its resourceVersion, so
 #    two runs at once cannot both write (the loser re-reads and finds nothing due);
 # 3. every webhook of the Mutating/ValidatingWebhookConfigurations that calls the Service gets
-#    ``caBundle`` = the CA, by a JSON patch that first tests the webhook's name;
-# 4. the webhook Deployment's pod template is annotated with the certificate's SHA-256, so a
-#    new certificate rolls the pods (maxUnavailable 0): uvicorn reads its certificate at start.
+#    ``caBundle`` = the CA, by a JSON patch that first tests the webhook's name. While the CA is
+#    being replaced the bundle is the new CA AND the old ones it held (still valid): the pods
+#    serve the old leaf until the kubelet updates their Secret volume and the webhook reloads
+#    it (umec/webhook_process.py, no restart, no right on the Deployment), and a bundle of the
+#    new CA alone would fail every admission closed meanwhile. The old CAs are dropped only once
+#    every ready address of the Service's Endpoints serves, in a real TLS handshake, a leaf the
+#    new CA issued (:func:`served_leaf`); until then each run keeps them and says so.
 
-CERT_ANNOTATION = "umec.io/serving-cert-sha256"
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 
@@ -239,7 +243,6 @@ class RotationConfig:
     service: str = "umec-webhook"
     tls_secret: str = "umec-webhook-tls"
     ca_secret: str = "umec-webhook-ca"
-    deployment: str | None = "umec-webhook"
     mutating: tuple[str, ...] = ("umec-image-pinning",)
     validating: tuple[str, ...] = ("umec-image-verification",)
     days: int = 90
@@ -253,13 +256,14 @@ class RotationResult:
     serial: str
     not_after: datetime
     ca_bundle_patched: tuple[str, ...]  # "Kind/name/webhook" entries whose caBundle changed
-    restarted: bool                     # the Deployment's pods roll to the new certificate
+    old_cas_kept: int = 0               # earlier CAs still in caBundle (a CA change under way)
+    replicas: str = ""                  # what the served leaves showed, when they were checked
 
     def as_dict(self) -> dict[str, Any]:
         return {"issued": self.issued, "reason": self.reason, "serial": self.serial,
                 "not_after": self.not_after.isoformat(),
                 "ca_bundle_patched": list(self.ca_bundle_patched),
-                "restarted": self.restarted}
+                "old_cas_kept": self.old_cas_kept, "replicas": self.replicas}
 
 
 def renewal_reason(cert: x509.Certificate, ca_cert: x509.Certificate, names: list[str],
@@ -323,13 +327,9 @@ class KubeObjects:
         self.custom.patch_cluster_custom_object("admissionregistration.k8s.io", "v1", plural,
                                                 name, ops, _content_type=JSON_PATCH)
 
-    def deployment(self, namespace: str, name: str) -> dict[str, Any]:
-        return cast(dict[str, Any], self.custom.get_namespaced_custom_object(
-            "apps", "v1", namespace, "deployments", name))
-
-    def patch_deployment(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object("apps", "v1", namespace, "deployments", name,
-                                                   patch, _content_type=MERGE_PATCH)
+    def endpoints(self, namespace: str, name: str) -> dict[str, Any]:
+        endpoints = self.core.read_namespaced_endpoints(name, namespace)
+        return cast(dict[str, Any], self.core.api_client.sanitize_for_serialization(endpoints))
 
 
 def _ca_from_secret(secret: dict[str, Any], where: str, now: datetime,
@@ -398,16 +398,46 @@ def _ensure_leaf(api: KubeObjects, config: RotationConfig, ca_key: ec.EllipticCu
     raise CertRotationFailed(f"Secret {config.tls_secret}: changed under every attempt")
 
 
-def _bundle_ops(config_obj: dict[str, Any], service: str, namespace: str,
-                bundle: str) -> tuple[list[dict[str, Any]], list[str]]:
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def _bundle_certs(bundle: Any) -> list[x509.Certificate]:
+    """The certificates of a caBundle (base64 PEM); none when it is absent or unparsable."""
+    try:
+        return x509.load_pem_x509_certificates(base64.b64decode(str(bundle), validate=True))
+    except (ValueError, TypeError):
+        return []
+
+
+def _old_cas(bundle: Any, ca_cert: x509.Certificate, now: datetime) -> list[x509.Certificate]:
+    """The still-valid CA certificates of ``bundle`` other than ``ca_cert``."""
+    return [c for c in _bundle_certs(bundle) if c != ca_cert and c.not_valid_after_utc > now]
+
+
+def bundle_for(current: Any, ca_cert: x509.Certificate, now: datetime, *,
+               keep_old: bool) -> str:
+    """The caBundle a webhook gets: the CA, followed by the old CAs of ``current`` while
+    ``keep_old`` (a CA change whose new leaf not every replica serves yet). Pure."""
+    old = _old_cas(current, ca_cert, now) if keep_old else []
+    return _b64(_pem(ca_cert) + b"".join(_pem(c) for c in old))
+
+
+def _hooks(config_obj: dict[str, Any], service: str,
+           namespace: str) -> list[tuple[int, dict[str, Any]]]:
+    return [(i, hook) for i, hook in enumerate(config_obj.get("webhooks") or [])
+            if ((hook.get("clientConfig") or {}).get("service") or {}).get("name") == service
+            and hook["clientConfig"]["service"].get("namespace") == namespace]
+
+
+def _bundle_ops(config_obj: dict[str, Any], config: RotationConfig, ca_cert: x509.Certificate,
+                now: datetime, keep_old: bool) -> tuple[list[dict[str, Any]], list[str]]:
     ops: list[dict[str, Any]] = []
     names: list[str] = []
-    for i, hook in enumerate(config_obj.get("webhooks") or []):
-        client = hook.get("clientConfig") or {}
-        svc = client.get("service") or {}
-        if (svc.get("name"), svc.get("namespace")) != (service, namespace):
-            continue
-        if client.get("caBundle") != bundle:
+    for i, hook in _hooks(config_obj, config.service, config.namespace):
+        current = hook["clientConfig"].get("caBundle")
+        bundle = bundle_for(current, ca_cert, now, keep_old=keep_old)
+        if current != bundle:
             ops += [{"op": "test", "path": f"/webhooks/{i}/name", "value": hook.get("name")},
                     {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle",
                      "value": bundle}]
@@ -415,42 +445,87 @@ def _bundle_ops(config_obj: dict[str, Any], service: str, namespace: str,
     return ops, names
 
 
-def _ensure_ca_bundles(api: KubeObjects, config: RotationConfig,
-                       ca_cert: x509.Certificate) -> list[str]:
-    """Step 3: the webhooks whose caBundle was patched."""
-    bundle = _b64(ca_cert.public_bytes(serialization.Encoding.PEM))
+def _targets(config: RotationConfig) -> list[tuple[str, str, str]]:
+    return ([("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", n)
+             for n in config.mutating]
+            + [("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", n)
+               for n in config.validating])
+
+
+def served_leaf(host: str, port: int, server_name: str,
+                timeout: float = 5.0) -> x509.Certificate:
+    """The certificate a TLS server at ``host:port`` presents (TLS 1.3, nothing verified: the
+    caller checks the issuer). The webhook requires a client certificate; in TLS 1.3 the server
+    sends its own before it checks ours, so the handshake completes on our side."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    with socket.create_connection((host, port), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError("no certificate presented")
+    return x509.load_der_x509_certificate(der)
+
+
+def _addresses(endpoints: dict[str, Any]) -> list[tuple[str, int]]:
+    """(ip, port) of every ready address of the Service's Endpoints (its ``https`` port, or
+    its only one)."""
+    out = []
+    for subset in endpoints.get("subsets") or []:
+        ports = subset.get("ports") or []
+        port = next((p for p in ports if p.get("name") == "https"),
+                    ports[0] if len(ports) == 1 else None)
+        if port is None:
+            continue
+        out += [(str(a["ip"]), int(port["port"])) for a in subset.get("addresses") or []]
+    return out
+
+
+def replicas_serve_ca(api: KubeObjects, config: RotationConfig,
+                      ca_cert: x509.Certificate) -> tuple[bool, str]:
+    """Whether every ready replica behind the Service serves a leaf issued by ``ca_cert`` (and
+    there is at least one), with what was seen. Any doubt (no Endpoints, unreachable, another
+    issuer) is False: the old CAs stay in caBundle."""
+    try:
+        addresses = _addresses(api.endpoints(config.namespace, config.service))
+    except Exception as exc:
+        return False, f"Endpoints {config.namespace}/{config.service}: {type(exc).__name__}"
+    if not addresses:
+        return False, "no ready replica to check"
+    for host, port in addresses:
+        try:
+            leaf = served_leaf(host, port, webhook_host(config.service, config.namespace))
+            leaf.verify_directly_issued_by(ca_cert)
+        except (OSError, ValueError, TypeError, InvalidSignature) as exc:
+            return False, f"{host}:{port} does not serve a leaf of the new CA yet ({exc})"
+    return True, f"{len(addresses)} replica(s) serve a leaf of the new CA"
+
+
+def _ensure_ca_bundles(api: KubeObjects, config: RotationConfig, ca_cert: x509.Certificate,
+                       now: datetime) -> tuple[list[str], int, str]:
+    """Step 3: (the webhooks whose caBundle was patched, old CAs kept, replicas checked)."""
+    objects = [(plural, kind, name, api.webhook_configuration(plural, name))
+               for plural, kind, name in _targets(config)]
+    old = {_pem(c) for _, _, _, obj in objects
+           for _, hook in _hooks(obj, config.service, config.namespace)
+           for c in _old_cas(hook["clientConfig"].get("caBundle"), ca_cert, now)}
+    keep_old, replicas = False, ""
+    if old:   # a CA change under way: drop the old CAs only once no replica needs them
+        done, replicas = replicas_serve_ca(api, config, ca_cert)
+        keep_old = not done
     patched: list[str] = []
-    targets = [("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", n)
-               for n in config.mutating]
-    targets += [("validatingwebhookconfigurations", "ValidatingWebhookConfiguration", n)
-                for n in config.validating]
-    for plural, kind, name in targets:
-        ops, hooks = _bundle_ops(api.webhook_configuration(plural, name), config.service,
-                                 config.namespace, bundle)
+    for plural, kind, name, obj in objects:
+        ops, hooks = _bundle_ops(obj, config, ca_cert, now, keep_old)
         if ops:
             api.patch_webhook_configuration(plural, name, ops)
             patched += [f"{kind}/{name}/{hook}" for hook in hooks]
-    return patched
-
-
-def _ensure_rollout(api: KubeObjects, config: RotationConfig, cert: x509.Certificate) -> bool:
-    """Step 4: whether the Deployment's pods were told to roll."""
-    if config.deployment is None:
-        return False
-    digest = hashlib.sha256(cert.public_bytes(serialization.Encoding.PEM)).hexdigest()
-    deployment = api.deployment(config.namespace, config.deployment)
-    template = (deployment.get("spec") or {}).get("template") or {}
-    annotations = (template.get("metadata") or {}).get("annotations") or {}
-    if annotations.get(CERT_ANNOTATION) == digest:
-        return False
-    api.patch_deployment(config.namespace, config.deployment, {
-        "spec": {"template": {"metadata": {"annotations": {CERT_ANNOTATION: digest}}}}})
-    return True
+    return patched, len(old) if keep_old else 0, replicas
 
 
 def rotate_webhook_certs(api: KubeObjects, config: RotationConfig,
                          now: datetime | None = None) -> RotationResult:
-    """Steps 1-4 above; :class:`CertRotationFailed` names the step that failed."""
+    """Steps 1-3 above; :class:`CertRotationFailed` names the step that failed."""
     now = now or datetime.now(UTC)
     where = f"Secret {config.namespace}/{config.ca_secret}"
     try:
@@ -466,9 +541,8 @@ def rotate_webhook_certs(api: KubeObjects, config: RotationConfig,
     except Exception as exc:
         raise _api_failed(f"Secret {config.namespace}/{config.tls_secret}", exc) from None
     try:
-        patched = _ensure_ca_bundles(api, config, ca_cert)
-        restarted = _ensure_rollout(api, config, cert)
+        patched, kept, replicas = _ensure_ca_bundles(api, config, ca_cert, now)
     except Exception as exc:
-        raise _api_failed("caBundle and rollout", exc) from None
+        raise _api_failed("caBundle", exc) from None
     return RotationResult(issued, reason, format(cert.serial_number, "x"),
-                          cert.not_valid_after_utc, tuple(patched), restarted)
+                          cert.not_valid_after_utc, tuple(patched), kept, replicas)

@@ -1,9 +1,14 @@
 """The webhook's serving certificate is kept current in the cluster: ``umec webhook certs
 --rotate`` (admission.service.certs.rotate_webhook_certs) against the fake API server holding
 deploy/webhook.yaml's own objects. Issued before expiry, caBundle patched on every webhook that
-calls the Service (the shipped placeholder included), the pods rolled; idempotent; refusals
-typed; and a real TLS handshake checks the result: a client trusting only the patched caBundle
-accepts the rotated certificate under the Service's name."""
+calls the Service (the shipped placeholder included); no pod restart (the webhook reloads its
+certificate itself, test_webhook_cert_reload.py); idempotent; refusals typed; and a real TLS
+handshake checks the result: a client trusting only the patched caBundle accepts the rotated
+certificate under the Service's name.
+
+A CA change (issue 12 review F7) never fails admissions closed: caBundle holds the old CA and
+the new one until every ready replica behind the Service serves, in a real TLS handshake, a
+leaf from the new CA; a later run then drops the old one."""
 
 from __future__ import annotations
 
@@ -25,7 +30,6 @@ import yaml
 from cryptography import x509
 
 from admission.service.certs import (
-    CERT_ANNOTATION,
     CertRotationFailed,
     KubeObjects,
     RotationConfig,
@@ -38,8 +42,10 @@ from tests.support.fake_kube_api import (
     DEPLOYMENTS,
     MUTATING_WEBHOOKS,
     SECRETS,
+    STANDARD,
     VALIDATING_WEBHOOKS,
     FakeKubeApi,
+    Resource,
 )
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -47,6 +53,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(days=340)
 NS = "umec-system"
 HOST = "umec-webhook.umec-system.svc"
+NOW = T0 + timedelta(days=340)   # about the real time: the handshakes check validity
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", True)
 
 
 def b64(data: bytes) -> str:
@@ -62,7 +70,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[FakeKubeApi, Path]]:
     """The fake API server with deploy/webhook.yaml applied and the two Secrets the install
     guide creates from `umec webhook certs --dir` (issued at T0, 365 days)."""
     certs = create_webhook_certs(tmp_path / "certs", "umec-webhook", NS, now=T0)
-    with FakeKubeApi() as kube:
+    with FakeKubeApi((*STANDARD, ENDPOINTS)) as kube:
         for doc in manifests("webhook.yaml"):
             resource = {"Deployment": DEPLOYMENTS, "MutatingWebhookConfiguration":
                         MUTATING_WEBHOOKS, "ValidatingWebhookConfiguration":
@@ -138,7 +146,7 @@ def test_first_run_writes_every_ca_bundle_and_keeps_a_good_certificate(
         "MutatingWebhookConfiguration/umec-image-pinning/pin.images.umec.io",
         "ValidatingWebhookConfiguration/umec-image-verification/forget.pods.umec.io",
         "ValidatingWebhookConfiguration/umec-image-verification/verify.images.umec.io"]
-    assert result.restarted   # the template learns the certificate it serves
+    assert result.old_cas_kept == 0 and result.replicas == ""   # no CA change: no probe
     assert handshake(kube, tmp, bundles(kube)["verify.images.umec.io"]) == HOST
     # The patch tested each webhook's name before replacing its caBundle.
     patch = next(r for r in kube.requests if r.method == "PATCH"
@@ -153,26 +161,23 @@ def test_a_second_run_changes_nothing(cluster: tuple[FakeKubeApi, Path]) -> None
     rotate_webhook_certs(api(kube), RotationConfig(), now=T0 + timedelta(days=1))
     writes = len(kube.calls("PATCH"))
     again = rotate_webhook_certs(api(kube), RotationConfig(), now=T0 + timedelta(days=2))
-    assert not again.issued and not again.restarted and again.ca_bundle_patched == ()
+    assert not again.issued and again.ca_bundle_patched == ()
     assert len(kube.calls("PATCH")) == writes
 
 
-def test_a_certificate_near_expiry_is_reissued_and_the_pods_roll(
+def test_a_certificate_near_expiry_is_reissued_without_touching_the_pods(
         cluster: tuple[FakeKubeApi, Path]) -> None:
     kube, tmp = cluster
     rotate_webhook_certs(api(kube), RotationConfig(), now=T0 + timedelta(days=1))
     old = served_cert(kube)
-    annotation = kube.get(DEPLOYMENTS, "umec-webhook", NS)["spec"]["template"]["metadata"][
-        "annotations"][CERT_ANNOTATION]
     when = T0 + timedelta(days=340)     # 25 days left of 365: inside the 30-day window
     result = rotate_webhook_certs(api(kube), RotationConfig(), now=when)
     new = served_cert(kube)
     assert result.issued and result.reason.startswith("expires") and new != old
     assert new.not_valid_after_utc == when + timedelta(days=90)
     assert new.public_key() != old.public_key()            # a new key, not only a new date
-    assert result.restarted and result.ca_bundle_patched == ()   # same CA: bundles stay
-    assert kube.get(DEPLOYMENTS, "umec-webhook", NS)["spec"]["template"]["metadata"][
-        "annotations"][CERT_ANNOTATION] != annotation
+    assert result.ca_bundle_patched == ()   # same CA: bundles stay
+    assert not [r for r in kube.requests if "deployments" in r.path]   # pods reload it
     assert handshake(kube, tmp, bundles(kube)["pin.images.umec.io"]) == HOST
 
 
@@ -258,3 +263,121 @@ def test_umec_webhook_certs_rotate_command(cluster: tuple[FakeKubeApi, Path]) ->
                             check=False)
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.startswith("error: certs.rotation: ") and failed.stderr.count("\n") == 1
+
+
+# --- replacing the CA (review F7) ---------------------------------------------------------------
+
+class Replica:
+    """One webhook replica on loopback: real TLS 1.3 requiring a client certificate from the
+    client CA, as ``umec webhook`` serves, with its certificate swapped in place the way the
+    webhook reloads it."""
+
+    def __init__(self, cert: bytes, key: bytes, certs: Path, scratch: Path) -> None:
+        self.certs, self.scratch = certs, scratch
+        scratch.mkdir()
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.verify_mode = ssl.CERT_REQUIRED
+        self.ctx.load_verify_locations(str(certs / "client-ca.crt"))
+        self.serve(cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def serve(self, cert: bytes, key: bytes) -> None:
+        (self.scratch / "replica.pem").write_bytes(cert + key)
+        self.ctx.load_cert_chain(self.scratch / "replica.pem")
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    def client_sees(self, bundle: str) -> bool:
+        """A client trusting only ``bundle`` (as the API server does) accepts the replica."""
+        ctx = ssl.create_default_context(cadata=base64.b64decode(bundle).decode())
+        ctx.load_cert_chain(self.certs / "apiserver-client.crt",
+                            self.certs / "apiserver-client.key")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=HOST) as tls:
+                tls.send(b"x")
+            return True
+        except ssl.SSLError:
+            return False
+
+
+def endpoints(kube: FakeKubeApi, *ports: int) -> None:
+    kube.apply(ENDPOINTS, {"metadata": {"name": "umec-webhook", "namespace": NS}, "subsets": [
+        {"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "https", "port": port}]}
+        for port in ports]})
+
+
+def secret_pair(kube: FakeKubeApi) -> tuple[bytes, bytes]:
+    data = kube.get(SECRETS, "umec-webhook-tls", NS)["data"]
+    return base64.b64decode(data["tls.crt"]), base64.b64decode(data["tls.key"])
+
+
+def replace_ca(kube: FakeKubeApi, tmp: Path) -> tuple[bytes, bytes]:
+    """The operator puts a new CA in Secret umec-webhook-ca; returns (old, new) CA PEM."""
+    old = base64.b64decode(kube.get(SECRETS, "umec-webhook-ca", NS)["data"]["tls.crt"])
+    new = create_webhook_certs(tmp / "new-ca", "umec-webhook", NS, now=T0)
+    ca = kube.get(SECRETS, "umec-webhook-ca", NS)
+    ca["data"] = {"tls.crt": b64(new.ca_cert.read_bytes()), "tls.key": b64(new.ca_key.read_bytes())}
+    kube.apply(SECRETS, ca)
+    return old, new.ca_cert.read_bytes()
+
+
+def test_a_new_ca_joins_the_bundle_and_the_old_leaves_only_once_every_replica_serves_it(
+        cluster: tuple[FakeKubeApi, Path]) -> None:
+    kube, tmp = cluster
+    rotate_webhook_certs(api(kube), RotationConfig(), now=T0 + timedelta(days=1))
+    replicas = [Replica(*secret_pair(kube), tmp / "certs", tmp / f"replica{i}") for i in (0, 1)]
+    endpoints(kube, *(r.port for r in replicas))
+    old_ca, new_ca = replace_ca(kube, tmp)
+    old_leaf = secret_pair(kube)
+
+    swapped = rotate_webhook_certs(api(kube), RotationConfig(), now=NOW)
+    assert swapped.issued and swapped.reason == "not issued by the serving CA"
+    assert set(bundles(kube).values()) == {b64(new_ca + old_ca)}   # both: nothing fails
+    assert swapped.old_cas_kept == 1 and "does not serve a leaf of the new CA" in swapped.replicas
+    for replica in replicas:     # still the old leaf: the API server keeps trusting it
+        assert replica.client_sees(bundles(kube)["verify.images.umec.io"])
+
+    replicas[0].serve(*secret_pair(kube))     # one replica reloaded the new leaf, one not yet
+    assert replicas[0].client_sees(bundles(kube)["verify.images.umec.io"])
+    pending = rotate_webhook_certs(api(kube), RotationConfig(), now=NOW + timedelta(minutes=1))
+    assert pending.old_cas_kept == 1 and pending.ca_bundle_patched == ()
+    assert f"127.0.0.1:{replicas[1].port}" in pending.replicas
+
+    replicas[1].serve(*secret_pair(kube))
+    done = rotate_webhook_certs(api(kube), RotationConfig(), now=NOW + timedelta(minutes=2))
+    assert done.old_cas_kept == 0 and "2 replica(s)" in done.replicas
+    assert set(bundles(kube).values()) == {b64(new_ca)} and len(done.ca_bundle_patched) == 3
+    assert all(r.client_sees(bundles(kube)["pin.images.umec.io"]) for r in replicas)
+    replicas[0].serve(*old_leaf)              # the old CA's leaf is no longer trusted
+    assert not replicas[0].client_sees(bundles(kube)["pin.images.umec.io"])
+
+
+@pytest.mark.parametrize("doubt", ["no-endpoints", "unreachable", "no-ready-address"])
+def test_the_old_ca_stays_while_the_replicas_cannot_be_checked(
+        cluster: tuple[FakeKubeApi, Path], doubt: str) -> None:
+    kube, tmp = cluster
+    rotate_webhook_certs(api(kube), RotationConfig(), now=T0 + timedelta(days=1))
+    old_ca, new_ca = replace_ca(kube, tmp)
+    rotate_webhook_certs(api(kube), RotationConfig(), now=NOW)
+    if doubt == "unreachable":
+        with socket.create_server(("127.0.0.1", 0)) as closed:
+            port = int(closed.getsockname()[1])
+        endpoints(kube, port)
+    elif doubt == "no-ready-address":
+        endpoints(kube)
+    again = rotate_webhook_certs(api(kube), RotationConfig(), now=NOW + timedelta(minutes=1))
+    assert again.old_cas_kept == 1 and again.ca_bundle_patched == ()
+    assert set(bundles(kube).values()) == {b64(new_ca + old_ca)}

@@ -216,13 +216,17 @@ def test_webhook_may_watch_the_policy_crds_and_nothing_more() -> None:
 
 def test_certificate_job_touches_only_the_named_objects() -> None:
     """The rotation job's rights are all resourceName-scoped: the two Secrets (the CA read
-    only), the webhook Deployment and the two webhook configurations."""
+    only), the webhook Service's Endpoints (read only: it checks what the replicas serve; it
+    restarts nothing) and the two webhook configurations."""
     rules = (_role_rules("Role", "umec-webhook-certs")
              + _role_rules("ClusterRole", "umec-webhook-certs"))
     assert all(r.get("resourceNames") for r in rules)
     assert not any(set(r["verbs"]) - {"get", "patch"} for r in rules)
     ca = next(r for r in rules if r.get("resourceNames") == ["umec-webhook-ca"])
     assert ca["verbs"] == ["get"]
+    assert {"apiGroups": [""], "resources": ["endpoints"], "resourceNames": ["umec-webhook"],
+            "verbs": ["get"]} in rules
+    assert not any(r["apiGroups"] == ["apps"] for r in rules)
     hooks = {d["metadata"]["name"] for d in applied() if d["kind"].endswith(
         "WebhookConfiguration")}
     named = {n for r in rules if r["apiGroups"] == ["admissionregistration.k8s.io"]
