@@ -15,6 +15,8 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet keylime
+# keylime.ima (bench_ima.py) imports these, which Keylime's wheel does not declare.
+"$VENV/bin/pip" install --quiet jsonschema lark
 # Our project next to it, with the [node] extra (tpm2-pytss) so bench_quote.py can also take
 # quotes from a real swtpm in the same process.
 "$VENV/bin/pip" install --quiet -e ".[node]"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from attest.core.ima.errors import (
     ImaMalformed,
@@ -45,9 +45,9 @@ _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<I20sI")
 
 
-@dataclass(frozen=True, slots=True)
-class ImaEntry:
-    """One measurement. ``data`` is what the kernel hashes into the template hash."""
+class ImaEntry(NamedTuple):
+    """One measurement. ``data`` is what the kernel hashes into the template hash. (A named
+    tuple: lists have tens of thousands of entries, and tuples are the cheapest to build.)"""
 
     pcr: int
     template_hash: bytes
@@ -69,7 +69,7 @@ def _decode_path(raw: bytes) -> str:
 
 def _digest_ng(field: bytes) -> tuple[str, bytes]:
     """``d-ng``: ``<algo>:\\0<digest>``."""
-    sep = field.find(b":\x00")
+    sep = field.find(b":\x00", 0, 32)
     if sep <= 0:
         raise ImaMalformed(f"digest field {field[:24].hex()} has no '<algo>:' prefix")
     alg = field[:sep].decode("ascii", "replace")

@@ -48,12 +48,12 @@ _IMA_KEYS = {"ignored_keyrings", "log_hash_alg", "dm_policy"}
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-def _digest_map(where: str, raw: Any) -> dict[str, frozenset[str]]:
+def _digest_map(where: str, raw: Any) -> dict[str, frozenset[bytes]]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):
         raise RuntimePolicyInvalid(f"{where}: a mapping name -> [hex digests]")
-    out: dict[str, frozenset[str]] = {}
+    out: dict[str, frozenset[bytes]] = {}
     for name, values in raw.items():
         if not isinstance(name, str) or not isinstance(values, list):
             raise RuntimePolicyInvalid(f"{where}.{name}: a list of hex digests")
@@ -61,12 +61,12 @@ def _digest_map(where: str, raw: Any) -> dict[str, frozenset[str]]:
     return out
 
 
-def _hex_digest(where: str, raw: Any) -> str:
+def _hex_digest(where: str, raw: Any) -> bytes:
     text = str(raw).lower()
     if not _HEX.fullmatch(text) or len(text) // 2 not in set(DIGEST_SIZES.values()) \
             or len(text) % 2:
         raise RuntimePolicyInvalid(f"{where}: {str(raw)[:80]!r} is not a hex digest")
-    return text
+    return bytes.fromhex(text)
 
 
 def _excludes(raw: Any) -> re.Pattern[str] | None:
@@ -110,10 +110,10 @@ def _meta(doc: Mapping[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class RuntimePolicy:
-    digests: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    digests: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
     excludes: re.Pattern[str] | None = None
-    keyrings: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    ima_buf: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    keyrings: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
+    ima_buf: Mapping[str, frozenset[bytes]] = field(default_factory=dict)
     ignored_keyrings: frozenset[str] = frozenset()
     log_hash_alg: str = "sha1"
     dm_policy: Any = None
@@ -147,19 +147,20 @@ class RuntimePolicy:
         """The failure for one authentic entry, or ``None`` when the policy allows it."""
         if entry.template == "ima-buf":
             return self._appraise_buf(entry, index)
+        allowed = self.digests.get(entry.path)
+        # Allowed first (the common case, one set lookup), then excluded: same outcome.
+        if allowed is not None and entry.digest in allowed and not entry.violation:
+            return None
         if self.excluded(entry.path):
             return None
-        digest = entry.digest.hex()
+        digest = f"{entry.digest_alg}:{entry.digest.hex()}"
         if entry.violation:
             return ImaViolation(index, entry.path, digest, "IMA recorded a violation")
-        allowed = self.digests.get(entry.path)
         if allowed is None:
-            return ImaPathNotAllowed(index, entry.path, f"{entry.digest_alg}:{digest}",
+            return ImaPathNotAllowed(index, entry.path, digest,
                                      "path is not in the runtime policy")
-        if digest not in allowed:
-            return ImaDigestNotAllowed(index, entry.path, f"{entry.digest_alg}:{digest}",
-                                       "digest is not allowed for this path")
-        return None
+        return ImaDigestNotAllowed(index, entry.path, digest,
+                                   "digest is not allowed for this path")
 
     def _appraise_buf(self, entry: ImaEntry, index: int) -> AttestationError | None:
         digest = f"{entry.digest_alg}:{entry.digest.hex()}"
@@ -169,11 +170,11 @@ class RuntimePolicy:
         if self._keyring_ignored(entry.path):
             return None
         if entry.path in self.keyrings:
-            if entry.digest.hex() in self.keyrings[entry.path]:
+            if entry.digest in self.keyrings[entry.path]:
                 return None
             return ImaKeyNotAllowed(index, entry.path, digest,
                                     "key is not allowed on this keyring")
-        if entry.digest.hex() in self.ima_buf.get(entry.path, ()):
+        if entry.digest in self.ima_buf.get(entry.path, ()):
             return None
         return ImaBufNotAllowed(index, entry.path, digest, "buffer is not allowed by ima-buf")
 
