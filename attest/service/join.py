@@ -69,7 +69,7 @@ class JoinUntrusted(AttestationError):
     check = "join.untrusted"
     status = 403
     hint = ("Only a node trusted by a fresh passing quote gets a join token. Fix what the "
-            "failed checks name (umec nodes show NODE), let the agent attest, then ask again.")
+            "failed checks name (`umec nodes`), let the agent attest, then ask again.")
 
 
 class JoinVerdictNotLatest(AttestationError):

@@ -126,11 +126,40 @@ def test_agent_runs_as_the_host_agent_before_k3s(agent: Unit) -> None:
     assert variables["UMEC_AGENT_ROLE"] == "host"
     assert variables["UMEC_AGENT_STATE_DIR"] == "/var/lib/umec"
     assert variables["UMEC_HOST_AGENT_MARKER"].startswith("/var/lib/umec/")
-    assert variables["UMEC_JOIN_TOKEN_PATH"] == TOKEN_FILE
+    assert variables["UMEC_AGENT_JOIN_TOKEN_PATH"] == TOKEN_FILE
     # An earlier boot's token is gone before the agent (and the gate after it) starts.
     assert one(agent, "Service", "ExecStartPre") == f"/bin/rm -f {TOKEN_FILE}"
     assert one(agent, "Service", "EnvironmentFile") == "/etc/umec/agent.env"
     assert one(agent, "Install", "WantedBy") == "multi-user.target"
+
+
+def _setting_variables() -> set[str]:
+    from umec.settings import Settings
+    return {f"UMEC_{name.upper()}" for name in Settings.model_fields} | {"UMEC_CONFIG"}
+
+
+def test_every_umec_variable_the_package_sets_is_a_setting(agent: Unit) -> None:
+    """A misspelt UMEC_* is ignored by the settings loader, silently: the unit's join token
+    path once was (UMEC_JOIN_TOKEN_PATH), and the host agent fetched no token at all."""
+    from scripts.imagebuild.agentdeb import AGENT_ENV
+    example = re.findall(r"^#?(UMEC_[A-Z0-9_]+)=", AGENT_ENV, re.M)
+    named = {k for k in env(agent) if k.startswith("UMEC_")} | set(example)
+    assert named - _setting_variables() == set()
+    assert {"UMEC_SERVER_URL", "UMEC_SERVER_CA", "UMEC_TCTI", "UMEC_NODE_NAME"} <= set(example)
+
+
+def test_the_units_environment_reaches_the_agents_settings(
+        agent: Unit, monkeypatch: pytest.MonkeyPatch) -> None:
+    from umec.settings import Settings
+    monkeypatch.delenv("UMEC_CONFIG", raising=False)
+    for key, value in env(agent).items():
+        if key.startswith("UMEC_"):
+            monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.agent_join_token_path == Path(TOKEN_FILE)
+    assert settings.agent_role == "host"
+    assert settings.agent_state_dir == Path("/var/lib/umec")
+    assert settings.tcti == "device:/dev/tpmrm0"
 
 
 def test_k3s_agent_starts_only_after_the_join_gate(dropin: Unit, join: Unit) -> None:
