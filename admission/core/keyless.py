@@ -35,7 +35,8 @@ every step with its own check id (``signature.keyless.*``):
 8. ``identity``: a configured (issuer, subject) pair matches: the issuer from the Fulcio
    extension ``1.3.6.1.4.1.57264.1.8`` (DER UTF8String) or its predecessor ``.1.1`` (raw UTF-8;
    both present must agree), the subject among the SAN email, URI and Fulcio ``otherName``
-   (``.1.7``) values. Both exact, like containers/image and cosign's ``--certificate-identity``.
+   (``.1.7``) values. Exact, like containers/image and cosign's ``--certificate-identity``, or
+   (``umec verify --certificate-identity-regexp``) a pattern, as cosign's ``-regexp`` flags.
 
 Not checked: the certificate's embedded SCT. cosign checks it; containers/image does not, because
 the SET already proves Rekor logged the certificate (see docs/decisions.md). Whether the signed
@@ -575,13 +576,14 @@ def _check_chain(material: KeylessMaterial, root: KeylessTrustRoot, at: datetime
         raise CertificateUntrusted("certificate is not for code signing (extended key usage)")
 
 
-def _check_identity(leaf: x509.Certificate,
-                    identities: Sequence[KeylessIdentity]) -> KeylessIdentity:
-    """Step 8."""
+def _check_identity(leaf: x509.Certificate, identities: Sequence[KeylessIdentity]
+                    ) -> tuple[KeylessIdentity, str]:
+    """Step 8: the first identity that accepts the certificate, and the subject it matched."""
     subjects, issuer = certificate_identity(leaf)
     for wanted in identities:
-        if wanted.issuer == issuer and wanted.identity in subjects:
-            return wanted
+        subject = wanted.matches(subjects, issuer)
+        if subject is not None:
+            return wanted, subject
     raise KeylessIdentityMismatch(f"certificate of {', '.join(subjects) or 'no subject'} "
                                   f"issued by {issuer} matches none of "
                                   f"{', '.join(i.key_id for i in identities) or 'no identities'}")
@@ -600,6 +602,6 @@ def verify_legacy_keyless(layer: SignatureLayer, authority: KeylessAuthority, *,
         raise SignatureInvalid(f"signature layer {layer.digest} does not verify under its "
                                f"certificate's key")
     payload = check_payload(layer.payload, image_digest)
-    wanted = _check_identity(material.leaf, authority.identities)
-    return VerifiedSignature(image_digest, wanted.key_id, "legacy", wanted.identity,
+    wanted, subject = _check_identity(material.leaf, authority.identities)
+    return VerifiedSignature(image_digest, wanted.key_id, "legacy", subject,
                              payload.docker_reference)

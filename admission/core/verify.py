@@ -43,6 +43,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -306,24 +307,54 @@ def verify_bundle_with_keys(bundle: ParsedBundle, keys: Mapping[str, PublicKey],
 
 @dataclass(frozen=True)
 class KeylessIdentity:
-    """A keyless signer: certificate SAN and OIDC issuer, both exact."""
+    """A keyless signer: certificate SAN and OIDC issuer, each exact (policies) or a regular
+    expression searched for as cosign's ``--certificate-identity-regexp`` and
+    ``--certificate-oidc-issuer-regexp`` do (Go's ``regexp.MatchString``: unanchored, so a
+    pattern that must match the whole value says ``^...$``)."""
 
     identity: str
     issuer: str
+    identity_regexp: bool = False
+    issuer_regexp: bool = False
 
     def __post_init__(self) -> None:
-        # The issuer is a URL: no whitespace, so the key id below splits back unambiguously.
+        # The issuer is a URL (or a pattern of one): no whitespace, so the key id below splits
+        # back unambiguously.
         if not self.identity or not self.issuer or any(
                 c.isspace() or not c.isprintable() for c in self.issuer):
             raise ValueError(f"keyless identity needs a subject and an issuer URL without "
                              f"whitespace, got {self.identity!r} / {self.issuer!r}")
+        for flag, pattern in ((self.identity_regexp, self.identity),
+                              (self.issuer_regexp, self.issuer)):
+            if flag:
+                try:
+                    re.compile(pattern)
+                except re.error as exc:
+                    raise ValueError(f"{pattern!r} is not a regular expression: {exc}") \
+                        from None
+
+    def matches(self, subjects: Sequence[str], issuer: str) -> str | None:
+        """The first of a certificate's ``subjects`` this identity accepts when its OIDC issuer
+        is ``issuer``; None when the issuer or every subject is refused."""
+        if self.issuer_regexp:
+            if re.search(self.issuer, issuer) is None:
+                return None
+        elif self.issuer != issuer:
+            return None
+        for subject in subjects:
+            if (re.search(self.identity, subject) is not None if self.identity_regexp
+                    else subject == self.identity):
+                return subject
+        return None
 
     @property
     def key_id(self) -> str:
         """Subject and issuer (the issuer is part of it, so one subject name from two issuers
         is two signers): what a message names. Not what a policy counts: see
-        :meth:`signer_id`."""
-        return f"keyless:{self.issuer} {self.identity}"
+        :meth:`signer_id`. A pattern is marked ``~``, which no issuer URL starts with."""
+        issuer = "~" + self.issuer if self.issuer_regexp else self.issuer
+        identity = "~" + self.identity if self.identity_regexp else self.identity
+        return f"keyless:{issuer} {identity}"
 
     def signer_id(self, root_digest: str) -> str:
         """The signer id a policy counts: ``keyless:<root digest> <issuer> <subject>``.
@@ -332,7 +363,7 @@ class KeylessIdentity:
         root (its own CA) and another policy's issuer and subject mints another id, which that
         other policy never counts. The digest and the issuer hold no whitespace, so the id
         splits back unambiguously."""
-        return f"keyless:{root_digest} {self.issuer} {self.identity}"
+        return "keyless:" + root_digest + " " + self.key_id.removeprefix("keyless:")
 
 
 def _integrated_time(bundle_raw: bytes) -> datetime:
@@ -368,6 +399,30 @@ def _rfc3339(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+class _PatternPolicy:
+    """sigstore-python's ``VerificationPolicy`` for an identity with a regular expression:
+    the issuer and subjects read as for legacy signatures
+    (:func:`admission.core.keyless.certificate_identity`), matched by
+    :meth:`KeylessIdentity.matches`; ``subject`` is the one it accepted."""
+
+    def __init__(self, wanted: KeylessIdentity) -> None:
+        self.wanted = wanted
+        self.subject: str | None = None
+
+    def verify(self, cert: x509.Certificate) -> None:
+        from sigstore.errors import VerificationError
+
+        from admission.core.keyless import certificate_identity
+        try:
+            subjects, issuer = certificate_identity(cert)
+        except AdmissionError as exc:
+            raise VerificationError(exc.detail) from None
+        self.subject = self.wanted.matches(subjects, issuer)
+        if self.subject is None:
+            raise VerificationError(f"certificate of {', '.join(subjects) or 'no subject'} "
+                                    f"issued by {issuer} does not match")
+
+
 def verify_bundle_keyless(bundle_raw: bytes, manifest: bytes, *, image_digest: str,
                           trusted_root: bytes, identities: Sequence[KeylessIdentity]
                           ) -> VerifiedSignature:
@@ -392,13 +447,15 @@ def verify_bundle_keyless(bundle_raw: bytes, manifest: bytes, *, image_digest: s
         raise KeylessVerificationFailed(f"bundle or trust root unreadable: {exc}") from None
     failures: list[str] = []
     for wanted in identities:
+        policy = _PatternPolicy(wanted) if wanted.identity_regexp or wanted.issuer_regexp \
+            else Identity(identity=wanted.identity, issuer=wanted.issuer)
         try:
-            verifier.verify_artifact(manifest, bundle,
-                                     Identity(identity=wanted.identity, issuer=wanted.issuer))
+            verifier.verify_artifact(manifest, bundle, policy)
         except (SigstoreError, ValueError, x509.ExtensionNotFound) as exc:
             # ExtensionNotFound: sigstore-python reads EKU/keyUsage unguarded; a leaf without
             # them is simply not a code-signing certificate.
             failures.append(f"{wanted.identity} ({wanted.issuer}): {exc}")
             continue
-        return VerifiedSignature(image_digest, wanted.key_id, "bundle", wanted.identity)
+        subject = policy.subject if isinstance(policy, _PatternPolicy) else wanted.identity
+        return VerifiedSignature(image_digest, wanted.key_id, "bundle", subject)
     raise KeylessVerificationFailed("; ".join(failures) or "no keyless identities configured")

@@ -123,6 +123,18 @@ def test_rejects_another_issuer(bundle: bytes, root: bytes) -> None:
               KeylessIdentity(EMAIL, "https://accounts.example"))
 
 
+def test_regexp_identities_for_bundles(mini: MiniSigstore, root: bytes) -> None:
+    raw = mini.sign(MANIFEST, identity=WORKFLOW, issuer=ISSUER)
+    pattern = KeylessIdentity(r"^https://github\.com/acme/", r"token\.actions",
+                              identity_regexp=True, issuer_regexp=True)
+    result = _verify(raw, root, pattern)
+    assert (result.identity, result.key_id) == (WORKFLOW, pattern.key_id)
+    _rejected(raw, root, "does not match",
+              KeylessIdentity(r"^https://github\.com/evil/", ISSUER, identity_regexp=True))
+    _rejected(raw, root, "does not match",
+              KeylessIdentity(WORKFLOW, r"^https://accounts\.", issuer_regexp=True))
+
+
 def test_rejects_with_no_identities_configured(bundle: bytes, root: bytes) -> None:
     with pytest.raises(KeylessVerificationFailed, match="no keyless identities"):
         verify_bundle_keyless(bundle, MANIFEST, image_digest=DIGEST, trusted_root=root,

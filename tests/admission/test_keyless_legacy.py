@@ -280,6 +280,49 @@ def test_subject_or_issuer_mismatch_is_refused(signed: KeylessSignature,
              KeylessIdentity(EMAIL.upper(), ISSUER))
 
 
+def test_regexp_identities_match_as_cosigns_flags(mini: MiniSigstore,
+                                                  root: KeylessTrustRoot) -> None:
+    """``--certificate-identity-regexp`` / ``--certificate-oidc-issuer-regexp``: searched for
+    (Go's MatchString), the subject reported is the certificate's, not the pattern."""
+    uri = sign_keyless(mini, REF, DIGEST, identity=WORKFLOW, issuer=ISSUER)
+    pattern = KeylessIdentity(r"^https://github\.com/acme/", r"^https://token\.actions\.",
+                              identity_regexp=True, issuer_regexp=True)
+    result = _verify(uri.layer(), root, pattern)
+    assert (result.identity, result.key_id) == (WORKFLOW, pattern.key_id)
+    assert pattern.key_id == r"keyless:~^https://token\.actions\. ~^https://github\.com/acme/"
+    assert _verify(uri.layer(), root, KeylessIdentity("acme/app", ISSUER,
+                                                      identity_regexp=True)).identity == WORKFLOW
+    for refused in (KeylessIdentity(r"^https://github\.com/evil/", ISSUER, identity_regexp=True),
+                    KeylessIdentity(WORKFLOW, r"^https://accounts\.", issuer_regexp=True),
+                    KeylessIdentity(r"acme/app$", ISSUER, identity_regexp=True)):
+        _refused(uri.layer(), root, "signature.keyless.identity", "matches none", refused)
+    # A pattern flag off means exact: the same text is refused as an exact subject.
+    _refused(uri.layer(), root, "signature.keyless.identity", "matches none",
+             KeylessIdentity("acme/app", ISSUER))
+    with pytest.raises(ValueError, match="not a regular expression"):
+        KeylessIdentity("(", ISSUER, identity_regexp=True)
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=st.text(min_size=1, max_size=30), issuer=st.text(
+    alphabet=st.characters(categories=["L", "N", "P"]), min_size=1, max_size=30),
+    others=st.lists(st.text(max_size=20), max_size=3))
+def test_identity_match_property(subject: str, issuer: str, others: list[str]) -> None:
+    """Exact identities match only equal text; an escaped, anchored pattern matches exactly
+    what the exact identity matches; what matched is one of the certificate's subjects."""
+    import re
+    exact = KeylessIdentity(subject, issuer)
+    pattern = KeylessIdentity("^" + re.escape(subject) + r"\Z", "^" + re.escape(issuer) + r"\Z",
+                              identity_regexp=True, issuer_regexp=True)
+    subjects = [*others, subject]
+    assert exact.matches(subjects, issuer) == subject
+    assert pattern.matches(subjects, issuer) == subject
+    assert exact.matches(subjects, issuer + "x") is None
+    assert pattern.matches(subjects, issuer + "x") is None
+    expected = subject if subject in others else None
+    assert exact.matches(others, issuer) == expected == pattern.matches(others, issuer)
+
+
 def test_disagreeing_issuer_extensions_are_refused(mini: MiniSigstore,
                                                    root: KeylessTrustRoot) -> None:
     two = sign_keyless(mini, REF, DIGEST, identity=EMAIL, issuer=ISSUER,
