@@ -212,15 +212,43 @@ def rollback(name: Annotated[str, typer.Argument(help="Node class")],
 def create(from_node: Annotated[str, typer.Option("--from-node", help="A trusted node")],
            node_class: Annotated[str | None, typer.Option(
                "--class", help="Node class of the policy (default: the node's)")] = None,
+           event_log: Annotated[Path | None, typer.Option(
+               "--event-log", help="The node's boot event log (binary_bios_measurements, "
+                                   "copied from it): allowed event digests per PCR")] = None,
+           ima_list: Annotated[Path | None, typer.Option(
+               "--ima-list", help="The node's IMA list (binary_runtime_measurements or the "
+                                  "ASCII one): a runtime policy")] = None,
            output_file: Annotated[Path | None, typer.Option(
                "-o", "--output-file", help="Write the YAML here (default: stdout)")] = None,
            ) -> None:
-    """Make a policy from a known-good node's last trusted quote (every quoted PCR pinned),
-    for a human to review and sign; nothing is applied."""
+    """Make a policy from a known-good node's last trusted quote (every quoted PCR pinned;
+    with --event-log / --ima-list, which must replay to that quote, its event digests and a
+    runtime policy), for a human to review and sign; nothing is applied."""
     from attest.core.policy import PolicyInvalid
     from attest.service.policies import node_policy
     try:
-        document = node_policy(_sessions(), from_node, node_class)
+        document = node_policy(_sessions(), from_node, node_class,
+                               event_log=_read_log(event_log, "--event-log"),
+                               ima_list=_read_log(ima_list, "--ima-list"))
     except PolicyInvalid as exc:
         raise _rejected(from_node, exc) from None
     _write(document.encode(), output_file)
+
+
+_MAX_LOG_BYTES = 64 * 1024 * 1024
+
+
+def _read_log(path: Path | None, flag: str) -> bytes | None:
+    """The file's bytes (bounded), or a one-line error naming the flag."""
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_LOG_BYTES + 1)
+    except OSError as exc:
+        raise CliError(f"{flag} {path}: {exc.strerror or exc}", check="policy.from_node_log",
+                       hint="copy the file from the node and give its path") from None
+    if len(data) > _MAX_LOG_BYTES:
+        raise CliError(f"{flag} {path}: larger than {_MAX_LOG_BYTES >> 20} MiB",
+                       check="policy.from_node_log", hint="give the node's own log file")
+    return data

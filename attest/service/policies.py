@@ -248,10 +248,22 @@ class NodeNotKnownGood(PolicyEnvelopeError):
             "upgrade (its trusted verdicts keep the quoted PCRs): `umec nodes` shows states.")
 
 
-def node_policy(sessions: sessionmaker[Session], node: str, node_class: str | None) -> str:
+class ReferenceLogNotAuthentic(PolicyEnvelopeError):
+    check = "policy.from_node_log"
+    status = 422
+    hint = ("Copy the log from the same node and the same boot as its last trusted quote "
+            "(/sys/kernel/security/tpm0/binary_bios_measurements, "
+            "/sys/kernel/security/ima/binary_runtime_measurements) and run the command again "
+            "after its next trusted attestation.")
+
+
+def node_policy(sessions: sessionmaker[Session], node: str, node_class: str | None, *,
+                event_log: bytes | None = None, ima_list: bytes | None = None) -> str:
     """A draft policy (YAML, to review and sign) from ``node``'s last trusted evidence, for
-    ``node_class`` (default: the node's class), one version above that class's applied one."""
-    from attest.core.policy_create import policy_from_pcrs
+    ``node_class`` (default: the node's class), one version above that class's applied one;
+    with the node's boot ``event_log`` and/or ``ima_list``, which must replay to that
+    evidence's quoted PCRs (:mod:`attest.core.policy_create`)."""
+    from attest.core import policy_create
     with sessions() as session:
         row = session.get(NodeRow, node)
         if row is None:
@@ -265,6 +277,14 @@ def node_policy(sessions: sessionmaker[Session], node: str, node_class: str | No
         policy = session.get(PolicyRow, name)
         at = row.last_pass_at.isoformat()[:19] if row.last_pass_at else "?"
     version = (policy.version or 0) + 1 if policy is not None else 1
-    return policy_from_pcrs(name, stored, version=version,
-                            description=f"made from node {node} (trusted evidence of {at}Z); "
-                                        "review, then sign with umec policy sign")
+    try:
+        eventlog = (policy_create.eventlog_section(event_log, stored)
+                    if event_log is not None else None)
+        runtime = (policy_create.runtime_policy_section(ima_list, stored)
+                   if ima_list is not None else None)
+    except policy_create.ReferenceLogRejected as exc:
+        raise ReferenceLogNotAuthentic(f"node {node!r}: {exc}") from None
+    return policy_create.policy_from_pcrs(
+        name, stored, version=version, eventlog=eventlog, runtime_policy=runtime,
+        description=f"made from node {node} (trusted evidence of {at}Z); "
+                    "review, then sign with umec policy sign")
