@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DEBS=(swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config gcc python3-venv python3-dev
-      docker-registry skopeo umoci faketime mosquitto)
+      docker-registry skopeo umoci faketime mosquitto
+      # The dashboard's browser tests: Playwright drives Debian's Chromium (its own browser
+      # download cannot be reached).
+      chromium)
 missing=()
 for p in "${DEBS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
