@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from umec.cli_attest import Output, print_document
 from umec.cli_errors import (
     CliError,
     FileUnusable,
@@ -22,9 +23,21 @@ from umec.cli_errors import (
     require_readable,
     warn,
 )
+from umec.cli_keyless import (
+    CertificateChain,
+    CertificateIdentity,
+    CertificateIdentityRegexp,
+    CertificateOidcIssuer,
+    CertificateOidcIssuerRegexp,
+    KeylessFlags,
+    TrustedRoot,
+    is_keyless,
+    keyless_authority,
+)
 
 if TYPE_CHECKING:
     from admission.core.errors import AdmissionError
+    from admission.core.keyless import KeylessAuthority
     from admission.core.reference import ImageReference
     from admission.core.verify import VerifiedSignature
     from keys import PrivateKey, PublicKey
@@ -120,18 +133,84 @@ def check_threshold(threshold: int, distinct: int) -> None:
                               f"or less")
 
 
+def _signature_row(s: VerifiedSignature) -> dict[str, str | None]:
+    return {"digest": s.digest, "signer": s.key_id, "format": s.kind, "identity": s.identity,
+            "reference": s.reference}
+
+
+def _signer_label(s: VerifiedSignature) -> str:
+    """The key file, or for a keyless signer the certificate's subject and issuer (its id is
+    ``keyless:<root digest> <issuer> <subject pattern>``)."""
+    parts = s.key_id.split(" ", 2)
+    if not s.key_id.startswith("keyless:") or len(parts) != 3:
+        return s.key_id
+    return f"{s.identity or parts[2]} (issuer {parts[1]})"
+
+
+def _print_verdict(pinned: str, signers: list[VerifiedSignature],
+                   failures: list[AdmissionError], output: Output, met: bool) -> None:
+    """The signers (and, when the threshold is not met, why the rest failed) on stdout."""
+    if output is not Output.table:
+        doc = {"image": pinned, "verified": met,
+               "signatures": [_signature_row(s) for s in signers],
+               "failures": [] if met else [{"check": f.check, "detail": f.detail}
+                                           for f in failures]}
+        print_document(doc, output)
+        return
+    table = Table("digest", "key", "format")
+    for s in signers:
+        table.add_row(s.digest, _signer_label(s), s.kind)
+    console.print(f"image {pinned}", markup=False, soft_wrap=True)
+    console.print(table)
+    if not met:
+        console.print(f"[red]policy not met[/red]: {len({s.key_id for s in signers})} "
+                      f"signer(s) verified")
+        for f in failures:
+            console.print(f"  ✗ {f.check}: {f.detail}", markup=False)
+
+
+def _keyless_refusal(pinned: str, authority: KeylessAuthority,
+                     failures: list[AdmissionError]) -> CliError:
+    """No signature by the keyless identity: the most telling failed check, named."""
+    wanted = authority.identities[0].key_id
+    telling = [f for f in failures if f.check.startswith("signature.keyless")] or failures
+    reasons = "; ".join(f"{f.check}: {f.detail}" for f in telling[:3])
+    return CliError(f"{pinned}: no signature by {wanted} verified"
+                    f"{': ' + reasons if reasons else ''}",
+                    check=telling[0].check if telling else "signature.keyless",
+                    hint="sign the image keyless from the expected identity, or check "
+                         "--certificate-identity, --certificate-oidc-issuer and the trust "
+                         "root")
+
+
 def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
-           key: Annotated[list[Path], typer.Option(help="Public key (PEM); repeatable")],
+           key: Annotated[list[Path] | None, typer.Option(
+               help="Public key (PEM); repeatable. Or the keyless flags")] = None,
            threshold: Annotated[int, typer.Option(help="Distinct keys required (1 to the "
-                                                  "number of distinct --key)")] = 1) -> None:
-    """Print which keys signed which digest; exit 1 unless THRESHOLD distinct keys signed it."""
+                                                  "number of distinct --key)")] = 1,
+           certificate_identity: CertificateIdentity = None,
+           certificate_identity_regexp: CertificateIdentityRegexp = None,
+           certificate_oidc_issuer: CertificateOidcIssuer = None,
+           certificate_oidc_issuer_regexp: CertificateOidcIssuerRegexp = None,
+           trusted_root: TrustedRoot = None,
+           certificate_chain: CertificateChain = None,
+           output: Annotated[Output, typer.Option(help="table, json or yaml")] = Output.table,
+           ) -> None:
+    """Print which keys (or which keyless signer, offline against --trusted-root) signed which
+    digest; exit 1 unless THRESHOLD distinct keys (keyless: the identity) signed it."""
     from admission.service.build import registry_client
     from admission.signing.verify import verify_image_signatures
     from umec.configs import registry_config
-    check_threshold(threshold, len(key))  # before reading any file
+    flags = KeylessFlags(certificate_identity, certificate_identity_regexp,
+                         certificate_oidc_issuer, certificate_oidc_issuer_regexp, trusted_root,
+                         certificate_chain)
+    paths = key or []
+    keyless = is_keyless(paths, flags)  # before reading any file
+    check_threshold(threshold, 1 if keyless else len(paths))
     settings = load_settings()
-    keys = distinct_keys(key)
-    check_threshold(threshold, len(keys))  # a key given twice counts once
+    authority = keyless_authority(flags) if keyless else None
+    keys = {} if keyless else distinct_keys(paths)
+    check_threshold(threshold, 1 if keyless else len(keys))  # a key given twice counts once
     ref = _reference(image)
 
     async def run() -> tuple[str, list[VerifiedSignature], list[AdmissionError]]:
@@ -139,24 +218,23 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
         async with registry_client(registry_config(settings)) as client:
             if pinned.digest is None:
                 pinned = pinned.with_digest((await client.resolve(pinned)).digest)
-            signers, failures = await verify_image_signatures(client, pinned, keys)
+            signers, failures = await verify_image_signatures(
+                client, pinned, keys, authorities=() if authority is None else (authority,))
         return str(pinned), signers, failures
     pinned, signers, failures = asyncio.run(run())
-    table = Table("digest", "key", "format")
-    for s in signers:
-        table.add_row(s.digest, s.key_id, s.kind)
-    console.print(f"image {pinned}")
-    console.print(table)
     signed = {s.key_id for s in signers}
-    if len(signed) < threshold:
-        console.print(f"[red]policy not met[/red]: {len(signed)} of {threshold} keys signed")
-        for f in failures:
-            console.print(f"  ✗ {f.check}: {f.detail}", markup=False)
+    met = len(signed) >= threshold
+    _print_verdict(pinned, signers, failures, output, met)
+    if not met and authority is not None:
+        raise _keyless_refusal(pinned, authority, failures)
+    if not met:
         raise CliError(f"{pinned}: {len(signed)} of {threshold} required keys signed it",
                        check="signature.threshold",
                        hint="sign the image with the missing keys (`umec sign`), or check that "
                             "--key names the signers' public keys")
-    console.print(f"[green]verified[/green]: {len(signed)} key(s) signed this digest")
+    if output is Output.table:
+        console.print(f"[green]verified[/green]: {len(signed)} "
+                      f"{'keyless signer' if keyless else 'key(s)'} signed this digest")
 
 
 def _check_admission_policies(directory: Path | None) -> None:

@@ -238,15 +238,19 @@ def _summary(facts: dict[str, Any]) -> str:
     return "; ".join(parts) or "-"
 
 
-def _print_verified(pinned: str, rows: list[dict[str, Any]], output: Output) -> None:
+def print_document(doc: dict[str, Any], output: Output) -> None:
+    """``--output json`` or ``yaml``: the document on stdout."""
     if output is Output.json:
-        json.dump({"image": pinned, "attestations": rows}, sys.stdout, indent=2)
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return
-    if output is Output.yaml:
-        import yaml
-        sys.stdout.write(yaml.safe_dump({"image": pinned, "attestations": rows},
-                                        sort_keys=False))
+    import yaml
+    sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _print_verified(pinned: str, rows: list[dict[str, Any]], output: Output) -> None:
+    if output is not Output.table:
+        print_document({"image": pinned, "attestations": rows}, output)
         return
     table = Table("predicate type", "key", "facts")
     for row in rows:

@@ -7,7 +7,8 @@
    fetched with its descriptor size as the cap and checked against its digest), each verified
    against every trusted key (:func:`admission.core.verify.verify_legacy_with_keys`) and, when
    it carries a Fulcio certificate, against every keyless authority
-   (:func:`admission.core.keyless.verify_legacy_keyless`: offline, the authority's trust root).
+   (:func:`admission.core.keyless.verify_legacy_keyless`: offline, the authority's trust root;
+   with ``check_identity``, its docker-reference must name the repository, as for keys).
 2. Bundles: the digest's referrers of artifact type bundle v0.3 (OCI 1.1 API or tag-schema
    fallback), each bundle verified key-based, and keyless against each keyless authority's
    trust root and identities.
@@ -35,11 +36,13 @@ from admission.core.errors import AdmissionError
 from admission.core.keyless import KeylessAuthority, parse_trusted_root, verify_legacy_keyless
 from admission.core.reference import ImageReference
 from admission.core.verify import (
+    IdentityMismatch,
     KeylessIdentity,
     KeylessVerificationFailed,
     NoSignatures,
     VerifiedSignature,
     parse_bundle,
+    repository_of,
     verify_bundle_keyless,
     verify_bundle_with_keys,
     verify_legacy_with_keys,
@@ -68,15 +71,22 @@ def scoped(signature: VerifiedSignature, authority: KeylessAuthority) -> Verifie
                                     f"that verified it")  # fail closed: never unscoped
 
 
-def _keyless_layer(layer: SignatureLayer, authorities: Sequence[KeylessAuthority], digest: str
+def _keyless_layer(layer: SignatureLayer, authorities: Sequence[KeylessAuthority], digest: str,
+                   repository: str | None = None
                    ) -> tuple[list[VerifiedSignature], list[AdmissionError]]:
-    """A layer with a Fulcio certificate, against every keyless authority."""
+    """A layer with a Fulcio certificate, against every keyless authority; with
+    ``repository``, its docker-reference must name it too (as for keys: step 5 of
+    :mod:`admission.core.verify`)."""
     results: list[VerifiedSignature] = []
     errors: list[AdmissionError] = []
     for authority in authorities:
         try:
-            results.append(scoped(verify_legacy_keyless(layer, authority, image_digest=digest),
-                                  authority))
+            result = verify_legacy_keyless(layer, authority, image_digest=digest)
+            if repository is not None and (result.reference is None or repository_of(
+                    result.reference) != repository_of(repository)):
+                raise IdentityMismatch(f"signature names {result.reference!r}, the image is "
+                                       f"in {repository!r}")
+            results.append(scoped(result, authority))
         except AdmissionError as exc:
             errors.append(exc)
     return results, ([] if results else errors)
@@ -96,7 +106,7 @@ async def _legacy(client: RegistryClient, ref: ImageReference, digest: str,
         ok: list[VerifiedSignature] = []
         bad: list[AdmissionError] = []
         if keyless and CERTIFICATE_ANNOTATION in layer.annotations:
-            ok, bad = _keyless_layer(layer, keyless, digest)
+            ok, bad = _keyless_layer(layer, keyless, digest, repository)
         if not ok and (keys or not bad):  # a key too (`cosign sign --key --certificate`)
             ok, more = verify_legacy_with_keys(layer, keys, image_digest=digest,
                                                repository=repository)
