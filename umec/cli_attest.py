@@ -24,6 +24,16 @@ from rich.console import Console
 from rich.table import Table
 
 from umec.cli_errors import CliError, FileUnusable, KeyInvalid, UsageError, load_settings
+from umec.cli_keyless import (
+    CertificateChain,
+    CertificateIdentity,
+    CertificateIdentityRegexp,
+    CertificateOidcIssuer,
+    CertificateOidcIssuerRegexp,
+    KeylessFlags,
+    TrustedRoot,
+    is_keyless,
+)
 
 if TYPE_CHECKING:
     from admission.core.attestations import EnvelopeVerdict
@@ -261,20 +271,37 @@ def _print_verified(pinned: str, rows: list[dict[str, Any]], output: Output) -> 
 
 def verify_attestation(
         image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
-        key: Annotated[list[Path], typer.Option(help="Public key (PEM); repeatable")],
+        key: Annotated[list[Path] | None, typer.Option(
+            help="Public key (PEM); repeatable")] = None,
         predicate_type: Annotated[str, typer.Option(
             "--type", help="The predicate type to look for (cosign's names or a URI)")
         ] = "custom",
         output: Annotated[Output, typer.Option(help="table, json or yaml")] = Output.table,
+        certificate_identity: CertificateIdentity = None,
+        certificate_identity_regexp: CertificateIdentityRegexp = None,
+        certificate_oidc_issuer: CertificateOidcIssuer = None,
+        certificate_oidc_issuer_regexp: CertificateOidcIssuerRegexp = None,
+        trusted_root: TrustedRoot = None,
+        certificate_chain: CertificateChain = None,
 ) -> None:
     """Verify the image's attestations of --type, as `cosign verify-attestation --key` does:
     DSSE signature by one of the keys, statement subject = the image digest. Exit 1 when
-    none verifies."""
+    none verifies. cosign's keyless flags are recognised and checked, but keyless attestations
+    are not verified yet (exit 2): `umec verify` verifies keyless signatures."""
     from admission.service.build import registry_client
     from admission.signing.attest import verify_image_attestations
     from umec.configs import registry_config
+    flags = KeylessFlags(certificate_identity, certificate_identity_regexp,
+                         certificate_oidc_issuer, certificate_oidc_issuer_regexp, trusted_root,
+                         certificate_chain)
+    if is_keyless(key or [], flags):
+        raise UsageError("keyless attestations are not verified yet: the webhook has no "
+                         "verifier for cosign's keyless .att layers (an intoto Rekor entry)",
+                         check="attestation.keyless_unsupported",
+                         hint="attest with a key (`umec attest --key`) and verify with --key; "
+                              "`umec verify` takes the keyless flags for image signatures")
     uri = _predicate_uri(predicate_type)
-    keys = _public_keys(key)
+    keys = _public_keys(key or [])
     ref = _reference(image)
     settings = load_settings()
 

@@ -262,3 +262,22 @@ def test_modes_and_flags_are_usage_errors(tmp_path: Path, mini: MiniSigstore, ro
                        "\n-----END CERTIFICATE-----\n")
     assert_error(umec(["verify", image, *WHO, *trust, "--certificate-chain", str(garbage)], env),
                  EXIT_USAGE, "not PEM certificates")
+
+
+def test_verify_attestation_takes_the_flags_and_says_keyless_is_not_verified(
+        tmp_path: Path, root: Path, env: dict[str, str | None]) -> None:
+    """cosign's flags are recognised by `umec verify-attestation`, with the same one-mode
+    rule; keyless attestations are refused as not verified (exit 2), never passed."""
+    image = "127.0.0.1:1/app:1"
+    pub = tmp_path / "ci.pub"
+    pub.write_bytes(public_key_pem(generate_private_key()))
+    trust = ["--trusted-root", str(root)]
+    assert_error(umec(["verify-attestation", image, "--key", str(pub), *WHO, *trust], env),
+                 EXIT_USAGE, "exclude each other")
+    assert_error(umec(["verify-attestation", image, "--type", "spdxjson"], env), EXIT_USAGE,
+                 "pass --key or the keyless flags")
+    assert_error(umec(["verify-attestation", image, "--certificate-identity", WORKFLOW, *trust],
+                      env), EXIT_USAGE, "needs --certificate-oidc-issuer")
+    line = assert_error(umec(["verify-attestation", image, *WHO, *trust], env), EXIT_USAGE,
+                        "not verified yet", "--key")
+    assert line.startswith("error: attestation.keyless_unsupported: ")
