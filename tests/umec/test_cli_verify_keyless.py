@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given
+from hypothesis import strategies as st
 
 from admission.core.cosign import OCI_MANIFEST_MEDIA_TYPE, build_signature_image, signature_tag
 from admission.core.reference import parse_reference
@@ -32,7 +34,8 @@ from tests.support.cosign_keyless import KeylessSignature, pem, sign_keyless
 from tests.support.mini_sigstore import CertificateAuthority, MiniSigstore
 from tests.support.oci_images import push_image
 from tests.support.registry import RunningRegistry, requires_registry
-from umec.cli_errors import EXIT_FAILED, EXIT_USAGE
+from umec.cli_errors import EXIT_FAILED, EXIT_USAGE, UsageError
+from umec.cli_keyless import KeylessFlags, is_keyless
 
 WORKFLOW = "https://github.com/acme/app/.github/workflows/release.yml@refs/heads/main"
 ISSUER = "https://token.actions.example"
@@ -281,3 +284,25 @@ def test_verify_attestation_takes_the_flags_and_says_keyless_is_not_verified(
     line = assert_error(umec(["verify-attestation", image, *WHO, *trust], env), EXIT_USAGE,
                         "not verified yet", "--key")
     assert line.startswith("error: attestation.keyless_unsupported: ")
+
+
+_maybe_text = st.none() | st.text(min_size=1, max_size=5)
+_maybe_path = st.none() | st.just(Path("trusted_root.json"))
+
+
+@given(keys=st.lists(st.just(Path("ci.pub")), max_size=2),
+       flags=st.builds(KeylessFlags, _maybe_text, _maybe_text, _maybe_text, _maybe_text,
+                       _maybe_path, _maybe_path))
+def test_exactly_one_mode_property(keys: list[Path], flags: KeylessFlags) -> None:
+    """Key mode iff --key and no keyless flag; keyless mode iff no --key, exactly one of each
+    identity/issuer pair and some trust material; anything else is a usage error."""
+    complete = ((flags.identity is None) != (flags.identity_regexp is None)
+                and (flags.issuer is None) != (flags.issuer_regexp is None)
+                and (flags.trusted_root is not None or flags.certificate_chain is not None))
+    expected = False if keys and not flags.given() else \
+        True if not keys and flags.given() and complete else None
+    if expected is None:
+        with pytest.raises(UsageError):
+            is_keyless(keys, flags)
+    else:
+        assert is_keyless(keys, flags) is expected
