@@ -34,6 +34,7 @@ from keys import KeyRing
 from mec_api.service.build import MecApiBridges, TokenService
 from mec_api.service.build import build_service as build_mec_api
 from mec_api.tokens.api import MAX_FORM_BYTES
+from mec_api.tokens.revocations import node_revocations
 from umec.bridges import (
     AdmissionRecordLookup,
     AttestNodeTrust,
@@ -58,6 +59,7 @@ from umec.http_limits import (
     install_error_handlers,
 )
 from umec.settings import Settings
+from umec.ui import UiSources, build_ui
 
 log = logging.getLogger("umec.server")
 
@@ -197,6 +199,13 @@ def _server_app(settings: Settings, engine: Engine, services: list[Service[Any]]
     return app
 
 
+def _node_revocations(engine: Engine) -> Callable[[str], list[dict[str, Any]]]:
+    def read(node: str) -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            return node_revocations(conn, node)
+    return read
+
+
 def join_bridge(settings: Settings, kube_api: Any) -> JoinBridge | None:
     """The k3s join (issue 13), on when UMEC_K3S_SERVER_CA is set."""
     if settings.k3s_server_ca is None:
@@ -231,6 +240,9 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         kube_api=kube_api, join=join_bridge(settings, kube_api)))
     services: list[Service[Any]] = [attest, admission, mec_api]
     app = _server_app(settings, engine, services)
+    # The operator dashboard (issue 14): attest's own context, so its actions revoke and
+    # notify as the API's do; the token service's node revocations for the node page.
+    app.mount("/ui", build_ui(UiSources(attest.parts, _node_revocations(engine))))
     return Server(app=app, attest=attest.parts, keys=ring, tokens=tokens, services=services)
 
 

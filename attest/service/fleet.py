@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from attest.service.models import NodeRow
+from attest.service.models import NodeRow, StateEventRow
 
 
 def node_summary(row: NodeRow) -> dict[str, Any]:
@@ -21,6 +21,8 @@ def node_summary(row: NodeRow) -> dict[str, Any]:
             "ek_hash": row.ek_hash, "activated": row.ak_public is not None,
             "state_changed_at": row.state_changed_at.isoformat(),
             "last_pass_at": row.last_pass_at.isoformat() if row.last_pass_at else None,
+            "last_evidence_at": (row.last_evidence_at.isoformat()
+                                 if row.last_evidence_at else None),
             "last_verdict": row.last_verdict}
 
 
@@ -35,6 +37,17 @@ def find_summary(sessions: sessionmaker[Session], name: str) -> dict[str, Any] |
     with sessions() as session:
         row = session.get(NodeRow, name)
         return None if row is None else node_summary(row)
+
+
+def node_events(sessions: sessionmaker[Session], name: str,
+                limit: int = 50) -> list[dict[str, Any]]:
+    """The node's state changes, newest first (at most ``limit``): its history for operators."""
+    query = (select(StateEventRow).where(StateEventRow.node == name)
+             .order_by(StateEventRow.at.desc(), StateEventRow.id).limit(limit))
+    with sessions() as session:
+        return [{"at": e.at.isoformat(), "previous": e.previous, "state": e.state,
+                 "reason": e.reason, "failed_checks": list(e.failed_checks)}
+                for e in session.scalars(query)]
 
 
 class NodeTrustRecord(NamedTuple):

@@ -235,6 +235,18 @@ def write_node_revocation(db: Session | Connection, *, node: str, through_epoch:
         expires_at=_entry_life(now, max_token_lifetime)))
 
 
+def node_revocations(db: Session | Connection, node: str,
+                     limit: int = 50) -> list[dict[str, Any]]:
+    """The node revocations still kept for ``node`` (entries live as long as a token they
+    revoke could), newest first: what a node leaving trust cost (the operator's view)."""
+    rows = db.execute(select(_TABLE.c.created_at, _TABLE.c.node_epoch, _TABLE.c.reason,
+                             _TABLE.c.expires_at)
+                      .where(_TABLE.c.kind == "node", _TABLE.c.node == node)
+                      .order_by(_TABLE.c.seq.desc()).limit(limit))
+    return [{"at": r.created_at.isoformat(), "through_epoch": r.node_epoch,
+             "reason": r.reason, "kept_until": r.expires_at.isoformat()} for r in rows]
+
+
 def write_pod_revocations(db: Session | Connection, *, pod_uids: Sequence[str], reason: str,
                           now: datetime, max_token_lifetime: float) -> None:
     """Revoke, inside the caller's transaction, every token of each pod in ``pod_uids``. The

@@ -1,0 +1,119 @@
+// µMEC Trust dashboard: refreshes the page's live parts from the JSON URL in <body data-poll>
+// every 2 s. Every value goes in with textContent or an attribute, never as HTML.
+"use strict";
+(function () {
+  var STATES = ["trusted", "untrusted", "stale", "enrolled", "removed"];
+  var POLL_MS = 2000;
+
+  function el(tag, cls, text) {
+    var node = document.createElement(tag);
+    if (cls) { node.className = cls; }
+    if (text !== undefined && text !== null) { node.textContent = String(text); }
+    return node;
+  }
+
+  function age(seconds) {
+    if (seconds === null || seconds === undefined) { return "never"; }
+    var units = [["d", 86400], ["h", 3600], ["min", 60]];
+    for (var i = 0; i < units.length; i++) {
+      if (seconds >= units[i][1]) { return Math.floor(seconds / units[i][1]) + " " + units[i][0] + " ago"; }
+    }
+    return Math.floor(seconds) + " s ago";
+  }
+
+  function badge(state) {
+    var css = STATES.indexOf(state) >= 0 ? state : "other";
+    var span = el("span", "state state-" + css, state);
+    span.setAttribute("data-state", state);
+    return span;
+  }
+
+  function failedList(checks) {
+    if (!checks || checks.length === 0) { return el("span", "none", "none"); }
+    var ul = el("ul", "failed");
+    checks.forEach(function (c) {
+      var li = el("li");
+      li.appendChild(el("code", "check", c.check));
+      li.appendChild(document.createTextNode(" "));
+      li.appendChild(el("span", "detail", c.detail));
+      li.appendChild(el("div", "hint", "what to do: " + c.hint));
+      ul.appendChild(li);
+    });
+    return ul;
+  }
+
+  function replace(parent, child) {
+    while (parent.firstChild) { parent.removeChild(parent.firstChild); }
+    parent.appendChild(child);
+  }
+
+  function fleetRow(node) {
+    var tr = el("tr");
+    tr.setAttribute("data-node", node.name);
+    var name = el("td"), link = el("a", null, node.name);
+    link.setAttribute("href", "/ui/nodes/" + encodeURIComponent(node.name));
+    name.appendChild(link);
+    tr.appendChild(name);
+    var state = el("td", "state-cell");
+    state.appendChild(badge(node.state));
+    tr.appendChild(state);
+    tr.appendChild(el("td", null, node.node_class));
+    tr.appendChild(el("td", "age", age(node.evidence_age)));
+    var checks = el("td", "checks");
+    checks.appendChild(failedList(node.failed_checks));
+    tr.appendChild(checks);
+    return tr;
+  }
+
+  function showFleet(body) {
+    var tbody = document.querySelector("#fleet tbody");
+    if (!tbody) { return; }
+    var rows = document.createDocumentFragment(), counts = {};
+    body.nodes.forEach(function (node) {
+      rows.appendChild(fleetRow(node));
+      counts[node.state] = (counts[node.state] || 0) + 1;
+    });
+    while (tbody.firstChild) { tbody.removeChild(tbody.firstChild); }
+    tbody.appendChild(rows);
+    var parts = Object.keys(counts).sort().map(function (s) { return counts[s] + " " + s; });
+    var summary = document.getElementById("fleet-summary");
+    if (summary) { summary.textContent = body.nodes.length + " nodes: " + (parts.join(", ") || "no nodes"); }
+  }
+
+  function showNode(node) {
+    var state = document.getElementById("node-state");
+    if (state) { replace(state, badge(node.state)); }
+    var checks = document.getElementById("node-checks");
+    if (checks) { replace(checks, failedList(node.failed_checks)); }
+    var ages = document.querySelectorAll(".facts .age");
+    for (var i = 0; i < ages.length; i++) { ages[i].textContent = age(node.evidence_age); }
+  }
+
+  function live(text, bad) {
+    var status = document.getElementById("live");
+    if (!status) { return; }
+    status.textContent = text;
+    status.className = bad ? "live live-bad" : "live";
+  }
+
+  function poll(url) {
+    fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" }, cache: "no-store" })
+      .then(function (resp) {
+        if (resp.status === 401) { live("session ended: reload the page to log in again", true); return null; }
+        if (!resp.ok) { live("live updates paused: the server answered " + resp.status, true); return null; }
+        return resp.json();
+      })
+      .then(function (body) {
+        if (!body) { return; }
+        if (body.nodes) { showFleet(body); } else { showNode(body); }
+        live("live · updated " + new Date().toLocaleTimeString(), false);
+      })
+      .catch(function () { live("live updates paused: the server cannot be reached", true); });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var url = document.body.getAttribute("data-poll");
+    if (!url) { return; }
+    window.setInterval(function () { poll(url); }, POLL_MS);
+  });
+})();
