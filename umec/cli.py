@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from umec import cli_admission, cli_attest, cli_deploy, cli_policy
 from umec.cli_errors import (
@@ -24,6 +22,7 @@ from umec.cli_errors import (
     load_settings,
     require_readable,
 )
+from umec.cli_output import Output, emit, package_version
 from umec.logs import configure_logging
 from umec.settings import Settings
 
@@ -44,6 +43,20 @@ app.command("verify-attestation")(cli_attest.verify_attestation)
 app.command()(cli_attest.sbom)
 app.command()(cli_attest.provenance)
 console = Console()
+OutputOption = Annotated[Output, typer.Option("--output", "-o", help="table, json or yaml")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"umec {package_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", is_eager=True, callback=_print_version,
+        help="Print `umec <version>` and exit")] = False) -> None:
+    """µMEC Trust: TPM attestation, signed images, scoped tokens."""
 
 
 def _settings() -> Settings:
@@ -124,27 +137,29 @@ def agent(once: Annotated[bool, typer.Option(help="Attest once; exit 0 only if t
               "log_level": checked_log_level(settings)}, once=once)
 
 
+def _why(row: dict[str, Any]) -> str:
+    verdict = row["last_verdict"] or {}
+    why = "; ".join(f"{f['check']}: {f['detail']}" for f in verdict.get("failed_checks", []))
+    return why or ("-" if verdict.get("trusted", True) else "failed")
+
+
+NODE_CELLS = {"node": lambda r: str(r["name"]), "class": lambda r: str(r["node_class"]),
+              "since": lambda r: str(r["state_changed_at"])[:19],
+              "last pass": lambda r: str(r["last_pass_at"] or "-")[:19], "why": _why}
+
+
 @nodes_app.callback()
-def nodes(ctx: typer.Context,
-          as_json: Annotated[bool, typer.Option("--json", help="Machine-readable")] = False,
+def nodes(ctx: typer.Context, output: OutputOption = Output.table,
+          as_json: Annotated[bool, typer.Option("--json", hidden=True,
+                                                help="Same as --output json")] = False,
           ) -> None:
     """List the fleet: state, last verdict and why."""
     if ctx.invoked_subcommand is not None:
         return
     from attest.service.fleet import fleet_summaries
     rows = fleet_summaries(_sessions(_settings()))
-    if as_json:
-        json.dump(rows, sys.stdout, indent=2)
-        return
-    table = Table("node", "class", "state", "since", "last pass", "why")
-    for r in rows:
-        verdict = r["last_verdict"] or {}
-        why = "; ".join(f"{f['check']}: {f['detail']}" for f in verdict.get("failed_checks", []))
-        colour = {"trusted": "green", "untrusted": "red", "stale": "yellow"}.get(r["state"], "")
-        table.add_row(r["name"], r["node_class"], f"[{colour}]{r['state']}[/]" if colour else
-                      r["state"], r["state_changed_at"][:19], (r["last_pass_at"] or "-")[:19],
-                      why or ("-" if verdict.get("trusted", True) else "failed"))
-    console.print(table)
+    emit(rows, Output.json if as_json else output,
+         ("node", "class", "state", "since", "last pass", "why"), NODE_CELLS)
 
 
 def _registrar_step(step: Callable[[Any], Any]) -> Any:
@@ -199,13 +214,13 @@ policy_app.command("create")(cli_policy.create)
 
 
 @policy_app.command("list")
-def policy_list() -> None:
+def policy_list(output: OutputOption = Output.table) -> None:
     """List the stored policies."""
     from attest.service.policies import list_policies
-    table = Table("class", "generation", "updated")
-    for row in list_policies(_sessions(_settings())):
-        table.add_row(row.name, str(row.generation), row.updated_at.isoformat()[:19])
-    console.print(table)
+    rows = [{"class": row.name, "generation": row.generation, "version": row.version,
+             "updated": row.updated_at.isoformat()[:19]}
+            for row in list_policies(_sessions(_settings()))]
+    emit(rows, output, ("class", "generation", "version", "updated"))
 
 
 @policy_app.command("show")

@@ -9,17 +9,16 @@ with exit code 1.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from umec.cli_attest import Output
 from umec.cli_errors import CliError, FileUnusable, KeyInvalid, UsageError, load_settings
+from umec.cli_output import emit
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -157,29 +156,14 @@ def verify(envelope: Annotated[Path, typer.Argument(help="POLICY.dsse.json")],
         raise CliError(f"the envelope is for class {verified.policy.name!r}, not "
                        f"{node_class!r}", check="policy.class",
                        hint="verify the envelope made for this class")
-    _emit({"class": verified.policy.name, "version": verified.version,
+    emit({"class": verified.policy.name, "version": verified.version,
            "signers": list(verified.signers), "digest": verified.digest}, output,
           ("class", "version", "signers", "digest"))
 
 
-def _emit(doc: dict[str, Any] | list[dict[str, Any]], output: Output,
-          columns: tuple[str, ...]) -> None:
-    if output is Output.json:
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    if output is Output.yaml:
-        import yaml
-        sys.stdout.write(yaml.safe_dump(doc, sort_keys=False))
-        return
-    table = Table(*columns)
-    for row in doc if isinstance(doc, list) else [doc]:
-        table.add_row(*(", ".join(v) if isinstance(v := row[c], list) else str(v or "-")
-                        for c in columns))
-    console.print(table)
-
-
 def history(name: Annotated[str, typer.Argument(help="Node class")],
-            output: Annotated[Output, typer.Option(help="table, json or yaml")] = Output.table,
+            output: Annotated[Output, typer.Option("--output", "-o",
+                                                   help="table, json or yaml")] = Output.table,
             ) -> None:
     """Every version applied to a class, and every refused one (when, by which signers,
     payload digest, the check that refused it)."""
@@ -187,7 +171,7 @@ def history(name: Annotated[str, typer.Argument(help="Node class")],
     rows = [{"at": r.at.isoformat()[:19], "outcome": r.outcome, "version": r.version,
              "signers": list(r.signers), "digest": r.digest, "check": r.check,
              "detail": r.detail} for r in policy_history(_sessions(), name)]
-    _emit(rows, output, ("at", "outcome", "version", "signers", "digest", "check"))
+    emit(rows, output, ("at", "outcome", "version", "signers", "digest", "check"))
 
 
 def rollback(name: Annotated[str, typer.Argument(help="Node class")],
