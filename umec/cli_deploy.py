@@ -15,6 +15,20 @@ deploy_app = typer.Typer(help="What a k3s cluster needs besides deploy/'s manife
                          no_args_is_help=True)
 
 
+def _check_k3s_ca(path: Path) -> None:
+    """``--k3s-server-ca`` must be PEM certificates: its sha256 goes into every join token, and
+    k3s-agent refuses a token whose hash is not its server's CA."""
+    from cryptography import x509
+    try:
+        x509.load_pem_x509_certificates(path.read_bytes())
+    except OSError as exc:
+        raise FileUnusable(f"--k3s-server-ca {path}: {exc.strerror}") from None
+    except ValueError:
+        raise FileUnusable(f"--k3s-server-ca {path}: not a PEM certificate",
+                           hint="copy /var/lib/rancher/k3s/server/tls/server-ca.crt from a k3s "
+                                "server as it is") from None
+
+
 @deploy_app.command("render")
 def render(directory: Annotated[Path, typer.Option("--dir", help="Output directory (kept: "
                                                    "re-running reuses its CAs and keys)")],
@@ -26,6 +40,11 @@ def render(directory: Annotated[Path, typer.Option("--dir", help="Output directo
            server_name: Annotated[list[str] | None, typer.Option(
                help="More names or addresses for the server's certificate (agents outside "
                     "the cluster); repeatable")] = None,
+           k3s_server_ca: Annotated[Path | None, typer.Option(
+               help="The k3s server's CA certificate (its "
+                    "/var/lib/rancher/k3s/server/tls/server-ca.crt): ConfigMap "
+                    "umec-k3s-server-ca, which deploy/host-join/ gives the server so it hands "
+                    "host agents their k3s join token")] = None,
            apiserver_dir: Annotated[str, typer.Option(
                help="Where the API server's webhook files will lie on each k3s server"
            )] = "/var/lib/rancher/k3s/server/umec-webhook",
@@ -40,9 +59,12 @@ def render(directory: Annotated[Path, typer.Option("--dir", help="Output directo
                          hint="two server replicas and the webhook share one PostgreSQL")
     if ek_ca is not None and not ek_ca.is_file():
         raise FileUnusable(f"--ek-ca {ek_ca}: not a file")
+    if k3s_server_ca is not None:
+        _check_k3s_ca(k3s_server_ca)
     try:
         done = render(RenderConfig(directory, database_url, ek_ca,
                                    server_names=tuple(server_name or ()),
+                                   k3s_server_ca=k3s_server_ca,
                                    apiserver_dir=apiserver_dir))
     except ValueError as exc:   # an apiserver dir that is not absolute
         raise UsageError(f"--apiserver-dir {exc}") from None

@@ -11,7 +11,8 @@ render changes no secret a running cluster uses, only re-issues the leaf certifi
 * ``metrics-token``: the bearer token ``GET /metrics`` requires (Secret ``umec-metrics``; give
   Prometheus the same file as ``authorization.credentials_file``);
 * ``secrets.yaml`` (0600): every Secret and ConfigMap of deploy/README.md's table, ready for
-  ``kubectl apply -f`` — the agent's ``umec-server-ca`` in the agent's namespace.
+  ``kubectl apply -f`` — the agent's ``umec-server-ca`` in the agent's namespace, and with
+  ``--k3s-server-ca`` the k3s server's CA (``umec-k3s-server-ca``) for the host agents' join.
 
 Private keys are written 0600 by :mod:`keys`; ``secrets.yaml`` holds them too (base64), so it
 is 0600 and belongs on the operator's machine only.
@@ -42,6 +43,7 @@ class RenderConfig:
     agent_namespace: str = "umec-agent"
     apiserver_dir: str = K3S_APISERVER_DIR
     server_names: tuple[str, ...] = ()   # more names for the server's certificate (host agents)
+    k3s_server_ca: Path | None = None    # k3s's server-ca.crt: ConfigMap umec-k3s-server-ca
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,9 @@ def render(config: RenderConfig) -> Rendered:
     if config.ek_ca_bundle is not None:
         docs.append(_config_map("umec-ek-ca", ns,
                                 {"bundle.pem": config.ek_ca_bundle.read_bytes()}))
+    if config.k3s_server_ca is not None:   # the k3s join (deploy/host-join): bytes as on disk,
+        docs.append(_config_map("umec-k3s-server-ca", ns,  # their sha256 is in every token
+                                {"server-ca.crt": config.k3s_server_ca.read_bytes()}))
     out = d / "secrets.yaml"
     atomic_write(out, yaml.safe_dump_all(docs, sort_keys=False).encode(), mode=0o600)
     return Rendered(out, webhook.ca_bundle, tuple(

@@ -197,14 +197,19 @@ def build_all(args: argparse.Namespace) -> dict[str, object]:
     return report
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def arg_parser() -> argparse.ArgumentParser:
+    """The options of scripts/build-agent-deb.sh (its OUT_DIR is ``--out``)."""
     parser = argparse.ArgumentParser(prog="build-agent-deb", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="output dir (.debs, cache/)")
     parser.add_argument("--lock", type=Path, default=build.DEFAULT_LOCK, help="lock of inputs")
     parser.add_argument("--commit", default="HEAD", help="git commit to build (default HEAD)")
     parser.add_argument("--arch", nargs="+", choices=["amd64", "arm64"],
                         default=["amd64", "arm64"])
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = arg_parser().parse_args(argv)
     from kernel.errors import CheckedError
     try:
         report = build_all(args)
