@@ -510,3 +510,15 @@ def test_three_way_apply_sets_what_new_says_and_is_idempotent(live: Any, last: A
         if isinstance(live, dict) and isinstance(last, dict):
             for key in set(last) - set(new):
                 assert key not in merged            # what the last apply set and new drops
+
+
+def test_the_deploy_readmes_point_to_the_guide_and_agree_with_it() -> None:
+    host = (REPO / "deploy/host/README.md").read_text()
+    deploy = (REPO / "deploy/README.md").read_text()
+    assert "`docs/install.md`, step 11" in host and "`docs/install.md`, step 11" in deploy
+    installs = set(re.findall(r"sudo apt install \./\S+\.deb", host))
+    assert installs == {line for _, lines in blocks() for line in lines
+                        if line.startswith("sudo apt install ./")}
+    for text in (host, deploy):
+        assert set(re.findall(r"UMEC_[A-Z0-9_]+", text)) - _setting_variables() == set()
+    assert "kubectl apply -k deploy/host-join/" in deploy and "deploy/host-join/" in host
