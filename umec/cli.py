@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,10 +10,10 @@ import typer
 from rich.console import Console
 
 from umec import cli_admission, cli_attest, cli_deploy, cli_policy
+from umec.cli_backend import backend, is_remote
 from umec.cli_errors import (
     CliError,
     FileUnusable,
-    NotFound,
     SettingsInvalid,
     UmecGroup,
     UsageError,
@@ -22,15 +21,19 @@ from umec.cli_errors import (
     load_settings,
     require_readable,
 )
-from umec.cli_output import Output, emit, package_version
+from umec.cli_output import Output, emit, node_text, package_version, print_document
 from umec.logs import configure_logging
 from umec.settings import Settings
 
 # UmecGroup maps every command's failure to one stderr line and an exit code (umec.cli_errors).
 app = typer.Typer(help="µMEC Trust: TPM attestation, signed images, scoped tokens.",
                   no_args_is_help=True, pretty_exceptions_enable=False, cls=UmecGroup)
-policy_app = typer.Typer(help="Appraisal policies per node class.", no_args_is_help=True)
-nodes_app = typer.Typer(help="The attested fleet.", invoke_without_command=True)
+MODES = ("With UMEC_SERVER_URL (and UMEC_OPERATOR_TOKEN, UMEC_SERVER_CA) or a context file "
+         "(~/.config/umec/config.yaml, `umec config`), it calls the server's API; with "
+         "neither, it opens the local database (UMEC_DATABASE_URL): bootstrap mode only.")
+policy_app = typer.Typer(help="Appraisal policies per node class. " + MODES,
+                         no_args_is_help=True)
+nodes_app = typer.Typer(help="The attested fleet. " + MODES, invoke_without_command=True)
 app.add_typer(policy_app, name="policy")
 app.add_typer(nodes_app, name="nodes")
 app.command()(cli_admission.sign)
@@ -70,11 +73,6 @@ def _server_files(settings: Settings) -> None:
     require_readable([settings.ek_ca_bundle], "UMEC_EK_CA_BUNDLE")
     if settings.policy_dir is not None and not settings.policy_dir.is_dir():
         raise FileUnusable(f"UMEC_POLICY_DIR {settings.policy_dir}: not a directory")
-
-
-def _sessions(settings: Settings):  # type: ignore[no-untyped-def]
-    from umec.db import open_database
-    return open_database(settings.resolved_database_url())[1]
 
 
 @app.command()
@@ -156,53 +154,45 @@ def nodes(ctx: typer.Context, output: OutputOption = Output.table,
     """List the fleet: state, last verdict and why."""
     if ctx.invoked_subcommand is not None:
         return
-    from attest.service.fleet import fleet_summaries
-    rows = fleet_summaries(_sessions(_settings()))
-    emit(rows, Output.json if as_json else output,
+    emit(backend().nodes(), Output.json if as_json else output,
          ("node", "class", "state", "since", "last pass", "why"), NODE_CELLS)
 
 
-def _registrar_step(step: Callable[[Any], Any]) -> Any:
-    """Run an operator step of the registrar; a refusal (AttestationError) is mapped by
-    UmecGroup to one line on stderr, exit 1."""
-    from attest.service.context import AttestConfig, AttestContext
-    from kernel.clock import clock_for
-    from umec.bridges import RevokeInTransaction
-    settings = _settings()
-    sessions = _sessions(settings)
-    # The same in-transaction writer as the server's: a removal or rename commits its node
-    # revocation with it, dated by the clock every replica shares.
-    ctx = AttestContext(config=AttestConfig(), sessions=sessions, sign_result=lambda claims: "",
-                        now=clock_for(sessions.kw["bind"]).now,
-                        change_writers=[RevokeInTransaction(settings.token_lifetime_seconds)])
-    return step(ctx)
+@nodes_app.command("show")
+def nodes_show(name: str, output: OutputOption = Output.table) -> None:
+    """One node: state, class, since, last pass, its last verdict (failed checks with what to
+    do) and its recent state changes."""
+    detail = backend().node(name)
+    if output is not Output.table:
+        print_document(detail, output)
+        return
+    sys.stdout.write(node_text(detail))
 
 
 @nodes_app.command("remove")
 def nodes_remove(name: str) -> None:
-    """Forget a node (e.g. after a TPM replacement); it must enrol again."""
-    from attest.service import registrar
-    _registrar_step(lambda ctx: registrar.remove(ctx, name))
-    console.print(f"removed {name}")
+    """Forget a node (e.g. after a TPM replacement); it must enrol again. Its tokens are
+    revoked with the removal."""
+    backend().remove(name)
+    typer.echo(f"removed {name}")
 
 
 @nodes_app.command("rename")
 def nodes_rename(old: str, new: str) -> None:
     """Give a node's TPM a new name; it is trusted again after its first passing quote under
     the new name (its agent must be configured with the new name)."""
-    from attest.service import registrar
-    _registrar_step(lambda ctx: registrar.rename(ctx, old, new))
-    console.print(f"renamed {old} to {new}; it is trusted again after its next passing quote")
+    backend().rename(old, new)
+    typer.echo(f"renamed {old} to {new}; it is trusted again after its next passing quote")
 
 
 @nodes_app.command("ack")
 def nodes_ack(name: str) -> None:
-    """Acknowledge an untrusted/stale node (policies with require_ack): its next passing
-    quote makes it trusted again."""
-    from attest.service.verifier import acknowledge
-    state = _registrar_step(lambda ctx: acknowledge(ctx, name))
-    console.print(f"acknowledged {name} ({state}); it becomes trusted with its next passing "
-                  f"quote")
+    """Acknowledge an untrusted/stale node whose class policy has require_ack: its next
+    passing quote makes it trusted again. When none is needed (the node is trusted, or its
+    policy has no require_ack) it says so (node.ack_not_needed, exit 1) and records nothing."""
+    state = backend().ack(name)["state"]
+    typer.echo(f"acknowledged {name} ({state}); it becomes trusted with its next passing "
+               f"quote")
 
 
 policy_app.command("set")(cli_policy.policy_set)
@@ -213,40 +203,32 @@ policy_app.command("rollback")(cli_policy.rollback)
 policy_app.command("create")(cli_policy.create)
 
 
+policy_app.command("diff")(cli_policy.diff)
+
+
 @policy_app.command("list")
 def policy_list(output: OutputOption = Output.table) -> None:
-    """List the stored policies."""
-    from attest.service.policies import list_policies
-    rows = [{"class": row.name, "generation": row.generation, "version": row.version,
-             "updated": row.updated_at.isoformat()[:19]}
-            for row in list_policies(_sessions(_settings()))]
-    emit(rows, output, ("class", "generation", "version", "updated"))
+    """List the policies: the stored ones, and the built-in default while none of its class
+    is stored."""
+    emit(backend().policies(), output, ("class", "generation", "version", "updated", "source"),
+         {"updated": lambda r: str(r["updated"] or "-")[:19]})
 
 
 @policy_app.command("show")
-def policy_show(name: str) -> None:
-    """Print a stored policy document."""
-    from attest.service.policies import list_policies
-    for row in list_policies(_sessions(_settings())):
-        if row.name == name:
-            sys.stdout.write(row.document)
-            return
-    raise NotFound(f"no policy {name!r}", hint="`umec policy list` shows the stored policies")
+def policy_show(name: str, output: OutputOption = Output.table) -> None:
+    """Print a class's policy document (the built-in default's too); table: the YAML."""
+    shown = backend().policy(name)
+    if output is not Output.table:
+        print_document(shown, output)
+        return
+    sys.stdout.write(shown["document"])
 
 
 @policy_app.command("remove")
 def policy_remove(name: str) -> None:
     """Remove a policy no node uses."""
-    from attest.service.policies import PolicyInUse, remove_policy
-    try:
-        removed = remove_policy(_sessions(_settings()), name)
-    except PolicyInUse as exc:
-        raise CliError(str(exc), check="policy.in_use",
-                       hint="remove or re-class the nodes of this class first (`umec nodes`)"
-                       ) from None
-    if not removed:
-        raise NotFound(f"no policy {name!r}", hint="`umec policy list` shows the stored policies")
-    console.print(f"removed {name}")
+    backend().remove_policy(name)
+    typer.echo(f"removed {name}")
 
 
 tokens_app = typer.Typer(help="The token service's signing keys.", no_args_is_help=True)
@@ -257,9 +239,14 @@ app.add_typer(tokens_app, name="tokens")
 def tokens_rotate_key(overlap_seconds: Annotated[float, typer.Option(
         help="How long the old key stays in the JWKS (at least the token lifetime)")] = 600.0
                       ) -> None:
-    """Make a fresh ES256 key active; running servers pick it up within seconds."""
+    """Make a fresh ES256 key active; running servers pick it up within seconds. On the
+    server host only (its data directory): there is no remote route for it yet."""
     from mec_api.tokens.keyring import rotate_token_key
     settings = _settings()
+    if is_remote():
+        raise UsageError("umec tokens rotate-key works on the server's data directory; it has "
+                         "no remote mode yet", hint="run it on the server host without "
+                         "UMEC_SERVER_URL or a context file")
     try:
         kid = rotate_token_key(settings.data_dir / "keys" / "access-tokens", overlap_seconds,
                                settings.token_lifetime_seconds)

@@ -87,3 +87,29 @@ def emit(doc: Any, output: Output, columns: Sequence[str],
         print_document(doc, output)
         return
     print_rows(doc if isinstance(doc, list) else [doc], columns, cells)
+
+
+def _verdict_lines(verdict: Mapping[str, Any] | None) -> list[str]:
+    if not verdict:
+        return ["last verdict:  -"]
+    trusted = "trusted" if verdict.get("trusted") else "not trusted"
+    lines = [f"last verdict:  {trusted} at {str(verdict.get('at') or '-')[:19]}"]
+    for failure in verdict.get("failed_checks") or []:
+        lines.append(f"  failed {failure.get('check')}: {failure.get('detail')}")
+        if failure.get("hint"):
+            lines.append(f"    what to do: {failure['hint']}")
+    return lines
+
+
+def node_text(node: Mapping[str, Any]) -> str:
+    """``umec nodes show NODE`` as text: the node, its last verdict, its recent events."""
+    lines = [f"node:          {node['name']}", f"class:         {node['node_class']}",
+             f"state:         {node['state']}",
+             f"since:         {str(node['state_changed_at'])[:19]}",
+             f"last pass:     {str(node.get('last_pass_at') or '-')[:19]}",
+             *_verdict_lines(node.get("last_verdict")), "events (newest first):"]
+    rows = [[str(e["at"])[:19], e.get("previous") or "-", e["state"],
+             ", ".join(e.get("failed_checks") or []) or "-", e.get("reason") or "-"]
+            for e in node.get("events") or []]
+    table = plain_table(("at", "from", "to", "checks", "reason"), rows) if rows else "-\n"
+    return "\n".join(lines) + "\n" + "".join(f"  {line}\n" for line in table.splitlines())

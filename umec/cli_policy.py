@@ -16,32 +16,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from kernel.errors import CheckedError
 from umec.cli_attest import Output
-from umec.cli_errors import CliError, FileUnusable, KeyInvalid, UsageError, load_settings
+from umec.cli_backend import backend
+from umec.cli_errors import CliError, FileUnusable, KeyInvalid, UsageError
 from umec.cli_output import emit
 
 if TYPE_CHECKING:
-    from sqlalchemy.orm import Session, sessionmaker
-
-    from attest.service.policies import PolicyTrust
     from keys import PublicKey
 
 console = Console()
 err_console = Console(stderr=True)
 KeysOption = Annotated[list[str], typer.Option(
     "--key", help="Signing key: PEM or cosign key file, or env://VAR; repeatable")]
-
-
-def _sessions() -> sessionmaker[Session]:
-    from umec.db import open_database
-    return open_database(load_settings().resolved_database_url())[1]
-
-
-def _trust() -> PolicyTrust:
-    from attest.service.policies import PolicyTrust
-    from umec.configs import policy_signers
-    settings = load_settings()
-    return PolicyTrust(policy_signers(settings), settings.policy_threshold)
 
 
 def _read(path: Path) -> bytes:
@@ -67,18 +54,13 @@ def _rejected(where: str, exc: Exception) -> CliError:
                          "format) and run the command again")
 
 
-def _apply(raw: bytes, where: str) -> None:
-    from attest.core.policy import PolicyInvalid
-    from attest.service.policies import apply_policy
-    try:
-        applied = apply_policy(_sessions(), raw, _trust())
-    except PolicyInvalid as exc:
-        raise _rejected(where, exc) from None
-    version = f", version {applied.version}" if applied.version is not None else ""
-    signed = f", signed by {len(applied.signers)}" if applied.signers else ""
-    state = "stored" if applied.changed else "unchanged"
-    console.print(f"policy {applied.policy.name!r} {state} (generation "
-                  f"{applied.generation}{version}{signed})", markup=False)
+def _apply(raw: bytes) -> None:
+    applied = backend().apply(raw)
+    version = f", version {applied['version']}" if applied["version"] is not None else ""
+    signed = f", signed by {len(applied['signers'])}" if applied["signers"] else ""
+    state = "stored" if applied["changed"] else "unchanged"
+    console.print(f"policy {applied['class']!r} {state} (generation "
+                  f"{applied['generation']}{version}{signed})", markup=False)
 
 
 def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True,
@@ -91,7 +73,7 @@ def policy_set(file: Annotated[Path, typer.Argument(exists=True, readable=True,
     except UnicodeDecodeError as exc:
         raise FileUnusable(f"{file}: not UTF-8 text ({exc.reason})",
                            hint="pass the policy as a YAML text file") from None
-    _apply(raw, str(file))
+    _apply(raw)
 
 
 def _private_keys(sources: list[str]) -> list[Any]:
@@ -167,11 +149,8 @@ def history(name: Annotated[str, typer.Argument(help="Node class")],
             ) -> None:
     """Every version applied to a class, and every refused one (when, by which signers,
     payload digest, the check that refused it)."""
-    from attest.service.policies import policy_history
-    rows = [{"at": r.at.isoformat()[:19], "outcome": r.outcome, "version": r.version,
-             "signers": list(r.signers), "digest": r.digest, "check": r.check,
-             "detail": r.detail} for r in policy_history(_sessions(), name)]
-    emit(rows, output, ("at", "outcome", "version", "signers", "digest", "check"))
+    emit(backend().history(name), output,
+         ("at", "outcome", "version", "signers", "digest", "check"))
 
 
 def rollback(name: Annotated[str, typer.Argument(help="Node class")],
@@ -181,16 +160,16 @@ def rollback(name: Annotated[str, typer.Argument(help="Node class")],
              ) -> None:
     """Go back to an earlier version's content as a NEW, higher version (never an edit of an
     old one). With UMEC_POLICY_SIGNERS set and no --key, prints the document to sign."""
-    from attest.service.policies import rollback_document
-    document = rollback_document(_sessions(), name, to).encode()
+    back = backend().rollback(name, to)
+    document = str(back["document"]).encode()
     if key:
-        _apply(_sign_bytes(document, name, key), name)
-    elif _trust().enforced:
+        _apply(_sign_bytes(document, name, key))
+    elif back["must_sign"]:
         sys.stdout.write(document.decode())
         err_console.print("sign it and apply: umec policy sign --key KEY FILE -o FILE.dsse.json"
                           " && umec policy set FILE.dsse.json", markup=False)
     else:
-        _apply(document, name)
+        _apply(document)
 
 
 def create(from_node: Annotated[str, typer.Option("--from-node", help="A trusted node")],
@@ -208,15 +187,10 @@ def create(from_node: Annotated[str, typer.Option("--from-node", help="A trusted
     """Make a policy from a known-good node's last trusted quote (every quoted PCR pinned;
     with --event-log / --ima-list, which must replay to that quote, its event digests and a
     runtime policy), for a human to review and sign; nothing is applied."""
-    from attest.core.policy import PolicyInvalid
-    from attest.service.policies import node_policy
-    try:
-        document = node_policy(_sessions(), from_node, node_class,
-                               event_log=_read_log(event_log, "--event-log"),
-                               ima_list=_read_log(ima_list, "--ima-list"))
-    except PolicyInvalid as exc:
-        raise _rejected(from_node, exc) from None
-    _write(document.encode(), output_file)
+    document = backend().from_node(from_node, node_class,
+                                   _read_log(event_log, "--event-log"),
+                                   _read_log(ima_list, "--ima-list"))["document"]
+    _write(str(document).encode(), output_file)
 
 
 _MAX_LOG_BYTES = 64 * 1024 * 1024
@@ -236,3 +210,50 @@ def _read_log(path: Path | None, flag: str) -> bytes | None:
         raise CliError(f"{flag} {path}: larger than {_MAX_LOG_BYTES >> 20} MiB",
                        check="policy.from_node_log", hint="give the node's own log file")
     return data
+
+
+class DiffTrouble(CliError):
+    """``umec policy diff`` could not read an operand: exit 2, as diff(1) does."""
+
+    check = "policy.diff"
+    exit_code = 2
+
+
+def _operand(spec: str) -> tuple[str, str]:
+    """(label, YAML document) of a diff operand: a file (an envelope's payload), CLASS@VERSION
+    from the class's history, or a CLASS's current policy."""
+    path = Path(spec)
+    if path.is_file():
+        from attest.core.policy_envelope import is_envelope, parse_envelope
+        raw = _read(path)
+        if is_envelope(raw):
+            raw = parse_envelope(raw).payload
+        return spec, raw.decode("utf-8", errors="replace")
+    name, at, version = spec.rpartition("@")
+    if at and version.isdigit():
+        return spec, str(backend().policy_version(name, int(version))["document"])
+    return spec, str(backend().policy(spec)["document"])
+
+
+def _operand_or_trouble(spec: str) -> tuple[str, str]:
+    try:
+        return _operand(spec)
+    except CliError as exc:
+        raise DiffTrouble(f"{spec}: {exc.detail}", hint=exc.hint) from None
+    except CheckedError as exc:
+        raise DiffTrouble(f"{spec}: {exc.detail}", hint=exc.hint) from None
+
+
+def diff(a: Annotated[str, typer.Argument(help="CLASS, CLASS@VERSION or a FILE")],
+         b: Annotated[str, typer.Argument(help="CLASS, CLASS@VERSION or a FILE")]) -> None:
+    """A unified diff of two policy documents: two classes, a class and a file (YAML or a
+    signed envelope), or two versions of a class's history (`pi-k3s@3 pi-k3s@4`). Exit 0 if
+    they are the same, 1 if they differ, 2 if one could not be read (as diff(1))."""
+    import difflib
+    label_a, doc_a = _operand_or_trouble(a)
+    label_b, doc_b = _operand_or_trouble(b)
+    lines = list(difflib.unified_diff(doc_a.splitlines(keepends=True),
+                                      doc_b.splitlines(keepends=True), label_a, label_b))
+    for line in lines:
+        sys.stdout.write(line if line.endswith("\n") else line + "\n")
+    raise typer.Exit(1 if lines else 0)

@@ -36,14 +36,16 @@ from attest.core.errors import AttestationError, MalformedStructure
 from attest.service import registrar, verifier
 from attest.service.context import AttestContext
 from attest.service.deps import AttestCtx
-from attest.service.fleet import find_summary, fleet_summaries, node_summary
+from attest.service.fleet import fleet_summaries, node_summary
 from attest.service.join import JoinDisabled
 from attest.service.limits import Limits, RateLimited, bucket_of
+from attest.service.operator import acknowledge as operator_acknowledge
+from attest.service.operator import node_detail
 from kernel.bearer import bearer_matches
 from kernel.errors import CheckedError
 
 __all__ = ["MAX_B64", "REFUSALS", "Limits", "OperatorUnauthorized", "RateLimited", "bucket_of",
-           "node_summary", "router", "source_of"]
+           "guarded", "node_summary", "require_operator", "router", "source_of"]
 
 log = logging.getLogger("umec.attest")
 
@@ -247,6 +249,11 @@ def _require_operator(ctx: AttestContext, authorization: str | None) -> None:
         raise OperatorUnauthorized("missing or wrong operator bearer token")
 
 
+# The operator routes of attest.service.operator_api use the same two.
+require_operator = _require_operator
+guarded = _guarded
+
+
 @router.get("/nodes")
 def list_nodes(ctx: AttestCtx, authorization: Annotated[str | None, Header()] = None) -> Any:
     """The fleet (operators only)."""
@@ -257,16 +264,9 @@ def list_nodes(ctx: AttestCtx, authorization: Annotated[str | None, Header()] = 
 @router.get("/nodes/{node}")
 def get_node(node: NodeName, ctx: AttestCtx,
              authorization: Annotated[str | None, Header()] = None) -> Any:
-    """One node (operators only)."""
+    """One node and its recent state changes, newest first (operators only)."""
     _require_operator(ctx, authorization)
-    summary = find_summary(ctx.sessions, node)
-    if summary is None:
-        raise registrar.NodeNotFound(f"no node named {node!r}")
-    return summary
-
-
-def _acknowledge(ctx: AttestContext, node: str) -> dict[str, Any]:
-    return {"node": node, "acknowledged": True, "state": verifier.acknowledge(ctx, node)}
+    return node_detail(ctx.sessions, node)
 
 
 @router.post("/nodes/{node}/ack")
@@ -274,7 +274,7 @@ def ack_node(request: Request, node: NodeName, ctx: AttestCtx,
              authorization: Annotated[str | None, Header()] = None) -> Any:
     """Operator acknowledgement (policies with ``require_ack``)."""
     _require_operator(ctx, authorization)
-    return _guarded("ack", request, _acknowledge, ctx, node)
+    return _guarded("ack", request, operator_acknowledge, ctx, node)
 
 
 @router.get("/jwks.json")

@@ -28,6 +28,7 @@ from attest.service.join import JoinBridge, JoinRevocationSink, JoinService, joi
 from attest.service.notify import CompositeSink
 from attest.service.notify.event import StateChangeSink
 from attest.service.notify.webhook import WebhookSink
+from attest.service.operator_api import router as operator_router
 from attest.service.policies import PolicyTrust, load_policy_dir
 from kernel.service import Hook, Service
 from keys import KeyRing, sign_jwt
@@ -71,7 +72,7 @@ def build_service(config: AttestConfig, bridges: AttestBridges) -> Service[Attes
         state["attest_join"] = join
         ctx.listeners.append(JoinRevocationSink(join))  # never raises (it logs and counts)
         background.append(join_sweep_task(ctx, join).run)
-    service = Service("attest", ctx, routers=[router], state=state,
+    service = Service("attest", ctx, routers=[router, operator_router], state=state,
                       background=background,
                       on_start=[_remember_loop(ctx)], on_close=sinks.closers)
     if sinks.kube is not None:

@@ -38,7 +38,7 @@ from attest.core.appraisal import Evidence, Verdict, appraise_evidence
 from attest.core.errors import AttestationError
 from attest.core.freshness import FUTURE_TOLERANCE, NonceRecord, NonceReplayed, check_nonce
 from attest.core.ima.appraise import ImaState
-from attest.core.policy import AppraisalPolicy
+from attest.core.policy import AppraisalPolicy, PolicyInvalid
 from attest.core.policy_create import quoted_pcrs
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
@@ -59,7 +59,8 @@ def _parsed_ak(ak_public: bytes) -> TpmPublic:
 class NothingToAcknowledge(AttestationError):
     check = "node.ack_not_needed"
     status = 409
-    hint = "Only untrusted or stale nodes are acknowledged; this one needs nothing."
+    hint = ("Nothing to do: only untrusted or stale nodes whose class policy has require_ack "
+            "are acknowledged.")
 
 
 class EvidenceRaced(AttestationError):
@@ -303,15 +304,31 @@ def needs_ack(policy: AppraisalPolicy, state: str, state_changed_at: datetime,
     return acked_at is None or acked_at < state_changed_at
 
 
+def _require_ack_policy(ctx: AttestContext, db: Connection, name: str, node_class: str) -> None:
+    """An acknowledgement means something only under ``require_ack`` (a class without a policy
+    yet may get one: the acknowledgement is kept)."""
+    try:
+        policy = ctx.policy_for(db, node_class)
+    except (LookupError, PolicyInvalid):
+        return
+    if not policy.require_ack:
+        raise NothingToAcknowledge(
+            f"node {name!r} (class {node_class!r}) has no require_ack in its policy: its next "
+            "passing quote makes it trusted without an acknowledgement; none was recorded")
+
+
 def acknowledge(ctx: AttestContext, name: str) -> str:
     """Record an operator's acknowledgement; the next passing quote makes the node trusted."""
     now = ctx.now()
     with ctx.engine.begin() as db:
-        row = db.execute(select(NodeRow.state).where(NodeRow.name == name)).first()
+        row = db.execute(select(NodeRow.state, NodeRow.node_class)
+                         .where(NodeRow.name == name)).first()
         if row is None:
             raise NodeNotFound(f"no node named {name!r}")
         if row.state not in (NodeState.UNTRUSTED, NodeState.STALE):
-            raise NothingToAcknowledge(f"node {name!r} is {row.state}")
+            raise NothingToAcknowledge(f"node {name!r} is {row.state}: no acknowledgement is "
+                                       "needed, none was recorded")
+        _require_ack_policy(ctx, db, name, row.node_class)
         db.execute(_UPDATE_NODE, {"b_name": name, "acked_at": now})
     return str(row.state)
 

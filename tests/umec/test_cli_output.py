@@ -50,10 +50,14 @@ def test_listings_in_every_output_format_when_piped(tmp_path: Path) -> None:
 
     code, out, _ = umec_process(["policy", "list"], cli)
     no_box(out)
-    assert out.splitlines()[0].split() == ["class", "generation", "version", "updated"]
-    assert out.splitlines()[1].split()[:2] == ["pi-k3s", "1"]
+    assert out.splitlines()[0].split() == ["class", "generation", "version", "updated",
+                                           "source"]
+    assert out.splitlines()[1].split() == ["default", "-", "-", "-", "built-in"]
+    assert out.splitlines()[2].split()[:2] == ["pi-k3s", "1"]
+    assert out.splitlines()[2].split()[-1] == "stored"
     code, out, _ = umec_process(["policy", "list", "-o", "json"], cli)
-    assert [p["class"] for p in json.loads(out)] == ["pi-k3s"]
+    assert [(p["class"], p["source"]) for p in json.loads(out)] == [("default", "built-in"),
+                                                                    ("pi-k3s", "stored")]
     code, out, _ = umec_process(["policy", "history", "pi-k3s", "-o", "yaml"], cli)
     assert [e["outcome"] for e in yaml.safe_load(out)] == ["applied"]
     code, out, _ = umec_process(["policy", "history", "pi-k3s"], cli)

@@ -1,0 +1,158 @@
+"""``umec nodes|policy`` in remote mode: the CLI as a process against a real ``umec server`` on
+loopback HTTPS (its operator routes, the operator token, TLS verified with the server's CA),
+on SQLite and PostgreSQL. Its output is the local mode's; its database is never opened (the
+remote runs get a database URL that cannot be opened); a server refusal is one stderr line with
+the server's check; a CA that did not sign the server's certificate is refused."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.support.attack_env import _settings
+from tests.support.cli import assert_error, clean_env, umec_process
+from tests.support.pcr_policy import k3s_policy
+from tests.support.registry import loopback_tls
+from tests.support.simagent import SimulatedNode
+from umec.app import Server, build_server
+from umec.localserver import ServerThread
+
+
+@dataclass
+class Site:
+    server: Server
+    url: str
+    ca: Path
+    nodes: httpx.Client
+    local: dict[str, str | None]   # bootstrap mode: the server's own database
+    remote: dict[str, str | None]  # remote mode: no usable database at all
+
+    def node(self, name: str) -> SimulatedNode:
+        node = SimulatedNode(name, self.nodes)
+        cfg = self.server.attest.config
+        cfg.ek_allowlist = cfg.ek_allowlist | {
+            hashlib.sha256(node.tpm.ek_public.marshal_tpm2b()).hexdigest()}
+        node.enroll_and_activate()
+        assert node.attest()["state"] == "trusted"
+        return node
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
+    url = "" if request.param == "sqlite" else request.getfixturevalue("pg_database")
+    ca, _ = loopback_tls(tmp_path / "tls")
+    # No node goes stale while a test compares the two modes' answers.
+    server = build_server(_settings(tmp_path, url).model_copy(
+        update={"attestation_interval_seconds": 3600.0}))
+    base = {**clean_env(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    local = {**base, "UMEC_DATA_DIR": str(tmp_path / "srv"), "UMEC_DATABASE_URL": url or None}
+    verify = ssl.create_default_context(cafile=str(ca))
+    with ServerThread(server.app, ssl_certfile=str(tmp_path / "tls" / "server.pem"),
+                      ssl_keyfile=str(tmp_path / "tls" / "server.key")) as http, \
+            httpx.Client(base_url=http.url, verify=verify, timeout=30) as nodes:
+        remote = {**base, "UMEC_SERVER_URL": http.url, "UMEC_SERVER_CA": str(ca),
+                  "UMEC_OPERATOR_TOKEN": server.operator_token,
+                  "UMEC_DATABASE_URL": "nosuchdb://never-opened"}
+        yield Site(server, http.url, ca, nodes, local, remote)
+
+
+def ok(args: list[str], env: dict[str, str | None]) -> str:
+    code, out, err = umec_process(args, env)
+    assert (code, err) == (0, ""), (args, code, out, err)
+    return out
+
+
+def same(site: Site, args: list[str]) -> str:
+    """The command's stdout, identical in remote and local mode."""
+    remote = ok(args, site.remote)
+    assert remote == ok(args, site.local), args
+    return remote
+
+
+def test_remote_mode_answers_as_local_mode(site: Site, tmp_path: Path) -> None:
+    site.node("node-a")
+    bad = site.node("node-b")
+    bad.tpm.extend(14, b"tampered")
+    assert bad.attest()["state"] == "untrusted"
+
+    for listing in (["nodes"], ["nodes", "-o", "json"], ["nodes", "show", "node-b"],
+                    ["nodes", "show", "node-b", "-o", "yaml"], ["policy", "list"],
+                    ["policy", "list", "-o", "json"], ["policy", "show", "pi-k3s"],
+                    ["policy", "show", "default"], ["policy", "history", "pi-k3s"]):
+        same(site, listing)
+    shown = yaml.safe_load(same(site, ["nodes", "show", "node-b", "-o", "yaml"]))
+    assert shown["state"] == "untrusted"
+    assert [e["state"] for e in shown["events"]] == ["untrusted", "trusted"]
+    text = same(site, ["nodes", "show", "node-b"])
+    assert "failed policy.pcr_value: sha256:14 = " in text and "what to do: " in text
+    assert "default" in same(site, ["policy", "show", "default"])
+    # an acknowledgement nobody needs is refused and says why, in both modes
+    for env in (site.remote, site.local):
+        assert_error(umec_process(["nodes", "ack", "node-a"], env), 1,
+                     "error: node.ack_not_needed: node 'node-a' is trusted")
+        assert_error(umec_process(["nodes", "ack", "node-b"], env), 1,
+                     "node.ack_not_needed", "(class 'pi-k3s') has no require_ack")
+
+    # policy set / history / diff / rollback, through the server
+    v2 = tmp_path / "v2.yaml"
+    v2.write_text(k3s_policy("11" * 32).replace("name: pi-k3s", "name: pi-k3s\nversion: 2"))
+    assert ok(["policy", "set", str(v2)], site.remote).startswith("policy 'pi-k3s' stored")
+    assert ok(["policy", "diff", "pi-k3s", str(v2)], site.remote) == ""
+    code, out, err = umec_process(["policy", "diff", "pi-k3s@2", "default"], site.remote)
+    assert code == 1 and err == "" and out.startswith("--- pi-k3s@2\n+++ default\n")
+    history = json.loads(same(site, ["policy", "history", "pi-k3s", "-o", "json"]))
+    assert [h["version"] for h in history] == [None, 2]
+    v3 = yaml.safe_load(ok(["policy", "set", str(v2)], site.remote) and
+                        json.loads(ok(["policy", "show", "pi-k3s", "-o", "json"],
+                                      site.remote))["document"])
+    assert v3["version"] == 2
+    assert "stored" in ok(["policy", "rollback", "pi-k3s", "--to", "2"], site.remote)
+    assert yaml.safe_load(json.loads(same(site, ["policy", "show", "pi-k3s", "-o", "json"]))
+                          ["document"])["version"] == 3
+    code, out, _ = umec_process(["policy", "diff", "pi-k3s@2", "pi-k3s@3"], site.remote)
+    assert code == 1 and "-version: 2\n+version: 3\n" in out
+
+    # nodes rename / remove, through the server
+    assert ok(["nodes", "rename", "node-b", "node-c"], site.remote).startswith(
+        "renamed node-b to node-c")
+    assert ok(["nodes", "remove", "node-c"], site.remote) == "removed node-c\n"
+    assert [n["name"] for n in json.loads(same(site, ["nodes", "-o", "json"]))] == ["node-a"]
+
+
+def test_remote_refusals_are_one_line(site: Site, tmp_path: Path) -> None:
+    assert_error(umec_process(["nodes", "show", "node-z"], site.remote), 1,
+                 "error: node.unknown: no node named 'node-z'", "Enrol the node first")
+    assert_error(umec_process(["policy", "show", "nope"], site.remote), 1, "policy.not_found")
+    code, _, err = umec_process(["policy", "diff", "nope", "pi-k3s"], site.remote)
+    assert code == 2 and "policy.diff: nope: no policy 'nope'" in err
+    assert_error(umec_process(["nodes"], {**site.remote, "UMEC_OPERATOR_TOKEN": "wrong"}), 1,
+                 "error: operator.token: missing or wrong operator bearer token",
+                 "Authorization: Bearer")
+    other_ca, _ = loopback_tls(tmp_path / "other")
+    assert_error(umec_process(["nodes"], {**site.remote, "UMEC_SERVER_CA": str(other_ca)}), 1,
+                 "error: server.tls: ", "certificate is not verified by", str(other_ca))
+    assert_error(umec_process(["tokens", "rotate-key"], site.remote), 2, "no remote mode")
+
+
+def test_context_file_names_the_server(site: Site, tmp_path: Path) -> None:
+    site.node("node-a")
+    config = tmp_path / "xdg" / "umec"
+    config.mkdir(parents=True)
+    (config / "op.token").write_text(site.server.operator_token + "\n")
+    (config / "config.yaml").write_text(yaml.safe_dump({
+        "current-context": "site", "contexts": [
+            {"name": "site", "server": site.url, "token-file": "op.token",
+             "ca-file": str(site.ca)},
+            {"name": "elsewhere", "server": "https://192.0.2.1:1"}]}))
+    env = {k: v for k, v in site.remote.items()
+           if k not in ("UMEC_SERVER_URL", "UMEC_OPERATOR_TOKEN", "UMEC_SERVER_CA")}
+    assert json.loads(ok(["nodes", "-o", "json"], env))[0]["name"] == "node-a"
+    assert ok(["nodes", "-o", "json"], env) == ok(["nodes", "-o", "json"], site.local)
