@@ -1,0 +1,176 @@
+"""The dashboard in a real browser: Debian's Chromium (/usr/bin/chromium, installed by
+scripts/setup.sh) driven by Playwright, against a real ``umec server`` with simulated TPM nodes.
+
+Screenshots go to a temporary directory, or to ``UMEC_DASHBOARD_SCREENSHOTS`` when set (the
+README's come from ``UMEC_DASHBOARD_SCREENSHOTS=docs/screenshots``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from attest.service.models import NodeRow
+from tests.support.attack_env import Env, running_env, trusted
+from umec.ui.app import CSP
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(),
+                                reason="Debian's chromium is not installed (scripts/setup.sh "
+                                       "installs it; CI runs these tests)")
+sync_api = pytest.importorskip("playwright.sync_api")
+
+RED, GREEN = "rgb(207, 34, 46)", "rgb(26, 127, 55)"
+# What a page would run if a value were inserted as HTML: each sets a flag the test reads.
+PAYLOADS = ('<img src=x onerror="window.__pwned=1">', "</script><script>window.__pwned=2</script>",
+            '<svg onload="window.__pwned=3"></svg>')
+# Recorded in every page before its own scripts (an init script is not subject to the CSP).
+WATCH = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+         "e => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    with running_env(tmp_path_factory.mktemp("dash-browser"), "") as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, env: Env) -> Iterator[Any]:
+    context = browser.new_context(base_url=str(env.client.base_url),
+                                  viewport={"width": 1280, "height": 800})
+    pg = context.new_page()
+    pg.add_init_script(WATCH)
+    pg.set_default_timeout(8000)
+    yield pg
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("UMEC_DASHBOARD_SCREENSHOTS")
+    path = Path(where) if where else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def log_in(page: Any, token: str) -> None:
+    page.goto("/ui/")
+    assert page.url.endswith("/ui/login")  # no session: sent to the login page
+    page.fill("#token", token)
+    page.click("button[type=submit]")
+
+
+def badge(page: Any, node: str) -> Any:
+    return page.locator(f'tr[data-node="{node}"] .state')
+
+
+def test_log_in_and_a_wrong_token_refused(page: Any, env: Env) -> None:
+    log_in(page, "not-the-operator-token")
+    assert page.locator("#login-error").inner_text().startswith("ui.login")
+    assert not [c for c in page.context.cookies() if c["name"] == "umec_ui_session"]
+    page.fill("#token", env.server.operator_token)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/ui/")
+    assert page.locator("h1").inner_text() == "Fleet"
+    session = next(c for c in page.context.cookies() if c["name"] == "umec_ui_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict" and session["path"] == "/ui"
+    assert session["value"] != env.server.operator_token
+    assert page.evaluate("document.cookie") == ""  # HttpOnly: the page's script cannot read it
+    page.click("text=Log out")
+    page.wait_for_url("**/ui/login")
+    page.goto("/ui/")
+    assert page.url.endswith("/ui/login")
+
+
+def test_node_goes_untrusted_live(page: Any, env: Env, shots: Path) -> None:
+    trusted(env, "edge-pi-1")
+    node = trusted(env, "edge-pi-2")
+    log_in(page, env.server.operator_token)
+    page.wait_for_url("**/ui/")
+    assert badge(page, "edge-pi-2").inner_text() == "trusted"
+    assert badge(page, "edge-pi-2").evaluate("e => getComputedStyle(e).backgroundColor") == GREEN
+    page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    node.tpm.extend(14, b"a changed application")  # the test tampers with the node
+    assert node.attest()["state"] == "untrusted"
+    # No wait_for_function: evaluating a string is eval, which the page's CSP refuses.
+    sync_api.expect(badge(page, "edge-pi-2")).to_have_text("untrusted", timeout=6000)
+    assert page.evaluate("window.__sameDocument") is True
+    assert badge(page, "edge-pi-2").evaluate("e => getComputedStyle(e).backgroundColor") == RED
+    row = page.locator('tr[data-node="edge-pi-2"]')
+    assert "policy.pcr_value" in row.inner_text() and "what to do:" in row.inner_text()
+    assert badge(page, "edge-pi-1").inner_text() == "trusted"
+    page.screenshot(path=str(shots / "fleet.png"), full_page=True)
+    page.click("text=edge-pi-2")
+    page.wait_for_url("**/ui/nodes/edge-pi-2")
+    assert page.locator("#node-state .state").inner_text() == "untrusted"
+    assert "policy.pcr_value" in page.locator("#node-checks").inner_text()
+    assert page.locator("#events tbody tr").count() == 2  # enrolled → trusted → untrusted
+    assert "node untrusted" in page.locator("#revocations").inner_text()
+    page.screenshot(path=str(shots / "node.png"), full_page=True)
+    assert page.evaluate("window.__csp") == []
+
+
+@pytest.fixture(scope="module")
+def crafted(env: Env) -> str:
+    trusted(env, "crafted-node")
+    with env.server.attest.sessions.begin() as s:
+        s.execute(update(NodeRow).where(NodeRow.name == "crafted-node").values(
+            node_class=PAYLOADS[0], last_verdict={"trusted": False, "failed_checks": [
+                {"check": PAYLOADS[2], "detail": PAYLOADS[1], "hint": PAYLOADS[0]}]}))
+    return "crafted-node"
+
+
+# With the CSP (nothing is blocked because nothing is injected) and with the CSP bypassed,
+# where only the escaping stands between a payload and its execution.
+@pytest.mark.parametrize("bypass", [False, True], ids=["csp", "csp-bypassed"])
+def test_injected_strings_do_not_execute(browser: Any, env: Env, crafted: str,
+                                         bypass: bool) -> None:
+    context = browser.new_context(base_url=str(env.client.base_url), bypass_csp=bypass)
+    page = context.new_page()
+    page.add_init_script(WATCH)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    log_in(page, env.server.operator_token)
+    page.wait_for_url("**/ui/")
+    for path in ("/ui/", f"/ui/nodes/{crafted}"):
+        answer = page.goto(path)
+        assert answer.headers["content-security-policy"] == CSP, path
+        if bypass:  # and once a poll has re-rendered the live parts from the JSON
+            sync_api.expect(page.locator("#live")).to_contain_text("updated", timeout=6000)
+        assert page.evaluate("window.__pwned") is None, path
+        assert page.locator("img, svg").count() == 0, path
+        assert PAYLOADS[1] in page.locator("body").inner_text(), path
+        assert page.evaluate("window.__csp") == [], path
+    assert errors == [], errors
+    context.close()
+
+
+def test_a_post_without_csrf_is_refused(page: Any, env: Env) -> None:
+    trusted(env, "kept-node")
+    log_in(page, env.server.operator_token)
+    page.wait_for_url("**/ui/")
+    resp = page.request.post("/ui/nodes/kept-node/remove", form={})  # the session cookie only
+    assert resp.status == 403 and "ui.csrf" in resp.text()
+    resp = page.request.post("/ui/nodes/kept-node/remove", form={"csrf": "forged"})
+    assert resp.status == 403 and "ui.csrf" in resp.text()
+    assert env.client.get("/attest/v1/nodes/kept-node").status_code == 200
+    page.goto("/ui/nodes/kept-node")
+    page.click("#remove")  # the page's own form carries the token
+    page.wait_for_url("**/ui/?removed=kept-node")
+    assert "removed kept-node" in page.locator(".flash").inner_text()
+    assert env.client.get("/attest/v1/nodes/kept-node").status_code == 404
