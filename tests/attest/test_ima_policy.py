@@ -125,3 +125,21 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_siz
 def test_arbitrary_documents_load_or_are_refused_typed(doc: dict) -> None:
     with contextlib.suppress(RuntimePolicyInvalid):
         RuntimePolicy.from_dict({"meta": {"version": 1}, **doc})
+
+
+def test_the_appraise_entries_shortcut_never_passes_a_buffer_or_a_violation() -> None:
+    """appraise_entries skips an allowed digest of an allowed path without calling appraise;
+    an ima-buf entry or a violation whose name and digest happen to be in ``digests`` still
+    fails as appraise decides."""
+    doc = {**KEYLIME_DOC, "digests": {**KEYLIME_DOC["digests"],
+                                      "/usr/bin/bash": [BASH.hex(), "00" * 32],
+                                      ".ima": [hashlib.sha256(CERT).hexdigest()]}}
+    policy = RuntimePolicy.from_dict(doc)
+    entries = [make_entry(".ima", hashlib.sha256(CERT).digest(), template="ima-buf",
+                          extra=b"swapped"),
+               make_entry("/usr/bin/bash", bytes(32), violation=True),
+               make_entry("/usr/bin/bash", BASH)]
+    failures = appraise_entries(policy, entries)
+    assert [f.check for f in failures] == ["ima.buf", "ima.violation"]
+    assert [f.detail for f in failures] == [
+        f.detail for f in (policy.appraise(e, i) for i, e in enumerate(entries)) if f]

@@ -18,6 +18,7 @@ template hash, which the kernel extends as all-ones).
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import struct
 from typing import NamedTuple
@@ -43,6 +44,12 @@ DIGEST_SIZES = {"md5": 16, "sha1": 20, "sha224": 28, "sha256": 32, "sha384": 48,
 TEMPLATE_FIELDS = {"ima-ng": 2, "ima-sig": 3, "ima-buf": 3}
 _U32 = struct.Struct("<I")
 _HEAD = struct.Struct("<I20sI")
+# The common case, read in one go: an ``ima-ng`` entry's head up to its data length.
+_NG_HEAD = struct.Struct("<I20sI6sI")
+# Digest algorithm name (bytes, as listed) -> (name, digest size, the ``d-ng`` field's length
+# prefix and ``<algo>:\0``), for the fast paths.
+_ALGS = {alg.encode(): (alg, size, _U32.pack(len(alg) + 2 + size) + alg.encode() + b":\x00")
+         for alg, size in DIGEST_SIZES.items()}
 
 
 class ImaEntry(NamedTuple):
@@ -171,6 +178,51 @@ def _binary_entry(raw: bytes, pos: int, index: int) -> tuple[ImaEntry, int]:
     return entry_from_fields(pcr, thash, template, raw[pos:end]), end
 
 
+def _new_entry(fields: tuple[int, bytes, str, bytes, str, bytes, str, bytes]) -> ImaEntry:
+    return tuple.__new__(ImaEntry, fields)  # ImaEntry(*fields), without its Python __new__
+
+
+def _ng_fields(data: bytes) -> tuple[str, bytes, str] | None:
+    """Algorithm, digest and path of well-formed ``ima-ng`` template data, as
+    :func:`entry_from_fields` reads them; ``None`` for anything else (that path then names the
+    error)."""
+    size = len(data)
+    if size < 8:
+        return None
+    (flen,) = _U32.unpack_from(data, 0)
+    # Two length-prefixed fields fill the data; the name (at least its NUL) ends it.
+    if flen > size - 9 or data[-1] != 0 or _U32.unpack_from(data, 4 + flen)[0] != size - 8 - flen:
+        return None
+    # _digest_ng looks within the field's first 32 bytes; a separator found past the field's
+    # end gives a negative digest size below, which no algorithm has.
+    sep = data.find(b":\x00", 4, 36)
+    info = _ALGS.get(data[4:sep]) if sep > 4 else None
+    if info is None or info[1] != flen - (sep - 2):
+        return None
+    return info[0], data[sep + 2:4 + flen], _decode_path(data[8 + flen:-1])
+
+
+def _binary_run(raw: bytes, pos: int, out: list[ImaEntry]) -> int:
+    """Append the well-formed PCR 10 ``ima-ng`` entries from ``pos`` (the kernel's default
+    template: nearly every entry of a real list) and return where the first other one starts.
+    Every check of :func:`_binary_entry` and :func:`check_entry` holds for what is appended;
+    anything else, error or not, is left to them."""
+    end, head, sha1, append = len(raw), _NG_HEAD.unpack_from, hashlib.sha1, out.append
+    while end - pos >= _NG_HEAD.size:
+        pcr, thash, name_len, name, size = head(raw, pos)
+        stop = pos + _NG_HEAD.size + size
+        if pcr != IMA_PCR or name_len != 6 or name != b"ima-ng" or stop > end \
+                or size > MAX_ENTRY_DATA:
+            break
+        data = raw[stop - size:stop]
+        fields = _ng_fields(data)
+        if fields is None or (thash != ZERO_SHA1 and sha1(data).digest() != thash):
+            break
+        append(_new_entry((IMA_PCR, thash, "ima-ng", data, *fields, b"")))
+        pos = stop
+    return pos
+
+
 def parse_binary(raw: bytes, *, first_index: int = 0) -> list[ImaEntry]:
     """Every entry of a binary list, checked (:func:`check_entry`); typed errors only."""
     if len(raw) > MAX_LIST_BYTES:
@@ -178,9 +230,11 @@ def parse_binary(raw: bytes, *, first_index: int = 0) -> list[ImaEntry]:
     entries: list[ImaEntry] = []
     pos = 0
     while pos < len(raw):
-        index = first_index + len(entries)
-        entry, pos = _binary_entry(raw, pos, index)
-        entries.append(check_entry(entry, index))
+        pos = _binary_run(raw, pos, entries)
+        if pos < len(raw):  # another template, or an error: entry by entry
+            index = first_index + len(entries)
+            entry, pos = _binary_entry(raw, pos, index)
+            entries.append(check_entry(entry, index))
     return entries
 
 
@@ -201,8 +255,8 @@ def _ascii_ng(pcr: int, thash: bytes, template: str, rest: str, index: int) -> I
     if TEMPLATE_FIELDS[template] == 3:  # the last field (signature / buffer) is hex
         tail, _, extra_hex = tail.rpartition(" ")
         extra = _hex(f"line {index} {template} field", extra_hex)
-    fields = (alg.encode() + b":\x00" + digest, tail.encode("utf-8", "surrogateescape") + b"\x00",
-              extra)[:TEMPLATE_FIELDS[template]]
+    fields = (alg.encode("utf-8", "surrogateescape") + b":\x00" + digest,
+              tail.encode("utf-8", "surrogateescape") + b"\x00", extra)[:TEMPLATE_FIELDS[template]]
     data = b"".join(_U32.pack(len(f)) + f for f in fields)
     return entry_from_fields(pcr, thash, template, data)
 
@@ -212,7 +266,7 @@ def _ascii_line(line: str, index: int) -> ImaEntry:
     if len(parts) != 4:
         raise ImaMalformed(f"line {index}: {line[:80]!r} is not '<pcr> <hash> <template> …'")
     pcr_text, hash_text, template, rest = parts
-    if not pcr_text.isdigit() or len(pcr_text) > 2:
+    if not (pcr_text.isascii() and pcr_text.isdigit()) or len(pcr_text) > 2:
         raise ImaMalformed(f"line {index}: PCR {pcr_text[:16]!r}")
     thash = _hex(f"line {index} template hash", hash_text)
     if len(thash) != 20:
@@ -228,18 +282,49 @@ def _ascii_line(line: str, index: int) -> ImaEntry:
     return _ascii_ng(int(pcr_text), thash, template, rest, index)
 
 
+def _ascii_run(lines: list[bytes], i: int, end: int, out: list[ImaEntry]) -> int:
+    """Append the entries of well-formed PCR 10 ``ima-ng`` lines from ``lines[i]`` and return
+    the index of the first other line (see :func:`_binary_run`; :func:`_ascii_line` reads the
+    others, and names the errors). The template data is rebuilt as the kernel hashed it."""
+    sha1, append, unhex, u32 = hashlib.sha1, out.append, binascii.unhexlify, _U32.pack
+    while i < end:
+        parts = lines[i].split(b" ", 4)
+        if len(parts) != 5 or parts[0] != b"10" or parts[2] != b"ima-ng":
+            break
+        alg, sep, digest_hex = parts[3].partition(b":")
+        info = _ALGS.get(alg)
+        try:  # strict hex: no whitespace (bytes.fromhex, in _ascii_line, skips it)
+            thash, digest = unhex(parts[1]), unhex(digest_hex)
+        except ValueError:
+            break
+        if info is None or not sep or len(digest) != info[1]:
+            break
+        path = parts[4]
+        data = b"".join((info[2], digest, u32(len(path) + 1), path, b"\x00"))
+        if thash != ZERO_SHA1 and sha1(data).digest() != thash:  # (so thash has 20 bytes)
+            break
+        append(_new_entry((IMA_PCR, thash, "ima-ng", data, info[0], digest, _decode_path(path),
+                           b"")))
+        i += 1
+    return i
+
+
 def parse_ascii(raw: bytes, *, first_index: int = 0) -> list[ImaEntry]:
     """Every entry of ``ascii_runtime_measurements``; a last line without newline is truncated
     (the agent read the file while the kernel was writing it)."""
     if len(raw) > MAX_LIST_BYTES:
         raise ImaTooLarge(f"IMA list of {len(raw)} bytes (limit {MAX_LIST_BYTES})")
-    text = raw.decode("utf-8", "surrogateescape")
-    if text and not text.endswith("\n"):
-        raise ImaTruncated(f"the last line ({text.rsplit(chr(10), 1)[-1][:80]!r}) has no newline")
+    lines = raw.split(b"\n")  # lines split at an ASCII byte decode as the whole list would
+    if lines[-1]:
+        raise ImaTruncated(f"the last line ({_decode_path(lines[-1])[:80]!r}) has no newline")
     entries: list[ImaEntry] = []
-    for line in text.split("\n")[:-1] if text else ():
-        index = first_index + len(entries)
-        entries.append(check_entry(_ascii_line(line, index), index))
+    i, end = 0, len(lines) - 1
+    while i < end:
+        i = _ascii_run(lines, i, end, entries)
+        if i < end:  # another template, or an error: this line alone
+            index = first_index + i
+            entries.append(check_entry(_ascii_line(_decode_path(lines[i]), index), index))
+            i += 1
     return entries
 
 

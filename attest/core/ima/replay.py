@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from attest.core.ima.errors import ImaReplayMismatch
-from attest.core.ima.parse import ImaEntry
+from attest.core.ima.parse import ZERO_SHA1, ImaEntry
 
 BANK_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 
@@ -44,13 +44,18 @@ class ReplayResult:
 
 def _extend_all(entries: Sequence[ImaEntry], bank: str, start: bytes) -> list[bytes]:
     """The running value before any entry and after each one."""
-    new = getattr(hashlib, bank) if bank in ("sha1", "sha256") else (
-        lambda data=b"": hashlib.new(bank, data))
+    ones = b"\xff" * BANK_SIZES[bank]
+    if bank == "sha1":  # the listed template hash, checked against the data while parsing
+        digests = [ones if e.template_hash == ZERO_SHA1 else e.template_hash for e in entries]
+    else:
+        digests = [ones if e.violation else hashlib.new(bank, e.data).digest() for e in entries]
+    new = getattr(hashlib, bank)
     values = [start]
+    append = values.append
     value = start
-    for entry in entries:
-        value = new(value + template_digest(entry, bank)).digest()
-        values.append(value)
+    for digest in digests:
+        value = new(value + digest).digest()
+        append(value)
     return values
 
 
