@@ -2,8 +2,9 @@
 
 Pages need a session cookie (a GET without one is sent to the login page); every POST checks a
 CSRF token before anything else: the login form's double-submit value, then the session's own.
-The operator actions call attest's service layer with the server's own context, as
-``umec nodes ack|remove`` do, so a removal revokes the node's tokens in its transaction.
+The operator actions call attest's operator functions (``attest.service.operator``, the same
+as ``umec nodes ack|remove`` and their routes) with the server's own context, so a removal
+revokes the node's tokens in its transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from attest.service import registrar, verifier
+from attest.service import operator, registrar
 from kernel.bearer import bearer_matches
 from kernel.errors import CheckedError
 from kernel.ratelimit import RateLimiter
@@ -177,14 +178,14 @@ def node_page(request: Request, node: str) -> Response:
 @router.post("/nodes/{node}/ack")
 def ack_node(request: Request, node: str, csrf: FormField = "") -> Response:
     check_csrf(_csrf(request), csrf)
-    verifier.acknowledge(_sources(request).attest, _node_name(node))
+    operator.acknowledge(_sources(request).attest, _node_name(node))
     return RedirectResponse(f"/ui/nodes/{node}", status_code=303)
 
 
 @router.post("/nodes/{node}/remove")
 def remove_node(request: Request, node: str, csrf: FormField = "") -> Response:
     check_csrf(_csrf(request), csrf)
-    registrar.remove(_sources(request).attest, _node_name(node))
+    operator.remove_node(_sources(request).attest, _node_name(node))
     return RedirectResponse(f"/ui/?removed={node}", status_code=303)
 
 
