@@ -298,16 +298,36 @@ def test_attestation_result_is_a_verifiable_jwt(env: Env) -> None:
     assert claims["failed_checks"] == ["policy.pcr_value"]
 
 
+# Every operator route (attest.service.api, attest.service.operator_api), with a body that
+# would be accepted with the token.
+OPERATOR_ROUTES: list[tuple[str, str, dict[str, object] | None]] = [
+    ("GET", "/attest/v1/nodes", None), ("GET", "/attest/v1/nodes/node-a", None),
+    ("POST", "/attest/v1/nodes/node-a/ack", None), ("DELETE", "/attest/v1/nodes/node-a", None),
+    ("POST", "/attest/v1/nodes/node-a/rename", {"name": "node-b"}),
+    ("GET", "/attest/v1/policies", None), ("GET", "/attest/v1/policies/pi-k3s", None),
+    ("POST", "/attest/v1/policies", {"document": "name: pi-k3s\nselection: {sha256: [0]}\n"}),
+    ("DELETE", "/attest/v1/policies/pi-k3s", None),
+    ("GET", "/attest/v1/policies/pi-k3s/history", None),
+    ("GET", "/attest/v1/policies/pi-k3s/versions/1", None),
+    ("GET", "/attest/v1/policies/pi-k3s/rollback?to=1", None),
+    ("POST", "/attest/v1/policies/from-node", {"node": "node-a"}),
+]
+
+
 @pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic abc", "Bearer"])
 def test_fleet_view_needs_the_operator_token(env: Env, authorization: str | None) -> None:
     trusted(env)
     headers = {"Authorization": authorization} if authorization is not None else {}
-    for path in ("/attest/v1/nodes", "/attest/v1/nodes/node-a"):
-        with httpx.Client(base_url=str(env.client.base_url)) as anonymous:
-            resp = anonymous.get(path, headers=headers)
-        assert resp.status_code == 401, path
-        assert resp.headers["www-authenticate"].startswith("Bearer")
-        assert resp.json()["check"] == "operator.token"
+    with httpx.Client(base_url=str(env.client.base_url)) as anonymous:
+        for method, path, body in OPERATOR_ROUTES:
+            resp = anonymous.request(method, path, headers=headers, json=body)
+            assert resp.status_code == 401, (method, path)
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+            assert resp.headers["content-type"] == "application/problem+json"
+            assert resp.json()["check"] == "operator.token", (method, path)
+    # nothing an operator route does happened
+    assert [n["name"] for n in env.client.get("/attest/v1/nodes").json()] == ["node-a"]
+    assert env.client.get("/attest/v1/policies/pi-k3s").json()["generation"] == 1
     # the token file is private to the server's user
     import stat
     token_file = env.tmp / "srv" / "operator-token"
