@@ -41,9 +41,9 @@ from benchlib import Stats, interleaved, print_machine
 
 from attest.core.ima.appraise import ImaState, appraise_ima
 from attest.core.ima.encode import make_entry, to_ascii, to_binary
-from attest.core.ima.parse import ImaEntry
-from attest.core.ima.policy import RuntimePolicy, keylime_policy
-from attest.core.ima.replay import template_digest
+from attest.core.ima.parse import ImaEntry, parse_list
+from attest.core.ima.policy import RuntimePolicy, appraise_entries, keylime_policy
+from attest.core.ima.replay import initial_pcr, replay_to_quote, template_digest
 from attest.core.tpm_structs import ClockInfo
 
 CLOCK = ClockInfo(clock=1, reset_count=1, restart_count=0, safe=True)
@@ -100,6 +100,24 @@ def _floor(entries: list[ImaEntry]) -> bytes:
     return value
 
 
+def steps(doc: dict[str, Any], entries: list[ImaEntry]) -> None:
+    """``--steps``: µMEC's full-list time split into parse (+ template-hash checks), replay and
+    appraisal, each timed alone on the same list."""
+    policy = RuntimePolicy.from_dict(doc)
+    quoted = {"sha1": pcr10(entries)}
+    for fmt, enc in (("ascii", to_ascii), ("binary", to_binary)):
+        raw = b"".join(enc(e) for e in entries)
+        parsed = parse_list(raw)
+        impls: dict[str, Callable[[int], object]] = {
+            f"{fmt}-parse": lambda _i, raw=raw: parse_list(raw),
+            f"{fmt}-replay": lambda _i, parsed=parsed: replay_to_quote(
+                parsed, initial_pcr(["sha1"]), quoted),
+            f"{fmt}-appraise": lambda _i, parsed=parsed: appraise_entries(policy, parsed)}
+        for name, st in interleaved(impls, [0], blocks=10, per_block=3, warmup=2).items():
+            print(f"# step {name:16} median {st.median_us / 1e3:7.2f} ms, "
+                  f"min {st.min_us / 1e3:7.2f} ms")
+
+
 def keylime_impls(doc: dict[str, Any], entries: list[ImaEntry],
                   new: list[ImaEntry]) -> dict[str, Callable[[int], object]]:
     # keylime.ima imports keylime.signing, which imports the gpg bindings (Debian's
@@ -143,11 +161,17 @@ def main() -> None:
     parser.add_argument("--new", type=int, default=100)
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--per-block", type=int, default=4)
+    parser.add_argument("--steps", action="store_true",
+                        help="only split µMEC's full-list time into parse, replay, appraisal")
     args = parser.parse_args()
     everything = build(args.entries + args.new)
     entries, new = everything[:args.entries + 1], everything[args.entries + 1:]
     doc = keylime_policy({e.path: [e.digest.hex()] for e in everything},
                          excludes=["/var/log/.*", "/tmp/.*"])
+    if args.steps:
+        print_machine()
+        steps(doc, entries)
+        return
     impls = {**umec_impls(doc, entries, new), **keylime_impls(doc, entries, new)}
     print_machine()
     print(f"# {len(entries)} entries full, {len(new)} incremental; sha1 PCR 10 bank")
