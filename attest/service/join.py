@@ -5,37 +5,45 @@ interval (+ grace), asking with the nonce of that quote. The request is bound to
 latest verdict: the nonce must be the newest challenge the node spent, and it must have been
 spent by the passing verdict now on record (``consumed_at == last_pass_at``). Then:
 
-1. The token id is derived from (node, nonce) (:func:`~attest.core.join_token.verdict_token_id`),
-   so one verdict yields at most one token: a replayed or concurrent request for the same
-   verdict runs into the apiserver's 409 on ``bootstrap-token-<id>`` and gets nothing new
-   (``join.replayed``). A request for an older verdict is refused (``join.verdict_not_latest``).
-2. One outstanding token per node: a new verdict's request rotates, deleting the node's earlier
-   bootstrap Secrets (label ``umec.io/join-node``) before creating the new one. The node may
-   have crashed before writing the previous one; rotating never leaves two valid tokens.
+1. The grant is decided in one database transaction (:meth:`JoinService._grant`): the checks
+   above, then a row in ``attest_join_tokens`` for (node, sha256(nonce)), which is unique. A
+   replayed or concurrent request for the same verdict, on any replica, fails that insert and
+   gets nothing new (``join.replayed``). A request for an older verdict is refused
+   (``join.verdict_not_latest``). The token id is also derived from (node, nonce)
+   (:func:`~attest.core.join_token.verdict_token_id`), so the apiserver's 409 on
+   ``bootstrap-token-<id>`` stays a second guard.
+2. One outstanding token per node: the same transaction revokes the node's earlier rows, and
+   their Secrets are deleted by name before the new one is created. The node may have crashed
+   before writing the previous one; rotating never leaves two valid tokens.
 3. The Secret (``bootstrap.kubernetes.io/token`` in ``kube-system``, expiring in minutes) is
    created through the kubernetes client; the answer is the token in k3s's secure format,
    sealed so that only the node's TPM opens it (MakeCredential against its EK, bound to its
    AK's Name; AES-GCM under a key derived from the credential secret).
 
-A refused node gets a typed problem naming the state and the failed checks of its verdict.
-When a node leaves ``trusted`` (untrusted, stale, removed), :class:`JoinRevocationSink` deletes
-its bootstrap Secrets, so an unused token cannot join a node that is no longer trusted.
+The server's rows are its record of its Secrets: it creates and deletes them by name and never
+lists or reads Secrets (RBAC cannot narrow a ``list`` to a label, and a list of ``kube-system``
+returns k3s's own credentials). A refused node gets a typed problem naming the state and the
+failed checks of its verdict. When a node leaves ``trusted`` (untrusted, stale, removed),
+:class:`JoinRevocationSink` deletes its outstanding Secrets; the lease holder's sweep deletes
+used ones (the node's Node exists) and expired ones.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
-import json
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import anyio.to_thread
-import urllib3
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from attest.core.credential import make_credential
 from attest.core.errors import AttestationError
@@ -53,7 +61,7 @@ from attest.core.join_token import (
 )
 from attest.core.tpm_structs import parse_tpm2b_public
 from attest.service.context import AttestContext, NodeState
-from attest.service.models import NodeRow, NonceRow
+from attest.service.models import JoinTokenRow, NodeRow, NonceRow
 from attest.service.notify.event import NOTIFY_FAILURES, NodeStateChanged
 from attest.service.registrar import NodeNotFound
 from kernel.lease import SqlLease
@@ -133,19 +141,30 @@ def _api_error(err: Exception) -> int | None:
     return getattr(err, "status", None)
 
 
+_LIVE = JoinTokenRow.revoked_at.is_(None)
+Row = tuple[str, str]  # (row id, token id)
+
+
+def _secret_name(token_id: str) -> str:
+    return f"bootstrap-token-{token_id}"
+
+
 class JoinService:
+    """Hands out join tokens and deletes them, keeping its own record of every Secret it made
+    (``attest_join_tokens``): it creates and deletes Secrets by name and never lists or reads
+    ``kube-system``'s Secrets (deploy/host-join/join.yaml grants create and delete only)."""
+
     def __init__(self, ctx: AttestContext, bridge: JoinBridge) -> None:
         self.ctx, self.bridge = ctx, bridge
         self.ca_sha256 = ca_hash(bridge.ca_pem)
 
     # -- the checks -----------------------------------------------------------------------
 
-    def _trusted_node(self, name: str, now: datetime) -> Any:
-        with self.ctx.sessions() as session:
-            node = session.execute(_NODE.where(NodeRow.name == name)).first()
-            if node is None:
-                raise NodeNotFound(f"no node named {name!r}")
-            interval = self._interval(session, node.node_class)
+    def _trusted_node(self, session: Session, name: str, now: datetime) -> Any:
+        node = session.execute(_NODE.where(NodeRow.name == name)).first()
+        if node is None:
+            raise NodeNotFound(f"no node named {name!r}")
+        interval = self._interval(session, node.node_class)
         if node.state != NodeState.TRUSTED:
             failed = [str(f.get("check") if isinstance(f, dict) else f)
                       for f in (node.last_verdict or {}).get("failed_checks") or []]
@@ -166,52 +185,110 @@ class JoinService:
         return (interval or self.ctx.config.interval_seconds) + \
             self.ctx.config.stale_grace_seconds
 
-    def _check_latest_verdict(self, name: str, nonce: bytes, last_pass_at: datetime) -> None:
-        with self.ctx.sessions() as session:
-            latest = session.execute(
-                select(NonceRow.nonce, NonceRow.consumed_at)
-                .where(NonceRow.node == name, NonceRow.consumed_at.is_not(None))
-                .order_by(NonceRow.issued_at.desc()).limit(1)).first()
+    @staticmethod
+    def _check_latest_verdict(session: Session, name: str, nonce: bytes,
+                              last_pass_at: datetime) -> None:
+        latest = session.execute(
+            select(NonceRow.nonce, NonceRow.consumed_at)
+            .where(NonceRow.node == name, NonceRow.consumed_at.is_not(None))
+            .order_by(NonceRow.issued_at.desc()).limit(1)).first()
         if latest is None or latest.nonce != nonce.hex() or latest.consumed_at != last_pass_at:
             raise JoinVerdictNotLatest(
                 f"nonce {nonce.hex()[:16]}… is not the one of node {name!r}'s latest passing "
                 f"quote")
 
-    # -- the Secrets ----------------------------------------------------------------------
+    # -- the rows and their Secrets -------------------------------------------------------
 
-    def node_secrets(self, name: str) -> list[str]:
-        """Names of ``name``'s bootstrap Secrets (the label, re-checked on every item)."""
-        response = cast(urllib3.BaseHTTPResponse, self.bridge.api.list_namespaced_secret(
-            NAMESPACE, label_selector=f"{NODE_LABEL}={name}", _preload_content=False))
-        items = json.loads(response.data).get("items") or []
-        return [str(item["metadata"]["name"]) for item in items
-                if ((item.get("metadata") or {}).get("labels") or {}).get(NODE_LABEL) == name]
+    def _grant(self, name: str, nonce: bytes, now: datetime) -> tuple[Any, str, list[Row]]:
+        """One transaction decides the grant: the node is trusted, the nonce is its latest
+        passing verdict's, its live tokens are revoked (one outstanding token per node) and
+        this verdict's row is inserted. ``(node, verdict)`` is unique, so a replayed or
+        concurrent request for the same verdict, on any replica, fails the insert."""
+        row = JoinTokenRow(id=str(uuid.uuid4()), node=name,
+                           token_id=verdict_token_id(name, nonce),
+                           verdict=hashlib.sha256(nonce).hexdigest(), issued_at=now,
+                           expires_at=now + timedelta(seconds=self.bridge.ttl_seconds))
+        try:
+            with self.ctx.sessions.begin() as session:
+                node = self._trusted_node(session, name, now)
+                self._check_latest_verdict(session, name, nonce, node.last_pass_at)
+                rotated = self._revoke(session, JoinTokenRow.node == name, now)
+                session.add(row)
+        except IntegrityError:
+            raise JoinReplayed(f"the verdict of nonce {nonce.hex()[:16]}… already yielded "
+                               f"its join token") from None
+        return node, row.id, rotated
 
-    def delete_secrets(self, name: str, keep: str | None = None) -> list[str]:
-        deleted = []
-        for secret in self.node_secrets(name):
-            if secret == keep:
-                continue
+    @staticmethod
+    def _revoke(session: Session, where: ColumnElement[bool], now: datetime) -> list[Row]:
+        """Mark the live rows ``where`` revoked (before their Secrets are deleted)."""
+        rows = [(r.id, r.token_id) for r in session.execute(
+            select(JoinTokenRow.id, JoinTokenRow.token_id).where(where, _LIVE))]
+        if rows:
+            session.execute(update(JoinTokenRow).where(
+                JoinTokenRow.id.in_([r[0] for r in rows]), _LIVE).values(revoked_at=now))
+        return rows
+
+    def _delete_secret(self, token_id: str) -> None:
+        try:
+            self.bridge.api.delete_namespaced_secret(_secret_name(token_id), NAMESPACE,
+                                                     _preload_content=False)
+        except Exception as err:
+            if _api_error(err) != 404:  # 404: already gone (expired and cleaned, or deleted)
+                raise
+
+    def _delete(self, rows: list[Row], now: datetime) -> list[str]:
+        """Delete the Secrets of revoked ``rows`` by name and record which are gone; the first
+        failure is raised after that (the sweep retries what is left)."""
+        gone: list[Row] = []
+        failure: Exception | None = None
+        for row in rows:
             try:
-                self.bridge.api.delete_namespaced_secret(secret, NAMESPACE,
-                                                         _preload_content=False)
+                self._delete_secret(row[1])
             except Exception as err:
-                if _api_error(err) != 404:
-                    raise
-            deleted.append(secret)
-        return deleted
+                failure = failure or err
+                continue
+            gone.append(row)
+        if gone:
+            with self.ctx.sessions.begin() as session:
+                session.execute(update(JoinTokenRow).where(
+                    JoinTokenRow.id.in_([r[0] for r in gone])).values(deleted_at=now))
+        if failure is not None:
+            raise failure
+        return [_secret_name(r[1]) for r in gone]
+
+    def delete_secrets(self, name: str) -> list[str]:
+        """Revoke ``name``'s outstanding tokens and delete their Secrets."""
+        now = self.ctx.now()
+        with self.ctx.sessions.begin() as session:
+            rows = self._revoke(session, JoinTokenRow.node == name, now)
+        return self._delete(rows, now)
+
+    def _is_live(self, row_id: str) -> bool:
+        with self.ctx.sessions() as session:
+            return session.execute(select(JoinTokenRow.id).where(
+                JoinTokenRow.id == row_id, _LIVE)).first() is not None
+
+    # -- the sweep --------------------------------------------------------------------------
 
     def sweep_used(self) -> list[str]:
-        """Delete every umec bootstrap Secret whose node has joined (its Node object exists):
-        a used token has done its work, and left in place it could join another machine."""
-        response = cast(urllib3.BaseHTTPResponse, self.bridge.api.list_namespaced_secret(
-            NAMESPACE, label_selector=NODE_LABEL, _preload_content=False))
-        deleted = []
-        for item in json.loads(response.data).get("items") or []:
-            meta = item.get("metadata") or {}
-            node = (meta.get("labels") or {}).get(NODE_LABEL)
-            if not node:
-                continue
+        """The lease holder's round over umec's own rows (never a list of Secrets): a node
+        whose Node object exists has joined, so its live tokens are revoked and deleted (a used
+        token left in place could join another machine); deletions that failed are retried;
+        rows past ``expires_at`` go, with their Secret if it is still there."""
+        now = self.ctx.now()
+        deleted = self._sweep_joined(now) + self._sweep_unfinished(now)
+        deleted += self._sweep_expired(now)
+        if deleted:
+            log.info("used or expired join tokens deleted", extra={"secrets": deleted})
+        return deleted
+
+    def _sweep_joined(self, now: datetime) -> list[str]:
+        with self.ctx.sessions() as session:
+            nodes = session.execute(select(JoinTokenRow.node).where(
+                _LIVE, JoinTokenRow.expires_at >= now).distinct()).scalars().all()
+        deleted: list[str] = []
+        for node in nodes:
             try:
                 self.bridge.api.read_node(node, _preload_content=False)
             except Exception as err:
@@ -219,49 +296,93 @@ class JoinService:
                     continue  # not joined yet: the token stays until used, untrust or expiry
                 raise
             deleted += self.delete_secrets(node)
-        if deleted:
-            log.info("used join tokens deleted", extra={"secrets": deleted})
         return deleted
 
-    def _create_secret(self, name: str, nonce: bytes, now: datetime) -> tuple[str, datetime]:
-        token = new_bootstrap_token(verdict_token_id(name, nonce), now,
-                                    self.bridge.ttl_seconds)
+    def _sweep_unfinished(self, now: datetime) -> list[str]:
+        with self.ctx.sessions() as session:
+            rows = [(r.id, r.token_id) for r in session.execute(
+                select(JoinTokenRow.id, JoinTokenRow.token_id).where(
+                    JoinTokenRow.revoked_at.is_not(None), JoinTokenRow.deleted_at.is_(None),
+                    JoinTokenRow.expires_at >= now))]
+        return self._delete(rows, now)
+
+    def _sweep_expired(self, now: datetime) -> list[str]:
+        with self.ctx.sessions.begin() as session:
+            expired = session.execute(select(
+                JoinTokenRow.id, JoinTokenRow.token_id, JoinTokenRow.deleted_at).where(
+                JoinTokenRow.expires_at < now)).all()
+            if not expired:
+                return []
+            session.execute(update(JoinTokenRow).where(
+                JoinTokenRow.id.in_([r.id for r in expired]), _LIVE).values(revoked_at=now))
+        deleted = self._delete([(r.id, r.token_id) for r in expired if r.deleted_at is None],
+                               now)
+        with self.ctx.sessions.begin() as session:
+            session.execute(delete(JoinTokenRow).where(
+                JoinTokenRow.id.in_([r.id for r in expired])))
+        return deleted
+
+    # -- the route's work -----------------------------------------------------------------
+
+    def _create_secret(self, name: str, nonce: bytes, token_id: str,
+                       now: datetime) -> tuple[str, datetime]:
+        token = new_bootstrap_token(token_id, now, self.bridge.ttl_seconds)
         body = bootstrap_secret(token, name, {NODE_LABEL: name, "app.kubernetes.io/managed-by":
                                               "umec"},
                                 {VERDICT_ANNOTATION: hashlib.sha256(nonce).hexdigest()})
         try:
             self.bridge.api.create_namespaced_secret(NAMESPACE, body, _preload_content=False)
         except Exception as err:
-            if _api_error(err) == 409:
+            if _api_error(err) == 409:  # a Secret of that name that is not this row's
                 raise JoinReplayed(f"the verdict of nonce {nonce.hex()[:16]}… already yielded "
                                    f"{token.secret_name}") from None
             raise
         return k3s_secure_token(self.ca_sha256, token), token.expires_at
 
-    # -- the route's work -----------------------------------------------------------------
+    def _abandon(self, row: Row, now: datetime, *, created: bool) -> None:
+        """The grant failed after its row was committed: revoke the row (its verdict stays
+        spent) and delete its Secret if this request may have created it."""
+        with self.ctx.sessions.begin() as session:
+            session.execute(update(JoinTokenRow).where(JoinTokenRow.id == row[0], _LIVE)
+                            .values(revoked_at=now, deleted_at=None if created else now))
+        if created:
+            with contextlib.suppress(Exception):  # the sweep retries an unfinished delete
+                self._delete([row], now)
+
+    def _create_checked(self, name: str, nonce: bytes, row: Row, rotated: list[Row],
+                        now: datetime) -> tuple[str, datetime]:
+        """Delete the rotated Secrets, create this one, then check the row is still live: a
+        node that left ``trusted`` or a newer verdict may have revoked it meanwhile, and the
+        Secret must not outlive its row."""
+        self._delete(rotated, now)
+        token, expires = self._create_secret(name, nonce, row[1], now)
+        if not self._is_live(row[0]):
+            self._delete([row], now)
+            raise JoinVerdictNotLatest(f"node {name!r}'s token for nonce {nonce.hex()[:16]}… "
+                                       f"was revoked while it was issued")
+        return token, expires
 
     def issue(self, name: str, nonce: bytes) -> JoinGrant:
         now = self.ctx.now()
-        node = self._trusted_node(name, now)
-        self._check_latest_verdict(name, nonce, node.last_pass_at)
-        token_id = verdict_token_id(name, nonce)
+        node, row_id, rotated = self._grant(name, nonce, now)
+        row = (row_id, verdict_token_id(name, nonce))
         try:
-            if f"bootstrap-token-{token_id}" in self.node_secrets(name):
-                raise JoinReplayed(f"the verdict of nonce {nonce.hex()[:16]}… already yielded "
-                                   f"bootstrap-token-{token_id}")
-            self.delete_secrets(name)  # one outstanding token per node: rotate
-            token, expires = self._create_secret(name, nonce, now)
+            token, expires = self._create_checked(name, nonce, row, rotated, now)
+        except JoinReplayed:
+            self._abandon(row, now, created=False)
+            raise
         except AttestationError:
             raise
         except Exception as err:
+            self._abandon(row, now, created=True)
             raise JoinKubernetesFailed(f"{type(err).__name__}: {str(err)[:300]}") from None
         ek = parse_tpm2b_public(node.ek_public)
         ak_name = parse_tpm2b_public(node.ak_public).name()
         secret = os.urandom(SECRET_BYTES)
         blob, encrypted = make_credential(ek, ak_name, secret)
-        log.info("join token issued", extra={"node": name, "token_id": token_id,
+        log.info("join token issued", extra={"node": name, "token_id": row[1],
                                              "expires_at": rfc3339(expires)})
-        return JoinGrant(token_id, expires, blob, encrypted, seal_token(secret, name, token))
+        return JoinGrant(row[1], expires, blob, encrypted, seal_token(secret, name, token))
 
 
 def join_sweep_task(ctx: AttestContext, join: JoinService) -> PeriodicTask:

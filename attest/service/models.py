@@ -148,3 +148,26 @@ class PolicyEventRow(AttestBase):
     digest: Mapped[str | None] = mapped_column(String(71), nullable=True)
     document: Mapped[str | None] = mapped_column(Text, nullable=True)
     envelope: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class JoinTokenRow(AttestBase):
+    """One k3s bootstrap token the server created (attest/service/join.py): the server's own
+    record of its Secrets in ``kube-system``, so it never needs to list or read Secrets there.
+
+    ``(node, verdict)`` is unique: one passing verdict yields at most one token, decided by the
+    insert in the transaction that grants it (a replayed or concurrent request, on any replica,
+    fails that insert). ``revoked_at`` is set before the Secret is deleted (rotation, leaving
+    ``trusted``, joined); ``deleted_at`` when the API confirmed it gone (or 404). A row stays
+    until ``expires_at``, keeping its verdict refused, and the sweep deletes it then."""
+
+    __tablename__ = "attest_join_tokens"
+    __table_args__ = (UniqueConstraint("node", "verdict", name="uq_attest_join_tokens_verdict"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    node: Mapped[str] = mapped_column(String(253), index=True)
+    token_id: Mapped[str] = mapped_column(String(6))      # Secret bootstrap-token-<token_id>
+    verdict: Mapped[str] = mapped_column(String(64))      # sha256 of the verdict's nonce, hex
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(nullable=True)
+    deleted_at: Mapped[datetime | None] = mapped_column(nullable=True)

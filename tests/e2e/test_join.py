@@ -4,8 +4,13 @@ A swtpm node and the real agent, a real ``umec server`` over HTTP (ServerThread)
 Kubernetes API at the HTTP level: a trusted node gets a ``bootstrap.kubernetes.io/token`` Secret
 in ``kube-system`` and a K10 token that only its TPM opens; another TPM cannot open it; a node
 with a tampered PCR gets no token (``join.untrusted``); a replayed request gets nothing new
-(``join.replayed``), an older verdict's nothing (``join.verdict_not_latest``); a node that turns
-untrusted loses its unused Secret.
+(``join.replayed``, refused by umec's database before the apiserver is asked), an older
+verdict's nothing (``join.verdict_not_latest``); a node that turns untrusted loses its unused
+Secret; an expired token's Secret and row go.
+
+The server's identity may not get, list or watch Secrets in ``kube-system`` (the fake API answers
+403, as RBAC with deploy/host-join/join.yaml's Role does), and every test ends by checking the
+server was never refused anything. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import kubernetes.client
+import kubernetes.config
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,11 +43,14 @@ from cryptography.x509.oid import NameOID
 from attest import join_agent
 from attest.agent import Agent, AgentConfig
 from attest.core.join_token import K3S_NODE_GROUP, parse_k3s_token
+from attest.service.join import JoinBridge, JoinService, JoinVerdictNotLatest
+from attest.service.models import JoinTokenRow
 from attest.tpm.device import Tpm, TpmCommandFailed
 from attest.tpm.swtpm import Swtpm, SwtpmCa
 from tests.support.fake_kube_api import SECRETS, FakeKubeApi
+from tests.support.migrations import BACKENDS
 from tests.support.pcr_policy import k3s_policy, pcr_after
-from umec.app import build_server
+from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings
 
@@ -70,6 +81,7 @@ class JoinSite:
     tpm: Swtpm
     swtpms: Callable[[str], Swtpm]
     url: str
+    server: Server
 
     def agent(self, tpm: Swtpm, name: str = NODE, measure: bytes = K3S,
               state: str = "agent") -> Agent:
@@ -86,6 +98,13 @@ class JoinSite:
             return {name: obj for (ns, name), obj in self.kube.objects[SECRETS].items()
                     if ns == "kube-system"}
 
+    def rows(self) -> list[JoinTokenRow]:
+        with self.server.attest.sessions() as session:
+            return list(session.query(JoinTokenRow).order_by(JoinTokenRow.issued_at))
+
+    def secret_posts(self) -> list[Any]:
+        return [r for r in self.kube.calls("POST") if r.path.endswith("/secrets")]
+
     def join(self, agent: Agent, nonce: bytes | None = None) -> httpx.Response:
         raw = nonce if nonce is not None else agent.last_nonce
         assert raw is not None
@@ -93,9 +112,10 @@ class JoinSite:
                                 json={"nonce": base64.b64encode(raw).decode()})
 
 
-@pytest.fixture
-def site(tmp_path: Path, manufacturer_ca: SwtpmCa,
+@pytest.fixture(params=BACKENDS)
+def site(request: pytest.FixtureRequest, tmp_path: Path, manufacturer_ca: SwtpmCa,
          swtpm_factory: Callable[[str], Swtpm]) -> Iterator[JoinSite]:
+    url = "" if request.param == "sqlite" else str(request.getfixturevalue("pg_database"))
     tpm = swtpm_factory("join-node")  # provisions the CA's chain on first use
     bundle = tmp_path / "ek-ca.pem"
     bundle.write_bytes(manufacturer_ca.certificate_chain_pem())
@@ -105,18 +125,26 @@ def site(tmp_path: Path, manufacturer_ca: SwtpmCa,
     ca_pem = k3s_ca_pem()
     (tmp_path / "server-ca.crt").write_bytes(ca_pem)
     with FakeKubeApi() as kube:
+        # RBAC of deploy/host-join/join.yaml: no get, list or watch of kube-system's Secrets.
+        kube.deny("fake-token", SECRETS, "kube-system", ("get", "list", "watch"))
         server = build_server(Settings(
-            data_dir=tmp_path / "server", ek_ca_bundle=bundle, policy_dir=policies,
+            data_dir=tmp_path / "server", database_url=url, ek_ca_bundle=bundle,
+            policy_dir=policies,
             default_node_class="pi-k3s", kubeconfig=kube.kubeconfig(tmp_path / "kubeconfig"),
             k3s_server_ca=tmp_path / "server-ca.crt", join_token_ttl_seconds=900,
             join_sweep_seconds=0.2))
         http = ServerThread(server.app).start()
         client = httpx.Client(base_url=http.url, timeout=30)
         try:
-            yield JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory, http.url)
+            yield JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory, http.url,
+                           server)
         finally:
             client.close()
             http.stop()
+        # The server never asked for what RBAC does not grant it (a list or read of Secrets).
+        assert [r for r in kube.requests if r.status == 403] == []
+        assert not [r for r in kube.calls("GET") if "/secrets" in r.path
+                    and not r.path.startswith("/api/v1/namespaces/kube-system/secrets/")]
 
 
 def decoded(secret: dict[str, Any]) -> dict[str, str]:
@@ -167,6 +195,37 @@ def test_trusted_node_gets_a_secret_and_a_token_only_its_tpm_opens(site: JoinSit
     replay = site.join(agent)
     assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"
     assert list(site.secrets()) == [f"bootstrap-token-{grant['token_id']}"]
+    # Refused by umec's database (one row per verdict), before the apiserver was asked.
+    assert len(site.secret_posts()) == 1
+    assert not site.kube.calls("DELETE")
+    rows = site.rows()
+    assert [(r.node, r.token_id, r.revoked_at) for r in rows] == [
+        (NODE, grant["token_id"], None)]
+    assert rows[0].verdict == hashlib.sha256(agent.last_nonce or b"").hexdigest()
+
+
+def test_concurrent_requests_for_one_verdict_get_one_token(site: JoinSite) -> None:
+    agent = site.agent(site.tpm)
+    assert agent.attest_once()["trusted"] is True
+    barrier = threading.Barrier(4)
+    answers: list[httpx.Response] = []
+
+    def ask() -> None:
+        with httpx.Client(base_url=site.url, timeout=30) as client:
+            barrier.wait()
+            answers.append(client.post(f"/attest/v1/nodes/{NODE}/join", json={
+                "nonce": base64.b64encode(agent.last_nonce or b"").decode()}))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(a.status_code for a in answers) == [200, 409, 409, 409], \
+        [a.text for a in answers]
+    assert {a.json()["check"] for a in answers if a.status_code == 409} == {"join.replayed"}
+    assert len(site.secret_posts()) == 1 and len(site.secrets()) == 1
+    assert len(site.rows()) == 1
 
 
 def test_agent_writes_the_token_and_rotation_keeps_one_secret(site: JoinSite) -> None:
@@ -178,6 +237,11 @@ def test_agent_writes_the_token_and_rotation_keeps_one_secret(site: JoinSite) ->
     # The next verdict's request rotates: the earlier Secret is gone, one remains.
     assert agent.join_once(agent.attest_once()) is True and first["trusted"]
     assert len(site.secrets()) == 1
+    old, new = site.rows()
+    assert old.revoked_at is not None and old.deleted_at is not None
+    assert new.revoked_at is None and f"bootstrap-token-{new.token_id}" in site.secrets()
+    assert [r.path.rsplit("/", 1)[1] for r in site.kube.calls("DELETE")] == [
+        f"bootstrap-token-{old.token_id}"]
     path = agent.config.join_token_path
     assert path is not None and stat.S_IMODE(path.stat().st_mode) == 0o600
     text = path.read_text()
@@ -277,3 +341,58 @@ def test_joined_node_token_is_used_then_deleted(site: JoinSite) -> None:
                if r.path.endswith(f"/secrets/bootstrap-token-{token_id}")]
     assert gets and len(deletes) == 1
     assert site.kube.requests.index(gets[0]) < site.kube.requests.index(deletes[0])
+    [row] = site.rows()  # kept until it expires: the verdict stays spent
+    assert row.revoked_at is not None and row.deleted_at is not None
+    replay = site.join(agent)
+    assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"
+
+
+def test_expired_token_row_and_secret_are_swept(site: JoinSite) -> None:
+    """A token nobody used: past its expiry its Secret is deleted (a 404 would be fine too)
+    and its row goes. The Node never appears, so only expiry can end it."""
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    [row] = site.rows()
+    time.sleep(0.6)
+    assert list(site.secrets()) == [f"bootstrap-token-{row.token_id}"]
+    with site.server.attest.sessions.begin() as session:
+        session.query(JoinTokenRow).update(
+            {"expires_at": datetime.now(UTC) - timedelta(seconds=1)})
+    wait_for(lambda: not site.rows())
+    assert site.secrets() == {}
+    deletes = [r for r in site.kube.calls("DELETE")
+               if r.path.endswith(f"/secrets/bootstrap-token-{row.token_id}")]
+    assert [d.status for d in deletes] == [200]
+
+
+class SinkRacesTheCreate:
+    """The server's kubernetes client (its kubeconfig, its RBAC) with one twist: just before the
+    Secret is created, the node's tokens are revoked, as the state-change sink does when the
+    node leaves trusted while its join request is being served."""
+
+    def __init__(self, api: kubernetes.client.CoreV1Api) -> None:
+        self.api = api
+        self.join: JoinService | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.api, name)
+
+    def create_namespaced_secret(self, *args: Any, **kwargs: Any) -> Any:
+        assert self.join is not None
+        self.join.delete_secrets(NODE)
+        return self.api.create_namespaced_secret(*args, **kwargs)
+
+
+def test_token_revoked_while_issued_does_not_outlive_its_row(site: JoinSite) -> None:
+    agent = site.agent(site.tpm)
+    assert agent.attest_once()["trusted"] is True
+    api = SinkRacesTheCreate(kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(
+        config_file=str(site.tmp / "kubeconfig"))))
+    api.join = JoinService(site.server.attest, JoinBridge(api=api, ca_pem=site.ca_pem))
+    assert agent.last_nonce is not None
+    with pytest.raises(JoinVerdictNotLatest):
+        api.join.issue(NODE, agent.last_nonce)
+    assert site.secrets() == {}
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    assert [r.status for r in site.kube.calls("DELETE")] == [404, 200]  # before, after create

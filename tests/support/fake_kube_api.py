@@ -26,6 +26,11 @@ shut down without the final chunk: the client sees a broken connection),
 :meth:`~FakeKubeApi.expire_watches` ends them with the 410 ``ERROR`` event,
 :meth:`~FakeKubeApi.bookmark` sends a BOOKMARK, and :attr:`~FakeKubeApi.watch_requests` counts
 watches per resource.
+
+RBAC, as far as a test needs it: :meth:`~FakeKubeApi.deny` makes the apiserver answer 403
+``Forbidden`` (recorded like any request) to a verb (``get``, ``list``, ``watch``, ``create``,
+``update``, ``patch``, ``delete``) on a resource in a namespace for one bearer token, the
+identity a kubeconfig from :meth:`~FakeKubeApi.kubeconfig` sends.
 """
 
 from __future__ import annotations
@@ -136,6 +141,8 @@ class FakeKubeApi(FakeKube):
         self._cond = threading.Condition(self._lock)
         self._watches: list[_Watch] = []
         self._closed = False
+        # (bearer token, resource, namespace, verb) the apiserver answers 403 to.
+        self.denied: set[tuple[str, Resource, str | None, str]] = set()
 
     def __enter__(self) -> FakeKubeApi:
         super().__enter__()
@@ -162,6 +169,26 @@ class FakeKubeApi(FakeKube):
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
         return path
+
+    def deny(self, token: str, resource: Resource, namespace: str | None,
+             verbs: tuple[str, ...]) -> None:
+        """RBAC that does not grant ``verbs`` on ``resource`` in ``namespace`` to ``token``."""
+        with self._cond:
+            self.denied |= {(token, resource, namespace, verb) for verb in verbs}
+
+    def _forbidden(self, method: str, path: str, authorization: str | None) -> str | None:
+        """The verb refused to this request's identity, or None."""
+        bare, _, query = path.partition("?")
+        route = self._route(bare)
+        if route is None or not authorization or not authorization.startswith("Bearer "):
+            return None
+        resource, namespace, name = route
+        watch = urllib.parse.parse_qs(query).get("watch", [""])[0] in ("true", "1", "True")
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            method, "get" if name is not None else "watch" if watch else "list")
+        key = (authorization.removeprefix("Bearer "), resource, namespace, verb)
+        with self._cond:
+            return verb if key in self.denied else None
 
     def custom_objects(self) -> kubernetes.client.CustomObjectsApi:
         return kubernetes.client.CustomObjectsApi(
@@ -454,11 +481,28 @@ class FakeKubeApi(FakeKube):
 
         class Handler(base):  # type: ignore[misc]  # built at run time
             def _serve(self, method: str) -> None:
+                verb = fake._forbidden(method, self.path, self.headers.get("Authorization"))
+                if verb is not None:
+                    self._refuse(method, verb)
+                    return
                 route = fake._watch_route(self.path) if method == "GET" else None
                 if route is not None:
                     fake._serve_watch(self, *route)
                     return
                 super()._serve(method)
+
+            def _refuse(self, method: str, verb: str) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                message = (f"forbidden: the token cannot {verb} {self.path.partition('?')[0]}")
+                fake.requests.append(RecordedRequest(method, self.path, None, None, 403))
+                out = json.dumps(_status(403, "Forbidden", message)).encode()
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
 
             def do_POST(self) -> None:
                 self._serve("POST")
