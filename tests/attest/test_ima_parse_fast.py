@@ -188,3 +188,17 @@ def test_a_final_entry_declaring_more_data_than_follows_is_truncated() -> None:
     with pytest.raises(parse.ImaTruncated) as err:
         parse_binary(raw)
     assert err.value.check == "ima.truncated"
+
+
+@FUZZ
+@given(st.lists(st.sampled_from([to_ascii(e) for e in _others()]), max_size=6),
+       st.binary(max_size=30))
+def test_ascii_entry_offsets_are_after_every_newline(lines: list[bytes], tail: bytes) -> None:
+    """The agent's framing of an ASCII list (a partial last line, possibly with newlines of
+    its own, is cut where its last newline is)."""
+    raw = b"".join(lines) + tail
+    offsets = parse.entry_offsets(raw)
+    if raw[:1].isdigit():
+        assert offsets == [0] + [i + 1 for i in range(len(raw)) if raw[i] == 0x0A]
+    for k in range(len(lines) + 1 if lines else 0):
+        assert len(parse_ascii(raw[:offsets[k]])) == k
