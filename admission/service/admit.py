@@ -63,6 +63,7 @@ from admission.core.review import (
 from admission.core.token_volume import token_volume_patch
 from admission.registry.credentials import Credentials
 from admission.service.cache import SingleFlightCache
+from admission.service.denials import DeniedContainer, attribute
 from admission.service.metrics import WebhookMetrics
 from admission.service.records import AdmittedImage
 from admission.service.rego import RegoDecision, RegoFailed
@@ -106,6 +107,12 @@ class ForgettingRecords(Protocol):
         """Delete these pods' records, revoking their tokens in the same transaction."""
 
 
+class DenialSink(Protocol):
+    def note(self, *, namespace: str, name: str, kind: str, operation: str, endpoint: str,
+             uid: str, containers: Sequence[DeniedContainer], message: str) -> None:
+        """Keep one denial for the operator; must not block (``SqlDenialLog`` queues it)."""
+
+
 class RegoDecider(Protocol):
     def decide(self, rego_input: dict[str, Any]) -> RegoDecision: ...
 
@@ -128,6 +135,8 @@ class WebhookDeps:
     verifier: SignatureVerifier
     rego: RegoDecider
     records: AdmissionRecords | None = None
+    # Where denials are kept for the dashboard (issue 14); None: logged and counted only.
+    denials: DenialSink | None = None
     own_namespace: str = "umec-system"
     pull_secrets: PullCredentialSource | None = None
     # The images' attestations; None: a policy requiring one finds none (denied, fail closed).
@@ -307,9 +316,15 @@ class Admitter:
         return None
 
     async def mutate(self, req: ReviewRequest) -> dict[str, Any]:
+        items: list[_Image] = []
+        answer = await self._mutate(req, items)
+        self._note_denial(req, "mutate", answer, items)
+        return answer
+
+    async def _mutate(self, req: ReviewRequest, items: list[_Image]) -> dict[str, Any]:
         if self._skip(req):
             return review_response(req.uid, allowed=True)
-        items = await self._items(req)
+        items.extend(await self._items(req))
         for item in items:
             item.step = "resolve"
         await self._run_all([i for i in items if i.digest is None], self._resolve)
@@ -326,10 +341,16 @@ class Admitter:
         return review_response(req.uid, allowed=True, patch=patch)
 
     async def validate(self, req: ReviewRequest) -> dict[str, Any]:
+        items: list[_Image] = []
+        answer = await self._validate(req, items)
+        self._note_denial(req, "validate", answer, items)
+        return answer
+
+    async def _validate(self, req: ReviewRequest, items: list[_Image]) -> dict[str, Any]:
         if await self.forget_deleted(req) or self._skip(req):
             return review_response(req.uid, allowed=True)
         policies = self.deps.policies()
-        items = await self._items(req)
+        items.extend(await self._items(req))
         for item in items:
             item.step = "verify"
         await self._run_all([i for i in items if i.digest is not None],
@@ -350,6 +371,23 @@ class Admitter:
                 return review_response(req.uid, allowed=False,
                                        message=f"record.failed: {type(e).__name__}")
         return review_response(req.uid, allowed=True, warnings=verdict.warnings)
+
+    def _note_denial(self, req: ReviewRequest, endpoint: str, answer: dict[str, Any],
+                     items: list[_Image]) -> None:
+        """Hand a denial to the denial sink (queued, never awaited: the answer does not wait).
+        The allow path returns at the first test."""
+        sink = self.deps.denials
+        response = answer.get("response") or {}
+        if sink is None or response.get("allowed") or req.dry_run:
+            return
+        message = str((response.get("status") or {}).get("message") or "")
+        try:
+            sink.note(namespace=req.namespace, name=req.name, kind=req.kind,
+                      operation=req.operation, endpoint=endpoint, uid=req.uid,
+                      containers=denied_containers(items, message), message=message)
+        except Exception as e:  # the denial stands; only the dashboard's copy is lost
+            log.warning("denial not kept for the dashboard",
+                        extra={"error": type(e).__name__, "namespace": req.namespace})
 
     async def forget_deleted(self, req: ReviewRequest) -> bool:
         """Forget the record of a deleted or terminating pod; True when the review is a Pod
@@ -435,6 +473,17 @@ def _warn_unchecked_identity(req: ReviewRequest, image: str, decision: ImageDeci
                         "(signedIdentity: ignore)",
                         extra={"check": "signature.identity.ignored", "policy": outcome.policy,
                                "image": image, "namespace": req.namespace, "pod": req.name})
+
+
+def denied_containers(items: Sequence[_Image], message: str) -> list[DeniedContainer]:
+    """Each container of a denied review with its digest, signers and the failed checks its
+    part of the answer's message names (``; ``-joined Rego deny messages)."""
+    pairs = [(i.container.path, i.container.image) for i in items]
+    failed, _ = attribute(pairs, message.split("; ") if message else [])
+    return [DeniedContainer(i.container.path, i.container.image, i.digest,
+                            tuple(sorted({s.key_id for s in i.signers if s.digest == i.digest})),
+                            tuple(failed.get(i.container.path, ())))
+            for i in items]
 
 
 def terminating(req: ReviewRequest) -> bool:

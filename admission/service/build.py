@@ -30,6 +30,7 @@ from admission.registry.client import RegistryClient
 from admission.registry.credentials import Credentials
 from admission.service.admit import WebhookDeps
 from admission.service.attestations import RegistryAttestations
+from admission.service.denials import SqlDenialLog
 from admission.service.images import CosignVerifier, RegistryClients, RegistryResolver
 from admission.service.pod_reconcile import (
     RECONCILE_EVERY_SECONDS,
@@ -81,6 +82,7 @@ class AdmissionBridges:
 @dataclass
 class AdmissionParts:
     records: SqlAdmissionRecords
+    denials: SqlDenialLog
     webhook: WebhookDeps | None = None
     policy_watch: PolicyWatch | None = None
 
@@ -98,10 +100,11 @@ def build_service(config: AdmissionConfig,
     """The admission service; ``parts`` holds its records and, serving, the webhook's deps."""
     records = SqlAdmissionRecords(bridges.engine, now=bridges.now,
                                   forget_writers=bridges.forget_writers)
-    service = Service("admission", AdmissionParts(records))
+    denials = SqlDenialLog(bridges.engine, now=bridges.now)
+    service = Service("admission", AdmissionParts(records, denials))
     if config.webhook:
         watch = policy_watch(config, bridges)
-        deps = webhook_deps(config, bridges, records, watch)
+        deps = webhook_deps(config, bridges, records, watch, denials)
         deps.admitter  # noqa: B018  (its caches exist from the start, not from the first review)
         service.parts.webhook = deps
         if watch is not None:
@@ -129,8 +132,8 @@ def policy_watch(config: AdmissionConfig, bridges: AdmissionBridges) -> PolicyWa
 
 
 def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
-                 records: SqlAdmissionRecords, watch: PolicyWatch | None = None
-                 ) -> WebhookDeps:
+                 records: SqlAdmissionRecords, watch: PolicyWatch | None = None,
+                 denials: SqlDenialLog | None = None) -> WebhookDeps:
     clients = RegistryClients(registry_client(config.registry))
     if watch is None:
         policy_set = PolicyState(*policy_documents(config.policy_dir)).current
@@ -148,7 +151,7 @@ def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
     return WebhookDeps(policies=policies, resolver=RegistryResolver(clients),
                        verifier=CosignVerifier(clients), rego=RegoEvaluator(),
                        attestations=RegistryAttestations(clients),
-                       pull_secrets=pull_secrets, records=records,
+                       pull_secrets=pull_secrets, records=records, denials=denials,
                        own_namespace=config.own_namespace,
                        timeout_seconds=config.timeout_seconds,
                        metrics_token=config.metrics_token)

@@ -39,3 +39,21 @@ admission_pods = Table(
     Column("forgotten_at", UtcDateTime, nullable=True, index=True),
     UniqueConstraint("uid", name="uq_admission_pods_uid"),
 )
+
+# What the webhook denied (issue 14: the dashboard's Admission page). Bounded: the newest
+# ``admission.service.denials.KEEP`` rows are kept, older ones pruned by the writer. Written
+# off the answer's path (a queue and one writer thread), so no review waits for it.
+admission_denials = Table(
+    "admission_denials", admission_metadata,
+    Column("id", String(36), primary_key=True),
+    Column("namespace", String(253), nullable=False, index=True),
+    Column("name", String(253), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("operation", String(16), nullable=False),
+    Column("endpoint", String(16), nullable=False),       # "mutate" | "validate"
+    Column("uid", String(64), nullable=False),
+    # [{"path", "image", "digest", "signers": [kid…], "failed": [{"check", "detail"}]}]
+    Column("containers", JSON, nullable=False),
+    Column("message", String(2000), nullable=False),       # the answer's message, as sent
+    Column("denied_at", UtcDateTime, nullable=False, index=True),
+)

@@ -223,3 +223,26 @@ class SqlAdmissionRecords:
         with self.engine.begin() as conn:
             done = conn.execute(table.delete().where(table.c.forgotten_at < cutoff))
         return int(done.rowcount or 0)
+
+    def recent(self, namespace: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest admission records still live (of ``namespace``, when given), newest
+        first: the operator's view (the dashboard's Admission page)."""
+        table = admission_pods
+        query = (select(table).where(table.c.forgotten_at.is_(None))
+                 .order_by(table.c.admitted_at.desc()).limit(limit))
+        if namespace is not None:
+            query = query.where(table.c.namespace == namespace)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [{"namespace": r.namespace, "name": r.name, "uid": r.uid, "images": r.images,
+                 "verified": r.verified, "policy_generation": r.policy_generation,
+                 "at": r.admitted_at.isoformat()} for r in rows]
+
+    def admitted_since(self, since: datetime, namespace: str | None = None) -> list[datetime]:
+        """When each record still kept was admitted, from ``since`` on (admissions per hour)."""
+        table = admission_pods
+        query = select(table.c.admitted_at).where(table.c.admitted_at >= since)
+        if namespace is not None:
+            query = query.where(table.c.namespace == namespace)
+        with self.engine.connect() as conn:
+            return [r.admitted_at for r in conn.execute(query.limit(100_000))]
