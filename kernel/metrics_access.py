@@ -84,5 +84,5 @@ def metrics_refusal(request: Request, token: str) -> Response | None:
         check_metrics_access(request.headers.get("authorization"),
                              request.client.host if request.client else None, token)
     except MetricsUnauthorized as exc:
-        return checked_response(exc, request.url.path)
+        return checked_response(exc, request.url.path, request)
     return None

@@ -10,6 +10,13 @@ installer (:func:`install_error_handlers`) makes an app answer with it:
   ``request.malformed``;
 * anything else: a 500 ``internal`` without the exception's text; the trace goes to the log.
 
+Every refusal of a checked error answered for a request (:func:`checked_response` with its
+``request``: the handler, the metrics gate, the webhook, the dashboard) writes one WARNING line
+to the ``umec.http`` logger, ``request refused``, with ``route`` (the route template),
+``path``, ``method``, ``status``, ``check``, ``peer``, ``detail`` and, through the logging
+setup, the ``request_id`` (:mod:`kernel.requestid`): every denial and every refused operator
+call (401 ``operator.token``) is in the log once, named by its check.
+
 A problem object has ``type``, ``title``, ``status``, ``check``, ``detail``, ``hint`` and, when
 the request's path is known, ``instance``, plus what the error adds (``errors`` of a schema
 error; ``error``, the class name, of attestation and admission errors). Media type
@@ -33,7 +40,7 @@ from kernel.errors import CheckedError, reason_phrase
 
 __all__ = ["OAUTH_PREFIX", "PROBLEM_JSON", "RequestSchemaInvalid", "checked_response",
            "error_body", "install_checked_handler", "install_error_handlers", "is_oauth",
-           "problem_response", "schema_error"]
+           "log_refusal", "problem_response", "schema_error"]
 
 log = logging.getLogger("umec.http")
 
@@ -89,12 +96,29 @@ def _internal(path: str) -> JSONResponse:
                             "Retry later; operators: see the server log.")
 
 
-def checked_response(err: CheckedError, path: str) -> JSONResponse:
+MAX_LOGGED_DETAIL = 512
+
+
+def log_refusal(err: CheckedError, request: Request) -> None:
+    """The one log line of a refused request (see the module doc)."""
+    client = request.client
+    log.warning("request refused", extra={
+        "route": getattr(request.scope.get("route"), "path", "unmatched"),
+        "path": request.url.path, "method": request.method, "status": err.status,
+        "check": err.check, "peer": client.host if client else "unknown",
+        "detail": err.detail[:MAX_LOGGED_DETAIL]})
+
+
+def checked_response(err: CheckedError, path: str,
+                     request: Request | None = None) -> JSONResponse:
     """The answer for ``err``: its status, check, detail and hint (a non-public error, one about
-    the server's own setup, is the generic 500; its detail goes to the log only)."""
+    the server's own setup, is the generic 500; its detail goes to the log only). With the
+    ``request`` it answers, the refusal is logged (:func:`log_refusal`)."""
     if not err.public:
         log.error("unhandled error", exc_info=err)
         return _internal(path)
+    if request is not None:
+        log_refusal(err, request)
     return problem_response(path, err.status, err.check, err.problem_detail(), err.hint,
                             headers=err.problem_headers(), extra=err.problem_extra(),
                             type_=err.problem_type(), title=err.problem_title())
@@ -159,7 +183,7 @@ def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 async def _on_checked(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CheckedError)
-    return checked_response(exc, request.url.path)
+    return checked_response(exc, request.url.path, request)
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:
@@ -189,7 +213,7 @@ def install_error_handlers(app: FastAPI, *, validation_status: int = 422) -> Non
 
     async def on_invalid(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        return checked_response(schema_error(exc, validation_status), request.url.path)
+        return checked_response(schema_error(exc, validation_status), request.url.path, request)
 
     install_checked_handler(app)
     app.add_exception_handler(RequestValidationError, on_invalid)

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from kernel.clock import clock_for
 from kernel.metrics_access import metrics_refusal
+from kernel.requestid import RequestIds
 from kernel.service import running
 from mec_api.service.build import MecApiBridges, build_service
 from umec.configs import api_process_mec_api_config, resource_body_rules
@@ -52,6 +53,7 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
     app = FastAPI(title=f"µMEC API: {', '.join(which)}", lifespan=lifespan)
     app.add_middleware(BodyLimits, policy=BodyPolicy(
         rules=resource_body_rules(settings), seconds=settings.request_body_timeout_seconds))
+    app.add_middleware(RequestIds)  # outermost: request ids and the access log
     install_error_handlers(app, validation_status=400)
 
     @app.get("/healthz", include_in_schema=False)

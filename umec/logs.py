@@ -1,4 +1,7 @@
-"""Structured JSON logs: one object per line on stderr, for every process."""
+"""Structured JSON logs: one object per line on stderr, for every process.
+
+A line written while an HTTP request is answered carries that request's ``request_id``
+(:mod:`kernel.requestid`, which also writes the access log line, logger ``umec.access``)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kernel.requestid import current_request_id
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -20,6 +25,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        request_id = current_request_id()
+        if request_id is not None:
+            entry["request_id"] = request_id
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 entry[key] = value
@@ -37,5 +45,5 @@ def configure_logging(level: str = "INFO", path: Path | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's access log duplicates our request metrics; keep its errors only.
+    # uvicorn's access log has no request id: ours (umec.access, kernel.requestid) replaces it.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

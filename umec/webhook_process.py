@@ -202,6 +202,7 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
 
     from admission.service.build import AdmissionBridges, build_service
     from kernel.clock import clock_for
+    from kernel.requestid import RequestIds
     from kernel.service import running
     from umec.bridges import kubernetes_api, pod_revocation_writer
     from umec.configs import admission_config
@@ -225,6 +226,7 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     app.add_middleware(BodyLimits, policy=BodyPolicy(
         default_bytes=deps.max_review_bytes + 64 * 1024, budget_bytes=16 << 20,
         seconds=settings.request_body_timeout_seconds))
+    app.add_middleware(RequestIds)  # outermost: request ids and the access log
     install_error_handlers(app)
     return app, deps
 

@@ -11,7 +11,7 @@ changes nothing.
 The protocol routes need no credential (TPM proofs authenticate nodes), so anyone can call them:
 each is limited per source address, challenges also per node name (``ctx.limits``,
 :mod:`attest.service.limits`), and every refusal is counted (``umec_attest_refusals_total``) and
-logged with the source address.
+logged with the source address (once, by the app's handler: :mod:`kernel.problems`).
 
 ``umec`` sets ``app.state.attest`` to the :class:`AttestContext` and includes :data:`router`.
 Every route is a sync ``def``, so FastAPI runs it in the thread pool, never on the event loop: a
@@ -119,15 +119,13 @@ def source_of(request: Request) -> str:
 
 def _guarded(route: str, request: Request, fn: Callable[P, T], *args: P.args,
              **kwargs: P.kwargs) -> T:
-    """Run a protocol step; a refusal is counted and logged with its source, then raised on to
-    the app's handler, which answers it with its own status."""
+    """Run a protocol step; a refusal is counted, then raised on to the app's handler, which
+    answers it with its own status and logs it once (route, check, peer, detail, request id:
+    kernel.problems.log_refusal)."""
     try:
         return fn(*args, **kwargs)
     except AttestationError as exc:
         REFUSALS.labels(route, exc.check).inc()
-        log.warning("attestation request refused", extra={
-            "route": route, "node": request.path_params.get("node"), "check": exc.check,
-            "source": source_of(request), "detail": exc.detail})
         raise
 
 
