@@ -31,6 +31,7 @@ from kernel.clock import clock_for
 from kernel.metrics_access import metrics_refusal
 from kernel.service import Service, running
 from keys import KeyRing
+from mec_api.sensor.store import SqlSensorStore
 from mec_api.service.build import MecApiBridges, TokenService
 from mec_api.service.build import build_service as build_mec_api
 from mec_api.tokens.api import MAX_FORM_BYTES
@@ -242,7 +243,9 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     app = _server_app(settings, engine, services)
     # The operator dashboard (issue 14): attest's own context, so its actions revoke and
     # notify as the API's do; the token service's node revocations for the node page.
-    app.mount("/ui", build_ui(UiSources(attest.parts, _node_revocations(engine))))
+    app.mount("/ui", build_ui(UiSources(
+        attest.parts, _node_revocations(engine), admissions=admission.parts.records,
+        denials=admission.parts.denials, tokens=tokens, sensors=SqlSensorStore(engine))))
     return Server(app=app, attest=attest.parts, keys=ring, tokens=tokens, services=services)
 
 

@@ -51,6 +51,7 @@ from mec_api.tokens.errors import (
     TokenRefused,
     UnsupportedGrantType,
 )
+from mec_api.tokens.ledger import IssuanceLog
 from mec_api.tokens.revocations import MAX_TOKEN_LIFETIME_SECONDS
 from mec_api.tokens.sa_token import (
     SubjectTokenUnknownKey,
@@ -151,6 +152,8 @@ class TokenIssuer:
     # Subject tokens whose signature verified recently (a pod reuses its projected token).
     verified_subjects: VerifiedCache[WorkloadIdentity] = field(default_factory=VerifiedCache)
     _cluster_kids: KidSet = field(default_factory=KidSet)
+    # What it issued lately (the operator's view, mec_api.tokens.ledger): claims, not tokens.
+    issued: IssuanceLog = field(default_factory=IssuanceLog)
 
     def issue(self, req: TokenRequest, now: datetime) -> IssuedToken:
         subject, error = self._subject_token(req)
@@ -163,7 +166,9 @@ class TokenIssuer:
         audience = self._audience(req)
         granted = self._scopes(req, identity)
         jkt = self._dpop(req, now)
-        return self._mint(identity, node.epoch, audience, granted, digests, jkt, now)
+        token = self._mint(identity, node.epoch, audience, granted, digests, jkt, now)
+        self.issued.add(token.claims)
+        return token
 
     # 1. grant -----------------------------------------------------------------------------------
     def _subject_token(self, req: TokenRequest) -> tuple[str, type[SubjectTokenInvalid]]:

@@ -5,13 +5,20 @@ pages and the JSON the page polls. Nothing here renders or escapes; :mod:`umec.u
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+from admission.service.denials import SqlDenialLog
+from admission.service.records import SqlAdmissionRecords
 from attest.service.context import AttestContext
 from attest.service.fleet import find_summary, fleet_summaries, node_events
+from mec_api.sensor.store import SqlSensorStore
+from mec_api.service.tokens import TokenService
+from mec_api.tokens.ledger import per_workload
 
 NodeRevocations = Callable[[str], list[dict[str, Any]]]
 
@@ -24,6 +31,12 @@ class UiSources:
 
     attest: AttestContext
     node_revocations: NodeRevocations
+    # The other pages' sources (issue 14): admission's records and denials, the token
+    # service, the sensor API's store. None: that page says it is not served here.
+    admissions: SqlAdmissionRecords | None = None
+    denials: SqlDenialLog | None = None
+    tokens: TokenService | None = None
+    sensors: SqlSensorStore | None = None
 
 
 def _age(at: str | None, now: datetime) -> float | None:
@@ -87,3 +100,95 @@ def node_detail(src: UiSources, name: str) -> dict[str, Any] | None:
             "events": node_events(src.attest.sessions, name),
             "pcrs": _reference_values(src, summary["node_class"], verdict),
             "revocations": src.node_revocations(name)}
+
+
+# --- admission --------------------------------------------------------------------------------
+
+def per_hour(times: list[datetime], now: datetime, hours: int = 24) -> list[tuple[str, int]]:
+    """(``HH:00`` UTC, count) for each of the last ``hours`` hours, oldest first."""
+    start = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=hours - 1)
+    counts = [0] * hours
+    for t in times:
+        i = int((t - start).total_seconds() // 3600)
+        if 0 <= i < hours:
+            counts[i] += 1
+    return [((start + timedelta(hours=i)).strftime("%H:00"), n) for i, n in enumerate(counts)]
+
+
+def failed_by_check(denials: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """How often each check failed in ``denials`` (each container's failed checks), most
+    frequent first."""
+    counts: Counter[str] = Counter()
+    for d in denials:
+        for c in d.get("containers") or []:
+            counts.update(str(f.get("check", "")) for f in c.get("failed") or [])
+    return counts.most_common(12)
+
+
+def admission(src: UiSources, namespace: str | None) -> dict[str, Any]:
+    now = src.attest.now()
+    admitted = src.admissions.recent(namespace) if src.admissions else []
+    denied = src.denials.recent(namespace) if src.denials else []
+    times = (src.admissions.admitted_since(now - timedelta(hours=24), namespace)
+             if src.admissions else [])
+    return {"namespace": namespace, "admissions": admitted, "denials": denied,
+            "per_hour": per_hour(times, now), "failed_by_check": failed_by_check(denied),
+            "served": src.admissions is not None}
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+def tokens(src: UiSources) -> dict[str, Any]:
+    service = src.tokens
+    if service is None:
+        return {"served": False, "workloads": [], "revocations": [], "feed_age": None,
+                "generation": None}
+    now = service.clock.now()
+    revocations = service.guard.revocations
+
+    def why(row: Mapping[str, Any]) -> str | None:
+        return revocations.revoked(jti=row["jti"], node=row["node"] or None,
+                                   node_epoch=row["node_epoch"] or 0, now=now.timestamp(),
+                                   pod_uid=row["pod_uid"])
+    applied = service.follower.applied_at
+    entries = sorted(service.store.current(now), key=lambda e: -e.seq)
+    generation = service.store.generation()
+    return {"served": True,
+            "workloads": per_workload(service.issuer.issued.rows(), now.timestamp(), why),
+            "revocations": [{"kind": e.kind, "node": e.node, "node_epoch": e.node_epoch,
+                             "pod_uid": e.pod_uid, "jti": e.jti,
+                             "expires_at": datetime.fromtimestamp(e.expires_at).astimezone()
+                             .isoformat(timespec="seconds")} for e in entries[:200]],
+            "feed_age": None if applied == float("-inf") else time.monotonic() - applied,
+            "max_feed_age": service.guard.max_feed_age,
+            "generation": None if generation is None else int(generation)}
+
+
+# --- sensors ----------------------------------------------------------------------------------
+
+SENSOR_FIELDS = ("temperature_c", "humidity_pct", "pressure_pa", "battery_v")
+
+
+def _reading(stored: Any) -> dict[str, Any]:
+    r = stored.reading
+    return {"mac": stored.tag_mac, "at": stored.measured_at.isoformat(timespec="seconds"),
+            **{f: getattr(r, f) for f in SENSOR_FIELDS},
+            "movement_counter": r.movement_counter, "rssi": stored.rssi}
+
+
+def sensors(src: UiSources, tag: str | None, hours: int,
+            field: str = "temperature_c") -> dict[str, Any]:
+    store = src.sensors
+    if store is None:
+        return {"served": False, "latest": [], "series": [], "tag": tag, "hours": hours,
+                "field": field}
+    latest = [_reading(r) for r in (store.latest(t.mac) for t in store.tags()) if r]
+    chosen = tag or (latest[0]["mac"] if latest else None)
+    series: list[tuple[float, float]] = []
+    if chosen is not None:
+        until = src.attest.now()
+        page = store.readings(chosen, until - timedelta(hours=hours), until, limit=1000)
+        series = [(r.measured_at.timestamp(), float(v)) for r in page.readings
+                  if (v := getattr(r.reading, field)) is not None]
+    return {"served": True, "latest": latest, "series": series, "tag": chosen,
+            "hours": hours, "field": field}

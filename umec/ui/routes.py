@@ -22,7 +22,7 @@ from attest.service import operator, registrar
 from kernel.bearer import bearer_matches
 from kernel.errors import CheckedError
 from kernel.ratelimit import RateLimiter
-from umec.ui import data, render
+from umec.ui import data, pages, render
 from umec.ui.session import (
     LOGIN_COOKIE,
     SESSION_COOKIE,
@@ -47,6 +47,15 @@ log = logging.getLogger("umec.ui")
 ASSETS = {"dashboard.css": "text/css; charset=utf-8",
           "dashboard.js": "text/javascript; charset=utf-8"}
 NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")   # a DNS-1123 label
+TAG_MAC = re.compile(r"[0-9A-F]{2}(:[0-9A-F]{2}){5}")
+
+
+class BadQuery(UiRefused):
+    check = "ui.query"
+    status = 400
+    hint = ("Use a Kubernetes namespace name (lower-case letters, digits, '-'), a tag MAC "
+            "like CB:B8:33:4C:88:4F and hours 1, 6, 24 or 168.")
 
 router = APIRouter()
 FormField = Annotated[str, Form()]
@@ -173,6 +182,44 @@ def node_page(request: Request, node: str) -> Response:
     return HTMLResponse(render.node_page(_detail(request, node), csrf))
 
 
+def namespace_filter(value: str | None) -> str | None:
+    """The ``namespace`` query parameter: absent or empty is every namespace."""
+    if value is None or value == "":
+        return None
+    if NAMESPACE.fullmatch(value) is None:
+        raise BadQuery(f"namespace {value[:80]!r} is not a Kubernetes namespace name")
+    return value
+
+
+def sensor_query(tag: str | None, hours: str | None) -> tuple[str | None, int]:
+    if tag is not None and tag != "" and TAG_MAC.fullmatch(tag.upper()) is None:
+        raise BadQuery(f"tag {tag[:40]!r} is not a MAC address")
+    if hours is not None and hours not in {str(h) for h in pages.HOURS}:
+        raise BadQuery(f"hours {hours[:20]!r} is not one of {pages.HOURS}")
+    return (tag.upper() if tag else None), int(hours or 24)
+
+
+@router.get("/admission")
+def admission_page(request: Request, namespace: str | None = None) -> Response:
+    csrf = _csrf(request)
+    view = data.admission(_sources(request), namespace_filter(namespace))
+    return HTMLResponse(pages.admission_page(view, csrf))
+
+
+@router.get("/tokens")
+def tokens_page(request: Request) -> Response:
+    csrf = _csrf(request)
+    return HTMLResponse(pages.tokens_page(data.tokens(_sources(request)), csrf))
+
+
+@router.get("/sensors")
+def sensors_page(request: Request, tag: str | None = None, hours: str | None = None) -> Response:
+    csrf = _csrf(request)
+    mac, span = sensor_query(tag, hours)
+    src = _sources(request)
+    return HTMLResponse(pages.sensors_page(data.sensors(src, mac, span), src.attest.now(), csrf))
+
+
 # --- operator actions ------------------------------------------------------------------------
 
 @router.post("/nodes/{node}/ack")
@@ -204,6 +251,13 @@ def node_json(request: Request, node: str) -> Any:
     return JSONResponse({k: found[k] for k in ("name", "node_class", "state",
                                                "state_changed_at", "evidence_age",
                                                "failed_checks")})
+
+
+@router.get("/api/admission")
+def admission_json(request: Request, namespace: str | None = None) -> Any:
+    _session(request)
+    view = data.admission(_sources(request), namespace_filter(namespace))
+    return JSONResponse({"denials": view["denials"]})
 
 
 # --- packaged assets (no CDN: the site may be offline) -----------------------------------------

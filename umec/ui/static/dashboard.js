@@ -89,6 +89,48 @@
     for (var i = 0; i < ages.length; i++) { ages[i].textContent = age(node.evidence_age); }
   }
 
+  function cell(tr, cls, text, code) {
+    var td = el("td", cls);
+    if (code) { td.appendChild(el("code", null, text)); } else { td.textContent = text; }
+    tr.appendChild(td);
+    return td;
+  }
+
+  function denialRow(d, c) {
+    var tr = el("tr", "denied-row");
+    tr.setAttribute("data-pod", d.name);
+    cell(tr, null, d.at);
+    cell(tr, null, d.namespace);
+    var pod = cell(tr, "pod", d.name + " ");
+    pod.appendChild(el("span", "hint", d.kind + " " + d.operation));
+    cell(tr, null, c.path || "");
+    cell(tr, "image", c.image || "", true);
+    cell(tr, null, c.digest || "\u2014", true);
+    cell(tr, null, (c.signers || []).join(", ") || "none");
+    var checks = cell(tr, "checks", "");
+    (c.failed || []).forEach(function (f, i) {
+      if (i > 0) { checks.appendChild(el("br")); }
+      checks.appendChild(el("code", "check", f.check));
+      checks.appendChild(document.createTextNode(" "));
+      checks.appendChild(el("span", "detail", f.detail));
+    });
+    return tr;
+  }
+
+  function showDenials(body) {
+    var tbody = document.querySelector("#denials tbody");
+    if (!tbody) { return; }
+    var rows = document.createDocumentFragment();
+    body.denials.forEach(function (d) {
+      var containers = d.containers && d.containers.length ? d.containers : [{}];
+      containers.forEach(function (c) { rows.appendChild(denialRow(d, c)); });
+    });
+    while (tbody.firstChild) { tbody.removeChild(tbody.firstChild); }
+    tbody.appendChild(rows);
+    var count = document.getElementById("denial-count");
+    if (count) { count.textContent = String(body.denials.length); }
+  }
+
   function live(text, bad) {
     var status = document.getElementById("live");
     if (!status) { return; }
@@ -105,7 +147,7 @@
       })
       .then(function (body) {
         if (!body) { return; }
-        if (body.nodes) { showFleet(body); } else { showNode(body); }
+        if (body.nodes) { showFleet(body); } else if (body.denials) { showDenials(body); } else { showNode(body); }
         live("live · updated " + new Date().toLocaleTimeString(), false);
       })
       .catch(function () { live("live updates paused: the server cannot be reached", true); });
