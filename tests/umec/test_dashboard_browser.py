@@ -174,3 +174,66 @@ def test_a_post_without_csrf_is_refused(page: Any, env: Env) -> None:
     page.wait_for_url("**/ui/?removed=kept-node")
     assert "removed kept-node" in page.locator(".flash").inner_text()
     assert env.client.get("/attest/v1/nodes/kept-node").status_code == 404
+
+
+# --- the Admission, Tokens and Sensors pages ------------------------------------------------
+
+CRAFTED_POD = 'web-<img src=x onerror="window.__pwned=4">'
+CRAFTED_IMAGE = ('registry.local/x:<img src=x onerror="window.__pwned=5">'
+                 '<svg onload="window.__pwned=6">')
+
+
+def _deny(env: Env, namespace: str, name: str, image: str) -> None:
+    from admission.service.denials import DeniedContainer
+    log = next(s for s in env.server.services if s.name == "admission").parts.denials
+    log.note(namespace=namespace, name=name, kind="Pod", operation="CREATE",
+             endpoint="validate", uid=f"uid-{len(name)}-{namespace}", message="denied",
+             containers=[DeniedContainer("spec.containers[0]", image, "sha256:" + "2" * 64,
+                                         (), (("policy.unsatisfied",
+                                               "0 of the required 1 signatures"),))])
+    log.flush()
+
+
+@pytest.mark.parametrize("bypass", [False, True], ids=["csp", "csp-bypassed"])
+def test_crafted_pod_and_image_do_not_execute_on_the_admission_page(
+        browser: Any, env: Env, bypass: bool) -> None:
+    _deny(env, "tenant-x", CRAFTED_POD, CRAFTED_IMAGE)
+    context = browser.new_context(base_url=str(env.client.base_url), bypass_csp=bypass)
+    page = context.new_page()
+    page.add_init_script(WATCH)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    log_in(page, env.server.operator_token)
+    page.wait_for_url("**/ui/")
+    page.goto("/ui/admission?namespace=tenant-x")
+    # and once a poll has rebuilt the denial rows from the JSON
+    sync_api.expect(page.locator("#live")).to_contain_text("updated", timeout=6000)
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("img").count() == 0
+    assert page.locator("svg:not(.chart-svg)").count() == 0  # only the charts' own
+    row = page.locator("#denials tbody tr").first
+    assert CRAFTED_POD in row.inner_text() and CRAFTED_IMAGE in row.inner_text()
+    assert page.evaluate("window.__csp") == []
+    assert errors == []
+    context.close()
+
+
+def test_a_denial_appears_live(page: Any, env: Env, shots: Path) -> None:
+    _deny(env, "shop", "checkout-7f9c", "registry.local/shop/checkout@sha256:" + "3" * 64)
+    log_in(page, env.server.operator_token)
+    page.wait_for_url("**/ui/")
+    page.goto("/ui/admission")
+    page.evaluate("window.__sameDocument = true")
+    _deny(env, "shop", "payments-5d2a", "registry.local/shop/payments:latest")
+    row = page.locator('#denials tr[data-pod="payments-5d2a"]')
+    sync_api.expect(row).to_have_count(1, timeout=6000)
+    assert page.evaluate("window.__sameDocument") is True
+    assert "policy.unsatisfied" in row.inner_text()
+    page.goto("/ui/admission")  # the charts are drawn on load
+    page.screenshot(path=str(shots / "admission.png"), full_page=True)
+    page.goto("/ui/tokens")
+    assert page.locator("#feed-health").inner_text() == "current"
+    page.screenshot(path=str(shots / "tokens.png"), full_page=True)
+    page.goto("/ui/sensors")
+    page.screenshot(path=str(shots / "sensors.png"), full_page=True)
+    assert page.evaluate("window.__csp") == []
