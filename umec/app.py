@@ -12,7 +12,13 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy import Engine, text
 from sqlalchemy import exc as sa_exc
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,10 +31,12 @@ from attest.service.build import AttestBridges
 from attest.service.build import build_service as build_attest
 from attest.service.context import AttestContext
 from attest.service.join import JoinBridge
+from attest.service.metrics import FleetCollector
 from attest.service.notify.event import StateChangeSink
 from kernel.appstate import app_state
 from kernel.clock import clock_for
 from kernel.metrics_access import metrics_refusal
+from kernel.requestid import RequestIds
 from kernel.service import Service, running
 from keys import KeyRing
 from mec_api.sensor.store import SqlSensorStore
@@ -182,7 +190,9 @@ def metrics(request: Request) -> Response:
     refusal = metrics_refusal(request, app_state(request, "metrics_token", str))
     if refusal is not None:
         return refusal
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    # The process's series, then this app's fleet (attest.service.metrics, from the database).
+    fleet = app_state(request, "fleet_metrics", CollectorRegistry)
+    return Response(generate_latest() + generate_latest(fleet), media_type=CONTENT_TYPE_LATEST)
 
 
 def _server_app(settings: Settings, engine: Engine, services: list[Service[Any]]) -> FastAPI:
@@ -190,7 +200,8 @@ def _server_app(settings: Settings, engine: Engine, services: list[Service[Any]]
     app.state.engine = engine
     app.state.metrics_token = settings.metrics_token  # GET /metrics (kernel.metrics_access)
     app.add_middleware(BodyLimits, policy=server_body_policy(settings))
-    app.add_middleware(MetricsMiddleware)  # outermost: it also counts the limits' refusals
+    app.add_middleware(MetricsMiddleware)  # it also counts the limits' refusals
+    app.add_middleware(RequestIds)  # outermost: every answer has an id and an access log line
     install_error_handlers(app, validation_status=422)
     for unavailable in DATABASE_UNAVAILABLE:
         app.add_exception_handler(unavailable, database_unavailable)
@@ -241,6 +252,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
         kube_api=kube_api, join=join_bridge(settings, kube_api)))
     services: list[Service[Any]] = [attest, admission, mec_api]
     app = _server_app(settings, engine, services)
+    app.state.fleet_metrics = CollectorRegistry(auto_describe=False)
+    app.state.fleet_metrics.register(FleetCollector(engine, clock.now))
     # The operator dashboard (issue 14): attest's own context, so its actions revoke and
     # notify as the API's do; the token service's node revocations for the node page.
     app.mount("/ui", build_ui(UiSources(

@@ -43,6 +43,7 @@ from attest.core.policy_create import quoted_pcrs
 from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
+from attest.service.metrics import count_round
 from attest.service.models import NodeRow, NonceRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
@@ -283,6 +284,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                                       "state_changed_at": now, "trust_epoch": epoch})
         _spend_nonce(ctx, db, name, nonce, now)
     faultpoints.reached("evidence.recorded")
+    count_round([f.check for f in verdict.failures])
     ctx.publish(events)
     token = ctx.sign_result({
         "iss": ctx.config.issuer, "sub": name, "aud": "umec", "iat": int(now.timestamp()),
