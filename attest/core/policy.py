@@ -20,11 +20,14 @@ A policy is a small YAML document, one per node class, managed with ``umec polic
 Parsing is strict: unknown keys, bad hex and wrong digest lengths are rejected with
 :class:`PolicyInvalid` naming the key, so a typo can never silently widen what is accepted.
 An empty ``pcrs`` is allowed (quote freshness and the event log may be all a class checks), but
-``selection`` must name at least one PCR.
+``selection`` must name at least one PCR. A policy's ``name`` (its node class) matches
+:data:`POLICY_NAME_PATTERN`: it is a path segment of the operator API, a column of 128
+characters, and a word printed on operators' terminals.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +41,10 @@ from attest.core.ima.policy import RuntimePolicy
 DIGEST_SIZES = {"sha1": 20, "sha256": 32, "sha384": 48, "sha512": 64}
 _KEYS = {"name", "description", "selection", "pcrs", "eventlog", "require_event_log",
          "interval_seconds", "require_ack", "version", "runtime_policy"}
+# Letters, digits, '-', '_' and '.', starting and ending with a letter or digit, at most 128:
+# no '/', '..', whitespace, control or escape characters, nothing past the database column.
+POLICY_NAME_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,126}[A-Za-z0-9])?$"
+_POLICY_NAME = re.compile(POLICY_NAME_PATTERN)
 
 
 class PolicyInvalid(ValueError):
@@ -99,6 +106,10 @@ def _name(doc: Any) -> str:
     name = doc.get("name")
     if not isinstance(name, str) or not name:
         raise PolicyInvalid("name: required, a non-empty string")
+    if _POLICY_NAME.fullmatch(name) is None:
+        raise PolicyInvalid(f"name: {name[:64]!r} is not a node class name (letters, digits, "
+                            "'-', '_' and '.', starting and ending with a letter or digit, at "
+                            "most 128 characters)")
     return name
 
 

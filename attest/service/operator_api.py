@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from pydantic import BaseModel, Field
 
+from attest.core.policy import POLICY_NAME_PATTERN
 from attest.service import operator
 from attest.service.api import B64, NodeName, guarded, require_operator
 from attest.service.deps import AttestCtx
@@ -28,7 +29,7 @@ __all__ = ["MAX_POLICY_DOCUMENT", "router"]
 # fit far below this (the /attest/v1 body limit of umec.app is about 1 MiB).
 MAX_POLICY_DOCUMENT = 768 << 10
 NODE_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
-ClassName = Annotated[str, Path(min_length=1, max_length=128)]
+ClassName = Annotated[str, Path(pattern=POLICY_NAME_PATTERN)]
 Authorization = Annotated[str | None, Header()]
 
 router = APIRouter(prefix="/attest/v1", tags=["operator"])
@@ -45,7 +46,7 @@ class PolicyBody(BaseModel):
 
 class FromNodeBody(BaseModel):
     node: str = Field(pattern=NODE_PATTERN)
-    node_class: str | None = Field(default=None, min_length=1, max_length=128)
+    node_class: str | None = Field(default=None, pattern=POLICY_NAME_PATTERN)
     event_log: B64 | None = None
     ima_list: B64 | None = None
 
