@@ -69,6 +69,16 @@ def reached(point: str) -> None:
         _die(point)
 
 
+def _autocommit(conn: Any) -> bool:
+    return bool(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+
+def _marked(conn: Any, point: str, when: str) -> None:
+    if _autocommit(conn) and when == "before":
+        _die(point)  # the statement would commit itself: before it is before its commit
+    conn.info[_MARK] = True
+
+
 def install(engine: Engine) -> None:
     """Hook the commit point named by ``UMEC_FAULT_KILL_AT`` (if it is one) on ``engine``."""
     if _TARGET is None or _TARGET not in COMMIT_POINTS:
@@ -78,7 +88,12 @@ def install(engine: Engine) -> None:
 
     def seen(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         if statement.lstrip().upper().startswith(marker.upper()):
-            conn.info[_MARK] = True
+            _marked(conn, point, when)
+
+    def executed(conn: Any, *_args: Any) -> None:
+        # An autocommit statement (the challenge's nonce insert) is committed when it returns.
+        if _autocommit(conn) and conn.info.pop(_MARK, False):
+            _die(point)
 
     def commit(conn: Any) -> None:
         if not conn.info.pop(_MARK, False):
@@ -91,5 +106,6 @@ def install(engine: Engine) -> None:
         conn.info.pop(_MARK, None)
 
     event.listen(engine, "before_cursor_execute", seen)
+    event.listen(engine, "after_cursor_execute", executed)
     event.listen(engine, "commit", commit)
     event.listen(engine, "rollback", rollback)
