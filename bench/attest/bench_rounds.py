@@ -21,7 +21,10 @@ Steps:
    A round is challenge → TPM2_Quote (SimulatedTpm, ECDSA sign) → evidence → verdict; every
    verdict must say ``trusted``. Reported: rounds/s, p50/p90/p99/max round latency, and the
    CPU time the server process used per round (``/proc/PID/stat`` utime+stime), which does not
-   depend on how fast the load generator is.
+   depend on how fast the load generator is; with ``--postgres`` also the CPU time of the
+   PostgreSQL backends serving the bench's own database (their pids from ``pg_stat_activity``,
+   their ``/proc/PID/stat``; a backend that exits during the rounds would be missed, the pool
+   keeps them open).
 5. Server memory after the rounds: VmRSS and VmHWM from ``/proc/PID/status``.
 
 Goal: ≥ 200 rounds/s with p99 ≤ 50 ms on 2 cores; server RSS ≤ 200 MB.
@@ -111,6 +114,21 @@ def wait_healthy(proc: subprocess.Popen[bytes], url: str, work: Path) -> None:
                 return
         except httpx.HTTPError:
             time.sleep(0.1)
+
+
+def backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of every PostgreSQL backend connected to the database at ``url`` (our own
+    query's backend excluded), by pid."""
+    import psycopg
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [r[0] for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid()")]
+    out: dict[int, float] = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            out[pid] = cpu_seconds(pid)
+    return out
 
 
 @contextmanager
@@ -220,17 +238,20 @@ def main() -> None:
             if failures:
                 raise SystemExit(f"warm-up verdicts not trusted: {failures[:3]}")
             spy = start_py_spy(server.pid, args.py_spy, work) if args.py_spy else None
+            pg0 = backend_cpu(url) if url else {}
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
             own0 = time.process_time()
             latencies, failures = rounds(nodes, args.threads, args.rounds, args.max_seconds)
             wall = time.perf_counter() - t0
             cpu = cpu_seconds(server.pid) - cpu0
+            pg1 = backend_cpu(url) if url else {}
+            pg_cpu = sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items()) if url else None
             client_cpu = time.process_time() - own0
             mem = vm_status(server.pid)
             if spy is not None:
                 spy.wait()
         report(args, enroll_s, latencies, failures, wall, cpu, client_cpu, idle,
-               after_enroll, mem)
+               after_enroll, mem, pg_cpu)
         if args.py_spy:
             print_py_spy(work / "py-spy.txt")
     finally:
@@ -286,7 +307,8 @@ def rounds(nodes: list[SimulatedNode], threads: int, total: int, max_seconds: fl
 def report(args: argparse.Namespace, enroll_s: float, latencies: list[float],
            failures: list[str], wall: float, cpu: float, client_cpu: float,
            idle: dict[str, int],
-           after_enroll: dict[str, int], mem: dict[str, int]) -> None:
+           after_enroll: dict[str, int], mem: dict[str, int],
+           pg_cpu: float | None = None) -> None:
     lat = sorted(latencies)
     n = len(lat)
     rps = n / wall
@@ -304,6 +326,8 @@ def report(args: argparse.Namespace, enroll_s: float, latencies: list[float],
         ("round latency max", f"{lat[-1] * 1e3:.1f} ms"),
         ("server CPU per round", f"{cpu / n * 1e3:.2f} ms ({cpu / wall * 100:.0f}% of one "
                                  f"core over {wall:.1f} s)"),
+        *([("PostgreSQL backend CPU per round", f"{pg_cpu / n * 1e3:.2f} ms")]
+          if pg_cpu is not None else []),
         ("load generator (client process) CPU per round", f"{client_cpu / n * 1e3:.2f} ms"),
         ("verdicts not trusted", str(len(failures))),
         ("server VmRSS idle / after enrolment / after rounds",

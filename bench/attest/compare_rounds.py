@@ -28,6 +28,8 @@ BENCH = Path(__file__).with_name("bench_rounds.py")
 METRICS = {"rounds/s": r"\| rounds/s \| \*\*(\d+)\*\* \|",
            "p99 ms": r"\| round latency p99 \| \*\*([\d.]+) ms\*\* \|",
            "server CPU ms/round": r"\| server CPU per round \| ([\d.]+) ms",
+           "PostgreSQL backend CPU ms/round":
+               r"\| PostgreSQL backend CPU per round \| ([\d.]+) ms",
            "load generator CPU ms/round":
                r"\| load generator \(client process\) CPU per round \| ([\d.]+) ms"}
 
@@ -45,6 +47,8 @@ def run_once(args: argparse.Namespace, postgres: bool, repo: Path | None) -> dic
     values = {}
     for name, pattern in METRICS.items():
         match = re.search(pattern, out.stdout)
+        if match is None and name.startswith("PostgreSQL"):
+            continue  # only PostgreSQL runs (of a bench_rounds.py that measures it) have it
         if match is None:
             raise SystemExit(f"no {name} in the output of {' '.join(cmd)}:\n{out.stdout}")
         values[name] = float(match.group(1))
@@ -102,10 +106,21 @@ def report(args: argparse.Namespace,
         for r in results[(db, "before")] + results[(db, "after")]:
             r["server ÷ load generator CPU"] = (r["server CPU ms/round"]
                                                 / r["load generator CPU ms/round"])
+        runs = results[(db, "before")] + results[(db, "after")]
         for metric in (*METRICS, "server ÷ load generator CPU"):
+            if not all(metric in r for r in runs):
+                continue
             b = statistics.median(r[metric] for r in results[(db, "before")])
             a = statistics.median(r[metric] for r in results[(db, "after")])
             print(f"| {db} | {metric} | {b:.3g} | {a:.3g} | {a / b:.2f} |")
+    if {"SQLite", "PostgreSQL"} <= set(args.databases):
+        print("\n| side | PostgreSQL ÷ SQLite rounds/s | PostgreSQL ÷ SQLite p99 |")
+        print("|---|---:|---:|")
+        for side in ("before", "after"):
+            rate, p99 = (statistics.median(r[m] for r in results[("PostgreSQL", side)])
+                         / statistics.median(r[m] for r in results[("SQLite", side)])
+                         for m in ("rounds/s", "p99 ms"))
+            print(f"| {side} | {rate:.2f} | {p99:.2f} |")
 
 
 if __name__ == "__main__":
