@@ -27,9 +27,21 @@ INFERENCE_MAX_IMAGE_BYTES = 20 * 1024 * 1024  # mec_api.inference.image.ImageLim
 INFERENCE_BODY_SECONDS = 60.0  # a 20 MiB image over a slow edge uplink
 
 
+# The operator routes answer every wrong bearer at once (no lock-out to abuse): the token's
+# length is what makes guessing it hopeless. Generated tokens are 43 characters (256 bits).
+MIN_OPERATOR_TOKEN = 32
+
+
 def operator_token(settings: Settings) -> str:
-    """The configured token, else one generated once and kept (0600) in the data directory."""
+    """The configured token (at least :data:`MIN_OPERATOR_TOKEN` characters, else
+    ``settings.invalid``), else one generated once and kept (0600) in the data directory."""
     if settings.operator_token:
+        if len(settings.operator_token.strip()) < MIN_OPERATOR_TOKEN:
+            from umec.cli_errors import SettingsInvalid
+            raise SettingsInvalid(
+                f"UMEC_OPERATOR_TOKEN has {len(settings.operator_token.strip())} characters; "
+                f"at least {MIN_OPERATOR_TOKEN} are required (it can be guessed online)",
+                hint="unset it to have one generated, or use `openssl rand -base64 32`")
         return settings.operator_token
     path = settings.data_dir / "operator-token"
     with contextlib.suppress(FileExistsError):  # another process made it first: use that one

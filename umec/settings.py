@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     operator_token: str = Field(default="", description="Bearer token for the fleet view; "
-                                "generated into data_dir/operator-token when empty.")
+                                "generated into data_dir/operator-token when empty; at least "
+                                "32 characters when set (umec server refuses a shorter one).")
     metrics_token: str = Field(
         default="", description="Bearer token `GET /metrics` requires on every HTTP process "
         "(umec server, umec api, umec webhook); Prometheus sends it with "

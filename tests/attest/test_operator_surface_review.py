@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +15,10 @@ from hypothesis import strategies as st
 
 from attest.core.policy import POLICY_NAME_PATTERN, AppraisalPolicy, PolicyInvalid
 from tests.support.attack_env import Env
+from umec.app import build_server
+from umec.cli_errors import SettingsInvalid
+from umec.configs import MIN_OPERATOR_TOKEN
+from umec.settings import Settings
 
 SELECTION = "selection:\n  sha256: [0]\n"
 
@@ -62,3 +67,30 @@ def test_hostile_policy_names_are_refused_not_stored(env: Env) -> None:
 def test_policy_paths_outside_the_grammar_are_a_schema_refusal(env: Env, path: str) -> None:
     resp = env.client.get(f"/attest/v1/policies/{path}")
     assert resp.status_code == 422 and resp.json()["check"] == "request.schema"
+
+
+# --- finding 2: a short operator token could be guessed online ---------------------------------
+
+def test_wrong_bearers_are_answered_without_a_lockout(env: Env) -> None:
+    """The attack's premise: the operator routes answer every wrong guess at once (200 in a
+    row here), so nothing but the token's length stands between an attacker and them. A
+    lock-out would be worse: anyone could lock the operator out of the CLI."""
+    with env.anonymous() as attacker:
+        for i in range(200):
+            resp = attacker.get("/attest/v1/policies", headers={"Authorization": f"Bearer g{i}"})
+            assert resp.status_code == 401 and resp.json()["check"] == "operator.token"
+    assert env.client.get("/attest/v1/policies").status_code == 200
+
+
+@pytest.mark.parametrize("token", ["op", "hunter2", "x" * 31, "  " + "x" * 30 + "\n"])
+def test_a_short_configured_operator_token_is_refused_at_start(tmp_path: Path,
+                                                                token: str) -> None:
+    with pytest.raises(SettingsInvalid) as err:
+        build_server(Settings(data_dir=tmp_path, operator_token=token))
+    assert err.value.check == "settings.invalid" and "UMEC_OPERATOR_TOKEN" in str(err.value)
+    assert token.strip() not in str(err.value)
+
+
+def test_a_long_configured_operator_token_is_used(tmp_path: Path) -> None:
+    token = "x" * MIN_OPERATOR_TOKEN
+    assert build_server(Settings(data_dir=tmp_path, operator_token=token)).operator_token == token

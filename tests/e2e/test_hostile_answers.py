@@ -30,7 +30,7 @@ def _b64(data: bytes) -> str:
 
 @pytest.fixture
 def server_client(tmp_path: Path) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path, operator_token="op",
+    settings = Settings(data_dir=tmp_path, operator_token="op" * 16,
                         token_sa_jwks_file=tmp_path / "secret-dir" / "jwks.json")
     with TestClient(build_server(settings).app, raise_server_exceptions=False) as client:
         yield client

@@ -50,7 +50,7 @@ from umec.localserver import free_port
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 pytestmark = [pytest.mark.faults, pytest.mark.skipif(
     not LIBFAKETIME.exists(), reason="libfaketime not installed (apt-get install faketime)")]
-OPERATOR = "clock-test-operator"
+OPERATOR = "clock-test-operator-token-0123456789"
 INTERVAL, GRACE, SWEEP = 1.0, 1.0, 0.5
 STALE_LIMIT = INTERVAL + GRACE + SWEEP
 GRANTS = "grants: [{namespaces: [tenant-*], scopes: [sensor.read]}]\n"

@@ -14,7 +14,7 @@ import httpx
 
 from umec.localserver import free_port
 
-OPERATOR_TOKEN = "fault-test-operator"
+OPERATOR_TOKEN = "fault-test-operator-token-0123456789"
 
 
 class UmecServer:
