@@ -151,6 +151,10 @@ class WebhookDeps:
     # GET /metrics needs ``Authorization: Bearer <it>``; "": loopback clients only
     # (kernel.metrics_access).
     metrics_token: str = field(default="", repr=False)
+    # GET /readyz: whether the policies are loaded (a PolicyWatch: every resource listed once)
+    # and a probe of the database that raises when it does not answer (None: no database).
+    policies_loaded: Callable[[], bool] = lambda: True
+    database_ping: Callable[[], None] | None = None
 
     @property
     def deadline(self) -> float:

@@ -154,7 +154,9 @@ def webhook_deps(config: AdmissionConfig, bridges: AdmissionBridges,
                        pull_secrets=pull_secrets, records=records, denials=denials,
                        own_namespace=config.own_namespace,
                        timeout_seconds=config.timeout_seconds,
-                       metrics_token=config.metrics_token)
+                       metrics_token=config.metrics_token,
+                       policies_loaded=watch.loaded if watch is not None else lambda: True,
+                       database_ping=records.ping)
 
 
 def upkeep_tasks(config: AdmissionConfig, bridges: AdmissionBridges,

@@ -273,6 +273,11 @@ class PolicyWatch:
     def current(self) -> PolicySet:
         return self.state.current
 
+    def loaded(self) -> bool:
+        """Whether every resource was listed once (the webhook's ``/readyz``): until then the
+        set holds only the directory's documents."""
+        return all(event.is_set() for event in self.synced.values())
+
     # --- one resource -------------------------------------------------------------------------
 
     def _list(self, resource: PolicyResource) -> str:

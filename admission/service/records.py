@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -100,6 +100,12 @@ class SqlAdmissionRecords:
         self._queue: queue.SimpleQueue[_Pending] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self._writer_lock = threading.Lock()
+
+    def ping(self) -> None:
+        """One ``SELECT 1`` (the webhook's ``/readyz``); raises when the database does not
+        answer."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def record(self, *, namespace: str, name: str, uid: str, images: Sequence[AdmittedImage],
                verified: bool, policy_generation: str) -> None:

@@ -320,9 +320,16 @@ def test_without_rbac_nothing_is_admitted_by_default(kube: FakeKubeApi) -> None:
     try:
         time.sleep(0.3)
         assert not any(e.is_set() for e in w.synced.values())
+        assert not w.loaded()   # the webhook's /readyz answers 503 webhook.policies_loading
         assert w.current().policies == () and w.current().no_match == "deny"
     finally:
         w.stop()
+
+
+def test_loaded_once_every_resource_was_listed(watch: PolicyWatch) -> None:
+    assert watch.loaded()
+    next(iter(watch.synced.values())).clear()   # one resource not listed yet
+    assert not watch.loaded()
 
 
 def test_stop_does_not_wait_for_the_watch_timeout(kube: FakeKubeApi) -> None:

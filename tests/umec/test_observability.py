@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import ssl
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,17 +15,30 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from admission.service.webhook import WebhookDeps, denied_check
 from tests.support.jsonlog import json_lines
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode
+from tests.support.webhook import (
+    D1,
+    HANDSHAKE_REFUSED,
+    client_tls,
+    pod_spec,
+    review,
+    webhook_test_certs,
+    workload,
+)
 from umec.app import Server, build_server
 from umec.localserver import ServerThread
 from umec.settings import Settings
+from umec.webhook_process import build_webhook, tls_options
 
 GENERATED = re.compile(r"^[0-9a-f]{32}$")
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
 
 @dataclass
@@ -161,3 +175,97 @@ def test_the_fleet_is_read_from_the_database_whoever_changed_it(site: Site,
     found = _metrics(site)
     assert value(found, "umec_attest_nodes", state="trusted") == 1.0
     assert value(found, "umec_attest_evidence_age_seconds_count") == 1.0
+
+
+# --- umec webhook -------------------------------------------------------------------------------
+
+@dataclass
+class Hook:
+    url: str
+    tls: ssl.SSLContext
+    deps: WebhookDeps
+    database: Path
+
+
+@pytest.fixture
+def hook(tmp_path: Path) -> Iterator[Hook]:
+    """``umec webhook`` as it is built (SQLite in its data directory) and served (mTLS)."""
+    certs = webhook_test_certs(tmp_path / "certs")
+    settings = Settings(data_dir=tmp_path / "hook", webhook_tls_cert=certs.cert,
+                        webhook_tls_key=certs.key, webhook_client_ca=certs.client_ca_cert)
+    app, deps = build_webhook(settings)
+    apiserver = client_tls(certs, (certs.client_cert, certs.client_key))
+    apiserver.check_hostname = False
+    database = Path(settings.resolved_database_url().removeprefix("sqlite:///"))
+    with ServerThread(app, **tls_options(settings)) as http:
+        yield Hook(http.url, apiserver, deps, database)
+
+
+def test_webhook_readyz(hook: Hook) -> None:
+    r = httpx.get(f"{hook.url}/readyz", verify=hook.tls, headers={"X-Request-ID": "rz-1"})
+    assert r.status_code == 200 and r.json()["status"] == "ready", r.text
+    assert r.headers["x-request-id"] == "rz-1"
+    # Policies not loaded yet (a PolicyWatch before its first lists): 503, named.
+    loaded, hook.deps.policies_loaded = hook.deps.policies_loaded, lambda: False
+    r = httpx.get(f"{hook.url}/readyz", verify=hook.tls)
+    assert r.status_code == 503 and r.json()["check"] == "webhook.policies_loading"
+    assert r.headers["content-type"] == "application/problem+json"
+    hook.deps.policies_loaded = loaded
+    # The database gone (its file replaced by a directory SQLite cannot open).
+    assert hook.deps.records is not None
+    hook.deps.records.engine.dispose()   # type: ignore[attr-defined]
+    hook.database.rename(hook.database.with_suffix(".away"))
+    hook.database.mkdir()
+    with json_lines() as lines:
+        r = httpx.get(f"{hook.url}/readyz", verify=hook.tls, headers={"X-Request-ID": "rz-2"})
+    assert r.status_code == 503 and r.json()["check"] == "database.reachable", r.text
+    assert "OperationalError" in r.json()["detail"]
+    [refused] = lines.where(msg="request refused")
+    assert refused == {**refused, "route": "/readyz", "check": "database.reachable",
+                       "status": 503, "request_id": "rz-2", "peer": "127.0.0.1"}
+    hook.database.rmdir()
+    hook.database.with_suffix(".away").rename(hook.database)
+    assert httpx.get(f"{hook.url}/readyz", verify=hook.tls).status_code == 200
+
+
+def test_webhook_denials_are_logged_with_their_check(hook: Hook) -> None:
+    pod = workload("Pod", pod_spec([f"registry.example/tenant/app@{D1}"]), namespace="tenant")
+    with json_lines() as lines:
+        r = httpx.post(f"{hook.url}/validate", verify=hook.tls, timeout=20,
+                       json=review(pod, uid="deny-uid"), headers={"X-Request-ID": "adm-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "adm-1"
+    answer = r.json()["response"]
+    assert answer["allowed"] is False and "policy.no_match" in answer["status"]["message"]
+    [denied] = lines.where(msg="admission denied")
+    assert denied == {**denied, "level": "warning", "logger": "umec.admission",
+                      "route": "/validate", "check": "policy.no_match", "peer": "127.0.0.1",
+                      "uid": "deny-uid", "request_id": "adm-1"}
+    assert denied["reason"] == answer["status"]["message"]
+    [access] = lines.where(logger="umec.access", request_id="adm-1")
+    assert access["route"] == "/validate" and access["status"] == 200
+
+
+@pytest.mark.parametrize(("message", "check"), [
+    ("spec.containers[0]: image r.example/a@sha256:11: signature.untrusted: no key",
+     "signature.untrusted"),
+    ("spec.containers[0]: image r.example:5000/a:1: digest.required: pin it", "digest.required"),
+    ("record.failed: OperationalError", "record.failed"),
+    ("internal: TypeError (denied)", "admission.denied"),
+    ("", "admission.denied"),
+])
+def test_a_denials_check_is_the_first_one_its_message_names(message: str, check: str) -> None:
+    assert denied_check(message) == check
+
+
+def test_a_kubelet_probe_cannot_reach_readyz(hook: Hook) -> None:
+    """Why deploy/webhook.yaml keeps TCP probes: the kubelet's HTTPS probe skips verification
+    but presents no client certificate, and the handshake refuses it."""
+    kubelet = ssl.create_default_context()
+    kubelet.check_hostname, kubelet.verify_mode = False, ssl.CERT_NONE
+    with pytest.raises(HANDSHAKE_REFUSED):
+        httpx.get(f"{hook.url}/readyz", verify=kubelet)
+    probes = [c for d in yaml.safe_load_all((DEPLOY / "webhook.yaml").read_text())
+              if d and d["kind"] == "Deployment"
+              for c in d["spec"]["template"]["spec"]["containers"]]
+    assert probes and all(c["readinessProbe"] == {"tcpSocket": {"port": "https"}}
+                          for c in probes)
