@@ -11,6 +11,7 @@ from rich.console import Console
 
 from umec import cli_admission, cli_attest, cli_deploy, cli_policy
 from umec.cli_backend import backend, is_remote
+from umec.cli_config import config_app
 from umec.cli_errors import (
     CliError,
     FileUnusable,
@@ -41,6 +42,7 @@ app.command()(cli_admission.verify)
 app.add_typer(cli_admission.webhook_app, name="webhook")
 app.add_typer(cli_attest.keys_app, name="keys")
 app.add_typer(cli_deploy.deploy_app, name="deploy")
+app.add_typer(config_app, name="config")
 app.command()(cli_attest.attest)
 app.command("verify-attestation")(cli_attest.verify_attestation)
 app.command()(cli_attest.sbom)
