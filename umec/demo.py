@@ -7,6 +7,11 @@
 4. node-b's k3s binary is replaced; its agent measures it after a reboot of the TPM … here we
    simply extend the application PCR as a tampered boot would: the next quote shows it, the node
    goes untrusted, and the verdict names the failed check.
+5. The fleet table; 6. a local registry, CI signs, the webhook admits signed pods only;
+7. the sample tenant web app (umec_examples.classifier_app, its own process: umec.demo_app)
+   exchanges its pod's token, classifies the camera's picture, and its URL is printed;
+8. scoped tokens for the APIs, revoked within a second of node-a failing attestation; the
+   sample app then shows the token service's refusal by its check.
 
 The process log (server, webhook and the demo's own steps and checks, JSON lines at
 ``UMEC_LOG_LEVEL``) goes to a file in a temporary directory: deleted when the demo passes, kept
@@ -31,6 +36,8 @@ import httpx
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+from umec.demo_app import SampleApp, show_refusal
 
 APP_PCR = 14
 log = logging.getLogger("umec.demo")
@@ -165,7 +172,9 @@ def _story(console: Console, workdir: Path | None, evidence: Evidence,
         run.step("6. Signed images only: a local registry, CI signs, the webhook admits")
         if not _admission_story(console, stack, work, run.expect, plane.database_url):
             evidence.failed = True
+        app = _sample_app_step(run, plane)
         _token_step(run, tpms, agents, plane)
+        show_refusal(app, run.expect)
 
 
 def _manufacture_tpms(run: DemoRun) -> tuple[dict[str, Any], Path]:
@@ -259,7 +268,7 @@ def _token_step(run: DemoRun, tpms: dict[str, Any], agents: dict[str, Any],
                 plane: ControlPlane) -> None:
     from attest.tpm.device import Tpm
     from umec.demo_tokens import Pod, token_story
-    run.step("7. Tokens for attested, signed apps: sensors, camera, inference; then revoked")
+    run.step("8. Tokens for attested, signed apps: sensors, camera, inference; then revoked")
     run.expect(agents["node-a"].attest_once()["state"] == "trusted", "node-a attests again")
 
     def tamper_node_a() -> dict[str, Any]:
@@ -273,6 +282,17 @@ def _token_step(run: DemoRun, tpms: dict[str, Any], agents: dict[str, Any],
                             "node-a"),
                 unsigned=Pod("tenant-a", "app", "pod-unsigned", "pod-unsigned", "node-a"),
                 expect=run.expect, tamper_app_node=tamper_node_a)
+
+
+def _sample_app_step(run: DemoRun, plane: ControlPlane) -> SampleApp:
+    from umec.demo_app import POD, show_classification, start_sample_app
+    run.step("7. The sample tenant web app: a picture from the site camera, classified")
+    namespace, account, pod, node = POD
+    app = start_sample_app(run.stack, run.work, run.evidence.directory, plane.url,
+                           plane.cluster.pod_token(namespace, account, pod, pod, node),
+                           "demo-cam")
+    show_classification(app, run.expect, run.console.print)
+    return app
 
 
 def _admission_story(console: Console, stack: contextlib.ExitStack, work: Path,
@@ -395,6 +415,8 @@ def _review_pods(web: httpx.Client, expect: Any, console: Console, images: DemoI
               if admitted else "NOT RECORDED"))
     gateway = _review(web, "/validate", pinned, "ruuvi-gw-1", namespace="umec-gateways")
     expect(gateway["allowed"] is True, "the Ruuvi gateway pod (same signed image) admitted")
+    sample = _review(web, "/validate", pinned, "classifier-app-1")
+    expect(sample["allowed"] is True, "the sample app's pod (same signed image) admitted")
     host = images.unsigned_ref.split("/", 1)[0]
     unsigned = f"{host}/demo/unsigned@{images.digests[images.unsigned_ref]}"
     denied = _review(web, "/validate", unsigned, "pod-unsigned")

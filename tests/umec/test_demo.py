@@ -33,7 +33,9 @@ def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:
     for line in ("node-a: trusted", "node-b: untrusted", "policy.pcr_value",
                  "signed pod admitted", "unsigned pod denied", "sensor: 24.3 °C",
                  "espresso", "gets no token: admission.pod", "node node-a is no longer trusted",
-                 "demo passed"):
+                 "the sample app's pod (same signed image) admitted",
+                 "classified the camera's picture: espresso", "sample app: http://127.0.0.1:",
+                 "the sample app now shows 503 app.token_exchange", "demo passed"):
         assert line in result.stdout, line
     assert "UNEXPECTED" not in result.stdout
     assert ours() <= before  # every swtpm and registry the demo started is gone
