@@ -32,8 +32,9 @@ from tests.support.webhook import (
     webhook_test_certs,
     workload,
 )
+from umec.api_process import build_api_process
 from umec.app import Server, build_server
-from umec.localserver import ServerThread
+from umec.localserver import ServerThread, free_port
 from umec.settings import Settings
 from umec.webhook_process import build_webhook, tls_options
 
@@ -269,3 +270,18 @@ def test_a_kubelet_probe_cannot_reach_readyz(hook: Hook) -> None:
               for c in d["spec"]["template"]["spec"]["containers"]]
     assert probes and all(c["readinessProbe"] == {"tcpSocket": {"port": "https"}}
                           for c in probes)
+
+
+def test_umec_api_answers_carry_request_ids(tmp_path: Path) -> None:
+    app = build_api_process(Settings(data_dir=tmp_path / "api", token_service_url=(
+        f"http://127.0.0.1:{free_port()}")), ["sensor"])
+    with ServerThread(app) as http, json_lines() as lines:
+        r = httpx.get(f"{http.url}/healthz", headers={"X-Request-ID": "api-1"})
+        refused = httpx.get(f"{http.url}/sensor/v1/tags", headers={"X-Request-ID": "api-2"})
+        lines.wait_for(2, logger="umec.access")
+    assert r.headers["x-request-id"] == "api-1"
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "api-2"
+    [line] = lines.where(msg="request refused")
+    assert line == {**line, "request_id": "api-2", "status": 401, "peer": "127.0.0.1",
+                    "check": refused.json()["check"]}
+    assert lines.where(logger="umec.access", request_id="api-1", route="/healthz")
