@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the umec-trust and umec-agent OCI images (linux/amd64 + linux/arm64, one image index
-# each) without a Docker engine: Debian packages of the target architecture, PyPI wheels for
+# Build the umec-trust and umec-agent OCI images, and the sample app's umec-classifier-app
+# (linux/amd64 + linux/arm64, one image index each) without a Docker engine: Debian packages
+# of the target architecture, PyPI wheels for
 # the target platform, reproducible layers. Inputs are pinned in scripts/images.lock.json.
 #   scripts/build-images.sh OUT_DIR [--update-lock] [--commit REV] [--images ...] [--arch ...]
 # Needs (installed here if missing): gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, pkg-config,

@@ -1,8 +1,9 @@
 """Build the µMEC Trust images: ``python -m scripts.imagebuild.build --out DIR``.
 
-For each image (``umec-trust``: server, webhook and APIs; ``umec-agent``: the TPM agent only)
-and architecture: Debian packages of that architecture (private apt root, extracted by
-``confine.extract_deb``, which keeps every path inside the rootfs),
+For each image (``umec-trust``: server, webhook and APIs; ``umec-agent``: the TPM agent only;
+``umec-classifier-app``: the sample tenant app) and architecture: Debian packages of that
+architecture (private apt root, extracted by ``confine.extract_deb``, which keeps every path
+inside the rootfs),
 wheels for that platform, the project's wheel built from a git commit (``git archive``), three
 reproducible layers (Debian, third-party Python, µMEC Trust), one OCI image index per image.
 Inputs are pinned in a lock (``--lock``), written only on ``--update-lock`` and otherwise
@@ -65,6 +66,7 @@ class ImageSpec:
     description: str
     tpm2: bool = False
     policies: bool = False
+    entrypoint: tuple[str, ...] = ("/usr/local/bin/umec",)
 
 
 IMAGES = {
@@ -75,6 +77,12 @@ IMAGES = {
                             policies=True),
     "umec-agent": ImageSpec("umec-agent", (*COMMON_DEBS, *tpm2.RUNTIME_DEBS), "agent",
                             "µMEC Trust node agent: TPM attestation only", tpm2=True),
+    # The sample tenant app (issue 14): Python, fastapi, uvicorn and httpx; the package's code
+    # comes along (one wheel) but none of the platform's dependencies.
+    "umec-classifier-app": ImageSpec(
+        "umec-classifier-app", COMMON_DEBS, "classifier-app",
+        "µMEC sample tenant app: the site-camera classifier page",
+        entrypoint=(pywheels.TARGET_PYTHON, "-m", "umec_examples.classifier_app")),
 }
 
 
@@ -299,7 +307,7 @@ def run_config(spec: ImageSpec, inputs: Inputs) -> RunConfig:
               "org.opencontainers.image.base.name": "debian:bookworm (packages, no base image)"}
     env = ("PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHONUNBUFFERED=1",
            "PYTHONDONTWRITEBYTECODE=1", f"UMEC_DATA_DIR=/{DATA_DIR}", "HOME=/home/umec")
-    return RunConfig(entrypoint=("/usr/local/bin/umec",), user=f"{UID}:{UID}", env=env,
+    return RunConfig(entrypoint=spec.entrypoint, user=f"{UID}:{UID}", env=env,
                      workdir=f"/{DATA_DIR}", labels=labels)
 
 

@@ -1,12 +1,14 @@
 """Check built images: ``python -m scripts.imagebuild.check --out DIR [--run] [--push]``.
 
-* static (every architecture): the config's platform, user 10001 and entrypoint ``umec``;
+* static (every architecture): the config's platform, user 10001 and entrypoint (``umec``; the
+  sample app's ``python3.11 -m umec_examples.classifier_app``);
   every ELF file in every layer is code for the image's architecture (e_machine), and every
   installed wheel's ``WHEEL`` tags fit it.
 * ``--run`` (amd64, as root): ``umoci unpack`` the image and run its entrypoint in a chroot
   inside new mount and PID namespaces (``unshare``) as user 10001: ``umec --help``; for
   umec-trust ``umec server`` answers ``/healthz`` with SQLite in a fresh data dir; the native
-  modules import (cv2, onnxruntime, psycopg, …; tpm2_pytss in the agent).
+  modules import (cv2, onnxruntime, psycopg, …; tpm2_pytss in the agent). The sample app's
+  image: its modules import, the platform's heavy ones are absent, it answers ``/healthz``.
 * ``--compare OTHER``: the same image indexes (digests) as another build's output.
 * ``--push``: a local docker-registry, ``skopeo copy --all`` of each index, ``umec sign
   --recursive`` and ``umec verify`` of the index and of each platform's manifest.
@@ -39,9 +41,13 @@ from scripts.imagebuild.wheeltags import parse_wheel_file, tag_problems
 IMPORTS = {"umec-trust": "import cv2, numpy, onnxruntime, psycopg, sqlalchemy, sigstore, "
                          "kubernetes, regopy, nacl, fastapi, uvicorn, umec.app",
            "umec-agent": "import tpm2_pytss, cryptography, httpx; from tpm2_pytss import ESAPI; "
-                         "import umec.agent_process, attest.agent"}
+                         "import umec.agent_process, attest.agent",
+           "umec-classifier-app": "import fastapi, uvicorn, httpx, "
+                                  "umec_examples.classifier_app.web"}
 ABSENT_FROM_AGENT = ("onnxruntime", "cv2", "sigstore", "fastapi", "sqlalchemy", "kubernetes",
                      "numpy", "uvicorn")
+ABSENT_FROM_APP = ("onnxruntime", "cv2", "sigstore", "sqlalchemy", "kubernetes", "numpy",
+                   "tpm2_pytss", "cryptography", "typer")
 
 
 @dataclass
@@ -86,15 +92,16 @@ def layer_members(layout: Path, digest: str) -> Iterator[tuple[tarfile.TarInfo, 
             yield member, head
 
 
-def check_config(config: dict[str, Any], arch: str) -> None:
+def check_config(config: dict[str, Any], arch: str,
+                 entrypoint: tuple[str, ...] = ("/usr/local/bin/umec",)) -> None:
     platform = PLATFORMS[arch]
     if config.get("architecture") != platform["architecture"] or config.get("os") != "linux":
         raise WrongArchitecture(f"config is {config.get('os')}/{config.get('architecture')}, "
                                 f"expected linux/{platform['architecture']}")
     run = config["config"]
-    if run.get("User") != "10001:10001" or run.get("Entrypoint") != ["/usr/local/bin/umec"]:
+    if run.get("User") != "10001:10001" or run.get("Entrypoint") != list(entrypoint):
         raise StepFailed(f"config runs {run.get('Entrypoint')} as {run.get('User')}; expected "
-                         "/usr/local/bin/umec as 10001:10001")
+                         f"{' '.join(entrypoint)} as 10001:10001")
 
 
 def _member_problems(member: tarfile.TarInfo, body: bytes, arch: str, report: StaticReport,
@@ -118,7 +125,10 @@ def static_check(layout: Path, version: str, arch: str) -> StaticReport:
     """Every ELF file is ``arch`` code whose DT_NEEDED libraries are in the image, and every
     wheel's tags fit ``arch`` (else raise WrongArchitecture)."""
     manifest = read_json(layout, find(layout, f"{version}-{arch}")["digest"])
-    check_config(read_json(layout, manifest["config"]["digest"]), arch)
+    from scripts.imagebuild.build import IMAGES
+    spec = IMAGES.get(layout.name)
+    check_config(read_json(layout, manifest["config"]["digest"]), arch,
+                 spec.entrypoint if spec else ("/usr/local/bin/umec",))
     report, problems = StaticReport(arch), []
     names: set[str] = set()
     needed: dict[str, str] = {}  # soname -> first file that needs it
@@ -203,26 +213,63 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def absent_modules(rootfs: Path, env: dict[str, str], modules: tuple[str, ...],
+                   what: str) -> list[str]:
+    absent = run_in(rootfs, env, ["/usr/bin/python3.11", "-c",
+                                  "import importlib.util as u; print([m for m in "
+                                  f"{list(modules)} if u.find_spec(m)])"])
+    if absent.strip() != "[]":
+        raise StepFailed(f"the {what} image has modules it must not: {absent.strip()}")
+    return list(modules)
+
+
+def serve_app_healthz(rootfs: Path, env: dict[str, str], port: int) -> dict[str, Any]:
+    """The sample app in the image answers /healthz (no platform needed for that)."""
+    env = {**env, "UMEC_TOKEN_ENDPOINT": "https://umec.invalid/oauth2/token",
+           "UMEC_API_URL": "https://umec.invalid", "APP_LISTEN_HOST": "127.0.0.1",
+           "APP_LISTEN_PORT": str(port)}
+    started = time.monotonic()
+    proc = subprocess.Popen(in_image(rootfs, ["/usr/bin/python3.11", "-m",
+                                              "umec_examples.classifier_app"]),
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        while time.monotonic() - started < 60:
+            if proc.poll() is not None:
+                raise StepFailed(f"the sample app exited {proc.returncode}: "
+                                 f"{proc.stderr.read().decode()[-800:] if proc.stderr else ''}")
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.5)
+                continue
+            return {"status": answer.status_code, "body": answer.json(),
+                    "seconds": round(time.monotonic() - started, 1)}
+        raise StepFailed("the sample app in the image did not answer /healthz within 60 s")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
 def run_check(layout: Path, version: str) -> dict[str, Any]:
     """Unpack the amd64 image and run its entrypoint (see the module doc)."""
     with tempfile.TemporaryDirectory(prefix="umec-image-") as tmp:
         rootfs = unpack(layout, version, "amd64", Path(tmp) / "bundle")
         env = image_env(layout, version, "amd64")
         result: dict[str, Any] = {}
+        run_in(rootfs, env, ["/usr/bin/python3.11", "-c", IMPORTS[layout.name]])
+        result["imports"] = IMPORTS[layout.name]
+        if layout.name == "umec-classifier-app":
+            result["absent"] = absent_modules(rootfs, env, ABSENT_FROM_APP, "sample app")
+            result["healthz"] = serve_app_healthz(rootfs, env, free_port())
+            return result
         out = run_in(rootfs, env, ["/usr/local/bin/umec", "--help"])
         if "server" not in out or "agent" not in out:
             raise StepFailed(f"umec --help in the image does not list its commands: {out[:300]}")
         result["help"] = "ok"
-        run_in(rootfs, env, ["/usr/bin/python3.11", "-c", IMPORTS[layout.name]])
-        result["imports"] = IMPORTS[layout.name]
         if layout.name == "umec-agent":
             run_in(rootfs, env, ["/usr/local/bin/umec", "agent", "--help"])
-            absent = run_in(rootfs, env, ["/usr/bin/python3.11", "-c",
-                                          "import importlib.util as u; print([m for m in "
-                                          f"{list(ABSENT_FROM_AGENT)} if u.find_spec(m)])"])
-            if absent.strip() != "[]":
-                raise StepFailed(f"the agent image has server modules: {absent.strip()}")
-            result["absent"] = list(ABSENT_FROM_AGENT)
+            result["absent"] = absent_modules(rootfs, env, ABSENT_FROM_AGENT, "agent")
         else:
             result["healthz"] = serve_healthz(rootfs, env, free_port())
         return result

@@ -47,7 +47,8 @@ def test_pod_is_restricted_with_the_umec_token_only() -> None:
     assert env["UMEC_SUBJECT_TOKEN_FILE"] == f"{mount['mountPath']}/{path}"
     endpoint = env["UMEC_TOKEN_ENDPOINT"]
     assert endpoint.startswith("https://") and endpoint.endswith("/oauth2/token")
-    assert app["command"][-2:] == ["-m", "umec_examples.classifier_app"]
+    assert "command" not in app and "args" not in app  # the image's entrypoint runs the app
+    assert app["image"].rsplit("/", 1)[1].split(":")[0] == "umec-classifier-app"
     assert "@sha256:" not in app["image"]  # a tag; the webhook pins the signed digest
 
 
