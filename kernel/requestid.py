@@ -24,8 +24,10 @@ import logging
 import time
 import uuid
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+if TYPE_CHECKING:  # types only: umec.logs imports this module in the slim agent (no starlette)
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["HEADER", "MAX_REQUEST_ID", "REQUEST_ID", "RequestIds", "current_request_id",
            "new_request_id", "request_id_of", "sane_request_id"]
