@@ -48,10 +48,27 @@ def _run_lines() -> list[str]:
     gl = yaml.safe_load((CI / "gitlab-ci.yml").read_text())
     lines += [line for job in gl.values() if isinstance(job, dict)
               for line in job.get("script", [])]
-    readme = (CI / "README.md").read_text()  # its shell blocks (``` without a language)
-    lines += [line for block in re.findall(r"^```\n(.*?)^```", readme, re.S | re.M)
-              for line in block.splitlines()]
-    return [line.strip() for line in lines if line.strip()]
+    lines += _shell_blocks((CI / "README.md").read_text())
+    joined: list[str] = []  # a line ending in a backslash continues on the next
+    for line in (raw.strip() for raw in lines):
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1] + " " + line
+        else:
+            joined.append(line)
+    return [line for line in joined if line]
+
+
+def _shell_blocks(markdown: str) -> list[str]:
+    """The lines of the fenced blocks without a language (the README's shell commands); a
+    fence with a language (```yaml) opens a block that is skipped to its closing fence."""
+    lines: list[str] = []
+    fence: str | None = None  # the open block's language, "" for a shell block
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fence = line[3:].strip() if fence is None else None
+        elif fence == "":
+            lines.append(line)
+    return lines
 
 
 def check_umec_argv(argv: list[str]) -> None:
