@@ -6,12 +6,14 @@ applied at start by every process that opens the database, so an upgrade is "ins
 
 from __future__ import annotations
 
+import select
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InvalidatePoolError, SQLAlchemyError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Alembic's environment is module-global: migrations in one process must not overlap. Separate
@@ -41,6 +43,53 @@ POSTGRES_CONNECT_ARGS = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle
                          "tcp_user_timeout": 10_000}
 
 
+# A pooled PostgreSQL connection is pinged (one round trip) on checkout only when it may be dead
+# (docs/decisions.md, "Issue 15, second step"): its socket has something to read (an idle
+# connection's server has nothing to say, so it is the server's FATAL goodbye on a restart or
+# shutdown, an EOF, an RST, or an error the kernel's keepalives found), psycopg already knows it
+# broken, or it sat idle longer than this. A connection in use every few milliseconds under load
+# costs a poll(2), not a round trip; SQLAlchemy's pool_pre_ping cost one round trip per checkout.
+PING_AFTER_IDLE_SECONDS = 10.0
+_LAST_USED = "umec.last_used"
+
+
+def _may_be_dead(dbapi_connection: Any) -> bool:
+    if dbapi_connection.closed or dbapi_connection.broken:
+        return True
+    poller = select.poll()  # POLLERR and POLLHUP are reported whatever is asked
+    poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+    return bool(poller.poll(0))
+
+
+def watch_liveness(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS) -> None:
+    """Ping a checked-out connection only when it may be dead; a dead one invalidates the pool.
+
+    A failed ping that is a disconnect raises ``InvalidatePoolError``: the pool drops every
+    connection older than now (a restart killed them all) and checks out a new one, so the
+    request does not fail. Any other error of the ping propagates (typed by the caller)."""
+    dialect = engine.dialect
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            record.info[_LAST_USED] = time.monotonic()
+
+    def checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        last = record.info.get(_LAST_USED)
+        if last is None:  # new since its last checkout: just connected, nothing to check
+            return
+        if time.monotonic() - last <= idle_seconds and not _may_be_dead(dbapi_connection):
+            return
+        try:
+            dialect.do_ping(dbapi_connection)  # looked up per call: benches count it
+        except dialect.loaded_dbapi.Error as err:
+            if dialect.is_disconnect(err, dbapi_connection, None):
+                raise InvalidatePoolError(f"pooled connection found dead: {err}") from err
+            raise
+
+    event.listen(engine, "checkin", checkin)
+    event.listen(engine, "checkout", checkout)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -51,8 +100,10 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20,
-                         connect_args=POSTGRES_CONNECT_ARGS)
+    engine = create_engine(url, pool_size=10, max_overflow=20,
+                           connect_args=POSTGRES_CONNECT_ARGS)
+    watch_liveness(engine)
+    return engine
 
 
 if TYPE_CHECKING:
