@@ -19,6 +19,7 @@ from kernel.errors import CheckedError
 from kernel.problems import checked_response
 from kernel.ratelimit import RateLimiter
 from umec.ui import data, render
+from umec.ui.policy_routes import router as policy_router
 from umec.ui.routes import log_refusal, router
 from umec.ui.session import NotLoggedIn, UiNotFound, UiRefused
 
@@ -61,6 +62,7 @@ def build_ui(sources: data.UiSources) -> FastAPI:
     ui.state.sources = sources
     ui.state.login_limits = RateLimiter(rate=1.0, burst=20.0)
     ui.include_router(router)
+    ui.include_router(policy_router)
     ui.add_exception_handler(CheckedError, _on_checked)
     ui.add_exception_handler(StarletteHTTPException, _on_http)
     ui.add_exception_handler(Exception, _on_unexpected)

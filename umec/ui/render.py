@@ -16,7 +16,8 @@ from kernel.errors import CheckedError
 # The dashboard's pages, in the order of the navigation bar (admission, tokens and sensors
 # slot in here as they are built).
 PAGES: tuple[tuple[str, str], ...] = (("/ui/", "Fleet"), ("/ui/admission", "Admission"),
-                                      ("/ui/tokens", "Tokens"), ("/ui/sensors", "Sensors"))
+                                      ("/ui/tokens", "Tokens"), ("/ui/sensors", "Sensors"),
+                                      ("/ui/policies", "Policies"))
 STATES = frozenset({"trusted", "untrusted", "stale", "enrolled", "removed"})
 
 
