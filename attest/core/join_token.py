@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -104,6 +105,30 @@ def rfc3339(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_RFC3339 = re.compile(r"(?P<at>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d{1,9})?"
+                      r"(?P<tz>Z|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+def object_created_at(raw: bytes) -> datetime | None:
+    """``metadata.creationTimestamp`` of a Kubernetes object's JSON (the apiserver's clock, RFC
+    3339, whole seconds; a fraction is dropped), timezone-aware; None if the body is not such
+    an object or the stamp is not RFC 3339."""
+    try:
+        obj = json.loads(raw) if len(raw) < 4 << 20 else None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    stamp = meta.get("creationTimestamp") if isinstance(meta, dict) else None
+    match = _RFC3339.fullmatch(stamp) if isinstance(stamp, str) else None
+    if match is None:
+        return None
+    tz = "+00:00" if match["tz"] == "Z" else match["tz"]
+    try:
+        return datetime.fromisoformat(match["at"] + tz)
+    except ValueError:  # e.g. month 13, offset +25:00
+        return None
+
+
 def bootstrap_secret(token: BootstrapToken, node: str, labels: dict[str, str],
                      annotations: dict[str, str]) -> dict[str, object]:
     """The Secret k3s and kube-apiserver's bootstrap authenticator read (``data``, base64, as
@@ -169,5 +194,6 @@ def open_token(secret: bytes, node: str, sealed: bytes) -> str:
 
 __all__ = ["K3S_NODE_GROUP", "NAMESPACE", "SECRET_BYTES", "SECRET_TYPE", "BootstrapToken",
            "JoinSealBroken", "JoinTokenMalformed", "bootstrap_secret", "ca_hash",
-           "k3s_secure_token", "new_bootstrap_token", "open_token", "parse_k3s_token",
+           "k3s_secure_token", "new_bootstrap_token", "object_created_at", "open_token",
+           "parse_k3s_token",
            "rfc3339", "seal_token", "verdict_token_id"]

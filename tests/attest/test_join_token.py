@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import stat
 import string
 from datetime import UTC, datetime
@@ -26,8 +27,10 @@ from attest.core.join_token import (
     ca_hash,
     k3s_secure_token,
     new_bootstrap_token,
+    object_created_at,
     open_token,
     parse_k3s_token,
+    rfc3339,
     seal_token,
     verdict_token_id,
 )
@@ -66,6 +69,40 @@ def test_k3s_token_parser_never_crashes(text: str) -> None:
     except JoinTokenMalformed:
         return
     assert text == f"K10{ca}::{token_id}.{secret}"
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=40),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=20), inner, max_size=4), max_leaves=12)
+_STAMPS = (st.from_regex(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"
+                         r"(Z|[+-][0-9]{2}:[0-9]{2})", fullmatch=True)  # shaped, maybe no date
+           | st.text(alphabet="0123456789-:TZ.+", max_size=32) | st.text(max_size=32))
+
+
+@settings(max_examples=400)
+@given(st.binary(max_size=300) | st.builds(
+    lambda meta: json.dumps(meta).encode(),
+    st.fixed_dictionaries({"metadata": st.fixed_dictionaries(
+        {"creationTimestamp": _STAMPS | _JSON})}) | _JSON))
+def test_creation_timestamp_parser_never_crashes(raw: bytes) -> None:
+    """Anything the apiserver (or a proxy in front of it) answers gives a timezone-aware time or
+    None, never an exception."""
+    created = object_created_at(raw)
+    assert created is None or created.utcoffset() is not None
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), max_value=datetime(9999, 12, 31),
+                    timezones=st.just(UTC)),
+       st.sampled_from(["", ".5", ".123456789"]))
+def test_creation_timestamp_round_trips_in_whole_seconds(at: datetime, fraction: str) -> None:
+    stamp = rfc3339(at)
+    raw = json.dumps({"kind": "Node", "metadata": {
+        "creationTimestamp": stamp[:-1] + fraction + "Z"}}).encode()
+    assert object_created_at(raw) == at.replace(microsecond=0)
+    assert object_created_at(json.dumps({"metadata": {"creationTimestamp": stamp[:-1]}})
+                             .encode()) is None  # no zone: refused, never taken as local time
+    assert object_created_at(b'{"metadata": {"creationTimestamp": "2026-12-07T14:00:00+02:00"}}'
+                             ) == datetime(2026, 12, 7, 12, tzinfo=UTC)
 
 
 @given(st.text(alphabet=string.ascii_lowercase + string.digits, min_size=6, max_size=6),
