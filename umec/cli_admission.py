@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from umec.cli_attest import Output, print_document
 from umec.cli_errors import (
@@ -34,6 +33,7 @@ from umec.cli_keyless import (
     is_keyless,
     keyless_authority,
 )
+from umec.cli_output import print_rows
 
 if TYPE_CHECKING:
     from admission.core.errors import AdmissionError
@@ -157,16 +157,21 @@ def _print_verdict(pinned: str, signers: list[VerifiedSignature],
                                            for f in failures]}
         print_document(doc, output)
         return
-    table = Table("digest", "key", "format")
-    for s in signers:
-        table.add_row(s.digest, _signer_label(s), s.kind)
     console.print(f"image {pinned}", markup=False, soft_wrap=True)
-    console.print(table)
+    print_rows([{"digest": s.digest, "key": _signer_label(s), "format": s.kind}
+                for s in signers], ("digest", "key", "format"), console=console)
     if not met:
-        console.print(f"[red]policy not met[/red]: {len({s.key_id for s in signers})} "
-                      f"signer(s) verified")
-        for f in failures:
-            console.print(f"  ✗ {f.check}: {f.detail}", markup=False)
+        console.print(f"policy not met: {len({s.key_id for s in signers})} signer(s) verified",
+                      markup=False, soft_wrap=True)
+        for line in failure_lines(failures):
+            console.print(line, markup=False, soft_wrap=True, highlight=False)
+
+
+def failure_lines(failures: list[AdmissionError]) -> list[str]:
+    """One line per failed signature: its check and detail (which names the signature's layer
+    or bundle digest and the keys it was checked against), never wrapped; newlines in a
+    detail are folded so that a line is one failure."""
+    return ["  ✗ " + " ".join(f"{f.check}: {f.detail}".split()) for f in failures]
 
 
 def _keyless_refusal(pinned: str, authority: KeylessAuthority,
@@ -228,7 +233,9 @@ def verify(image: Annotated[str, typer.Argument(help="IMAGE[:TAG|@DIGEST]")],
     if not met and authority is not None:
         raise _keyless_refusal(pinned, authority, failures)
     if not met:
-        raise CliError(f"{pinned}: {len(signed)} of {threshold} required keys signed it",
+        unsigned = ", ".join(k for k in keys if k not in signed) or "-"
+        raise CliError(f"{pinned}: {len(signed)} of {threshold} required keys signed it; "
+                       f"no valid signature by {unsigned}",
                        check="signature.threshold",
                        hint="sign the image with the missing keys (`umec sign`), or check that "
                             "--key names the signers' public keys")

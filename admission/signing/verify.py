@@ -133,6 +133,14 @@ def _bundle_keyless(raw: bytes, manifest: bytes, digest: str,
     raise failure
 
 
+def _named(exc: AdmissionError, bundle_digest: str) -> AdmissionError:
+    """``exc`` naming the bundle (its referrer manifest's digest) it is about, so that a
+    failure line says which signature failed."""
+    if bundle_digest in exc.detail:
+        return exc
+    return type(exc)(f"bundle {bundle_digest}: {exc.detail}")
+
+
 async def _bundles(client: RegistryClient, ref: ImageReference, digest: str,
                    keys: Mapping[str, PublicKey], keyless: Sequence[KeylessAuthority]
                    ) -> tuple[bool, list[VerifiedSignature], list[AdmissionError]]:
@@ -153,11 +161,11 @@ async def _bundles(client: RegistryClient, ref: ImageReference, digest: str,
         except AdmissionError as exc:
             if isinstance(exc, RegistryError):
                 raise
-            errors.append(exc)
+            errors.append(_named(exc, descriptor.digest))
             continue
         ok, bad = verify_bundle_with_keys(bundle, keys, image_digest=digest, manifest=manifest)
         results += ok
-        errors += bad
+        errors += [_named(e, descriptor.digest) for e in bad]
     return True, results, errors
 
 
