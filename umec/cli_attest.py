@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from umec.cli_errors import CliError, FileUnusable, KeyInvalid, UsageError, load_settings
 from umec.cli_keyless import (
@@ -262,11 +261,11 @@ def _print_verified(pinned: str, rows: list[dict[str, Any]], output: Output) -> 
     if output is not Output.table:
         print_document({"image": pinned, "attestations": rows}, output)
         return
-    table = Table("predicate type", "key", "facts")
-    for row in rows:
-        table.add_row(row["predicateType"], ", ".join(row["keys"]), _summary(row["facts"]))
+    from umec.cli_output import print_rows  # it imports this module
     console.print(f"image {pinned}", markup=False, soft_wrap=True)
-    console.print(table)
+    print_rows([{"predicate type": row["predicateType"], "key": ", ".join(row["keys"]),
+                 "facts": _summary(row["facts"])} for row in rows],
+               ("predicate type", "key", "facts"), console=console)
 
 
 def verify_attestation(

@@ -214,13 +214,26 @@ def _is_help(exc: typer.TyperException) -> bool:
     return type(exc).__name__ == "NoArgsIsHelpError"
 
 
+def plain_help(command: Any) -> None:
+    """``--help`` of ``command`` and every subcommand as click's plain text, not rich's panels:
+    for output that is not a terminal (a pipe, a file), where box-drawing characters are noise
+    to ``grep`` and ``less`` (typer draws rich panels whatever stdout is). typer renders plain
+    help when a command's ``rich_markup_mode`` is None."""
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        plain_help(sub)
+
+
 class UmecGroup(TyperGroup):
     """The ``umec`` click group: every error of every subcommand ends as one stderr line."""
 
     def invoke(self, ctx: Any) -> Any:  # typer's (vendored) click Context
         try:
             return super().invoke(ctx)
-        except (typer.Exit, typer.Abort, typer.TyperException):
+        # BrokenPipeError: the reader left (`umec ... | head`); typer's click ends quietly
+        # (exit 1), where mapping it would print "service.unreachable".
+        except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
             raise
         except Exception as exc:  # the one place every command's failure is mapped
             error = as_cli_error(exc)
@@ -230,6 +243,8 @@ class UmecGroup(TyperGroup):
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True,
              windows_expand_args: bool = True, **extra: Any) -> Any:
+        if not sys.stdout.isatty():
+            plain_help(self)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, False, windows_expand_args,
                                 **extra)
