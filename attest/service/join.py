@@ -25,7 +25,8 @@ lists or reads Secrets (RBAC cannot narrow a ``list`` to a label, and a list of 
 returns k3s's own credentials). A refused node gets a typed problem naming the state and the
 failed checks of its verdict. When a node leaves ``trusted`` (untrusted, stale, removed),
 :class:`JoinRevocationSink` deletes its outstanding Secrets; the lease holder's sweep deletes
-used ones (the node's Node exists) and expired ones.
+used ones (the node's Node was created after the token was issued, within
+:data:`JOIN_CLOCK_SKEW`) and expired ones.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import logging
 import os
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -55,6 +56,7 @@ from attest.core.join_token import (
     ca_hash,
     k3s_secure_token,
     new_bootstrap_token,
+    object_created_at,
     rfc3339,
     seal_token,
     verdict_token_id,
@@ -70,6 +72,12 @@ from kernel.periodic import PeriodicTask
 log = logging.getLogger("umec.attest.join")
 
 NODE_LABEL = "umec.io/join-node"
+# How far the apiserver's clock (a Node's creationTimestamp, whole seconds) may run behind
+# umec's (a token's issued_at) for a Node created after the token to still count as joined
+# with it: 1 s of truncation plus clock skew. A Node created up to this long before a token
+# also makes it count as used (deleted at the next sweep), the safe side.
+JOIN_CLOCK_SKEW = timedelta(seconds=30)
+_ALWAYS_USED = datetime.max.replace(tzinfo=UTC)
 VERDICT_ANNOTATION = "umec.io/join-verdict"
 
 
@@ -115,7 +123,7 @@ class JoinBridge:
     api: Any
     ca_pem: bytes
     ttl_seconds: float = 600.0
-    sweep_seconds: float = 10.0  # how often used tokens (their Node exists) are deleted
+    sweep_seconds: float = 10.0  # how often used tokens (their Node is newer) are deleted
 
 
 @dataclass(frozen=True)
@@ -273,9 +281,10 @@ class JoinService:
 
     def sweep_used(self) -> list[str]:
         """The lease holder's round over umec's own rows (never a list of Secrets): a node
-        whose Node object exists has joined, so its live tokens are revoked and deleted (a used
-        token left in place could join another machine); deletions that failed are retried;
-        rows past ``expires_at`` go, with their Secret if it is still there."""
+        whose Node object was created after its token was issued has joined with it, so the
+        token is revoked and deleted (a used token left in place could join another machine);
+        deletions that failed are retried; rows past ``expires_at`` go, with their Secret if it
+        is still there."""
         now = self.ctx.now()
         deleted = self._sweep_joined(now) + self._sweep_unfinished(now)
         deleted += self._sweep_expired(now)
@@ -283,19 +292,40 @@ class JoinService:
             log.info("used or expired join tokens deleted", extra={"secrets": deleted})
         return deleted
 
+    def _node_created(self, node: str) -> datetime | None:
+        """When ``node``'s Node object was created (the apiserver's clock), None if there is
+        none. An unreadable ``creationTimestamp`` fails closed: the Node counts as created after
+        every live token (they are deleted, as before this check existed)."""
+        try:
+            raw = self.bridge.api.read_node(node, _preload_content=False).data
+        except Exception as err:
+            if _api_error(err) == 404:
+                return None  # not joined yet: the token stays until used, untrust or expiry
+            raise
+        created = object_created_at(raw)
+        if created is None:
+            log.warning("a Node without a readable creationTimestamp: its join tokens count "
+                        "as used", extra={"node": node})
+            return _ALWAYS_USED
+        return created
+
     def _sweep_joined(self, now: datetime) -> list[str]:
+        """Live tokens used to join: the node's Node object was created after the token was
+        issued (less :data:`JOIN_CLOCK_SKEW`). A token issued to a node that had already joined
+        (it re-attests after a reboot) stays for its rejoin, until expiry or untrust."""
         with self.ctx.sessions() as session:
-            nodes = session.execute(select(JoinTokenRow.node).where(
-                _LIVE, JoinTokenRow.expires_at >= now).distinct()).scalars().all()
+            live = session.execute(select(
+                JoinTokenRow.id, JoinTokenRow.node, JoinTokenRow.issued_at).where(
+                _LIVE, JoinTokenRow.expires_at >= now)).all()
         deleted: list[str] = []
-        for node in nodes:
-            try:
-                self.bridge.api.read_node(node, _preload_content=False)
-            except Exception as err:
-                if _api_error(err) == 404:
-                    continue  # not joined yet: the token stays until used, untrust or expiry
-                raise
-            deleted += self.delete_secrets(node)
+        for node in sorted({r.node for r in live}):
+            created = self._node_created(node)
+            used = [r.id for r in live if r.node == node and created is not None
+                    and created >= r.issued_at - JOIN_CLOCK_SKEW]
+            if used:
+                with self.ctx.sessions.begin() as session:
+                    rows = self._revoke(session, JoinTokenRow.id.in_(used), now)
+                deleted += self._delete(rows, now)
         return deleted
 
     def _sweep_unfinished(self, now: datetime) -> list[str]:
@@ -417,6 +447,6 @@ class JoinRevocationSink:
                 "node": event.node, "state": event.state, "secrets": deleted})
 
 
-__all__ = ["NODE_LABEL", "VERDICT_ANNOTATION", "JoinBridge", "JoinDisabled", "JoinGrant",
-           "JoinKubernetesFailed", "JoinReplayed", "JoinRevocationSink", "JoinService",
+__all__ = ["JOIN_CLOCK_SKEW", "NODE_LABEL", "VERDICT_ANNOTATION", "JoinBridge", "JoinDisabled",
+           "JoinGrant", "JoinKubernetesFailed", "JoinReplayed", "JoinRevocationSink", "JoinService",
            "JoinUntrusted", "JoinVerdictNotLatest", "join_sweep_task"]

@@ -6,7 +6,10 @@ in ``kube-system`` and a K10 token that only its TPM opens; another TPM cannot o
 with a tampered PCR gets no token (``join.untrusted``); a replayed request gets nothing new
 (``join.replayed``, refused by umec's database before the apiserver is asked), an older
 verdict's nothing (``join.verdict_not_latest``); a node that turns untrusted loses its unused
-Secret; an expired token's Secret and row go.
+Secret; an expired token's Secret and row go. The sweep deletes a token only when the Node was
+created after it (less ``JOIN_CLOCK_SKEW``): an already-joined node's fresh token stays; a failed
+Secret create spends the verdict and leaves no live row (``join.kubernetes``); a failed delete
+is retried by the next sweep.
 
 The server's identity may not get, list or watch Secrets in ``kube-system`` (the fake API answers
 403, as RBAC with deploy/host-join/join.yaml's Role does), and every test ends by checking the
@@ -26,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -43,7 +46,7 @@ from cryptography.x509.oid import NameOID
 from attest import join_agent
 from attest.agent import Agent, AgentConfig
 from attest.core.join_token import K3S_NODE_GROUP, parse_k3s_token
-from attest.service.join import JoinBridge, JoinService, JoinVerdictNotLatest
+from attest.service.join import JOIN_CLOCK_SKEW, JoinBridge, JoinService, JoinVerdictNotLatest
 from attest.service.models import JoinTokenRow
 from attest.tpm.device import Tpm, TpmCommandFailed
 from attest.tpm.swtpm import Swtpm, SwtpmCa
@@ -82,6 +85,8 @@ class JoinSite:
     swtpms: Callable[[str], Swtpm]
     url: str
     server: Server
+    # Requests a test makes the fake API refuse with 403 on purpose (method, path).
+    refused_on_purpose: list[tuple[str, str]] = field(default_factory=list)
 
     def agent(self, tpm: Swtpm, name: str = NODE, measure: bytes = K3S,
               state: str = "agent") -> Agent:
@@ -135,14 +140,15 @@ def site(request: pytest.FixtureRequest, tmp_path: Path, manufacturer_ca: SwtpmC
             join_sweep_seconds=0.2))
         http = ServerThread(server.app).start()
         client = httpx.Client(base_url=http.url, timeout=30)
+        joined = JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory, http.url, server)
         try:
-            yield JoinSite(client, kube, ca_pem, tmp_path, tpm, swtpm_factory, http.url,
-                           server)
+            yield joined
         finally:
             client.close()
             http.stop()
         # The server never asked for what RBAC does not grant it (a list or read of Secrets).
-        assert [r for r in kube.requests if r.status == 403] == []
+        assert [r for r in kube.requests if r.status == 403
+                and (r.method, r.path) not in joined.refused_on_purpose] == []
         assert not [r for r in kube.calls("GET") if "/secrets" in r.path
                     and not r.path.startswith("/api/v1/namespaces/kube-system/secrets/")]
 
@@ -396,3 +402,93 @@ def test_token_revoked_while_issued_does_not_outlive_its_row(site: JoinSite) -> 
     [row] = site.rows()
     assert row.revoked_at is not None and row.deleted_at is not None
     assert [r.status for r in site.kube.calls("DELETE")] == [404, 200]  # before, after create
+
+
+def token_of(agent: Agent) -> str:
+    path = agent.config.join_token_path
+    assert path is not None
+    return parse_k3s_token(path.read_text().split("K3S_TOKEN=")[1].split('"')[0])[1]
+
+
+def node_reads(site: JoinSite) -> list[Any]:
+    return [r for r in site.kube.calls("GET") if r.path.endswith(f"/nodes/{NODE}")]
+
+
+@pytest.mark.parametrize(("node_age", "kept"), [
+    (timedelta(hours=1), True),            # joined long before: the token is for a rejoin
+    (JOIN_CLOCK_SKEW - timedelta(seconds=5), False),  # within the allowance: counts as used
+    (None, False),                         # unreadable creationTimestamp: fails closed, used
+])
+def test_already_joined_node_keeps_its_fresh_token(site: JoinSite, node_age: timedelta | None,
+                                                   kept: bool) -> None:
+    """A node that re-attests after it joined (a reboot, k3s-agent's old token expired) gets a
+    token its Node object predates: the sweep leaves it for the rejoin. Only a Node created
+    after the token (less JOIN_CLOCK_SKEW) means the token was used."""
+    created = "not a time" if node_age is None else \
+        (datetime.now(UTC) - node_age).strftime("%Y-%m-%dT%H:%M:%SZ")
+    site.kube.add_node(NODE, created=created)
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    secret = f"bootstrap-token-{token_of(agent)}"
+    if kept:
+        reads = len(node_reads(site))
+        wait_for(lambda: len(node_reads(site)) >= reads + 3)  # three sweeps read the Node
+        assert list(site.secrets()) == [secret]
+        [row] = site.rows()
+        assert row.revoked_at is None and row.deleted_at is None
+        assert not site.kube.calls("DELETE")
+        # The kubelet re-registers (its Node was deleted and is created anew): used, deleted.
+        site.kube.add_node(NODE)
+    wait_for(lambda: not site.secrets())
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
+        (secret, 200)]
+
+
+@pytest.mark.parametrize("status", [500, 403])
+def test_failed_secret_create_refuses_and_spends_the_verdict(site: JoinSite,
+                                                             status: int) -> None:
+    """Kubernetes refuses the Secret create: the node gets join.kubernetes (503), no row stays
+    live without a Secret, the verdict is used up (a retry is join.replayed) and the next
+    verdict gets its token."""
+    agent = site.agent(site.tpm)
+    assert agent.attest_once()["trusted"] is True
+    create = "/api/v1/namespaces/kube-system/secrets"
+    site.kube.fail_next(status, method="POST", path=create)
+    if status == 403:
+        site.refused_on_purpose.append(("POST", create))
+    refused = site.join(agent)
+    assert refused.status_code == 503, refused.text
+    body = refused.json()
+    assert body["check"] == "join.kubernetes" and body["hint"]
+    assert "Traceback" not in refused.text and "File \"" not in refused.text
+    assert [r.status for r in site.secret_posts()] == [status]
+    assert site.secrets() == {}
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None  # nothing live, no Secret
+    # The create may have gone through before the answer failed: its name is deleted (404 here;
+    # the sweep, retrying unfinished deletions, may have raced the request to it once more).
+    deletes = {(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")}
+    assert deletes == {(f"bootstrap-token-{row.token_id}", 404)}
+    replay = site.join(agent)
+    assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"
+    assert len(site.secret_posts()) == 1  # refused by the database, the apiserver not asked
+    assert agent.join_once(agent.attest_once()) is True
+    assert list(site.secrets()) == [f"bootstrap-token-{token_of(agent)}"]
+
+
+def test_sweep_retries_a_failed_delete(site: JoinSite) -> None:
+    """The node joined; the sweep's DELETE of its used Secret fails once (500): the row stays
+    revoked and not deleted, and the next sweep deletes the Secret."""
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    secret = f"bootstrap-token-{token_of(agent)}"
+    site.kube.fail_next(500, method="DELETE", path=f"/secrets/{secret}")
+    site.kube.add_node(NODE)
+    wait_for(lambda: not site.secrets())
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
+        (secret, 500), (secret, 200)]
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    assert row.deleted_at > row.revoked_at  # deleted by a later sweep than the one revoking

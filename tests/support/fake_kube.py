@@ -199,7 +199,9 @@ class FakeKube:
         self._rv = 1000
         self._lock = threading.Lock()
         self._writers: list[Callable[[dict[str, Any]], None]] = []
-        self._failures: list[int] = []
+        # (status, method or None for any, path suffix or "" for any), the next matching
+        # requests answer the status.
+        self._failures: list[tuple[int, str | None, str]] = []
         self._server = QuietHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05}, daemon=True)
@@ -224,13 +226,17 @@ class FakeKube:
         return str(self._rv)
 
     def add_node(self, name: str, labels: dict[str, str] | None = None,
-                 taints: list[dict[str, Any]] | None = None) -> None:
+                 taints: list[dict[str, Any]] | None = None, created: str | None = None
+                 ) -> None:
+        """A Node; ``created`` is its creationTimestamp (default: now, in whole seconds, as the
+        apiserver stamps it)."""
+        stamp = created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with self._lock:
             self.nodes[name] = {
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "uid": f"uid-{name}", "labels": dict(labels or {}),
                              "resourceVersion": self._next_rv(),
-                             "creationTimestamp": "2026-01-01T00:00:00Z"},
+                             "creationTimestamp": stamp},
                 "spec": {"taints": copy.deepcopy(taints)} if taints else {},
                 "status": {},
             }
@@ -295,8 +301,21 @@ class FakeKube:
         """Before each of the next ``times`` PATCHes, another writer mutates the Node first."""
         self._writers.extend([mutate] * times)
 
-    def fail_next(self, status: int, times: int = 1) -> None:
-        self._failures.extend([status] * times)
+    def fail_next(self, status: int, times: int = 1, *, method: str | None = None,
+                  path: str = "") -> None:
+        """The next ``times`` requests answer ``status``; only those with ``method`` and a
+        path ending in ``path`` if given (others pass through)."""
+        with self._lock:
+            self._failures.extend([(status, method, path)] * times)
+
+    def _injected_failure(self, method: str, path: str) -> tuple[int, Any] | None:
+        bare = path.partition("?")[0]
+        with self._lock:
+            for i, (status, want, suffix) in enumerate(self._failures):
+                if want in (None, method) and bare.endswith(suffix):
+                    del self._failures[i]
+                    return status, _status(status, "InternalError", "injected failure")
+        return None
 
     def calls(self, method: str | None = None) -> list[RecordedRequest]:
         return [r for r in self.requests if method is None or r.method == method]
@@ -310,9 +329,8 @@ class FakeKube:
     # --- request handling -----------------------------------------------------------------------
 
     def _handle(self, method: str, path: str, ctype: str | None, body: Any) -> tuple[int, Any]:
-        if self._failures:
-            code = self._failures.pop(0)
-            return code, _status(code, "InternalError", "injected failure")
+        if (failure := self._injected_failure(method, path)) is not None:
+            return failure
         if self.delay:
             time.sleep(self.delay)
         bare, _, query = path.partition("?")

@@ -295,9 +295,8 @@ class FakeKubeApi(FakeKube):
         route = self._route(bare)
         if route is None:
             return super()._handle(method, path, ctype, body)
-        if self._failures:
-            code = self._failures.pop(0)
-            return code, _status(code, "InternalError", "injected failure")
+        if (failure := self._injected_failure(method, path)) is not None:
+            return failure
         resource, namespace, name = route
         if resource.namespaced is False and namespace is not None:
             return 404, _status(404, "NotFound", f"{resource.plural} is cluster-scoped")
