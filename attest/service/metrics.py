@@ -38,7 +38,8 @@ from sqlalchemy import Engine, select
 from attest.service.context import NodeState
 from attest.service.models import NodeRow
 
-__all__ = ["AGE_BUCKETS", "FAILED_CHECKS", "ROUNDS", "STATES", "FleetCollector", "count_round"]
+__all__ = ["AGE_BUCKETS", "FAILED_CHECKS", "ROUNDS", "ROUND_MINUTES", "STATES", "FleetCollector",
+           "MinuteCounts", "count_round"]
 
 log = logging.getLogger("umec.attest")
 
@@ -56,9 +57,44 @@ AGE_BUCKETS: Final = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0
 _SELECT_FLEET = select(NodeRow.state, NodeRow.last_evidence_at)
 
 
+class MinuteCounts:
+    """Events per wall-clock minute over the last ``minutes`` minutes, in this process: a ring
+    of (minute, count) slots, so memory is fixed and a quiet minute costs nothing. What the
+    dashboard's "rounds per minute" chart draws; Prometheus's ``rate()`` of
+    :data:`ROUNDS` is the site-wide series. Thread-safe (rounds are answered in threads)."""
+
+    def __init__(self, minutes: int = 60) -> None:
+        self.minutes = minutes
+        self._slots = [(-1, 0)] * minutes
+        self._lock = threading.Lock()
+
+    def add(self, at: float) -> None:
+        minute = int(at // 60)
+        i = minute % self.minutes
+        with self._lock:
+            held, count = self._slots[i]
+            self._slots[i] = (minute, count + 1 if held == minute else 1)
+
+    def series(self, now: float) -> list[tuple[int, int]]:
+        """(minute start as Unix seconds, count) for each of the last ``minutes`` minutes,
+        oldest first, the current minute last; minutes without events count 0."""
+        current = int(now // 60)
+        with self._lock:
+            slots = list(self._slots)
+        out = []
+        for minute in range(current - self.minutes + 1, current + 1):
+            held, count = slots[minute % self.minutes]
+            out.append((minute * 60, count if held == minute else 0))
+        return out
+
+
+ROUND_MINUTES: Final = MinuteCounts()
+
+
 def count_round(failed_checks: Sequence[str]) -> None:
     """One evidence round answered with a verdict, and its failed checks."""
     ROUNDS.inc()
+    ROUND_MINUTES.add(time.time())
     for check in failed_checks:
         FAILED_CHECKS.labels(check).inc()
 

@@ -9,13 +9,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from admission.service.denials import SqlDenialLog
 from admission.service.records import SqlAdmissionRecords
 from attest.service.context import AttestContext
 from attest.service.fleet import find_summary, fleet_summaries, node_events
+from attest.service.metrics import ROUND_MINUTES
 from mec_api.sensor.store import SqlSensorStore
 from mec_api.service.tokens import TokenService
 from mec_api.tokens.ledger import per_workload
@@ -59,9 +60,28 @@ def node_row(summary: dict[str, Any], now: datetime) -> dict[str, Any]:
             "failed_checks": _failed(summary.get("last_verdict"))}
 
 
+# Failing nodes first (what an operator opens the page for), then the rest; by name within.
+STATE_ORDER = {"untrusted": 0, "stale": 1, "enrolled": 2, "trusted": 4}
+
+
 def fleet(src: UiSources) -> list[dict[str, Any]]:
     now = src.attest.now()
-    return [node_row(s, now) for s in fleet_summaries(src.attest.sessions)]
+    rows = [node_row(s, now) for s in fleet_summaries(src.attest.sessions)]
+    return sorted(rows, key=lambda r: (STATE_ORDER.get(r["state"], 3), r["name"]))
+
+
+def failed_checks_by_type(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """How many nodes' last verdicts failed each check, most frequent first."""
+    counts: Counter[str] = Counter()
+    for r in rows:
+        counts.update({f["check"] for f in r["failed_checks"]})
+    return counts.most_common(12)
+
+
+def rounds_per_minute(now: float) -> list[tuple[str, int]]:
+    """This process's evidence rounds per minute over the last hour (``HH:MM`` UTC, count)."""
+    return [(datetime.fromtimestamp(t, UTC).strftime("%H:%M"), n)
+            for t, n in ROUND_MINUTES.series(now)]
 
 
 def _reference_values(src: UiSources, node_class: str,

@@ -8,9 +8,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 from umec.ui import charts
+from umec.ui.data import failed_checks_by_type
 from umec.ui.render import age_text, esc, page
 
 HOURS = (1, 6, 24, 168)
+
+
+def fleet_charts(rows: list[dict[str, Any]], rounds: list[tuple[str, int]]) -> str:
+    """The fleet page's charts: this process's evidence rounds per minute (an in-memory ring
+    fed where the rounds counter is incremented: other replicas' rounds are not in it) and
+    the failed checks of the nodes' last verdicts by check id."""
+    return ('<h2>Rounds and failures</h2><div class="charts" id="fleet-charts">'
+            + charts.bars("evidence rounds per minute (last 60 min, UTC; this server process "
+                          "only)", rounds, "chart-rounds")
+            + charts.bars("failed checks by type (nodes' last verdicts)",
+                          failed_checks_by_type(rows), "chart-denied")
+            + "</div>")
 
 
 def _signers(signers: list[str]) -> str:

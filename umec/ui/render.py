@@ -97,17 +97,46 @@ def _fleet_row(row: dict[str, Any]) -> str:
             f'<td class="checks">{failed_list(row["failed_checks"])}</td></tr>')
 
 
-def fleet_page(rows: list[dict[str, Any]], csrf: str, flash: str | None = None) -> str:
+FAILING = ("untrusted", "stale")
+
+
+def _attention_item(row: dict[str, Any]) -> str:
+    """One line: the node, its state, its first failed check and what to do."""
+    name = esc(row["name"])
+    first = row["failed_checks"][0] if row["failed_checks"] else None
+    why = ("no evidence within its interval" if first is None else
+           f'<code class="check">{esc(first["check"])}</code> '
+           f'<span class="hint">what to do: {esc(first["hint"])}</span>')
+    more = len(row["failed_checks"]) - 1
+    extra = f' <span class="hint">(+{more} more)</span>' if more > 0 else ""
+    return (f'<li data-node="{name}"><a href="/ui/nodes/{name}">{name}</a> is '
+            f'{state_badge(row["state"])} {why}{extra}</li>')
+
+
+def attention(rows: list[dict[str, Any]]) -> str:
+    """The fleet page's first line: which nodes are failing and why, or that none is (the
+    page's script rebuilds it the same way)."""
+    failing = [r for r in rows if r["state"] in FAILING]
+    if not failing:
+        return (f'<div class="attention attention-ok" id="fleet-attention">No node failing: '
+                f"{len(rows)} nodes, none untrusted or stale.</div>")
+    items = "".join(_attention_item(r) for r in failing)
+    return (f'<div class="attention" id="fleet-attention"><strong>{len(failing)} of '
+            f"{len(rows)} nodes failing</strong><ul>{items}</ul></div>")
+
+
+def fleet_page(rows: list[dict[str, Any]], csrf: str, flash: str | None = None,
+               charts: str = "") -> str:
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     summary = ", ".join(f"{n} {esc(s)}" for s, n in sorted(counts.items())) or "no nodes"
     note = "" if flash is None else f'<p class="flash">{esc(flash)}</p>'
-    body = (f"<h1>Fleet</h1>{note}"
+    body = (f"<h1>Fleet</h1>{note}{attention(rows)}"
             f'<p class="summary" id="fleet-summary">{len(rows)} nodes: {summary}</p>'
             '<table id="fleet"><thead><tr><th>node</th><th>state</th><th>class</th>'
             "<th>last evidence</th><th>failed checks and what to do</th></tr></thead>"
-            f'<tbody>{"".join(_fleet_row(r) for r in rows)}</tbody></table>')
+            f'<tbody>{"".join(_fleet_row(r) for r in rows)}</tbody></table>{charts}')
     return page("Fleet", body, csrf=csrf, poll="/ui/api/fleet")
 
 

@@ -166,7 +166,9 @@ def fleet_page(request: Request, removed: str | None = None) -> Response:
     flash = None
     if removed is not None and NODE_NAME.fullmatch(removed):
         flash = f"removed {removed}; its tokens are revoked and it must enrol again"
-    return HTMLResponse(render.fleet_page(data.fleet(_sources(request)), csrf, flash))
+    rows = data.fleet(_sources(request))
+    charts = pages.fleet_charts(rows, data.rounds_per_minute(time.time()))
+    return HTMLResponse(render.fleet_page(rows, csrf, flash, charts))
 
 
 def _detail(request: Request, node: str) -> dict[str, Any]:

@@ -65,7 +65,46 @@
     return tr;
   }
 
+  var FAILING = ["untrusted", "stale"];
+
+  // The page's first line, as render.attention builds it: which nodes fail and why.
+  function attention(nodes) {
+    var failing = nodes.filter(function (n) { return FAILING.indexOf(n.state) >= 0; });
+    var box = el("div", failing.length ? "attention" : "attention attention-ok");
+    box.id = "fleet-attention";
+    if (!failing.length) {
+      box.textContent = "No node failing: " + nodes.length + " nodes, none untrusted or stale.";
+      return box;
+    }
+    box.appendChild(el("strong", null, failing.length + " of " + nodes.length + " nodes failing"));
+    var ul = el("ul");
+    failing.forEach(function (n) {
+      var li = el("li"), link = el("a", null, n.name), first = (n.failed_checks || [])[0];
+      li.setAttribute("data-node", n.name);
+      link.setAttribute("href", "/ui/nodes/" + encodeURIComponent(n.name));
+      li.appendChild(link);
+      li.appendChild(document.createTextNode(" is "));
+      li.appendChild(badge(n.state));
+      li.appendChild(document.createTextNode(" "));
+      if (!first) {
+        li.appendChild(document.createTextNode("no evidence within its interval"));
+      } else {
+        li.appendChild(el("code", "check", first.check));
+        li.appendChild(document.createTextNode(" "));
+        li.appendChild(el("span", "hint", "what to do: " + first.hint));
+        if (n.failed_checks.length > 1) {
+          li.appendChild(el("span", "hint", " (+" + (n.failed_checks.length - 1) + " more)"));
+        }
+      }
+      ul.appendChild(li);
+    });
+    box.appendChild(ul);
+    return box;
+  }
+
   function showFleet(body) {
+    var box = document.getElementById("fleet-attention");
+    if (box) { box.parentNode.replaceChild(attention(body.nodes), box); }
     var tbody = document.querySelector("#fleet tbody");
     if (!tbody) { return; }
     var rows = document.createDocumentFragment(), counts = {};
