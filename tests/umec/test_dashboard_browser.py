@@ -103,6 +103,7 @@ def test_node_goes_untrusted_live(page: Any, env: Env, shots: Path) -> None:
     page.wait_for_url("**/ui/")
     assert badge(page, "edge-pi-2").inner_text() == "trusted"
     assert badge(page, "edge-pi-2").evaluate("e => getComputedStyle(e).backgroundColor") == GREEN
+    assert page.locator("#fleet-attention").inner_text().startswith("No node failing")
     page.evaluate("window.__sameDocument = true")  # gone if the page reloads
     node.tpm.extend(14, b"a changed application")  # the test tampers with the node
     assert node.attest()["state"] == "untrusted"
@@ -113,6 +114,17 @@ def test_node_goes_untrusted_live(page: Any, env: Env, shots: Path) -> None:
     row = page.locator('tr[data-node="edge-pi-2"]')
     assert "policy.pcr_value" in row.inner_text() and "what to do:" in row.inner_text()
     assert badge(page, "edge-pi-1").inner_text() == "trusted"
+    # The first line says which node fails and why, rebuilt live; the failing row comes first.
+    first = page.locator("#fleet-attention")
+    sync_api.expect(first).to_contain_text("1 of 2 nodes failing")
+    assert "edge-pi-2 is untrusted" in first.inner_text()
+    assert "policy.pcr_value" in first.inner_text() and "what to do:" in first.inner_text()
+    assert page.locator("#fleet tbody tr").first.get_attribute("data-node") == "edge-pi-2"
+    # The failed-checks chart is redrawn from the poll too (one bar: policy.pcr_value).
+    failed_bars = page.locator("#fleet-charts .chart-denied rect.chart-bar")
+    sync_api.expect(failed_bars).to_have_count(1)
+    assert failed_bars.locator("title").text_content() == "policy.pcr_value: 1"
+    assert page.locator("#fleet-charts .chart-rounds rect.chart-bar").count() == 60
     page.screenshot(path=str(shots / "fleet.png"), full_page=True)
     page.click("text=edge-pi-2")
     page.wait_for_url("**/ui/nodes/edge-pi-2")
@@ -121,6 +133,11 @@ def test_node_goes_untrusted_live(page: Any, env: Env, shots: Path) -> None:
     assert page.locator("#events tbody tr").count() == 2  # enrolled → trusted → untrusted
     assert "node untrusted" in page.locator("#revocations").inner_text()
     page.screenshot(path=str(shots / "node.png"), full_page=True)
+    assert page.evaluate("window.__csp") == []
+    page.click("#policy-link")  # the class's reference values, with their set/rollback forms
+    page.wait_for_url("**/ui/policies/pi-k3s")
+    assert "sha256" in page.locator("#policy-document").inner_text()
+    assert page.locator("#policy-set textarea").count() == 1
     assert page.evaluate("window.__csp") == []
 
 
@@ -153,7 +170,9 @@ def test_injected_strings_do_not_execute(browser: Any, env: Env, crafted: str,
         if bypass:  # and once a poll has re-rendered the live parts from the JSON
             sync_api.expect(page.locator("#live")).to_contain_text("updated", timeout=6000)
         assert page.evaluate("window.__pwned") is None, path
-        assert page.locator("img, svg").count() == 0, path
+        # No element a payload would make; the fleet page's own charts are svg.chart-svg.
+        assert page.locator("img, svg:not(.chart-svg)").count() == 0, path
+        assert page.locator("svg[onload]").count() == 0, path
         assert PAYLOADS[1] in page.locator("body").inner_text(), path
         assert page.evaluate("window.__csp") == [], path
     assert errors == [], errors

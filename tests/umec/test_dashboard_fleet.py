@@ -63,8 +63,10 @@ def test_failing_nodes_first_with_why_and_charts(env: Env) -> None:
     failed = re.search(r'<figure class="chart chart-denied">(.*?)</figure>', charts.group(1),
                        re.S)
     assert failed is not None and "<title>policy.pcr_value: 1</title>" in failed.group(1)
-    api = client.get("/ui/api/fleet").json()["nodes"]
-    assert api[0]["name"] == "zz-tampered"                         # the live rows too
+    api = client.get("/ui/api/fleet").json()
+    assert api["nodes"][0]["name"] == "zz-tampered"                # the live rows too
+    assert api["charts"]["chart-denied"] == [["policy.pcr_value", 1]]
+    assert len(api["charts"]["chart-rounds"]) == 60
 
 
 def test_no_failing_node_says_so() -> None:

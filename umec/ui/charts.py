@@ -37,7 +37,7 @@ def bars(title: str, data: Sequence[tuple[str, float]], css: str = "") -> str:
                      f"<title>{esc(label)}: {esc(_num(value))}</title></rect>")
         if i % label_every == 0:
             parts.append(f'<text class="chart-label" x="{x + width / 2:.1f}" y="{H - 8}" '
-                         f'text-anchor="middle">{esc(label[:14])}</text>')
+                         f'text-anchor="middle">{esc(label[:max(14, int(width // 7))])}</text>')
     return _frame(title, "".join(parts), css)
 
 

@@ -36,8 +36,8 @@ def set_form(csrf: str, trust: dict[str, Any]) -> str:
         f'<input type="hidden" name="csrf" value="{esc(csrf)}">'
         f'<label for="policy-file">Upload a {esc(what)}</label>'
         '<input type="file" id="policy-file" name="file" accept=".yaml,.yml,.json">'
-        '<label for="policy-document">or paste it</label>'
-        '<textarea id="policy-document" name="document" rows="10" cols="80" '
+        '<label for="policy-paste">or paste it</label>'
+        '<textarea id="policy-paste" name="document" rows="10" cols="80" '
         'spellcheck="false"></textarea>'
         '<button type="submit" id="policy-apply">Apply</button></form>')
 

@@ -196,7 +196,8 @@ def node_page(node: dict[str, Any], csrf: str) -> str:
         f'<h1>Node <span id="node-name">{esc(name)}</span></h1>'
         f'<p class="facts">state <span id="node-state">{state_badge(node["state"])}</span> '
         f'since {esc(node["state_changed_at"])} · class <span id="node-class">'
-        f'{esc(node["node_class"])}</span> · last evidence '
+        f'<a href="/ui/policies/{esc(node["node_class"])}">{esc(node["node_class"])}</a>'
+        f'</span> · last evidence '
         f'<span class="age">{esc(age_text(node["evidence_age"]))}</span> · last pass '
         f'{esc(node["last_pass_at"] or "never")}</p>'
         f'<div class="actions">{_action(name, "ack", "Acknowledge", csrf)}'
@@ -204,6 +205,8 @@ def node_page(node: dict[str, Any], csrf: str) -> str:
         f"<h2>Last verdict: {esc(verdict)}</h2>"
         f'<div id="node-checks">{failed_list(node["failed_checks"])}</div>'
         f"<h2>PCR values against the policy</h2>{_pcrs(node['pcrs'])}"
+        f'<p class="note"><a href="/ui/policies/{esc(node["node_class"])}" id="policy-link">'
+        "Set or roll back this class's reference values</a></p>"
         f"<h2>State history</h2>{_events(node['events'])}"
         f"<h2>Token revocations it caused</h2>{_revocations(node['revocations'])}")
     return page(f"Node {name}", body, csrf=csrf, poll=f"/ui/api/nodes/{name}")

@@ -243,7 +243,10 @@ def remove_node(request: Request, node: str, csrf: FormField = "") -> Response:
 @router.get("/api/fleet")
 def fleet_json(request: Request) -> Any:
     _session(request)
-    return JSONResponse({"nodes": data.fleet(_sources(request))})
+    rows = data.fleet(_sources(request))
+    return JSONResponse({"nodes": rows, "charts": {
+        "chart-rounds": data.rounds_per_minute(time.time()),
+        "chart-denied": data.failed_checks_by_type(rows)}})
 
 
 @router.get("/api/nodes/{node}")

@@ -102,7 +102,50 @@
     return box;
   }
 
+  // The fleet's charts from the JSON, as umec/ui/charts.py's bars() draws them.
+  var SVG = "http://www.w3.org/2000/svg", W = 480, H = 140, PAD = 24;
+
+  function svgEl(tag, attrs, text) {
+    var node = document.createElementNS(SVG, tag);
+    Object.keys(attrs).forEach(function (k) { node.setAttribute(k, String(attrs[k])); });
+    if (text !== undefined) { node.textContent = String(text); }
+    return node;
+  }
+
+  function drawBars(svg, data) {
+    var keep = svg.querySelector("title");
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    if (keep) { svg.appendChild(keep); }
+    var top = Math.max.apply(null, [0].concat(data.map(function (d) { return d[1]; })));
+    if (!data.length || top <= 0) {
+      svg.appendChild(svgEl("text", { "class": "chart-empty", x: W / 2, y: H / 2, "text-anchor": "middle" }, "nothing yet"));
+      return;
+    }
+    var width = (W - 2 * PAD) / data.length, every = Math.max(1, Math.floor(data.length / 12));
+    svg.appendChild(svgEl("line", { "class": "chart-axis", x1: PAD, y1: H - PAD, x2: W - PAD, y2: H - PAD }));
+    svg.appendChild(svgEl("text", { "class": "chart-label", x: 2, y: PAD - 8 }, top));
+    data.forEach(function (d, i) {
+      var h = (H - 2 * PAD) * d[1] / top, x = PAD + i * width;
+      var bar = svgEl("rect", { "class": "chart-bar", x: (x + 1).toFixed(1), y: (H - PAD - h).toFixed(1),
+                                width: Math.max(width - 2, 1).toFixed(1), height: h.toFixed(1) });
+      bar.appendChild(svgEl("title", {}, d[0] + ": " + d[1]));
+      svg.appendChild(bar);
+      if (i % every === 0) {
+        svg.appendChild(svgEl("text", { "class": "chart-label", x: (x + width / 2).toFixed(1), y: H - 8,
+                                        "text-anchor": "middle" }, String(d[0]).slice(0, Math.max(14, Math.floor(width / 7)))));
+      }
+    });
+  }
+
+  function showCharts(charts) {
+    Object.keys(charts || {}).forEach(function (css) {
+      var svg = document.querySelector("#fleet-charts ." + css + " svg");
+      if (svg) { drawBars(svg, charts[css]); }
+    });
+  }
+
   function showFleet(body) {
+    showCharts(body.charts);
     var box = document.getElementById("fleet-attention");
     if (box) { box.parentNode.replaceChild(attention(body.nodes), box); }
     var tbody = document.querySelector("#fleet tbody");
