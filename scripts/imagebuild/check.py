@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -183,27 +184,8 @@ def serve_healthz(rootfs: Path, env: dict[str, str], port: int) -> dict[str, Any
     data.mkdir(mode=0o700)
     os.chown(data, 10001, 10001)
     env = {**env, "UMEC_DATA_DIR": "/tmp/umec-data"}
-    started = time.monotonic()
-    proc = subprocess.Popen(in_image(rootfs, ["/usr/local/bin/umec", "server", "--host",
-                                              "127.0.0.1", "--port", str(port)]),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        while time.monotonic() - started < 90:
-            if proc.poll() is not None:
-                raise StepFailed(f"umec server exited {proc.returncode}: "
-                                 f"{proc.stderr.read().decode()[-800:] if proc.stderr else ''}")
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-            except httpx.TransportError:
-                time.sleep(0.5)
-                continue
-            return {"status": answer.status_code, "body": answer.json(),
-                    "seconds": round(time.monotonic() - started, 1)}
-        raise StepFailed("umec server in the image did not answer /healthz within 90 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+    return _healthz_of(rootfs, env, ["/usr/local/bin/umec", "server", "--host", "127.0.0.1",
+                                     "--port", str(port)], port, "umec server", 90)
 
 
 def free_port() -> int:
@@ -228,15 +210,20 @@ def serve_app_healthz(rootfs: Path, env: dict[str, str], port: int) -> dict[str,
     env = {**env, "UMEC_TOKEN_ENDPOINT": "https://umec.invalid/oauth2/token",
            "UMEC_API_URL": "https://umec.invalid", "APP_LISTEN_HOST": "127.0.0.1",
            "APP_LISTEN_PORT": str(port)}
+    return _healthz_of(rootfs, env, ["/usr/bin/python3.11", "-m", "umec_examples.classifier_app"],
+                       port, "the sample app", 60)
+
+
+def _healthz_of(rootfs: Path, env: dict[str, str], argv: list[str], port: int, what: str,
+                limit: float) -> dict[str, Any]:
+    """Start ``argv`` in the image and wait for its /healthz; the answer and the time to it."""
     started = time.monotonic()
-    proc = subprocess.Popen(in_image(rootfs, ["/usr/bin/python3.11", "-m",
-                                              "umec_examples.classifier_app"]),
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(in_image(rootfs, argv), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
     try:
-        while time.monotonic() - started < 60:
+        while time.monotonic() - started < limit:
             if proc.poll() is not None:
-                raise StepFailed(f"the sample app exited {proc.returncode}: "
+                raise StepFailed(f"{what} exited {proc.returncode}: "
                                  f"{proc.stderr.read().decode()[-800:] if proc.stderr else ''}")
             try:
                 answer = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
@@ -245,9 +232,10 @@ def serve_app_healthz(rootfs: Path, env: dict[str, str], port: int) -> dict[str,
                 continue
             return {"status": answer.status_code, "body": answer.json(),
                     "seconds": round(time.monotonic() - started, 1)}
-        raise StepFailed("the sample app in the image did not answer /healthz within 60 s")
+        raise StepFailed(f"{what} in the image did not answer /healthz within {limit:.0f} s")
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited on its own
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
 
 
