@@ -113,7 +113,10 @@ class EvidenceBody(BaseModel):
 
 
 def source_of(request: Request) -> str:
-    """The peer address (no proxy header is trusted: a client could forge it)."""
+    """The peer address as uvicorn reports it. This code reads no proxy header itself, but
+    uvicorn applies ``X-Forwarded-For`` from the addresses in ``FORWARDED_ALLOW_IPS`` (loopback
+    by default), so a process on the server's own host can claim another address here
+    (docs/decisions.md, "Review of issue 14's operator surfaces")."""
     return request.client.host if request.client else "unknown"
 
 
