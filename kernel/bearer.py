@@ -10,6 +10,23 @@ from __future__ import annotations
 
 import hmac
 
+from kernel.errors import CheckedError
+
+__all__ = ["OperatorUnauthorized", "bearer_matches", "require_operator_token"]
+
+
+class OperatorUnauthorized(CheckedError):
+    """An operator route without the operator's bearer token (not a protocol refusal: it is
+    neither counted nor titled by class)."""
+
+    check = "operator.token"
+    status = 401
+    hint = ("Send Authorization: Bearer <token> (UMEC_OPERATOR_TOKEN, or the operator-token "
+            "file in the server's data directory).")
+
+    def problem_headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="umec-operator"'}
+
 
 def bearer_matches(authorization: str | None, expected: str) -> bool:
     """Whether ``authorization`` is ``Bearer <expected>``."""
@@ -18,3 +35,9 @@ def bearer_matches(authorization: str | None, expected: str) -> bool:
     scheme, _, secret = authorization.partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(secret.strip().encode(),
                                                                expected.encode())
+
+
+def require_operator_token(authorization: str | None, expected: str) -> None:
+    """Raise :class:`OperatorUnauthorized` unless ``authorization`` carries the operator token."""
+    if not bearer_matches(authorization, expected):
+        raise OperatorUnauthorized("missing or wrong operator bearer token")

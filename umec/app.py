@@ -110,11 +110,12 @@ def server_body_policy(settings: Settings) -> BodyPolicy:
 
     Evidence is the largest protocol body: an event log of at most ``MAX_B64`` base64 plus a
     quote, its signature and PCR values (a few KiB). The token endpoint's forms are bounded at
-    ``MAX_FORM_BYTES``. Everything else (MEC 011 JSON, sensor readings) fits the 1 MiB default
-    or has its own rule from the resource APIs."""
+    ``MAX_FORM_BYTES``, the operator's key rotation at 4 KiB. Everything else (MEC 011 JSON,
+    sensor readings) fits the 1 MiB default or has its own rule from the resource APIs."""
     return BodyPolicy(
         rules=(BodyRule("/attest/v1/", MAX_B64 + 64 * 1024),
                BodyRule("/oauth2/", MAX_FORM_BYTES),
+               BodyRule("/tokens/v1/", 4096),
                *resource_body_rules(settings)),
         seconds=settings.request_body_timeout_seconds)
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from umec import cli_admission, cli_attest, cli_deploy, cli_policy
-from umec.cli_backend import backend, is_remote
+from umec.cli_backend import backend
 from umec.cli_config import config_app
 from umec.cli_errors import (
     CliError,
@@ -241,20 +241,9 @@ app.add_typer(tokens_app, name="tokens")
 def tokens_rotate_key(overlap_seconds: Annotated[float, typer.Option(
         help="How long the old key stays in the JWKS (at least the token lifetime)")] = 600.0
                       ) -> None:
-    """Make a fresh ES256 key active; running servers pick it up within seconds. On the
-    server host only (its data directory): there is no remote route for it yet."""
-    from mec_api.tokens.keyring import rotate_token_key
-    settings = _settings()
-    if is_remote():
-        raise UsageError("umec tokens rotate-key works on the server's data directory; it has "
-                         "no remote mode yet", hint="run it on the server host without "
-                         "UMEC_SERVER_URL or a context file")
-    try:
-        kid = rotate_token_key(settings.data_dir / "keys" / "access-tokens", overlap_seconds,
-                               settings.token_lifetime_seconds)
-    except ValueError as exc:
-        raise UsageError(str(exc), hint="pass --overlap-seconds of at least the token "
-                                        "lifetime (UMEC_TOKEN_LIFETIME_SECONDS)") from None
+    """Make a fresh ES256 key active; running servers pick it up within seconds. Remote mode
+    asks the server (operator token); local mode writes the server's data directory."""
+    kid = backend().rotate_token_key(overlap_seconds)
     console.print(f"active key {kid}; the previous key stays published for "
                   f"{overlap_seconds:g} s")
 

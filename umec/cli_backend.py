@@ -1,8 +1,10 @@
-"""The two ways ``umec nodes|policy`` reach the fleet, answering with the same documents.
+"""The two ways ``umec nodes|policy|tokens`` reach the fleet, answering with the same documents.
 
 :class:`RemoteBackend` calls the server's operator routes (``/attest/v1``, bearer operator
 token, TLS verified with the configured CA); :class:`LocalBackend` opens the database and calls
-the same :mod:`attest.service.operator` functions the routes call. Remote is the normal mode;
+the same :mod:`attest.service.operator` functions the routes call (``tokens rotate-key``: the
+token service's ``/tokens/v1`` route, or :func:`mec_api.tokens.keyring.rotate_token_key` on the
+data directory). Remote is the normal mode;
 local is for bootstrap only (no server yet, or recovery on the server host), used when neither
 ``UMEC_SERVER_URL`` nor a context file names a server (:mod:`umec.cli_contexts`).
 
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from umec.cli_contexts import Remote, remote_target
-from umec.cli_errors import CliError, ServiceUnreachable, load_settings
+from umec.cli_errors import CliError, ServiceUnreachable, UsageError, load_settings
 
 if TYPE_CHECKING:
     import httpx
@@ -46,6 +48,7 @@ class Backend(Protocol):
     def from_node(self, node: str, node_class: str | None, event_log: bytes | None,
                   ima_list: bytes | None) -> Doc: ...
     def remove_policy(self, name: str) -> Doc: ...
+    def rotate_token_key(self, overlap_seconds: float) -> str: ...
 
 
 class ServerRefused(CliError):
@@ -135,6 +138,15 @@ class LocalBackend:
     def remove_policy(self, name: str) -> Doc:
         from attest.service.operator import remove_policy
         return remove_policy(self.ctx.sessions, name)
+
+    def rotate_token_key(self, overlap_seconds: float) -> str:
+        from mec_api.tokens.keyring import rotate_token_key
+        try:
+            return rotate_token_key(self.settings.data_dir / "keys" / "access-tokens",
+                                    overlap_seconds, self.settings.token_lifetime_seconds)
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="pass --overlap-seconds of at least the token "
+                                            "lifetime (UMEC_TOKEN_LIFETIME_SECONDS)") from None
 
 
 def _segment(value: str) -> str:
@@ -245,13 +257,15 @@ class RemoteBackend:
     def remove_policy(self, name: str) -> Doc:
         return dict(self._call("DELETE", f"/policies/{_segment(name)}"))
 
+    def rotate_token_key(self, overlap_seconds: float) -> str:
+        # The token service's route, outside /attest/v1: an absolute URL is not merged.
+        answer = self._call("POST", f"{self.remote.server}/tokens/v1/signing-key/rotate",
+                            json={"overlap_seconds": overlap_seconds})
+        return str(answer["active"])
+
 
 def backend() -> Backend:
     """The server when one is configured, else the local database."""
     settings = load_settings()
     remote = remote_target(settings)
     return LocalBackend(settings) if remote is None else RemoteBackend(remote)
-
-
-def is_remote() -> bool:
-    return remote_target(load_settings()) is not None

@@ -41,8 +41,7 @@ from attest.service.join import JoinDisabled
 from attest.service.limits import Limits, RateLimited, bucket_of
 from attest.service.operator import acknowledge as operator_acknowledge
 from attest.service.operator import node_detail
-from kernel.bearer import bearer_matches
-from kernel.errors import CheckedError
+from kernel.bearer import OperatorUnauthorized, require_operator_token
 
 __all__ = ["MAX_B64", "REFUSALS", "Limits", "OperatorUnauthorized", "RateLimited", "bucket_of",
            "guarded", "node_summary", "require_operator", "router", "source_of"]
@@ -228,26 +227,9 @@ def join(request: Request, node: NodeName, body: JoinBody, ctx: AttestCtx) -> An
     return _guarded("join", request, _join, request, ctx, source_of(request), node, body)
 
 
-class OperatorUnauthorized(CheckedError):
-    """An operator route without the operator's bearer token (not a protocol refusal: it is
-    neither counted nor titled by class)."""
-
-    check = "operator.token"
-    status = 401
-    hint = ("Send Authorization: Bearer <token> (UMEC_OPERATOR_TOKEN, or the operator-token "
-            "file in the server's data directory).")
-
-    def problem_type(self) -> str:
-        return "urn:umec:attest:operator.unauthorized"
-
-    def problem_headers(self) -> dict[str, str]:
-        return {"WWW-Authenticate": 'Bearer realm="umec-operator"'}
-
-
 def _require_operator(ctx: AttestContext, authorization: str | None) -> None:
     """The fleet view is for operators: ``Authorization: Bearer <UMEC_OPERATOR_TOKEN>``."""
-    if not bearer_matches(authorization, ctx.config.operator_token):
-        raise OperatorUnauthorized("missing or wrong operator bearer token")
+    require_operator_token(authorization, ctx.config.operator_token)
 
 
 # The operator routes of attest.service.operator_api use the same two.

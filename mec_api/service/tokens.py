@@ -41,7 +41,7 @@ from mec_api.tokens.feed import (
     store_source,
 )
 from mec_api.tokens.issuer import ClusterKeys, IssuerConfig, TokenIssuer
-from mec_api.tokens.keyring import LazyClusterKeys, RingReloader
+from mec_api.tokens.keyring import KeyRotator, LazyClusterKeys, RingReloader
 from mec_api.tokens.revocations import RevocationList, RevocationStore
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
 from mec_api.tokens.trust import AdmissionLookup, NodeTrust
@@ -153,9 +153,11 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
         await_current=follower.current_since, limiter=limiter,
         clock=lambda: clock.now().timestamp())
-    routes = TokenRoutes(issuer, store, operator_token=config.operator_token, clock=clock.now)
-    return TokenService(issuer, store, guard, follower, routes,
-                        RingReloader(config.keys_dir, issuer, jwks), clock)
+    reloader = RingReloader(config.keys_dir, issuer, jwks)
+    routes = TokenRoutes(issuer, store, operator_token=config.operator_token, clock=clock.now,
+                         rotate_key=KeyRotator(config.keys_dir, config.lifetime_seconds,
+                                               reloader))
+    return TokenService(issuer, store, guard, follower, routes, reloader, clock)
 
 
 def local_tokens(service: TokenService, engine: Engine) -> Tokens:

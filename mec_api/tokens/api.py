@@ -15,6 +15,10 @@
   database read that started after they asked (:class:`kernel.coalesce.CoalescedRead`), and a
   read costs a primary-key read plus the new entries: calling it in a loop costs little.
 - ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
+- ``POST /tokens/v1/signing-key/rotate``: the operator (``Authorization: Bearer`` with the
+  operator token) makes a fresh signing key active; the previous one stays in the JWKS for the
+  overlap asked (at least the token lifetime). What ``umec tokens rotate-key`` calls in remote
+  mode; problem+json refusals (``operator.token``, ``tokens.rotate``).
 """
 
 from __future__ import annotations
@@ -27,14 +31,15 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from kernel.bearer import bearer_matches
+from kernel.bearer import bearer_matches, require_operator_token
 from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.deps import TokenRoutes, Tokens
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
-from mec_api.tokens.errors import InvalidRequest, TokenRefused
+from mec_api.tokens.errors import InvalidRequest, KeyRotationRefused, TokenRefused
 from mec_api.tokens.feed_mirror import answer
 from mec_api.tokens.issuer import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TokenRequest
 from mec_api.tokens.revocations import ACCEPTANCE_LEEWAY_SECONDS, token_epoch, token_pod_uid
@@ -224,3 +229,28 @@ def metadata(ctx: Tokens) -> dict[str, Any]:
 @router.get("/.well-known/jwks.json")
 def jwks(ctx: Tokens) -> dict[str, Any]:
     return ctx.issuer.ring.jwks(ctx.clock())
+
+
+class RotateBody(BaseModel):
+    # At most 30 days: a key kept published longer is a key nobody meant to keep.
+    overlap_seconds: float = Field(default=600.0, ge=0, le=30 * 86400,
+                                   description="how long the previous key stays in the JWKS")
+
+
+@router.post("/tokens/v1/signing-key/rotate")
+def rotate_signing_key(ctx: Tokens, body: RotateBody,
+                       authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+    """Make a fresh ES256 key active (operators only); other processes sharing the key
+    directory pick it up within their reload interval."""
+    require_operator_token(authorization, ctx.operator_token)
+    if ctx.rotate_key is None:
+        raise KeyRotationRefused("this process does not hold the access-token key directory",
+                                 check="tokens.rotate_unavailable")
+    try:
+        kid = ctx.rotate_key(body.overlap_seconds)
+    except ValueError as exc:
+        raise KeyRotationRefused(str(exc)) from None
+    log.warning("access-token signing key rotated",
+                extra={"active": kid, "overlap_seconds": body.overlap_seconds})
+    return JSONResponse({"active": kid, "overlap_seconds": body.overlap_seconds},
+                        headers=NO_STORE)

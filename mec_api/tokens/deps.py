@@ -41,6 +41,9 @@ class TokenRoutes:
     operator_token: str
     clock: Callable[[], datetime] = utc_now
     revoke_limiter: RateLimiter = field(default_factory=default_revoke_limiter)
+    # The operator's key rotation (mec_api.tokens.keyring.KeyRotator): the overlap in seconds
+    # in, the new active kid out. None where this process does not hold the key directory.
+    rotate_key: Callable[[float], str] | None = None
     mirror: FeedMirror = field(init=False)
     feed: CoalescedRead[FeedView] = field(init=False)
 

@@ -117,3 +117,12 @@ class PolicyFailed(TokenRefused):
     check = "policy.evaluation"
     hint = ("The token policy could not be evaluated; nothing was issued. "
             "Check policies/tokens.rego.")
+
+
+class KeyRotationRefused(CheckedError):
+    """The operator's key rotation cannot be done as asked (problem+json, not OAuth JSON)."""
+
+    check = "tokens.rotate"
+    status = 400
+    hint = ("Pass an overlap of at least the token lifetime (UMEC_TOKEN_LIFETIME_SECONDS), or "
+            "rotate on a server that holds the access-token key directory.")

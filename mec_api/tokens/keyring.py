@@ -3,7 +3,9 @@ and the access-token signing ring, rotated by an operator and picked up by every
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -57,14 +59,41 @@ class RingReloader:
         return True
 
 
+# One rotation at a time in this process; the directory's lock file orders processes (the
+# CLI on the host, the server's workers, other replicas on the shared key directory).
+_ROTATING = threading.Lock()
+LOCK_NAME = ".rotate.lock"
+
+
 def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: float) -> str:
-    """Make a fresh key active; the old one stays published for ``overlap_seconds``."""
-    if overlap_seconds < lifetime_seconds:
+    """Make a fresh key active; the old one stays published for ``overlap_seconds``.
+
+    Rotations are serialised (a thread lock and ``flock`` on the directory's lock file), so two
+    operators rotating at once both land: the second rotates the first one's key away, within
+    its overlap, rather than overwriting the index the first one wrote."""
+    if not overlap_seconds >= lifetime_seconds:  # NaN too
         raise ValueError(f"overlap {overlap_seconds:g} s is shorter than the token lifetime "
                          f"{lifetime_seconds:g} s: tokens still in use would stop verifying")
-    now = datetime.now(UTC)
-    ring = KeyRing.load_or_create(directory)
-    ring.prune(now)
-    new = ring.rotate(generate_private_key(), now, timedelta(seconds=overlap_seconds))
-    ring.save(directory)
-    return new.kid
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with _ROTATING, open(directory / LOCK_NAME, "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = datetime.now(UTC)
+        ring = KeyRing.load_or_create(directory)
+        ring.prune(now)
+        new = ring.rotate(generate_private_key(), now, timedelta(seconds=overlap_seconds))
+        ring.save(directory)
+        return new.kid
+
+
+class KeyRotator:
+    """What the operator route calls: rotate in the shared directory, then reload this
+    process's ring at once (other processes pick it up within their reload interval)."""
+
+    def __init__(self, directory: Path, lifetime_seconds: float, reloader: RingReloader) -> None:
+        self.directory, self.lifetime_seconds = directory, lifetime_seconds
+        self.reloader = reloader
+
+    def __call__(self, overlap_seconds: float) -> str:
+        kid = rotate_token_key(self.directory, overlap_seconds, self.lifetime_seconds)
+        self.reloader.check()
+        return kid

@@ -139,7 +139,58 @@ def test_remote_refusals_are_one_line(site: Site, tmp_path: Path) -> None:
     other_ca, _ = loopback_tls(tmp_path / "other")
     assert_error(umec_process(["nodes"], {**site.remote, "UMEC_SERVER_CA": str(other_ca)}), 1,
                  "error: server.tls: ", "certificate is not verified by", str(other_ca))
-    assert_error(umec_process(["tokens", "rotate-key"], site.remote), 2, "no remote mode")
+
+
+def _jwks_kids(site: Site) -> set[str]:
+    return {k["kid"] for k in site.nodes.get("/.well-known/jwks.json").json()["keys"]}
+
+
+def test_rotate_key_remotely(site: Site) -> None:
+    """``umec tokens rotate-key`` asks the server: its ring switches at once (this process),
+    the JWKS lists old and new; refusals are the CLI's one line."""
+    tokens = site.server.tokens
+    assert tokens is not None
+    before = tokens.issuer.ring.active.kid
+    assert _jwks_kids(site) == {before}
+    out = ok(["tokens", "rotate-key", "--overlap-seconds", "900"], site.remote)
+    kid = out.split()[2].rstrip(";")
+    assert out == f"active key {kid}; the previous key stays published for 900 s\n"
+    assert kid != before and tokens.issuer.ring.active.kid == kid   # no reload wait
+    assert _jwks_kids(site) == {before, kid}
+    assert_error(umec_process(["tokens", "rotate-key", "--overlap-seconds", "60"], site.remote),
+                 1, "error: tokens.rotate: overlap 60 s is shorter than the token lifetime")
+    assert_error(umec_process(["tokens", "rotate-key"],
+                              {**site.remote, "UMEC_OPERATOR_TOKEN": "x" * 40}), 1,
+                 "error: operator.token: missing or wrong operator bearer token")
+    assert tokens.issuer.ring.active.kid == kid                      # nothing changed
+
+
+def test_rotate_route_refuses_without_operator_token(site: Site) -> None:
+    """The attacker's view of POST /tokens/v1/signing-key/rotate: no or a wrong credential,
+    a workload's own access token, bodies that do not validate, a body past 4 KiB."""
+    tokens = site.server.tokens
+    assert tokens is not None
+    before = tokens.issuer.ring.active.kid
+    path = "/tokens/v1/signing-key/rotate"
+    for headers in ({}, {"Authorization": "Bearer wrong"},
+                    {"Authorization": f"Basic {site.server.operator_token}"}):
+        resp = site.nodes.post(path, json={"overlap_seconds": 900}, headers=headers)
+        assert resp.status_code == 401, resp.text
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert resp.json()["check"] == "operator.token"
+        assert resp.headers["www-authenticate"] == 'Bearer realm="umec-operator"'
+    operator = {"Authorization": f"Bearer {site.server.operator_token}"}
+    for body in ({"overlap_seconds": -1}, {"overlap_seconds": 31 * 86400},
+                 {"overlap_seconds": "soon"}):
+        resp = site.nodes.post(path, json=body, headers=operator)
+        assert (resp.status_code, resp.json()["check"]) == (422, "request.schema"), body
+    resp = site.nodes.post(path, content=b"{" + b" " * 8192 + b"}", headers={
+        **operator, "Content-Type": "application/json"})
+    assert resp.status_code == 413
+    resp = site.nodes.post(path, json={"overlap_seconds": 10}, headers=operator)
+    assert (resp.status_code, resp.json()["check"]) == (400, "tokens.rotate")
+    assert tokens.issuer.ring.active.kid == before
+    assert _jwks_kids(site) == {before}
 
 
 def test_context_file_names_the_server(site: Site, tmp_path: Path) -> None:
