@@ -279,7 +279,10 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
 
 
 @app.command()
-def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] = None) -> None:
+def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] = None,
+         stay: Annotated[float, typer.Option(
+             help="After a passing story, keep the dashboard and the sample app up this many "
+                  "seconds (Ctrl-C ends it; 'inf' until then)", min=0)] = 0.0) -> None:
     """Everything on one machine: swtpm nodes, server, agents; a node is tampered with.
     The log (UMEC_LOG_LEVEL) is kept, and its path printed on stderr, when a step fails."""
     from attest.tpm.swtpm import swtpm_available
@@ -290,4 +293,4 @@ def demo(workdir: Annotated[Path | None, typer.Option(help="Keep state here")] =
         raise CliError("the demo needs swtpm, swtpm_setup, swtpm_localca and docker-registry",
                        check="demo.requirements",
                        hint="run scripts/setup.sh (it installs the Debian packages)")
-    raise typer.Exit(run_demo(console, workdir, log_level))
+    raise typer.Exit(run_demo(console, workdir, log_level, stay_seconds=stay))

@@ -26,6 +26,7 @@ import logging
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,12 +117,13 @@ def _workdir(path: Path | None) -> Iterator[Path]:
 
 
 def run_demo(console: Console, workdir: Path | None = None, log_level: str = "INFO", *,
-             fail_at_step: int | None = None) -> int:
+             fail_at_step: int | None = None, stay_seconds: float = 0.0) -> int:
     """Run the story; 0 if every check passed. ``fail_at_step`` makes that step fail (tests of
-    the failure path: the kept log); the command never sets it."""
+    the failure path: the kept log); the command never sets it. ``stay_seconds``: after a
+    passing story, keep the site up that long (Ctrl-C ends it) for a person to look at."""
     with _kept_on_failure(log_level) as evidence:
         try:
-            _story(console, workdir, evidence, fail_at_step)
+            _story(console, workdir, evidence, fail_at_step, stay_seconds)
         except DemoStepFailed as exc:
             evidence.failed = True
             console.print(f"[red]✗ UNEXPECTED:[/red] {exc}")
@@ -157,7 +159,7 @@ class DemoRun:
 
 
 def _story(console: Console, workdir: Path | None, evidence: Evidence,
-           fail_at_step: int | None) -> None:
+           fail_at_step: int | None, stay_seconds: float) -> None:
     with _workdir(workdir) as work, contextlib.ExitStack() as stack:
         run = DemoRun(console, work, stack, evidence, fail_at_step)
         tpms, bundle = _manufacture_tpms(run)
@@ -175,6 +177,32 @@ def _story(console: Console, workdir: Path | None, evidence: Evidence,
         app = _sample_app_step(run, plane)
         _token_step(run, tpms, agents, plane)
         show_refusal(app, run.expect)
+        if stay_seconds > 0 and not evidence.failed:
+            _stay(run, plane, agents, app, stay_seconds)
+
+
+STAY_ROUND_SECONDS = 10.0
+
+
+def _stay(run: DemoRun, plane: ControlPlane, agents: dict[str, Any], app: SampleApp,
+          seconds: float) -> None:
+    """The site stays up for a person: the dashboard, the sample app, and the agents attesting
+    every few seconds so the fleet page stays live (both nodes fail now, each with its check)."""
+    run.console.rule("[bold]8. The site stays up (Ctrl-C to stop)")
+    run.console.print(f"  dashboard: {plane.url}/ui/ (log in with the operator token "
+                      f"{plane.operator_token})")
+    run.console.print(f"  sample app: {app.url}/")
+    deadline = time.monotonic() + seconds
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(STAY_ROUND_SECONDS, left))
+            for name, agent in agents.items():
+                try:
+                    agent.attest_once()
+                except Exception as exc:  # shown; the site stays up
+                    run.console.print(f"  {name}: round failed ({type(exc).__name__}: {exc})")
+    except KeyboardInterrupt:
+        run.console.print("  stopping")
 
 
 def _manufacture_tpms(run: DemoRun) -> tuple[dict[str, Any], Path]:

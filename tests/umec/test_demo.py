@@ -8,7 +8,9 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
+import httpx
 import pytest
 
 from attest.tpm.swtpm import swtpm_available
@@ -26,16 +28,26 @@ def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:
         return {line.split()[0] for line in out.splitlines()
                 if "umec-demo-" in line and ("swtpm" in line or "docker-registry" in line)}
     before = ours()
-    result = subprocess.run([sys.executable, "-m", "umec", "demo"], capture_output=True,
-                            text=True, timeout=300, env={"COLUMNS": "120", "PATH": "/usr/bin:/bin",
-                                                         "TMPDIR": str(tmp_path)})
+    # --stay: the site stays up after the story; the dashboard and the app answer meanwhile.
+    with subprocess.Popen([sys.executable, "-m", "umec", "demo", "--stay", "6"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env={"COLUMNS": "120", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1",
+                               "TMPDIR": str(tmp_path)}) as demo:
+        assert demo.stdout is not None
+        head = _through_stay_banner(demo.stdout)
+        dashboard, app_url = head[-2].split()[1], head[-1].split()[-1]
+        assert httpx.get(dashboard + "login", timeout=10).status_code == 200
+        assert "Take a picture and classify it" in httpx.get(app_url, timeout=10).text
+        rest, err = demo.communicate(timeout=300)
+    result = subprocess.CompletedProcess(demo.args, demo.returncode, "".join(head) + rest, err)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for line in ("node-a: trusted", "node-b: untrusted", "policy.pcr_value",
                  "signed pod admitted", "unsigned pod denied", "sensor: 24.3 °C",
                  "espresso", "gets no token: admission.pod", "node node-a is no longer trusted",
                  "the sample app's pod (same signed image) admitted",
                  "classified the camera's picture: espresso", "sample app: http://127.0.0.1:",
-                 "the sample app now shows 503 app.token_exchange", "demo passed"):
+                 "the sample app now shows 503 app.token_exchange",
+                 "8. The site stays up", "demo passed"):
         assert line in result.stdout, line
     assert "UNEXPECTED" not in result.stdout
     assert ours() <= before  # every swtpm and registry the demo started is gone
@@ -74,3 +86,13 @@ def test_a_failing_step_keeps_the_log_and_prints_its_path(tmp_path: Path) -> Non
     assert records[-1]["msg"] == "demo step failed"
     assert (log.parent / "umec.db").stat().st_size > 0  # the server's database, for the record
     assert not list(tmp_path.glob("umec-demo-[!l]*"))  # the work directory itself is gone
+
+
+def _through_stay_banner(stream: IO[str]) -> list[str]:
+    """Lines of ``stream`` through step 8's two lines (dashboard, then sample app)."""
+    lines: list[str] = []
+    for line in stream:
+        lines.append(line)
+        if len(lines) > 1 and "dashboard: " in lines[-2]:
+            return lines
+    raise AssertionError("the demo ended before step 8: " + "".join(lines)[-3000:])
