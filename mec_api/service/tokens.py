@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,11 +41,14 @@ from mec_api.tokens.feed import (
     http_source,
     store_source,
 )
+from mec_api.tokens.issuance_counts import FLUSH_SECONDS, CountFlusher, IssuanceCounts
 from mec_api.tokens.issuer import ClusterKeys, IssuerConfig, TokenIssuer
 from mec_api.tokens.keyring import KeyRotator, LazyClusterKeys, RingReloader
 from mec_api.tokens.revocations import RevocationList, RevocationStore
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
 from mec_api.tokens.trust import AdmissionLookup, NodeTrust
+
+log = logging.getLogger("umec.tokens")
 
 KEY_RELOAD_SECONDS = 2.0
 
@@ -94,6 +98,8 @@ class TokenService:
     routes: TokenRoutes                  # app.state.tokens of the token routes
     reloader: RingReloader
     clock: Clock
+    counts: IssuanceCounts               # token_issuance_counts: issued per hour, all processes
+    flush_counts: CountFlusher           # this process's counts into it (background, close)
 
 
 @dataclass
@@ -157,19 +163,35 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
     routes = TokenRoutes(issuer, store, operator_token=config.operator_token, clock=clock.now,
                          rotate_key=KeyRotator(config.keys_dir, config.lifetime_seconds,
                                                reloader))
-    return TokenService(issuer, store, guard, follower, routes, reloader, clock)
+    counts = IssuanceCounts(sessions.kw["bind"])
+    flush = CountFlusher(counts, issuer.issued.take_counts, issuer.issued.put_back,
+                         lambda: clock.now().timestamp())
+    return TokenService(issuer, store, guard, follower, routes, reloader, clock, counts, flush)
 
 
 def local_tokens(service: TokenService, engine: Engine) -> Tokens:
     """The token service's background: its follower (first read before the first request),
-    the key-ring reload and revocation prune every 2 s, and on PostgreSQL the wake-ups."""
+    the key-ring reload and revocation prune every 2 s, the issuance counts' flush every
+    10 s (and at close), and on PostgreSQL the wake-ups."""
     reload = PeriodicTask("token key reload / revocation prune", KEY_RELOAD_SECONDS,
                           lambda: _reload_and_prune(service), delay_first=True)
+    counting = PeriodicTask("token issuance counts", FLUSH_SECONDS, service.flush_counts,
+                            delay_first=True)
     wakeups = Wakeups(engine, service.follower.poke)
     return Tokens(service.guard, service,
-                  background=[service.follower.run, reload.run],
+                  background=[service.follower.run, reload.run, counting.run],
                   on_start=[_first_read(service.follower), wakeups.start],
-                  on_close=[wakeups.stop])
+                  on_close=[wakeups.stop, _final_flush(service.flush_counts)])
+
+
+def _final_flush(flush: CountFlusher) -> Hook:
+    async def final_flush() -> None:
+        try:
+            await asyncio.to_thread(flush)
+        except Exception as exc:  # the database is gone at close: the counts are lost, say so
+            log.warning("token issuance counts not flushed at close: %s: %s",
+                        type(exc).__name__, exc)
+    return final_flush
 
 
 def _reload_and_prune(service: TokenService) -> None:

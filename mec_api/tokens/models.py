@@ -1,10 +1,14 @@
-"""Tables of the token service: revocations only.
+"""Tables of the token service: revocations, and how many tokens were issued per hour.
 
 Issued access tokens are not stored: they are self-contained JWTs, introspection verifies them,
 and a node going untrusted revokes *every* token minted for workloads on it with one row
 (``kind = "node"``: tokens of that node whose ``node_epoch`` claim is at most ``node_epoch``), a
 deleted pod every token of that pod (``kind = "pod"``).
 Rows expire once every token they could match has expired, so the feed stays small.
+
+``token_issuance_counts`` (migration 0017) counts issued tokens per hour, workload and node, for
+the operator's Tokens page across replicas and workers. Each process adds its counts every few
+seconds in one upsert (:mod:`mec_api.tokens.issuance_counts`), never on the token path.
 
 ``token_revocation_generation`` is one row whose number every revocation's transaction
 increments: a follower that sees the number it last read knows, with one primary-key read, that
@@ -60,6 +64,18 @@ class RevocationGenerationRow(TokensBase):
     # Random, new with every number (migration 0011): tells a restored history's number N from
     # the number N a follower read before the restore.
     stamp: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class IssuanceCountRow(TokensBase):
+    """Tokens issued in one UTC hour (``hour``: seconds since the epoch // 3600) to one
+    workload (its ``client_id``, ``namespace:serviceaccount``) on one node; summed over every
+    process."""
+    __tablename__ = "token_issuance_counts"
+
+    hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    workload: Mapped[str] = mapped_column(String(512), primary_key=True)
+    node: Mapped[str] = mapped_column(String(253), primary_key=True)
+    issued: Mapped[int] = mapped_column(BigInteger)
 
 
 @event.listens_for(RevocationGenerationRow.__table__, "after_create")

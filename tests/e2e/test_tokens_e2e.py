@@ -106,6 +106,21 @@ def test_attested_signed_app_gets_a_token_and_loses_it_within_a_second(site: Sit
     assert [e["node"] for e in feed["entries"] if e["kind"] == "node"] == ["node-a"]
 
 
+def test_issued_tokens_are_counted_for_every_replica(site: Site) -> None:
+    """What the server issued reaches token_issuance_counts with its background flush (here
+    called directly), per workload and node; nothing is counted twice."""
+    from mec_api.tokens.issuance_counts import hour_of
+    admit(site)
+    for _ in range(3):
+        assert exchange(site, site.cluster.token()).status_code == 200
+    tokens = site.server.tokens
+    assert tokens is not None
+    tokens.flush_counts()
+    tokens.flush_counts()
+    hour = hour_of(time.time()) - 1
+    assert dict(tokens.counts.totals(hour)) == {("tenant-a:app", "node-a"): 3}
+
+
 def test_unsigned_app_gets_no_token(site: Site) -> None:
     admit(site, uid="uid-unsigned", name="unsigned-1", signers=())
     r = exchange(site, site.cluster.token(pod="unsigned-1", pod_uid="uid-unsigned"))

@@ -138,6 +138,7 @@ def test_node_goes_untrusted_live(page: Any, env: Env, shots: Path) -> None:
     page.wait_for_url("**/ui/policies/pi-k3s")
     assert "sha256" in page.locator("#policy-document").inner_text()
     assert page.locator("#policy-set textarea").count() == 1
+    page.screenshot(path=str(shots / "policies.png"), full_page=True)
     assert page.evaluate("window.__csp") == []
 
 
@@ -250,8 +251,15 @@ def test_a_denial_appears_live(page: Any, env: Env, shots: Path) -> None:
     assert "policy.unsatisfied" in row.inner_text()
     page.goto("/ui/admission")  # the charts are drawn on load
     page.screenshot(path=str(shots / "admission.png"), full_page=True)
+    # What two other replicas flushed to token_issuance_counts: the page sums every server.
+    from mec_api.tokens.issuance_counts import IssuanceCounts, hour_of
+    hour = hour_of(env.server.attest.now().timestamp())
+    IssuanceCounts(env.server.attest.sessions.kw["bind"]).flush({
+        (hour, "shop:checkout", "edge-pi-1"): 41, (hour - 2, "shop:checkout", "edge-pi-1"): 12,
+        (hour, "vision:classifier", "edge-pi-2"): 9})
     page.goto("/ui/tokens")
     assert page.locator("#feed-health").inner_text() == "current"
+    assert page.locator("#workloads .issued-all").all_inner_texts() == ["53", "9"]
     page.screenshot(path=str(shots / "tokens.png"), full_page=True)
     page.goto("/ui/sensors")
     page.screenshot(path=str(shots / "sensors.png"), full_page=True)

@@ -136,6 +136,21 @@ def test_tokens_page_shows_the_feed_health(client: httpx.Client) -> None:
     assert 'id="workloads"' in resp.text and 'id="token-revocations"' in resp.text
 
 
+def test_tokens_page_counts_what_other_processes_issued(env: Env, client: httpx.Client) -> None:
+    """Counts another replica flushed to token_issuance_counts are on this server's page (it
+    issued none of them), escaped; an hour older than 24 h is not counted."""
+    from mec_api.tokens.issuance_counts import IssuanceCounts, hour_of
+    hour = hour_of(env.server.attest.now().timestamp())
+    IssuanceCounts(env.server.attest.sessions.kw["bind"]).flush({
+        (hour, "tenant-a/<b>app</b>", "edge-pi-9"): 7, (hour - 1, "tenant-a/<b>app</b>",
+                                                        "edge-pi-9"): 5,
+        (hour - 24, "tenant-a/<b>app</b>", "edge-pi-9"): 1000})
+    resp = client.get("/ui/tokens")
+    assert resp.status_code == 200 and "<b>app" not in resp.text
+    row = resp.text.split("tenant-a/&lt;b&gt;app&lt;/b&gt;")[1].split("</tr>")[0]
+    assert '<td>edge-pi-9</td><td class="issued-all">12</td><td>0</td>' in row
+
+
 def test_sensors_page_latest_and_chart(client: httpx.Client) -> None:
     resp = client.get("/ui/sensors")
     assert resp.status_code == 200

@@ -19,6 +19,7 @@ from attest.service.fleet import find_summary, fleet_summaries, node_events
 from attest.service.metrics import ROUND_MINUTES
 from mec_api.sensor.store import SqlSensorStore
 from mec_api.service.tokens import TokenService
+from mec_api.tokens.issuance_counts import hour_of
 from mec_api.tokens.ledger import per_workload
 
 NodeRevocations = Callable[[str], list[dict[str, Any]]]
@@ -173,8 +174,11 @@ def tokens(src: UiSources) -> dict[str, Any]:
     applied = service.follower.applied_at
     entries = sorted(service.store.current(now), key=lambda e: -e.seq)
     generation = service.store.generation()
+    ledger = service.issuer.issued
+    issued_all = service.counts.totals_with(ledger.pending_counts(),
+                                            hour_of(now.timestamp()) - 23)
     return {"served": True,
-            "workloads": per_workload(service.issuer.issued.rows(), now.timestamp(), why),
+            "workloads": per_workload(ledger.rows(), now.timestamp(), why, issued_all),
             "revocations": [{"kind": e.kind, "node": e.node, "node_epoch": e.node_epoch,
                              "pod_uid": e.pod_uid, "jti": e.jti,
                              "expires_at": datetime.fromtimestamp(e.expires_at).astimezone()

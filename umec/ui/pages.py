@@ -99,13 +99,19 @@ def admission_page(view: dict[str, Any], csrf: str) -> str:
     return page("Admission", body, csrf=csrf, poll=f"/ui/api/admission{query}")
 
 
+def _when(timestamp: float | None) -> str:
+    if not timestamp:
+        return "—"
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
 def _workload_rows(rows: list[dict[str, Any]]) -> str:
     return "".join(
         f'<tr><td>{esc(r["workload"])}</td><td>{esc(r["node"])}</td>'
+        f'<td class="issued-all">{esc(r["issued_all"])}</td>'
         f'<td>{esc(r["issued"])}</td><td>{esc(r["live"])}</td><td>{esc(r["revoked"])}</td>'
-        f'<td>{esc("; ".join(r["why"]))}</td><td>'
-        f'{esc(datetime.fromtimestamp(r["last_issued"], UTC).isoformat(timespec="seconds"))}'
-        "</td></tr>" for r in rows)
+        f'<td>{esc("; ".join(r["why"]))}</td><td>{esc(_when(r["last_issued"]))}</td></tr>'
+        for r in rows)
 
 
 def _revocation_rows(rows: list[dict[str, Any]]) -> str:
@@ -132,10 +138,12 @@ def tokens_page(view: dict[str, Any], csrf: str) -> str:
         "<h1>Tokens</h1>"
         f'<p class="facts">Revocation feed: {health}</p>'
         "<h2>Issued per workload and node</h2>"
-        '<p class="note">What this server issued since it started (the newest 5000; tokens '
-        "live 5 min at most); revoked counts tokens still within their lifetime.</p>"
-        '<table id="workloads"><thead><tr><th>workload</th><th>node</th><th>issued</th>'
-        "<th>live</th><th>revoked</th><th>why revoked</th><th>last issued</th></tr></thead>"
+        '<p class="note">Issued in the last 24 h: every server and worker (each adds its '
+        "counts every 10 s). This server: its newest 5000 tokens since it started (tokens live "
+        "5 min at most), how many are still live, and how many were revoked while live.</p>"
+        '<table id="workloads"><thead><tr><th>workload</th><th>node</th>'
+        "<th>issued, 24 h (all servers)</th><th>issued here</th><th>live here</th>"
+        "<th>revoked here</th><th>why revoked</th><th>last issued here</th></tr></thead>"
         f'<tbody>{_workload_rows(view["workloads"])}</tbody></table>'
         "<h2>Revocations in force</h2>"
         '<table id="token-revocations"><thead><tr><th>kind</th><th>revokes</th>'

@@ -73,7 +73,7 @@ def _history(rows: list[dict[str, Any]]) -> str:
         f'<td><code>{esc(r["check"] or "")}</code> {esc(r["detail"] or "")}</td></tr>'
         for r in reversed(rows))
     return ('<table id="policy-history"><thead><tr><th>at</th><th>outcome</th><th>version</th>'
-            f"<th>signers</th><th>refusal</th></tr></thead><tbody>{body}</tbody></table>")
+            f"<th>signers</th><th>detail</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def _rollback(name: str, versions: list[int], csrf: str, trust: dict[str, Any]) -> str:
