@@ -28,12 +28,13 @@ Steps:
 5. Server memory after the rounds: VmRSS and VmHWM from ``/proc/PID/status``.
 
 Goal: ≥ 200 rounds/s with p99 ≤ 50 ms on 2 cores; server RSS ≤ 200 MB.
-``--postgres`` runs the server on a fresh database of the PostgreSQL at 127.0.0.1:5432 (dropped
-afterwards). ``--server-repo DIR`` runs the server from another checkout (``python -m umec`` with
-that directory first on ``PYTHONPATH``): ``compare_rounds.py`` uses it to put the code before a
-change and after it side by side in one run. All nodes connect from 127.0.0.1, so the server's
-per-source limit on the protocol routes is lifted (``UMEC_ATTEST_RATE_PER_SOURCE``); the
-limiter itself still runs on every request.
+``--database postgresql://USER@HOST:PORT/DB`` runs the server on a fresh database of its own on
+that PostgreSQL server (dropped afterwards; ``--postgres``: the machine's shared one, see
+bench/benchdb.py). ``--server-repo DIR`` runs the server from another checkout
+(``python -m umec`` with that directory first on ``PYTHONPATH``): ``compare_rounds.py`` uses it
+to put the code before a change and after it side by side in one run. All nodes connect from
+127.0.0.1, so the server's per-source limit on the protocol routes is lifted
+(``UMEC_ATTEST_RATE_PER_SOURCE``); the limiter itself still runs on every request.
 ``--py-spy SECONDS`` additionally samples the server with py-spy (``pip install py-spy`` into
 the main venv) during the measured rounds and prints the top functions.
 """
@@ -64,6 +65,14 @@ from benchlib import percentile, print_machine, vm_status
 REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:  # the simulated TPM and node are test support (tests/support/)
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from benchdb import (  # noqa: E402
+    SHARED_POSTGRES,
+    add_database_option,
+    is_postgres,
+    scratch_database,
+)
 
 from tests.support.simagent import SimulatedNode  # noqa: E402
 from tests.support.simtpm import SimulatedTpm  # noqa: E402
@@ -132,20 +141,10 @@ def backend_cpu(url: str) -> dict[int, float]:
 
 
 @contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the shared PostgreSQL, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-    admin = create_engine("postgresql+psycopg://postgres@127.0.0.1:5432/test",
-                          isolation_level="AUTOCOMMIT")
-    name = f"umec_bench_{os.getpid()}_{int(time.time())}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+def postgres_database(spec: str = SHARED_POSTGRES) -> Iterator[str]:
+    """A fresh database on the PostgreSQL ``spec`` names, dropped afterwards (benchdb)."""
+    with scratch_database(spec) as url:
+        yield url
 
 
 @contextmanager
@@ -186,8 +185,7 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=90.0)
     ap.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--postgres", action="store_true",
-                    help="a fresh database on PostgreSQL at 127.0.0.1:5432 instead of SQLite")
+    add_database_option(ap)
     ap.add_argument("--server-repo", type=Path, default=None, metavar="DIR",
                     help="run the server from this checkout (python -m umec)")
     ap.add_argument("--variant", default=None, metavar="ARGS",
@@ -217,8 +215,9 @@ def main() -> None:
         if args.server_repo is not None:
             cmd = [args.python, "-m", "umec", "server"]
             extra["PYTHONPATH"] = str(args.server_repo.resolve())
-        database = postgres_database() if args.postgres else contextlib.nullcontext("")
-        print(f"# server: {' '.join(cmd)} ({'PostgreSQL' if args.postgres else 'SQLite'}"
+        database = scratch_database(args.database)
+        print(f"# server: {' '.join(cmd)} "
+              f"({'PostgreSQL' if is_postgres(args.database) else 'SQLite'}"
               f"{', from ' + str(args.server_repo) if args.server_repo else ''})")
         with database as url, server_process(
                 work, hashes, port, cmd, {**extra, "UMEC_DATABASE_URL": url}) as server:

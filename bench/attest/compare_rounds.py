@@ -38,7 +38,7 @@ def run_once(args: argparse.Namespace, postgres: bool, repo: Path | None) -> dic
     cmd = [sys.executable, str(BENCH), "--nodes", str(args.nodes), "--rounds", str(args.rounds),
            "--threads", str(args.threads), "--warmup", str(args.warmup)]
     if postgres:
-        cmd.append("--postgres")
+        cmd += ["--database", args.database]
     if repo is not None:
         cmd += ["--server-repo", str(repo)]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--databases", nargs="+", default=["SQLite", "PostgreSQL"],
                     choices=["SQLite", "PostgreSQL"])
+    ap.add_argument("--database", default="postgresql://postgres@127.0.0.1:5432/test",
+                    metavar="postgresql://…", help="the PostgreSQL server of the PostgreSQL "
+                    "runs (each creates and drops a database of its own there)")
     args = ap.parse_args()
     subprocess.run([sys.executable, "-c", "import benchlib; benchlib.print_machine()"],
                    cwd=BENCH.parent, check=True)

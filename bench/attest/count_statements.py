@@ -1,6 +1,7 @@
 """Statements, transactions and database round trips of one attestation round (run by hand).
 
-    .venv/bin/python bench/attest/count_statements.py [--postgres] [--rounds 20]
+    .venv/bin/python bench/attest/count_statements.py [--database sqlite|postgresql://…]
+        [--postgres] [--rounds 20]
 
 Runs ``umec server``'s app in-process (``tests/support/attack_env.running_env``: a real HTTP
 server on loopback, SQLite in a temporary directory or a fresh PostgreSQL database that is
@@ -39,6 +40,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench_rounds import postgres_database  # noqa: E402
+from benchdb import add_database_option, is_postgres  # noqa: E402
 from sqlalchemy import Engine, event  # noqa: E402
 
 from tests.support.attack_env import running_env  # noqa: E402
@@ -117,23 +119,20 @@ def round_trips(c: Counter[str], postgres: bool) -> int:
 
 
 @contextlib.contextmanager
-def database(postgres: bool) -> Iterator[str]:
-    if postgres:
-        with postgres_database() as url:
-            yield url
-    else:
-        yield ""
+def database(spec: str) -> Iterator[str]:
+    with postgres_database(spec) as url:
+        yield url
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--postgres", action="store_true")
+    add_database_option(ap)
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args()
     counts = Counts()
     per: dict[str, list[Counter[str]]] = {"challenge": [], "evidence": []}
-    with tempfile.TemporaryDirectory() as tmp, database(args.postgres) as url, \
+    with tempfile.TemporaryDirectory() as tmp, database(args.database) as url, \
             running_env(Path(tmp), url) as env:
         node = env.node("node-count")
         node.enroll_and_activate()
@@ -148,7 +147,7 @@ def main() -> None:
             resp.raise_for_status()
             per["evidence"].append(counts.take())
             assert resp.json()["state"] == "trusted"
-    report(per, args.postgres, args.rounds)
+    report(per, is_postgres(args.database), args.rounds)
 
 
 def report(per: dict[str, list[Counter[str]]], postgres: bool, rounds: int) -> None:

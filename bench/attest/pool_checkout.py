@@ -16,7 +16,6 @@ import argparse
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ from sqlalchemy import Engine, create_engine, text  # noqa: E402
 
 from umec.db import POSTGRES_CONNECT_ARGS, watch_liveness  # noqa: E402
 
-ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+sys.path.insert(0, str(REPO / "bench"))
+from benchdb import SHARED_POSTGRES, scratch_database  # noqa: E402
 
 
 def engines(url: str) -> dict[str, Engine]:
@@ -64,17 +64,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--checkouts", type=int, default=2000)
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--database", default=SHARED_POSTGRES, metavar="postgresql://…",
+                        help="the PostgreSQL server (a database of the run's own is created "
+                             "and dropped there)")
     args = parser.parse_args()
-    admin = create_engine(ADMIN, isolation_level="AUTOCOMMIT")
-    name = f"umec_bench_checkout_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        measure(ADMIN.rsplit("/", 1)[0] + f"/{name}", args.checkouts, args.trials)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(args.database) as url:
+        measure(url.replace("postgresql://", "postgresql+psycopg://", 1), args.checkouts,
+                args.trials)
 
 
 def measure(url: str, checkouts: int, trials: int) -> None:

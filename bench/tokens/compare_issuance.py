@@ -1,0 +1,132 @@
+"""Token issuance over HTTP on SQLite and on PostgreSQL, side by side in one run (issue 15).
+
+Run from the repo root::
+
+    .venv/bin/python bench/tokens/compare_issuance.py [--trials 3 --workers 1 2]
+        [--database postgresql://postgres@127.0.0.1:5432/test]
+
+Per trial and per ``--workers`` value, the two databases run one after the other, in an order
+that alternates between trials so that a drift of the machine's load hits both alike. Each run
+is the issuance part of ``bench_tokens.py``: a fresh ``umec server`` (``--workers N``) on a
+fresh database (SQLite in its work directory, or a database of its own on the PostgreSQL
+server ``--database`` names, dropped afterwards), ``--nodes`` attested simulated nodes,
+``--pods`` admitted pods, then ``--threads`` clients exchanging their projected service-account
+tokens at ``/oauth2/token`` in a closed loop (every trust check runs on each). Reported per run:
+issuances/s, p50/p99, the server's CPU per issuance (all its processes) and, on PostgreSQL, the
+CPU of the backends serving the run's database; then medians per database and the ratio
+PostgreSQL ÷ SQLite of each trial.
+
+Goals (issue 15): ≥ 1,000 issuances/s with ``--workers 2`` on PostgreSQL, ≥ 600/s in one
+process, server CPU ≤ 1 ms per issuance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "bench" / "tokens"))
+sys.path.insert(0, str(REPO / "bench" / "attest"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench_rounds import backend_cpu  # noqa: E402
+from bench_tokens import (  # noqa: E402
+    GRANTS,
+    Site,
+    issuance_http,
+    percentile,
+    print_machine,
+    server_process,
+)
+from benchdb import SHARED_POSTGRES, scratch_database  # noqa: E402
+
+from tests.support.simtpm import SimulatedTpm  # noqa: E402
+from umec.demo_tokens import DemoCluster  # noqa: E402
+from umec.localserver import free_port  # noqa: E402
+
+
+def one_run(spec: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-issuance-"))
+    cluster = DemoCluster()
+    tpms = [SimulatedTpm(ecc_ek=True) for _ in range(args.nodes)]
+    hashes = [hashlib.sha256(t.ek_public.marshal_tpm2b()).hexdigest() for t in tpms]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    (work / "grants.yaml").write_text(GRANTS)
+    os.environ.update(UMEC_TOKEN_SA_JWKS_FILE=str(cluster.write_jwks(work / "jwks.json")),
+                      UMEC_TOKEN_GRANTS=str(work / "grants.yaml"), UMEC_PUBLIC_URL=base,
+                      UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000")
+    try:
+        with scratch_database(spec) as url, server_process(
+                work, hashes, port, [str(REPO / ".venv" / "bin" / "umec"), "server",
+                                     "--workers", str(workers)],
+                {"UMEC_DATABASE_URL": url}) as server:
+            site = Site(base, url or f"sqlite:///{work / 'data' / 'umec.db'}", cluster)
+            nodes = [site.trusted_node(f"node-{i:03d}", tpm) for i, tpm in enumerate(tpms)]
+            subjects = [site.pod_token(nodes[i % len(nodes)].name, f"pod-{i}")
+                        for i in range(args.pods)]
+            pg0 = backend_cpu(url) if url else {}
+            http = issuance_http(site, subjects, args.threads, args.issuances, server.pid)
+            pg1 = backend_cpu(url) if url else {}
+            site.client.close()
+        backend = (sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items()) / http["n"] * 1e3
+                   if url else None)
+        lat = sorted(http["lat"])
+        return {"per_s": http["per_s"], "p50": percentile(lat, 50) * 1e3,
+                "p99": percentile(lat, 99) * 1e3, "cpu_ms": http["cpu_ms"],
+                "backend_ms": backend}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--nodes", type=int, default=20)
+    ap.add_argument("--pods", type=int, default=200)
+    ap.add_argument("--issuances", type=int, default=3000)
+    ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--database", default=SHARED_POSTGRES, metavar="postgresql://…",
+                    help="the PostgreSQL server (each run creates and drops its own database)")
+    args = ap.parse_args()
+    print_machine()
+    print(f"# {args.issuances} issuances per run, {args.threads} client threads, "
+          f"{args.pods} pods on {args.nodes} nodes\n")
+    print("| workers | trial | database | issuances/s | p50 ms | p99 ms | server CPU ms/iss. "
+          "| PG backend CPU ms/iss. |\n|---|---|---|---:|---:|---:|---:|---:|")
+    results: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    for workers in args.workers:
+        for trial in range(args.trials):
+            order = ["sqlite", args.database]
+            for spec in order if trial % 2 == 0 else order[::-1]:
+                name = "SQLite" if spec == "sqlite" else "PostgreSQL"
+                r = one_run(spec, workers, args)
+                results.setdefault((workers, name), []).append(r)
+                backend = "" if r["backend_ms"] is None else f"{r['backend_ms']:.2f}"
+                print(f"| {workers} | {trial + 1} | {name} | {r['per_s']:.0f} | {r['p50']:.1f} "
+                      f"| {r['p99']:.1f} | {r['cpu_ms']:.2f} | {backend} |", flush=True)
+    print("\n| workers | database | median issuances/s | median p99 ms | median server CPU "
+          "ms/iss. | PostgreSQL ÷ SQLite, per trial |\n|---|---|---:|---:|---:|---|")
+    for workers in args.workers:
+        lite, pg = results[(workers, "SQLite")], results[(workers, "PostgreSQL")]
+        ratios = ", ".join(f"{p['per_s'] / s['per_s']:.2f}" for s, p in zip(lite, pg,
+                                                                            strict=True))
+        for name, runs in (("SQLite", lite), ("PostgreSQL", pg)):
+            print(f"| {workers} | {name} | {statistics.median(r['per_s'] for r in runs):.0f} "
+                  f"| {statistics.median(r['p99'] for r in runs):.1f} "
+                  f"| {statistics.median(r['cpu_ms'] for r in runs):.2f} "
+                  f"| {ratios if name == 'PostgreSQL' else ''} |")
+
+
+if __name__ == "__main__":
+    main()
