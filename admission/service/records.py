@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 from admission.service.models import admission_pods
+from kernel.sql_connect import single_statements
 
 log = logging.getLogger("umec.admission.records")
 
@@ -169,7 +170,7 @@ class SqlAdmissionRecords:
         # Core, not the ORM: the token service asks on every issuance, and a Session costs
         # more than the query itself.
         table = admission_pods
-        with self.engine.connect() as conn:
+        with single_statements(self.engine) as conn:  # one statement: no BEGIN/ROLLBACK
             row = conn.execute(select(table).where(table.c.uid == uid,
                                                    table.c.forgotten_at.is_(None))).first()
         if row is None:

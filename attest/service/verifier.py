@@ -56,6 +56,7 @@ from attest.service.metrics import count_round
 from attest.service.models import NodeRow, NonceRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
+from kernel.sql_connect import single_statements
 
 MAX_CLOCK = 2**63 - 1
 
@@ -168,8 +169,8 @@ def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPol
 def _autocommit(ctx: AttestContext) -> Iterator[Connection]:
     """A pooled connection whose every statement is its own transaction: on PostgreSQL no
     ``BEGIN`` and ``COMMIT``/``ROLLBACK`` round trips around a single statement."""
-    with ctx.engine.connect() as db:
-        yield db.execution_options(isolation_level="AUTOCOMMIT")
+    with single_statements(ctx.engine) as db:
+        yield db
 
 
 def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
