@@ -11,7 +11,9 @@ is the issuance part of ``bench_tokens.py``: a fresh ``umec server`` (``--worker
 fresh database (SQLite in its work directory, or a database of its own on the PostgreSQL
 server ``--database`` names, dropped afterwards), ``--nodes`` attested simulated nodes,
 ``--pods`` admitted pods, then ``--threads`` clients exchanging their projected service-account
-tokens at ``/oauth2/token`` in a closed loop (every trust check runs on each). Reported per run:
+tokens at ``/oauth2/token`` in a closed loop (every trust check runs on each); with ``--wrk
+SECONDS`` the load comes from wrk instead (``apt-get install wrk``), which leaves the server
+nearly both cores. Reported per run:
 issuances/s, p50/p99, the server's CPU per issuance (all its processes) and, on PostgreSQL, the
 CPU of the backends serving the run's database; then medians per database and the ratio
 PostgreSQL ÷ SQLite of each trial.
@@ -42,6 +44,7 @@ from bench_tokens import (  # noqa: E402
     GRANTS,
     Site,
     issuance_http,
+    issuance_wrk,
     percentile,
     print_machine,
     server_process,
@@ -74,15 +77,23 @@ def one_run(spec: str, workers: int, args: argparse.Namespace) -> dict[str, Any]
             subjects = [site.pod_token(nodes[i % len(nodes)].name, f"pod-{i}")
                         for i in range(args.pods)]
             pg0 = backend_cpu(url) if url else {}
-            http = issuance_http(site, subjects, args.threads, args.issuances, server.pid)
+            if args.wrk:
+                run = issuance_wrk(work, base, subjects, args.threads * 2, args.wrk, server.pid)
+                if run is None:
+                    raise SystemExit("--wrk: wrk is not installed (apt-get install wrk)")
+                result = {"n": run["n"], "per_s": run["per_s"], "p50": run["p50_ms"],
+                          "p99": run["p99_ms"], "cpu_ms": run["cpu_ms"]}
+            else:
+                http = issuance_http(site, subjects, args.threads, args.issuances, server.pid)
+                lat = sorted(http["lat"])
+                result = {"n": http["n"], "per_s": http["per_s"],
+                          "p50": percentile(lat, 50) * 1e3, "p99": percentile(lat, 99) * 1e3,
+                          "cpu_ms": http["cpu_ms"]}
             pg1 = backend_cpu(url) if url else {}
             site.client.close()
-        backend = (sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items()) / http["n"] * 1e3
-                   if url else None)
-        lat = sorted(http["lat"])
-        return {"per_s": http["per_s"], "p50": percentile(lat, 50) * 1e3,
-                "p99": percentile(lat, 99) * 1e3, "cpu_ms": http["cpu_ms"],
-                "backend_ms": backend}
+        result["backend_ms"] = (sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
+                                / result["n"] * 1e3 if url else None)
+        return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -96,12 +107,16 @@ def main() -> None:
     ap.add_argument("--pods", type=int, default=200)
     ap.add_argument("--issuances", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=4)
+    ap.add_argument("--wrk", type=int, default=0, metavar="SECONDS",
+                    help="load from wrk (C, one thread, 2×threads connections) for SECONDS "
+                         "instead of Python client threads: the server gets nearly both cores")
     ap.add_argument("--database", default=SHARED_POSTGRES, metavar="postgresql://…",
                     help="the PostgreSQL server (each run creates and drops its own database)")
     args = ap.parse_args()
     print_machine()
-    print(f"# {args.issuances} issuances per run, {args.threads} client threads, "
-          f"{args.pods} pods on {args.nodes} nodes\n")
+    load = (f"wrk for {args.wrk} s, {args.threads * 2} connections" if args.wrk else
+            f"{args.issuances} issuances per run, {args.threads} client threads")
+    print(f"# {load}; {args.pods} pods on {args.nodes} nodes\n")
     print("| workers | trial | database | issuances/s | p50 ms | p99 ms | server CPU ms/iss. "
           "| PG backend CPU ms/iss. |\n|---|---|---|---:|---:|---:|---:|---:|")
     results: dict[tuple[int, str], list[dict[str, Any]]] = {}
