@@ -140,10 +140,17 @@ class LocalBackend:
         return remove_policy(self.ctx.sessions, name)
 
     def rotate_token_key(self, overlap_seconds: float) -> str:
-        from mec_api.tokens.keyring import rotate_token_key
+        from mec_api.tokens.keyring import TooManyKeys, rotate_token_key
+        directory = self.settings.data_dir / "keys" / "access-tokens"
         try:
-            return rotate_token_key(self.settings.data_dir / "keys" / "access-tokens",
-                                    overlap_seconds, self.settings.token_lifetime_seconds)
+            return rotate_token_key(directory, overlap_seconds,
+                                    self.settings.token_lifetime_seconds)
+        except TooManyKeys as exc:
+            raise CliError(str(exc), check="tokens.rotate_too_many",
+                           hint="wait until an earlier key's overlap ends") from None
+        except OSError as exc:
+            raise CliError(f"{directory}: {exc.strerror or exc}", check="tokens.key_directory",
+                           hint="run it as the server's user on the server host") from None
         except ValueError as exc:
             raise UsageError(str(exc), hint="pass --overlap-seconds of at least the token "
                                             "lifetime (UMEC_TOKEN_LIFETIME_SECONDS)") from None

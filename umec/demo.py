@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -189,11 +190,15 @@ def _stay(run: DemoRun, plane: ControlPlane, agents: dict[str, Any], app: Sample
     """The site stays up for a person: the dashboard, the sample app, and the agents attesting
     every few seconds so the fleet page stays live (both nodes fail now, each with its check)."""
     run.console.rule("[bold]8. The site stays up (Ctrl-C to stop)")
-    run.console.print(f"  dashboard: {plane.url}/ui/ (log in with the operator token "
-                      f"{plane.operator_token})")
+    token_file = run.work / "server" / "operator-token"
+    run.console.print(f"  dashboard: {plane.url}/ui/")
     run.console.print(f"  sample app: {app.url}/")
+    run.console.print(f"  log in with the operator token in {token_file}", soft_wrap=True)
     deadline = time.monotonic() + seconds
     try:
+        # kill, a closed terminal: the same clean stop as Ctrl-C (swtpm, registry, app, files).
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop, _interrupt)
         while (left := deadline - time.monotonic()) > 0:
             time.sleep(min(STAY_ROUND_SECONDS, left))
             for name, agent in agents.items():
@@ -203,6 +208,13 @@ def _stay(run: DemoRun, plane: ControlPlane, agents: dict[str, Any], app: Sample
                     run.console.print(f"  {name}: round failed ({type(exc).__name__}: {exc})")
     except KeyboardInterrupt:
         run.console.print("  stopping")
+    finally:
+        for stop in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(stop, signal.SIG_DFL)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _manufacture_tpms(run: DemoRun) -> tuple[dict[str, Any], Path]:

@@ -164,8 +164,7 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
                          rotate_key=KeyRotator(config.keys_dir, config.lifetime_seconds,
                                                reloader))
     counts = IssuanceCounts(sessions.kw["bind"])
-    flush = CountFlusher(counts, issuer.issued.take_counts, issuer.issued.put_back,
-                         lambda: clock.now().timestamp())
+    flush = CountFlusher(counts, issuer.issued, lambda: clock.now().timestamp())
     return TokenService(issuer, store, guard, follower, routes, reloader, clock, counts, flush)
 
 

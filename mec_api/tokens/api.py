@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Form, Header, Query, Request
+from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
@@ -39,9 +39,16 @@ from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.deps import TokenRoutes, Tokens
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
-from mec_api.tokens.errors import InvalidRequest, KeyRotationRefused, TokenRefused
+from mec_api.tokens.errors import (
+    InvalidRequest,
+    KeyDirectoryUnusable,
+    KeyRingFull,
+    KeyRotationRefused,
+    TokenRefused,
+)
 from mec_api.tokens.feed_mirror import answer
 from mec_api.tokens.issuer import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TokenRequest
+from mec_api.tokens.keyring import TooManyKeys
 from mec_api.tokens.revocations import ACCEPTANCE_LEEWAY_SECONDS, token_epoch, token_pod_uid
 from mec_api.tokens.scope_policy import parse_scope
 
@@ -237,19 +244,29 @@ class RotateBody(BaseModel):
                                    description="how long the previous key stays in the JWKS")
 
 
-@router.post("/tokens/v1/signing-key/rotate")
-def rotate_signing_key(ctx: Tokens, body: RotateBody,
-                       authorization: Annotated[str | None, Header()] = None) -> JSONResponse:
+def operator_only(ctx: Tokens,
+                  authorization: Annotated[str | None, Header()] = None) -> None:
+    """A dependency: the operator's token is checked before the body is read or validated."""
+    require_operator_token(authorization, ctx.operator_token)
+
+
+@router.post("/tokens/v1/signing-key/rotate", dependencies=[Depends(operator_only)])
+def rotate_signing_key(ctx: Tokens, body: RotateBody) -> JSONResponse:
     """Make a fresh ES256 key active (operators only); other processes sharing the key
     directory pick it up within their reload interval."""
-    require_operator_token(authorization, ctx.operator_token)
     if ctx.rotate_key is None:
         raise KeyRotationRefused("this process does not hold the access-token key directory",
                                  check="tokens.rotate_unavailable")
     try:
         kid = ctx.rotate_key(body.overlap_seconds)
+    except TooManyKeys as exc:
+        raise KeyRingFull(str(exc)) from None
     except ValueError as exc:
         raise KeyRotationRefused(str(exc)) from None
+    except OSError as exc:
+        log.error("access-token key rotation failed", extra={"error": str(exc)})
+        raise KeyDirectoryUnusable(f"the key directory could not be written "
+                                   f"({exc.strerror or type(exc).__name__})") from None
     log.warning("access-token signing key rotated",
                 extra={"active": kid, "overlap_seconds": body.overlap_seconds})
     return JSONResponse({"active": kid, "overlap_seconds": body.overlap_seconds},

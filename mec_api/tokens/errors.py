@@ -126,3 +126,21 @@ class KeyRotationRefused(CheckedError):
     status = 400
     hint = ("Pass an overlap of at least the token lifetime (UMEC_TOKEN_LIFETIME_SECONDS), or "
             "rotate on a server that holds the access-token key directory.")
+
+
+class KeyDirectoryUnusable(KeyRotationRefused):
+    """The key directory cannot be read or written: the server's setup, not the request."""
+
+    check = "tokens.key_directory"
+    status = 503
+    hint = ("Check that the server's access-token key directory (UMEC_DATA_DIR/keys/"
+            "access-tokens) exists and is writable by the server, then rotate again.")
+
+
+class KeyRingFull(KeyRotationRefused):
+    """As many keys are published as allowed: rotating again waits for an overlap to end."""
+
+    check = "tokens.rotate_too_many"
+    status = 409
+    hint = ("Wait until an earlier key's overlap ends, or rotate with a shorter "
+            "--overlap-seconds next time.")

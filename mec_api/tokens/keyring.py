@@ -63,6 +63,17 @@ class RingReloader:
 # CLI on the host, the server's workers, other replicas on the shared key directory).
 _ROTATING = threading.Lock()
 LOCK_NAME = ".rotate.lock"
+# Every process picks a rotation up within its reload interval (2 s, mec_api.service.tokens);
+# until then it still signs with the old key, so the old key must stay published that much
+# longer than a token lives.
+RELOAD_GRACE_SECONDS = 5.0
+# Keys published at once (the active one and those still within their overlap): rotating in a
+# loop must not grow the JWKS every client downloads and the files every rotation rewrites.
+MAX_PUBLISHED_KEYS = 8
+
+
+class TooManyKeys(ValueError):
+    """A rotation would publish more than :data:`MAX_PUBLISHED_KEYS` keys."""
 
 
 def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: float) -> str:
@@ -71,15 +82,22 @@ def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: 
     Rotations are serialised (a thread lock and ``flock`` on the directory's lock file), so two
     operators rotating at once both land: the second rotates the first one's key away, within
     its overlap, rather than overwriting the index the first one wrote."""
-    if not overlap_seconds >= lifetime_seconds:  # NaN too
+    if not overlap_seconds >= lifetime_seconds + RELOAD_GRACE_SECONDS:  # NaN too
         raise ValueError(f"overlap {overlap_seconds:g} s is shorter than the token lifetime "
-                         f"{lifetime_seconds:g} s: tokens still in use would stop verifying")
+                         f"{lifetime_seconds:g} s plus the {RELOAD_GRACE_SECONDS:g} s every "
+                         f"server takes to pick the new key up: tokens still in use would "
+                         f"stop verifying")
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _ROTATING, open(directory / LOCK_NAME, "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         now = datetime.now(UTC)
         ring = KeyRing.load_or_create(directory)
         ring.prune(now)
+        if len(ring.members()) >= MAX_PUBLISHED_KEYS:
+            ends = min(m.not_after for m in ring.retiring if m.not_after is not None)
+            raise TooManyKeys(f"{len(ring.members())} keys are published already (at most "
+                              f"{MAX_PUBLISHED_KEYS}); the next overlap ends at "
+                              f"{ends.isoformat(timespec='seconds')}")
         new = ring.rotate(generate_private_key(), now, timedelta(seconds=overlap_seconds))
         ring.save(directory)
         return new.kid

@@ -25,6 +25,17 @@ KEEP = 5000
 RevokedWhy = Callable[[Mapping[str, Any]], str | None]
 # (hour since the epoch, workload, node) -> tokens issued (mec_api.tokens.issuance_counts).
 CountKey = tuple[int, str, str]
+# The columns of token_issuance_counts (characters): a longer value is cut, so that one value
+# the database would refuse cannot stop every later flush.
+WORKLOAD_CHARS = 512
+NODE_CHARS = 253
+
+
+def storable(value: str, limit: int) -> str:
+    """``value`` as the database can store it: at most ``limit`` characters, no NUL (refused
+    by PostgreSQL in text), no lone surrogate (not encodable as UTF-8)."""
+    clean = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+    return clean[:limit]
 
 
 class IssuanceLog:
@@ -44,7 +55,8 @@ class IssuanceLog:
         hour = int(row["iat"]) // 3600 if isinstance(row["iat"], int) else 0
         with self._lock:
             self._rows.append(row)
-            self._pending[(hour, str(row["workload"]), str(row["node"]))] += 1
+            self._pending[(hour, storable(str(row["workload"]), WORKLOAD_CHARS),
+                           storable(str(row["node"]), NODE_CHARS))] += 1
 
     def take_counts(self) -> Counter[CountKey]:
         """The counts since the last take, cleared (to be flushed)."""
@@ -57,10 +69,11 @@ class IssuanceLog:
         with self._lock:
             return Counter(self._pending)
 
-    def put_back(self, counts: Counter[CountKey]) -> None:
-        """Counts whose flush failed: they go with the next one."""
+    def put_back(self, counts: Counter[CountKey], oldest_hour: int) -> None:
+        """Counts whose flush failed: they go with the next one; hours before ``oldest_hour``
+        (pruned from the table anyway) are dropped, so a long outage cannot grow them."""
         with self._lock:
-            self._pending.update(counts)
+            self._pending.update({k: n for k, n in counts.items() if k[0] >= oldest_hour})
 
     def rows(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -24,6 +24,7 @@ from sqlalchemy import BigInteger, Float, Integer, String, event, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from kernel.sql_types import UtcDateTime
+from mec_api.tokens.ledger import NODE_CHARS, WORKLOAD_CHARS
 
 
 class TokensBase(DeclarativeBase):
@@ -73,8 +74,8 @@ class IssuanceCountRow(TokensBase):
     __tablename__ = "token_issuance_counts"
 
     hour: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    workload: Mapped[str] = mapped_column(String(512), primary_key=True)
-    node: Mapped[str] = mapped_column(String(253), primary_key=True)
+    workload: Mapped[str] = mapped_column(String(WORKLOAD_CHARS), primary_key=True)
+    node: Mapped[str] = mapped_column(String(NODE_CHARS), primary_key=True)
     issued: Mapped[int] = mapped_column(BigInteger)
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from keys import KeyRing
-from mec_api.tokens.keyring import rotate_token_key
+from mec_api.tokens.keyring import MAX_PUBLISHED_KEYS, TooManyKeys, rotate_token_key
 
 
 def _rotate(directory: str) -> str:
@@ -17,9 +19,11 @@ def _rotate(directory: str) -> str:
 def test_concurrent_rotations_all_land(tmp_path: Path) -> None:
     rotate_token_key(tmp_path, 900, 300)            # the ring exists: one old key, one active
     with ProcessPoolExecutor(3) as procs, ThreadPoolExecutor(3) as threads:
-        kids = [f.result() for f in [procs.submit(_rotate, str(tmp_path)) for _ in range(6)]
-                + [threads.submit(_rotate, str(tmp_path)) for _ in range(6)]]
+        kids = [f.result() for f in [procs.submit(_rotate, str(tmp_path)) for _ in range(3)]
+                + [threads.submit(_rotate, str(tmp_path)) for _ in range(3)]]
     ring = KeyRing.load(tmp_path)
-    assert len(set(kids)) == 12
+    assert len(set(kids)) == 6
     assert set(kids) <= {m.kid for m in ring.members()}
-    assert len(ring.members()) == 14
+    assert len(ring.members()) == 8 == MAX_PUBLISHED_KEYS
+    with pytest.raises(TooManyKeys, match="8 keys are published already"):
+        _rotate(str(tmp_path))

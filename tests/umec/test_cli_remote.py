@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 
+from mec_api.tokens.keyring import KeyRotator
 from tests.support.attack_env import _settings
 from tests.support.cli import assert_error, clean_env, umec_process
 from tests.support.pcr_policy import k3s_policy
@@ -172,9 +173,16 @@ def test_rotate_route_refuses_without_operator_token(site: Site) -> None:
     assert tokens is not None
     before = tokens.issuer.ring.active.kid
     path = "/tokens/v1/signing-key/rotate"
-    for headers in ({}, {"Authorization": "Bearer wrong"},
-                    {"Authorization": f"Basic {site.server.operator_token}"}):
-        resp = site.nodes.post(path, json={"overlap_seconds": 900}, headers=headers)
+    workload_token = site.nodes.post("/oauth2/token", data={"grant_type": "x"}).json()
+    assert "access_token" not in workload_token  # (none to be had here; a JWT-shaped one:)
+    jwt_like = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
+    for headers, body in (({}, {"overlap_seconds": 900}), ({}, {"overlap_seconds": "soon"}),
+                          ({"Authorization": "Bearer wrong"}, {"overlap_seconds": 900}),
+                          ({"Authorization": f"Bearer {jwt_like}"}, {"overlap_seconds": 900}),
+                          ({"Authorization": f"Basic {site.server.operator_token}"},
+                           {"overlap_seconds": 900})):
+        # 401 whatever the body: the credential is checked before the body is validated.
+        resp = site.nodes.post(path, json=body, headers=headers)
         assert resp.status_code == 401, resp.text
         assert resp.headers["content-type"] == "application/problem+json"
         assert resp.json()["check"] == "operator.token"
@@ -187,10 +195,39 @@ def test_rotate_route_refuses_without_operator_token(site: Site) -> None:
     resp = site.nodes.post(path, content=b"{" + b" " * 8192 + b"}", headers={
         **operator, "Content-Type": "application/json"})
     assert resp.status_code == 413
-    resp = site.nodes.post(path, json={"overlap_seconds": 10}, headers=operator)
-    assert (resp.status_code, resp.json()["check"]) == (400, "tokens.rotate")
+    resp = site.nodes.post(path, json={"overlap_seconds": 302}, headers=operator)
+    assert (resp.status_code, resp.json()["check"]) == (400, "tokens.rotate")  # < 300 + 5 s
+    assert "plus the 5 s every server takes" in resp.json()["detail"]
     assert tokens.issuer.ring.active.kid == before
     assert _jwks_kids(site) == {before}
+
+
+def test_rotating_in_a_loop_is_capped(site: Site, tmp_path: Path) -> None:
+    """At most MAX_PUBLISHED_KEYS keys are published: a rotation loop gets 409, the JWKS
+    stays bounded; an unwritable key directory is a typed 503, not a 500."""
+    from mec_api.tokens.keyring import MAX_PUBLISHED_KEYS
+    operator = {"Authorization": f"Bearer {site.server.operator_token}"}
+    path = "/tokens/v1/signing-key/rotate"
+    answers = [site.nodes.post(path, json={"overlap_seconds": 900}, headers=operator)
+               for _ in range(MAX_PUBLISHED_KEYS + 2)]
+    assert [a.status_code for a in answers] == [200] * (MAX_PUBLISHED_KEYS - 1) + [409] * 3
+    refused = answers[-1].json()
+    assert refused["check"] == "tokens.rotate_too_many" and "overlap ends at" in \
+        refused["detail"]
+    assert len(_jwks_kids(site)) == MAX_PUBLISHED_KEYS
+    # A key directory that cannot be written (root ignores modes: a path under a file).
+    tokens = site.server.tokens
+    assert tokens is not None
+    rotator = tokens.routes.rotate_key
+    assert isinstance(rotator, KeyRotator)
+    kept, rotator.directory = rotator.directory, tmp_path / "a-file" / "keys"
+    (tmp_path / "a-file").write_text("")
+    try:
+        resp = site.nodes.post(path, json={"overlap_seconds": 900}, headers=operator)
+    finally:
+        rotator.directory = kept
+    assert (resp.status_code, resp.json()["check"]) == (503, "tokens.key_directory")
+    assert resp.json()["detail"] == "the key directory could not be written (Not a directory)"
 
 
 def test_context_file_names_the_server(site: Site, tmp_path: Path) -> None:

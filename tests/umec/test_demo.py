@@ -28,17 +28,24 @@ def test_demo_passes_and_cleans_up(tmp_path: Path) -> None:
         return {line.split()[0] for line in out.splitlines()
                 if "umec-demo-" in line and ("swtpm" in line or "docker-registry" in line)}
     before = ours()
-    # --stay: the site stays up after the story; the dashboard and the app answer meanwhile.
-    with subprocess.Popen([sys.executable, "-m", "umec", "demo", "--stay", "6"],
+    # --stay: the site stays up after the story; the dashboard and the app answer meanwhile,
+    # and SIGTERM stops it as cleanly as Ctrl-C (nothing left running, the demo passes).
+    with subprocess.Popen([sys.executable, "-m", "umec", "demo", "--stay", "300"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env={"COLUMNS": "120", "PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1",
                                "TMPDIR": str(tmp_path)}) as demo:
         assert demo.stdout is not None
-        head = _through_stay_banner(demo.stdout)
-        dashboard, app_url = head[-2].split()[1], head[-1].split()[-1]
-        assert httpx.get(dashboard + "login", timeout=10).status_code == 200
-        assert "Take a picture and classify it" in httpx.get(app_url, timeout=10).text
-        rest, err = demo.communicate(timeout=300)
+        try:
+            head = _through_stay_banner(demo.stdout)
+            dashboard, app_url = head[-3].split()[1], head[-2].split()[-1]
+            assert httpx.get(dashboard + "login", timeout=10).status_code == 200
+            assert "Take a picture and classify it" in httpx.get(app_url, timeout=10).text
+            assert head[-1].rstrip().endswith("/server/operator-token")
+        except BaseException:
+            demo.kill()
+            raise
+        demo.terminate()
+        rest, err = demo.communicate(timeout=120)
     result = subprocess.CompletedProcess(demo.args, demo.returncode, "".join(head) + rest, err)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for line in ("node-a: trusted", "node-b: untrusted", "policy.pcr_value",
@@ -89,10 +96,10 @@ def test_a_failing_step_keeps_the_log_and_prints_its_path(tmp_path: Path) -> Non
 
 
 def _through_stay_banner(stream: IO[str]) -> list[str]:
-    """Lines of ``stream`` through step 8's two lines (dashboard, then sample app)."""
+    """Lines of ``stream`` through step 8's three (dashboard, sample app, token file)."""
     lines: list[str] = []
     for line in stream:
         lines.append(line)
-        if len(lines) > 1 and "dashboard: " in lines[-2]:
+        if len(lines) > 2 and "dashboard: " in lines[-3]:
             return lines
     raise AssertionError("the demo ended before step 8: " + "".join(lines)[-3000:])

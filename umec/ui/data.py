@@ -175,8 +175,7 @@ def tokens(src: UiSources) -> dict[str, Any]:
     entries = sorted(service.store.current(now), key=lambda e: -e.seq)
     generation = service.store.generation()
     ledger = service.issuer.issued
-    issued_all = service.counts.totals_with(ledger.pending_counts(),
-                                            hour_of(now.timestamp()) - 23)
+    issued_all = service.flush_counts.totals(hour_of(now.timestamp()) - 23)
     return {"served": True,
             "workloads": per_workload(ledger.rows(), now.timestamp(), why, issued_all),
             "revocations": [{"kind": e.kind, "node": e.node, "node_epoch": e.node_epoch,
