@@ -55,9 +55,10 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parents[1])]  # this directory; the repository (tests/)
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parents[1])]  # here; bench/; the repo
 
 import spy  # noqa: E402
+from benchdb import add_database_option, is_postgres, scratch_database  # noqa: E402
 from benchlib import (  # noqa: E402
     LATENCY_HEADER,
     BenchFailure,
@@ -223,6 +224,7 @@ def main() -> None:
     ap.add_argument("--variant", default=None, metavar="ARGS",
                     help='what-if server: serve_variant.py ARGS, e.g. "--records batched"')
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: tmp)")
+    add_database_option(ap)
     args = ap.parse_args()
     print_machine()
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-admission-"))
@@ -249,7 +251,9 @@ def main() -> None:
         if variant is not None:
             print(f"\n**What-if server**: `serve_variant.py {args.variant}` "
                   "instead of `umec webhook`")
-        with run_webhook(work, variant=variant) as hook:
+        print(f"\n**Database**: {'PostgreSQL' if is_postgres(args.database) else 'SQLite'}")
+        with scratch_database(args.database) as url, \
+                run_webhook(work, variant=variant, database_url=url) as hook:
             idle = vm_status(hook.pid)
             firsts = first_review(hook, first)
             cold, split = run_cold(hook, cold_images, reg.process.pid)

@@ -112,9 +112,10 @@ class Webhook:
 
 @contextlib.contextmanager
 def run_webhook(work: Path, python: str = sys.executable,
-                variant: list[str] | None = None) -> Iterator[Webhook]:
+                variant: list[str] | None = None, database_url: str = "") -> Iterator[Webhook]:
     """``umec webhook`` over HTTPS on 127.0.0.1 with the policies in ``work/policies``;
-    ``variant``: ``serve_variant.py`` with these arguments instead (a what-if server)."""
+    ``variant``: ``serve_variant.py`` with these arguments instead (a what-if server);
+    ``database_url``: its database ("": SQLite in ``work/webhook-data``)."""
     certs = create_webhook_certs(work / "certs", "umec-webhook", "umec-system",
                                  extra_names=["localhost", "127.0.0.1"])
     port = free_port()
@@ -123,8 +124,10 @@ def run_webhook(work: Path, python: str = sys.executable,
     # finds the schema current never loads Alembic).
     from umec.db import open_database
     from umec.settings import Settings
-    open_database(Settings(data_dir=work / "webhook-data").resolved_database_url())[0].dispose()
+    open_database(database_url or Settings(data_dir=work / "webhook-data")
+                  .resolved_database_url())[0].dispose()
     env = {**os.environ, "UMEC_DATA_DIR": str(work / "webhook-data"),
+           **({"UMEC_DATABASE_URL": database_url} if database_url else {}),
            "UMEC_ADMISSION_POLICY_DIR": str(work / "policies"),
            "UMEC_WEBHOOK_TLS_CERT": str(certs.cert), "UMEC_WEBHOOK_TLS_KEY": str(certs.key),
            "UMEC_WEBHOOK_PORT": str(port), "UMEC_LOG_LEVEL": "WARNING",
