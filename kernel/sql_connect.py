@@ -1,12 +1,18 @@
-"""One pooled connection for single statements: :func:`single_statements`.
+"""Pooled connections for single statements: :func:`single_statements` and
+:func:`single_reads`.
 
-A read that is one statement needs no transaction around it. On PostgreSQL, psycopg otherwise
-sends ``BEGIN`` before it and the pool a ``ROLLBACK`` when the connection goes back: three round
-trips where one does. In autocommit each statement is its own transaction, so the read sees
-what was committed before it began, as inside a transaction of its own. Used on the hot paths
-that read one row per request: the evidence's first read and the challenge (attest), a node's
-trust and a pod's admission record on every token issuance (mec_api, through umec's bridges).
-On SQLite the driver's autocommit has the same meaning.
+A statement that stands alone needs no transaction around it. On PostgreSQL, psycopg otherwise
+sends ``BEGIN`` before it and the pool a ``ROLLBACK`` (or the caller a ``COMMIT``) after it:
+three round trips where one does. In autocommit each statement is its own transaction, so a
+read sees what was committed before it began, and a write is durable when it returns.
+
+* :func:`single_statements`: autocommit on every database, for a write that commits itself
+  (the challenge's nonce insert) and reads beside it.
+* :func:`single_reads`: for reads only, on the hot paths that read one row per request (the
+  evidence's first read; a node's trust and a pod's admission record on every token issuance).
+  On PostgreSQL autocommit; on SQLite a plain connection, because pysqlite begins no
+  transaction before a ``SELECT`` anyway, and switching its isolation level there and back on
+  every checkout cost 5 % of a token issuance's CPU.
 
 Never for a read followed by a write that depends on it: that needs a transaction (and on
 PostgreSQL a row lock or a conditional UPDATE).
@@ -19,7 +25,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import Connection, Engine
 
-__all__ = ["single_statements"]
+__all__ = ["single_reads", "single_statements"]
 
 
 @contextmanager
@@ -27,3 +33,14 @@ def single_statements(engine: Engine) -> Iterator[Connection]:
     """A pooled connection whose every statement is its own transaction."""
     with engine.connect() as conn:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def single_reads(engine: Engine) -> Iterator[Connection]:
+    """A pooled connection for statements that only read (see the module doc)."""
+    if engine.dialect.name != "postgresql":
+        with engine.connect() as conn:
+            yield conn
+        return
+    with single_statements(engine) as conn:
+        yield conn

@@ -95,7 +95,11 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
+        # The same pool size as on PostgreSQL: SQLAlchemy's default (5) is below the request
+        # threads that read at once under load, and every overflow connection is opened (with
+        # its pragmas) and closed again per checkout: 4.5 % of a token issuance's CPU.
+        engine = create_engine(url, pool_size=10, max_overflow=20,
+                               connect_args={"check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, select, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
 
 from admission.service.models import admission_pods
-from kernel.sql_connect import single_statements
+from kernel.sql_connect import single_reads
 
 log = logging.getLogger("umec.admission.records")
 
@@ -72,6 +72,10 @@ class AdmittedPod:
     verified: bool
     policy_generation: str
     admitted_at: datetime
+
+
+_SELECT_LIVE_POD = select(admission_pods).where(admission_pods.c.uid == bindparam("uid"),
+                                                admission_pods.c.forgotten_at.is_(None))
 
 
 class SqlAdmissionRecords:
@@ -167,12 +171,10 @@ class SqlAdmissionRecords:
                 pending.loop.call_soon_threadsafe(_settle, pending.done, error)
 
     def lookup(self, uid: str) -> AdmittedPod | None:
-        # Core, not the ORM: the token service asks on every issuance, and a Session costs
-        # more than the query itself.
-        table = admission_pods
-        with single_statements(self.engine) as conn:  # one statement: no BEGIN/ROLLBACK
-            row = conn.execute(select(table).where(table.c.uid == uid,
-                                                   table.c.forgotten_at.is_(None))).first()
+        # Core, not the ORM, and a statement built once: the token service asks on every
+        # issuance, and building the SELECT cost more than running it.
+        with single_reads(self.engine) as conn:  # one statement: no BEGIN/ROLLBACK
+            row = conn.execute(_SELECT_LIVE_POD, {"uid": uid}).first()
         if row is None:
             return None
         return AdmittedPod(

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from attest.service.models import NodeRow, StateEventRow
-from kernel.sql_connect import single_statements
+from kernel.sql_connect import single_reads
 
 
 def node_summary(row: NodeRow) -> dict[str, Any]:
@@ -64,6 +64,6 @@ _SELECT_TRUST = (select(NodeRow.state, NodeRow.last_pass_at, NodeRow.trust_epoch
 
 def node_trust_record(sessions: sessionmaker[Session], name: str) -> NodeTrustRecord | None:
     """The node's state, last pass and trust epoch, read fresh (Core: no Session per call)."""
-    with single_statements(sessions.kw["bind"]) as conn:  # one statement: no BEGIN/ROLLBACK
+    with single_reads(sessions.kw["bind"]) as conn:  # one statement: no BEGIN/ROLLBACK
         row = conn.execute(_SELECT_TRUST, {"name": name}).first()
     return None if row is None else NodeTrustRecord(row.state, row.last_pass_at, row.trust_epoch)

@@ -56,7 +56,7 @@ from attest.service.metrics import count_round
 from attest.service.models import NodeRow, NonceRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
-from kernel.sql_connect import single_statements
+from kernel.sql_connect import single_reads, single_statements
 
 MAX_CLOCK = 2**63 - 1
 
@@ -257,7 +257,7 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     now = ctx.now()
     # Step 1: read the node, its challenge and its policy; nothing is written yet. One
     # statement (the policy is cached), so autocommit gives it one snapshot all the same.
-    with _autocommit(ctx) as db:
+    with single_reads(ctx.engine) as db:
         node, selection = _node_and_nonce(ctx, db, name, nonce, now)
         policy = _policy(ctx, db, node.node_class)
     previous = None
