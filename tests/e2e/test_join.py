@@ -488,7 +488,10 @@ def test_sweep_retries_a_failed_delete(site: JoinSite) -> None:
     secret = f"bootstrap-token-{token_of(agent)}"
     site.kube.fail_next(500, method="DELETE", path=f"/secrets/{secret}")
     site.kube.add_node(NODE)
-    wait_for(lambda: not site.secrets())
+    # The sweep records the deletion after its DELETE answered: wait for the row, not the
+    # Secret (seen under load: the Secret gone, deleted_at not written yet).
+    wait_for(lambda: site.rows()[0].deleted_at is not None)
+    assert not site.secrets()
     assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
         (secret, 500), (secret, 200)]
     [row] = site.rows()

@@ -93,6 +93,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(http.url, cluster, node, work)
 
 
+@pytest.fixture(autouse=True)
+def fresh_node(request: pytest.FixtureRequest) -> None:
+    """node-a attests before each test that uses the site: the site lives for the session,
+    and other files' tests (under xdist, on the same worker) can take longer than the
+    attestation interval, after which node-a is stale and gets no token."""
+    if "site" in request.fixturenames:
+        site: Site = request.getfixturevalue("site")
+        assert site.node.attest()["state"] == "trusted"
+
+
 @dataclass
 class RunningApp:
     url: str
