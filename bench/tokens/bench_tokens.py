@@ -328,6 +328,24 @@ def start_api_process(work: Path, base: str, port: int) -> subprocess.Popen[byte
     return proc
 
 
+def token_bench_setup(prefix: str, nodes: int) -> tuple[Path, DemoCluster, list[SimulatedTpm],
+                                                       list[str], int, str]:
+    """A work directory, a cluster issuer, ``nodes`` simulated TPMs and their EK hashes, a
+    port and its base URL; the token service's settings in this process's environment (the
+    server inherits them)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    cluster = DemoCluster()
+    tpms = [SimulatedTpm(ecc_ek=True) for _ in range(nodes)]
+    hashes = [hashlib.sha256(t.ek_public.marshal_tpm2b()).hexdigest() for t in tpms]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    (work / "grants.yaml").write_text(GRANTS)
+    os.environ.update(UMEC_TOKEN_SA_JWKS_FILE=str(cluster.write_jwks(work / "jwks.json")),
+                      UMEC_TOKEN_GRANTS=str(work / "grants.yaml"), UMEC_PUBLIC_URL=base,
+                      UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000")
+    return work, cluster, tpms, hashes, port, base
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -342,17 +360,9 @@ def main() -> None:
                     help="umec server --workers (CPU is then summed over the workers)")
     args = ap.parse_args()
     print_machine()
-    work = Path(tempfile.mkdtemp(prefix="bench-tokens-"))
-    cluster = DemoCluster()
-    tpms = [SimulatedTpm(ecc_ek=True) for _ in range(args.nodes + 2 * args.trials)]
-    hashes = [hashlib.sha256(t.ek_public.marshal_tpm2b()).hexdigest() for t in tpms]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    (work / "grants.yaml").write_text(GRANTS)
-    os.environ.update(UMEC_TOKEN_SA_JWKS_FILE=str(cluster.write_jwks(work / "jwks.json")),
-                      UMEC_TOKEN_GRANTS=str(work / "grants.yaml"), UMEC_PUBLIC_URL=base,
-                      UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000",
-                      UMEC_INFERENCE_ENABLED="true",
+    work, cluster, tpms, hashes, port, base = token_bench_setup(
+        "bench-tokens-", args.nodes + 2 * args.trials)
+    os.environ.update(UMEC_INFERENCE_ENABLED="true",
                       UMEC_MODEL_CACHE_DIR=str(REPO / "bench" / ".model-cache"))
     try:
         with server_process(work, hashes, port,

@@ -25,12 +25,9 @@ process, server CPU ≤ 1 ms per issuance.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -41,32 +38,19 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from bench_rounds import backend_cpu  # noqa: E402
 from bench_tokens import (  # noqa: E402
-    GRANTS,
     Site,
     issuance_http,
     issuance_wrk,
     percentile,
     print_machine,
     server_process,
+    token_bench_setup,
 )
 from benchdb import SHARED_POSTGRES, scratch_database  # noqa: E402
 
-from tests.support.simtpm import SimulatedTpm  # noqa: E402
-from umec.demo_tokens import DemoCluster  # noqa: E402
-from umec.localserver import free_port  # noqa: E402
-
 
 def one_run(spec: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="bench-issuance-"))
-    cluster = DemoCluster()
-    tpms = [SimulatedTpm(ecc_ek=True) for _ in range(args.nodes)]
-    hashes = [hashlib.sha256(t.ek_public.marshal_tpm2b()).hexdigest() for t in tpms]
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    (work / "grants.yaml").write_text(GRANTS)
-    os.environ.update(UMEC_TOKEN_SA_JWKS_FILE=str(cluster.write_jwks(work / "jwks.json")),
-                      UMEC_TOKEN_GRANTS=str(work / "grants.yaml"), UMEC_PUBLIC_URL=base,
-                      UMEC_API_RATE_PER_SECOND="100000", UMEC_API_RATE_BURST="100000")
+    work, cluster, tpms, hashes, port, base = token_bench_setup("bench-issuance-", args.nodes)
     try:
         with scratch_database(spec) as url, server_process(
                 work, hashes, port, [str(REPO / ".venv" / "bin" / "umec"), "server",
