@@ -17,8 +17,9 @@
 - ``GET /.well-known/oauth-authorization-server`` (RFC 8414) and ``/.well-known/jwks.json``.
 - ``POST /tokens/v1/signing-key/rotate``: the operator (``Authorization: Bearer`` with the
   operator token) makes a fresh signing key active; the previous one stays in the JWKS for the
-  overlap asked (at least the token lifetime). What ``umec tokens rotate-key`` calls in remote
-  mode; problem+json refusals (``operator.token``, ``tokens.rotate``).
+  overlap asked (at least the token lifetime plus 5 s), at most 8 keys at once. What ``umec
+  tokens rotate-key`` calls in remote mode; problem+json refusals (``operator.token`` 401,
+  ``tokens.rotate`` 400, ``tokens.rotate_too_many`` 409, ``tokens.key_directory`` 503).
 """
 
 from __future__ import annotations
