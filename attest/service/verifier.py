@@ -20,21 +20,20 @@ over this nonce (refused: nothing is written, not even the nonce) → one transa
 the verdict and spends the nonce (three statements in all on the common path), so a nonce is
 spent exactly when a verdict is recorded.
 
-Round trips (PostgreSQL, ``bench/attest/count_statements.py --postgres``): the reads that need
-no transaction run in autocommit (:func:`_autocommit`): the evidence's step-1 read is one
-statement, so it has one snapshot without ``BEGIN``/``ROLLBACK``; the challenge's node read and
-nonce insert were never atomic (a removal in between fails the insert's foreign key, answered as
-``node.not_found``), so each is its own statement and the insert commits itself. Only step 3 is
-a multi-statement transaction. Per round: 10 round trips (3 of them pool pre-pings) and two
-durable commits, the nonce insert and step 3; before, 14.
+Round trips (PostgreSQL, ``bench/attest/count_statements.py --postgres``): statements that need
+no transaction run in autocommit (:mod:`kernel.sql_connect`): the evidence's step-1 read is one
+statement (``single_reads``), so it has one snapshot without ``BEGIN``/``ROLLBACK``; the
+challenge's node read and nonce insert were never atomic (a removal in between fails the
+insert's foreign key, answered as ``node.not_found``), so each is its own statement and the
+insert commits itself (``single_statements``). Only step 3 is a multi-statement transaction.
+Per round: 7 round trips and two durable commits, the nonce insert and step 3; before, 14.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -165,21 +164,13 @@ def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPol
         raise PolicyMissing(f"no appraisal policy for node class {node_class!r}") from None
 
 
-@contextmanager
-def _autocommit(ctx: AttestContext) -> Iterator[Connection]:
-    """A pooled connection whose every statement is its own transaction: on PostgreSQL no
-    ``BEGIN`` and ``COMMIT``/``ROLLBACK`` round trips around a single statement."""
-    with single_statements(ctx.engine) as db:
-        yield db
-
-
 def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
     now = ctx.now()
     nonce = os.urandom(32)
     try:
         # Two autocommit statements: the read and the insert were never one snapshot (the
         # insert's foreign key is what refuses a node removed in between).
-        with _autocommit(ctx) as db:
+        with single_statements(ctx.engine) as db:
             node = _activated_node(db, name)
             selection = _policy(ctx, db, node.node_class).selection_lists()
             expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
