@@ -342,7 +342,9 @@ def test_joined_node_token_is_used_then_deleted(site: JoinSite) -> None:
                                                      "kube-system")
     assert base64.b64decode(seen.data["token-secret"]).decode() == token_secret
     site.kube.add_node(NODE)  # joined: the kubelet registered its Node
-    wait_for(lambda: not site.secrets())
+    # The row's deleted_at is written after the DELETE: waiting for the Secret alone races it.
+    wait_for(lambda: site.rows()[0].deleted_at is not None)
+    assert not site.secrets()
     gets = [r for r in site.kube.calls("GET")
             if r.path.endswith(f"/secrets/bootstrap-token-{token_id}")]
     deletes = [r for r in site.kube.calls("DELETE")
