@@ -39,6 +39,13 @@ log = logging.getLogger("umec.agent")
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 
 
+# Refusals that void the challenge, not the node: a concurrent round or the server's clock
+# step spent or voided it, it aged, or another replica's key did not know it. A new challenge
+# is the remedy, within the interval (a back-off of up to two intervals would make it stale).
+VOID_CHALLENGE_CHECKS = frozenset({"nonce.replayed", "nonce.expired", "nonce.clock_future",
+                                   "nonce.unknown", "evidence.concurrent"})
+
+
 class AgentError(Exception):
     """An attestation round could not be completed; ``check`` names the server's failed check."""
 
@@ -50,7 +57,7 @@ class AgentError(Exception):
 
     @property
     def transient(self) -> bool:
-        return self.status in TRANSIENT_STATUSES
+        return self.status in TRANSIENT_STATUSES or self.check in VOID_CHALLENGE_CHECKS
 
 
 def _retry_after(resp: httpx.Response) -> float | None:

@@ -12,7 +12,8 @@ Files (:mod:`keys.storage`)
     ``save_private_key(path, key, passphrase=None)`` -- PKCS#8 PEM, 0600 from creation, atomic;
     ``load_private_key(path, passphrase=None)``; ``load_or_create_private_key(path, kind,
     passphrase=None)``; ``load_public_key(data)`` (PEM or DER) and ``load_public_key_file(path)``;
-    ``public_key_pem(key)``; ``atomic_write(path, data, mode=0o600)``.
+    ``public_key_pem(key)``; ``atomic_write(path, data, mode=0o600)``;
+    ``load_or_create_secret(path, size=32)`` (a symmetric secret, same file rules).
 
 JWK (:mod:`keys.jwk`)
     ``public_jwk(key)``, ``jwk_thumbprint(jwk)`` (RFC 7638, the ``kid``), ``key_thumbprint(key)``,
@@ -86,6 +87,7 @@ from keys.ring import KeyRing, RingKey
 from keys.storage import (
     atomic_write,
     load_or_create_private_key,
+    load_or_create_secret,
     load_private_key,
     load_public_key,
     load_public_key_file,
@@ -159,6 +161,7 @@ __all__ = [
     "key_kind",
     "key_thumbprint",
     "load_or_create_private_key",
+    "load_or_create_secret",
     "load_private_key",
     "load_public_key",
     "load_public_key_file",

@@ -311,6 +311,7 @@ __all__ = [
     "Passphrase",
     "atomic_write",
     "load_or_create_private_key",
+    "load_or_create_secret",
     "load_private_key",
     "load_public_key",
     "load_public_key_file",
@@ -321,3 +322,32 @@ __all__ = [
     "save_private_key",
     "save_public_key",
 ]
+
+
+SECRET_BYTES = 32
+
+
+def load_or_create_secret(path: Path | str, size: int = SECRET_BYTES) -> bytes:
+    """The symmetric service secret at ``path`` (``size`` random bytes), created on first use.
+
+    The same rules as private keys: the file's owner and mode are checked (a Secret volume with
+    defaultMode 0400 and the pod's fsGroup passes), concurrent first starts agree on one value
+    (no-clobber link, the loser reads the winner's), and a file of another length is refused
+    (:class:`KeyFileMalformed`) rather than used.
+    """
+    path = Path(path)
+    try:
+        secret = _read_key_file(path, private=True)
+    except KeyFileMissing:
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise KeyFileInaccessible(f"{path.parent}: cannot create key directory "
+                                      f"({e.strerror})") from e
+        with contextlib.suppress(FileExistsError):  # a concurrent start won: read its secret
+            atomic_write(path, os.urandom(size), overwrite=False)
+        secret = _read_key_file(path, private=True)
+    if len(secret) != size:
+        raise KeyFileMalformed(f"{path}: holds {len(secret)} bytes, a secret here has {size}; "
+                               "move the file away to have a new one created")
+    return secret

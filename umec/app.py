@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -38,7 +39,7 @@ from kernel.clock import clock_for
 from kernel.metrics_access import metrics_refusal
 from kernel.requestid import RequestIds
 from kernel.service import Service, running
-from keys import KeyRing
+from keys import KeyRing, load_or_create_secret
 from mec_api.sensor.store import SqlSensorStore
 from mec_api.service.build import MecApiBridges, TokenService
 from mec_api.service.build import build_service as build_mec_api
@@ -219,6 +220,11 @@ def _node_revocations(engine: Engine) -> Callable[[str], list[dict[str, Any]]]:
     return read
 
 
+def challenge_key_path(settings: Settings) -> Path:
+    """The challenge nonces' MAC key: one file, the same on every replica (a Secret)."""
+    return settings.data_dir / "keys" / "challenge-key"
+
+
 def join_bridge(settings: Settings, kube_api: Any) -> JoinBridge | None:
     """The k3s join (issue 13), on when UMEC_K3S_SERVER_CA is set."""
     if settings.k3s_server_ca is None:
@@ -248,7 +254,8 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     assert tokens is not None  # the server config runs the token service
     ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
     attest = build_attest(attest_cfg, AttestBridges(
-        sessions, ring, clock.now, listeners=[*(listeners or []), WakeFollowers(tokens.store)],
+        sessions, ring, clock.now, load_or_create_secret(challenge_key_path(settings)),
+        listeners=[*(listeners or []), WakeFollowers(tokens.store)],
         change_writers=[RevokeInTransaction(settings.token_lifetime_seconds)],
         kube_api=kube_api, join=join_bridge(settings, kube_api)))
     services: list[Service[Any]] = [attest, admission, mec_api]
@@ -271,6 +278,7 @@ def prepare_server(settings: Settings) -> None:
     engine.dispose()
     KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")
     KeyRing.load_or_create(settings.data_dir / "keys" / "access-tokens")
+    load_or_create_secret(challenge_key_path(settings))
     operator_token(settings)
     if settings.inference_enabled:
         from mec_api.inference.export import ensure_onnx_model

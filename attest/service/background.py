@@ -2,7 +2,7 @@
 the server's lifespan runs:
 
 - :func:`deadline_task`: the lease holder marks overdue nodes stale and prunes expired
-  challenges and enrolments;
+  enrolments (challenges are stateless: nothing to prune);
 - :func:`resync_task`: the lease holder re-applies every node's stored state to its Kubernetes
   labels and taints (:mod:`attest.service.resync`).
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from attest.service.context import AttestContext
 from attest.service.registrar import prune_enrollments
-from attest.service.verifier import mark_stale_nodes, prune_nonces
+from attest.service.verifier import mark_stale_nodes
 from kernel.lease import SqlLease
 from kernel.periodic import PeriodicTask
 
@@ -26,7 +26,7 @@ PRUNE_EVERY_SECONDS = 30.0
 
 class DeadlineRound:
     """Mark overdue nodes stale; every :data:`PRUNE_EVERY_SECONDS` also prune expired
-    challenges and enrolments."""
+    enrolments."""
 
     def __init__(self, ctx: AttestContext) -> None:
         self.ctx = ctx
@@ -35,7 +35,6 @@ class DeadlineRound:
     def __call__(self) -> None:
         mark_stale_nodes(self.ctx)
         if time.monotonic() - self.pruned_at >= PRUNE_EVERY_SECONDS:
-            prune_nonces(self.ctx)
             prune_enrollments(self.ctx)
             self.pruned_at = time.monotonic()
 

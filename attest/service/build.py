@@ -2,8 +2,9 @@
 
 ``config`` is attest's own (:class:`AttestConfig`); ``bridges`` is what comes from outside
 attest: the database, the one clock of all replicas, the key ring that signs attestation
-results, and what other domains hook into a state change (``umec`` wires token revocation into
-``change_writers`` and the token followers' wake-up into ``listeners``).
+results, the secret challenge nonces are MACed with, and what other domains hook into a state
+change (``umec`` wires token revocation into ``change_writers`` and the token followers'
+wake-up into ``listeners``).
 
 The service: the protocol and fleet routes (:data:`attest.service.api.router`, reading
 ``app.state.attest``); background work: the deadline check and, with a Kubernetes API, the
@@ -42,6 +43,7 @@ class AttestBridges:
     sessions: sessionmaker[Session]
     result_ring: KeyRing                    # signs attestation results; its JWKS is served
     now: Callable[[], datetime]             # the one clock of all replicas (kernel.clock)
+    challenge_key: bytes                    # MACs challenge nonces; shared by the replicas
     # After commit (other domains' wake-ups, tests' recorders).
     listeners: Sequence[StateChangeSink] = ()
     # In the state change's transaction: what they write commits with it or not at all.
@@ -61,7 +63,8 @@ def build_service(config: AttestConfig, bridges: AttestBridges) -> Service[Attes
                         sign_result=lambda claims: sign_jwt(claims, ring),
                         result_jwks=ring.jwks,
                         listeners=[CompositeSink(sinks.all)] if sinks.all else [],
-                        now=bridges.now, change_writers=list(bridges.change_writers))
+                        now=bridges.now, change_writers=list(bridges.change_writers),
+                        challenge_key=bridges.challenge_key)
     if config.policy_dir is not None:
         load_policy_dir(bridges.sessions, config.policy_dir,
                         PolicyTrust(config.policy_signers, config.policy_threshold))

@@ -98,6 +98,10 @@ class AttestContext:
     # The JWKS of the keys ``sign_result`` signs with, at a given time (served at
     # /attest/v1/jwks.json); None where nothing serves it (the CLI's contexts).
     result_jwks: Callable[[datetime], dict[str, Any]] | None = None
+    # The secret challenge nonces are MACed with (attest.core.freshness); the same on every
+    # replica (keys/challenge-key). Empty where no challenge is issued (the CLI's contexts):
+    # then issuing or checking one fails.
+    challenge_key: bytes = b""
     # node class -> (monotonic time loaded, document, parsed policy); see policy_for.
     _policy_cache: dict[str, tuple[float, str, AppraisalPolicy]] = field(default_factory=dict)
     # The protocol routes' rate limits, built from ``config``: one set per context.

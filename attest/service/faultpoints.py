@@ -18,6 +18,7 @@ Two kinds of point:
 from __future__ import annotations
 
 import os
+import re
 import signal
 from typing import Any
 
@@ -27,15 +28,19 @@ ENV = "UMEC_FAULT_KILL_AT"
 _TARGET = os.environ.get(ENV, "").strip() or None
 _MARK = "umec_fault_transaction"
 
-# point -> (first words of the statement that marks the transaction, "before" | "after" commit)
+_SETS_LAST_EVIDENCE = r"UPDATE attest_nodes SET (?:(?!\sWHERE\s).)*\blast_evidence_at="
+
+# point -> (pattern the statement that marks the transaction starts with, "before" | "after"
+# commit); the pattern is a regular expression, matched case-insensitively from the start.
 COMMIT_POINTS: dict[str, tuple[str, str]] = {
     "enroll.before_commit": ("INSERT INTO attest_enrollments", "before"),
     "enroll.after_commit": ("INSERT INTO attest_enrollments", "after"),
     "activate.before_commit": ("INSERT INTO attest_nodes", "before"),
     "activate.after_commit": ("INSERT INTO attest_nodes", "after"),
-    "challenge.after_commit": ("INSERT INTO attest_nonces", "after"),
-    "evidence.before_commit": ("UPDATE attest_nonces SET consumed_at", "before"),
-    "evidence.after_commit": ("UPDATE attest_nonces SET consumed_at", "after"),
+    # Only step 3 of evidence sets last_evidence_at (with the challenge counter: the spend);
+    # the sweep's statements name it after WHERE.
+    "evidence.before_commit": (_SETS_LAST_EVIDENCE, "before"),
+    "evidence.after_commit": (_SETS_LAST_EVIDENCE, "after"),
 }
 
 # point -> where its ``reached(point)`` call belongs (placed by the owners of those modules).
@@ -84,14 +89,15 @@ def install(engine: Engine) -> None:
     if _TARGET is None or _TARGET not in COMMIT_POINTS:
         return
     point = _TARGET
-    marker, when = COMMIT_POINTS[point]
+    pattern, when = COMMIT_POINTS[point]
+    marker = re.compile(pattern, re.IGNORECASE | re.DOTALL)
 
     def seen(conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        if statement.lstrip().upper().startswith(marker.upper()):
+        if marker.match(statement.lstrip()):
             _marked(conn, point, when)
 
     def executed(conn: Any, *_args: Any) -> None:
-        # An autocommit statement (the challenge's nonce insert) is committed when it returns.
+        # An autocommit statement is committed when it returns.
         if _autocommit(conn) and conn.info.pop(_MARK, False):
             _die(point)
 

@@ -63,7 +63,7 @@ from attest.core.join_token import (
 )
 from attest.core.tpm_structs import parse_tpm2b_public
 from attest.service.context import AttestContext, NodeState
-from attest.service.models import JoinTokenRow, NodeRow, NonceRow
+from attest.service.models import JoinTokenRow, NodeRow
 from attest.service.notify.event import NOTIFY_FAILURES, NodeStateChanged
 from attest.service.registrar import NodeNotFound
 from kernel.lease import SqlLease
@@ -142,7 +142,8 @@ class JoinGrant:
 
 
 _NODE = select(NodeRow.state, NodeRow.last_pass_at, NodeRow.last_verdict, NodeRow.node_class,
-               NodeRow.ek_public, NodeRow.ak_public)
+               NodeRow.ek_public, NodeRow.ak_public, NodeRow.last_pass_nonce,
+               NodeRow.last_evidence_at)
 
 
 def _api_error(err: Exception) -> int | None:
@@ -194,13 +195,9 @@ class JoinService:
             self.ctx.config.stale_grace_seconds
 
     @staticmethod
-    def _check_latest_verdict(session: Session, name: str, nonce: bytes,
-                              last_pass_at: datetime) -> None:
-        latest = session.execute(
-            select(NonceRow.nonce, NonceRow.consumed_at)
-            .where(NonceRow.node == name, NonceRow.consumed_at.is_not(None))
-            .order_by(NonceRow.issued_at.desc()).limit(1)).first()
-        if latest is None or latest.nonce != nonce.hex() or latest.consumed_at != last_pass_at:
+    def _check_latest_verdict(name: str, nonce: bytes, node: Any) -> None:
+        """``nonce`` is the node's latest passing quote's, and no verdict was recorded since."""
+        if node.last_pass_nonce != nonce.hex() or node.last_evidence_at != node.last_pass_at:
             raise JoinVerdictNotLatest(
                 f"nonce {nonce.hex()[:16]}… is not the one of node {name!r}'s latest passing "
                 f"quote")
@@ -219,7 +216,7 @@ class JoinService:
         try:
             with self.ctx.sessions.begin() as session:
                 node = self._trusted_node(session, name, now)
-                self._check_latest_verdict(session, name, nonce, node.last_pass_at)
+                self._check_latest_verdict(name, nonce, node)
                 rotated = self._revoke(session, JoinTokenRow.node == name, now)
                 session.add(row)
         except IntegrityError:

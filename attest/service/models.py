@@ -7,8 +7,9 @@ Why the columns look the way they do:
 - ``attest_enrollments`` hold outstanding MakeCredential challenges, any number per name, each
   with its own id and wrong-proof counter. Public material (EK, EK certificate, AK public) only
   ever creates one of these; it binds nothing, locks nothing but itself and expires.
-- ``nonces`` are consumed with a conditional UPDATE so that, with several replicas on PostgreSQL,
-  exactly one request can use a nonce.
+- Nonces are stateless (attest.core.freshness): ``challenge_seq`` is the node's challenge
+  counter, moved on by the conditional UPDATE that records a verdict, so that, with several
+  replicas on PostgreSQL, exactly one request can use a nonce.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     JSON,
     BigInteger,
-    ForeignKey,
     Integer,
     LargeBinary,
     String,
@@ -72,6 +72,11 @@ class NodeRow(AttestBase):
     # the resetCount/restartCount of that boot (attest.core.ima.appraise.ImaState); written
     # only with a trusted verdict, so the next round replays only the entries after it.
     ima_state: Mapped[dict[str, Any] | None] = mapped_column(nullable=True)
+    # Stateless challenges (issue 15): the counter every nonce of the node carries; recording
+    # a verdict moves it on, which spends the nonce and voids every other one issued before.
+    challenge_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The nonce (hex) of the latest passing quote: the k3s join names it.
+    last_pass_nonce: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class EnrollmentRow(AttestBase):
@@ -90,18 +95,6 @@ class EnrollmentRow(AttestBase):
     failed_proofs: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
-
-
-class NonceRow(AttestBase):
-    __tablename__ = "attest_nonces"
-
-    nonce: Mapped[str] = mapped_column(String(128), primary_key=True)
-    node: Mapped[str] = mapped_column(ForeignKey("attest_nodes.name", ondelete="CASCADE"),
-                                      index=True)
-    selection: Mapped[dict[str, Any]]
-    issued_at: Mapped[datetime]
-    expires_at: Mapped[datetime] = mapped_column(index=True)
-    consumed_at: Mapped[datetime | None] = mapped_column(nullable=True)
 
 
 class StateEventRow(AttestBase):

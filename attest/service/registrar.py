@@ -53,7 +53,7 @@ from attest.core.identity import (
 from attest.core.tpm_structs import parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
-from attest.service.models import EnrollmentRow, NodeRow, NonceRow, StateEventRow
+from attest.service.models import EnrollmentRow, NodeRow, StateEventRow
 from attest.service.notify.event import NodeStateChanged
 
 
@@ -247,13 +247,14 @@ def activate(ctx: AttestContext, name: str, enrollment_id: str, proof: bytes) ->
 
 def _retire(ctx: AttestContext, session: Session, name: str,
             reason: str) -> tuple[NodeRow, NodeStateChanged]:
-    """Take ``name`` out of service: its challenges go, its trust period ends (epoch + 1) and
+    """Take ``name`` out of service: its challenges are void (counter + 1), its pending
+    enrolments go, its trust period ends (epoch + 1) and
     an event says why (a node that was trusted loses its tokens through the listeners, and its
     k8s node is tainted)."""
     node = session.get(NodeRow, name, with_for_update=True)
     if node is None:
         raise NodeNotFound(f"no node named {name!r}")
-    session.execute(delete(NonceRow).where(NonceRow.node == name))
+    node.challenge_seq += 1  # a rename back within a nonce's lifetime finds it void
     session.execute(delete(EnrollmentRow).where(EnrollmentRow.name == name))
     node.trust_epoch += 1
     event = ctx.record_change(session, name, node.state, NodeState.REMOVED, reason,

@@ -15,36 +15,46 @@ published to listeners (webhooks, Kubernetes labels, waking token followers) aft
 Who moves a node (DESIGN's invariant "only the node's TPM changes its state"): evidence whose
 quote the node's own activated AK signed over a nonce issued to that node and not yet spent,
 the deadline sweep (``stale``), and operators (ack, remove, rename). Evidence does so in three
-steps: read (node, nonce, policy) → pure appraisal, which raises for a quote the AK did not sign
-over this nonce (refused: nothing is written, not even the nonce) → one transaction that records
-the verdict and spends the nonce (three statements in all on the common path), so a nonce is
-spent exactly when a verdict is recorded.
+steps: read (node, policy) and check the nonce → pure appraisal, which raises for a quote the
+AK did not sign over this nonce (refused: nothing is written) → one transaction that records
+the verdict and spends the nonce (one statement on the common path), so a nonce is spent
+exactly when a verdict is recorded.
 
-Round trips (PostgreSQL, ``bench/attest/count_statements.py --postgres``): statements that need
-no transaction run in autocommit (:mod:`kernel.sql_connect`): the evidence's step-1 read is one
-statement (``single_reads``), so it has one snapshot without ``BEGIN``/``ROLLBACK``; the
-challenge's node read and nonce insert were never atomic (a removal in between fails the
-insert's foreign key, answered as ``node.not_found``), so each is its own statement and the
-insert commits itself (``single_statements``). Only step 3 is a multi-statement transaction.
-Per round: 7 round trips and two durable commits, the nonce insert and step 3; before, 14.
+Challenges are stateless (issue 15; :mod:`attest.core.freshness`): a nonce is a MAC under the
+challenge key over the node's identity, its PCR selection, the time and the node's challenge
+counter ``challenge_seq``, so issuing one is a read. The spend is step 3's conditional UPDATE
+``… SET challenge_seq = seq + 1 WHERE name = :n AND challenge_seq = :seq``: replayed or
+concurrent evidence, on any replica, finds the counter moved and updates nothing
+(``nonce.replayed``), and every other nonce of the node issued before is void with it.
+
+Round trips (PostgreSQL, ``bench/attest/count_statements.py --postgres``): the challenge's node
+read and the evidence's step-1 read are single statements without ``BEGIN``/``ROLLBACK``
+(:func:`kernel.sql_connect.single_reads`); step 3 is ``BEGIN``, one ``UPDATE``, ``COMMIT``.
+Per round: 5 round trips and one durable commit; before issue 15, 14 and two.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
 from attest.core.appraisal import Evidence, Verdict, appraise_evidence
 from attest.core.errors import AttestationError
-from attest.core.freshness import FUTURE_TOLERANCE, NonceRecord, NonceReplayed, check_nonce
+from attest.core.freshness import (
+    FUTURE_TOLERANCE,
+    NodeIdentity,
+    NonceReplayed,
+    check_nonce,
+    mint_nonce,
+)
 from attest.core.ima.appraise import ImaState
 from attest.core.policy import AppraisalPolicy, PolicyInvalid
 from attest.core.policy_create import quoted_pcrs
@@ -52,10 +62,10 @@ from attest.core.tpm_structs import ClockInfo, TpmPublic, parse_tpm2b_public
 from attest.service import faultpoints
 from attest.service.context import AttestContext, NodeState
 from attest.service.metrics import count_round
-from attest.service.models import NodeRow, NonceRow
+from attest.service.models import NodeRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
-from kernel.sql_connect import single_reads, single_statements
+from kernel.sql_connect import single_reads
 
 MAX_CLOCK = 2**63 - 1
 
@@ -107,56 +117,26 @@ class EvidenceResult:
 # The hot paths below are prebuilt Core statements on a plain connection: a round is a handful
 # of single-row statements, and ORM bookkeeping plus statement construction were most of a
 # round's server CPU.
-_SELECT_NODE = select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count,
-                      NodeRow.restart_count, NodeRow.clock, NodeRow.safe, NodeRow.state,
-                      NodeRow.state_changed_at, NodeRow.acked_at
-                      ).where(NodeRow.name == bindparam("b_name"))
-_INSERT_NONCE = insert(NonceRow)
-# Step 1 reads the node and the nonce (whoever it was issued to) in one statement.
-_SELECT_NODE_AND_NONCE = (
-    select(NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count, NodeRow.restart_count,
-           NodeRow.clock, NodeRow.safe, NodeRow.state, NodeRow.state_changed_at,
-           NodeRow.acked_at, NodeRow.ima_state, NonceRow.node.label("nonce_node"),
-           NonceRow.expires_at.label("nonce_expires_at"),
-           NonceRow.consumed_at.label("nonce_consumed_at"), NonceRow.selection)
-    .select_from(NodeRow)
-    .outerjoin(NonceRow, NonceRow.nonce == bindparam("b_nonce"))
-    .where(NodeRow.name == bindparam("b_name")))
-# SET columns come from the parameters given at execution.
+_SELECT_CHALLENGE_NODE = select(NodeRow.node_class, NodeRow.ek_hash, NodeRow.activated_at,
+                                NodeRow.challenge_seq).where(NodeRow.name == bindparam("b_name"))
+# Step 1 reads everything the appraisal and the nonce check need in one statement.
+_SELECT_EVIDENCE_NODE = select(
+    NodeRow.ak_public, NodeRow.node_class, NodeRow.reset_count, NodeRow.restart_count,
+    NodeRow.clock, NodeRow.safe, NodeRow.state, NodeRow.state_changed_at, NodeRow.acked_at,
+    NodeRow.ima_state, NodeRow.ek_hash, NodeRow.activated_at, NodeRow.challenge_seq,
+).where(NodeRow.name == bindparam("b_name"))
+# SET columns come from the parameters given at execution. The common case of step 3: the
+# verdict keeps the state, and the nonce's counter is still the node's (the spend, see above).
 _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                            .where(NodeRow.name == bindparam("b_name"),
-                                  NodeRow.state == bindparam("b_state"))
+                                  NodeRow.state == bindparam("b_state"),
+                                  NodeRow.challenge_seq == bindparam("b_seq"))
                            .returning(NodeRow.ek_hash))
 _SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash, NodeRow.trust_epoch,
-                       NodeRow.state_changed_at, NodeRow.acked_at).where(
+                       NodeRow.state_changed_at, NodeRow.acked_at,
+                       NodeRow.challenge_seq).where(
     NodeRow.name == bindparam("b_name")).with_for_update()
 _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
-# Spending a nonce voids the node's older unspent ones in the same statement: a genuine quote
-# over an older challenge, held back on the path or made in advance on the node, must not
-# overturn a newer verdict nor move the clock baseline back. Only a quote the AK signed spends,
-# so nobody else voids anything. Step 3 locks the node row before any nonce row, and so does an
-# operator's remove/rename: concurrent evidence of one node (replicas on PostgreSQL) serialises
-# on the node row and cannot deadlock on nonces. A nonce expiring later than any issued up to
-# now (``b_latest``) is a clock step, never spendable.
-_ISSUED = NonceRow.__table__.alias("issued")
-_SPEND_NONCE = (update(NonceRow)
-                .where(NonceRow.node == bindparam("b_name"), NonceRow.consumed_at.is_(None),
-                       NonceRow.expires_at > bindparam("b_now"),
-                       NonceRow.expires_at <= bindparam("b_latest"),
-                       NonceRow.issued_at <= select(_ISSUED.c.issued_at)
-                       .where(_ISSUED.c.nonce == bindparam("b_nonce")).scalar_subquery())
-                .values(consumed_at=bindparam("b_now"))
-                .returning(NonceRow.nonce))
-
-
-def _activated_node(db: Connection, name: str) -> Any:
-    """A node row exists only once its EK↔AK binding was proven (see the registrar)."""
-    node = db.execute(_SELECT_NODE, {"b_name": name}).first()
-    if node is None:
-        raise NodeNotFound(f"no node named {name!r}")
-    return node
-
-
 def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPolicy:
     try:
         return ctx.policy_for(db, node_class)
@@ -164,55 +144,48 @@ def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPol
         raise PolicyMissing(f"no appraisal policy for node class {node_class!r}") from None
 
 
+def _identity(name: str, node: Any) -> NodeIdentity:
+    return NodeIdentity(name=name, ek_hash=node.ek_hash, activated_at=node.activated_at)
+
+
 def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
+    """A fresh nonce for ``name``: one read, nothing written (the module doc says why)."""
     now = ctx.now()
-    nonce = os.urandom(32)
-    try:
-        # Two autocommit statements: the read and the insert were never one snapshot (the
-        # insert's foreign key is what refuses a node removed in between).
-        with single_statements(ctx.engine) as db:
-            node = _activated_node(db, name)
-            selection = _policy(ctx, db, node.node_class).selection_lists()
-            expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
-            db.execute(_INSERT_NONCE, {"nonce": nonce.hex(), "node": name,
-                                       "selection": selection, "issued_at": now,
-                                       "expires_at": expires})
-    except IntegrityError:  # the node was removed or renamed between the read and the insert
-        raise NodeNotFound(f"no node named {name!r}") from None
+    with single_reads(ctx.engine) as db:
+        node = db.execute(_SELECT_CHALLENGE_NODE, {"b_name": name}).first()
+        if node is None:  # a row exists only once its EK-AK binding was proven
+            raise NodeNotFound(f"no node named {name!r}")
+        selection = _policy(ctx, db, node.node_class).selection_lists()
+    nonce = mint_nonce(ctx.challenge_key, _identity(name, node), selection,
+                       seq=node.challenge_seq, issued_at=now, random=os.urandom(7))
+    expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
-def _node_and_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
-                    now: datetime) -> tuple[Any, dict[str, list[int]]]:
-    """The node, and the PCR selection of ``nonce`` if it was issued to ``name``, is unspent
-    and unexpired (else the nonce rule it breaks is raised)."""
-    row = db.execute(_SELECT_NODE_AND_NONCE, {"b_name": name, "b_nonce": nonce.hex()}).first()
-    if row is None:
+def _node_and_selection(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
+                        now: datetime) -> tuple[Any, AppraisalPolicy, dict[str, list[int]]]:
+    """The node, its policy and the PCR selection ``nonce`` was issued for, if it was issued
+    to ``name``, is unspent and fresh (else the nonce rule it breaks is raised)."""
+    node = db.execute(_SELECT_EVIDENCE_NODE, {"b_name": name}).first()
+    if node is None:
         raise NodeNotFound(f"no node named {name!r}")
-    record = None if row.nonce_node is None else NonceRecord(
-        row.nonce_node, row.nonce_expires_at, row.nonce_consumed_at is not None)
-    check_nonce(record, node=name, now=now,
+    policy = _policy(ctx, db, node.node_class)
+    selection = policy.selection_lists()
+    check_nonce(nonce, key=ctx.challenge_key, node=_identity(name, node), selection=selection,
+                node_seq=node.challenge_seq, now=now,
                 ttl=timedelta(seconds=ctx.config.nonce_ttl_seconds))
-    return row, dict(row.selection)
+    return node, policy, selection
 
 
-def _spend_nonce(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
-                 now: datetime) -> None:
-    # Exactly one request may spend a nonce, even across replicas: this UPDATE is the arbiter.
-    spent = db.execute(_SPEND_NONCE, {"b_nonce": nonce.hex(), "b_name": name, "b_now": now,
-                                      "b_latest": _latest_expiry(ctx, now)}).scalars().all()
-    if nonce.hex() not in spent:
-        raise NonceReplayed("nonce was spent by a concurrent request")
-
-
-def _record_values(verdict: Verdict, now: datetime) -> dict[str, Any]:
-    values: dict[str, Any] = {"last_evidence_at": now,
+def _record_values(verdict: Verdict, nonce: bytes, seq: int, now: datetime) -> dict[str, Any]:
+    values: dict[str, Any] = {"challenge_seq": seq + 1, "last_evidence_at": now,
                               "last_verdict": {**verdict.as_dict(), "at": now.isoformat()}}
     if verdict.trusted and verdict.clock is not None and verdict.clock.clock <= MAX_CLOCK:
         # Only authenticated, passing quotes move the reboot/clock baseline forward.
         values.update(reset_count=verdict.clock.reset_count,
                       restart_count=verdict.clock.restart_count, clock=verdict.clock.clock,
-                      safe=int(verdict.clock.safe), last_pass_at=now)
+                      safe=int(verdict.clock.safe), last_pass_at=now,
+                      last_pass_nonce=nonce.hex())
         if verdict.ima is not None:
             values["ima_state"] = verdict.ima.as_json()
     return values
@@ -246,11 +219,10 @@ def _next_ima_offset(policy: AppraisalPolicy, verdict: Verdict,
 def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                     evidence: Evidence) -> EvidenceResult:
     now = ctx.now()
-    # Step 1: read the node, its challenge and its policy; nothing is written yet. One
+    # Step 1: read the node and its policy, and check the nonce; nothing is written yet. One
     # statement (the policy is cached), so autocommit gives it one snapshot all the same.
     with single_reads(ctx.engine) as db:
-        node, selection = _node_and_nonce(ctx, db, name, nonce, now)
-        policy = _policy(ctx, db, node.node_class)
+        node, policy, selection = _node_and_selection(ctx, db, name, nonce, now)
     previous = None
     if None not in (node.reset_count, node.restart_count, node.clock):
         previous = ClockInfo(clock=node.clock, reset_count=node.reset_count,
@@ -268,20 +240,24 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                                                  node.acked_at)
     if awaiting_ack:  # the quote passed, but the policy wants an operator to say so too
         new_state = node.state
-    values = _record_values(verdict, now)
+    values = _record_values(verdict, nonce, node.challenge_seq, now)
     if verdict.trusted:  # the known-good values `umec policy create --from-node` starts from
         values["last_verdict"]["pcrs"] = quoted_pcrs(evidence.pcr_values, verdict.quoted)
     events: list[NodeStateChanged] = []
-    # Step 3, one transaction: record the verdict and any state change (locking the node row
-    # first), and spend the nonce; if it was spent meanwhile, all of it rolls back.
+    # Step 3, one transaction: record the verdict and any state change, spending the nonce
+    # (the counter moves on only if it is still the nonce's); if it was spent meanwhile,
+    # nothing is written.
     with ctx.engine.begin() as db:
         # Common case first: the state does not change (one statement).
-        ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
-                             {**values, "b_name": name, "b_state": new_state}).scalar()
+        ek_hash = db.execute(_UPDATE_NODE_SAME_STATE, {
+            **values, "b_name": name, "b_state": new_state, "b_seq": node.challenge_seq,
+        }).scalar()
         if ek_hash is None:
             current = db.execute(_SELECT_STATE, {"b_name": name}).first()
             if current is None:  # removed by an operator meanwhile
                 raise NodeNotFound(f"no node named {name!r}")
+            if current.challenge_seq != node.challenge_seq:  # replayed, or a concurrent round
+                raise NonceReplayed("nonce was spent by a concurrent request")
             if verdict.trusted and needs_ack(policy, current.state, current.state_changed_at,
                                              current.acked_at):
                 # It left `trusted` after step 1 (the sweep): a pass alone does not end that.
@@ -294,7 +270,6 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                                             [f.check for f in verdict.failures], now, epoch))
             db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
                                       "state_changed_at": now, "trust_epoch": epoch})
-        _spend_nonce(ctx, db, name, nonce, now)
     faultpoints.reached("evidence.recorded")
     count_round([f.check for f in verdict.failures])
     ctx.publish(events)
@@ -347,21 +322,32 @@ def acknowledge(ctx: AttestContext, name: str) -> str:
     return str(row.state)
 
 
-def _latest_expiry(ctx: AttestContext, now: datetime) -> datetime:
-    """The latest expiry a nonce issued up to ``now`` can have; later ones are a clock step."""
-    return now + timedelta(seconds=ctx.config.nonce_ttl_seconds) + FUTURE_TOLERANCE
-
-
 _proof_at = func.coalesce(NodeRow.last_pass_at, NodeRow.state_changed_at)
+_VOID_NONCES_BEFORE_A_CLOCK_STEP = (update(NodeRow)
+                                    .where(NodeRow.last_evidence_at > bindparam("b_future"))
+                                    .values(challenge_seq=NodeRow.challenge_seq + 1))
 
 
-def _overdue(session: Session, node_class: str, condition: Any,
-             values: dict[str, Any]) -> Sequence[Any]:
-    """Trusted nodes of ``node_class`` meeting ``condition`` become stale, their trust epoch
-    incremented in the same statement (their tokens are revoked by epoch)."""
+# Nodes marked per transaction, and how long one sweep may go on: a sweep after a mass outage
+# (thousands overdue, each with its event and token revocation) commits in batches and leaves
+# the rest to the next run instead of holding one transaction and outliving its lease.
+STALE_BATCH = 200
+SWEEP_BUDGET_SECONDS = 1.0
+
+
+def _overdue(session: Session, node_class: str, condition: Any, values: dict[str, Any],
+             limit: int) -> Sequence[Any]:
+    """Up to ``limit`` trusted nodes of ``node_class`` meeting ``condition`` become stale,
+    their trust epoch incremented in the same statement (their tokens are revoked by epoch).
+    On PostgreSQL a node whose row is locked (its evidence is being recorded) is skipped:
+    that evidence decides, and the next sweep looks again."""
+    where = (NodeRow.state == NodeState.TRUSTED, NodeRow.node_class == node_class, condition)
+    # A CTE, evaluated once: PostgreSQL may re-run a LIMIT subquery of ``IN`` with FOR UPDATE
+    # and update more rows than the limit (seen: 7 of a batch of 3).
+    batch = (select(NodeRow.name).where(*where).limit(limit)
+             .with_for_update(skip_locked=True).cte("batch"))
     return session.execute(
-        update(NodeRow)
-        .where(NodeRow.state == NodeState.TRUSTED, NodeRow.node_class == node_class, condition)
+        update(NodeRow).where(*where, NodeRow.name.in_(select(batch.c.name)))
         .values(state=NodeState.STALE, trust_epoch=NodeRow.trust_epoch + 1, **values)
         .returning(NodeRow.name, NodeRow.last_pass_at, NodeRow.trust_epoch)).all()
 
@@ -381,46 +367,68 @@ def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
     evidence really is cannot be known; a good node is trusted again on its next round).
 
     Two UPDATEs per node class select exactly those nodes, so the periodic check costs
-    nothing per healthy node.
+    nothing per healthy node. They run in transactions of at most :data:`STALE_BATCH` nodes
+    for at most :data:`SWEEP_BUDGET_SECONDS`, and "now" is read again for each: evidence
+    recorded while a long sweep runs is never dated "in the future" by the sweep's own start.
+
+    First, one statement voids the outstanding challenges of every node, in any state, whose
+    latest evidence is dated in the future: its nonces issued before our clock was stepped
+    back carry an ``issued_at`` the clock will reach again, and a quote over one, held back
+    until then, would pass as fresh. Moving the counter on voids them (the node's next
+    challenge is good). A step shorter than a round interval leaves no such trace, and replays
+    a quote no older than the trust a passing quote gives anyway (interval + grace).
     """
-    now = ctx.now()
-    future = now + FUTURE_TOLERANCE
+    started = time.monotonic()
+    with ctx.sessions.begin() as session:
+        session.execute(_VOID_NONCES_BEFORE_A_CLOCK_STEP,
+                        {"b_future": ctx.now() + FUTURE_TOLERANCE})
+    events: list[NodeStateChanged] = []
+    while True:
+        batch = _mark_stale_batch(ctx)
+        faultpoints.reached("deadline.marked")
+        ctx.publish(batch)
+        events += batch
+        if len(batch) < STALE_BATCH or time.monotonic() - started > SWEEP_BUDGET_SECONDS:
+            return events
+
+
+def _mark_stale_batch(ctx: AttestContext) -> list[NodeStateChanged]:
+    """One transaction of :func:`mark_stale_nodes`: up to :data:`STALE_BATCH` nodes."""
     events: list[NodeStateChanged] = []
     with ctx.sessions.begin() as session:
         classes = session.execute(select(NodeRow.node_class).distinct()
                                   .where(NodeRow.state == NodeState.TRUSTED)).scalars().all()
         for node_class in classes:
+            now = ctx.now()
             cutoff = now - timedelta(seconds=_stale_interval(ctx, session, node_class))
             for row in _overdue(session, node_class, _proof_at < cutoff,
-                                {"state_changed_at": now}):
+                                {"state_changed_at": now}, STALE_BATCH - len(events)):
                 since = row.last_pass_at.isoformat() if row.last_pass_at else "enrolment"
                 events.append(ctx.record_change(
                     session, row.name, NodeState.TRUSTED, NodeState.STALE,
                     f"no passing evidence since {since}", ["deadline.missed"], now,
                     row.trust_epoch))
-            # Our clock's step is no incident of the node's: the acknowledgement a policy may
-            # require is given with the change (acked_at = state_changed_at).
-            for row in _overdue(session, node_class, _proof_at > future,
-                                {"state_changed_at": now, "acked_at": now}):
-                stamp = row.last_pass_at.isoformat() if row.last_pass_at else "its enrolment"
-                events.append(ctx.record_change(
-                    session, row.name, NodeState.TRUSTED, NodeState.STALE,
-                    f"last passing evidence dated {stamp}, after now ({now.isoformat()}): the "
-                    f"server's clock was probably stepped back; the next passing quote trusts "
-                    f"the node again", ["deadline.clock_future"], now, row.trust_epoch))
-    faultpoints.reached("deadline.marked")
-    ctx.publish(events)
+            events += _mark_clock_future(ctx, session, node_class, STALE_BATCH - len(events))
     return events
 
 
-def prune_nonces(ctx: AttestContext) -> int:
-    """Expired challenges go, spent or not: past its expiry a nonce is refused as unknown,
-    which is as final as "replayed". So do challenges dated further ahead than their lifetime
-    (a clock step back): they are refused too and would otherwise stay until time caught up.
-    Keeps the table at about (nodes × challenges per TTL)."""
-    now = ctx.now()
-    with ctx.engine.begin() as db:
-        done = db.execute(delete(NonceRow).where(
-            (NonceRow.expires_at <= now) | (NonceRow.expires_at > _latest_expiry(ctx, now))))
-    return int(done.rowcount)
+def _mark_clock_future(ctx: AttestContext, session: Session, node_class: str,
+                       limit: int) -> list[NodeStateChanged]:
+    """Trusted nodes whose last pass is dated after now: our clock was stepped back. Our
+    clock's step is no incident of the node's: the acknowledgement a policy may require is
+    given with the change (acked_at = state_changed_at)."""
+    if limit <= 0:
+        return []
+    now = ctx.now()  # read just before: evidence recorded meanwhile is not "in the future"
+    return [ctx.record_change(
+        session, row.name, NodeState.TRUSTED, NodeState.STALE,
+        f"last passing evidence dated {_stamp(row.last_pass_at)}, after now "
+        f"({now.isoformat()}): the server's clock was probably stepped back; the next "
+        f"passing quote trusts the node again", ["deadline.clock_future"], now,
+        row.trust_epoch)
+        for row in _overdue(session, node_class, _proof_at > now + FUTURE_TOLERANCE,
+                            {"state_changed_at": now, "acked_at": now}, limit)]
 
+
+def _stamp(at: datetime | None) -> str:
+    return at.isoformat() if at else "its enrolment"

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.attack_env import Env, trusted
+from tests.support.attack_env import Env, checks, trusted
 from tests.support.simagent import SimulatedNode, b64
 from tests.support.simtpm import SimulatedTpm
 
@@ -209,6 +209,21 @@ def test_operator_rename_or_remove_frees_the_ek(env: Env, command: str) -> None:
     assert state["state"] == "trusted"
 
 
+def test_a_rename_there_and_back_voids_the_held_challenge(env: Env) -> None:
+    """A quote over a challenge issued before an operator renamed the node and renamed it back
+    (same name, machine and activation: the MAC still fits) is refused: the rename voided the
+    node's outstanding nonces, as removal does."""
+    from attest.service import registrar
+    node = trusted(env)
+    ch = node.challenge()
+    held = (ch["nonce_bytes"], *node.quote(ch))
+    registrar.rename(env.server.attest, "node-a", "node-z")
+    registrar.rename(env.server.attest, "node-z", "node-a")
+    resp = node.send(*held)
+    assert resp.status_code == 403 and checks(resp) == ["nonce.replayed"]
+    assert node.attest()["state"] == "trusted"
+
+
 def test_ek_public_with_a_foreign_auth_policy_is_refused(env: Env) -> None:
     """Point 5 over HTTP: the same EK key under another authPolicy would be another EK hash
     (one TPM, many names); refused even if an operator approved that hash."""
@@ -224,20 +239,33 @@ def test_ek_public_with_a_foreign_auth_policy_is_refused(env: Env) -> None:
     assert "authPolicy" in resp.json()["detail"]
 
 
-def test_challenge_racing_a_remove_is_a_typed_404(env: Env,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_challenge_racing_a_remove_cannot_be_answered(env: Env,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Challenges are stateless: one issued while an operator removes the node is answered,
+    but nothing can be done with it. Its evidence is a typed 404 while the node is gone, and
+    once the same machine is enrolled again under the same name (a new row), the nonce is
+    bound to the old row and refused as unknown."""
     from attest.service import registrar, verifier
-    trusted(env)
-    original = verifier._activated_node
+    node = trusted(env)
+    original = verifier.mint_nonce
 
-    def removed_meanwhile(db: Any, name: str) -> Any:
-        row = original(db, name)
-        registrar.remove(env.server.attest, name)  # another session commits the removal
-        return row
+    def removed_meanwhile(*args: Any, **kwargs: Any) -> bytes:
+        registrar.remove(env.server.attest, "node-a")  # another session commits the removal
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(verifier, "_activated_node", removed_meanwhile)
+    monkeypatch.setattr(verifier, "mint_nonce", removed_meanwhile)
     resp = env.client.post("/attest/v1/nodes/node-a/challenge")
-    assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
+    monkeypatch.undo()
+    assert resp.status_code == 200, resp.text
+    stale = {**resp.json(), "nonce_bytes": base64.b64decode(resp.json()["nonce"])}
+    evidence = (stale["nonce_bytes"], *node.quote(stale))
+    gone = node.send(*evidence)
+    assert gone.status_code == 404 and gone.json()["check"] == "node.unknown"
+    node.enroll_and_activate()
+    again = node.send(*evidence)
+    assert again.status_code == 403 and checks(again) == ["nonce.unknown"]
+    assert "never issued to node 'node-a'" in again.json()["detail"]
+    assert node.attest()["state"] == "trusted"
 
 
 def test_enrolment_into_an_unknown_node_class_is_refused(env: Env) -> None:

@@ -146,7 +146,9 @@ def test_another_nodes_nonce(env: Env) -> None:
     ch_b = b.challenge()
     sel = {k: frozenset(v) for k, v in ch_b["selection"].items()}
     resp = a.send(ch_b["nonce_bytes"], *a.tpm.quote(ch_b["nonce_bytes"], sel))
-    assert resp.status_code == 403 and checks(resp) == ["nonce.wrong_node"]
+    # The nonce's MAC binds node-b's identity: to node-a it was never issued.
+    assert resp.status_code == 403 and checks(resp) == ["nonce.unknown"]
+    assert "never issued to node 'node-a'" in resp.json()["detail"]
     # node-b's nonce is still usable by node-b: the failed attempt did not burn it.
     assert b.send(ch_b["nonce_bytes"], *b.quote(ch_b)).json()["state"] == "trusted"
 
@@ -337,34 +339,38 @@ def test_fleet_view_needs_the_operator_token(env: Env, authorization: str | None
     assert token_file.read_text().strip() == env.server.operator_token
 
 
-def test_spent_and_expired_challenges_are_pruned(env: Env) -> None:
-    """Point 8: the nonce table no longer grows by one row per round for ever."""
+def test_rounds_and_challenges_add_no_rows_and_enrolments_are_pruned(env: Env) -> None:
+    """Point 8: nothing grows by a row per round for ever. Challenges are stateless and a
+    verdict that keeps the state updates the node's row: no table gains a row from rounds or
+    outstanding challenges. Pending enrolments expire and are pruned."""
     from sqlalchemy import func, select
 
-    from attest.service.models import EnrollmentRow, NonceRow
+    from attest.service.models import AttestBase, EnrollmentRow
     from attest.service.registrar import prune_enrollments
-    from attest.service.verifier import prune_nonces
     node = trusted(env)
-    for _ in range(5):
-        assert node.attest()["state"] == "trusted"
-    node.challenge()  # one outstanding, unspent
-    env.node("node-p").enroll()  # one pending enrolment
     ctx = env.server.attest
 
-    def rows() -> tuple[int, int]:
+    def rows() -> dict[str, int]:
         with ctx.sessions() as s:
-            return (s.scalar(select(func.count()).select_from(NonceRow)) or 0,
-                    s.scalar(select(func.count()).select_from(EnrollmentRow)) or 0)
+            return {t.name: s.scalar(select(func.count()).select_from(t)) or 0
+                    for t in AttestBase.metadata.sorted_tables}
 
-    assert rows() == (7, 1)
-    assert prune_nonces(ctx) == 0 and prune_enrollments(ctx) == 0  # nothing expired yet
+    before = rows()
+    for _ in range(5):
+        assert node.attest()["state"] == "trusted"
+    for _ in range(3):
+        node.challenge()  # outstanding, never answered
+    assert rows() == before
+    env.node("node-p").enroll()  # one pending enrolment
+    assert rows()[EnrollmentRow.__tablename__] == before[EnrollmentRow.__tablename__] + 1
+    assert prune_enrollments(ctx) == 0  # nothing expired yet
     real_now = ctx.now
     ctx.now = lambda: real_now() + timedelta(seconds=ctx.config.activation_ttl_seconds + 1)
     try:
-        assert prune_nonces(ctx) == 7 and prune_enrollments(ctx) == 1
+        assert prune_enrollments(ctx) == 1
     finally:
         ctx.now = real_now
-    assert rows() == (0, 0)
+    assert rows() == before
     assert node.attest()["state"] == "trusted"
 
 
@@ -374,9 +380,8 @@ def test_the_deadline_loop_prunes(env: Env, monkeypatch: pytest.MonkeyPatch) -> 
     from sqlalchemy import func, select
 
     from attest.service import background
-    from attest.service.models import NonceRow
-    node = trusted(env)
-    node.challenge()
+    from attest.service.models import EnrollmentRow
+    env.node("node-p").enroll()
     ctx = env.server.attest
     real_now = ctx.now
     monkeypatch.setattr(background, "PRUNE_EVERY_SECONDS", 0.0)
@@ -384,10 +389,10 @@ def test_the_deadline_loop_prunes(env: Env, monkeypatch: pytest.MonkeyPatch) -> 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with ctx.sessions() as s:
-            if not s.scalar(select(func.count()).select_from(NonceRow)):
+            if not s.scalar(select(func.count()).select_from(EnrollmentRow)):
                 return
         time.sleep(0.2)
-    raise AssertionError("expired nonces were not pruned by the deadline loop")
+    raise AssertionError("expired enrolments were not pruned by the deadline loop")
 
 
 def test_evidence_for_an_unknown_node_is_a_typed_404(env: Env) -> None:

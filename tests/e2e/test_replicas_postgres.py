@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from sqlalchemy import select
 
 from attest.service.models import StateEventRow
 from kernel.lease import SqlLease
+from keys import load_or_create_secret
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode
 from umec.app import Server, build_server
@@ -31,9 +33,15 @@ def replicas(tmp_path: Path, pg_database: str) -> Iterator[Callable[[int], list[
     policies.mkdir()
     (policies / "pi-k3s.yaml").write_text(k3s_policy(interval_seconds=1))
     threads: list[ServerThread] = []
+    # Replicas share the challenge key as they share a Secret in deploy/server.yaml.
+    shared_key = tmp_path / "challenge-key"
+    load_or_create_secret(shared_key)
 
-    def start(n: int, **overrides: object) -> list[Server]:
+    def start(n: int, share_key: bool = True, **overrides: object) -> list[Server]:
         def one(i: int) -> Server:
+            if share_key:
+                (tmp_path / f"replica-{i}" / "keys").mkdir(parents=True, exist_ok=True)
+                shutil.copy2(shared_key, tmp_path / f"replica-{i}" / "keys" / "challenge-key")
             return build_server(Settings(
                 data_dir=tmp_path / f"replica-{i}", database_url=pg_database,
                 policy_dir=policies, default_node_class="pi-k3s", **overrides))  # type: ignore[arg-type]
@@ -68,18 +76,37 @@ def test_nonce_consumed_exactly_once_across_replicas(replicas) -> None:  # type:
         barrier = threading.Barrier(8)
 
         def submit(i: int, ch: dict = ch, evidence: tuple = evidence,  # type: ignore[type-arg]
-                   barrier: threading.Barrier = barrier) -> int:
+                   barrier: threading.Barrier = barrier) -> tuple[int, str]:
             racer = SimulatedNode("node-a", clients[i % 2], node.tpm)
             barrier.wait()
-            return racer.send(ch["nonce_bytes"], *evidence).status_code
+            resp = racer.send(ch["nonce_bytes"], *evidence)
+            return resp.status_code, resp.json().get("check", "")
 
         with ThreadPoolExecutor(8) as pool:
-            codes = list(pool.map(submit, range(8)))
-        assert sorted(codes) == [200] + [403] * 7, codes
-        accepted += codes.count(200)
+            answers = list(pool.map(submit, range(8)))
+        # Both replicas know the nonce (one key): every loser is a replay, none "unknown".
+        assert sorted(answers) == [(200, "")] + [(403, "nonce.replayed")] * 7, answers
+        accepted += answers.count((200, ""))
     assert accepted == 5
     for c in clients:
         c.close()
+
+
+def test_replicas_with_different_challenge_keys_say_so(replicas) -> None:  # type: ignore[no-untyped-def]
+    """A replica whose keys/challenge-key differs refuses the other's nonces as unknown, and
+    its refusal names the key (a deployment error, not an attack); the nonce is not burned."""
+    a, b = replicas(2, share_key=False)
+    with httpx.Client(base_url=a.url, timeout=30) as ca, \
+            httpx.Client(base_url=b.url, timeout=30) as cb:
+        node = SimulatedNode("node-a", ca)
+        allow([a, b], node)
+        node.enroll_and_activate()
+        ch = node.challenge()
+        evidence = (ch["nonce_bytes"], *node.quote(ch))
+        refused = SimulatedNode("node-a", cb, node.tpm).send(*evidence)
+        assert refused.status_code == 403 and refused.json()["check"] == "nonce.unknown"
+        assert "challenge key" in refused.json()["detail"]
+        assert node.send(*evidence).json()["state"] == "trusted"
 
 
 def test_one_leader_for_deadline_checks(replicas) -> None:  # type: ignore[no-untyped-def]

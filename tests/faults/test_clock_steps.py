@@ -38,6 +38,7 @@ import pytest
 from sqlalchemy import select
 
 from admission.service.records import AdmittedImage, SqlAdmissionRecords
+from attest.agent import VOID_CHALLENGE_CHECKS
 from attest.service.models import StateEventRow
 from attest.tpm.swtpm import Swtpm, SwtpmCa
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
@@ -281,7 +282,7 @@ def test_server_clock_forward_then_corrected_tokens_work_at_once(
         node.tpm.reboot()
         assert node.attest()["state"] == "trusted"
         fake_clock.step("+0")  # corrected: the last pass is dated ahead now
-        assert node.attest()["state"] == "trusted"        # its next round
+        assert attest_like_the_agent(node)["state"] == "trusted"  # its next round
         fixed = time.monotonic()
         r = site.exchange()
         assert r.status_code == 200, (r.text, time.monotonic() - fixed)
@@ -303,6 +304,20 @@ def test_server_clock_forward_then_corrected_tokens_work_at_once(
     finally:
         client.close()
         site.close()
+
+
+def attest_like_the_agent(node: SimulatedNode) -> dict[str, Any]:
+    """A round, asked again when the server voided its challenge (its sweep voids a node's
+    nonces while the node's latest evidence is dated after now: a round can straddle that),
+    as the agent does (VOID_CHALLENGE_CHECKS)."""
+    for _ in range(4):
+        try:
+            return node.attest()
+        except httpx.HTTPStatusError as e:
+            if e.response.json().get("check") not in VOID_CHALLENGE_CHECKS:
+                raise
+            time.sleep(0.2)
+    return node.attest()
 
 
 def sensor_tags(site: Site, token: str) -> httpx.Response:

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from attest.service.models import NodeRow, NonceRow, StateEventRow
+from attest.service.models import NodeRow, StateEventRow
 from tests.support.metrics import METRICS_TOKEN, metrics_auth
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode
@@ -50,18 +50,18 @@ class Env:
         return httpx.Client(base_url=str(self.client.base_url), timeout=30)
 
     def snapshot(self, name: str) -> dict[str, Any]:
-        """Everything evidence or enrolment could move for ``name``: row, events, nonces."""
+        """Everything evidence or enrolment could move for ``name``: row (with its challenge
+        counter, which every recorded verdict moves: the spent nonces), events."""
         with self.server.attest.sessions() as s:
             row = s.get(NodeRow, name)
             columns = {} if row is None else {
                 c: getattr(row, c) for c in ("state", "state_changed_at", "last_pass_at",
                                              "last_evidence_at", "last_verdict", "reset_count",
-                                             "restart_count", "clock", "ek_hash", "ak_public")}
+                                             "restart_count", "clock", "ek_hash", "ak_public",
+                                             "challenge_seq", "last_pass_nonce")}
             events = s.scalar(select(func.count()).select_from(StateEventRow)
                               .where(StateEventRow.node == name))
-            spent = s.scalar(select(func.count()).select_from(NonceRow).where(
-                NonceRow.node == name, NonceRow.consumed_at.is_not(None)))
-        return {"row": columns, "events": events, "spent_nonces": spent}
+        return {"row": columns, "events": events}
 
     def refusals(self, route: str, check: str) -> float:
         """The server's refusal counter for (route, check), read from /metrics."""

@@ -51,7 +51,7 @@ def test_migrations_create_schema_idempotently_with_wal(tmp_path: Path) -> None:
     engine, _ = open_database(url)
     engine2, _ = open_database(url)  # second start: nothing to do, no error
     tables = set(inspect(engine2).get_table_names())
-    assert {"attest_nodes", "attest_nonces", "attest_events", "attest_policies",
+    assert {"attest_nodes", "attest_events", "attest_policies",
             "leases", "admission_pods", "alembic_version"} <= tables
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

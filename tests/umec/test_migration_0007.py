@@ -44,7 +44,7 @@ def test_upgrade_keeps_activated_nodes_and_their_nonces(engine_0006: Engine) -> 
         _node(conn, "node-p", "b" * 64, None)  # enrolled, never activated: bound nothing
         _nonce(conn, "n1", "node-a")
         _nonce(conn, "n2", "node-p")
-    command.upgrade(alembic_config(engine_0006), "head")
+    command.upgrade(alembic_config(engine_0006), "0007")  # 0018 drops the nonce table
     with engine_0006.connect() as conn:
         names = conn.execute(text("SELECT name FROM attest_nodes")).scalars().all()
         nonces = conn.execute(text("SELECT nonce FROM attest_nonces")).scalars().all()
