@@ -35,7 +35,8 @@ def build_api_process(settings: Settings, which: Sequence[str]) -> FastAPI:
     if not settings.token_service_url.rstrip("/"):
         raise MissingTokenService("set UMEC_TOKEN_SERVICE_URL to the umec server base URL "
                                   "(its JWKS and revocation feed protect this API)")
-    engine, sessions = open_database(settings.resolved_database_url())
+    engine, sessions = open_database(settings.resolved_database_url(),
+                                     settings.database_max_connections)
     # The token service's clock when this process shares its PostgreSQL; else this machine's
     # (tokens' times are then checked with the guard's leeway).
     service = build_service(

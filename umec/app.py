@@ -238,7 +238,8 @@ def join_bridge(settings: Settings, kube_api: Any) -> JoinBridge | None:
 def build_server(settings: Settings, listeners: list[StateChangeSink] | None = None) -> Server:
     """Settings → configs; the bridges between the domains → three services → one app."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine, sessions = open_database(settings.resolved_database_url())
+    engine, sessions = open_database(settings.resolved_database_url(),
+                                     settings.database_max_connections)
     faultpoints.install(engine)  # fault tests only (UMEC_FAULT_KILL_AT); a no-op otherwise
     clock = clock_for(engine)  # one clock for every replica: the database's on PostgreSQL
     kube_api = kubernetes_api(settings.kubeconfig) if settings.kubernetes_labels else None

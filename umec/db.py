@@ -90,7 +90,14 @@ def watch_liveness(engine: Engine, idle_seconds: float = PING_AFTER_IDLE_SECONDS
     event.listen(engine, "checkout", checkout)
 
 
-def make_engine(url: str) -> Engine:
+# The default of Settings.database_max_connections: the deployment's 2 server and 2 webhook
+# replicas hold at most 80 of PostgreSQL's default 100 (3 reserved); 30 each exceeded it.
+MAX_CONNECTIONS = 20
+
+
+def make_engine(url: str, max_connections: int = MAX_CONNECTIONS) -> Engine:
+    """The engine of ``url``. On PostgreSQL at most ``max_connections`` at once, half of them
+    pooled; SQLite (a file, no server to exhaust) keeps 10 + 20."""
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -104,7 +111,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = create_engine(url, pool_size=10, max_overflow=20,
+    pooled = max(1, max_connections // 2)
+    engine = create_engine(url, pool_size=pooled, max_overflow=max_connections - pooled,
                            connect_args=POSTGRES_CONNECT_ARGS)
     watch_liveness(engine)
     return engine
@@ -149,14 +157,15 @@ def migrate(engine: Engine) -> None:
         command.upgrade(alembic_config(engine), "head")
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, max_connections: int = MAX_CONNECTIONS) -> Engine:
     """The migrated database as a Core engine (the webhook never loads the ORM)."""
-    engine = make_engine(url)
+    engine = make_engine(url, max_connections)
     migrate(engine)
     return engine
 
 
-def open_database(url: str) -> tuple[Engine, sessionmaker[Any]]:
+def open_database(url: str, max_connections: int = MAX_CONNECTIONS
+                  ) -> tuple[Engine, sessionmaker[Any]]:
     from sqlalchemy.orm import sessionmaker
-    engine = open_engine(url)
+    engine = open_engine(url, max_connections)
     return engine, sessionmaker(engine, expire_on_commit=False)

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".umec"), description="State: SQLite file, keys.")
     database_url: str = Field(default="", description="SQLAlchemy URL; default sqlite in data_dir.")
+    database_max_connections: int = Field(
+        default=20, ge=2, le=1000,
+        description="PostgreSQL connections one process may hold (half kept open, the rest "
+                    "opened under load and closed again). Every replica, worker and webhook "
+                    "holds its own: keep their sum below the server's max_connections (100 by "
+                    "default, 3 of them reserved).")
     log_level: str = "INFO"
 
     # control plane

@@ -208,7 +208,7 @@ def build_webhook(settings: Settings) -> tuple[FastAPI, WebhookDeps]:
     from umec.configs import admission_config
     from umec.db import open_engine
     from umec.http_limits import BodyLimits, BodyPolicy, install_error_handlers
-    engine = open_engine(settings.resolved_database_url())
+    engine = open_engine(settings.resolved_database_url(), settings.database_max_connections)
     service = build_service(admission_config(settings, webhook=True), AdmissionBridges(
         engine, clock_for(engine).now,
         forget_writers=[pod_revocation_writer(settings.token_lifetime_seconds)],

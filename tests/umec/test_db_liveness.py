@@ -106,3 +106,17 @@ def test_a_connection_idle_longer_than_the_threshold_is_pinged(pg_database: str)
         assert pings.count == 1
     finally:
         eng.dispose()
+
+
+def test_a_process_holds_at_most_its_configured_connections(pg_database: str) -> None:
+    """Settings.database_max_connections bounds the pool (half kept, half overflow): the sum
+    over replicas must fit the server's max_connections (tests/umec/test_deploy.py)."""
+    engine = make_engine(pg_database, max_connections=4)
+    try:
+        held = [engine.connect() for _ in range(4)]
+        assert engine.pool.size() == 2 and engine.pool.checkedout() == 4  # type: ignore[attr-defined]
+        assert engine.pool._max_overflow == 2  # type: ignore[attr-defined]
+        for conn in held:
+            conn.close()
+    finally:
+        engine.dispose()

@@ -243,3 +243,19 @@ def test_no_ca_bundle_in_the_manifests() -> None:
     for doc in applied():
         for hook in doc.get("webhooks", []):
             assert "caBundle" not in hook["clientConfig"], hook["name"]
+
+
+def test_database_connections_fit_postgresql_defaults() -> None:
+    """Every replica that opens the database holds up to its own pool: their sum must stay
+    within PostgreSQL's default max_connections (100, 3 reserved for superusers). At 30 per
+    process, the 2 server and 2 webhook replicas could ask for 120."""
+    from umec.settings import Settings
+    default = Settings.model_fields["database_max_connections"].default
+    total = 0
+    for deployment in (d for d in applied() if d["kind"] == "Deployment"):
+        containers = deployment["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e for c in containers for e in c.get("env", [])}
+        if "UMEC_DATABASE_URL" in env:
+            each = int(env.get("UMEC_DATABASE_MAX_CONNECTIONS", {}).get("value", default))
+            total += deployment["spec"].get("replicas", 1) * each
+    assert 0 < total <= 97, total
