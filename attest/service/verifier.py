@@ -158,7 +158,8 @@ def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
         selection = _policy(ctx, db, node.node_class).selection_lists()
     nonce = mint_nonce(ctx.challenge_key, _identity(name, node), selection,
                        seq=node.challenge_seq, issued_at=now, random=os.urandom(7))
-    expires = now + timedelta(seconds=ctx.config.nonce_ttl_seconds)
+    # The nonce carries whole seconds: its lifetime counts from the second it names.
+    expires = now.replace(microsecond=0) + timedelta(seconds=ctx.config.nonce_ttl_seconds)
     return Challenge(nonce=nonce, selection=selection, expires_at=expires)
 
 
@@ -323,9 +324,13 @@ def acknowledge(ctx: AttestContext, name: str) -> str:
 
 
 _proof_at = func.coalesce(NodeRow.last_pass_at, NodeRow.state_changed_at)
+# One-shot: the node's latest evidence is re-dated to now with it, so the next sweep finds
+# nothing (a void every second would refuse every round that straddles a sweep until the
+# clock caught up: hours after a large step).
 _VOID_NONCES_BEFORE_A_CLOCK_STEP = (update(NodeRow)
                                     .where(NodeRow.last_evidence_at > bindparam("b_future"))
-                                    .values(challenge_seq=NodeRow.challenge_seq + 1))
+                                    .values(challenge_seq=NodeRow.challenge_seq + 1,
+                                            last_evidence_at=bindparam("b_now")))
 
 
 # Nodes marked per transaction, and how long one sweep may go on: a sweep after a mass outage
@@ -338,7 +343,9 @@ SWEEP_BUDGET_SECONDS = 1.0
 def _overdue(session: Session, node_class: str, condition: Any, values: dict[str, Any],
              limit: int) -> Sequence[Any]:
     """Up to ``limit`` trusted nodes of ``node_class`` meeting ``condition`` become stale,
-    their trust epoch incremented in the same statement (their tokens are revoked by epoch).
+    their trust epoch incremented in the same statement (their tokens are revoked by epoch),
+    and their challenge counter too: a quote held back over a challenge issued before the
+    node went silent can never end ``stale``, whatever the clock does later.
     On PostgreSQL a node whose row is locked (its evidence is being recorded) is skipped:
     that evidence decides, and the next sweep looks again."""
     where = (NodeRow.state == NodeState.TRUSTED, NodeRow.node_class == node_class, condition)
@@ -348,7 +355,8 @@ def _overdue(session: Session, node_class: str, condition: Any, values: dict[str
              .with_for_update(skip_locked=True).cte("batch"))
     return session.execute(
         update(NodeRow).where(*where, NodeRow.name.in_(select(batch.c.name)))
-        .values(state=NodeState.STALE, trust_epoch=NodeRow.trust_epoch + 1, **values)
+        .values(state=NodeState.STALE, trust_epoch=NodeRow.trust_epoch + 1,
+                challenge_seq=NodeRow.challenge_seq + 1, **values)
         .returning(NodeRow.name, NodeRow.last_pass_at, NodeRow.trust_epoch)).all()
 
 
@@ -375,13 +383,17 @@ def mark_stale_nodes(ctx: AttestContext) -> list[NodeStateChanged]:
     latest evidence is dated in the future: its nonces issued before our clock was stepped
     back carry an ``issued_at`` the clock will reach again, and a quote over one, held back
     until then, would pass as fresh. Moving the counter on voids them (the node's next
-    challenge is good). A step shorter than a round interval leaves no such trace, and replays
-    a quote no older than the trust a passing quote gives anyway (interval + grace).
+    challenge is good); the evidence's date is set to now with it, so this happens once per
+    step. Marking a node stale moves its counter on too, so a node that went silent (no
+    evidence to date) cannot be revived by a held quote after a later step. What is left: a
+    node that never attested (``enrolled``) and a step back to within a nonce's lifetime of
+    a challenge it was issued (docs/decisions.md).
     """
     started = time.monotonic()
     with ctx.sessions.begin() as session:
+        now = ctx.now()
         session.execute(_VOID_NONCES_BEFORE_A_CLOCK_STEP,
-                        {"b_future": ctx.now() + FUTURE_TOLERANCE})
+                        {"b_future": now + FUTURE_TOLERANCE, "b_now": now})
     events: list[NodeStateChanged] = []
     while True:
         batch = _mark_stale_batch(ctx)

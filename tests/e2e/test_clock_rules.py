@@ -146,6 +146,37 @@ def test_a_challenge_from_before_a_backward_step_is_refused(env: Env,
     assert node.attest()["state"] in ("trusted", "stale")
 
 
+def test_a_held_quote_of_a_node_that_went_silent_stays_void_after_any_step(env: Env) -> None:
+    """The review's replay: a good quote over a challenge is held back, the node goes silent
+    and stale, and later our clock is stepped back to the challenge's time. The nonce then
+    looks fresh and its counter was never moved by a verdict: going stale moved it."""
+    node = env.node("node-a")
+    ch = node.challenge()
+    held = (ch["nonce_bytes"], *node.quote(ch))
+    env.clock.offset = timedelta(days=3)  # days later: silent, so stale
+    assert [e.failed_checks for e in mark_stale_nodes(env.server.attest)] == [
+        ("deadline.missed",)]
+    env.clock.offset = timedelta()  # stepped back to the time of the challenge
+    r = node.send(*held)
+    assert r.status_code == 403 and r.json()["check"] == "nonce.replayed", r.text
+    assert env.row("node-a").state == "stale"
+
+
+def test_the_sweep_voids_a_steps_nonces_once(env: Env) -> None:
+    """After a step back the sweep moves the counter of a node whose evidence is dated ahead
+    once, not on every run until the clock catches up (that refused every round straddling
+    a sweep, for as long as the step)."""
+    env.node("node-a")
+    seq = env.row("node-a").challenge_seq
+    env.clock.offset = timedelta(minutes=-10)
+    for _ in range(3):
+        mark_stale_nodes(env.server.attest)
+    row = env.row("node-a")
+    # One move for the voided challenges and one for going stale (clock_future), not one per run.
+    assert row.challenge_seq == seq + 2
+    assert row.last_evidence_at is not None and row.last_evidence_at <= env.clock.now()
+
+
 def test_an_enrolment_from_before_a_backward_step_is_void(env: Env) -> None:
     node = SimulatedNode("late", env.client)
     env.server.attest.config.ek_allowlist |= {
