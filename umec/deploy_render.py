@@ -7,6 +7,7 @@ render changes no secret a running cluster uses, only re-issues the leaf certifi
   the API server's client certificate, ``admission-config.yaml``, ``webhook-kubeconfig.yaml``);
 * ``server/``: the server's serving certificate for ``umec-server.<ns>.svc`` and its CA;
 * ``keys/attestation-results/``, ``keys/access-tokens/``: the two signing key rings;
+  ``keys/challenge-key``: the challenge nonces' MAC key, shared by the replicas;
 * ``operator-token``: the fleet view's bearer token;
 * ``metrics-token``: the bearer token ``GET /metrics`` requires (Secret ``umec-metrics``; give
   Prometheus the same file as ``authorization.credentials_file``);
@@ -29,7 +30,7 @@ from typing import Any
 import yaml
 
 from admission.service.certs import create_webhook_certs
-from keys import KeyRing, atomic_write
+from keys import KeyRing, atomic_write, load_or_create_secret
 
 K3S_APISERVER_DIR = "/var/lib/rancher/k3s/server/umec-webhook"
 
@@ -102,6 +103,9 @@ def render(config: RenderConfig) -> Rendered:
                                         "tls.key": server.key.read_bytes()}, tls),
         _secret("umec-result-keys", ns, _ring(d / "keys" / "attestation-results")),
         _secret("umec-token-keys", ns, _ring(d / "keys" / "access-tokens")),
+        # Shared by the replicas: a challenge one issued is checked by any of them.
+        _secret("umec-challenge-key", ns,
+                {"challenge-key": load_or_create_secret(d / "keys" / "challenge-key")}),
         _secret("umec-webhook-ca", ns, {"tls.crt": webhook.ca_cert.read_bytes(),
                                         "tls.key": webhook.ca_key.read_bytes()}, tls),
         _secret("umec-webhook-tls", ns, {"tls.crt": webhook.cert.read_bytes(),

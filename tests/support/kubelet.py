@@ -29,12 +29,14 @@ SITE = Path(sysconfig.get_paths()["purelib"])
 LOADER = r"""
 import json, ssl, sys
 from pathlib import Path
-from keys import KeyRing, KeysError, load_private_key
+from keys import KeyRing, KeysError, load_or_create_secret, load_private_key
 out = {}
 for kind, path in json.loads(sys.argv[1]):
     try:
         if kind == "ring":
             KeyRing.load(path)
+        elif kind == "secret":
+            load_or_create_secret(Path(path) / "challenge-key")
         else:
             load_private_key(Path(path) / "tls.key")
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
@@ -89,7 +91,9 @@ def pod_volumes(pod: dict[str, Any], root: Path, contents: dict[str, dict[str, b
         if owner is not None:
             for target in (path / "..data").iterdir():
                 os.chown(target, owner, -1)
-        out.append(("ring" if "index.json" in files else "tls", str(path)))
+        kind = ("ring" if "index.json" in files else
+                "secret" if "challenge-key" in files else "tls")
+        out.append((kind, str(path)))
     return out
 
 

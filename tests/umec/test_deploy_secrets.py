@@ -8,8 +8,9 @@ the files at ``defaultMode``, owned by root, a ``..data`` symlink to it and one 
 into ``..data``; with the pod's ``fsGroup``, everything's group set to it (symlinks with lchown),
 ``| 0440`` on files (a Secret volume is read-only) and ``| 0550`` plus setgid on directories.
 Then the real loaders run in a child process with the pod's uid, gid and supplementary fsGroup,
-as the container runtime starts it: the key rings (``KeyRing.load``), the private keys
-(``load_private_key``) and the TLS pairs (``ssl``). As shipped, everything loads; the modes the
+as the container runtime starts it: the key rings (``KeyRing.load``), the challenge key
+(``load_or_create_secret``), the private keys (``load_private_key``) and the TLS pairs
+(``ssl``). As shipped, everything loads; the modes the
 issue reported (0400 without fsGroup) and other owners fail with a typed error, never a
 traceback."""
 
@@ -80,7 +81,8 @@ def secrets(root_dir: Path) -> dict[str, dict[str, bytes]]:
     (work / "r").mkdir()
     (work / "t").mkdir()
     return {"umec-server-tls": tls_pair(), "umec-webhook-tls": tls_pair(),
-            "umec-result-keys": ring_files(work / "r"), "umec-token-keys": ring_files(work / "t")}
+            "umec-result-keys": ring_files(work / "r"), "umec-token-keys": ring_files(work / "t"),
+            "umec-challenge-key": {"challenge-key": os.urandom(32)}}
 
 
 @pytest.mark.parametrize(("name", "file"), [("umec-server", "server.yaml"),
@@ -90,7 +92,7 @@ def test_the_shipped_manifests_let_the_non_root_pods_load_their_keys(
     pod = deployment(name, file)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsUser"] != 0
     volumes = pod_volumes(pod, root_dir, secrets)
-    assert len(volumes) == (3 if name == "umec-server" else 1)
+    assert len(volumes) == (4 if name == "umec-server" else 1)
     # What the kubelet made of defaultMode 0400 with fsGroup: root:fsGroup 0440.
     for _, path in volumes:
         for f in (Path(path) / "..data").iterdir():

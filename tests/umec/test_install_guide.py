@@ -323,7 +323,7 @@ def check_keys_load_as_the_server(kube: FakeKubeApi, workdir: Path) -> None:
     root.mkdir()
     os.chmod(root, 0o755)
     results = load_as(pod, pod_volumes(pod, root, contents))
-    assert len(results) == 3 and set(results.values()) == {"loaded"}, results
+    assert len(results) == 4 and set(results.values()) == {"loaded"}, results
 
 
 def test_render_again_keeps_every_ca_key_and_token(tmp_path: Path) -> None:
@@ -336,6 +336,7 @@ def test_render_again_keeps_every_ca_key_and_token(tmp_path: Path) -> None:
     again = render(config)
     docs2 = {d["metadata"]["name"]: d for d in yaml.safe_load_all(again.secrets_file.read_text())}
     for name in ("umec-operator", "umec-metrics", "umec-result-keys", "umec-token-keys",
+                 "umec-challenge-key",
                  "umec-webhook-ca", "umec-webhook-client-ca", "umec-server-ca"):
         assert docs[name] == docs2[name], name
     assert first.ca_bundle == again.ca_bundle
