@@ -448,7 +448,9 @@ def test_already_joined_node_keeps_its_fresh_token(site: JoinSite, node_age: tim
         assert not site.kube.calls("DELETE")
         # The kubelet re-registers (its Node was deleted and is created anew): used, deleted.
         site.kube.add_node(NODE)
-    wait_for(lambda: not site.secrets())
+    # deleted_at is written after the DELETE: waiting for the Secret alone races it.
+    wait_for(lambda: site.rows()[0].deleted_at is not None)
+    assert not site.secrets()
     [row] = site.rows()
     assert row.revoked_at is not None and row.deleted_at is not None
     assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
