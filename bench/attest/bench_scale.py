@@ -18,7 +18,8 @@ What it does:
    ``--server-repo``, default this checkout), each on its own port, on one fresh database
    (``bench/benchdb.py``: created on the named PostgreSQL server and dropped afterwards, or
    SQLite in the work directory). They share one ``UMEC_DATA_DIR`` (the result and
-   access-token key rings, as replicas mount them alike), one policy directory, one operator
+   access-token key rings and ``keys/challenge-key``, the MAC key of the stateless challenge
+   nonces, as replicas mount them alike), one policy directory, one operator
    token and one ``UMEC_PUBLIC_URL`` (the token issuer). Replica 0 starts first (it creates the
    key rings), the others after it is healthy.
 3. **Load generators**: ``--generators`` processes (forked after the TPMs exist, so their CPU
@@ -47,8 +48,10 @@ What it does:
 6. **Verdicts**: at the end every ``stale`` event is read from ``attest_events`` and held
    against the generator's own record of that node: **false** if the node had a ``trusted``
    answer within interval + grace − 1 s before the event (it had proven freshness; a server
-   bug), **overload** if the node's next round was due in time but started or finished too late
-   (the system did not keep up: a correct verdict on what arrived), otherwise **unexplained**.
+   bug), **overload** if the node's next round (by the schedule) was due before the event but
+   started or finished too late, or never started (a generator more than one interval behind
+   at the end stops; those rounds count as due but never started): the system did not keep up,
+   a correct verdict on what arrived; otherwise **unexplained**.
 
 Reported (and with ``--json`` written): rounds/s achieved against needed (N / interval),
 lateness and latency percentiles, non-trusted answers by status or failed check, the stale
@@ -56,7 +59,10 @@ events by class, which replicas held the deadline lease, RSS per replica (first 
 the least-squares slope after the first interval), revocation latency per replica, and CPU: the
 servers' and the PostgreSQL backends' seconds per round, over the whole run and over the steady
 part (after the first interval, whose rounds move nodes from ``enrolled`` to ``trusted``), and
-from that **what one core holds**: ``interval / CPU seconds per round`` nodes.
+from that **what one core holds**: ``interval / CPU seconds per round`` nodes. Last, the
+replicas' logs are scanned once they stopped: lines at level error/critical by logger and
+message, lines carrying a traceback, and lines naming ``DeadlockDetected``, a failed or
+refused connection or an exhausted pool, per replica.
 """
 
 from __future__ import annotations
@@ -214,13 +220,15 @@ class Generator:
         end = t0 + self.args.duration
         sem = asyncio.Semaphore(self.args.concurrency)
         tasks: set[asyncio.Task[None]] = set()
-        k, started, due_total = 0, 0, 0
+        # Counted from the schedule, not in the loop below: once hopelessly behind it stops
+        # after the first round of each later k, which undercounted what was never started.
+        due_total = sum(len(schedule(g, n, interval, t0, end)) for g in self.mine)
+        k, started = 0, 0
         while t0 + k * interval < end:
             for g in self.mine:
                 due = t0 + g * interval / n + k * interval
                 if due >= end:
                     break
-                due_total += 1
                 if due > time.time():
                     await asyncio.sleep(due - time.time())
                 await sem.acquire()
@@ -248,6 +256,13 @@ class Generator:
                             "cpu": time.process_time()}))
 
 
+def schedule(g: int, nodes: int, interval: float, t0: float, end: float) -> list[float]:
+    """The due times of node ``g``'s rounds: ``t0 + g * interval / nodes + k * interval``
+    before ``end``."""
+    first = t0 + g * interval / nodes
+    return [first + k * interval for k in range(max(0, int(-(-(end - first) // interval))))]
+
+
 def clock_skew(expires_at: str, sent: float, answered: float) -> float:
     """How far the replica's clock (a challenge's expiry minus the nonce lifetime, read when it
     was issued) lay outside [sent, answered] of this machine's wall clock: + ahead, − behind."""
@@ -271,6 +286,7 @@ class Site:
     interval: float
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    logs: list[dict[str, Any]] = field(default_factory=list)  # scan_logs, once they stopped
 
     @property
     def sql_url(self) -> str:
@@ -329,6 +345,43 @@ def replicas(site: Site, n: int, hashes: list[str], server_repo: Path | None) ->
         yield site
     finally:
         stop_replicas(site)
+        site.logs = scan_logs(site)
+
+
+LOG_PATTERNS = {"DeadlockDetected": ("deadlockdetected", "deadlock detected"),
+                "connection failure": ("connection failed", "could not connect",
+                                       "too many clients", "connection refused",
+                                       "server closed the connection", "operationalerror"),
+                "pool exhausted": ("queuepool limit",),
+                "traceback": ("traceback", '"exc":')}
+
+
+def scan_logs(site: Site) -> list[dict[str, Any]]:
+    """Per replica: error/critical lines by logger and message, and lines per LOG_PATTERNS."""
+    out = []
+    for i in range(len(site.procs)):
+        path = site.work / f"replica-{i}.log"
+        levels: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        hits: Counter[str] = Counter()
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            low = line.lower()
+            for name, needles in LOG_PATTERNS.items():
+                hits[name] += any(n in low for n in needles)
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                levels["(not json)"] += 1
+                continue
+            level = str(entry.get("level", "?")) if isinstance(entry, dict) else "?"
+            levels[level] += 1
+            if level in ("error", "critical"):
+                errors[f"{entry.get('logger')}: {str(entry.get('msg'))[:80]}"] += 1
+        out.append({"lines": len(text.splitlines()), "levels": dict(levels),
+                    "errors": dict(errors.most_common(10)),
+                    "patterns": {k: v for k, v in hits.items() if v}})
+    return out
 
 
 # -- samplers (this process) ----------------------------------------------------------------
@@ -540,19 +593,21 @@ def stale_events(site: Site, checks: Counter[str]) -> list[tuple[str, float]]:
 
 
 def classify_stale(events: list[tuple[str, float]], rounds: list[Round],
-                   interval: float) -> Counter[str]:
+                   args: argparse.Namespace, t0: float) -> Counter[str]:
     """false / ambiguous / overload / unexplained, see the module docstring (step 6)."""
     by_node: dict[int, list[Round]] = {}
     for r in rounds:
         by_node.setdefault(r.node, []).append(r)
     out: Counter[str] = Counter()
     FALSE_GAPS.clear()
+    interval = args.interval
     window = interval + GRACE - 1.0
     for name, at in events:
         if not name.startswith("node-"):
             out["other node"] += 1
             continue
-        mine = by_node.get(int(name[5:]), [])
+        g = int(name[5:])
+        mine = by_node.get(g, [])
         passes = [r for r in mine if r.tag == "trusted" and r.end <= at]
         last = max(passes, key=lambda r: r.end, default=None)
         if last is not None and at - last.start < window:
@@ -560,8 +615,10 @@ def classify_stale(events: list[tuple[str, float]], rounds: list[Round],
             FALSE_GAPS.append(at - last.start)
         elif last is not None and at - last.end < window:
             out["ambiguous"] += 1  # only if the server took long to commit that proof
-        elif any(r.due < at for r in mine if last is None or r.due > last.due):
-            out["overload"] += 1   # a round was due in time but had not passed by then
+        elif any(d < at for d in schedule(g, args.nodes, interval, t0, t0 + args.duration)
+                 if last is None or d > last.due):
+            out["overload"] += 1   # a round was due (started late, or never) but had not
+            #                        passed by then
         else:
             out["unexplained"] += 1
     return out
@@ -741,7 +798,7 @@ def analyse(site: Site, args: argparse.Namespace, result: dict[str, Any], sample
     stale = stale_events(site, checks)
     result["stale"] = {"events": len(stale), "failed_checks": dict(checks),
                        "nodes": len({n for n, _ in stale}),
-                       "classes": dict(classify_stale(stale, rounds, args.interval))}
+                       "classes": dict(classify_stale(stale, rounds, args, t0))}
     gaps = sorted(FALSE_GAPS)
     result["stale"]["false_gap_s"] = {p: round(percentile(gaps, p), 2)
                                       for p in (0, 50, 100)} if gaps else {}
@@ -794,7 +851,7 @@ def report(result: dict[str, Any]) -> None:
         ("false stale: event minus last pass start (min / p50 / max)",
          " / ".join(f"{v} s" for v in s.get("false_gap_s", {}).values()) or "–"),
         ("replica clock outside the round trip (ahead / behind, rounds > 1 s)", "; ".join(
-            f"+{c['max_ahead_s']} / -{c['max_behind_s']} s, {c['rounds_over_1s']}"
+            f"+{c['max_ahead_s']} / -{abs(c['max_behind_s'])} s, {c['rounds_over_1s']}"
             for c in result["clock_skew"])),
         ("deadline lease held (s by replica)",
          json.dumps(result["deadline_lease"]["seconds_held_by"])),
@@ -823,6 +880,11 @@ def report(result: dict[str, Any]) -> None:
     print("\n| figure | value |\n|---|---|")
     for k, v in rows:
         print(f"| {k} | {v} |")
+    for i, log in enumerate(result.get("replica_logs", [])):
+        print(f"\nreplica {i} log: {log['lines']} lines, levels {log['levels']}, "
+              f"patterns {log['patterns'] or 0}")
+        for msg, n in log["errors"].items():
+            print(f"  {n} × {msg}")
     if result["revocation"]["errors"]:
         print(f"\nrevocation probe errors: {result['revocation']['errors']}")
 
@@ -868,6 +930,7 @@ def main() -> None:
             print(f"# replicas {[p.pid for p in site.procs]} at {site.urls}; work dir {work}",
                   flush=True)
             run(site, args, cluster, result)
+        result["replica_logs"] = site.logs
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     report(result)
