@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # the kubernetes client costs seconds of start-up: imported w
     from attest.service.notify.kube import KubernetesNodeSink
 
 PRUNE_EVERY_SECONDS = 30.0
+DEADLINE_LEASE_SECONDS = 10.0
 
 
 class DeadlineRound:
@@ -41,7 +42,11 @@ class DeadlineRound:
 
 def deadline_task(ctx: AttestContext, every: float) -> PeriodicTask:
     """The lease holder runs a :class:`DeadlineRound` every ``every`` seconds."""
-    lease = SqlLease(ctx.sessions, "deadlines", ttl=max(3 * every, 3.0),
+    # The lease is renewed when a run starts; a run may take its budget (verifier.
+    # SWEEP_BUDGET_SECONDS) plus one batch, which under overload took about 2.5 s (the scale
+    # bench: a 3 s lease changed hands 19-35 times). A replica that dies hands over within the
+    # TTL, a delay of stale marking the grace absorbs.
+    lease = SqlLease(ctx.sessions, "deadlines", ttl=max(3 * every, DEADLINE_LEASE_SECONDS),
                      now=lambda: ctx.now())
     return PeriodicTask("deadline check", every, DeadlineRound(ctx), lease=lease)
 

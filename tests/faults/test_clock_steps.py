@@ -49,7 +49,7 @@ from umec.db import open_database
 from umec.localserver import free_port
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
-pytestmark = [pytest.mark.faults, pytest.mark.skipif(
+pytestmark = [pytest.mark.faults, pytest.mark.alone, pytest.mark.skipif(
     not LIBFAKETIME.exists(), reason="libfaketime not installed (apt-get install faketime)")]
 OPERATOR = "clock-test-operator-token-0123456789"
 INTERVAL, GRACE, SWEEP = 1.0, 1.0, 0.5
