@@ -275,6 +275,14 @@ def load_public_key_file(path: Path | str) -> PublicKey:
     return load_public_key(_read_key_file(path, private=False), str(path))
 
 
+def _make_key_directory(path: Path) -> None:
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as e:
+        raise KeyFileInaccessible(f"{path.parent}: cannot create key directory "
+                                  f"({e.strerror})") from e
+
+
 def load_or_create_private_key(path: Path | str, kind: KeyKind = KeyKind.EC_P256,
                                passphrase: Passphrase | None = None) -> PrivateKey:
     """The service key at ``path``, generated (kind ``kind``) and stored on first use.
@@ -287,11 +295,7 @@ def load_or_create_private_key(path: Path | str, kind: KeyKind = KeyKind.EC_P256
     try:
         key = load_private_key(path, passphrase)
     except KeyFileMissing:
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise KeyFileInaccessible(f"{path.parent}: cannot create key directory "
-                                      f"({e.strerror})") from e
+        _make_key_directory(path)
         key = generate_private_key(kind)
         try:
             save_private_key(path, key, passphrase, overwrite=False)
@@ -339,11 +343,7 @@ def load_or_create_secret(path: Path | str, size: int = SECRET_BYTES) -> bytes:
     try:
         secret = _read_key_file(path, private=True)
     except KeyFileMissing:
-        try:
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise KeyFileInaccessible(f"{path.parent}: cannot create key directory "
-                                      f"({e.strerror})") from e
+        _make_key_directory(path)
         with contextlib.suppress(FileExistsError):  # a concurrent start won: read its secret
             atomic_write(path, os.urandom(size), overwrite=False)
         secret = _read_key_file(path, private=True)
