@@ -28,7 +28,7 @@ ENV = "UMEC_FAULT_KILL_AT"
 _TARGET = os.environ.get(ENV, "").strip() or None
 _MARK = "umec_fault_transaction"
 
-_SETS_LAST_EVIDENCE = r"UPDATE attest_nodes SET (?:(?!\sWHERE\s).)*\blast_evidence_at="
+_SETS_LAST_VERDICT = r"UPDATE attest_nodes SET (?:(?!\sWHERE\s).)*\blast_verdict="
 
 # point -> (pattern the statement that marks the transaction starts with, "before" | "after"
 # commit); the pattern is a regular expression, matched case-insensitively from the start.
@@ -37,10 +37,10 @@ COMMIT_POINTS: dict[str, tuple[str, str]] = {
     "enroll.after_commit": ("INSERT INTO attest_enrollments", "after"),
     "activate.before_commit": ("INSERT INTO attest_nodes", "before"),
     "activate.after_commit": ("INSERT INTO attest_nodes", "after"),
-    # Only step 3 of evidence sets last_evidence_at (with the challenge counter: the spend);
-    # the sweep's statements name it after WHERE.
-    "evidence.before_commit": (_SETS_LAST_EVIDENCE, "before"),
-    "evidence.after_commit": (_SETS_LAST_EVIDENCE, "after"),
+    # Only step 3 of evidence sets last_verdict (with the challenge counter: the spend); the
+    # sweep's void also sets last_evidence_at, so that cannot mark it.
+    "evidence.before_commit": (_SETS_LAST_VERDICT, "before"),
+    "evidence.after_commit": (_SETS_LAST_VERDICT, "after"),
 }
 
 # point -> where its ``reached(point)`` call belongs (placed by the owners of those modules).
