@@ -506,3 +506,20 @@ def test_sweep_retries_a_failed_delete(site: JoinSite) -> None:
     [row] = site.rows()
     assert row.revoked_at is not None and row.deleted_at is not None
     assert row.deleted_at > row.revoked_at  # deleted by a later sweep than the one revoking
+
+
+def test_a_verdict_recorded_after_the_pass_makes_its_nonce_not_the_latest() -> None:
+    """The join names the latest passing quote's nonce, and nothing may have been recorded
+    since: a later verdict that moved no pass (last_evidence_at past last_pass_at), or the
+    sweep re-dating evidence after a clock step, refuses it (join.verdict_not_latest)."""
+    from types import SimpleNamespace
+    nonce = os.urandom(32)
+    passed = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    latest = SimpleNamespace(last_pass_nonce=nonce.hex(), last_pass_at=passed,
+                             last_evidence_at=passed)
+    JoinService._check_latest_verdict("node-a", nonce, latest)
+    with pytest.raises(JoinVerdictNotLatest):
+        JoinService._check_latest_verdict("node-a", os.urandom(32), latest)
+    later = SimpleNamespace(**{**vars(latest), "last_evidence_at": passed + timedelta(seconds=1)})
+    with pytest.raises(JoinVerdictNotLatest):
+        JoinService._check_latest_verdict("node-a", nonce, later)
