@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from mec_api.tokens.revocations import Generation, Revocation, RevocationStore
+from mec_api.tokens.revocations import Generation, Revocation, RevocationStore, kept_after
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ class FeedMirror:
                 self.whole_reads += 1
             else:
                 self._entries.update(reading.entries)
-            cutoff = now.timestamp()
+            cutoff = kept_after(now).timestamp()
             self._entries = {e for e in self._entries if e.expires_at > cutoff}
             self._held = at = reading.position
             return FeedView(int(at) if at is not None else None, tuple(self._entries),

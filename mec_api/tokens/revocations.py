@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,15 @@ MAX_TOKEN_LIFETIME_SECONDS = 300
 # introspection's leeway). Every entry outlives the last instant a token it matches is accepted:
 # an entry that expired with the token's ``exp`` let the revoked token work again for 5 s.
 ACCEPTANCE_LEEWAY_SECONDS = 5.0
+# How long a resource server holds an applied entry on its monotonic clock: a token an entry
+# matches was minted before the entry was written, so it is accepted for no longer than this.
+ENTRY_LOCAL_LIFE_SECONDS = (MAX_TOKEN_LIFETIME_SECONDS + ACCEPTANCE_LEEWAY_SECONDS
+                            + CUTOFF_MARGIN_SECONDS)
+# The store keeps (and serves) an entry this long past its ``expires_at``: a reader or pruner
+# whose clock was stepped forward by up to this much and then corrected neither deletes nor
+# omits an entry that still matches an accepted token. Larger forward steps are a documented
+# residual risk (docs/decisions.md, "Revocation across clock steps").
+CLOCK_STEP_ALLOWANCE_SECONDS = 3600.0
 KINDS = ("token", "node", "pod")
 _TABLE: Table = RevocationRow.__table__  # type: ignore[assignment]
 _GENERATION: Table = RevocationGenerationRow.__table__  # type: ignore[assignment]
@@ -174,6 +184,12 @@ def _row(r: Any) -> Revocation:
     return Revocation(r.seq, r.kind, r.jti, r.node, epoch, r.expires_at.timestamp(),
                       r.pod_uid if r.kind == "pod" else None, r.generation or 0,
                       r.prev_stamp)
+
+
+def kept_after(now: datetime) -> datetime:
+    """The store keeps and serves the entries expiring after this: ``now`` less
+    :data:`CLOCK_STEP_ALLOWANCE_SECONDS` (a clock stepped forward and corrected loses none)."""
+    return now - timedelta(seconds=CLOCK_STEP_ALLOWANCE_SECONDS)
 
 
 def _entry_life(now: datetime, max_token_lifetime: float) -> datetime:
@@ -343,23 +359,24 @@ class RevocationStore:
             with self.sessions.kw["bind"].connect() as conn:
                 rows = conn.execute(select(_TABLE).where(
                     g > int(held), g <= int(position),
-                    (_TABLE.c.expires_at > now) | (g == int(held) + 1))
+                    (_TABLE.c.expires_at > kept_after(now)) | (g == int(held) + 1))
                     .order_by(g)).all()
             entries = [_row(r) for r in rows]
         if not continues(held, position, entries):
             return None
-        return [e for e in entries if e.expires_at > now.timestamp()]
+        return [e for e in entries if e.expires_at > kept_after(now).timestamp()]
 
     def current(self, now: datetime) -> list[Revocation]:
         """Every live entry, in one statement (one consistent snapshot)."""
         with self.sessions.kw["bind"].connect() as conn:
-            rows = conn.execute(select(_TABLE).where(_TABLE.c.expires_at > now)
+            rows = conn.execute(select(_TABLE).where(_TABLE.c.expires_at > kept_after(now))
                                 .order_by(_TABLE.c.seq)).all()
         return [_row(r) for r in rows]
 
     def prune(self, now: datetime) -> int:
         with self.sessions.begin() as session:
-            result = session.execute(delete(RevocationRow).where(RevocationRow.expires_at <= now))
+            result = session.execute(delete(RevocationRow)
+                                     .where(RevocationRow.expires_at <= kept_after(now)))
         return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -367,60 +384,81 @@ class RevocationList:
     """A resource server's view of the revocations: O(1) checks per request, thread-safe.
 
     :meth:`apply` merges a whole set read from the store or the feed: an entry once applied
-    stays until its own expiry, whatever a later read says, so a token once refused here stays
-    refused."""
+    stays until :meth:`expire` drops it, whatever a later read says, so a token once refused here
+    stays refused. An entry refuses while it is held, whatever the time (its tokens are expired
+    anyway once it could be dropped).
 
-    def __init__(self) -> None:
-        self._jtis: dict[str, float] = {}
-        self._nodes: dict[str, tuple[int, float]] = {}  # node → (revoked epoch, expires_at)
-        self._pods: dict[str, float] = {}               # pod uid → expires_at
+    **Held across clock steps.** An entry is dropped only when its ``expires_at`` has passed on
+    the wall clock *and* :data:`ENTRY_LOCAL_LIFE_SECONDS` have passed on this process's
+    monotonic clock since it was first applied. A token it matches was minted before the entry
+    was written, so it is accepted no longer than that after; the monotonic clock does not
+    step. Dropping on the wall clock alone lost entries to a forward step longer than a token's
+    lifetime: once the clock was corrected, the revoked tokens (their ``exp`` still ahead)
+    were accepted again until they expired."""
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.monotonic = monotonic
+        # each value ends with (expires_at, held until on the monotonic clock)
+        self._jtis: dict[str, tuple[float, float]] = {}
+        self._nodes: dict[str, tuple[int, float, float]] = {}  # node → (revoked epoch, …)
+        self._pods: dict[str, tuple[float, float]] = {}        # pod uid → …
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._jtis) + len(self._nodes) + len(self._pods)
 
     def apply(self, entries: Iterable[Revocation]) -> None:
+        held = self.monotonic() + ENTRY_LOCAL_LIFE_SECONDS
         with self._lock:
             for e in entries:
                 if e.kind == "token" and e.jti:
-                    self._jtis[e.jti] = max(e.expires_at, self._jtis.get(e.jti, 0.0))
+                    self._jtis[e.jti] = _later((e.expires_at, held), self._jtis.get(e.jti))
                 elif e.kind == "pod" and e.pod_uid:
-                    self._pods[e.pod_uid] = max(e.expires_at, self._pods.get(e.pod_uid, 0.0))
+                    self._pods[e.pod_uid] = _later((e.expires_at, held),
+                                                   self._pods.get(e.pod_uid))
                 elif e.kind == "node" and e.node and e.node_epoch is not None:
-                    old = self._nodes.get(e.node, (e.node_epoch, e.expires_at))
+                    old = self._nodes.get(e.node, (e.node_epoch, e.expires_at, held))
                     # Epochs only grow: the highest revoked one covers all lower ones.
                     self._nodes[e.node] = (max(old[0], e.node_epoch),
-                                           max(old[1], e.expires_at))
+                                           max(old[1], e.expires_at), max(old[2], held))
 
     def revoked(self, *, jti: str, node: str | None, node_epoch: int, now: float,
                 pod_uid: str | None = None) -> str | None:
         """Why the token (minted for ``node`` in trust epoch ``node_epoch``, for the pod
-        ``pod_uid``) is revoked, or None."""
-        exp = self._jtis.get(jti)
-        if exp is not None and exp > now:
+        ``pod_uid``) is revoked, or None. ``now`` is unused: an entry refuses while held."""
+        if jti in self._jtis:
             return "the token was revoked"
-        if pod_uid is not None:
-            exp = self._pods.get(pod_uid)
-            if exp is not None and exp > now:
-                return f"pod {pod_uid} was deleted (its admission record is gone)"
+        if pod_uid is not None and pod_uid in self._pods:
+            return f"pod {pod_uid} was deleted (its admission record is gone)"
         if node is not None:
             entry = self._nodes.get(node)
-            if entry is not None and node_epoch <= entry[0] and entry[1] > now:
+            if entry is not None and node_epoch <= entry[0]:
                 return f"node {node} is no longer trusted (trust epoch {node_epoch} ended)"
         return None
 
     def pod_revoked(self, pod_uid: str, now: float) -> bool:
         """Whether the pod's tokens are revoked (the issuer mints none for it either)."""
-        exp = self._pods.get(pod_uid)
-        return exp is not None and exp > now
+        return pod_uid in self._pods
 
     def revoked_epoch(self, node: str, now: float) -> int | None:
         """The highest revoked trust epoch of ``node`` (the issuer never mints at or below it)."""
         entry = self._nodes.get(node)
-        return entry[0] if entry is not None and entry[1] > now else None
+        return entry[0] if entry is not None else None
 
     def expire(self, now: float) -> None:
+        """Drop the entries past their ``expires_at`` (wall clock, ``now``) and held for
+        :data:`ENTRY_LOCAL_LIFE_SECONDS` (monotonic): both, so that no clock step drops one."""
+        mono = self.monotonic()
         with self._lock:
-            self._jtis = {j: e for j, e in self._jtis.items() if e > now}
-            self._nodes = {n: v for n, v in self._nodes.items() if v[1] > now}
-            self._pods = {u: e for u, e in self._pods.items() if e > now}
+            self._jtis = {j: v for j, v in self._jtis.items() if _kept(v, now, mono)}
+            self._nodes = {n: v for n, v in self._nodes.items() if _kept(v[1:], now, mono)}
+            self._pods = {u: v for u, v in self._pods.items() if _kept(v, now, mono)}
+
+
+def _later(new: tuple[float, float], old: tuple[float, float] | None) -> tuple[float, float]:
+    return new if old is None else (max(new[0], old[0]), max(new[1], old[1]))
+
+
+def _kept(value: tuple[float, ...], now: float, mono: float) -> bool:
+    expires_at, held_until = value[-2], value[-1]
+    return expires_at > now or held_until > mono

@@ -27,7 +27,12 @@ from attest.service.verifier import mark_stale_nodes
 from kernel.clock import DatabaseClock, SystemClock, clock_for
 from kernel.lease import SqlLease
 from kernel.ratelimit import RateLimiter
-from mec_api.tokens.revocations import Revocation, RevocationList, token_epoch
+from mec_api.tokens.revocations import (
+    ENTRY_LOCAL_LIFE_SECONDS,
+    Revocation,
+    RevocationList,
+    token_epoch,
+)
 from tests.support.pcr_policy import k3s_policy
 from tests.support.simagent import SimulatedNode
 from umec.app import Server, build_server
@@ -255,6 +260,56 @@ def test_revocation_by_epoch() -> None:
     legacy = Revocation.from_dict({"seq": 3, "kind": "node", "node": "x", "cutoff": 1.0,
                                    "expires_at": far})
     assert legacy.node_epoch == 0
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.at = 1000.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+@pytest.mark.parametrize("step", [600.0, 7200.0, 86400.0 * 30])
+def test_a_forward_step_then_its_correction_drops_no_revocation(step: float) -> None:
+    """A resource server's clock jumps ahead by more than a token's lifetime, its follower
+    expires the list, then the clock is corrected: every entry applied before the step still
+    refuses (the tokens it matches have their ``exp`` ahead again). Only the wall clock and
+    the monotonic clock together drop an entry."""
+    mono, t = Monotonic(), 2e9
+    rl = RevocationList(monotonic=mono)
+    life = t + ENTRY_LOCAL_LIFE_SECONDS
+    rl.apply([Revocation(1, "node", None, "n", 3, life), Revocation(2, "token", "j", None, None,
+              life), Revocation(3, "pod", None, None, None, life, pod_uid="p")])
+    rl.expire(t + step)              # the step: every entry looks expired on the wall clock
+    mono.at += 1.0
+    rl.expire(t + step + 1.0)
+    assert rl.revoked(jti="x", node="n", node_epoch=3, now=t + 2) is not None  # corrected
+    assert rl.revoked(jti="j", node=None, node_epoch=0, now=t + 2) == "the token was revoked"
+    assert rl.pod_revoked("p", t + 2) and rl.revoked_epoch("n", t + 2) == 3
+    # The monotonic clock alone drops nothing either: the wall clock says it is live.
+    mono.at += ENTRY_LOCAL_LIFE_SECONDS
+    rl.expire(t + 2)
+    assert len(rl) == 3
+    rl.expire(life)                  # both: dropped
+    assert len(rl) == 0 and rl.revoked(jti="j", node="n", node_epoch=3, now=life) is None
+
+
+def test_an_entry_refuses_while_it_is_held_whatever_the_time() -> None:
+    """Held entries refuse even when ``now`` is past their expiry (fail closed: the tokens they
+    match have expired on that clock anyway); re-applying one holds it longer."""
+    mono = Monotonic()
+    rl = RevocationList(monotonic=mono)
+    rl.apply([Revocation(1, "token", "j", None, None, 100.0)])
+    assert rl.revoked(jti="j", node=None, node_epoch=0, now=5000.0) == "the token was revoked"
+    mono.at += ENTRY_LOCAL_LIFE_SECONDS - 1
+    rl.apply([Revocation(1, "token", "j", None, None, 100.0)])
+    mono.at += 2
+    rl.expire(5000.0)
+    assert len(rl) == 1
+    mono.at += ENTRY_LOCAL_LIFE_SECONDS
+    rl.expire(5000.0)
+    assert len(rl) == 0
 
 
 def test_database_clock_advances_by_monotonic_and_ignores_the_wall_clock(

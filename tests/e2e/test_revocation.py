@@ -46,6 +46,8 @@ from mec_api.tokens.feed_mirror import FeedMirror, FeedView, answer
 from mec_api.tokens.issuer import TOKEN_EXCHANGE, TOKEN_TYPE_JWT
 from mec_api.tokens.models import RevocationGenerationRow, RevocationRow
 from mec_api.tokens.revocations import (
+    CLOCK_STEP_ALLOWANCE_SECONDS,
+    ENTRY_LOCAL_LIFE_SECONDS,
     Revocation,
     RevocationGenerationMissing,
     RevocationList,
@@ -226,7 +228,7 @@ def test_an_entry_numbered_earlier_but_committed_later_is_applied(feed: Feed) ->
 def test_an_entry_reusing_a_pruned_row_number_is_applied(feed: Feed) -> None:
     """SQLite reuses the highest row number after it is deleted (no AUTOINCREMENT): a
     revocation written after cleanup carries a number a follower already read."""
-    past = datetime.now(UTC) - timedelta(seconds=2 * LIFETIME)
+    past = datetime.now(UTC) - timedelta(seconds=2 * LIFETIME + CLOCK_STEP_ALLOWANCE_SECONDS)
     feed.store.revoke_node("node-old", "old", past, through_epoch=1)
     feed.store.revoke_node("node-new-1", "new", datetime.now(UTC), through_epoch=1)
     with feed.sessions() as s:
@@ -249,8 +251,24 @@ def test_an_applied_entry_stays_until_it_expires(feed: Feed) -> None:
         conn.execute(TABLE.delete())
     feed.step()
     assert feed.node_revoked("node-a", epoch=2)
+    feed.revocations.monotonic = lambda: time.monotonic() + ENTRY_LOCAL_LIFE_SECONDS + 1
     feed.revocations.expire(time.time() + LIFETIME + 10)  # life + margin + leeway
     assert not feed.node_revoked("node-a", epoch=2)
+
+
+def test_the_store_keeps_and_serves_an_entry_for_the_clock_step_allowance(feed: Feed) -> None:
+    """A pruner or reader whose clock runs ahead (a forward step, corrected later) deletes and
+    omits nothing that expired less than CLOCK_STEP_ALLOWANCE_SECONDS before its now: once the
+    clock is corrected, the entry is there for the tokens it still matches."""
+    now = datetime.now(UTC)
+    feed.store.revoke_node("node-a", "gone", now, through_epoch=2)
+    ahead = now + timedelta(seconds=LIFETIME + 60 + CLOCK_STEP_ALLOWANCE_SECONDS * 0.9)
+    assert feed.store.prune(ahead) == 0
+    assert [e.node for e in feed.store.current(ahead)] == ["node-a"]
+    assert [e.node for e in feed.store.read_after(None, ahead).entries] == ["node-a"]
+    beyond = now + timedelta(seconds=LIFETIME + 60 + CLOCK_STEP_ALLOWANCE_SECONDS * 1.1)
+    assert feed.store.current(beyond) == []
+    assert feed.store.prune(beyond) == 1
 
 
 def test_a_follower_that_cannot_read_is_not_current(feed: Feed) -> None:
@@ -568,6 +586,18 @@ def test_the_feed_mirror_reads_only_what_was_numbered_since(feed: Feed) -> None:
     assert mirror.whole_reads == 1
     reads = [s for s in statements if "FROM token_revocations " in s]
     assert len(reads) == 1 and "generation >" in reads[0]
+
+
+def test_the_feed_mirror_serves_an_entry_through_a_forward_step(feed: Feed) -> None:
+    """The public feed's mirror, on a clock stepped ahead of an entry's expiry by less than
+    the allowance, still serves it (a follower starting then gets it, and holds it)."""
+    now = datetime.now(UTC)
+    ahead = now + timedelta(seconds=LIFETIME + CLOCK_STEP_ALLOWANCE_SECONDS / 2)
+    mirror = FeedMirror(feed.store, lambda: ahead)
+    feed.store.revoke_node("node-a", "r", now, through_epoch=1)
+    assert [e.node for e in mirror.refresh().entries] == ["node-a"]
+    mirror.clock = lambda: ahead + timedelta(seconds=CLOCK_STEP_ALLOWANCE_SECONDS)
+    assert mirror.refresh().entries == ()
 
 
 def test_the_feed_answers_a_current_follower_without_reading_the_set(site: Site) -> None:

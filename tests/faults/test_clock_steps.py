@@ -306,6 +306,53 @@ def test_server_clock_forward_then_corrected_tokens_work_at_once(
         site.close()
 
 
+@pytest.mark.parametrize("step", ["+600", "+2h"])
+def test_server_clock_forward_beyond_a_token_life_then_corrected_loses_no_revocation(
+        tmp_path: Path, fake_clock: FakeClock, step: str) -> None:
+    """The server's clock runs ahead by more than a token's lifetime, long enough for its
+    revocation follower to expire its list and its store to be pruned, and is then corrected.
+    A token revoked before the step is refused on the corrected clock, naming the revocation:
+    the list drops an entry only when the monotonic clock agrees, and the store keeps entries
+    an hour past their expiry. Before, the step dropped the entry and the revoked token (its
+    ``exp`` ahead again) was accepted until it expired."""
+    site, client, nodes = start_with_nodes(tmp_path, fake_clock, ["node-a"])
+    node = nodes["node-a"]
+    site.admit()
+    old = site.exchange()
+    assert old.status_code == 200, old.text
+    token = old.json()["access_token"]
+    try:
+        node.tpm.extend(14, b"tampered")
+        assert node.attest()["state"] == "untrusted"      # revokes the node's tokens
+        assert "no longer trusted" in sensor_tags(site, token).text
+        fake_clock.step(step)
+        wait_server_offset(site, lambda offset: offset > 550)
+        time.sleep(2.0)  # several follower polls (each expires the list) and a store prune
+        refused = sensor_tags(site, token)
+        assert refused.status_code == 401 and "jwt.exp" in refused.text, refused.text
+        fake_clock.step("+0")
+        wait_server_offset(site, lambda offset: abs(offset) < 5)
+        time.sleep(1.2)  # the guard's clock takes the correction at its next cache refresh
+        refused = sensor_tags(site, token)
+        assert refused.status_code == 401, refused.text
+        assert "node node-a is no longer trusted" in refused.text, refused.text
+    finally:
+        client.close()
+        site.close()
+
+
+def wait_server_offset(site: Site, wanted: Callable[[float], bool]) -> None:
+    """Until the server's ``Date`` header, less real time, satisfies ``wanted``."""
+    deadline = time.monotonic() + 6  # uvicorn refreshes its Date header every second
+    while True:
+        offset = parsedate_to_datetime(
+            site.operator.get("/healthz").headers["date"]).timestamp() - time.time()
+        if wanted(offset):
+            return
+        assert time.monotonic() < deadline, f"the server's clock is {offset:.0f} s off"
+        time.sleep(0.2)
+
+
 def attest_like_the_agent(node: SimulatedNode) -> dict[str, Any]:
     """A round, asked again when the server voided its challenge (its sweep voids a node's
     nonces while the node's latest evidence is dated after now: a round can straddle that),

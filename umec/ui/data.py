@@ -172,7 +172,8 @@ def tokens(src: UiSources) -> dict[str, Any]:
                                    node_epoch=row["node_epoch"] or 0, now=now.timestamp(),
                                    pod_uid=row["pod_uid"])
     applied = service.follower.applied_at
-    entries = sorted(service.store.current(now), key=lambda e: -e.seq)
+    entries = sorted((e for e in service.store.current(now) if e.expires_at > now.timestamp()),
+                     key=lambda e: -e.seq)  # the store also serves an hour past expiry
     generation = service.store.generation()
     ledger = service.issuer.issued
     issued_all = service.flush_counts.totals(hour_of(now.timestamp()) - 23)
