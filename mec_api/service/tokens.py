@@ -162,7 +162,7 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
     reloader = RingReloader(config.keys_dir, issuer, jwks)
     routes = TokenRoutes(issuer, store, operator_token=config.operator_token, clock=clock.now,
                          rotate_key=KeyRotator(config.keys_dir, config.lifetime_seconds,
-                                               reloader))
+                                               reloader), revocations=revocations)
     counts = IssuanceCounts(sessions.kw["bind"])
     flush = CountFlusher(counts, issuer.issued, lambda: clock.now().timestamp())
     return TokenService(issuer, store, guard, follower, routes, reloader, clock, counts, flush)

@@ -161,7 +161,12 @@ def _verified_claims(ctx: TokenRoutes, token: str | None) -> Mapping[str, Any] |
 
 
 def _revoked(ctx: TokenRoutes, claims: Mapping[str, Any]) -> bool:
-    """One indexed query for the entries that could match this token."""
+    """This process's followed list (no I/O), then one indexed query for the entries that
+    could match this token."""
+    if ctx.revocations is not None and ctx.revocations.revoked(
+            jti=str(claims["jti"]), node=claims.get("node"), node_epoch=token_epoch(claims),
+            now=ctx.clock().timestamp(), pod_uid=token_pod_uid(claims)) is not None:
+        return True
     return ctx.store.matches(jti=str(claims["jti"]), node=claims.get("node"),
                              node_epoch=token_epoch(claims), pod_uid=token_pod_uid(claims),
                              now=ctx.clock())

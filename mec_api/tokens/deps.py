@@ -14,7 +14,7 @@ from kernel.ratelimit import RateLimiter
 from mec_api.deps import app_state
 from mec_api.tokens.feed_mirror import FeedMirror, FeedView
 from mec_api.tokens.issuer import TokenIssuer
-from mec_api.tokens.revocations import RevocationStore
+from mec_api.tokens.revocations import RevocationList, RevocationStore
 
 # RFC 7009 revocations per workload (client_id): a holder revoking in a loop would grow the
 # set every resource server reads.
@@ -44,6 +44,10 @@ class TokenRoutes:
     # The operator's key rotation (mec_api.tokens.keyring.KeyRotator): the overlap in seconds
     # in, the new active kid out. None where this process does not hold the key directory.
     rotate_key: Callable[[float], str] | None = None
+    # This process's followed revocation list (held on the monotonic clock): introspection and
+    # RFC 7009 consult it as well as the store, so a store pruned on a clock that ran ahead
+    # does not make a revoked token active again.
+    revocations: RevocationList | None = None
     mirror: FeedMirror = field(init=False)
     feed: CoalescedRead[FeedView] = field(init=False)
 

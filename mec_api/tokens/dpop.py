@@ -29,8 +29,9 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,24 +117,33 @@ class DpopReplayCache:
     """``jti`` values seen within the proof lifetime; thread-safe and bounded.
 
     A full cache refuses new proofs rather than forgetting unexpired ones (fail closed).
+
+    A proof is forgotten only when its ``iat`` window has passed on the wall clock (``now``)
+    **and** ``lifetime`` seconds have passed on the monotonic clock since it was seen: on the
+    wall clock alone, a forward step evicted every proof and, once the clock was corrected, a
+    recorded request (token and proof) was accepted again within the proof's minute.
     """
 
-    def __init__(self, lifetime: float = 65.0, max_entries: int = 200_000) -> None:
+    def __init__(self, lifetime: float = 65.0, max_entries: int = 200_000,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.lifetime = lifetime
         self.max_entries = max_entries
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self.monotonic = monotonic
+        # key → (wall-clock end of the proof's iat window, monotonic end of its hold)
+        self._seen: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def check_and_remember(self, proof: DpopProof, now: float) -> None:
         key = f"{proof.jkt}:{proof.jti}"
+        mono = self.monotonic()
         with self._lock:
-            while self._seen:
-                oldest, expires = next(iter(self._seen.items()))
-                if expires > now:
+            while self._seen:  # oldest first: the monotonic ends are in insertion order
+                oldest, (window_ends, held_until) = next(iter(self._seen.items()))
+                if window_ends > now or held_until > mono:
                     break
                 del self._seen[oldest]
             if key in self._seen:
                 raise DpopProofInvalid(f"jti {proof.jti[:64]!r} was already used (replay)")
             if len(self._seen) >= self.max_entries:
                 raise DpopProofInvalid("too many proofs in flight; retry shortly")
-            self._seen[key] = now + self.lifetime
+            self._seen[key] = (max(now, proof.iat) + self.lifetime, mono + self.lifetime)

@@ -419,6 +419,20 @@ def test_removing_a_node_revokes_its_tokens(site: Site) -> None:
     assert [(k, n) for k, n in rows] == [("node", "node-a")]
 
 
+def test_introspection_stays_inactive_after_the_store_lost_the_entry(site: Site) -> None:
+    """Introspection and RFC 7009 consult this process's followed list as well as the store:
+    a store pruned on a clock that ran ahead (or restored from a backup) does not make a
+    revoked token active again while the list still holds its entry."""
+    token = site.token()
+    registrar.remove(site.server.attest, "node-a")
+    site.refused_within(token, 1.0)
+    with site.engine.begin() as conn:  # what a prune on a clock 2 h ahead deletes
+        conn.execute(TABLE.delete())
+    operator = {"Authorization": f"Bearer {site.server.operator_token}"}
+    r = httpx.post(f"{site.url}/oauth2/introspect", data={"token": token}, headers=operator)
+    assert r.status_code == 200 and r.json() == {"active": False}, r.text
+
+
 def test_removing_a_node_that_is_not_trusted_still_writes_a_revocation(site: Site) -> None:
     """Defence in depth: removal ends a trust period whatever the state, so it always writes
     a node entry (the one written when the node left ``trusted`` may have expired)."""

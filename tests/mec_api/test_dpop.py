@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import get_default_algorithms
 
 from keys import KeyKind, generate_private_key, public_jwk
-from mec_api.tokens.dpop import access_token_hash, verify_dpop_proof
+from mec_api.tokens.dpop import DpopProof, DpopReplayCache, access_token_hash, verify_dpop_proof
 from mec_api.tokens.errors import DpopProofInvalid
 from tests.support.guarded_app import PROBE, Guarded, call
 from tests.support.guarded_app import refused as guard_refused
@@ -131,3 +131,30 @@ def test_guard_refuses(g: Guarded, name: str) -> None:
     r = call(g, token, scheme="DPoP", DPoP=attack_proof(name, "GET", PROBE, token))
     guard_refused(r, 401, "invalid_dpop_proof")
     assert f'error_description="{ATTACKS[name][1]}: ' in r.headers["www-authenticate"]
+
+
+class _Monotonic:
+    at = 0.0
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def test_the_replay_cache_forgets_a_proof_only_when_both_clocks_say_so() -> None:
+    """A proof is forgotten when its ``iat`` window has passed on the wall clock and its hold
+    on the monotonic clock: a wall clock stepped ahead (then corrected) or back (so the proof's
+    ``iat`` is in the window again) lets no replay through, and both passing frees the entry."""
+    mono = _Monotonic()
+    cache = DpopReplayCache(lifetime=65.0, monotonic=mono)
+    t0 = 1_000_000.0
+    seen = DpopProof(jkt="k", jti="J", iat=t0)
+    cache.check_and_remember(seen, t0)
+    cache.check_and_remember(DpopProof("k", "ahead", t0 + 600), t0 + 600)  # a forward step
+    with pytest.raises(DpopProofInvalid, match="already used"):
+        cache.check_and_remember(seen, t0 + 10)                           # corrected
+    mono.at += 600                                                        # 10 min later, …
+    cache.check_and_remember(DpopProof("k", "back", t0 + 20), t0 + 20)    # … the wall back
+    with pytest.raises(DpopProofInvalid, match="already used"):
+        cache.check_and_remember(seen, t0 + 20)
+    cache.check_and_remember(DpopProof("k", "late", t0 + 700), t0 + 700)  # both have passed
+    cache.check_and_remember(seen, t0 + 30)   # forgotten (iat outside the window anyway)

@@ -162,6 +162,27 @@ def test_replayed_dpop_proof(g: Guarded) -> None:
     refused(call(g, token, scheme="DPoP", DPoP=proof), 401, "invalid_dpop_proof")
 
 
+@pytest.mark.parametrize("step", [70.0, 240.0])  # past the proof's minute, within the token's life
+def test_a_replayed_dpop_proof_stays_refused_across_a_forward_clock_step(
+        g: Guarded, step: float) -> None:
+    """A recorded request (token and proof) replayed after the resource server's clock ran
+    ahead (any proof during the step evicted what looked expired) and came back: refused.
+    Before, the cache forgot every proof on the stepped clock and the replay answered 200."""
+    token, key = dpop_token(g)
+    proof = key.proof("GET", PROBE, access_token=token)
+    assert call(g, token, scheme="DPoP", DPoP=proof).status_code == 200
+    try:
+        g.guard.clock = lambda: time.time() + step
+        during = key.proof("GET", PROBE, access_token=token, iat=time.time() + step)
+        r = call(g, token, scheme="DPoP", DPoP=during)
+        assert r.status_code == 200, r.text
+    finally:
+        g.guard.clock = time.time
+    replayed = call(g, token, scheme="DPoP", DPoP=proof)
+    refused(replayed, 401, "invalid_dpop_proof")
+    assert "was already used (replay)" in replayed.text, replayed.text
+
+
 @pytest.mark.parametrize("wrong", ["method", "url", "ath", "key"])
 def test_dpop_proof_for_another_request(g: Guarded, wrong: str) -> None:
     token, key = dpop_token(g)
