@@ -39,6 +39,7 @@ PAGE_SIZE = 500
 LIST_TIMEOUT_SECONDS = 30.0
 RECONCILE_EVERY_SECONDS = 60.0
 GRACE_SECONDS = 120.0   # admission → stored by the API server takes well under a second
+FUTURE_TOLERANCE_SECONDS = 2.0  # a record dated further ahead is from before a backward step
 GONE_REASON = "pod reconciler: the pod no longer exists in the cluster"
 
 
@@ -47,6 +48,8 @@ class ForgettableRecords(Protocol):
 
     def admitted_before(self, cutoff: datetime) -> dict[str, datetime]: ...
 
+    def redate_future(self, now: datetime, tolerance_seconds: float) -> int: ...
+
     def forget(self, uids: Sequence[str], reason: str) -> list[str]: ...
 
 
@@ -54,7 +57,9 @@ def forget_gone_pods(records: ForgettableRecords, list_live_pod_uids: Callable[[
                      *, grace_seconds: float, now: datetime) -> list[str]:
     """Forget (and so revoke) every record admitted more than ``grace_seconds`` before ``now``
     whose pod UID is not live; return the UIDs forgotten. Raises when the pods cannot be
-    listed (nothing is forgotten then)."""
+    listed (nothing is forgotten then). A record dated more than ``FUTURE_TOLERANCE_SECONDS``
+    after ``now`` (a backward clock step) is dated ``now`` first: its age restarts."""
+    records.redate_future(now, FUTURE_TOLERANCE_SECONDS)
     candidates = records.admitted_before(now - timedelta(seconds=grace_seconds))
     if not candidates:
         return []          # nothing old enough: no call to the API server

@@ -224,6 +224,18 @@ class SqlAdmissionRecords:
                                        table.c.forgotten_at.is_(None))).all()
         return {r.uid: r.admitted_at for r in rows}
 
+    def redate_future(self, now: datetime, tolerance_seconds: float) -> int:
+        """Date ``now`` every live record admitted more than ``tolerance_seconds`` after
+        ``now`` (the clock was stepped back since), so that its age restarts and the
+        reconciler checks it after the grace like any other; return how many. Left as they
+        were, such records were skipped until real time caught up with them."""
+        table = admission_pods
+        with self.engine.begin() as conn:
+            done = conn.execute(table.update().where(
+                table.c.admitted_at > now + timedelta(seconds=tolerance_seconds),
+                table.c.forgotten_at.is_(None)).values(admitted_at=now))
+        return int(done.rowcount or 0)
+
     def prune_forgotten(self, now: datetime) -> int:
         """Drop tombstones older than ``TOMBSTONE_SECONDS``: by then every service-account token
         the pod had has expired, so its UID can mint nothing even if recorded again."""

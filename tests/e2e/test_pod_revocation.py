@@ -217,6 +217,32 @@ def test_a_failed_pod_listing_forgets_nothing(hook: Hook) -> None:
     assert all(records.lookup(u) is not None for u in ("uid-a", "uid-b", "uid-gone"))
 
 
+def test_a_record_dated_in_the_future_is_checked_after_the_grace(hook: Hook) -> None:
+    """A record admitted before a backward clock step (dated 2 h ahead) is not skipped until
+    real time catches up: the reconciler dates it now, and after the grace it is a candidate
+    like any other (a missed DELETE no longer leaves its pod's tokens for 2 h). A record a
+    second ahead (rounding, a replica's clock) is left as it is."""
+    now = datetime.now(UTC)
+    token = hook.admit("uid-gone")
+    _record_at(hook, "uid-gone", now + timedelta(hours=2))
+    _record_at(hook, "uid-near", now + timedelta(seconds=1))
+    records = admission_records(hook.settings, hook.site.engine)
+    with FakeKube() as kube:
+        assert forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1()),
+                                grace_seconds=120.0, now=now) == []
+        with hook.site.engine.connect() as conn:
+            dated = dict(conn.execute(select(admission_pods.c.uid, admission_pods.c.admitted_at)
+                                      .where(admission_pods.c.uid.in_(["uid-gone", "uid-near"])))
+                         .all())
+        assert dated["uid-gone"] < dated["uid-near"]   # re-dated now; the near one left
+        later = now + timedelta(seconds=125)
+        gone = forget_gone_pods(records, lambda: live_pod_uids(kube.core_v1()),
+                                grace_seconds=120.0, now=later)
+    assert gone == ["uid-gone", "uid-near"]
+    r = hook.site.refused_within(token, 1.0)
+    assert r.status_code == 401 and "uid-gone" in r.json()["detail"]
+
+
 def test_no_record_old_enough_means_no_listing(hook: Hook) -> None:
     _record_at(hook, "uid-young", datetime.now(UTC))
     records = admission_records(hook.settings, hook.site.engine)
