@@ -51,6 +51,12 @@ def test_issued_session_parses_and_expires() -> None:
     assert parse(cookie, session_key("another-token"), NOW) is None
     assert parse(cookie, session_key(""), NOW) is None          # no operator token: no sessions
     assert "operator-secret" not in cookie
+    assert parse(cookie, KEY, NOW - 50, lifetime=60) == session  # a replica 50 s behind
+    # Issued on a clock an hour ahead: refused once the clock is corrected (it would have
+    # lived the step longer than a session may).
+    _, ahead = issue(KEY, NOW + 3600)
+    assert parse(ahead, KEY, NOW) is None
+    assert parse(ahead, KEY, NOW + 3600) is not None
 
 
 @settings(max_examples=300, deadline=None)

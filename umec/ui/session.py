@@ -23,6 +23,7 @@ from kernel.errors import CheckedError
 SESSION_COOKIE = "umec_ui_session"
 LOGIN_COOKIE = "umec_ui_login"          # the login form's double-submit CSRF value
 SESSION_SECONDS = 8 * 3600
+FUTURE_TOLERANCE_SECONDS = 60  # a replica's clock may be this far behind the one that issued
 _KEY_LABEL = b"umec-ui-session-v1"
 _TOKEN = r"[A-Za-z0-9_-]{22,64}"
 _COOKIE = re.compile(rf"({_TOKEN})\.([0-9]{{1,12}})\.([A-Za-z0-9_-]{{43}})")
@@ -93,8 +94,10 @@ def issue(key: bytes, now: float, seconds: int = SESSION_SECONDS) -> tuple[UiSes
     return session, f"{body}.{_mac(key, 's:' + body)}"
 
 
-def parse(value: str | None, key: bytes, now: float) -> UiSession | None:
-    """The session a cookie value names, or None: malformed, forged, or expired."""
+def parse(value: str | None, key: bytes, now: float,
+          lifetime: int = SESSION_SECONDS) -> UiSession | None:
+    """The session a cookie value names, or None: malformed, forged, expired, or expiring
+    later than a session issued now could (issued while the clock was stepped ahead)."""
     if not key or not value:
         return None
     match = _COOKIE.fullmatch(value)
@@ -105,6 +108,8 @@ def parse(value: str | None, key: bytes, now: float) -> UiSession | None:
         return None
     if int(expires) <= now:
         return None
+    if int(expires) > now + lifetime + FUTURE_TOLERANCE_SECONDS:
+        return None  # issued on a clock that ran ahead: it would outlive its 8 hours
     return UiSession(sid, int(expires))
 
 
