@@ -46,8 +46,7 @@ from mec_api.service.build import build_service as build_mec_api
 from mec_api.tokens.api import MAX_FORM_BYTES
 from mec_api.tokens.revocations import node_revocations
 from umec.bridges import (
-    AdmissionRecordLookup,
-    AttestNodeTrust,
+    JoinedWorkloadLookup,
     RevokeInTransaction,
     WakeFollowers,
     kubernetes_api,
@@ -249,8 +248,7 @@ def build_server(settings: Settings, listeners: list[StateChangeSink] | None = N
     attest_cfg = attest_config(settings)
     mec_api = build_mec_api(
         server_mec_api_config(settings, attest_cfg.operator_token),
-        MecApiBridges(engine, sessions, clock, nodes=AttestNodeTrust(sessions),
-                      admissions=AdmissionRecordLookup(admission.parts.records)))
+        MecApiBridges(engine, sessions, clock, workloads=JoinedWorkloadLookup(engine)))
     tokens = mec_api.parts.tokens
     assert tokens is not None  # the server config runs the token service
     ring = KeyRing.load_or_create(settings.data_dir / "keys" / "attestation-results")

@@ -7,14 +7,12 @@ record the token service reads on every issuance. Nothing outside ``attest`` rea
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from attest.service.models import NodeRow, StateEventRow
-from kernel.sql_connect import single_reads
 
 
 def node_summary(row: NodeRow) -> dict[str, Any]:
@@ -49,21 +47,3 @@ def node_events(sessions: sessionmaker[Session], name: str,
         return [{"at": e.at.isoformat(), "previous": e.previous, "state": e.state,
                  "reason": e.reason, "failed_checks": list(e.failed_checks)}
                 for e in session.scalars(query)]
-
-
-class NodeTrustRecord(NamedTuple):
-    state: str
-    last_pass_at: datetime | None
-    trust_epoch: int
-
-
-# State and epoch in one query: a trusted state read here is of this epoch.
-_SELECT_TRUST = (select(NodeRow.state, NodeRow.last_pass_at, NodeRow.trust_epoch)
-                 .where(NodeRow.name == bindparam("name")))
-
-
-def node_trust_record(sessions: sessionmaker[Session], name: str) -> NodeTrustRecord | None:
-    """The node's state, last pass and trust epoch, read fresh (Core: no Session per call)."""
-    with single_reads(sessions.kw["bind"]) as conn:  # one statement: no BEGIN/ROLLBACK
-        row = conn.execute(_SELECT_TRUST, {"name": name}).first()
-    return None if row is None else NodeTrustRecord(row.state, row.last_pass_at, row.trust_epoch)

@@ -7,8 +7,8 @@ own collaborators (``tokens``, ``mec011``, ``sensor``, ``camera``, ``inference``
 error model (problem+json; 400 for malformed requests, as MEC 011 specifies) travels with them.
 
 ``bridges`` is what comes from outside mec_api: the database, the one clock of all replicas,
-and for the token service what attestation and admission know (``NodeTrust``,
-``AdmissionLookup`` from ``mec_api.tokens.trust``).
+and for the token service what attestation and admission know (``WorkloadLookup`` from
+``mec_api.tokens.trust``: the pod's admission record and its node's trust, read together).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from mec_api.service.tokens import (
     token_service,
 )
 from mec_api.tokens.api import router as token_router
-from mec_api.tokens.trust import AdmissionLookup, NodeTrust
+from mec_api.tokens.trust import WorkloadLookup
 
 __all__ = [
     "API_NAMES",
@@ -75,8 +75,8 @@ class MecApiBridges:
     engine: Engine
     sessions: sessionmaker[Session]
     clock: Clock                            # the one clock of all replicas (kernel.clock)
-    nodes: NodeTrust | None = None          # the token service: is the node trusted now?
-    admissions: AdmissionLookup | None = None   # … and were the pod's images verified?
+    # The token service: were the pod's images verified, and is its node trusted now?
+    workloads: WorkloadLookup | None = None
 
 
 @dataclass
@@ -103,8 +103,8 @@ def _tokens(config: MecApiConfig, bridges: MecApiBridges) -> Tokens:
     limiter = RateLimiter(config.rate_per_second, config.rate_burst)
     if isinstance(config.tokens, RemoteTokenConfig):
         return remote_tokens(config.tokens, bridges.clock, limiter)
-    if bridges.nodes is None or bridges.admissions is None:
-        raise ValueError("the token service needs the NodeTrust and AdmissionLookup bridges")
+    if bridges.workloads is None:
+        raise ValueError("the token service needs the WorkloadLookup bridge")
     service = token_service(config.tokens, bridges.sessions, bridges.clock, limiter,
-                            nodes=bridges.nodes, admissions=bridges.admissions)
+                            workloads=bridges.workloads)
     return local_tokens(service, bridges.engine)

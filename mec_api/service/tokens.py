@@ -46,7 +46,7 @@ from mec_api.tokens.issuer import ClusterKeys, IssuerConfig, TokenIssuer
 from mec_api.tokens.keyring import KeyRotator, LazyClusterKeys, RingReloader
 from mec_api.tokens.revocations import RevocationList, RevocationStore
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
-from mec_api.tokens.trust import AdmissionLookup, NodeTrust
+from mec_api.tokens.trust import WorkloadLookup
 
 log = logging.getLogger("umec.tokens")
 
@@ -123,8 +123,7 @@ def cluster_keys(config: ClusterKeysConfig, sa_issuer: str) -> ClusterKeys:
 
 
 def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: Clock,
-                  limiter: RateLimiter, *, nodes: NodeTrust,
-                  admissions: AdmissionLookup) -> TokenService:
+                  limiter: RateLimiter, *, workloads: WorkloadLookup) -> TokenService:
     """``clock``: the one clock of all replicas (kernel.clock); tokens' ``iat``/``exp``, the
     evidence age and feed expiry are all read from it."""
     grants = load_grants(config.grants_file.read_text(encoding="utf-8"),
@@ -141,7 +140,7 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
     issuer = TokenIssuer(config=issuer_config,
                          cluster_keys=LazyClusterKeys(
                              lambda: cluster_keys(config.cluster_keys, config.sa_issuer)),
-                         nodes=nodes, admissions=admissions, scopes=ScopePolicy(grants),
+                         workloads=workloads, scopes=ScopePolicy(grants),
                          ring=ring,
                          # The follower's list, not a query: this replica's revocations arrive
                          # at once (poke), other replicas' within the poll interval; the node's

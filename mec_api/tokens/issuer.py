@@ -25,8 +25,8 @@
    ``lifetime`` seconds (≤ 300) but never past the subject token's own ``exp``, carrying the
    node's trust epoch (``node_epoch``): a node revocation ends it with no clock compared.
 
-I/O stays outside: the cluster keys, node trust, admission records, scope policy, revocations
-and the clock are all passed in.
+I/O stays outside: the cluster keys, node trust and admission records (one lookup, steps 3
+and 4 read together), scope policy, revocations and the clock are all passed in.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from mec_api.tokens.sa_token import (
     verify_service_account_token,
 )
 from mec_api.tokens.scope_policy import ScopePolicy, parse_scope
-from mec_api.tokens.trust import AdmissionLookup, NodeTrust, NodeTrustView
+from mec_api.tokens.trust import AdmittedPodView, NodeTrustView, WorkloadLookup
 from mec_api.tokens.verified_cache import KidSet, VerifiedCache
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
@@ -139,8 +139,8 @@ class IssuerConfig:
 class TokenIssuer:
     config: IssuerConfig
     cluster_keys: ClusterKeys
-    nodes: NodeTrust
-    admissions: AdmissionLookup
+    # The pod's admission record and its node's trust, read together (steps 3 and 4).
+    workloads: WorkloadLookup
     scopes: ScopePolicy
     ring: KeyRing
     # The node's highest revoked trust epoch (the follower's RevocationList.revoked_epoch).
@@ -161,8 +161,9 @@ class TokenIssuer:
         if req.client_id is not None and req.client_id != identity.client_id:
             raise ClientAssertionInvalid(f"client_id {req.client_id!r} is not the workload "
                                          f"{identity.client_id!r} of the assertion")
-        digests = self._check_admission(identity, now)
-        node = self._check_node(identity, now)
+        workload = self.workloads.workload(identity.node_name, identity.pod_uid)
+        digests = self._check_admission(identity, workload.pod, now)
+        node = self._check_node(identity, workload.node, now)
         audience = self._audience(req)
         granted = self._scopes(req, identity)
         jkt = self._dpop(req, now)
@@ -222,9 +223,9 @@ class TokenIssuer:
                 raise error(e.detail) from None
 
     # 3. admission -------------------------------------------------------------------------------
-    def _check_admission(self, who: WorkloadIdentity, now: datetime) -> list[str]:
+    def _check_admission(self, who: WorkloadIdentity, record: AdmittedPodView | None,
+                         now: datetime) -> list[str]:
         pod = f"pod {who.namespace}/{who.pod_name} (uid {who.pod_uid})"
-        record = self.admissions.admitted_pod(who.pod_uid)
         if record is None:
             raise PodNotAdmitted(f"{pod} has no admission record")
         if self.revoked_pod(who.pod_uid, now):
@@ -239,8 +240,8 @@ class TokenIssuer:
         return sorted({i.digest for i in record.images})
 
     # 4. node ------------------------------------------------------------------------------------
-    def _check_node(self, who: WorkloadIdentity, now: datetime) -> NodeTrustView:
-        node = self.nodes.node_trust(who.node_name)
+    def _check_node(self, who: WorkloadIdentity, node: NodeTrustView | None,
+                    now: datetime) -> NodeTrustView:
         if node is None:
             raise NodeNotTrusted(f"node {who.node_name!r} is not enrolled for attestation")
         if node.state != "trusted":

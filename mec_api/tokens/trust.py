@@ -37,9 +37,33 @@ class AdmittedPodView:
     images: tuple[AdmittedImageView, ...]
 
 
+@dataclass(frozen=True)
+class WorkloadView:
+    """What the issuer reads about a workload: its pod's admission record (None: none live)
+    and its node's trust (None: not enrolled), read together."""
+    pod: AdmittedPodView | None
+    node: NodeTrustView | None
+
+
 class NodeTrust(Protocol):
     def node_trust(self, node: str) -> NodeTrustView | None: ...
 
 
 class AdmissionLookup(Protocol):
     def admitted_pod(self, uid: str) -> AdmittedPodView | None: ...
+
+
+class WorkloadLookup(Protocol):
+    def workload(self, node: str, pod_uid: str) -> WorkloadView: ...
+
+
+@dataclass(frozen=True)
+class SeparateLookups:
+    """A :class:`WorkloadLookup` made of a :class:`NodeTrust` and an :class:`AdmissionLookup`
+    (two reads). ``umec server`` reads both in one statement instead
+    (:class:`umec.bridges.JoinedWorkloadLookup`)."""
+    nodes: NodeTrust
+    admissions: AdmissionLookup
+
+    def workload(self, node: str, pod_uid: str) -> WorkloadView:
+        return WorkloadView(self.admissions.admitted_pod(pod_uid), self.nodes.node_trust(node))

@@ -26,6 +26,7 @@ from mec_api.tokens.issuer import (
 from mec_api.tokens.models import TokensBase
 from mec_api.tokens.revocations import RevocationList, RevocationStore
 from mec_api.tokens.scope_policy import ScopePolicy, load_grants
+from mec_api.tokens.trust import SeparateLookups
 from tests.support.tokens import Admissions, ClusterIssuer, Nodes
 
 BASE = "http://testserver"
@@ -65,7 +66,7 @@ def build_service(tmp_path: Path) -> Service:
     issuer = TokenIssuer(
         config=IssuerConfig(issuer=ISSUER, token_endpoint=TOKEN_URL, audiences=["umec-apis"],
                             sa_issuer=cluster_issuer(), sa_audiences=["umec"]),
-        cluster_keys=cluster, nodes=nodes, admissions=admissions,
+        cluster_keys=cluster, workloads=SeparateLookups(nodes, admissions),
         scopes=ScopePolicy(load_grants(GRANTS)), ring=ring,
         revoked_epoch=lambda node, now: followed(store, revocations, now).revoked_epoch(
             node, now.timestamp()),
