@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +51,16 @@ from bench_tokens import (  # noqa: E402
 from benchdb import SHARED_POSTGRES, scratch_database  # noqa: E402
 
 
-def one_run(spec: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+def one_run(spec: str, workers: int, args: argparse.Namespace,
+            repo: Path | None = None) -> dict[str, Any]:
+    """One run; ``repo``: the server runs from that checkout (``python -m umec``)."""
     work, cluster, tpms, hashes, port, base = token_bench_setup("bench-issuance-", args.nodes)
+    python = str(REPO / ".venv" / "bin" / "python")
+    extra = {"PYTHONPATH": str(repo)} if repo is not None else {}
     try:
         with scratch_database(spec) as url, server_process(
-                work, hashes, port, [str(REPO / ".venv" / "bin" / "umec"), "server",
-                                     "--workers", str(workers)],
-                {"UMEC_DATABASE_URL": url}) as server:
+                work, hashes, port, [python, "-m", "umec", "server", "--workers", str(workers)],
+                {"UMEC_DATABASE_URL": url, **extra}) as server:
             site = Site(base, url or f"sqlite:///{work / 'data' / 'umec.db'}", cluster)
             nodes = [site.trusted_node(f"node-{i:03d}", tpm) for i, tpm in enumerate(tpms)]
             subjects = [site.pod_token(nodes[i % len(nodes)].name, f"pod-{i}")
@@ -96,7 +101,13 @@ def main() -> None:
                          "instead of Python client threads: the server gets nearly both cores")
     ap.add_argument("--database", default=SHARED_POSTGRES, metavar="postgresql://…",
                     help="the PostgreSQL server (each run creates and drops its own database)")
+    ap.add_argument("--before", default=None, metavar="COMMIT",
+                    help="compare this commit's server (a git worktree) with the checkout's, "
+                         "side by side on each database, instead of SQLite with PostgreSQL")
     args = ap.parse_args()
+    if args.before:
+        compare_commits(args)
+        return
     print_machine()
     load = (f"wrk for {args.wrk} s, {args.threads * 2} connections" if args.wrk else
             f"{args.issuances} issuances per run, {args.threads} client threads")
@@ -125,6 +136,52 @@ def main() -> None:
                   f"| {statistics.median(r['p99'] for r in runs):.1f} "
                   f"| {statistics.median(r['cpu_ms'] for r in runs):.2f} "
                   f"| {ratios if name == 'PostgreSQL' else ''} |")
+
+
+def compare_commits(args: argparse.Namespace) -> None:
+    """``--before``: per workers value, trial and database, the two commits one after the
+    other (the order alternates by trial); medians and after ÷ before per database."""
+    print_machine()
+    print(f"# before: {args.before}; after: the checkout; wrk {args.wrk} s" if args.wrk else
+          f"# before: {args.before}; after: the checkout; {args.issuances} issuances per run")
+    with tempfile.TemporaryDirectory(prefix="bench-before-") as tmp:
+        before = Path(tmp) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before],
+                       cwd=REPO, check=True, capture_output=True)
+        try:
+            results: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
+            print("\n| workers | trial | database | side | issuances/s | p99 ms | server CPU "
+                  "ms/iss. | PG backend CPU ms/iss. |\n|---|---|---|---|---:|---:|---:|---:|")
+            for workers in args.workers:
+                for trial in range(args.trials):
+                    for spec in ("sqlite", args.database):
+                        name = "SQLite" if spec == "sqlite" else "PostgreSQL"
+                        sides: list[tuple[str, Path | None]] = [("before", before),
+                                                                ("after", None)]
+                        for side, repo in sides if trial % 2 == 0 else sides[::-1]:
+                            r = one_run(spec, workers, args, repo)
+                            results.setdefault((workers, name, side), []).append(r)
+                            backend = "" if r["backend_ms"] is None else f"{r['backend_ms']:.2f}"
+                            print(f"| {workers} | {trial + 1} | {name} | {side} "
+                                  f"| {r['per_s']:.0f} | {r['p99']:.1f} | {r['cpu_ms']:.2f} "
+                                  f"| {backend} |", flush=True)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO,
+                           check=False, capture_output=True)
+    print("\n| workers | database | issuances/s before → after | p99 ms before → after "
+          "| server CPU ms/iss. before → after | after ÷ before (rate, CPU) |\n"
+          "|---|---|---|---|---|---|")
+    for workers in args.workers:
+        for name in ("SQLite", "PostgreSQL"):
+            b, a = results[(workers, name, "before")], results[(workers, name, "after")]
+
+            def med(runs: list[dict[str, Any]], key: str) -> float:
+                return float(statistics.median(r[key] for r in runs))
+            print(f"| {workers} | {name} | {med(b, 'per_s'):.0f} → {med(a, 'per_s'):.0f} "
+                  f"| {med(b, 'p99'):.1f} → {med(a, 'p99'):.1f} "
+                  f"| {med(b, 'cpu_ms'):.2f} → {med(a, 'cpu_ms'):.2f} "
+                  f"| {med(a, 'per_s') / med(b, 'per_s'):.2f}, "
+                  f"{med(a, 'cpu_ms') / med(b, 'cpu_ms'):.2f} |")
 
 
 if __name__ == "__main__":
