@@ -76,3 +76,46 @@ def test_record_async_upserts_on_sqlite(tmp_path: Path) -> None:
 
 def test_record_async_upserts_on_postgres(pg_database: str) -> None:
     _upsert_twice(pg_database)
+
+
+def test_on_postgres_one_review_is_one_statement_and_a_batch_one_transaction(
+        pg_database: str) -> None:
+    """A review alone commits its record as one autocommit statement; concurrent reviews
+    share one transaction; a failing write reaches every waiting review (nothing half-done)."""
+    import asyncio
+
+    import pytest
+    from sqlalchemy import event, text
+    engine, sessions = open_database(pg_database)
+    records = SqlAdmissionRecords(sessions)
+    statements: list[str] = []
+
+    commits: list[object] = []
+
+    def count(conn: object, cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+    event.listen(engine, "before_cursor_execute", count)
+    def committed(conn: object) -> None:  # a COMMIT sent (not in autocommit)
+        commits.append(conn)
+    event.listen(engine, "commit", committed)
+
+    async def many(n: int, prefix: str) -> None:
+        await asyncio.gather(*(records.record_async(
+            namespace="t", name=f"p{i}", uid=f"{prefix}{i}", images=[], verified=True,
+            policy_generation="g") for i in range(n)))
+    asyncio.run(many(1, "single"))
+    assert [s.split()[0] for s in statements] == ["INSERT"], statements
+    assert commits == []
+    asyncio.run(many(100, "u"))
+    event.remove(engine, "before_cursor_execute", count)
+    event.remove(engine, "commit", committed)
+    assert 1 <= len(commits) < 100  # the queued records shared transactions
+    assert records.lookup("single0") is not None
+    assert all(records.lookup(f"u{i}") is not None for i in range(100))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE admission_pods"))
+    with pytest.raises(Exception, match="admission_pods"):
+        asyncio.run(many(1, "gone"))
+    with pytest.raises(Exception, match="admission_pods"):
+        asyncio.run(many(5, "gone-batch"))
+    engine.dispose()
