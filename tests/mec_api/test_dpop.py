@@ -50,7 +50,8 @@ def hs256(secret: bytes) -> Callable[[bytes], bytes]:
 
 
 def proof(method: str, url: str, *, access_token: str | None = None,
-          sign: Callable[[bytes], bytes] | None = None, **header: Any) -> str:
+          sign: Callable[[bytes], bytes] | None = None,
+          claim_overrides: dict[str, Any] | None = None, **header: Any) -> str:
     """A proof for ``method`` ``url`` by KEY, with header members overridden (None drops one);
     ``sign`` replaces the ES256 signature by KEY (e.g. another key, HMAC, or nothing)."""
     full = {k: v for k, v in {"typ": "dpop+jwt", "alg": "ES256", "jwk": JWK, **header}.items()
@@ -59,6 +60,7 @@ def proof(method: str, url: str, *, access_token: str | None = None,
                               "iat": int(time.time())}
     if access_token is not None:
         claims["ath"] = access_token_hash(access_token)
+    claims = {k: v for k, v in {**claims, **(claim_overrides or {})}.items() if v is not None}
     signing_input = f"{segment(full)}.{segment(claims)}"
     signature = (sign or es256(KEY))(signing_input.encode())
     return f"{signing_input}.{b64(signature)}"
@@ -158,3 +160,37 @@ def test_the_replay_cache_forgets_a_proof_only_when_both_clocks_say_so() -> None
         cache.check_and_remember(seen, t0 + 20)
     cache.check_and_remember(DpopProof("k", "late", t0 + 700), t0 + 700)  # both have passed
     cache.check_and_remember(seen, t0 + 30)   # forgotten (iat outside the window anyway)
+
+
+@pytest.mark.parametrize(("claim", "value"), [
+    ("jti", None), ("jti", ""), ("htm", None), ("htm", ""), ("htu", None),
+    ("htu", ["https://x"])])
+def test_a_proof_without_a_string_jti_htm_or_htu_is_refused(claim: str, value: Any) -> None:
+    bad = proof("POST", TOKEN_URL, claim_overrides={claim: value})
+    with pytest.raises(DpopProofInvalid, match=f"claim '{claim}' is missing"):
+        verify_dpop_proof(bad, method="POST", url=TOKEN_URL, now=time.time())
+
+
+def test_a_full_replay_cache_refuses_new_proofs_and_forgets_none() -> None:
+    """Fail closed when full: the proof that would overflow is refused, and the proofs held
+    are still refused as replays (none was forgotten to make room)."""
+    cache = DpopReplayCache(max_entries=2, monotonic=_Monotonic())
+    for jti in ("a", "b"):
+        cache.check_and_remember(DpopProof("k", jti, 1000.0), 1000.0)
+    with pytest.raises(DpopProofInvalid, match="too many proofs in flight"):
+        cache.check_and_remember(DpopProof("k", "c", 1000.0), 1000.0)
+    with pytest.raises(DpopProofInvalid, match="already used"):
+        cache.check_and_remember(DpopProof("k", "a", 1000.0), 1000.0)
+
+
+def test_a_proof_is_forgotten_exactly_when_both_holds_end() -> None:
+    """At the instant both the ``iat`` window (wall) and the hold (monotonic) end, the proof is
+    forgotten (its ``iat`` is outside the window by then, so no replay can pass)."""
+    mono = _Monotonic()
+    cache = DpopReplayCache(lifetime=65.0, monotonic=mono)
+    seen = DpopProof("k", "J", 1000.0)
+    cache.check_and_remember(seen, 1000.0)
+    mono.at += 65.0
+    cache.check_and_remember(seen, 1065.0)  # forgotten at 1065 / +65: remembered afresh
+    with pytest.raises(DpopProofInvalid, match="already used"):
+        cache.check_and_remember(seen, 1065.0)
