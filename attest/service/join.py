@@ -25,8 +25,15 @@ lists or reads Secrets (RBAC cannot narrow a ``list`` to a label, and a list of 
 returns k3s's own credentials). A refused node gets a typed problem naming the state and the
 failed checks of its verdict. When a node leaves ``trusted`` (untrusted, stale, removed),
 :class:`JoinRevocationSink` deletes its outstanding Secrets; the lease holder's sweep deletes
-used ones (the node's Node was created after the token was issued, within
-:data:`JOIN_CLOCK_SKEW`) and expired ones.
+used ones and expired ones (:meth:`JoinService.sweep_used`).
+
+"Used" compares two stamps of one clock, the apiserver's: the node's Node
+``creationTimestamp`` against its Secret's, which the apiserver returns in its answer to the
+create and the row keeps in ``issued_at`` (no new column: until then the row holds
+:data:`_UNSTAMPED`). umec's own clock never enters that decision, so a step of it (ahead or
+back) cannot keep a used token alive. A token is handed out only after its row holds that
+stamp; a create answer without a readable ``creationTimestamp`` fails closed (the Secret is
+deleted, ``join.kubernetes``), and a row still unstamped was never handed out.
 """
 
 from __future__ import annotations
@@ -72,12 +79,14 @@ from kernel.periodic import PeriodicTask
 log = logging.getLogger("umec.attest.join")
 
 NODE_LABEL = "umec.io/join-node"
-# How far the apiserver's clock (a Node's creationTimestamp, whole seconds) may run behind
-# umec's (a token's issued_at) for a Node created after the token to still count as joined
-# with it: 1 s of truncation plus clock skew. A Node created up to this long before a token
-# also makes it count as used (deleted at the next sweep), the safe side.
+# How far the stamp of a Node (its creationTimestamp) may lie behind its Secret's for the Node
+# still to count as created after it: both are the apiserver's clock, whole seconds, but in HA
+# k3s each server stamps what it handles with its own clock. A Node created up to this long
+# before a token also makes it count as used (deleted at the next sweep), the safe side.
 JOIN_CLOCK_SKEW = timedelta(seconds=30)
 _ALWAYS_USED = datetime.max.replace(tzinfo=UTC)
+# A row's ``issued_at`` until it holds its Secret's creationTimestamp (never a real stamp).
+_UNSTAMPED = datetime(9999, 12, 31, tzinfo=UTC)
 VERDICT_ANNOTATION = "umec.io/join-verdict"
 
 
@@ -158,6 +167,16 @@ def _secret_name(token_id: str) -> str:
     return f"bootstrap-token-{token_id}"
 
 
+def _used(node_created: datetime | None, secret_created: datetime) -> bool:
+    """A token was used to join: its node's Node was created after its Secret (less
+    :data:`JOIN_CLOCK_SKEW`), both as the apiserver stamped them."""
+    return node_created is not None and node_created >= secret_created - JOIN_CLOCK_SKEW
+
+
+class SecretUnstamped(Exception):
+    """The apiserver's answer to a Secret create carries no readable creationTimestamp."""
+
+
 class JoinService:
     """Hands out join tokens and deletes them, keeping its own record of every Secret it made
     (``attest_join_tokens``): it creates and deletes Secrets by name and never lists or reads
@@ -211,7 +230,7 @@ class JoinService:
         concurrent request for the same verdict, on any replica, fails the insert."""
         row = JoinTokenRow(id=str(uuid.uuid4()), node=name,
                            token_id=verdict_token_id(name, nonce),
-                           verdict=hashlib.sha256(nonce).hexdigest(), issued_at=now,
+                           verdict=hashlib.sha256(nonce).hexdigest(), issued_at=_UNSTAMPED,
                            expires_at=now + timedelta(seconds=self.bridge.ttl_seconds))
         try:
             with self.ctx.sessions.begin() as session:
@@ -274,17 +293,23 @@ class JoinService:
             return session.execute(select(JoinTokenRow.id).where(
                 JoinTokenRow.id == row_id, _LIVE)).first() is not None
 
+    def _stamp(self, row_id: str, secret_created: datetime) -> None:
+        """Record the Secret's creationTimestamp (the apiserver's clock) in its live row."""
+        with self.ctx.sessions.begin() as session:
+            session.execute(update(JoinTokenRow).where(JoinTokenRow.id == row_id, _LIVE)
+                            .values(issued_at=secret_created))
+
     # -- the sweep --------------------------------------------------------------------------
 
     def sweep_used(self) -> list[str]:
         """The lease holder's round over umec's own rows (never a list of Secrets): a node
-        whose Node object was created after its token was issued has joined with it, so the
+        whose Node object was created after its token's Secret has joined with it, so the
         token is revoked and deleted (a used token left in place could join another machine);
-        deletions that failed are retried; rows past ``expires_at`` go, with their Secret if it
-        is still there."""
+        rows dated in umec's future go (:meth:`_sweep_future`); deletions that failed are
+        retried; rows past ``expires_at`` go, with their Secret if it is still there."""
         now = self.ctx.now()
-        deleted = self._sweep_joined(now) + self._sweep_unfinished(now)
-        deleted += self._sweep_expired(now)
+        deleted = self._sweep_future(now) + self._sweep_joined(now)
+        deleted += self._sweep_unfinished(now) + self._sweep_expired(now)
         if deleted:
             log.info("used or expired join tokens deleted", extra={"secrets": deleted})
         return deleted
@@ -306,19 +331,37 @@ class JoinService:
             return _ALWAYS_USED
         return created
 
+    def _sweep_future(self, now: datetime) -> list[str]:
+        """Live rows issued in umec's future (``expires_at`` further ahead than a token issued
+        now would expire, by more than FUTURE_TOLERANCE): umec's clock stepped back since, so
+        the row's expiry, and the ``expiration`` in its Secret, lie that step too far out. Such
+        a row is revoked and its Secret deleted rather than kept alive by the step: whether it
+        was used is decided on the apiserver's clock anyway (:meth:`_sweep_joined`), but an
+        unused token's lifetime is umec's, and a stolen one must not outlast it. The node
+        asks again after its next passing quote. (A lowered ``ttl_seconds`` does the same to
+        the tokens issued under the longer one, also the safe side.)"""
+        horizon = now + timedelta(seconds=self.bridge.ttl_seconds) + FUTURE_TOLERANCE
+        with self.ctx.sessions.begin() as session:
+            rows = self._revoke(session, JoinTokenRow.expires_at > horizon, now)
+        if rows:
+            log.warning("join tokens issued in the future of the clock revoked (it stepped "
+                        "back)", extra={"token_ids": [r[1] for r in rows]})
+        return self._delete(rows, now)
+
     def _sweep_joined(self, now: datetime) -> list[str]:
-        """Live tokens used to join: the node's Node object was created after the token was
-        issued (less :data:`JOIN_CLOCK_SKEW`). A token issued to a node that had already joined
-        (it re-attests after a reboot) stays for its rejoin, until expiry or untrust."""
+        """Live tokens used to join: the node's Node object was created after the token's
+        Secret, both stamps the apiserver's (:func:`_used`). A token issued to a node that had
+        already joined (it re-attests after a reboot) stays for its rejoin, until expiry or
+        untrust. Unstamped rows are skipped: their token was not handed out (yet)."""
         with self.ctx.sessions() as session:
             live = session.execute(select(
                 JoinTokenRow.id, JoinTokenRow.node, JoinTokenRow.issued_at).where(
-                _LIVE, JoinTokenRow.expires_at >= now)).all()
+                _LIVE, JoinTokenRow.expires_at >= now,
+                JoinTokenRow.issued_at < _UNSTAMPED)).all()
         deleted: list[str] = []
         for node in sorted({r.node for r in live}):
             created = self._node_created(node)
-            used = [r.id for r in live if r.node == node and created is not None
-                    and created >= r.issued_at - JOIN_CLOCK_SKEW]
+            used = [r.id for r in live if r.node == node and _used(created, r.issued_at)]
             if used:
                 with self.ctx.sessions.begin() as session:
                     rows = self._revoke(session, JoinTokenRow.id.in_(used), now)
@@ -352,19 +395,24 @@ class JoinService:
     # -- the route's work -----------------------------------------------------------------
 
     def _create_secret(self, name: str, nonce: bytes, token_id: str,
-                       now: datetime) -> tuple[str, datetime]:
+                       now: datetime) -> tuple[str, datetime, datetime | None]:
+        """Create the Secret: (the k3s token, its expiry, the Secret's creationTimestamp as
+        the apiserver's answer gives it, None if unreadable)."""
         token = new_bootstrap_token(token_id, now, self.bridge.ttl_seconds)
         body = bootstrap_secret(token, name, {NODE_LABEL: name, "app.kubernetes.io/managed-by":
                                               "umec"},
                                 {VERDICT_ANNOTATION: hashlib.sha256(nonce).hexdigest()})
         try:
-            self.bridge.api.create_namespaced_secret(NAMESPACE, body, _preload_content=False)
+            answer = self.bridge.api.create_namespaced_secret(NAMESPACE, body,
+                                                              _preload_content=False)
         except Exception as err:
             if _api_error(err) == 409:  # a Secret of that name that is not this row's
                 raise JoinReplayed(f"the verdict of nonce {nonce.hex()[:16]}… already yielded "
                                    f"{token.secret_name}") from None
             raise
-        return k3s_secure_token(self.ca_sha256, token), token.expires_at
+        raw = getattr(answer, "data", None)
+        created = object_created_at(raw) if isinstance(raw, bytes) else None
+        return k3s_secure_token(self.ca_sha256, token), token.expires_at, created
 
     def _abandon(self, row: Row, now: datetime, *, created: bool) -> None:
         """The grant failed after its row was committed: revoke the row (its verdict stays
@@ -378,11 +426,17 @@ class JoinService:
 
     def _create_checked(self, name: str, nonce: bytes, row: Row, rotated: list[Row],
                         now: datetime) -> tuple[str, datetime]:
-        """Delete the rotated Secrets, create this one, then check the row is still live: a
-        node that left ``trusted`` or a newer verdict may have revoked it meanwhile, and the
-        Secret must not outlive its row."""
+        """Delete the rotated Secrets, create this one, record its creationTimestamp in the
+        row, then check the row is still live: a node that left ``trusted`` or a newer verdict
+        may have revoked it meanwhile, and the Secret must not outlive its row. A Secret whose
+        stamp is unreadable fails closed (:class:`SecretUnstamped`: the caller deletes it):
+        its use could never be told on the apiserver's clock."""
         self._delete(rotated, now)
-        token, expires = self._create_secret(name, nonce, row[1], now)
+        token, expires, created = self._create_secret(name, nonce, row[1], now)
+        if created is None:
+            raise SecretUnstamped(f"the apiserver's answer to creating {_secret_name(row[1])} "
+                                  f"has no readable metadata.creationTimestamp")
+        self._stamp(row[0], created)
         if not self._is_live(row[0]):
             self._delete([row], now)
             raise JoinVerdictNotLatest(f"node {name!r}'s token for nonce {nonce.hex()[:16]}… "
@@ -446,4 +500,4 @@ class JoinRevocationSink:
 
 __all__ = ["JOIN_CLOCK_SKEW", "NODE_LABEL", "VERDICT_ANNOTATION", "JoinBridge", "JoinDisabled",
            "JoinGrant", "JoinKubernetesFailed", "JoinReplayed", "JoinRevocationSink", "JoinService",
-           "JoinUntrusted", "JoinVerdictNotLatest", "join_sweep_task"]
+           "JoinUntrusted", "JoinVerdictNotLatest", "SecretUnstamped", "join_sweep_task"]

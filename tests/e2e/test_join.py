@@ -7,9 +7,12 @@ with a tampered PCR gets no token (``join.untrusted``); a replayed request gets 
 (``join.replayed``, refused by umec's database before the apiserver is asked), an older
 verdict's nothing (``join.verdict_not_latest``); a node that turns untrusted loses its unused
 Secret; an expired token's Secret and row go. The sweep deletes a token only when the Node was
-created after it (less ``JOIN_CLOCK_SKEW``): an already-joined node's fresh token stays; a failed
-Secret create spends the verdict and leaves no live row (``join.kubernetes``); a failed delete
-is retried by the next sweep.
+created after its Secret (less ``JOIN_CLOCK_SKEW``), both stamped by the apiserver: an
+already-joined node's fresh token stays; umec's clock an hour off the apiserver's (either way)
+changes neither; a token issued before umec's clock stepped back is revoked; a Secret whose
+stamp cannot be read is deleted at once (``join.kubernetes``); a failed Secret create spends the
+verdict and leaves no live row (``join.kubernetes``); a failed delete is retried by the next
+sweep.
 
 The server's identity may not get, list or watch Secrets in ``kube-system`` (the fake API answers
 403, as RBAC with deploy/host-join/join.yaml's Role does), and every test ends by checking the
@@ -45,8 +48,14 @@ from cryptography.x509.oid import NameOID
 
 from attest import join_agent
 from attest.agent import Agent, AgentConfig
-from attest.core.join_token import K3S_NODE_GROUP, parse_k3s_token
-from attest.service.join import JOIN_CLOCK_SKEW, JoinBridge, JoinService, JoinVerdictNotLatest
+from attest.core.join_token import K3S_NODE_GROUP, parse_k3s_token, rfc3339
+from attest.service.join import (
+    JOIN_CLOCK_SKEW,
+    JoinBridge,
+    JoinKubernetesFailed,
+    JoinService,
+    JoinVerdictNotLatest,
+)
 from attest.service.models import JoinTokenRow
 from attest.tpm.device import Tpm, TpmCommandFailed
 from attest.tpm.swtpm import Swtpm, SwtpmCa
@@ -105,7 +114,8 @@ class JoinSite:
 
     def rows(self) -> list[JoinTokenRow]:
         with self.server.attest.sessions() as session:
-            return list(session.query(JoinTokenRow).order_by(JoinTokenRow.issued_at))
+            # issued_at is the Secret's creationTimestamp, whole seconds: expires_at orders.
+            return list(session.query(JoinTokenRow).order_by(JoinTokenRow.expires_at))
 
     def secret_posts(self) -> list[Any]:
         return [r for r in self.kube.calls("POST") if r.path.endswith("/secrets")]
@@ -523,3 +533,159 @@ def test_a_verdict_recorded_after_the_pass_makes_its_nonce_not_the_latest() -> N
     later = SimpleNamespace(**{**vars(latest), "last_evidence_at": passed + timedelta(seconds=1)})
     with pytest.raises(JoinVerdictNotLatest):
         JoinService._check_latest_verdict("node-a", nonce, later)
+
+
+# -- umec's clock apart from the apiserver's (the fake's: real time) ----------------------------
+
+UMEC_OFF = timedelta(hours=1)
+TTL = timedelta(seconds=900)  # the site's join_token_ttl_seconds
+
+
+def set_umec_clock(site: JoinSite, offset: timedelta) -> None:
+    """umec's one clock (every time the attest context writes or compares, the sweep's too)
+    runs ``offset`` apart from the apiserver's, as after a step of either."""
+    site.server.attest.now = lambda: datetime.now(UTC) + offset
+
+
+def run_clocks_apart(site: JoinSite, ahead: str) -> None:
+    """One clock runs an hour ahead of the other: umec's, or the apiserver's (the fake's
+    creationTimestamps; umec behind it cannot be had by setting umec's clock back, or the EK
+    certificate, issued just now, would not be valid yet)."""
+    if ahead == "umec":
+        set_umec_clock(site, UMEC_OFF)
+    else:
+        site.kube.clock = lambda: time.time() + UMEC_OFF.total_seconds()
+
+
+def apiserver_now(site: JoinSite) -> datetime:
+    return datetime.fromtimestamp(site.kube.clock(), UTC)
+
+
+def wait_for_sweeps(site: JoinSite, rounds: int = 3) -> None:
+    """``rounds`` sweeps read the Node, or one deleted the Secret (it stops reading then)."""
+    reads = len(node_reads(site))
+    wait_for(lambda: len(node_reads(site)) >= reads + rounds or not site.secrets())
+
+
+@pytest.mark.parametrize("ahead", ["umec", "apiserver"])
+def test_used_token_is_swept_however_far_umec_clock_is_off(site: JoinSite, ahead: str) -> None:
+    """The attack: umec's clock runs an hour ahead of the apiserver's (or behind it: the
+    apiserver's ahead). Compared with umec's issue time, the Node (created after the token, on
+    the apiserver's clock) would look an hour older than the token: the used token kept until
+    expiry (also umec-dated: 1 h + TTL), and a copy stolen from the node's disk joins another
+    machine meanwhile. Compared with the Secret's creationTimestamp, it is used, revoked and
+    its Secret deleted."""
+    run_clocks_apart(site, ahead)
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    secret = f"bootstrap-token-{token_of(agent)}"
+    stamp = site.secrets()[secret]["metadata"]["creationTimestamp"]  # the apiserver's
+    wait_for_sweeps(site)  # no Node yet: not used, it stays
+    assert list(site.secrets()) == [secret] and not site.kube.calls("DELETE")
+    # The kubelet registers: stamped by the apiserver's clock, now.
+    site.kube.add_node(NODE, created=rfc3339(apiserver_now(site)))
+    wait_for(lambda: site.rows()[0].deleted_at is not None)
+    assert not site.secrets()
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
+        (secret, 200)]
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    # The row holds the Secret's stamp (the apiserver's clock); its expiry is umec's.
+    assert rfc3339(row.issued_at) == stamp
+    assert abs(row.issued_at - apiserver_now(site)) < timedelta(minutes=1)
+    assert abs(row.expires_at - (site.server.attest.now() + TTL)) < timedelta(minutes=1)
+    replay = site.join(agent)
+    assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"
+
+
+@pytest.mark.parametrize("ahead", ["umec", "apiserver"])
+def test_unused_rejoin_token_stays_however_far_umec_clock_is_off(site: JoinSite,
+                                                                ahead: str) -> None:
+    """The node joined ten minutes ago (the apiserver's clock) and re-attests after a reboot:
+    its new token is for the rejoin, not used yet, and stays. Compared with umec's issue time
+    an hour behind the apiserver's clock, the Node would look newer than the token: used."""
+    run_clocks_apart(site, ahead)
+    site.kube.add_node(NODE, created=rfc3339(apiserver_now(site) - timedelta(minutes=10)))
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    secret = f"bootstrap-token-{token_of(agent)}"
+    wait_for_sweeps(site)
+    assert list(site.secrets()) == [secret]
+    assert not site.kube.calls("DELETE")
+    [row] = site.rows()
+    assert row.revoked_at is None and row.deleted_at is None
+    assert rfc3339(row.issued_at) == site.secrets()[secret]["metadata"]["creationTimestamp"]
+
+
+def test_token_issued_before_umec_clock_stepped_back_is_revoked(site: JoinSite,
+                                                                caplog: pytest.LogCaptureFixture
+                                                                ) -> None:
+    """umec's clock ran an hour ahead when it issued the token, then stepped back: the row's
+    expiry (and the Secret's ``expiration``) lie an hour further out than any token issued now
+    would. Not kept alive by that: the next sweep revokes the row and deletes its Secret, with
+    no Node in sight. (The row is dated as that clock would have: stepping the whole server's
+    clock back would also make the node's own records future ones, and its revocation by the
+    state-change sink would hide the sweep's.)"""
+    agent = site.agent(site.tpm)
+    assert agent.join_once(agent.attest_once()) is True
+    secret = f"bootstrap-token-{token_of(agent)}"
+    wait_for_sweeps(site)  # a token expiring within TTL of now stays
+    assert list(site.secrets()) == [secret] and not site.kube.calls("DELETE")
+    with caplog.at_level(logging.WARNING, logger="umec.attest.join"):
+        with site.server.attest.sessions.begin() as session:
+            session.query(JoinTokenRow).update(
+                {"expires_at": datetime.now(UTC) + UMEC_OFF + TTL})
+        wait_for(lambda: site.rows()[0].deleted_at is not None)
+    assert not site.secrets()
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
+        (secret, 200)]
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    assert [getattr(r, "token_ids", None) for r in caplog.records
+            if r.message.startswith("join tokens issued in the future")] == [[row.token_id]]
+    assert site.join(agent).json()["check"] == "join.replayed"  # the verdict stays spent
+
+
+class AnswerWithoutStamp:
+    """The server's kubernetes client, but the apiserver's answer to the Secret create carries
+    ``body`` instead of the created object (no readable creationTimestamp)."""
+
+    def __init__(self, api: kubernetes.client.CoreV1Api, body: bytes) -> None:
+        self.api, self.body = api, body
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.api, name)
+
+    def create_namespaced_secret(self, *args: Any, **kwargs: Any) -> Any:
+        from types import SimpleNamespace
+        self.api.create_namespaced_secret(*args, **kwargs)
+        return SimpleNamespace(status=201, data=self.body)
+
+
+@pytest.mark.parametrize("body", [
+    b'{"metadata": {"name": "bootstrap-token-x"}}',
+    b'{"metadata": {"creationTimestamp": "yesterday"}}',
+    b"not json",
+], ids=["missing", "not-rfc3339", "not-json"])
+def test_secret_without_readable_stamp_fails_closed(site: JoinSite, body: bytes) -> None:
+    """Its use could never be told on the apiserver's clock: the token is not handed out, the
+    Secret is deleted and the verdict spent (join.kubernetes, 503)."""
+    agent = site.agent(site.tpm)
+    assert agent.attest_once()["trusted"] is True
+    api = AnswerWithoutStamp(kubernetes.client.CoreV1Api(kubernetes.config.new_client_from_config(
+        config_file=str(site.tmp / "kubeconfig"))), body)
+    join = JoinService(site.server.attest, JoinBridge(api=api, ca_pem=site.ca_pem))
+    assert agent.last_nonce is not None
+    with pytest.raises(JoinKubernetesFailed) as refused:
+        join.issue(NODE, agent.last_nonce)
+    assert (refused.value.status, refused.value.check) == (503, "join.kubernetes")
+    assert "SecretUnstamped" in str(refused.value) and "creationTimestamp" in str(refused.value)
+    assert site.secrets() == {}
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    # Deleted once (200); the sweep, retrying unfinished deletions, may race it to a 404.
+    statuses = [r.status for r in site.kube.calls("DELETE")
+                if r.path.endswith(f"/secrets/bootstrap-token-{row.token_id}")]
+    assert statuses.count(200) == 1 and set(statuses) <= {200, 404}, statuses
+    replay = site.join(agent)
+    assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"

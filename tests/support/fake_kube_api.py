@@ -11,7 +11,9 @@ apiserver's paths::
 with GET (one object, or a ``…List`` with ``metadata.resourceVersion``), POST (create: 409 if
 it exists), PUT (replace: 409 on a stale ``resourceVersion``), PATCH (JSON patch, merge patch;
 strategic merge as merge) and DELETE. Every write bumps the one resourceVersion counter the
-base class's Nodes and Pods use, and is appended to an event log.
+base class's Nodes and Pods use, and is appended to an event log. A created object gets its
+``metadata.creationTimestamp`` from :attr:`FakeKubeApi.clock` (the current time unless a test
+sets it), in whole seconds, as the apiserver stamps it.
 
 ``GET …?watch=true&resourceVersion=N`` is a watch as the apiserver serves it: HTTP 200 with
 ``Transfer-Encoding: chunked``, one JSON event per line (``ADDED``, ``MODIFIED``, ``DELETED``,
@@ -43,7 +45,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
@@ -143,6 +145,10 @@ class FakeKubeApi(FakeKube):
         self._closed = False
         # (bearer token, resource, namespace, verb) the apiserver answers 403 to.
         self.denied: set[tuple[str, Resource, str | None, str]] = set()
+        # The apiserver's clock (Unix seconds): a created object's creationTimestamp, in whole
+        # seconds as the apiserver stamps it. A test may set it to run the apiserver's clock
+        # apart from the code under test's.
+        self.clock: Callable[[], float] = time.time
 
     def __enter__(self) -> FakeKubeApi:
         super().__enter__()
@@ -209,7 +215,8 @@ class FakeKubeApi(FakeKube):
         rv = self._next_rv()
         meta["resourceVersion"] = rv
         meta.setdefault("uid", str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", "2026-01-01T00:00:00Z")
+        meta.setdefault("creationTimestamp",
+                        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.clock())))
         meta["generation"] = int(meta.get("generation") or 0) + 1
         self.objects[resource][_key(obj)] = obj
         self.events.append(Event(int(rv), resource, kind, copy.deepcopy(obj)))
