@@ -6,8 +6,15 @@ Rotation (:meth:`KeyRing.rotate`):
 2. the previous active key becomes *retiring* with ``not_after = now + overlap``: it signs nothing
    more but stays in the JWKS so tokens it signed keep verifying until they expire. Choose
    ``overlap`` >= the longest token lifetime plus the verifiers' JWKS cache time;
-3. :meth:`KeyRing.jwks` publishes the active key and every retiring key with ``now < not_after``;
-   :meth:`KeyRing.prune` forgets the others (their tokens can no longer verify).
+3. :meth:`KeyRing.jwks` publishes the active key and every retiring key with ``retired_at -
+   RETIRED_AT_TOLERANCE <= now < not_after``; :meth:`KeyRing.prune` forgets those past
+   ``not_after`` (their tokens can no longer verify).
+
+A retiring key dated ``retired_at`` in the future (more than the tolerance) is not published:
+the clock that rotated it ran ahead, or the clock reading it was stepped back since. Either way
+its overlap cannot be placed on this clock, and publishing it until ``not_after`` kept a key an
+operator rotated away (say, because it leaked) verifying for the length of the step. Rings
+written before ``retired_at`` existed keep the ``not_after`` rule alone.
 
 ``kid`` is always the RFC 7638 thumbprint of the public key, so it is stable, unique per key and
 checkable: a reloaded ring recomputes every thumbprint and refuses a file that does not match its
@@ -15,7 +22,8 @@ checkable: a reloaded ring recomputes every thumbprint and refuses a file that d
 
 On disk (:meth:`KeyRing.save` / :meth:`KeyRing.load`), a directory (mode 0700) with one private
 key per member, ``<kid>.pem`` (PKCS#8, 0600, optionally encrypted), and ``index.json`` -- format
-tag, active kid, and per key ``kid``, ``alg``, ``not_after`` (ISO 8601 UTC or null). Key files are
+tag, active kid, and per key ``kid``, ``alg``, ``not_after`` and ``retired_at`` (ISO 8601 UTC or
+null). Key files are
 written first, then the index atomically, then key files no longer indexed are deleted: a crash at
 any point leaves an index whose every file exists. Times are always passed in (timezone-aware
 datetimes); nothing here reads the clock.
@@ -46,6 +54,9 @@ from keys.storage import Passphrase, atomic_write, load_private_key, save_privat
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "umec-keyring/1"
 _KID = re.compile(r"[A-Za-z0-9_-]{43}")  # a base64url SHA-256 thumbprint; also a safe file name
+# How far a retiring key's ``retired_at`` may lie after a reader's now (replicas' clocks differ by
+# this much at most) before the reader withholds it as dated by a clock that was off.
+RETIRED_AT_TOLERANCE = timedelta(seconds=60)
 
 
 def _aware(now: datetime) -> datetime:
@@ -62,6 +73,7 @@ class RingKey:
     alg: str
     private_key: PrivateKey
     not_after: datetime | None = None
+    retired_at: datetime | None = None  # when it was rotated away (None: active, or an old ring)
 
     @property
     def public_key(self) -> PublicKey:
@@ -73,7 +85,11 @@ class RingKey:
 
     def published_at(self, now: datetime) -> bool:
         _aware(now)  # also for the active key: a naive "now" is a bug wherever it is passed
-        return self.not_after is None or now < self.not_after
+        if self.not_after is None:
+            return True
+        if self.retired_at is not None and self.retired_at - RETIRED_AT_TOLERANCE > now:
+            return False  # retired in this clock's future: the overlap cannot be placed
+        return now < self.not_after
 
 
 def ring_key(key: PrivateKey, alg: str | None = None,
@@ -123,7 +139,7 @@ class KeyRing:
         active, retiring = self._state
         if any(m.kid == new.kid for m in (active, *retiring)):
             raise ValueError(f"key {new.kid} is already in the ring; rotate to a fresh key")
-        old = RingKey(active.kid, active.alg, active.private_key, _aware(now) + overlap)
+        old = RingKey(active.kid, active.alg, active.private_key, _aware(now) + overlap, now)
         self._state = (new, (old, *retiring))
         return new
 
@@ -140,9 +156,10 @@ class KeyRing:
         return {"keys": [m.jwk() for m in self.published(now)]}
 
     def prune(self, now: datetime) -> list[str]:
-        """Drop retiring keys whose overlap has ended; return their kids."""
+        """Drop retiring keys whose overlap has ended; return their kids. A key withheld for
+        a ``retired_at`` in the future is kept (the clock may be the one that is off)."""
         active, retiring = self._state
-        keep = tuple(m for m in retiring if m.published_at(now))
+        keep = tuple(m for m in retiring if m.not_after is None or now < m.not_after)
         self._state = (active, keep)
         return [m.kid for m in retiring if m not in keep]
 
@@ -152,10 +169,8 @@ class KeyRing:
         return {
             "format": INDEX_FORMAT,
             "active": self.active.kid,
-            "keys": [{"kid": m.kid, "alg": m.alg,
-                      "not_after": None if m.not_after is None
-                      else m.not_after.astimezone(UTC).isoformat()}
-                     for m in self.members()],
+            "keys": [{"kid": m.kid, "alg": m.alg, "not_after": _iso(m.not_after),
+                      "retired_at": _iso(m.retired_at)} for m in self.members()],
         }
 
     def save(self, directory: Path | str, passphrase: Passphrase | None = None, *,
@@ -242,7 +257,7 @@ def _load_member(entry: Any, directory: Path, passphrase: Passphrase | None) -> 
     where = directory / INDEX_NAME
     if not isinstance(entry, dict):
         raise KeyRingError(f"{where}: key entry is not an object")
-    kid, alg, not_after = entry.get("kid"), entry.get("alg"), entry.get("not_after")
+    kid, alg = entry.get("kid"), entry.get("alg")
     if not isinstance(kid, str) or not _KID.fullmatch(kid):
         raise KeyRingError(f"{where}: invalid kid {kid!r}")
     key = load_private_key(directory / f"{kid}.pem", passphrase)
@@ -251,13 +266,22 @@ def _load_member(entry: Any, directory: Path, passphrase: Passphrase | None) -> 
                            f"its kid {kid} (file replaced?)")
     if not isinstance(alg, str) or alg not in allowed_algorithms(key):
         raise KeyRingError(f"{where}: alg {alg!r} is not valid for key {kid}")
-    when: datetime | None = None
-    if not_after is not None:
-        try:
-            when = _aware(datetime.fromisoformat(not_after))
-        except (TypeError, ValueError) as e:
-            raise KeyRingError(f"{where}: bad not_after {not_after!r} for {kid}") from e
-    return RingKey(kid, alg, key, when)
+    return RingKey(kid, alg, key, _time(entry, "not_after", where, kid),
+                   _time(entry, "retired_at", where, kid))
+
+
+def _time(entry: dict[str, Any], name: str, where: Path, kid: str) -> datetime | None:
+    value = entry.get(name)
+    if value is None:
+        return None
+    try:
+        return _aware(datetime.fromisoformat(value))
+    except (TypeError, ValueError) as e:
+        raise KeyRingError(f"{where}: bad {name} {value!r} for {kid}") from e
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.astimezone(UTC).isoformat()
 
 
 __all__ = ["KeyRing", "KeyRingError", "KeysError", "RingKey", "ring_key"]

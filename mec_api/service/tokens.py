@@ -152,7 +152,7 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
     follower = RevocationFollower(store_source(store, clock.now), revocations,
                                   clock=lambda: clock.now().timestamp())
     store.listeners.append(follower.poke)
-    jwks = RingJwks(ring)
+    jwks = RingJwks(ring, clock=clock.now)
     guard = AccessTokenGuard(
         issuer=issuer_config.issuer, audience=config.audience, jwks_source=jwks,
         revocations=revocations, feed_applied_at=lambda: follower.applied_at,
@@ -161,7 +161,7 @@ def token_service(config: TokenConfig, sessions: sessionmaker[Session], clock: C
     reloader = RingReloader(config.keys_dir, issuer, jwks)
     routes = TokenRoutes(issuer, store, operator_token=config.operator_token, clock=clock.now,
                          rotate_key=KeyRotator(config.keys_dir, config.lifetime_seconds,
-                                               reloader), revocations=revocations)
+                                               reloader, clock.now), revocations=revocations)
     counts = IssuanceCounts(sessions.kw["bind"])
     flush = CountFlusher(counts, issuer.issued, lambda: clock.now().timestamp())
     return TokenService(issuer, store, guard, follower, routes, reloader, clock, counts, flush)

@@ -256,9 +256,11 @@ class RingJwks:
     """The token service's own key ring as a JWKS source (same process), rebuilt at most once
     a second (or on ``refresh``): rotation and retirement show within that second."""
 
-    def __init__(self, ring: KeyRing, max_age: float = 1.0) -> None:
+    def __init__(self, ring: KeyRing, max_age: float = 1.0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.ring = ring
         self.max_age = max_age
+        self.clock = clock  # the clock the ring's rotations are dated with (the service's)
         self._cached: tuple[float, int, Mapping[str, Any]] | None = None
 
     def jwks(self, *, refresh: bool = False) -> Mapping[str, Any]:
@@ -266,7 +268,7 @@ class RingJwks:
         if refresh or cached is None or now - cached[0] > self.max_age \
                 or cached[1] != id(self.ring.active):
             cached = self._cached = (now, id(self.ring.active),
-                                     self.ring.jwks(datetime.now(UTC)))
+                                     self.ring.jwks(self.clock()))
         return cached[2]
 
 

@@ -76,8 +76,13 @@ class TooManyKeys(ValueError):
     """A rotation would publish more than :data:`MAX_PUBLISHED_KEYS` keys."""
 
 
-def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: float) -> str:
+def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: float,
+                     now: datetime | None = None) -> str:
     """Make a fresh key active; the old one stays published for ``overlap_seconds``.
+
+    ``now``: the clock tokens are dated with (the server passes its service clock, the
+    database's on PostgreSQL; the CLI on a host, its wall clock). A rotation dated ahead of the
+    readers' clocks is withheld by them until it is due (:data:`keys.ring.RETIRED_AT_TOLERANCE`).
 
     Rotations are serialised (a thread lock and ``flock`` on the directory's lock file), so two
     operators rotating at once both land: the second rotates the first one's key away, within
@@ -90,7 +95,7 @@ def rotate_token_key(directory: Path, overlap_seconds: float, lifetime_seconds: 
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     with _ROTATING, open(directory / LOCK_NAME, "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        now = datetime.now(UTC)
+        now = now or datetime.now(UTC)
         ring = KeyRing.load_or_create(directory)
         ring.prune(now)
         if len(ring.members()) >= MAX_PUBLISHED_KEYS:
@@ -107,11 +112,13 @@ class KeyRotator:
     """What the operator route calls: rotate in the shared directory, then reload this
     process's ring at once (other processes pick it up within their reload interval)."""
 
-    def __init__(self, directory: Path, lifetime_seconds: float, reloader: RingReloader) -> None:
+    def __init__(self, directory: Path, lifetime_seconds: float, reloader: RingReloader,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.directory, self.lifetime_seconds = directory, lifetime_seconds
-        self.reloader = reloader
+        self.reloader, self.clock = reloader, clock
 
     def __call__(self, overlap_seconds: float) -> str:
-        kid = rotate_token_key(self.directory, overlap_seconds, self.lifetime_seconds)
+        kid = rotate_token_key(self.directory, overlap_seconds, self.lifetime_seconds,
+                               self.clock())
         self.reloader.check()
         return kid

@@ -35,6 +35,7 @@ from keys import (
     KeyRingError,
     PrivateKey,
     UnsupportedKeyType,
+    generate_private_key,
 )
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -565,3 +566,30 @@ def test_ring_load_or_create(tmp_path: Path) -> None:
     assert again.active.kid == first.active.kid
     with pytest.raises(FileExistsError):
         KeyRing(keys.generate_private_key()).save(d, exclusive=True)
+
+
+def test_a_key_retired_in_the_clocks_future_is_withheld(tmp_path: Path) -> None:
+    """A rotation dated an hour ahead (the rotating clock ran ahead; or the reader's was
+    stepped back since) is not published once the reader's clock is right: publishing it until
+    its not_after kept a key rotated away verifying the step's length longer. Within the 60 s
+    tolerance (replicas' clocks) it is published; saved and loaded, retired_at survives; an
+    index without retired_at (an older ring) keeps the not_after rule alone."""
+    ring = KeyRing(generate_private_key(KeyKind.EC_P256))
+    old_kid = ring.active.kid
+    ahead = T0 + timedelta(hours=1)
+    ring.rotate(generate_private_key(KeyKind.EC_P256), ahead, timedelta(minutes=10))
+    assert ring.retiring[0].retired_at == ahead
+    assert ring.find(old_kid, ahead + timedelta(minutes=5)) is not None   # on the ahead clock
+    assert ring.find(old_kid, T0) is None                                 # corrected
+    assert ring.find(old_kid, ahead - timedelta(seconds=59)) is not None  # within tolerance
+    assert ring.find(old_kid, ahead - timedelta(seconds=61)) is None
+    assert ring.prune(T0) == []      # withheld, not forgotten: the reader's clock may be off
+    ring.save(tmp_path / "ring")
+    loaded = KeyRing.load(tmp_path / "ring")
+    assert loaded.retiring[0].retired_at == ahead and loaded.find(old_kid, T0) is None
+    index = json.loads((tmp_path / "ring" / "index.json").read_text())
+    for entry in index["keys"]:
+        entry.pop("retired_at")
+    (tmp_path / "ring" / "index.json").write_text(json.dumps(index))
+    legacy = KeyRing.load(tmp_path / "ring")
+    assert legacy.retiring[0].retired_at is None and legacy.find(old_kid, T0) is not None

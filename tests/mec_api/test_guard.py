@@ -107,6 +107,18 @@ def test_retired_kid_after_the_overlap(g: Guarded) -> None:
     refused(call(g, old_token), 401, "invalid_token")
 
 
+def test_a_key_rotated_on_a_clock_that_ran_ahead_stops_verifying(g: Guarded) -> None:
+    """An operator rotates a leaked key away while the token service's clock runs an hour
+    ahead (its overlap then ends an hour late); once the clock is right the old key is no
+    longer published and its tokens are refused. Before, they verified for the step's length
+    longer (the overlap's end, not_after, was all that was checked)."""
+    old_token = token_for(g)
+    g.svc.ring.rotate(generate_private_key(), datetime.now(UTC) + timedelta(hours=1),
+                      timedelta(minutes=10))
+    refused(call(g, old_token), 401, "invalid_token")
+    assert call(g, token_for(g)).status_code == 200  # the new key signs and verifies
+
+
 def test_scope_escalation(g: Guarded) -> None:
     r = call(g, token_for(g, scope="sensor.read"), path="/camera")
     refused(r, 403, "insufficient_scope")
