@@ -585,17 +585,23 @@ def test_used_token_is_swept_however_far_umec_clock_is_off(site: JoinSite, ahead
     # The kubelet registers: stamped by the apiserver's clock, now.
     site.kube.add_node(NODE, created=rfc3339(apiserver_now(site)))
     wait_for(lambda: site.rows()[0].deleted_at is not None)
-    assert not site.secrets()
-    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
-        (secret, 200)]
-    [row] = site.rows()
-    assert row.revoked_at is not None and row.deleted_at is not None
+    row = only_secret_deleted(site, secret)
     # The row holds the Secret's stamp (the apiserver's clock); its expiry is umec's.
     assert rfc3339(row.issued_at) == stamp
     assert abs(row.issued_at - apiserver_now(site)) < timedelta(minutes=1)
     assert abs(row.expires_at - (site.server.attest.now() + TTL)) < timedelta(minutes=1)
     replay = site.join(agent)
     assert replay.status_code == 409 and replay.json()["check"] == "join.replayed"
+
+
+def only_secret_deleted(site: JoinSite, secret: str) -> Any:
+    """The one row, revoked and deleted, and its Secret gone: one DELETE, answered 200."""
+    assert not site.secrets()
+    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
+        (secret, 200)]
+    [row] = site.rows()
+    assert row.revoked_at is not None and row.deleted_at is not None
+    return row
 
 
 @pytest.mark.parametrize("ahead", ["umec", "apiserver"])
@@ -636,11 +642,7 @@ def test_token_issued_before_umec_clock_stepped_back_is_revoked(site: JoinSite,
             session.query(JoinTokenRow).update(
                 {"expires_at": datetime.now(UTC) + UMEC_OFF + TTL})
         wait_for(lambda: site.rows()[0].deleted_at is not None)
-    assert not site.secrets()
-    assert [(r.path.rsplit("/", 1)[1], r.status) for r in site.kube.calls("DELETE")] == [
-        (secret, 200)]
-    [row] = site.rows()
-    assert row.revoked_at is not None and row.deleted_at is not None
+    row = only_secret_deleted(site, secret)
     assert [getattr(r, "token_ids", None) for r in caplog.records
             if r.message.startswith("join tokens issued in the future")] == [[row.token_id]]
     assert site.join(agent).json()["check"] == "join.replayed"  # the verdict stays spent
