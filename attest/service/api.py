@@ -14,9 +14,12 @@ each is limited per source address, challenges also per node name (``ctx.limits`
 logged with the source address (once, by the app's handler: :mod:`kernel.problems`).
 
 ``umec`` sets ``app.state.attest`` to the :class:`AttestContext` and includes :data:`router`.
-Every route is a sync ``def``, so FastAPI runs it in the thread pool, never on the event loop: a
-write can wait seconds for a database lock or a failover, and on the loop that wait would stall
-every other request and the revocation follower with it (issue 10 measured stalls of 4.9 s).
+No route's work runs on the event loop: a write can wait seconds for a database lock or a
+failover, and on the loop that wait would stall every other request and the revocation follower
+with it (issue 10 measured stalls of 4.9 s). The protocol routes, called by every node every
+interval, are ``async def`` and hand their step to :func:`kernel.offload.in_thread` (a cheaper
+hand-off than FastAPI's for sync routes); the operator routes are sync ``def``, which FastAPI
+runs in its thread pool.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from attest.service.limits import Limits, RateLimited, bucket_of
 from attest.service.operator import acknowledge as operator_acknowledge
 from attest.service.operator import node_detail
 from kernel.bearer import OperatorUnauthorized, require_operator_token
+from kernel.offload import in_thread
 
 __all__ = ["MAX_B64", "REFUSALS", "Limits", "OperatorUnauthorized", "RateLimited", "bucket_of",
            "guarded", "node_summary", "require_operator", "router", "source_of"]
@@ -154,9 +158,9 @@ def _enroll(ctx: AttestContext, source: str, body: EnrollBody) -> dict[str, Any]
 
 
 @router.post("/nodes")
-def enroll(request: Request, body: EnrollBody, ctx: AttestCtx) -> Any:
+async def enroll(request: Request, body: EnrollBody, ctx: AttestCtx) -> Any:
     """Protocol step 1: enrol a node's EK and AK; answers a credential challenge."""
-    return _guarded("enroll", request, _enroll, ctx, source_of(request), body)
+    return await in_thread(_guarded, "enroll", request, _enroll, ctx, source_of(request), body)
 
 
 def _activate(ctx: AttestContext, source: str, node: str, body: ActivateBody) -> dict[str, Any]:
@@ -166,9 +170,10 @@ def _activate(ctx: AttestContext, source: str, node: str, body: ActivateBody) ->
 
 
 @router.post("/nodes/{node}/activate")
-def activate(request: Request, node: NodeName, body: ActivateBody, ctx: AttestCtx) -> Any:
+async def activate(request: Request, node: NodeName, body: ActivateBody, ctx: AttestCtx) -> Any:
     """Protocol step 2: prove the credential challenge; binds the name to the EK and AK."""
-    return _guarded("activate", request, _activate, ctx, source_of(request), node, body)
+    return await in_thread(_guarded, "activate", request, _activate, ctx, source_of(request),
+                           node, body)
 
 
 def _challenge(ctx: AttestContext, source: str, node: str) -> dict[str, Any]:
@@ -179,9 +184,10 @@ def _challenge(ctx: AttestContext, source: str, node: str) -> dict[str, Any]:
 
 
 @router.post("/nodes/{node}/challenge")
-def challenge(request: Request, node: NodeName, ctx: AttestCtx) -> Any:
+async def challenge(request: Request, node: NodeName, ctx: AttestCtx) -> Any:
     """Protocol step 3: a fresh single-use nonce and the PCR selection to quote."""
-    return _guarded("challenge", request, _challenge, ctx, source_of(request), node)
+    return await in_thread(_guarded, "challenge", request, _challenge, ctx, source_of(request),
+                           node)
 
 
 def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) -> dict[str, Any]:
@@ -202,9 +208,10 @@ def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) ->
 
 
 @router.post("/nodes/{node}/evidence")
-def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCtx) -> Any:
+async def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCtx) -> Any:
     """Protocol step 4: a quote over the challenge; answers the verdict."""
-    return _guarded("evidence", request, _evidence, ctx, source_of(request), node, body)
+    return await in_thread(_guarded, "evidence", request, _evidence, ctx, source_of(request),
+                           node, body)
 
 
 class JoinBody(BaseModel):
@@ -221,10 +228,11 @@ def _join(request: Request, ctx: AttestContext, source: str, node: str,
 
 
 @router.post("/nodes/{node}/join")
-def join(request: Request, node: NodeName, body: JoinBody, ctx: AttestCtx) -> Any:
+async def join(request: Request, node: NodeName, body: JoinBody, ctx: AttestCtx) -> Any:
     """Protocol step 7: a trusted node's k3s bootstrap token, sealed to its TPM
     (attest.service.join)."""
-    return _guarded("join", request, _join, request, ctx, source_of(request), node, body)
+    return await in_thread(_guarded, "join", request, _join, request, ctx,
+                           source_of(request), node, body)
 
 
 def _require_operator(ctx: AttestContext, authorization: str | None) -> None:

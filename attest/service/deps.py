@@ -4,8 +4,8 @@
 :data:`attest.service.api.router`; routes ask for it with the :data:`AttestCtx` alias.
 
 The dependency is ``async``: it only reads the app's state, and a sync dependency would cost
-every request an extra hop through the thread pool (the routes themselves are sync and run
-there, off the event loop).
+every request an extra hop through the thread pool (the routes' own work runs in a thread,
+off the event loop: :mod:`attest.service.api`).
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
 
+from kernel.offload import in_thread
 from mec_api.deps import requires
 from mec_api.principal import Principal
 from mec_api.problems import ProblemError
@@ -47,7 +47,7 @@ def own_app(scope: str) -> Callable[..., Awaitable[Principal]]:
 async def call(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """Run a blocking store call off the event loop (its ``StoreError`` leaves with its
     status)."""
-    return await run_in_threadpool(func, *args, **kwargs)
+    return await in_thread(func, *args, **kwargs)
 
 
 def check(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:

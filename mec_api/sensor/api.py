@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
-from starlette.concurrency import run_in_threadpool
 
+from kernel.offload import in_thread
 from mec_api.problems import ProblemError, ProblemRoute
 from mec_api.sensor.deps import Ingester, Reader, Sensor
 from mec_api.sensor.gateway import GatewayMessageError, normalize_mac, parse_gateway_post
@@ -167,7 +167,7 @@ def _unavailable(exc: SQLAlchemyError) -> ProblemError:
 @router.get("/tags", response_model=TagsOut)
 async def list_tags(_caller: Reader, ctx: Sensor) -> TagsOut:
     try:
-        tags = await run_in_threadpool(ctx.store.tags)
+        tags = await in_thread(ctx.store.tags)
     except SQLAlchemyError as exc:
         raise _unavailable(exc) from exc
     return TagsOut(tags=[TagOut.of(t) for t in tags])
@@ -177,7 +177,7 @@ async def list_tags(_caller: Reader, ctx: Sensor) -> TagsOut:
 async def latest_reading(mac: str, _caller: Reader, ctx: Sensor) -> ReadingOut:
     tag = _mac(mac)
     try:
-        stored = await run_in_threadpool(ctx.store.latest, tag)
+        stored = await in_thread(ctx.store.latest, tag)
     except SQLAlchemyError as exc:
         raise _unavailable(exc) from exc
     if stored is None:
@@ -204,7 +204,7 @@ async def readings(
                            f"({end.isoformat()})")
     after = decode_cursor(cursor) if cursor is not None else None
     try:
-        page = await run_in_threadpool(ctx.store.readings, tag, start, end, limit, after)
+        page = await in_thread(ctx.store.readings, tag, start, end, limit, after)
     except SQLAlchemyError as exc:
         raise _unavailable(exc) from exc
     return ReadingsOut(
@@ -227,7 +227,7 @@ async def gateway_post(request: Request, _caller: Ingester, ctx: Sensor) -> Inge
     for reason, count in post.dropped.items():
         counters.drop(SOURCE, reason, count)
     try:
-        stored = await run_in_threadpool(ctx.store.add, post.observations)
+        stored = await in_thread(ctx.store.add, post.observations)
     except SQLAlchemyError as exc:
         counters.drop(SOURCE, "store_error", len(post.observations))
         raise _unavailable(exc) from exc

@@ -33,9 +33,9 @@ from fastapi import APIRouter, Depends, Form, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import Counter
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from kernel.bearer import bearer_matches, require_operator_token
+from kernel.offload import in_thread
 from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
 from mec_api.tokens.deps import TokenRoutes, Tokens
@@ -136,7 +136,7 @@ async def token(request: Request, ctx: Tokens) -> JSONResponse:
         dpop_proof=request.headers.get("dpop"), method="POST",
         url=ctx.issuer.config.token_endpoint)
     try:
-        issued = await run_in_threadpool(ctx.issuer.issue, req, ctx.clock())
+        issued = await in_thread(ctx.issuer.issue, req, ctx.clock())
     except TokenRefused as e:
         REFUSED.labels(e.check).inc()
         log.log(logging.INFO if e.public else logging.WARNING, "token refused",
