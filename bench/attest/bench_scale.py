@@ -690,7 +690,19 @@ def summarize_memory(sampler: Sampler, since: float) -> list[dict[str, float]]:
         vals = [v for _, v in pts] or [0.0]
         out.append({"first_mib": vals[0], "last_mib": vals[-1], "max_mib": max(vals),
                     "slope_mib_per_min_after_first_interval": slope_mib_per_min(steady),
-                    "samples": len(pts)})
+                    "samples": len(pts), "every_5_min_mib": _every(pts, 300.0)})
+    return out
+
+
+def _every(pts: list[tuple[float, float]], seconds: float) -> list[float]:
+    """The first sample, then the first at or after each further ``seconds`` (a memory
+    curve short enough to print: flat, or still growing?)."""
+    out: list[float] = []
+    due = pts[0][0] if pts else 0.0
+    for t, v in pts:
+        if t >= due:
+            out.append(round(v, 1))
+            due += seconds
     return out
 
 
@@ -860,6 +872,8 @@ def report(result: dict[str, Any]) -> None:
             f"{m['first_mib']:.0f} / {m['last_mib']:.0f} / {m['max_mib']:.0f} MiB, "
             f"{m['slope_mib_per_min_after_first_interval']:+.2f} MiB/min"
             for m in result["memory"])),
+        ("RSS per replica every 5 min (MiB)", "; ".join(
+            " → ".join(f"{v:.0f}" for v in m["every_5_min_mib"]) for m in result["memory"])),
         ("revocation max / p50 (per replica max)",
          f"{fmt(result['revocation']['max_ms'], ' ms')} / "
          f"{fmt(result['revocation']['p50_ms'], ' ms')} "
