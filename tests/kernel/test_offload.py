@@ -78,6 +78,27 @@ def test_a_cancelled_wait_lets_the_started_work_finish() -> None:
     assert finished.wait(5)  # committed or rolled back whole, never cut in the middle
 
 
+def test_a_queued_call_whose_wait_is_cancelled_never_runs() -> None:
+    """A flood of requests that disconnect does not leave work behind: a call still waiting
+    for a free thread is dropped with its request (one that has started runs to its end)."""
+    release = threading.Event()
+    ran: list[str] = []
+
+    async def main() -> None:
+        busy = [asyncio.ensure_future(in_thread(release.wait, 5)) for _ in range(MAX_THREADS)]
+        queued = asyncio.ensure_future(in_thread(ran.append, "queued"))
+        await asyncio.sleep(0.05)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        release.set()
+        assert await asyncio.gather(*busy) == [True] * MAX_THREADS
+        await in_thread(ran.append, "after")
+
+    asyncio.run(main())
+    assert ran == ["after"]
+
+
 def test_the_pool_has_anyios_default_size() -> None:
     assert MAX_THREADS == 40
     assert EXECUTOR._max_workers == MAX_THREADS
