@@ -8,10 +8,10 @@ to :data:`EXECUTOR` with ``await in_thread(fn, ...)``.
 
 Why not FastAPI's sync routes (``def``), or Starlette's ``run_in_threadpool``: both go through
 anyio's worker threads (a pure-Python queue and condition per call, a capacity limiter, a
-cancel scope) and, for sync routes, FastAPI's telemetry wrapper. In-process, a sync FastAPI
-route cost 224 µs of CPU per request against 133 µs for an ``async def`` route that does the
-same through ``loop.run_in_executor`` (docs/benchmarks.md, "Session 11"); an attestation round
-is two such requests.
+cancel scope) and, for sync routes, FastAPI's telemetry wrapper. In-process, a request cost
+212 µs of CPU through a sync FastAPI route, 147 µs through ``run_in_threadpool`` and 118 µs
+through this (``bench/http/bench_handoff.py``, docs/benchmarks.md "Session 11"); an
+attestation round is two such requests.
 
 What the hand-off keeps:
 
