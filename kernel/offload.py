@@ -17,10 +17,14 @@ What the hand-off keeps:
 
 * the caller's context variables (the request id of the log lines written in the thread):
   the function runs in a copy of the caller's context, as anyio and Starlette do;
-* exceptions: what the function raises is raised to the awaiting route, unchanged;
-* completion: the function runs to its end once started, even when the awaiting request is
-  cancelled (a client that disconnects); a database transaction commits or rolls back whole,
-  never half, exactly as before. Cancelling only stops the wait.
+* exceptions: what the function raises is raised to the awaiting route, unchanged, except
+  ``StopIteration``, which an asyncio future cannot carry (the route would wait forever): it
+  arrives as a ``RuntimeError`` naming it, as anyio does;
+* completion: the function runs to its end once started, even when the awaiting task is
+  cancelled; a database transaction commits or rolls back whole, never half. A call still
+  queued for a thread when its task is cancelled never runs. (uvicorn does not cancel a
+  request's task when its client disconnects, so a disconnected request's work runs, as it
+  did through anyio; what bounds a flood is the connection cap and the per-source limits.)
 
 :data:`EXECUTOR` has anyio's default of 40 threads: requests beyond that wait in its queue,
 as they waited for anyio's capacity limiter.
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -47,5 +50,11 @@ EXECUTOR = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="umec-
 async def in_thread(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """``fn(*args, **kwargs)`` in one of :data:`EXECUTOR`'s threads, in a copy of the
     caller's context; its result or its exception (module doc)."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(EXECUTOR, call)
+    def call() -> T:
+        try:
+            return fn(*args, **kwargs)
+        except StopIteration as exc:
+            raise RuntimeError(f"{getattr(fn, '__qualname__', fn)!s} raised StopIteration") \
+                from exc
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(EXECUTOR, context.run, call)

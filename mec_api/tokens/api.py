@@ -48,7 +48,7 @@ from mec_api.tokens.errors import (
     TokenRefused,
 )
 from mec_api.tokens.feed_mirror import answer
-from mec_api.tokens.issuer import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, TokenRequest
+from mec_api.tokens.issuer import CLIENT_CREDENTIALS, TOKEN_EXCHANGE, IssuedToken, TokenRequest
 from mec_api.tokens.keyring import TooManyKeys
 from mec_api.tokens.revocations import ACCEPTANCE_LEEWAY_SECONDS, token_epoch, token_pod_uid
 from mec_api.tokens.scope_policy import parse_scope
@@ -116,6 +116,12 @@ def _slow_down(wait: float) -> JSONResponse:
                         headers={**NO_STORE, "Retry-After": str(max(1, round(wait)))})
 
 
+def _issue(ctx: TokenRoutes, req: TokenRequest) -> IssuedToken:
+    """In a thread: on PostgreSQL the clock re-reads the database's time every few seconds,
+    which must not block the event loop."""
+    return ctx.issuer.issue(req, ctx.clock())
+
+
 @router.post("/oauth2/token", openapi_extra=TOKEN_REQUEST_BODY)
 async def token(request: Request, ctx: Tokens) -> JSONResponse:
     try:
@@ -136,7 +142,7 @@ async def token(request: Request, ctx: Tokens) -> JSONResponse:
         dpop_proof=request.headers.get("dpop"), method="POST",
         url=ctx.issuer.config.token_endpoint)
     try:
-        issued = await in_thread(ctx.issuer.issue, req, ctx.clock())
+        issued = await in_thread(_issue, ctx, req)
     except TokenRefused as e:
         REFUSED.labels(e.check).inc()
         log.log(logging.INFO if e.public else logging.WARNING, "token refused",

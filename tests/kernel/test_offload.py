@@ -56,6 +56,17 @@ def test_arguments_pass_and_the_exception_reaches_the_caller_unchanged() -> None
     assert info.value.args == ("nonce.replayed", 403)
 
 
+def test_stop_iteration_reaches_the_caller_as_a_runtime_error_instead_of_hanging() -> None:
+    """An asyncio future cannot carry StopIteration: passed on as it is, the route would
+    wait forever and its client would get no answer."""
+    async def main() -> None:
+        await asyncio.wait_for(in_thread(next, iter(())), timeout=5)
+
+    with pytest.raises(RuntimeError, match="StopIteration") as info:
+        asyncio.run(main())
+    assert isinstance(info.value.__cause__, StopIteration)
+
+
 def test_a_cancelled_wait_lets_the_started_work_finish() -> None:
     started, release, finished = threading.Event(), threading.Event(), threading.Event()
 
@@ -79,8 +90,8 @@ def test_a_cancelled_wait_lets_the_started_work_finish() -> None:
 
 
 def test_a_queued_call_whose_wait_is_cancelled_never_runs() -> None:
-    """A flood of requests that disconnect does not leave work behind: a call still waiting
-    for a free thread is dropped with its request (one that has started runs to its end)."""
+    """A call still waiting for a free thread is dropped when its task is cancelled (one that
+    has started runs to its end)."""
     release = threading.Event()
     ran: list[str] = []
 
