@@ -27,7 +27,9 @@ What the hand-off keeps:
   did through anyio; what bounds a flood is the connection cap and the per-source limits.)
 
 :data:`EXECUTOR` has anyio's default of 40 threads: requests beyond that wait in its queue,
-as they waited for anyio's capacity limiter.
+as they waited for anyio's capacity limiter. The one request path that does not use it is
+image classification (``mec_api.inference``): seconds of CPU per call, bounded by its own
+limiter of concurrent classifications, where the hand-off's cost does not matter.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from kernel.errors import CheckedError
+from kernel.offload import in_thread
 
 
 class SnapshotError(CheckedError):
@@ -75,6 +76,4 @@ class SnapshotSource(Protocol):
 async def snapshot_or_problem(source: SnapshotSource, camera_id: str) -> bytes:
     """One frame off the event loop; an unknown camera (404) or a failing one (503) leaves as
     its :class:`SnapshotError`, which the app's handler answers as problem+json."""
-    import anyio
-
-    return await anyio.to_thread.run_sync(source.snapshot, camera_id)
+    return await in_thread(source.snapshot, camera_id)
