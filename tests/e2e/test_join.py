@@ -283,7 +283,10 @@ def test_turning_untrusted_deletes_the_unused_secret(site: JoinSite,
     assert verdict["trusted"] is False
     wait_for(lambda: not site.secrets())
     deletes = [r for r in site.kube.calls("DELETE") if "/secrets/bootstrap-token-" in r.path]
-    assert len(deletes) == 1
+    # One DELETE removed it. The state-change listener and the periodic sweep may both reach
+    # it under load: a second finds it gone (404), which is no error.
+    assert [r.status for r in deletes if r.status != 404] == [200], deletes
+    assert len({r.path for r in deletes}) == 1 and len(deletes) <= 2, deletes
     refused = site.join(agent)
     assert refused.status_code == 403 and refused.json()["check"] == "join.untrusted"
     assert "pcr" in refused.json()["detail"]
