@@ -87,24 +87,28 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
 
     from umec.app import build_server
     from umec.http_limits import uvicorn_options
+    from umec.workers import probe_listen
     settings = _settings()
     _server_files(settings)
     configure_logging(checked_log_level(settings))
-    ssl = {}
+    ssl: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
-    listen = {"host": host or settings.listen_host, "port": port or settings.listen_port}
+    listen_host, listen_port = host or settings.listen_host, port or settings.listen_port
+    listen: dict[str, Any] = {"host": listen_host, "port": listen_port}
+    probe_listen(listen_host, listen_port, reuse_port=workers > 1)  # a taken port: one line
     if workers > 1:
         # Each worker builds the app from the same settings (environment / UMEC_CONFIG); the
         # lease keeps one deadline checker, revocations reach every worker through the feed.
+        # Each worker binds its own SO_REUSEPORT socket (umec.workers says why).
         from umec.app import prepare_server
+        from umec.workers import run_workers
         prepare_server(settings)
-        uvicorn.run("umec.app:create_app", factory=True, workers=workers, log_config=None,
-                    **listen, **ssl, **uvicorn_options())  # type: ignore[arg-type]
+        run_workers(uvicorn.Config("umec.app:create_app", factory=True, workers=workers,
+                                   log_config=None, **listen, **ssl, **uvicorn_options()))
         return
     srv = build_server(settings)
-    uvicorn.run(srv.app, log_config=None, **listen, **ssl,  # type: ignore[arg-type]
-                **uvicorn_options())
+    uvicorn.run(srv.app, log_config=None, **listen, **ssl, **uvicorn_options())
 
 
 @app.command()
@@ -271,11 +275,11 @@ def api(names: Annotated[list[str], typer.Argument(help="sensor, mec011, camera,
         raise SettingsInvalid("UMEC_TOKEN_SERVICE_URL is not set", hint="set it to the umec "
                               "server's base URL (its JWKS and revocation feed protect this "
                               "API)") from None
-    ssl = {}
+    ssl: dict[str, Any] = {}
     if settings.tls_cert and settings.tls_key:
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     uvicorn.run(application, host=host or settings.listen_host, port=port or settings.api_port,
-                log_config=None, **ssl, **uvicorn_options())  # type: ignore[arg-type]
+                log_config=None, **ssl, **uvicorn_options())
 
 
 @app.command()
