@@ -11,8 +11,10 @@ Two kinds of point:
   lists the names and where each call belongs);
 - **commit points** (:data:`COMMIT_POINTS`), hooked on the engine by :func:`install`: the
   transaction that wrote a given table is cut at its COMMIT, either before it (the database
-  rolls it back) or right after it (the database has it, the client never hears). They need no
-  code in the protocol modules.
+  rolls it back) or right after it (the database has it, the client never hears). A marked
+  statement that changed no row (the evidence's common-case ``UPDATE`` when the state
+  changes, which the state change's transaction follows) is no commit point after it. They
+  need no code in the protocol modules.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy import Engine, event
 ENV = "UMEC_FAULT_KILL_AT"
 _TARGET = os.environ.get(ENV, "").strip() or None
 _MARK = "umec_fault_transaction"
+_UNMARKED = object()
 
 _SETS_LAST_VERDICT = r"UPDATE attest_nodes SET (?:(?!\sWHERE\s).)*\blast_verdict="
 
@@ -78,10 +81,15 @@ def _autocommit(conn: Any) -> bool:
     return bool(conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
 
 
+def _changes(conn: Any) -> int | None:
+    """Rows this SQLite connection has changed since it opened (None on PostgreSQL)."""
+    return getattr(conn.connection.dbapi_connection, "total_changes", None)
+
+
 def _marked(conn: Any, point: str, when: str) -> None:
     if _autocommit(conn) and when == "before":
         _die(point)  # the statement would commit itself: before it is before its commit
-    conn.info[_MARK] = True
+    conn.info[_MARK] = _changes(conn)
 
 
 def install(engine: Engine) -> None:
@@ -96,14 +104,17 @@ def install(engine: Engine) -> None:
         if marker.match(statement.lstrip()):
             _marked(conn, point, when)
 
-    def executed(conn: Any, *_args: Any) -> None:
-        # An autocommit statement is committed when it returns.
-        if _autocommit(conn) and conn.info.pop(_MARK, False):
+    def executed(conn: Any, cursor: Any, *_args: Any) -> None:
+        # An autocommit statement is committed when it returns; one that matched no row (the
+        # evidence's common-case UPDATE when the state changes) committed nothing.
+        if _autocommit(conn) and conn.info.pop(_MARK, _UNMARKED) is not _UNMARKED \
+                and cursor.rowcount != 0:
             _die(point)
 
     def commit(conn: Any) -> None:
-        if not conn.info.pop(_MARK, False):
-            return
+        before = conn.info.pop(_MARK, _UNMARKED)
+        if before is _UNMARKED or (before is not None and _changes(conn) == before):
+            return  # not marked, or (SQLite) the transaction changed no row from the mark on
         if when == "after":
             conn.connection.dbapi_connection.commit()
         _die(point)

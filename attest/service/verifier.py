@@ -16,8 +16,9 @@ Who moves a node (DESIGN's invariant "only the node's TPM changes its state"): e
 quote the node's own activated AK signed over a nonce issued to that node and not yet spent,
 the deadline sweep (``stale``), and operators (ack, remove, rename). Evidence does so in three
 steps: read (node, policy) and check the nonce → pure appraisal, which raises for a quote the
-AK did not sign over this nonce (refused: nothing is written) → one transaction that records
-the verdict and spends the nonce (one statement on the common path), so a nonce is spent
+AK did not sign over this nonce (refused: nothing is written) → a write that records the
+verdict and spends the nonce together (on the common path, where the state stays, one
+statement that commits itself; a state change is one transaction), so a nonce is spent
 exactly when a verdict is recorded.
 
 Challenges are stateless (issue 15; :mod:`attest.core.freshness`): a nonce is a MAC under the
@@ -29,8 +30,10 @@ concurrent evidence, on any replica, finds the counter moved and updates nothing
 
 Round trips (PostgreSQL, ``bench/attest/count_statements.py --postgres``): the challenge's node
 read and the evidence's step-1 read are single statements without ``BEGIN``/``ROLLBACK``
-(:func:`kernel.sql_connect.single_reads`); step 3 is ``BEGIN``, one ``UPDATE``, ``COMMIT``.
-Per round: 5 round trips and one durable commit; before issue 15, 14 and two.
+(:func:`kernel.sql_connect.single_reads`); step 3's common case is one ``UPDATE`` in
+autocommit (:func:`kernel.sql_connect.single_writes`). Per round: 3 round trips and one
+durable commit; before issue 15, 14 and two. When that ``UPDATE`` matches no row, nothing was
+written, and :func:`_record_state_change` decides in a transaction with the row locked.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ from attest.service.metrics import count_round
 from attest.service.models import NodeRow
 from attest.service.notify.event import NodeStateChanged
 from attest.service.registrar import NodeNotFound
-from kernel.sql_connect import single_reads
+from kernel.sql_connect import single_reads, single_writes
 
 MAX_CLOCK = 2**63 - 1
 
@@ -132,10 +135,16 @@ _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                                   NodeRow.state == bindparam("b_state"),
                                   NodeRow.challenge_seq == bindparam("b_seq"))
                            .returning(NodeRow.ek_hash))
-_SELECT_STATE = select(NodeRow.state, NodeRow.ek_hash, NodeRow.trust_epoch,
-                       NodeRow.state_changed_at, NodeRow.acked_at,
-                       NodeRow.challenge_seq).where(
-    NodeRow.name == bindparam("b_name")).with_for_update()
+# A state change's first statement: changes nothing, but takes the node's row lock
+# (PostgreSQL) or the database's write lock (SQLite) while the nonce's counter is still the
+# node's, and reads what the change needs under it.
+_LOCK_NODE_AT_SEQ = (update(NodeRow)
+                     .where(NodeRow.name == bindparam("b_name"),
+                            NodeRow.challenge_seq == bindparam("b_seq"))
+                     .values(challenge_seq=NodeRow.challenge_seq)
+                     .returning(NodeRow.state, NodeRow.ek_hash, NodeRow.trust_epoch,
+                                NodeRow.state_changed_at, NodeRow.acked_at))
+_SELECT_EXISTS = select(NodeRow.name).where(NodeRow.name == bindparam("b_name"))
 _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
 def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPolicy:
     try:
@@ -245,32 +254,17 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     if verdict.trusted:  # the known-good values `umec policy create --from-node` starts from
         values["last_verdict"]["pcrs"] = quoted_pcrs(evidence.pcr_values, verdict.quoted)
     events: list[NodeStateChanged] = []
-    # Step 3, one transaction: record the verdict and any state change, spending the nonce
-    # (the counter moves on only if it is still the nonce's); if it was spent meanwhile,
-    # nothing is written.
-    with ctx.engine.begin() as db:
-        # Common case first: the state does not change (one statement).
+    # Step 3: record the verdict and any state change, spending the nonce (the counter moves
+    # on only if it is still the nonce's); if it was spent meanwhile, nothing is written.
+    # Common case first: the state does not change. One statement, which commits itself.
+    with single_writes(ctx.engine) as db:
         ek_hash = db.execute(_UPDATE_NODE_SAME_STATE, {
             **values, "b_name": name, "b_state": new_state, "b_seq": node.challenge_seq,
         }).scalar()
-        if ek_hash is None:
-            current = db.execute(_SELECT_STATE, {"b_name": name}).first()
-            if current is None:  # removed by an operator meanwhile
-                raise NodeNotFound(f"no node named {name!r}")
-            if current.challenge_seq != node.challenge_seq:  # replayed, or a concurrent round
-                raise NonceReplayed("nonce was spent by a concurrent request")
-            if verdict.trusted and needs_ack(policy, current.state, current.state_changed_at,
-                                             current.acked_at):
-                # It left `trusted` after step 1 (the sweep): a pass alone does not end that.
-                raise EvidenceRaced(f"node {name!r} became {current.state} during appraisal")
-            ek_hash = current.ek_hash
-            # Leaving `trusted` ends a trust period: its tokens are revoked by epoch.
-            ended = current.state == NodeState.TRUSTED and new_state != NodeState.TRUSTED
-            epoch = current.trust_epoch + int(ended)
-            events.append(ctx.record_change(db, name, current.state, new_state, verdict.reason,
-                                            [f.check for f in verdict.failures], now, epoch))
-            db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
-                                      "state_changed_at": now, "trust_epoch": epoch})
+    if ek_hash is None:  # nothing was written: a state change, or the nonce was spent
+        with ctx.engine.begin() as db:
+            ek_hash = _record_state_change(ctx, db, name, node.challenge_seq, policy, verdict,
+                                           new_state, values, now, events)
     faultpoints.reached("evidence.recorded")
     count_round([f.check for f in verdict.failures])
     ctx.publish(events)
@@ -283,6 +277,35 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token,
                           awaiting_ack=awaiting_ack,
                           ima_offset=_next_ima_offset(policy, verdict, previous_ima))
+
+
+def _record_state_change(ctx: AttestContext, db: Connection, name: str, seq: int,
+                         policy: AppraisalPolicy, verdict: Verdict, new_state: str,
+                         values: dict[str, Any], now: datetime,
+                         events: list[NodeStateChanged]) -> str:
+    """Step 3 when the common-case UPDATE matched no row (it wrote nothing), in one
+    transaction that first locks the node's row while the nonce is still unspent (else
+    ``nonce.replayed``; a concurrent round that spent it first has committed before the lock
+    is granted, and then nothing matches): the state changes, with its event and, when a
+    trust period ends, the epoch that revokes its tokens. Returns the node's EK hash; the
+    event is appended to ``events``."""
+    current = db.execute(_LOCK_NODE_AT_SEQ, {"b_name": name, "b_seq": seq}).first()
+    if current is None:
+        if db.execute(_SELECT_EXISTS, {"b_name": name}).first() is None:
+            raise NodeNotFound(f"no node named {name!r}")  # removed by an operator meanwhile
+        raise NonceReplayed("nonce was spent by a concurrent request")
+    if verdict.trusted and needs_ack(policy, current.state, current.state_changed_at,
+                                     current.acked_at):
+        # It left `trusted` after step 1 (the sweep): a pass alone does not end that.
+        raise EvidenceRaced(f"node {name!r} became {current.state} during appraisal")
+    # Leaving `trusted` ends a trust period: its tokens are revoked by epoch.
+    ended = current.state == NodeState.TRUSTED and new_state != NodeState.TRUSTED
+    epoch = current.trust_epoch + int(ended)
+    events.append(ctx.record_change(db, name, current.state, new_state, verdict.reason,
+                                    [f.check for f in verdict.failures], now, epoch))
+    db.execute(_UPDATE_NODE, {**values, "b_name": name, "state": new_state,
+                              "state_changed_at": now, "trust_epoch": epoch})
+    return str(current.ek_hash)
 
 
 def needs_ack(policy: AppraisalPolicy, state: str, state_changed_at: datetime,

@@ -17,9 +17,9 @@ round counts separately what the challenge and the evidence requests sent to the
 - ``round trips`` = statements + ping + BEGIN + COMMIT + ROLLBACK (PostgreSQL), and the
   ``durable commits`` among them (commits of a transaction that wrote: what waits for a flush).
 
-Requests are sent one at a time, and only what runs on the request threads (FastAPI runs the
-sync routes in anyio's worker threads) is counted: the server's background tasks (deadline
-sweep, pruning, leases, followers) run on their own threads and are left out.
+Requests are sent one at a time, and only what runs on the request threads (the routes hand
+their work to kernel.offload's ``umec-request`` threads) is counted: the server's background
+tasks (deadline sweep, pruning, leases, followers) run on their own threads and are left out.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ class Counts:
 
     @staticmethod
     def on_request() -> bool:
-        return threading.current_thread().name.startswith("AnyIO worker thread")
+        # kernel.offload's request threads (since session 11), or anyio's (a sync route, or a
+        # server from before that).
+        return threading.current_thread().name.startswith(("umec-request", "AnyIO worker thread"))
 
     @property
     def now(self) -> Counter[str]:
