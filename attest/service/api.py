@@ -19,7 +19,9 @@ failover, and on the loop that wait would stall every other request and the revo
 with it (issue 10 measured stalls of 4.9 s). The protocol routes, called by every node every
 interval, are ``async def`` and hand their step to :func:`kernel.offload.in_thread` (a cheaper
 hand-off than FastAPI's for sync routes); the operator routes are sync ``def``, which FastAPI
-runs in its thread pool.
+runs in its thread pool. The two steps of every round, challenge and evidence, are answered
+without FastAPI's per-request handler when they are well formed (:mod:`kernel.fastroute`),
+and by it otherwise.
 """
 
 from __future__ import annotations
@@ -27,24 +29,28 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 from collections.abc import Callable
 from typing import Annotated, Any, Final, ParamSpec, TypeVar
 
-from fastapi import APIRouter, Header, Path, Request
+from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi.responses import JSONResponse
 from prometheus_client import Counter
-from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer, ValidationError
+from starlette.requests import ClientDisconnect
 
 from attest.core.appraisal import Evidence
 from attest.core.errors import AttestationError, MalformedStructure
 from attest.service import registrar, verifier
 from attest.service.context import AttestContext
-from attest.service.deps import AttestCtx
+from attest.service.deps import AttestCtx, attest_context
 from attest.service.fleet import fleet_summaries, node_summary
 from attest.service.join import JoinDisabled
 from attest.service.limits import Limits, RateLimited, bucket_of
 from attest.service.operator import acknowledge as operator_acknowledge
 from attest.service.operator import node_detail
 from kernel.bearer import OperatorUnauthorized, require_operator_token
+from kernel.fastroute import fast_path_route
 from kernel.offload import in_thread
 
 __all__ = ["MAX_B64", "REFUSALS", "Limits", "OperatorUnauthorized", "RateLimited", "bucket_of",
@@ -89,7 +95,9 @@ def _b64_ima(value: Any) -> bytes:
 
 
 ImaB64 = Annotated[bytes, BeforeValidator(_b64_ima)]
-NodeName = Annotated[str, Path(pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")]
+NODE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+NodeName = Annotated[str, Path(pattern=NODE_NAME_PATTERN)]
+_NODE_NAME = re.compile(NODE_NAME_PATTERN)
 
 
 class EnrollBody(BaseModel):
@@ -183,11 +191,25 @@ def _challenge(ctx: AttestContext, source: str, node: str) -> dict[str, Any]:
             "expires_at": ch.expires_at.isoformat()}
 
 
-@router.post("/nodes/{node}/challenge")
 async def challenge(request: Request, node: NodeName, ctx: AttestCtx) -> Any:
     """Protocol step 3: a fresh single-use nonce and the PCR selection to quote."""
     return await in_thread(_guarded, "challenge", request, _challenge, ctx, source_of(request),
                            node)
+
+
+async def _challenge_fast(request: Request) -> Response | None:
+    """:func:`challenge` without FastAPI's handler, for a well-formed name (kernel.fastroute);
+    anything else goes to FastAPI's handler, which answers its own 422."""
+    node = request.path_params["node"]
+    if _NODE_NAME.fullmatch(node) is None:
+        return None
+    ctx = await attest_context(request)
+    return JSONResponse(await in_thread(_guarded, "challenge", request, _challenge, ctx,
+                                        source_of(request), node))
+
+
+router.add_api_route("/nodes/{node}/challenge", challenge, methods=["POST"],
+                     route_class_override=fast_path_route(_challenge_fast))
 
 
 def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) -> dict[str, Any]:
@@ -207,11 +229,31 @@ def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) ->
     return answer
 
 
-@router.post("/nodes/{node}/evidence")
 async def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCtx) -> Any:
     """Protocol step 4: a quote over the challenge; answers the verdict."""
     return await in_thread(_guarded, "evidence", request, _evidence, ctx, source_of(request),
                            node, body)
+
+
+async def _evidence_fast(request: Request) -> Response | None:
+    """:func:`evidence` without FastAPI's handler, for a well-formed name and a JSON body that
+    validates (kernel.fastroute; pydantic's JSON parser, like FastAPI's ``json.loads``, keeps
+    the last of duplicate keys); anything else goes to FastAPI's handler and its errors."""
+    node = request.path_params["node"]
+    if (_NODE_NAME.fullmatch(node) is None
+            or request.headers.get("content-type") != "application/json"):
+        return None
+    try:
+        body = EvidenceBody.model_validate_json(await request.body())
+    except (ValidationError, ClientDisconnect):
+        return None
+    ctx = await attest_context(request)
+    return JSONResponse(await in_thread(_guarded, "evidence", request, _evidence, ctx,
+                                        source_of(request), node, body))
+
+
+router.add_api_route("/nodes/{node}/evidence", evidence, methods=["POST"],
+                     route_class_override=fast_path_route(_evidence_fast))
 
 
 class JoinBody(BaseModel):
