@@ -130,21 +130,28 @@ _SELECT_EVIDENCE_NODE = select(
 ).where(NodeRow.name == bindparam("b_name"))
 # SET columns come from the parameters given at execution. The common case of step 3: the
 # verdict keeps the state, and the nonce's counter is still the node's (the spend, see above).
+# Every write of step 3 also names the binding step 1 read (EK hash, activation time): a node
+# removed and enrolled again under the same name while the evidence was appraised is another
+# TPM (or AK), and its new row starts its counter from 0 again, so the counter alone could
+# match it.
+_SAME_BINDING = (NodeRow.ek_hash == bindparam("b_ek_hash"),
+                 NodeRow.activated_at == bindparam("b_activated_at"))
 _UPDATE_NODE_SAME_STATE = (update(NodeRow)
                            .where(NodeRow.name == bindparam("b_name"),
                                   NodeRow.state == bindparam("b_state"),
-                                  NodeRow.challenge_seq == bindparam("b_seq"))
+                                  NodeRow.challenge_seq == bindparam("b_seq"), *_SAME_BINDING)
                            .returning(NodeRow.ek_hash))
 # A state change's first statement: changes nothing, but takes the node's row lock
 # (PostgreSQL) or the database's write lock (SQLite) while the nonce's counter is still the
 # node's, and reads what the change needs under it.
 _LOCK_NODE_AT_SEQ = (update(NodeRow)
                      .where(NodeRow.name == bindparam("b_name"),
-                            NodeRow.challenge_seq == bindparam("b_seq"))
+                            NodeRow.challenge_seq == bindparam("b_seq"), *_SAME_BINDING)
                      .values(challenge_seq=NodeRow.challenge_seq)
                      .returning(NodeRow.state, NodeRow.ek_hash, NodeRow.trust_epoch,
                                 NodeRow.state_changed_at, NodeRow.acked_at))
-_SELECT_EXISTS = select(NodeRow.name).where(NodeRow.name == bindparam("b_name"))
+_SELECT_SAME_BINDING = select(NodeRow.name).where(NodeRow.name == bindparam("b_name"),
+                                                   *_SAME_BINDING)
 _UPDATE_NODE = update(NodeRow).where(NodeRow.name == bindparam("b_name"))
 def _policy(ctx: AttestContext, db: Connection, node_class: str) -> AppraisalPolicy:
     try:
@@ -257,14 +264,15 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     # Step 3: record the verdict and any state change, spending the nonce (the counter moves
     # on only if it is still the nonce's); if it was spent meanwhile, nothing is written.
     # Common case first: the state does not change. One statement, which commits itself.
+    binding = {"b_name": name, "b_seq": node.challenge_seq, "b_ek_hash": node.ek_hash,
+               "b_activated_at": node.activated_at}
     with single_writes(ctx.engine) as db:
-        ek_hash = db.execute(_UPDATE_NODE_SAME_STATE, {
-            **values, "b_name": name, "b_state": new_state, "b_seq": node.challenge_seq,
-        }).scalar()
+        ek_hash = db.execute(_UPDATE_NODE_SAME_STATE,
+                             {**values, **binding, "b_state": new_state}).scalar()
     if ek_hash is None:  # nothing was written: a state change, or the nonce was spent
         with ctx.engine.begin() as db:
-            ek_hash = _record_state_change(ctx, db, name, node.challenge_seq, policy, verdict,
-                                           new_state, values, now, events)
+            ek_hash = _record_state_change(ctx, db, binding, policy, verdict, new_state,
+                                           values, now, events)
     faultpoints.reached("evidence.recorded")
     count_round([f.check for f in verdict.failures])
     ctx.publish(events)
@@ -279,20 +287,24 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                           ima_offset=_next_ima_offset(policy, verdict, previous_ima))
 
 
-def _record_state_change(ctx: AttestContext, db: Connection, name: str, seq: int,
+def _record_state_change(ctx: AttestContext, db: Connection, binding: dict[str, Any],
                          policy: AppraisalPolicy, verdict: Verdict, new_state: str,
                          values: dict[str, Any], now: datetime,
                          events: list[NodeStateChanged]) -> str:
     """Step 3 when the common-case UPDATE matched no row (it wrote nothing), in one
-    transaction that first locks the node's row while the nonce is still unspent (else
-    ``nonce.replayed``; a concurrent round that spent it first has committed before the lock
-    is granted, and then nothing matches): the state changes, with its event and, when a
-    trust period ends, the epoch that revokes its tokens. Returns the node's EK hash; the
-    event is appended to ``events``."""
-    current = db.execute(_LOCK_NODE_AT_SEQ, {"b_name": name, "b_seq": seq}).first()
+    transaction that first locks the node's row while the nonce is still unspent and the row
+    is still the binding step 1 read (else ``nonce.replayed``, or ``node.not_found`` when the
+    node was removed, or removed and enrolled again; a concurrent round that spent the nonce
+    first has committed before the lock is granted, and then nothing matches): the state
+    changes, with its event and, when a trust period ends, the epoch that revokes its tokens.
+    Returns the node's EK hash; the event is appended to ``events``."""
+    name = binding["b_name"]
+    current = db.execute(_LOCK_NODE_AT_SEQ, binding).first()
     if current is None:
-        if db.execute(_SELECT_EXISTS, {"b_name": name}).first() is None:
-            raise NodeNotFound(f"no node named {name!r}")  # removed by an operator meanwhile
+        if db.execute(_SELECT_SAME_BINDING, binding).first() is None:
+            raise NodeNotFound(f"no node named {name!r} with the binding this evidence was "
+                               "appraised for: it was removed (and perhaps enrolled again) "
+                               "meanwhile")
         raise NonceReplayed("nonce was spent by a concurrent request")
     if verdict.trusted and needs_ack(policy, current.state, current.state_changed_at,
                                      current.acked_at):

@@ -12,7 +12,9 @@ from datetime import timedelta
 
 import httpx
 import pytest
+from sqlalchemy import select
 
+from attest.service.models import NodeRow
 from tests.support.attack_env import Env, checks, trusted
 from tests.support.simagent import SimulatedNode, b64
 from tests.support.simtpm import SimulatedTpm
@@ -437,3 +439,39 @@ def test_evidence_racing_a_remove_is_a_typed_404(env: Env,
     ch = node.challenge()
     resp = node.send(ch["nonce_bytes"], *node.quote(ch))
     assert resp.status_code == 404 and resp.json()["check"] == "node.unknown"
+
+
+@pytest.mark.parametrize("state_changes", [True, False], ids=["state-changes", "state-stays"])
+def test_evidence_racing_a_remove_and_reenrolment_never_lands_on_the_new_node(
+        env: Env, monkeypatch: pytest.MonkeyPatch, state_changes: bool) -> None:
+    """The operator removes node-a while its evidence is appraised, and another TPM enrols and
+    activates under the same name (a new row, whose nonce counter starts again where the old
+    one may have been). The old TPM's quote must not record a verdict on the new node: 404,
+    and the new node keeps its own state (found by an attacker's review in session 12)."""
+    from attest.service import registrar, verifier
+    old = env.node("node-a")
+    old.enroll_and_activate()  # never attested: counter 0, like the new row's
+    if not state_changes:  # trusted, and a passing quote: the common-case UPDATE's race
+        old.attest()
+    original = verifier.appraise_evidence
+    new = env.node("node-a", SimulatedTpm())
+
+    def removed_and_enrolled_again(*args: object, **kwargs: object) -> object:
+        verdict = original(*args, **kwargs)  # type: ignore[arg-type]
+        registrar.remove(env.server.attest, "node-a")
+        new.enroll_and_activate()
+        if not state_changes:
+            monkeypatch.setattr(verifier, "appraise_evidence", original)
+            new.attest()  # trusted too, and its counter is the old one's again
+        return verdict
+
+    monkeypatch.setattr(verifier, "appraise_evidence", removed_and_enrolled_again)
+    ch = old.challenge()
+    resp = old.send(ch["nonce_bytes"], *old.quote(ch))
+    assert resp.status_code == 404 and resp.json()["check"] == "node.unknown", resp.text
+    with env.server.attest.engine.connect() as conn:
+        row = conn.execute(select(NodeRow.state, NodeRow.ak_public, NodeRow.last_pass_nonce)
+                           .where(NodeRow.name == "node-a")).one()
+    assert row.ak_public == new.tpm.ak_public.marshal_tpm2b()
+    assert row.state == ("trusted" if not state_changes else "enrolled"), row.state
+    assert row.last_pass_nonce != ch["nonce_bytes"].hex()
