@@ -96,7 +96,7 @@ def server(host: Annotated[str | None, typer.Option(help="Listen address")] = No
         ssl = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)}
     listen_host, listen_port = host or settings.listen_host, port or settings.listen_port
     listen: dict[str, Any] = {"host": listen_host, "port": listen_port}
-    probe_listen(listen_host, listen_port, reuse_port=workers > 1)  # a taken port: one line
+    probe_listen(listen_host, listen_port)  # a taken port: one line
     if workers > 1:
         # Each worker builds the app from the same settings (environment / UMEC_CONFIG); the
         # lease keeps one deadline checker, revocations reach every worker through the feed.

@@ -22,7 +22,13 @@ connections spread over the workers whatever their timing. What this changes bes
   (they were with the shared socket). Clients retry; the node agent does.
 * Linux lets only processes of the same effective user join a ``SO_REUSEPORT`` group, so no
   other user's process can bind the port beside the workers and take a share of the
-  connections.
+  connections. A process of the same user can, and one bound to a more specific address
+  (127.0.0.1 beside 0.0.0.0) would get them all. In Kubernetes the server's pod has a network
+  namespace of its own; on a plain host, run ``umec server --workers`` as a user of its own,
+  and with TLS.
+* A worker whose event loop stalls keeps its share of new connections until uvicorn's health
+  check notices (its pong thread does not go through the loop, so it may not); with the
+  shared socket the other workers would have taken them.
 """
 
 from __future__ import annotations
@@ -52,13 +58,16 @@ class WorkersFailed(CliError):
     hint = "see the workers' log lines above; fix what they name and start again"
 
 
-def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
-    """A TCP socket bound to ``host:port`` with ``SO_REUSEADDR`` and (``reuse_port``)
-    ``SO_REUSEPORT``; not yet listening: uvicorn's server does that with its backlog."""
+def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True,
+                      reuse_addr: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port``, with ``SO_REUSEADDR`` (``reuse_addr``) and
+    ``SO_REUSEPORT`` (``reuse_port``); not listening: uvicorn's server does that with its
+    backlog."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_addr:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
@@ -68,11 +77,14 @@ def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socke
     return sock
 
 
-def probe_listen(host: str, port: int, *, reuse_port: bool) -> None:
-    """Bind the address once and let it go: :class:`ListenFailed` if it is taken (one line,
-    before a server or worker starts, instead of a log line and uvicorn's exit code)."""
+def probe_listen(host: str, port: int) -> None:
+    """Bind the address once, without ``SO_REUSEPORT``, and let it go: :class:`ListenFailed`
+    if anything listens there (one line, before a server or worker starts, instead of a log
+    line and uvicorn's exit code). Without ``SO_REUSEPORT`` the bind fails beside any
+    listener, a ``SO_REUSEPORT`` one too: another ``umec server --workers`` on the port would
+    otherwise be joined, and the kernel would split the connections between the two."""
     try:
-        reuse_port_socket(host, port, reuse_port=reuse_port).close()
+        reuse_port_socket(host, port, reuse_port=False).close()
     except OSError as exc:
         raise ListenFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
@@ -102,7 +114,20 @@ class ReusePortListeners(list[socket.socket]):
 
 def run_workers(config: Config) -> None:
     """Run ``config.workers`` worker processes under uvicorn's supervisor (health checks,
-    restarts, signals), each serving its own ``SO_REUSEPORT`` socket."""
+    restarts, signals), each serving its own ``SO_REUSEPORT`` socket.
+
+    The supervisor holds the port for its whole life with a socket bound with
+    ``SO_REUSEPORT`` but without ``SO_REUSEADDR``, never listening (so no connection is
+    assigned to it): when every worker is down at once (a crash, the OOM killer), no other
+    user's process can take the port before the restarted workers bind it again."""
+    reserve = reuse_port_socket(config.host, config.port, reuse_addr=False)
+    try:
+        _supervise(config)
+    finally:
+        reserve.close()
+
+
+def _supervise(config: Config) -> None:
     log.info("listening on %s:%d with %d workers (SO_REUSEPORT)", config.host, config.port,
              config.workers)
     supervisor = Multiprocess(config, sockets=ReusePortListeners(config.host, config.port))

@@ -1,11 +1,13 @@
 """``umec server --workers N`` (umec/workers.py): each worker listens on a socket of its own
-(``SO_REUSEPORT``), so connections opened together spread over the workers; a taken port is one
-error line and exit 1, with or without workers."""
+(``SO_REUSEPORT``), so connections opened together spread over the workers; the supervisor
+holds the port while no worker does; a taken port is one error line and exit 1, with or
+without workers, also when what holds it is another ``umec server --workers``."""
 
 from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -161,3 +163,48 @@ def test_a_worker_that_cannot_bind_exits_with_startup_failure(
     assert exited.value.code == STARTUP_FAILURE == 3
     assert capsys.readouterr().err.startswith(
         f"error: server.listen: cannot listen on 127.0.0.1:{port}: Address already in use")
+
+
+def test_a_second_server_on_the_port_of_one_with_workers_is_refused(
+        two_workers: tuple[subprocess.Popen[bytes], int], tmp_path: Path) -> None:
+    """The running workers' sockets have SO_REUSEPORT; a second server must not join them
+    (the kernel would split the connections between two servers)."""
+    _, port = two_workers
+    out = subprocess.run([UMEC, "server", "--port", str(port), "--workers", "2"],
+                         env=_env(tmp_path / "second"), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    assert out.stderr.startswith(f"error: server.listen: cannot listen on 127.0.0.1:{port}: "
+                                 "Address already in use"), out.stderr
+
+
+def test_the_supervisor_holds_the_port_while_every_worker_is_down(
+        two_workers: tuple[subprocess.Popen[bytes], int]) -> None:
+    """Both workers killed at once: until the supervisor has started new ones, no other
+    socket can bind the port (the supervisor's reserve), and then the new workers serve."""
+    proc, port = two_workers
+    workers = list(_listeners(port))
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    for pid in workers:
+        while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+            time.sleep(0.005)
+    squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        with pytest.raises(OSError, match="Address already in use"):
+            squatter.bind(("127.0.0.1", port))
+    finally:
+        squatter.close()
+    deadline = time.monotonic() + 60
+    while len(set(_listeners(port)) - set(workers)) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, "no new workers"
+        time.sleep(0.2)
+    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).raise_for_status()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
