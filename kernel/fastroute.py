@@ -14,6 +14,9 @@ own handler then answers exactly as it always did: the same 422s with the same e
 the same 400 for a broken body. So ``fast`` only needs to be right about requests that FastAPI
 would have accepted: for those it must answer what the endpoint would have.
 
+A route that parses its own body and answers its own errors (the token endpoint's form)
+can give a ``fast`` that takes every request: FastAPI's handler then only documents it.
+
 The route stays an ordinary ``APIRoute``: the OpenAPI document comes from the endpoint's
 signature, and the app's middleware and exception handlers see no difference.
 """

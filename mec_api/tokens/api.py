@@ -35,10 +35,11 @@ from prometheus_client import Counter
 from pydantic import BaseModel, Field
 
 from kernel.bearer import bearer_matches, require_operator_token
+from kernel.fastroute import fast_path_route
 from kernel.offload import in_thread
 from keys import JwtInvalid, verify_jwt
 from mec_api.scopes import ALL_SCOPES
-from mec_api.tokens.deps import TokenRoutes, Tokens
+from mec_api.tokens.deps import TokenRoutes, Tokens, token_routes
 from mec_api.tokens.dpop import DPOP_ALGORITHMS
 from mec_api.tokens.errors import (
     InvalidRequest,
@@ -122,8 +123,23 @@ def _issue(ctx: TokenRoutes, req: TokenRequest) -> IssuedToken:
     return ctx.issuer.issue(req, ctx.clock())
 
 
-@router.post("/oauth2/token", openapi_extra=TOKEN_REQUEST_BODY)
 async def token(request: Request, ctx: Tokens) -> JSONResponse:
+    """RFC 8693 token exchange and RFC 7523 client credentials (the body is documented by
+    ``TOKEN_REQUEST_BODY`` and parsed by :func:`_form`)."""
+    return await _exchange(request, ctx)
+
+
+async def _token_fast(request: Request) -> JSONResponse:
+    """:func:`token` without FastAPI's per-request handler (kernel.fastroute): the route
+    parses its own form and answers every error itself, so it takes every request."""
+    return await _exchange(request, await token_routes(request))
+
+
+router.add_api_route("/oauth2/token", token, methods=["POST"], openapi_extra=TOKEN_REQUEST_BODY,
+                     route_class_override=fast_path_route(_token_fast))
+
+
+async def _exchange(request: Request, ctx: TokenRoutes) -> JSONResponse:
     try:
         form = await _form(request)
         parse_scope(form.get("scope"))  # the caps, before any signature or policy work
