@@ -66,6 +66,7 @@ def one_run(spec: str, workers: int, args: argparse.Namespace,
             subjects = [site.pod_token(nodes[i % len(nodes)].name, f"pod-{i}")
                         for i in range(args.pods)]
             pg0 = backend_cpu(url) if url else {}
+            children0 = child_ticks(server.pid)
             if args.wrk:
                 run = issuance_wrk(work, base, subjects, args.threads * 2, args.wrk, server.pid)
                 if run is None:
@@ -79,12 +80,34 @@ def one_run(spec: str, workers: int, args: argparse.Namespace,
                           "p50": percentile(lat, 50) * 1e3, "p99": percentile(lat, 99) * 1e3,
                           "cpu_ms": http["cpu_ms"]}
             pg1 = backend_cpu(url) if url else {}
+            result["split"] = "/".join(str(t - children0.get(pid, 0)) for pid, t in
+                                       sorted(child_ticks(server.pid).items())
+                                       if t > children0.get(pid, 0)) or "-"
             site.client.close()
         result["backend_ms"] = (sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
                                 / result["n"] * 1e3 if url else None)
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def child_ticks(pid: int) -> dict[int, int]:
+    """CPU ticks (utime + stime) of each child of ``pid``: the workers of ``--workers N``
+    (and uvicorn's resource tracker, which uses none). A worker with a small share while the
+    other is busy means the connections were not spread (umec/workers.py)."""
+    ticks: dict[int, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in children:
+            try:
+                fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            ticks[int(child)] = int(fields[11]) + int(fields[12])
+    return ticks
 
 
 def main() -> None:
@@ -113,7 +136,8 @@ def main() -> None:
             f"{args.issuances} issuances per run, {args.threads} client threads")
     print(f"# {load}; {args.pods} pods on {args.nodes} nodes\n")
     print("| workers | trial | database | issuances/s | p50 ms | p99 ms | server CPU ms/iss. "
-          "| PG backend CPU ms/iss. |\n|---|---|---|---:|---:|---:|---:|---:|")
+          "| PG backend CPU ms/iss. | CPU ticks per worker |\n"
+          "|---|---|---|---:|---:|---:|---:|---:|---|")
     results: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for workers in args.workers:
         for trial in range(args.trials):
@@ -124,7 +148,8 @@ def main() -> None:
                 results.setdefault((workers, name), []).append(r)
                 backend = "" if r["backend_ms"] is None else f"{r['backend_ms']:.2f}"
                 print(f"| {workers} | {trial + 1} | {name} | {r['per_s']:.0f} | {r['p50']:.1f} "
-                      f"| {r['p99']:.1f} | {r['cpu_ms']:.2f} | {backend} |", flush=True)
+                      f"| {r['p99']:.1f} | {r['cpu_ms']:.2f} | {backend} | {r['split']} |",
+                      flush=True)
     print("\n| workers | database | median issuances/s | median p99 ms | median server CPU "
           "ms/iss. | PostgreSQL ÷ SQLite, per trial |\n|---|---|---:|---:|---:|---|")
     for workers in args.workers:
@@ -151,7 +176,8 @@ def compare_commits(args: argparse.Namespace) -> None:
         try:
             results: dict[tuple[int, str, str], list[dict[str, Any]]] = {}
             print("\n| workers | trial | database | side | issuances/s | p99 ms | server CPU "
-                  "ms/iss. | PG backend CPU ms/iss. |\n|---|---|---|---|---:|---:|---:|---:|")
+                  "ms/iss. | PG backend CPU ms/iss. | CPU ticks per worker |\n"
+                  "|---|---|---|---|---:|---:|---:|---:|---|")
             for workers in args.workers:
                 for trial in range(args.trials):
                     for spec in ("sqlite", args.database):
@@ -164,7 +190,7 @@ def compare_commits(args: argparse.Namespace) -> None:
                             backend = "" if r["backend_ms"] is None else f"{r['backend_ms']:.2f}"
                             print(f"| {workers} | {trial + 1} | {name} | {side} "
                                   f"| {r['per_s']:.0f} | {r['p99']:.1f} | {r['cpu_ms']:.2f} "
-                                  f"| {backend} |", flush=True)
+                                  f"| {backend} | {r['split']} |", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=REPO,
                            check=False, capture_output=True)
