@@ -25,7 +25,7 @@ PostgreSQL a row lock or a conditional UPDATE).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Connection, Engine
 
@@ -39,24 +39,16 @@ def single_statements(engine: Engine) -> Iterator[Connection]:
         yield conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
-@contextmanager
-def single_reads(engine: Engine) -> Iterator[Connection]:
+def single_reads(engine: Engine) -> AbstractContextManager[Connection]:
     """A pooled connection for statements that only read (see the module doc)."""
-    if engine.dialect.name != "postgresql":
-        with engine.connect() as conn:
-            yield conn
-        return
-    with single_statements(engine) as conn:
-        yield conn
+    return single_statements(engine) if _postgresql(engine) else engine.connect()
 
 
-@contextmanager
-def single_writes(engine: Engine) -> Iterator[Connection]:
+def single_writes(engine: Engine) -> AbstractContextManager[Connection]:
     """A pooled connection for one write that commits itself (see the module doc); on SQLite
     the write is committed when the block exits without an exception."""
-    if engine.dialect.name != "postgresql":
-        with engine.begin() as conn:
-            yield conn
-        return
-    with single_statements(engine) as conn:
-        yield conn
+    return single_statements(engine) if _postgresql(engine) else engine.begin()
+
+
+def _postgresql(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
