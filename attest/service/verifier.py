@@ -293,7 +293,7 @@ def _record_state_change(ctx: AttestContext, db: Connection, binding: dict[str, 
                          events: list[NodeStateChanged]) -> str:
     """Step 3 when the common-case UPDATE matched no row (it wrote nothing), in one
     transaction that first locks the node's row while the nonce is still unspent and the row
-    is still the binding step 1 read (else ``nonce.replayed``, or ``node.not_found`` when the
+    is still the binding step 1 read (else ``nonce.replayed``, or ``node.unknown`` when the
     node was removed, or removed and enrolled again; a concurrent round that spent the nonce
     first has committed before the lock is granted, and then nothing matches): the state
     changes, with its event and, when a trust period ends, the epoch that revokes its tokens.
