@@ -120,7 +120,11 @@ def run_workers(config: Config) -> None:
     ``SO_REUSEPORT`` but without ``SO_REUSEADDR``, never listening (so no connection is
     assigned to it): when every worker is down at once (a crash, the OOM killer), no other
     user's process can take the port before the restarted workers bind it again."""
-    reserve = reuse_port_socket(config.host, config.port, reuse_addr=False)
+    try:
+        reserve = reuse_port_socket(config.host, config.port, reuse_addr=False)
+    except OSError as exc:  # taken since umec server's probe: the same one line
+        raise ListenFailed(f"cannot listen on {config.host}:{config.port}: "
+                           f"{exc.strerror or exc}") from None
     try:
         _supervise(config)
     finally:

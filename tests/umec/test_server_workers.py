@@ -17,10 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from uvicorn import Config
 from uvicorn.config import STARTUP_FAILURE
 
 from umec.localserver import free_port
-from umec.workers import ReusePortListeners
+from umec.workers import ListenFailed, ReusePortListeners, run_workers
 
 UMEC = str(Path(sys.executable).with_name("umec"))
 
@@ -208,3 +209,18 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_a_port_taken_after_the_probe_is_the_same_one_line_error() -> None:
+    """The supervisor's reserve cannot bind beside a listener: ListenFailed (one line, exit
+    1), not an OSError's traceback, and no worker is started."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    try:
+        with pytest.raises(ListenFailed, match=f"cannot listen on 127.0.0.1:{port}"):
+            run_workers(Config("umec.app:create_app", factory=True, host="127.0.0.1",
+                               port=port, workers=2))
+    finally:
+        holder.close()
