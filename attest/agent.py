@@ -2,6 +2,12 @@
 
 Round: challenge → (first round after boot: extend the application PCR with the measured files)
 → quote over the nonce and the policy's PCR selection → evidence (+ boot event log) → verdict.
+The verdict carries the node's next challenge (``next_challenge``), so a round is one request
+while that is held: the agent keeps it in memory only, and uses it when at least
+:data:`HELD_CHALLENGE_MARGIN_SECONDS` of its lifetime are left, counted on its own monotonic
+clock from when it arrived (a node's wall clock may be off). A held challenge the server calls
+void (another round, the deadline sweep or a clock step spent it) costs nothing: the same
+round asks for a fresh challenge and quotes again.
 Errors back off exponentially with full jitter so a fleet that lost the server does not return
 in lockstep. The TPM is opened per round and closed (with every transient handle flushed) after
 it, so an agent or swtpm restart never leaves slots behind.
@@ -16,11 +22,15 @@ in one warning per process, with how to replace it.
 from __future__ import annotations
 
 import base64
+import binascii
+import contextlib
 import hashlib
 import json
 import logging
+import math
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +68,51 @@ class AgentError(Exception):
     @property
     def transient(self) -> bool:
         return self.status in TRANSIENT_STATUSES or self.check in VOID_CHALLENGE_CHECKS
+
+
+# A held challenge is used only while this much of its lifetime is left: a quote and the
+# evidence's trip must fit in it (a Pi's TPM quotes in about a second).
+HELD_CHALLENGE_MARGIN_SECONDS = 10.0
+NONCE_BYTES = 32  # attest.core.freshness: the server's nonces; anything else is not one
+
+
+@dataclass(frozen=True)
+class NodeChallenge:
+    """A challenge to quote over: its nonce, the PCR selection, and until when (this process's
+    ``time.monotonic()``) it may still be used."""
+
+    nonce: bytes
+    selection: dict[str, list[int]]
+    usable_until: float
+
+
+def _is_selection(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(bank, str) and isinstance(pcrs, list)
+        and all(isinstance(i, int) and not isinstance(i, bool) for i in pcrs)
+        for bank, pcrs in value.items())
+
+
+def parse_challenge(raw: object, received: float) -> NodeChallenge | None:
+    """The challenge in a server's answer (``nonce``, ``selection``, ``expires_in``), received
+    at ``received`` (monotonic); None when it is not one. Without a finite ``expires_in`` (a
+    server from before it) it is for immediate use only: never held."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("nonce"), str) \
+            or not _is_selection(raw.get("selection")):
+        return None
+    try:
+        nonce = base64.b64decode(raw["nonce"], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(nonce) != NONCE_BYTES:
+        return None
+    expires_in = raw.get("expires_in")
+    lifetime = 0.0
+    if isinstance(expires_in, int | float) and not isinstance(expires_in, bool):
+        with contextlib.suppress(OverflowError):  # an integer beyond any float
+            lifetime = float(expires_in) if math.isfinite(expires_in) else 0.0
+    return NodeChallenge(nonce=nonce, selection=raw["selection"],
+                         usable_until=received + lifetime - HELD_CHALLENGE_MARGIN_SECONDS)
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
@@ -122,6 +177,7 @@ class Agent:
         self.marker = config.state_dir / "enrolled.json"
         self._warned_da = False
         self.last_nonce: bytes | None = None  # of the latest evidence sent (the join needs it)
+        self.held_challenge: NodeChallenge | None = None  # the latest verdict's next challenge
         self.ima_offset = 0  # IMA entries the verifier accepted: sent from here next round
         self.joined = False
 
@@ -183,29 +239,53 @@ class Agent:
     # -- attestation ------------------------------------------------------------------------
 
     def attest_once(self) -> dict[str, Any]:
+        """One round: over the held challenge if it is still usable (one request), else, or
+        when the server calls it void, over a fresh one."""
+        held, self.held_challenge = self.held_challenge, None
+        if held is not None and time.monotonic() < held.usable_until:
+            try:
+                return self._round(held)
+            except AgentError as exc:
+                if exc.check not in VOID_CHALLENGE_CHECKS:
+                    raise
+                log.info("the held challenge was void; asking for a fresh one",
+                         extra={"node": self.config.node_name, "check": exc.check})
+        return self._round(None)
+
+    def _round(self, held: NodeChallenge | None) -> dict[str, Any]:
         with self.open_tpm() as tpm:
             if not self.marker.exists():
                 self.enroll(tpm)
             else:
                 self.load_ak(tpm)
             self.measure(tpm)
-            resp = self.client.post(f"{self.base}/challenge")
-            if resp.status_code in (404, 409):  # server lost us or we never activated: enrol
-                self.enroll(tpm)
-                resp = self.client.post(f"{self.base}/challenge")
-            challenge = _raise_for_problem(resp, "challenge")
-            nonce = base64.b64decode(challenge["nonce"])
-            quote = tpm.quote(nonce, challenge["selection"])
+            challenge = held or self._fresh_challenge(tpm)
+            quote = tpm.quote(challenge.nonce, challenge.selection)
             event_log = None
             if self.config.event_log_path is not None:
                 event_log = tpm.read_event_log(self.config.event_log_path)
-        body = {"nonce": _b64(nonce), "quote": _b64(quote.attest),
+        body = {"nonce": _b64(challenge.nonce), "quote": _b64(quote.attest),
                 "signature": _b64(quote.signature),
                 "pcrs": {b: {str(i): v.hex() for i, v in vals.items()}
                          for b, vals in quote.pcr_values.items()},
                 "event_log": _b64(event_log) if event_log else None}
-        self.last_nonce = nonce
-        return self._send_evidence(body)
+        self.last_nonce = challenge.nonce
+        verdict = self._send_evidence(body)
+        self.held_challenge = parse_challenge(verdict.pop("next_challenge", None),
+                                              time.monotonic())
+        return verdict
+
+    def _fresh_challenge(self, tpm: Tpm) -> NodeChallenge:
+        resp = self.client.post(f"{self.base}/challenge")
+        if resp.status_code in (404, 409):  # server lost us or we never activated: enrol
+            self.enroll(tpm)
+            resp = self.client.post(f"{self.base}/challenge")
+        challenge = parse_challenge(_raise_for_problem(resp, "challenge"), time.monotonic())
+        if challenge is None:
+            raise AgentError("challenge: the server's answer is not a challenge (a 32-byte "
+                             "base64 nonce and a PCR selection)", check="agent.challenge_malformed",
+                             hint="Check that --server names a µMEC server of this version.")
+        return challenge
 
     def _ima_chunk(self) -> dict[str, Any]:
         """The IMA entries from ``ima_offset`` (read after the quote, so never fewer than it

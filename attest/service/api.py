@@ -184,11 +184,16 @@ async def activate(request: Request, node: NodeName, body: ActivateBody, ctx: At
                            node, body)
 
 
+def _challenge_json(ch: verifier.Challenge) -> dict[str, Any]:
+    """A challenge as both routes answer it (``expires_in``: seconds from its issue, for a node
+    whose clock is not the server's)."""
+    return {"nonce": base64.b64encode(ch.nonce).decode(), "selection": ch.selection,
+            "expires_at": ch.expires_at.isoformat(), "expires_in": ch.expires_in}
+
+
 def _challenge(ctx: AttestContext, source: str, node: str) -> dict[str, Any]:
     ctx.limits.admit(source, node)
-    ch = verifier.issue_challenge(ctx, node)
-    return {"nonce": base64.b64encode(ch.nonce).decode(), "selection": ch.selection,
-            "expires_at": ch.expires_at.isoformat()}
+    return _challenge_json(verifier.issue_challenge(ctx, node))
 
 
 async def challenge(request: Request, node: NodeName, ctx: AttestCtx) -> Any:
@@ -222,6 +227,8 @@ def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) ->
               "reason": res.verdict.reason, "attestation_result": res.result_token}
     if res.ima_offset is not None:
         answer["ima_offset"] = res.ima_offset
+    if res.next_challenge is not None:
+        answer["next_challenge"] = _challenge_json(res.next_challenge)
     if res.awaiting_ack:
         answer.update(trusted=False, awaiting_ack=True, reason=(
             f"all checks passed, but the {res.state} node stays {res.state} until an "
@@ -230,7 +237,8 @@ def _evidence(ctx: AttestContext, source: str, node: str, body: EvidenceBody) ->
 
 
 async def evidence(request: Request, node: NodeName, body: EvidenceBody, ctx: AttestCtx) -> Any:
-    """Protocol step 4: a quote over the challenge; answers the verdict."""
+    """Protocol step 4: a quote over the challenge; answers the verdict and the node's next
+    challenge (``next_challenge``: its next round needs no challenge request)."""
     return await in_thread(_guarded, "evidence", request, _evidence, ctx, source_of(request),
                            node, body)
 

@@ -19,7 +19,7 @@ steps: read (node, policy) and check the nonce → pure appraisal, which raises 
 AK did not sign over this nonce (refused: nothing is written) → a write that records the
 verdict and spends the nonce together (on the common path, where the state stays, one
 statement that commits itself; a state change is one transaction), so a nonce is spent
-exactly when a verdict is recorded.
+exactly when a verdict is recorded. A fourth step writes nothing: it mints the next challenge.
 
 Challenges are stateless (issue 15; :mod:`attest.core.freshness`): a nonce is a MAC under the
 challenge key over the node's identity, its PCR selection, the time and the node's challenge
@@ -28,11 +28,20 @@ counter ``challenge_seq``, so issuing one is a read. The spend is step 3's condi
 concurrent evidence, on any replica, finds the counter moved and updates nothing
 (``nonce.replayed``), and every other nonce of the node issued before is void with it.
 
+One request a round: a recorded verdict comes with the node's next challenge (step 4 below),
+minted for the counter the write just set, so the node's next round is its evidence alone.
+It is an ordinary nonce: single use, void when anything else moves the counter (another
+round, the deadline sweep, a clock step), fresh for the same lifetime from when it was issued.
+A node therefore holds a quote for no longer than it could before: with a challenge it asked
+for, it could quote at once and present the quote until that nonce expired. When the held one
+is void or too close to its end, the agent asks for a fresh challenge (attest.agent).
+
 Round trips (PostgreSQL, ``bench/attest/count_statements.py --postgres``): the challenge's node
 read and the evidence's step-1 read are single statements without ``BEGIN``/``ROLLBACK``
 (:func:`kernel.sql_connect.single_reads`); step 3's common case is one ``UPDATE`` in
-autocommit (:func:`kernel.sql_connect.single_writes`). Per round: 3 round trips and one
-durable commit; before issue 15, 14 and two. When that ``UPDATE`` matches no row, nothing was
+autocommit (:func:`kernel.sql_connect.single_writes`). Per round: 2 round trips and one
+durable commit over a held next challenge, 3 with a challenge request; before issue 15, 14
+and two. When that ``UPDATE`` matches no row, nothing was
 written, and :func:`_record_state_change` decides in a transaction with the row locked.
 """
 
@@ -104,6 +113,7 @@ class Challenge:
     nonce: bytes
     selection: dict[str, list[int]]
     expires_at: datetime
+    expires_in: float  # seconds from when it was issued: what a node with a skewed clock uses
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ class EvidenceResult:
     awaiting_ack: bool = False
     # The IMA offset the agent sends from next round (None: the class has no runtime policy).
     ima_offset: int | None = None
+    # The node's next challenge, issued with the verdict (the module doc: one request a round).
+    next_challenge: Challenge | None = None
 
 
 # The hot paths below are prebuilt Core statements on a plain connection: a round is a handful
@@ -172,11 +184,18 @@ def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
         if node is None:  # a row exists only once its EK-AK binding was proven
             raise NodeNotFound(f"no node named {name!r}")
         selection = _policy(ctx, db, node.node_class).selection_lists()
-    nonce = mint_nonce(ctx.challenge_key, _identity(name, node), selection,
-                       seq=node.challenge_seq, issued_at=now, random=os.urandom(7))
+    return _mint_challenge(ctx, _identity(name, node), selection, node.challenge_seq, now)
+
+
+def _mint_challenge(ctx: AttestContext, identity: NodeIdentity,
+                    selection: dict[str, list[int]], seq: int, now: datetime) -> Challenge:
+    """The challenge ``seq`` of the node ``identity``, issued at ``now``."""
+    nonce = mint_nonce(ctx.challenge_key, identity, selection, seq=seq, issued_at=now,
+                       random=os.urandom(7))
     # The nonce carries whole seconds: its lifetime counts from the second it names.
     expires = now.replace(microsecond=0) + timedelta(seconds=ctx.config.nonce_ttl_seconds)
-    return Challenge(nonce=nonce, selection=selection, expires_at=expires)
+    return Challenge(nonce=nonce, selection=selection, expires_at=expires,
+                     expires_in=(expires - now).total_seconds())
 
 
 def _node_and_selection(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
@@ -282,9 +301,14 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
         "trusted": new_state == NodeState.TRUSTED, "ek_hash": ek_hash,
         "failed_checks": [f.check for f in verdict.failures],
     })
+    # Step 4: the node's next challenge. The write above moved its counter to seq + 1, so
+    # this nonce is the one its next evidence may spend, under the same lifetime as any other.
+    next_challenge = _mint_challenge(ctx, _identity(name, node), selection,
+                                     node.challenge_seq + 1, now)
     return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token,
                           awaiting_ack=awaiting_ack,
-                          ima_offset=_next_ima_offset(policy, verdict, previous_ima))
+                          ima_offset=_next_ima_offset(policy, verdict, previous_ima),
+                          next_challenge=next_challenge)
 
 
 def _record_state_change(ctx: AttestContext, db: Connection, binding: dict[str, Any],

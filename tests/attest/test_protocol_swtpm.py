@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attest.agent import Agent, AgentConfig, AgentError
+from attest.agent import HELD_CHALLENGE_MARGIN_SECONDS, Agent, AgentConfig, AgentError
 from attest.tpm.device import Tpm
 from attest.tpm.swtpm import Swtpm, SwtpmCa
 from tests.support.pcr_policy import k3s_policy, pcr_after
@@ -180,7 +182,6 @@ def test_wrong_activation_proof_keeps_node_state(tmp_path: Path, plane_factory,
 
 
 def test_stale_when_node_goes_quiet(tmp_path: Path, plane_factory, swtpm_factory) -> None:
-    import time
     plane = plane_factory(attestation_interval_seconds=0.5, stale_grace_seconds=0.5,
                           deadline_check_seconds=0.2)
     tpm = swtpm_factory("node-a")
@@ -194,3 +195,52 @@ def test_stale_when_node_goes_quiet(tmp_path: Path, plane_factory, swtpm_factory
         time.sleep(0.2)
     assert plane.client.get("/attest/v1/nodes/node-a").json()["state"] == "stale"
     assert agent.attest_once()["state"] == "trusted"  # a fresh passing quote brings it back
+
+
+def _request_paths(client: httpx.Client) -> list[str]:
+    """The paths ``client`` requests from now on, in order."""
+    paths: list[str] = []
+    client.event_hooks["request"].append(lambda request: paths.append(request.url.path))
+    return paths
+
+
+def test_the_agent_attests_with_one_request_a_round(tmp_path: Path, plane_factory,
+                                                     swtpm_factory) -> None:
+    plane = plane_factory()
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client)
+    assert agent.attest_once()["state"] == "trusted"  # enrols; a fresh challenge
+    paths = _request_paths(plane.client)
+    for _ in range(3):
+        verdict = agent.attest_once()
+        assert verdict["state"] == "trusted" and "next_challenge" not in verdict
+    assert paths == ["/attest/v1/nodes/node-a/evidence"] * 3
+
+
+def test_a_void_held_challenge_costs_the_agent_no_round(tmp_path: Path, plane_factory,
+                                                        swtpm_factory) -> None:
+    plane = plane_factory()
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    void = agent.held_challenge
+    agent.held_challenge = None
+    assert agent.attest_once()["state"] == "trusted"  # another round spent the counter
+    agent.held_challenge = void
+    paths = _request_paths(plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    assert paths == ["/attest/v1/nodes/node-a/evidence", "/attest/v1/nodes/node-a/challenge",
+                     "/attest/v1/nodes/node-a/evidence"]
+
+
+def test_a_held_challenge_near_its_end_is_not_used(tmp_path: Path, plane_factory,
+                                                   swtpm_factory) -> None:
+    plane = plane_factory()
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    held = agent.held_challenge
+    assert held is not None
+    # Fresh for the lifetime less the margin, on the agent's monotonic clock.
+    assert 0 < held.usable_until - time.monotonic() <= 60.0 - HELD_CHALLENGE_MARGIN_SECONDS
+    agent.held_challenge = dataclasses.replace(held, usable_until=time.monotonic())
+    paths = _request_paths(plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    assert paths == ["/attest/v1/nodes/node-a/challenge", "/attest/v1/nodes/node-a/evidence"]

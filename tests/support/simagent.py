@@ -8,10 +8,12 @@ craft attacks.
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import httpx
 
+from attest.agent import HELD_CHALLENGE_MARGIN_SECONDS
 from tests.support.simtpm import SimulatedTpm
 
 
@@ -30,6 +32,7 @@ class SimulatedNode:
         self.tpm = tpm or SimulatedTpm()
         self.node_class = node_class
         self.base = f"/attest/v1/nodes/{name}"
+        self.next_challenge: dict[str, Any] | None = None  # the latest verdict's, if any
 
     def enroll(self) -> httpx.Response:
         return self.client.post("/attest/v1/nodes", json={
@@ -62,10 +65,21 @@ class SimulatedNode:
             "nonce": b64(nonce), "quote": b64(attest), "signature": b64(signature),
             "pcrs": pcr_body(pcrs), "event_log": b64(event_log) if event_log else None})
 
-    def attest(self) -> dict[str, Any]:
-        ch = self.challenge()
+    def attest(self, *, use_next: bool = False) -> dict[str, Any]:
+        """One round; with ``use_next``, over the previous verdict's ``next_challenge`` when
+        there is one (the agent's one-request round), else over a fresh challenge."""
+        held, self.next_challenge = self.next_challenge, None
+        usable = use_next and held is not None and time.monotonic() < held["usable_until"]
+        ch = held if usable and held is not None else self.challenge()
         resp = self.send(ch["nonce_bytes"], *self.quote(ch))
         resp.raise_for_status()
         verdict: dict[str, Any] = resp.json()
+        following = verdict.get("next_challenge")
+        if isinstance(following, dict):
+            # Held as the agent holds it: for its lifetime less the agent's margin.
+            self.next_challenge = {
+                **following, "nonce_bytes": base64.b64decode(following["nonce"]),
+                "usable_until": time.monotonic() + following["expires_in"]
+                - HELD_CHALLENGE_MARGIN_SECONDS}
         return verdict
 
