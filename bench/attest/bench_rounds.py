@@ -18,8 +18,11 @@ Steps:
 3. Enrol and activate every node (threads), timed on its own.
 4. Rounds: ``--threads`` client threads in a closed loop, each owning every T-th node, run
    ``--warmup`` rounds, then ``--rounds`` measured rounds (bounded too by ``--max-seconds``).
-   A round is challenge → TPM2_Quote (SimulatedTpm, ECDSA sign) → evidence → verdict; every
-   verdict must say ``trusted``. Reported: rounds/s, p50/p90/p99/max round latency, and the
+   A round is as the agent makes it: TPM2_Quote (SimulatedTpm, ECDSA sign) over the previous
+   verdict's ``next_challenge`` → evidence → verdict, one request (a node's first round, and
+   every round with ``--two-step`` or against a server from before next challenges, asks for a
+   challenge first: two requests); every verdict must say ``trusted``. HTTP requests per
+   round are reported. Reported: rounds/s, p50/p90/p99/max round latency, and the
    CPU time the server process used per round (``/proc/PID/stat`` utime+stime), which does not
    depend on how fast the load generator is; with ``--postgres`` also the CPU time of the
    PostgreSQL backends serving the bench's own database (their pids from ``pg_stat_activity``,
@@ -185,6 +188,8 @@ def main() -> None:
     ap.add_argument("--max-seconds", type=float, default=90.0)
     ap.add_argument("--py-spy", type=float, default=0.0, metavar="SECONDS")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--two-step", action="store_true",
+                    help="ask for a fresh challenge every round (ignore next_challenge)")
     add_database_option(ap)
     ap.add_argument("--server-repo", type=Path, default=None, metavar="DIR",
                     help="run the server from this checkout (python -m umec)")
@@ -204,8 +209,15 @@ def main() -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    clients = [httpx.Client(base_url=base, timeout=30, limits=limits)
-               for _ in range(args.threads)]
+    requests = [0] * args.threads  # client k is used by thread k only
+
+    def counter(k: int) -> Callable[[httpx.Request], None]:
+        def count(_: httpx.Request) -> None:
+            requests[k] += 1
+        return count
+    clients = [httpx.Client(base_url=base, timeout=30, limits=limits,
+                            event_hooks={"request": [counter(k)]})
+               for k in range(args.threads)]
     try:
         cmd = [str(REPO / ".venv" / "bin" / "umec"), "server"]
         if args.variant is not None:
@@ -233,14 +245,19 @@ def main() -> None:
             run_threads(args.threads, enroll)
             enroll_s = time.perf_counter() - t0
             after_enroll = vm_status(server.pid)
-            latencies, failures = rounds(nodes, args.threads, args.warmup, 1e9)
+            use_next = not args.two_step
+            # With next challenges, every node's first round (two requests) is in the warm-up.
+            warmup = max(args.warmup, args.nodes) if use_next else args.warmup
+            latencies, failures = rounds(nodes, args.threads, warmup, 1e9, use_next)
             if failures:
                 raise SystemExit(f"warm-up verdicts not trusted: {failures[:3]}")
             spy = start_py_spy(server.pid, args.py_spy, work) if args.py_spy else None
             pg0 = backend_cpu(url) if url else {}
             cpu0, t0 = cpu_seconds(server.pid), time.perf_counter()
-            own0 = time.process_time()
-            latencies, failures = rounds(nodes, args.threads, args.rounds, args.max_seconds)
+            own0, requests0 = time.process_time(), sum(requests)
+            latencies, failures = rounds(nodes, args.threads, args.rounds, args.max_seconds,
+                                         use_next)
+            per_round = (sum(requests) - requests0) / max(1, len(latencies))
             wall = time.perf_counter() - t0
             cpu = cpu_seconds(server.pid) - cpu0
             pg1 = backend_cpu(url) if url else {}
@@ -251,6 +268,7 @@ def main() -> None:
                 spy.wait()
         report(args, enroll_s, latencies, failures, wall, cpu, client_cpu, idle,
                after_enroll, mem, pg_cpu)
+        print(f"\nHTTP requests per measured round: {per_round:.2f}")
         if args.py_spy:
             print_py_spy(work / "py-spy.txt")
     finally:
@@ -272,9 +290,10 @@ def enroll_and_activate(node: SimulatedNode) -> None:
         "secret": base64.b64encode(secret).decode()}).raise_for_status()
 
 
-def rounds(nodes: list[SimulatedNode], threads: int, total: int, max_seconds: float
-           ) -> tuple[list[float], list[str]]:
-    """``total`` rounds spread over the nodes by ``threads`` closed-loop client threads."""
+def rounds(nodes: list[SimulatedNode], threads: int, total: int, max_seconds: float,
+           use_next: bool) -> tuple[list[float], list[str]]:
+    """``total`` rounds spread over the nodes by ``threads`` closed-loop client threads (over
+    each node's held next challenge when ``use_next``)."""
     latencies: list[float] = []
     failures: list[str] = []
     lock = threading.Lock()
@@ -292,7 +311,7 @@ def rounds(nodes: list[SimulatedNode], threads: int, total: int, max_seconds: fl
             node = mine[i % len(mine)]
             i += 1
             t0 = time.perf_counter()
-            verdict = node.attest()
+            verdict = node.attest(use_next=use_next)
             dt = time.perf_counter() - t0
             with lock:
                 latencies.append(dt)

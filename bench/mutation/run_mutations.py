@@ -61,7 +61,8 @@ DEFAULT_MODULES = [
 ]
 # Fast, pure tests first: with -x the first failure ends the run.
 _SERVICE = ["tests/attest/test_attacks_enrollment.py", "tests/attest/test_attacks_service.py",
-            "tests/attest/test_attacks_review.py", "tests/e2e/test_clock_rules.py",
+            "tests/attest/test_attacks_review.py", "tests/attest/test_next_challenge.py",
+            "tests/e2e/test_clock_rules.py",
             "tests/attest/test_state_events.py", "tests/attest/test_node_ack.py",
             "tests/attest/test_protocol_swtpm.py"]
 _EVENTLOG = ["tests/attest/test_eventlog.py", "tests/attest/test_eventlog_fuzz.py",
@@ -90,6 +91,9 @@ TESTS: dict[str, list[str]] = {
     "attest/core/eventlog/model.py": _EVENTLOG,
     "attest/service/registrar.py": ["tests/attest/test_ak_attributes.py", *_SERVICE],
     "attest/service/verifier.py": _SERVICE,
+    "attest/agent.py": ["tests/attest/test_agent_challenge.py",
+                        "tests/attest/test_agent_backoff.py",
+                        "tests/attest/test_protocol_swtpm.py"],
 }
 DEFAULT_TESTS = [
     "tests/attest/test_quote.py", "tests/attest/test_ek.py", "tests/attest/test_ek_template.py",
