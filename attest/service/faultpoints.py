@@ -32,6 +32,11 @@ _MARK = "umec_fault_transaction"
 _UNMARKED = object()
 
 _SETS_LAST_VERDICT = r"UPDATE attest_nodes SET (?:(?!\sWHERE\s).)*\blast_verdict="
+# The state change's own UPDATE (verifier._record_state_change) sets the verdict and the state
+# change's time; the common-case UPDATE and the sweep never set both.
+_SETS_VERDICT_AND_STATE = (r"UPDATE attest_nodes SET "
+                           r"(?=(?:(?!\sWHERE\s).)*\blast_verdict=)"
+                           r"(?=(?:(?!\sWHERE\s).)*\bstate_changed_at=)")
 
 # point -> (pattern the statement that marks the transaction starts with, "before" | "after"
 # commit); the pattern is a regular expression, matched case-insensitively from the start.
@@ -44,6 +49,10 @@ COMMIT_POINTS: dict[str, tuple[str, str]] = {
     # sweep's void also sets last_evidence_at, so that cannot mark it.
     "evidence.before_commit": (_SETS_LAST_VERDICT, "before"),
     "evidence.after_commit": (_SETS_LAST_VERDICT, "after"),
+    # The state-change transaction alone: on PostgreSQL the common-case UPDATE commits itself,
+    # so evidence.before_commit dies there, before this transaction ever starts.
+    "evidence.state_change.before_commit": (_SETS_VERDICT_AND_STATE, "before"),
+    "evidence.state_change.after_commit": (_SETS_VERDICT_AND_STATE, "after"),
 }
 
 # point -> where its ``reached(point)`` call belongs (placed by the owners of those modules).

@@ -48,6 +48,8 @@ AT_KILL: dict[str, tuple[int, int, int, int]] = {
     "activate.after_commit": (1, 0, 0, 0),
     "evidence.before_commit": (1, 0, 0, 0),
     "evidence.after_commit": (1, 0, 1, 1),
+    "evidence.state_change.before_commit": (1, 0, 0, 0),
+    "evidence.state_change.after_commit": (1, 0, 1, 1),
     # code points, once the protocol modules call reached(...)
     "enroll.challenge_made": (0, 0, 0, 0),
     "activate.proof_checked": (0, 1, 0, 0),
@@ -55,14 +57,19 @@ AT_KILL: dict[str, tuple[int, int, int, int]] = {
     "evidence.recorded": (1, 0, 1, 1),
 }
 # Points whose step is done in the database although the client never heard so.
-COMMITTED = {"evidence.after_commit", "evidence.recorded"}
+COMMITTED = {"evidence.after_commit", "evidence.state_change.after_commit",
+             "evidence.recorded"}
 # The normal suite runs the points that differ in outcome (each case costs two server starts);
 # UMEC_FAULTS_ALL=1 runs every commit point on both databases.
 ALL = os.environ.get("UMEC_FAULTS_ALL") == "1"
 ON_SQLITE = list(COMMIT_POINTS) if ALL else [
     "enroll.after_commit", "activate.before_commit", "activate.after_commit",
     "evidence.before_commit", "evidence.after_commit"]
-ON_POSTGRES = list(COMMIT_POINTS) if ALL else ["activate.after_commit", "evidence.after_commit"]
+# On PostgreSQL evidence.before_commit dies at the common-case UPDATE (it commits itself), so
+# the state change's transaction (the first verdict moves enrolled -> trusted) has its own.
+ON_POSTGRES = list(COMMIT_POINTS) if ALL else [
+    "activate.after_commit", "evidence.after_commit", "evidence.state_change.before_commit",
+    "evidence.state_change.after_commit"]
 
 
 @pytest.fixture(scope="module")
