@@ -25,7 +25,6 @@ for all that follow: nothing of a nonce whose MAC fails is believed.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import json
@@ -94,34 +93,20 @@ class ChallengeNonce:
     mac: bytes
 
 
-# The encodings below are pure functions of immutable values, computed for every challenge
-# and every evidence: each is cached (bounded; a fleet has a few keys and policies, and one
-# identity per node).
-@functools.lru_cache(maxsize=8)
 def key_id(key: bytes) -> int:
     return hashlib.sha256(key).digest()[0]
 
 
 def _selection_bytes(selection: Mapping[str, Sequence[int]]) -> bytes:
-    return _canonical_selection(tuple((bank, tuple(pcrs)) for bank, pcrs in selection.items()))
-
-
-@functools.lru_cache(maxsize=256)
-def _canonical_selection(selection: tuple[tuple[str, tuple[int, ...]], ...]) -> bytes:
-    canonical = {bank: sorted(set(pcrs)) for bank, pcrs in selection}
+    canonical = {bank: sorted(set(pcrs)) for bank, pcrs in selection.items()}
     return json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
-
-
-@functools.lru_cache(maxsize=16384)
-def _identity_bytes(node: NodeIdentity) -> bytes:
-    return node.encoded()
 
 
 def _mac(key: bytes, head: bytes, node: NodeIdentity,
          selection: Mapping[str, Sequence[int]]) -> bytes:
     if len(key) < KEY_BYTES:
         raise ValueError(f"the challenge key must be at least {KEY_BYTES} bytes")
-    message = b"\x00".join((_LABEL, _identity_bytes(node), _selection_bytes(selection), head))
+    message = b"\x00".join((_LABEL, node.encoded(), _selection_bytes(selection), head))
     return hmac.new(key, message, hashlib.sha256).digest()[:_MAC_BYTES]
 
 
