@@ -73,7 +73,8 @@ class AgentError(Exception):
 # A held challenge is used only while this much of its lifetime is left: a quote and the
 # evidence's trip must fit in it (a Pi's TPM quotes in about a second).
 HELD_CHALLENGE_MARGIN_SECONDS = 10.0
-NONCE_BYTES = 32  # attest.core.freshness: the server's nonces; anything else is not one
+# A TPM takes 16 to 64 bytes of qualifying data for a quote (the server issues 32).
+MIN_NONCE_BYTES, MAX_NONCE_BYTES = 16, 64
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def parse_challenge(raw: object, received: float) -> NodeChallenge | None:
         nonce = base64.b64decode(raw["nonce"], validate=True)
     except (binascii.Error, ValueError):
         return None
-    if len(nonce) != NONCE_BYTES:
+    if not MIN_NONCE_BYTES <= len(nonce) <= MAX_NONCE_BYTES:
         return None
     expires_in = raw.get("expires_in")
     lifetime = 0.0
@@ -246,7 +247,9 @@ class Agent:
             try:
                 return self._round(held)
             except AgentError as exc:
-                if exc.check not in VOID_CHALLENGE_CHECKS:
+                # Void, or the server no longer knows the node (removed, or a restored
+                # database): the fresh round asks again, and enrols if it must.
+                if exc.check not in VOID_CHALLENGE_CHECKS and exc.status != 404:
                     raise
                 log.info("the held challenge was void; asking for a fresh one",
                          extra={"node": self.config.node_name, "check": exc.check})
@@ -282,8 +285,9 @@ class Agent:
             resp = self.client.post(f"{self.base}/challenge")
         challenge = parse_challenge(_raise_for_problem(resp, "challenge"), time.monotonic())
         if challenge is None:
-            raise AgentError("challenge: the server's answer is not a challenge (a 32-byte "
-                             "base64 nonce and a PCR selection)", check="agent.challenge_malformed",
+            raise AgentError("challenge: the server's answer is not a challenge (a base64 "
+                             "nonce of 16-64 bytes and a PCR selection)",
+                             check="agent.challenge_malformed",
                              hint="Check that --server names a µMEC server of this version.")
         return challenge
 

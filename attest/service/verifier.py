@@ -188,14 +188,16 @@ def issue_challenge(ctx: AttestContext, name: str) -> Challenge:
 
 
 def _mint_challenge(ctx: AttestContext, identity: NodeIdentity,
-                    selection: dict[str, list[int]], seq: int, now: datetime) -> Challenge:
-    """The challenge ``seq`` of the node ``identity``, issued at ``now``."""
+                    selection: dict[str, list[int]], seq: int, now: datetime,
+                    elapsed: float = 0.0) -> Challenge:
+    """The challenge ``seq`` of the node ``identity``, issued at ``now``, answered ``elapsed``
+    seconds later (``expires_in`` counts from the answer)."""
     nonce = mint_nonce(ctx.challenge_key, identity, selection, seq=seq, issued_at=now,
                        random=os.urandom(7))
     # The nonce carries whole seconds: its lifetime counts from the second it names.
     expires = now.replace(microsecond=0) + timedelta(seconds=ctx.config.nonce_ttl_seconds)
     return Challenge(nonce=nonce, selection=selection, expires_at=expires,
-                     expires_in=(expires - now).total_seconds())
+                     expires_in=(expires - now).total_seconds() - elapsed)
 
 
 def _node_and_selection(ctx: AttestContext, db: Connection, name: str, nonce: bytes,
@@ -254,7 +256,7 @@ def _next_ima_offset(policy: AppraisalPolicy, verdict: Verdict,
 
 def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
                     evidence: Evidence) -> EvidenceResult:
-    now = ctx.now()
+    now, started = ctx.now(), time.monotonic()
     # Step 1: read the node and its policy, and check the nonce; nothing is written yet. One
     # statement (the policy is cached), so autocommit gives it one snapshot all the same.
     with single_reads(ctx.engine) as db:
@@ -303,8 +305,11 @@ def submit_evidence(ctx: AttestContext, name: str, nonce: bytes,
     })
     # Step 4: the node's next challenge. The write above moved its counter to seq + 1, so
     # this nonce is the one its next evidence may spend, under the same lifetime as any other.
+    # Issued at ``now`` (the void after a clock step compares it with last_evidence_at), its
+    # expires_in counts from here, less the time this evidence took.
     next_challenge = _mint_challenge(ctx, _identity(name, node), selection,
-                                     node.challenge_seq + 1, now)
+                                     node.challenge_seq + 1, now,
+                                     elapsed=time.monotonic() - started)
     return EvidenceResult(node=name, state=new_state, verdict=verdict, result_token=token,
                           awaiting_ack=awaiting_ack,
                           ima_offset=_next_ima_offset(policy, verdict, previous_ima),

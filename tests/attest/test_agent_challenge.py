@@ -11,7 +11,12 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attest.agent import HELD_CHALLENGE_MARGIN_SECONDS, NONCE_BYTES, parse_challenge
+from attest.agent import (
+    HELD_CHALLENGE_MARGIN_SECONDS,
+    MAX_NONCE_BYTES,
+    MIN_NONCE_BYTES,
+    parse_challenge,
+)
 
 NONCE = base64.b64encode(bytes(range(32))).decode()
 GOOD = {"nonce": NONCE, "selection": {"sha256": [0, 1, 2, 3, 7, 14]},
@@ -31,6 +36,13 @@ def test_a_good_answer_is_held_for_its_lifetime_less_the_margin() -> None:
     assert challenge.usable_until == 1000.0 + 59.4 - HELD_CHALLENGE_MARGIN_SECONDS
 
 
+def test_nonces_of_16_to_64_bytes_are_taken() -> None:
+    for size in (16, 64):
+        raw = {**GOOD, "nonce": base64.b64encode(bytes(size)).decode()}
+        challenge = parse_challenge(raw, received=0.0)
+        assert challenge is not None and challenge.nonce == bytes(size)
+
+
 def test_without_a_lifetime_it_is_for_immediate_use_only() -> None:
     for expires_in in (None, "59", True, math.inf, math.nan, 10**400, -5):
         raw: dict[str, Any] = {**GOOD, "expires_in": expires_in}
@@ -39,7 +51,9 @@ def test_without_a_lifetime_it_is_for_immediate_use_only() -> None:
 
 
 def test_what_is_not_a_challenge_is_none() -> None:
-    bad = [None, [], "x", {**GOOD, "nonce": NONCE[:-4]}, {**GOOD, "nonce": "!!!!"},
+    short, long = (base64.b64encode(bytes(n)).decode() for n in (15, 65))
+    bad = [None, [], "x", {**GOOD, "nonce": short}, {**GOOD, "nonce": long},
+           {**GOOD, "nonce": "!!!!"}, {**GOOD, "nonce": NONCE[:-1]},
            {**GOOD, "nonce": 5}, {**GOOD, "selection": {"sha256": ["0"]}},
            {**GOOD, "selection": {"sha256": [True]}}, {**GOOD, "selection": []},
            {k: v for k, v in GOOD.items() if k != "selection"}]
@@ -52,6 +66,6 @@ def test_any_json_is_a_challenge_or_none(value: Any, overrides: dict[str, Any]) 
     for raw in (value, {**GOOD, **overrides}):
         challenge = parse_challenge(raw, received=0.0)
         if challenge is not None:
-            assert len(challenge.nonce) == NONCE_BYTES
+            assert MIN_NONCE_BYTES <= len(challenge.nonce) <= MAX_NONCE_BYTES
             assert isinstance(challenge.selection, dict)
             assert challenge.usable_until == challenge.usable_until  # never NaN

@@ -9,12 +9,14 @@ other recorded verdict of the node voids it. Refused evidence hands none out.
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 
-from attest.service import verifier
+from attest.service import registrar, verifier
 from tests.support.attack_env import Env, checks, trusted
 from tests.support.simagent import SimulatedNode
 
@@ -59,6 +61,7 @@ def test_any_other_verdict_voids_the_held_challenge(env: Env) -> None:
     resp = node.send(held["nonce_bytes"], *node.quote(held))
     assert resp.status_code == 403 and checks(resp) == ["nonce.replayed"]
     # The newest verdict's next challenge is the one that counts.
+    _no_challenge_requests(node)
     assert node.attest(use_next=True)["state"] == "trusted"
 
 
@@ -101,6 +104,7 @@ def test_the_next_challenge_is_bound_to_its_node(env: Env) -> None:
     resp = a.send(held_b["nonce_bytes"], *a.tpm.quote(held_b["nonce_bytes"], sel))
     assert resp.status_code == 403 and checks(resp) == ["nonce.unknown"]
     assert "next_challenge" not in resp.json()
+    _no_challenge_requests(b)
     assert b.attest(use_next=True)["state"] == "trusted"  # node-b's is still usable
 
 
@@ -122,8 +126,60 @@ def test_an_untrusted_verdict_carries_the_next_challenge_too(env: Env) -> None:
     assert node.next_challenge is not None
     nonce = base64.b64decode(verdict["next_challenge"]["nonce"])
     assert nonce == node.next_challenge["nonce_bytes"]
+    _no_challenge_requests(node)
     assert node.attest(use_next=True)["state"] == "untrusted"  # spent over the held one
 
 
 def checks_of(verdict: dict[str, Any]) -> list[str]:
     return [f["check"] for f in verdict["failed_checks"]]
+
+
+def test_a_held_challenge_dies_with_its_node(env: Env) -> None:
+    node = trusted(env)
+    held = node.next_challenge
+    assert held is not None
+    registrar.remove(env.server.attest, node.name)
+    gone = node.send(held["nonce_bytes"], *node.quote(held))
+    assert gone.status_code == 404 and checks(gone) == ["node.unknown"]
+    node.enroll_and_activate()  # the same TPM under the same name: another activation
+    resp = node.send(held["nonce_bytes"], *node.quote(held))
+    assert resp.status_code == 403 and checks(resp) == ["nonce.unknown"]
+
+
+def test_a_clock_step_back_voids_the_held_challenge(env: Env) -> None:
+    node = trusted(env)
+    held = node.next_challenge
+    assert held is not None
+    ctx = env.server.attest
+    real_now = ctx.now
+    ctx.now = lambda: real_now() - timedelta(minutes=5)
+    try:
+        resp = node.send(held["nonce_bytes"], *node.quote(held))
+        assert resp.status_code == 403 and checks(resp) == ["nonce.clock_future"]
+        verifier.mark_stale_nodes(ctx)  # the sweep voids what was issued before the step
+    finally:
+        ctx.now = real_now
+    resp = node.send(held["nonce_bytes"], *node.quote(held))
+    assert resp.status_code == 403 and checks(resp) == ["nonce.replayed"]
+
+
+def test_concurrent_evidence_over_one_held_challenge_gets_one_next_challenge(env: Env) -> None:
+    node = trusted(env)
+    held = node.next_challenge
+    assert held is not None
+    node.tpm.extend(14, b"tampered")  # a state change: the verdict takes the slow path
+    bodies = [node.quote(held) for _ in range(4)]
+    url = str(env.client.base_url)
+
+    def post(evidence: tuple[bytes, bytes, dict[str, dict[int, bytes]]]) -> httpx.Response:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            return SimulatedNode(node.name, client, node.tpm).send(held["nonce_bytes"],
+                                                                   *evidence)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(post, bodies))
+    ok = [a for a in answers if a.status_code == 200]
+    assert len(ok) == 1 and ok[0].json()["state"] == "untrusted"
+    assert "next_challenge" in ok[0].json()
+    for refused in (a for a in answers if a.status_code != 200):
+        assert refused.status_code == 403 and checks(refused) == ["nonce.replayed"]
+        assert "next_challenge" not in refused.json()

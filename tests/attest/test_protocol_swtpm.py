@@ -13,7 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from attest.agent import HELD_CHALLENGE_MARGIN_SECONDS, Agent, AgentConfig, AgentError
+from attest.agent import (
+    HELD_CHALLENGE_MARGIN_SECONDS,
+    Agent,
+    AgentConfig,
+    AgentError,
+    NodeChallenge,
+)
 from attest.tpm.device import Tpm
 from attest.tpm.swtpm import Swtpm, SwtpmCa
 from tests.support.pcr_policy import k3s_policy, pcr_after
@@ -244,3 +250,37 @@ def test_a_held_challenge_near_its_end_is_not_used(tmp_path: Path, plane_factory
     paths = _request_paths(plane.client)
     assert agent.attest_once()["state"] == "trusted"
     assert paths == ["/attest/v1/nodes/node-a/challenge", "/attest/v1/nodes/node-a/evidence"]
+
+
+def test_a_removed_node_enrols_again_in_the_round_its_held_challenge_failed(
+        tmp_path: Path, plane_factory, swtpm_factory) -> None:
+    from attest.service import registrar
+    plane = plane_factory()
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    assert agent.held_challenge is not None
+    registrar.remove(plane.server.attest, "node-a")  # or a restored database
+    paths = _request_paths(plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    assert paths == ["/attest/v1/nodes/node-a/evidence", "/attest/v1/nodes/node-a/challenge",
+                     "/attest/v1/nodes", "/attest/v1/nodes/node-a/activate",
+                     "/attest/v1/nodes/node-a/challenge", "/attest/v1/nodes/node-a/evidence"]
+
+
+def test_the_fallback_from_a_void_held_challenge_is_one_fresh_round(
+        tmp_path: Path, plane_factory, swtpm_factory) -> None:
+    # Every nonce of this server has expired by the time its evidence arrives.
+    plane = plane_factory(nonce_ttl_seconds=0.001)
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client)
+    with pytest.raises(AgentError) as first:
+        agent.attest_once()  # enrols; its fresh challenge expires
+    assert first.value.check == "nonce.expired"
+    agent.held_challenge = NodeChallenge(nonce=bytes(32), selection={"sha256": [0]},
+                                         usable_until=time.monotonic() + 60)
+    paths = _request_paths(plane.client)
+    with pytest.raises(AgentError) as second:
+        agent.attest_once()
+    assert second.value.check == "nonce.expired"  # the held one was unknown, then this
+    assert paths == ["/attest/v1/nodes/node-a/evidence", "/attest/v1/nodes/node-a/challenge",
+                     "/attest/v1/nodes/node-a/evidence"]
+    assert agent.held_challenge is None
