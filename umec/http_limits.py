@@ -48,7 +48,6 @@ from kernel.problems import (
     is_oauth,
 )
 from kernel.problems import problem_response as error_response
-from umec.http_writes import CoalescedWrites
 
 __all__ = ["OAUTH_PREFIX", "PROBLEM_JSON", "BodyLimits", "BodyPolicy", "BodyRule",
            "BoundedHttpTools", "Refused", "error_body", "error_response",
@@ -266,7 +265,7 @@ class BodyLimits:
 
 class BoundedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline and a size limit on the request head, a
-    connection cap, typed answers for what it refuses, and one write per response."""
+    connection cap, and typed answers for what it refuses."""
 
     header_timeout = HEADER_TIMEOUT_SECONDS
     max_header_bytes = MAX_HEADER_BYTES
@@ -279,8 +278,7 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._in_head = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        # A response's head and body leave in one send() (umec.http_writes).
-        super().connection_made(CoalescedWrites(transport, self.loop))
+        super().connection_made(transport)
         if len(self.connections) > self.max_connections:
             self._refuse(503, "server.connections", "the server has too many open connections",
                          "Retry in a moment.", {"retry-after": "1"})
