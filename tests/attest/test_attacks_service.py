@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from attest.service.models import NodeRow
-from tests.support.attack_env import Env, checks, trusted
+from tests.support.attack_env import Env, checks, shifted_clock, trusted
 from tests.support.simagent import SimulatedNode, b64
 from tests.support.simtpm import SimulatedTpm
 
@@ -133,13 +133,8 @@ def test_expired_nonce(env: Env) -> None:
     node = trusted(env)
     ch = node.challenge()
     evidence = node.quote(ch)
-    ctx = env.server.attest
-    real_now = ctx.now
-    ctx.now = lambda: real_now() + timedelta(seconds=31)
-    try:
+    with shifted_clock(env, timedelta(seconds=31)):
         resp = node.send(ch["nonce_bytes"], *evidence)
-    finally:
-        ctx.now = real_now
     assert resp.status_code == 403 and checks(resp) == ["nonce.expired"]
 
 

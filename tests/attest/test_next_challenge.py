@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from attest.service import registrar, verifier
-from tests.support.attack_env import Env, checks, trusted
+from tests.support.attack_env import Env, checks, shifted_clock, trusted
 from tests.support.simagent import SimulatedNode
 
 
@@ -69,13 +69,8 @@ def test_the_deadline_sweep_voids_the_held_challenge(env: Env) -> None:
     node = trusted(env)
     held = node.next_challenge
     assert held is not None
-    ctx = env.server.attest
-    real_now = ctx.now
-    ctx.now = lambda: real_now() + timedelta(hours=1)
-    try:
-        assert len(verifier.mark_stale_nodes(ctx)) == 1
-    finally:
-        ctx.now = real_now
+    with shifted_clock(env, timedelta(hours=1)):
+        assert len(verifier.mark_stale_nodes(env.server.attest)) == 1
     assert env.snapshot(node.name)["row"]["state"] == "stale"
     resp = node.send(held["nonce_bytes"], *node.quote(held))
     assert resp.status_code == 403 and checks(resp) == ["nonce.replayed"]
@@ -86,13 +81,8 @@ def test_the_next_challenge_expires_like_any_other(env: Env) -> None:
     held = node.next_challenge
     assert held is not None
     evidence = node.quote(held)
-    ctx = env.server.attest
-    real_now = ctx.now
-    ctx.now = lambda: real_now() + timedelta(seconds=31)
-    try:
+    with shifted_clock(env, timedelta(seconds=31)):
         resp = node.send(held["nonce_bytes"], *evidence)
-    finally:
-        ctx.now = real_now
     assert resp.status_code == 403 and checks(resp) == ["nonce.expired"]
 
 
@@ -150,15 +140,10 @@ def test_a_clock_step_back_voids_the_held_challenge(env: Env) -> None:
     node = trusted(env)
     held = node.next_challenge
     assert held is not None
-    ctx = env.server.attest
-    real_now = ctx.now
-    ctx.now = lambda: real_now() - timedelta(minutes=5)
-    try:
+    with shifted_clock(env, -timedelta(minutes=5)):
         resp = node.send(held["nonce_bytes"], *node.quote(held))
         assert resp.status_code == 403 and checks(resp) == ["nonce.clock_future"]
-        verifier.mark_stale_nodes(ctx)  # the sweep voids what was issued before the step
-    finally:
-        ctx.now = real_now
+        verifier.mark_stale_nodes(env.server.attest)  # voids what was issued before the step
     resp = node.send(held["nonce_bytes"], *node.quote(held))
     assert resp.status_code == 403 and checks(resp) == ["nonce.replayed"]
 

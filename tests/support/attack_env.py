@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,18 @@ def running_env(tmp_path: Path, database_url: str) -> Iterator[Env]:
             base_url=http.url, timeout=30,
             headers={"Authorization": f"Bearer {server.operator_token}"}) as c:
         yield Env(server, c, tmp_path)
+
+
+@contextmanager
+def shifted_clock(env: Env, by: timedelta) -> Iterator[None]:
+    """The server's attestation clock runs ``by`` ahead (behind, if negative) inside."""
+    ctx = env.server.attest
+    real_now = ctx.now
+    ctx.now = lambda: real_now() + by
+    try:
+        yield
+    finally:
+        ctx.now = real_now
 
 
 def trusted(env: Env, name: str = "node-a", tpm: SimulatedTpm | None = None) -> SimulatedNode:
