@@ -185,8 +185,8 @@ async def activate(request: Request, node: NodeName, body: ActivateBody, ctx: At
 
 
 def _challenge_json(ch: verifier.Challenge) -> dict[str, Any]:
-    """A challenge as both routes answer it (``expires_in``: seconds from its issue, for a node
-    whose clock is not the server's)."""
+    """A challenge as both routes answer it (``expires_in``: seconds from this answer, for a
+    node whose clock is not the server's)."""
     return {"nonce": base64.b64encode(ch.nonce).decode(), "selection": ch.selection,
             "expires_at": ch.expires_at.isoformat(), "expires_in": ch.expires_in}
 

@@ -113,7 +113,7 @@ class Challenge:
     nonce: bytes
     selection: dict[str, list[int]]
     expires_at: datetime
-    expires_in: float  # seconds from when it was issued: what a node with a skewed clock uses
+    expires_in: float  # seconds left when it is answered: what a node with a skewed clock uses
 
 
 @dataclass(frozen=True)
