@@ -40,3 +40,19 @@ def test_unreachable_server_is_retried_within_the_interval(agent: Agent) -> None
 def test_a_refusal_backs_off_exponentially(agent: Agent) -> None:
     error = AgentError("evidence: HTTP 403", check="quote.signature", status=403)
     assert max(agent._failure_delay(error, 5) for _ in range(200)) > 30.0
+
+
+# Written out, not read from VOID_CHALLENGE_CHECKS: a check dropped from it must fail here.
+@pytest.mark.parametrize("check", ["nonce.replayed", "nonce.expired", "nonce.clock_future",
+                                   "nonce.unknown", "evidence.concurrent"])
+def test_a_void_challenge_is_retried_within_the_interval(agent: Agent, check: str) -> None:
+    # The refusal voided the challenge, not the node: a fresh one within the interval (a held
+    # challenge refused so falls back to a fresh round at once: attest_once).
+    error = AgentError(f"evidence: HTTP 403: {check}", check=check, status=403)
+    assert error.transient
+    assert all(0.5 <= agent._failure_delay(error, 9) <= 30.0 for _ in range(200))
+
+
+def test_other_refusals_are_not_void(agent: Agent) -> None:
+    assert not AgentError("x", check="policy.missing", status=422).transient
+    assert not AgentError("x", check="quote.signature", status=403).transient

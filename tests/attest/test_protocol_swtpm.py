@@ -284,3 +284,18 @@ def test_the_fallback_from_a_void_held_challenge_is_one_fresh_round(
     assert paths == ["/attest/v1/nodes/node-a/evidence", "/attest/v1/nodes/node-a/challenge",
                      "/attest/v1/nodes/node-a/evidence"]
     assert agent.held_challenge is None
+
+
+def test_a_held_round_refused_for_another_reason_is_not_retried(
+        tmp_path: Path, plane_factory, swtpm_factory) -> None:
+    from sqlalchemy import text
+    plane = plane_factory()
+    agent = make_agent(tmp_path, "node-a", swtpm_factory("node-a"), plane.client)
+    assert agent.attest_once()["state"] == "trusted"
+    with plane.server.attest.engine.begin() as db:  # its class loses its policy
+        db.execute(text("UPDATE attest_nodes SET node_class = 'gone' WHERE name = 'node-a'"))
+    paths = _request_paths(plane.client)
+    with pytest.raises(AgentError) as refused:
+        agent.attest_once()
+    assert refused.value.check == "policy.missing" and refused.value.status == 422
+    assert paths == ["/attest/v1/nodes/node-a/evidence"]  # no fresh round: it would not help
